@@ -1,0 +1,68 @@
+"""Counter names shared by the pure-Python path and the C fast path.
+
+The numeric values of :class:`Drop` are the ``OVL_DROP_*`` enum in
+``csrc/ovl_fast.h``; a unit test holds the two together.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Drop(IntEnum):
+    """Why a frame or packet was dropped. Decap/encap helpers return ``-Drop``."""
+
+    TX_RUNT = 1  # frame from the TAP shorter than an Ethernet header
+    TX_TOO_BIG = 2  # encapsulated packet larger than the underlay MTU
+    TX_ERROR = 3  # the underlay socket refused the packet
+    RX_NOT_REMOTE = 4  # outer source is not a configured remote
+    RX_TRUNCATED = 5  # shorter than the headers it announces, or no inner Ethernet header
+    RX_BAD_FLAGS = 6  # VXLAN without the I flag; GRE with the routing bit
+    RX_BAD_VNI = 7  # VXLAN VNI is not ours
+    RX_BAD_VERSION = 8  # GRE version is not 0
+    RX_BAD_PROTO = 9  # GRE protocol type is not transparent Ethernet bridging
+    RX_BAD_KEY = 10  # GRE key is not ours
+    RX_BAD_CSUM = 11  # GRE checksum present and wrong
+    RX_BAD_SRC_MAC = 12  # inner source MAC is multicast or zero
+    RX_TAP_ERROR = 13  # writing the inner frame to the TAP failed
+
+
+# Per-remote counters, in the order of struct ovl_remote's counter fields.
+REMOTE_FIELDS: tuple[str, ...] = ("tx_packets", "tx_bytes", "tx_flood", "rx_packets", "rx_bytes")
+
+# Datapath-wide counters besides drops, in the order of struct ovl_stats.
+STAT_FIELDS: tuple[str, ...] = ("tap_rx", "tap_tx", "tx_unicast", "tx_flooded")
+
+# FDB counters, in the order of struct ovl_fdb_stats.
+FDB_FIELDS: tuple[str, ...] = ("learns", "moves", "refused_full", "aged")
+
+
+def drop_name(reason: int) -> str:
+    """Lower-case name of a drop reason, as shown in logs and ``ovl-dp show``."""
+    return Drop(reason).name.lower()
+
+
+class Snapshot:
+    """A copy of every counter, as the control plane reads it."""
+
+    def __init__(
+        self,
+        stats: dict[str, int],
+        drops: dict[str, int],
+        remotes: list[dict[str, int | str]],
+        fdb: dict[str, int],
+    ) -> None:
+        self.stats = stats
+        self.drops = drops
+        self.remotes = remotes
+        self.fdb = fdb
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {"stats": self.stats, "drops": self.drops, "remotes": self.remotes, "fdb": self.fdb}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Snapshot) and self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        return f"Snapshot({self.as_dict()!r})"

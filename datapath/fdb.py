@@ -1,0 +1,147 @@
+"""The MAC table (forwarding database): inner MAC -> remote index.
+
+Pure-Python reference of the C table in ``csrc/ovl_fast.c``; both follow the
+rules written here, and a differential test drives them with the same
+operation sequences.
+
+- Learned entries age out ``ageing`` seconds after they were last seen
+  (0 = never), like the Linux bridge and Open vSwitch (default 300 s).
+- Static entries never age, are never moved by learning and are never evicted.
+- The table holds at most ``max_entries`` entries, static included; learning
+  beyond the cap is refused and counted, the frame is still delivered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+
+from datapath.counters import FDB_FIELDS
+
+DEFAULT_AGEING = 300.0
+DEFAULT_MAX_ENTRIES = 4096
+
+
+class Learn(IntEnum):
+    """Outcome of :meth:`Fdb.learn`; values match ``OVL_LEARN_*`` in C."""
+
+    REFRESHED = 0  # known at this remote: timestamp renewed
+    LEARNED = 1  # new entry
+    MOVED = 2  # known at another remote: now at this one
+    STATIC = 3  # a static entry: left as it is
+    FULL = 4  # new, but the table is at its cap: refused
+
+
+class FdbFull(Exception):
+    """Raised by :meth:`Fdb.add_static` when the table is at its cap."""
+
+
+@dataclass(frozen=True)
+class FdbEntry:
+    """One row of the table as shown to the control plane."""
+
+    mac: bytes
+    remote: int
+    static: bool
+    age: float  # seconds since last seen (0 for static)
+
+
+@dataclass
+class _Slot:
+    remote: int
+    static: bool
+    last_seen: float
+
+
+class Fdb:
+    """MAC -> remote index table with ageing, static entries and a hard cap."""
+
+    def __init__(
+        self,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        ageing: float = DEFAULT_AGEING,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        if ageing < 0:
+            raise ValueError("ageing must not be negative")
+        self.max_entries = max_entries
+        self.ageing = ageing
+        self._clock = clock
+        self._table: dict[bytes, _Slot] = {}
+        self._stats = dict.fromkeys(FDB_FIELDS, 0)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def _expired(self, slot: _Slot, now: float) -> bool:
+        return not slot.static and self.ageing > 0 and now - slot.last_seen >= self.ageing
+
+    def _get_live(self, mac: bytes, now: float) -> _Slot | None:
+        slot = self._table.get(mac)
+        if slot is not None and self._expired(slot, now):
+            del self._table[mac]
+            self._stats["aged"] += 1
+            return None
+        return slot
+
+    def lookup(self, mac: bytes) -> int | None:
+        """Remote index for mac, or None if unknown (an expired entry is removed here)."""
+        slot = self._get_live(bytes(mac), self._clock())
+        return None if slot is None else slot.remote
+
+    def learn(self, mac: bytes, remote: int) -> Learn:
+        """Record that mac was seen behind remote."""
+        now = self._clock()
+        mac = bytes(mac)
+        slot = self._get_live(mac, now)
+        if slot is not None:
+            if slot.static:
+                return Learn.STATIC
+            slot.last_seen = now
+            if slot.remote == remote:
+                return Learn.REFRESHED
+            slot.remote = remote
+            self._stats["moves"] += 1
+            return Learn.MOVED
+        if len(self._table) >= self.max_entries:
+            self._stats["refused_full"] += 1
+            return Learn.FULL
+        self._table[mac] = _Slot(remote, False, now)
+        self._stats["learns"] += 1
+        return Learn.LEARNED
+
+    def add_static(self, mac: bytes, remote: int) -> None:
+        """Pin mac to remote; replaces a learned entry. Raises FdbFull at the cap."""
+        mac = bytes(mac)
+        if mac not in self._table and len(self._table) >= self.max_entries:
+            raise FdbFull(f"FDB full ({self.max_entries} entries)")
+        self._table[mac] = _Slot(remote, True, 0.0)
+
+    def remove(self, mac: bytes) -> bool:
+        """Forget mac (static or learned); True if it was there."""
+        return self._table.pop(bytes(mac), None) is not None
+
+    def expire(self) -> int:
+        """Remove every learned entry past its age; returns how many."""
+        now = self._clock()
+        old = [mac for mac, slot in self._table.items() if self._expired(slot, now)]
+        for mac in old:
+            del self._table[mac]
+        self._stats["aged"] += len(old)
+        return len(old)
+
+    def entries(self) -> list[FdbEntry]:
+        """All entries (expired ones not yet swept included), unordered."""
+        now = self._clock()
+        return [
+            FdbEntry(mac, s.remote, s.static, 0.0 if s.static else now - s.last_seen)
+            for mac, s in self._table.items()
+        ]
+
+    def stats(self) -> dict[str, int]:
+        """Counters: learns, moves, refused_full, aged; plus the current entry count."""
+        return {**self._stats, "entries": len(self._table)}

@@ -1,0 +1,88 @@
+"""GRE (RFC 2784, key and sequence from RFC 2890) carrying Ethernet, pure Python reference.
+
+Sent as a whole IPv4 packet on a raw socket; received on a raw IPPROTO_GRE
+socket, which delivers the outer IPv4 header too.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from datapath import ipv4
+from datapath.counters import Drop
+from datapath.ether import ETH_HLEN
+
+ETH_P_TEB = 0x6558  # transparent Ethernet bridging
+GRE_CSUM = 0x8000
+GRE_ROUTING = 0x4000
+GRE_KEY = 0x2000
+GRE_SEQ = 0x1000
+GRE_VERSION = 0x0007
+GRE_HLEN = 4
+GRE_OPT_LEN = 4  # each of checksum(+reserved), key, sequence
+KEY_MAX = (1 << 32) - 1
+
+
+def header_len(key: int | None) -> int:
+    """Length of the GRE header we send: 4, plus 4 with a key."""
+    return GRE_HLEN + (GRE_OPT_LEN if key is not None else 0)
+
+
+def overhead(key: int | None) -> int:
+    """Bytes added to an inner L3 packet: outer IPv4 + GRE + inner Ethernet (38, or 42 with a key)."""
+    return ipv4.IPV4_HLEN + header_len(key) + ETH_HLEN
+
+
+def header(key: int | None) -> bytes:
+    """The GRE header we send: no checksum, no sequence, key only if configured."""
+    if key is None:
+        return struct.pack("!HH", 0, ETH_P_TEB)
+    return struct.pack("!HHI", GRE_KEY, ETH_P_TEB, key)
+
+
+def encap(frame: bytes, *, key: int | None, src: bytes, dst: bytes, ttl: int = ipv4.DEFAULT_TTL) -> bytes:
+    """Outer IPv4/GRE packet carrying frame from src to dst (4-byte addresses)."""
+    gre = header(key)
+    return ipv4.build_header(src, dst, ipv4.IPPROTO_GRE, len(gre) + len(frame), ttl) + gre + bytes(frame)
+
+
+def decap(packet: bytes | memoryview, key: int | None) -> int:
+    """Offset of the inner frame in an IPv4/GRE packet, or -Drop reason.
+
+    Like the kernel (gre_parse_header) a packet with a nonzero version or the
+    routing bit is refused; a present checksum must verify. A packet without
+    the K bit has key 0, so "no key configured" accepts both key 0 and none,
+    as an Open vSwitch port without options:key does.
+    """
+    ihl = ipv4.header_len(packet)
+    if ihl < 0:
+        return -Drop.RX_TRUNCATED
+    n = len(packet)
+    if n < ihl + GRE_HLEN:
+        return -Drop.RX_TRUNCATED
+    flags = (packet[ihl] << 8) | packet[ihl + 1]
+    if flags & GRE_VERSION:
+        return -Drop.RX_BAD_VERSION
+    if flags & GRE_ROUTING:
+        return -Drop.RX_BAD_FLAGS
+    if (packet[ihl + 2] << 8) | packet[ihl + 3] != ETH_P_TEB:
+        return -Drop.RX_BAD_PROTO
+    off = ihl + GRE_HLEN
+    csum_present = bool(flags & GRE_CSUM)
+    if csum_present:
+        off += GRE_OPT_LEN
+    got_key = 0
+    if flags & GRE_KEY:
+        if n < off + GRE_OPT_LEN:
+            return -Drop.RX_TRUNCATED
+        got_key = struct.unpack_from("!I", packet, off)[0]
+        off += GRE_OPT_LEN
+    if flags & GRE_SEQ:
+        off += GRE_OPT_LEN  # sequence numbers are parsed, not enforced (as the kernel without ordering)
+    if n < off + ETH_HLEN:
+        return -Drop.RX_TRUNCATED
+    if csum_present and ipv4.checksum(packet[ihl:]) != 0:
+        return -Drop.RX_BAD_CSUM
+    if got_key != (key or 0):
+        return -Drop.RX_BAD_KEY
+    return off

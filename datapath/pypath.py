@@ -1,0 +1,162 @@
+"""The pure-Python forwarder: the reference for the C fast path, and ``--no-fast-path``.
+
+It has the same interface as :class:`datapath.fast.FastForwarder`:
+
+- ``tx(frames)`` and ``rx(packets)`` are the packet logic without I/O
+  (classify, encapsulate, flood / validate, learn, decapsulate);
+- ``from_tap`` and ``from_tunnel`` do one batch of I/O around them;
+- ``snapshot()`` copies the counters, ``fdb`` is the MAC table.
+
+A differential test feeds both forwarders the same frames and compares
+packets, counters and FDB.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+
+from datapath import gre, vxlan
+from datapath.config import DatapathConfig
+from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
+from datapath.ether import ETH_HLEN, is_multicast, is_valid_source
+from datapath.fdb import Fdb
+
+# Bigger than any frame a TAP hands over without offloads.
+_READ_SIZE = 65536
+
+
+class PyForwarder:
+    """Forwarding logic in Python; see the module docstring."""
+
+    def __init__(self, cfg: DatapathConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.fdb = Fdb(cfg.fdb_max, cfg.fdb_ageing, clock)
+        for mac, remote in cfg.statics:
+            self.fdb.add_static(mac, remote)
+        self._by_addr = {r.addr: i for i, r in enumerate(cfg.remotes)}
+        self._stats = dict.fromkeys(STAT_FIELDS, 0)
+        self._drops = [0] * (max(Drop) + 1)
+        self._remote_ctr = [dict.fromkeys(REMOTE_FIELDS, 0) for _ in cfg.remotes]
+        self._encap: Callable[[bytes, int], bytes]
+        self._decap: Callable[[bytes], int]
+        ends = [(r.local_bytes, r.addr_bytes) for r in cfg.remotes]
+        if cfg.mode == "vxlan":
+            self._encap = lambda frame, i: vxlan.encap(
+                frame,
+                vni=cfg.vni,
+                src=ends[i][0],
+                dst=ends[i][1],
+                dport=cfg.port,
+                udp_csum=cfg.udp_csum,
+                ttl=cfg.ttl,
+            )
+            self._decap = lambda pkt: vxlan.decap(pkt, cfg.vni)
+        else:
+            self._encap = lambda frame, i: gre.encap(frame, key=cfg.key, src=ends[i][0], dst=ends[i][1], ttl=cfg.ttl)
+            self._decap = lambda pkt: gre.decap(pkt, cfg.key)
+
+    def _drop(self, reason: Drop) -> None:
+        self._drops[reason] += 1
+
+    # -- packet logic, no I/O ------------------------------------------------
+
+    def tx(self, frames: Iterable[bytes]) -> list[tuple[int, bytes]]:
+        """Frames from the TAP -> (remote index, outer packet) pairs to send."""
+        out: list[tuple[int, bytes]] = []
+        outer_len = self.cfg.outer_len
+        for frame in frames:
+            self._stats["tap_rx"] += 1
+            if len(frame) < ETH_HLEN:
+                self._drop(Drop.TX_RUNT)
+                continue
+            if outer_len + len(frame) > self.cfg.underlay_mtu:
+                self._drop(Drop.TX_TOO_BIG)
+                continue
+            remote = None if is_multicast(frame) else self.fdb.lookup(frame[:6])
+            if remote is not None:
+                self._stats["tx_unicast"] += 1
+                out.append((remote, self._encap(frame, remote)))
+                continue
+            # Broadcast, multicast, unknown unicast: head-end replication to every remote.
+            self._stats["tx_flooded"] += 1
+            for i in range(len(self.cfg.remotes)):
+                self._remote_ctr[i]["tx_flood"] += 1
+                out.append((i, self._encap(frame, i)))
+        return out
+
+    def rx(self, packets: Iterable[tuple[bytes, str]]) -> list[tuple[int, bytes]]:
+        """(packet, outer source address) -> (remote index, inner frame) pairs for the TAP."""
+        out: list[tuple[int, bytes]] = []
+        for pkt, src in packets:
+            remote = self._by_addr.get(src)
+            if remote is None:
+                self._drop(Drop.RX_NOT_REMOTE)
+                continue
+            off = self._decap(pkt)
+            if off < 0:
+                self._drop(Drop(-off))
+                continue
+            frame = pkt[off:]
+            if not is_valid_source(frame[6:12]):
+                self._drop(Drop.RX_BAD_SRC_MAC)
+                continue
+            self.fdb.learn(frame[6:12], remote)
+            out.append((remote, frame))
+        return out
+
+    # -- one batch of I/O ------------------------------------------------------
+
+    def from_tap(self, tap_fd: int, send_sock: socket.socket) -> int:
+        """Drain up to one batch of frames from the TAP and send them; returns frames read."""
+        frames: list[bytes] = []
+        for _ in range(self.cfg.batch):
+            try:
+                frames.append(os.read(tap_fd, _READ_SIZE))
+            except BlockingIOError:
+                break
+        for remote, pkt in self.tx(frames):
+            try:
+                send_sock.sendto(pkt, (self.cfg.remotes[remote].addr, 0))
+            except OSError:
+                self._drop(Drop.TX_ERROR)
+                continue
+            ctr = self._remote_ctr[remote]
+            ctr["tx_packets"] += 1
+            ctr["tx_bytes"] += len(pkt) - self.cfg.outer_len
+        return len(frames)
+
+    def from_tunnel(self, recv_sock: socket.socket, tap_fd: int) -> int:
+        """Receive up to one batch from the underlay and write the inner frames to the TAP."""
+        packets: list[tuple[bytes, str]] = []
+        for _ in range(self.cfg.batch):
+            try:
+                data, addr = recv_sock.recvfrom(_READ_SIZE)
+            except BlockingIOError:
+                break
+            packets.append((data, addr[0]))
+        for remote, frame in self.rx(packets):
+            try:
+                os.write(tap_fd, frame)
+            except OSError:
+                self._drop(Drop.RX_TAP_ERROR)
+                continue
+            self._stats["tap_tx"] += 1
+            ctr = self._remote_ctr[remote]
+            ctr["rx_packets"] += 1
+            ctr["rx_bytes"] += len(frame)
+        return len(packets)
+
+    # -- observation ---------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """A copy of all counters."""
+        fdb = self.fdb.stats()
+        return Snapshot(
+            stats=dict(self._stats),
+            drops={drop_name(d): self._drops[d] for d in Drop},
+            remotes=[{"remote": r.addr, **self._remote_ctr[i]} for i, r in enumerate(self.cfg.remotes)],
+            fdb={k: fdb[k] for k in (*FDB_FIELDS, "entries")},
+        )

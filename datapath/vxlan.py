@@ -1,0 +1,76 @@
+"""VXLAN (RFC 7348) encapsulation and decapsulation, pure Python reference.
+
+``encap`` builds the whole outer packet (IPv4 + UDP + VXLAN + inner frame),
+because the datapath sends on a raw socket to pick a per-flow UDP source
+port as the kernel and Open vSwitch do. ``decap`` takes a UDP payload, as
+the receiving UDP socket delivers it.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from datapath import ipv4
+from datapath.counters import Drop
+from datapath.ether import ETH_HLEN, flow_hash
+
+VXLAN_PORT = 4789  # IANA-assigned (RFC 7348 §5)
+VXLAN_HLEN = 8
+VXLAN_FLAG_I = 0x08  # "VNI valid"
+VNI_MAX = (1 << 24) - 1
+UDP_HLEN = 8
+# Outer IPv4 + UDP + VXLAN; plus the inner Ethernet header that the TAP MTU excludes.
+VXLAN_OUTER_LEN = ipv4.IPV4_HLEN + UDP_HLEN + VXLAN_HLEN
+VXLAN_OVERHEAD = VXLAN_OUTER_LEN + ETH_HLEN  # 50, as the kernel's vxlan over IPv4
+# RFC 7348 §5 / the kernel's default ip_local_port_range.
+SRC_PORT_MIN = 32768
+SRC_PORT_MAX = 61000
+
+_UDP = struct.Struct("!HHHH")
+
+
+def src_port(frame: bytes | memoryview, lo: int = SRC_PORT_MIN, hi: int = SRC_PORT_MAX) -> int:
+    """UDP source port for frame: its flow hash scaled into [lo, hi), like udp_flow_src_port()."""
+    return lo + ((flow_hash(frame) * (hi - lo)) >> 32)
+
+
+def header(vni: int) -> bytes:
+    """The 8-byte VXLAN header: flags with the I bit, 24-bit VNI, reserved bytes zero."""
+    return struct.pack("!B3xI", VXLAN_FLAG_I, vni << 8)
+
+
+def encap(
+    frame: bytes,
+    *,
+    vni: int,
+    src: bytes,
+    dst: bytes,
+    dport: int = VXLAN_PORT,
+    udp_csum: bool = False,
+    ttl: int = ipv4.DEFAULT_TTL,
+) -> bytes:
+    """Outer IPv4/UDP/VXLAN packet carrying frame from src to dst (4-byte addresses).
+
+    The UDP checksum is 0 ("not computed", allowed over IPv4) unless udp_csum.
+    """
+    payload = header(vni) + bytes(frame)
+    udp_len = UDP_HLEN + len(payload)
+    udp = _UDP.pack(src_port(frame), dport, udp_len, 0)
+    if udp_csum:
+        csum = ipv4.checksum(udp + payload, ipv4.pseudo_sum(src, dst, ipv4.IPPROTO_UDP, udp_len))
+        udp = udp[:6] + struct.pack("!H", csum or 0xFFFF)
+    return ipv4.build_header(src, dst, ipv4.IPPROTO_UDP, udp_len, ttl) + udp + payload
+
+
+def decap(payload: bytes | memoryview, vni: int) -> int:
+    """Offset of the inner frame in a VXLAN UDP payload, or -Drop reason.
+
+    Reserved bits are ignored on receipt (RFC 7348 §5); the I flag must be set.
+    """
+    if len(payload) < VXLAN_HLEN + ETH_HLEN:
+        return -Drop.RX_TRUNCATED
+    if not payload[0] & VXLAN_FLAG_I:
+        return -Drop.RX_BAD_FLAGS
+    if (payload[4] << 16) | (payload[5] << 8) | payload[6] != vni:
+        return -Drop.RX_BAD_VNI
+    return VXLAN_HLEN
