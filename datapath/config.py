@@ -43,6 +43,8 @@ class DatapathConfig:
     remotes: tuple[Remote, ...]
     underlay_mtu: int
     tap_mtu: int
+    tap_name: str = "ovl0"
+    tap_mac: bytes = b"\x02\x00\x00\x00\x00\x01"
     vni: int = 0
     key: int | None = None
     port: int = vxlan.VXLAN_PORT

@@ -1,0 +1,1 @@
+"""ovl-dp control plane: CLI, configuration, bridge attachment, control socket, the lab."""

@@ -1,0 +1,81 @@
+"""`ovl-dp run`: set up, attach to the bridge, run the loop, clean up on signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvloop
+
+from control import bridge, config, ctl
+from control.report import format_counters, format_fdb
+from datapath.engine import Engine
+from datapath.errors import SetupError
+from datapath.ether import format_mac
+
+log = logging.getLogger("ovl-dp")
+
+
+def run(opts: config.RunOptions) -> int:
+    """Run the daemon until SIGINT/SIGTERM; SetupError for anything a user must fix."""
+    bridge_kind = bridge.resolve(opts.bridge, opts.bridge_type)
+    cfg = config.build(opts)
+    engine = Engine(cfg, fast=opts.fast_path)
+    try:
+        bridge.attach(opts.bridge, bridge_kind, engine.tap.name)
+        ident = f"vni {cfg.vni} port {cfg.port}" if cfg.mode == "vxlan" else f"key {cfg.key if cfg.key is not None else 'none'}"
+        log.info(
+            "%s %s: tap %s mac %s mtu %d (underlay %d) bridge %s (%s) remotes %s; %s path",
+            cfg.mode,
+            ident,
+            engine.tap.name,
+            format_mac(cfg.tap_mac),
+            cfg.tap_mtu,
+            cfg.underlay_mtu,
+            opts.bridge if bridge_kind != "none" else "-",
+            bridge_kind,
+            ", ".join(r.addr for r in cfg.remotes),
+            "C fast" if engine.fast else "pure-Python",
+        )
+        loop = uvloop.new_event_loop()
+        try:
+            loop.run_until_complete(_serve(loop, engine))
+        finally:
+            loop.close()
+    finally:
+        log.info("exiting; counters:\n%s", format_counters(engine.snapshot().as_dict()))
+        engine.close()
+    return 0
+
+
+async def _serve(loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
+    stop = asyncio.Event()
+
+    def answer(cmd: str) -> object:
+        if cmd == "show":
+            return {"tap": engine.tap.name, "mode": engine.cfg.mode, **engine.snapshot().as_dict()}
+        if cmd == "fdb":
+            return engine.fdb_table()
+        raise ValueError(f"unknown command {cmd!r}")
+
+    def dump() -> None:
+        log.info(
+            "counters:\n%s\n%s", format_counters(engine.snapshot().as_dict()), format_fdb(engine.fdb_table())
+        )
+
+    try:
+        server = await ctl.serve(engine.tap.name, answer)
+    except OSError as exc:
+        raise SetupError(str(exc)) from None
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump)
+    engine.start(loop)
+    log.info("ready")
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,303 @@
+"""The lab: hosts and containers as network namespaces, shared by `ovl-dp lab`, tests and bench.
+
+Layout for N hosts (all names carry a per-run tag, so runs never collide):
+
+    <tag>-sw   the underlay switch: Linux bridge br0, one veth per host
+    <tag>-hI   host I: ul0 = 192.0.2.I/24 (underlay), Linux bridge br-int,
+               veth vm0 on br-int; ovl-dp runs here
+    <tag>-cI   container I: eth0 = 172.20.1.I/24, the other end of vm0
+
+192.0.2.0/24 is TEST-NET-1 (RFC 5737) and 172.20.1.0/24 the scenario's
+overlay; both exist only inside these namespaces. Everything the lab made
+(processes by PID, then namespaces) is removed by :meth:`Lab.close`, which
+the context manager calls also on failure and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from datapath.config import overhead
+
+UNDERLAY_PREFIX = "192.0.2."
+OVERLAY_PREFIX = "172.20.1."
+DAEMON_READY_TIMEOUT = 20.0
+
+
+class LabError(Exception):
+    """A lab step failed; the message says which and shows its output."""
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a command, capturing output; LabError with its output if it fails and check is set."""
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and res.returncode != 0:
+        raise LabError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
+    return res
+
+
+@dataclass
+class Daemon:
+    """An ovl-dp process the lab started in a host namespace."""
+
+    host: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class Lab:
+    """Network namespaces for `hosts` hosts, each with a container; see the module docstring."""
+
+    def __init__(self, hosts: int = 2, tag: str | None = None) -> None:
+        if shutil.which("ip") is None:
+            raise LabError("the lab needs iproute2's `ip` command")
+        self.n = hosts
+        self.tag = tag or f"ovl{os.getpid() % 100000}"
+        self.namespaces: list[str] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.daemons: dict[int, Daemon] = {}
+        self.workdir = Path(tempfile.mkdtemp(prefix="ovl-lab-"))
+
+    # -- names and addresses -------------------------------------------------
+
+    def host(self, i: int) -> str:
+        return f"{self.tag}-h{i}"
+
+    def container(self, i: int) -> str:
+        return f"{self.tag}-c{i}"
+
+    @property
+    def switch(self) -> str:
+        return f"{self.tag}-sw"
+
+    @staticmethod
+    def underlay_ip(i: int) -> str:
+        return f"{UNDERLAY_PREFIX}{i}"
+
+    @staticmethod
+    def overlay_ip(i: int) -> str:
+        return f"{OVERLAY_PREFIX}{i}"
+
+    # -- building ----------------------------------------------------------------
+
+    def _netns(self, name: str) -> None:
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def build(self, container_mtu: int = 1400) -> Lab:
+        """Create switch, hosts and containers; returns self."""
+        self._netns(self.switch)
+        sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.switch, "link", "set", "br0", "up")
+        for i in range(1, self.n + 1):
+            h, c = self.host(i), self.container(i)
+            self._netns(h)
+            self._netns(c)
+            # Hosts carry only the underlay: no IPv6 chatter (RS, MLD) from their bridge and TAP.
+            for key in ("all", "default"):
+                sh("ip", "netns", "exec", h, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+            sh("ip", "-n", h, "link", "add", "ul0", "type", "veth", "peer", "name", f"p{i}", "netns", self.switch)
+            sh("ip", "-n", self.switch, "link", "set", f"p{i}", "master", "br0", "up")
+            sh("ip", "-n", h, "addr", "add", f"{self.underlay_ip(i)}/24", "dev", "ul0")
+            sh("ip", "-n", h, "link", "set", "ul0", "up")
+            sh("ip", "-n", h, "link", "add", "br-int", "type", "bridge")
+            sh("ip", "-n", h, "link", "set", "br-int", "up")
+            sh("ip", "-n", h, "link", "add", "vm0", "type", "veth", "peer", "name", "eth0", "netns", c)
+            sh("ip", "-n", h, "link", "set", "vm0", "master", "br-int", "up")
+            sh("ip", "-n", c, "addr", "add", f"{self.overlay_ip(i)}/24", "dev", "eth0")
+            sh("ip", "-n", c, "link", "set", "eth0", "mtu", str(container_mtu), "up")
+        return self
+
+    # -- ovl-dp ------------------------------------------------------------------
+
+    def start(self, i: int, *args: str, wait: bool = True) -> Daemon:
+        """Start `ovl-dp run ARGS` on host i (its log goes to a file in the lab's workdir)."""
+        log = self.workdir / f"h{i}-{len(self.procs)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.host(i), sys.executable, "-m", "control.cli", "run", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.procs.append(proc)
+        daemon = Daemon(i, proc, log)
+        self.daemons[i] = daemon
+        if wait:
+            self.wait_ready(daemon)
+        return daemon
+
+    def start_mesh(self, mode: str, *extra: str, hosts: range | None = None) -> None:
+        """ovl-dp on every host (or those in hosts), each with all the others as remotes."""
+        members = list(hosts or range(1, self.n + 1))
+        for i in members:
+            remotes = [a for j in members if j != i for a in ("--remote", self.underlay_ip(j))]
+            self.start(i, "--mode", mode, *remotes, *extra)
+
+    @staticmethod
+    def wait_ready(daemon: Daemon, timeout: float = DAEMON_READY_TIMEOUT) -> None:
+        """Wait until the daemon logs 'ready'; LabError with its log if it exits or times out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = daemon.output()
+            if " ready" in text:
+                return
+            if daemon.proc.poll() is not None:
+                raise LabError(f"ovl-dp on host {daemon.host} exited with {daemon.proc.returncode}:\n{text}")
+            time.sleep(0.05)
+        raise LabError(f"ovl-dp on host {daemon.host} not ready after {timeout}s:\n{daemon.output()}")
+
+    def stop(self, daemon: Daemon, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        """Signal the daemon (by PID) and wait for it; returns its exit code."""
+        if daemon.proc.poll() is None:
+            daemon.proc.send_signal(sig)
+        try:
+            return daemon.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            daemon.proc.kill()
+            daemon.proc.wait()
+            raise LabError(f"ovl-dp on host {daemon.host} ignored signal {sig}:\n{daemon.output()}") from None
+
+    def ovl(self, i: int, command: str, *args: str) -> Any:
+        """`ovl-dp COMMAND --json` on host i, parsed (show: counters; fdb: the table)."""
+        res = sh("ip", "netns", "exec", self.host(i), sys.executable, "-m", "control.cli", command, "--json", *args)
+        return json.loads(res.stdout)
+
+    # -- traffic -------------------------------------------------------------------
+
+    def ping(self, src: int, dst: int, count: int = 5, interval: float = 0.2, check: bool = True) -> dict[str, float]:
+        """Ping container dst from container src; returns loss (%) and rtt min/avg/max/mdev (ms)."""
+        res = sh(
+            "ip", "netns", "exec", self.container(src), "ping", "-n", "-q", "-c", str(count),
+            "-i", str(interval), "-W", "2", self.overlay_ip(dst), check=check, timeout=count * (interval + 2) + 10,
+        )  # fmt: skip
+        loss = re.search(r"([\d.]+)% packet loss", res.stdout)
+        rtt = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", res.stdout)
+        out = {"loss": float(loss.group(1)) if loss else 100.0}
+        if rtt:
+            out.update(zip(("min", "avg", "max", "mdev"), map(float, rtt.groups()), strict=True))
+        return out
+
+    def iperf3(self, client: int, server: int, seconds: int = 3, *extra: str) -> dict[str, Any]:
+        """TCP iperf3 from container client to container server; returns iperf3's JSON result."""
+        srv = subprocess.Popen(
+            ["ip", "netns", "exec", self.container(server), "iperf3", "-s", "-1", "-B", self.overlay_ip(server)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.procs.append(srv)
+        try:
+            for _ in range(100):  # until the server listens
+                ss = sh("ip", "netns", "exec", self.container(server), "ss", "-ltnH", "sport", "= :5201", check=False)
+                if ss.stdout.strip():
+                    break
+                time.sleep(0.05)
+            res = sh(
+                "ip", "netns", "exec", self.container(client), "iperf3", "-J", "-c", self.overlay_ip(server),
+                "-t", str(seconds), *extra, check=False, timeout=seconds + 30,
+            )  # fmt: skip
+            result: dict[str, Any] = json.loads(res.stdout) if res.stdout.strip() else {"error": res.stderr}
+        finally:
+            if srv.poll() is None:
+                srv.terminate()
+            srv.wait(5)
+        return result
+
+    # -- teardown ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop every process the lab started (by PID) and delete its namespaces."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for ns in reversed(self.namespaces):
+            sh("ip", "netns", "del", ns, check=False)
+        self.namespaces.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def container_mtu(mode: str, underlay_mtu: int = 1500) -> int:
+    """The MTU containers need so that their frames fit the TAP (as with a kernel tunnel)."""
+    return underlay_mtu - overhead(mode)
+
+
+def _demo(mode: str, seconds: int, fast: bool) -> dict[str, Any]:
+    extra = () if fast else ("--no-fast-path",)
+    with Lab(2) as lab:
+        lab.build(container_mtu(mode))
+        lab.start_mesh(mode, *extra)
+        lab.ping(1, 2, count=3)  # ARP and FDB warm-up
+        fwd, back = lab.ping(1, 2, count=10), lab.ping(2, 1, count=10)
+        perf = lab.iperf3(1, 2, seconds)
+        counters = {i: lab.ovl(i, "show") for i in (1, 2)}
+        fdb = {i: lab.ovl(i, "fdb") for i in (1, 2)}
+        codes = [lab.stop(lab.daemons[i]) for i in (1, 2)]
+    gbps = perf.get("end", {}).get("sum_received", {}).get("bits_per_second", 0) / 1e9
+    return {"mode": mode, "ping": fwd, "ping_back": back, "gbps": gbps, "iperf_error": perf.get("error"),
+            "counters": counters, "fdb": fdb, "exit_codes": codes}  # fmt: skip
+
+
+def _print_report(r: dict[str, Any]) -> bool:
+    from control.report import format_counters, format_fdb
+
+    ok = r["ping"]["loss"] == 0 and r["ping_back"]["loss"] == 0 and r["gbps"] > 0 and r["exit_codes"] == [0, 0]
+    print(f"\n=== ovl-dp lab, mode {r['mode']}: {'OK' if ok else 'FAILED'} ===")
+    for name, p in (("vm1 -> vm2", r["ping"]), ("vm2 -> vm1", r["ping_back"])):
+        rtt = f"rtt avg {p['avg']:.3f} ms (min {p['min']:.3f}, max {p['max']:.3f})" if "avg" in p else "no replies"
+        print(f"ping {name}: loss {p['loss']:.0f}%, {rtt}")
+    print(f"iperf3 TCP vm1 -> vm2: {r['gbps']:.3f} Gbit/s" + (f" ({r['iperf_error']})" if r["iperf_error"] else ""))
+    for i in (1, 2):
+        print(f"--- host {i} counters ---\n{format_counters(r['counters'][i])}\n{format_fdb(r['fdb'][i])}")
+    return ok
+
+
+def main(args: argparse.Namespace) -> int:
+    """`ovl-dp lab`: build, demonstrate, report, tear down (also on Ctrl-C / SIGTERM)."""
+    for tool in ("ping", "iperf3", "ss"):
+        if shutil.which(tool) is None:
+            print(f"ovl-dp: error: the lab needs `{tool}` (apt-get install iputils-ping iperf3 iproute2)")
+            return 2
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    modes = ["gre", "vxlan"] if args.mode == "both" else [args.mode]
+    ok = True
+    for mode in modes:
+        print(f"building the two-host lab (Linux bridges) for {mode} ...", flush=True)
+        try:
+            ok &= _print_report(_demo(mode, args.seconds, not args.no_fast_path))
+        except LabError as exc:
+            print(f"lab failed in mode {mode}: {exc}", file=sys.stderr)
+            ok = False
+    return 0 if ok else 1

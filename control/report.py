@@ -1,0 +1,33 @@
+"""Human-readable counters and FDB, for logs, `ovl-dp show`, `ovl-dp fdb` and the lab."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def format_counters(snap: Mapping[str, Any]) -> str:
+    """Counters as a few aligned lines; zero drop reasons are left out."""
+    stats = snap["stats"]
+    lines = [
+        "datapath: " + "  ".join(f"{k}={v}" for k, v in stats.items()),
+        "fdb:      " + "  ".join(f"{k}={v}" for k, v in snap["fdb"].items()),
+    ]
+    drops = {k: v for k, v in snap["drops"].items() if v}
+    lines.append("drops:    " + ("  ".join(f"{k}={v}" for k, v in drops.items()) if drops else "none"))
+    for r in snap["remotes"]:
+        fields = "  ".join(f"{k}={v}" for k, v in r.items() if k != "remote")
+        lines.append(f"remote {r['remote']:<15} {fields}")
+    return "\n".join(lines)
+
+
+def format_fdb(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The MAC table as a table."""
+    if not rows:
+        return "(FDB empty)"
+    out = [f"{'MAC':<17}  {'REMOTE':<15}  {'TYPE':<7}  AGE(s)"]
+    for r in rows:
+        kind = "static" if r["static"] else "learned"
+        age = "-" if r["static"] else f"{r['age']:.1f}"
+        out.append(f"{r['mac']:<17}  {r['remote']:<15}  {kind:<7}  {age}")
+    return "\n".join(out)

@@ -1,0 +1,126 @@
+"""The forwarding loop: where a reader starts to follow the packet path.
+
+    TAP readable    -> forwarder.from_tap(tap, send socket)
+                       (read a batch, FDB lookup, flood or unicast, encapsulate, send)
+    socket readable -> forwarder.from_tunnel(recv socket, tap)
+                       (receive a batch, check source and header, learn, decapsulate, write to TAP)
+    every second    -> fdb.expire()
+
+The forwarder is the C fast path (:mod:`datapath.fast`) or the pure-Python
+reference (:mod:`datapath.pypath`); both do one batch per call. The engine
+owns the TAP and the sockets and registers their fds with the asyncio
+(uvloop) loop; the control plane starts and stops it and reads
+:meth:`Engine.snapshot` and :meth:`Engine.fdb_table`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from datapath import pypath, underlay
+from datapath.config import DatapathConfig
+from datapath.counters import Snapshot
+from datapath.ether import format_mac
+from datapath.fdb import FdbEntry
+from datapath.tap import Tap
+
+log = logging.getLogger("ovl-dp")
+
+AGEING_SWEEP_INTERVAL = 1.0
+
+
+class FdbView(Protocol):
+    def expire(self) -> int: ...
+    def entries(self) -> list[FdbEntry]: ...
+
+
+class Forwarder(Protocol):
+    """What both the C and the Python forwarder provide (see datapath.pypath)."""
+
+    fdb: FdbView
+
+    def from_tap(self, tap_fd: int, send_sock: object) -> int: ...
+    def from_tunnel(self, recv_sock: object, tap_fd: int) -> int: ...
+    def snapshot(self) -> Snapshot: ...
+
+
+def make_forwarder(cfg: DatapathConfig, fast: bool, clock: Callable[[], float] = time.monotonic) -> Forwarder:
+    """The C forwarder if asked for and built, else the Python reference."""
+    if fast:
+        from datapath import fast as fastpath
+
+        if fastpath.available():
+            return fastpath.FastForwarder(cfg, clock)
+        log.warning("C fast path is not built (pip install -e . compiles it); using the pure-Python path")
+    return pypath.PyForwarder(cfg, clock)
+
+
+class Engine:
+    """Owns the TAP, the tunnel sockets and the forwarder; runs them on an asyncio loop."""
+
+    def __init__(self, cfg: DatapathConfig, fast: bool = True) -> None:
+        self.cfg = cfg
+        self.forwarder = make_forwarder(cfg, fast)
+        self.fast = not isinstance(self.forwarder, pypath.PyForwarder)
+        # Sockets first: a port in use should fail before a TAP appears on the bridge.
+        self.recv_sock = underlay.open_recv_socket(cfg)
+        try:
+            self.send_sock = underlay.open_send_socket()
+        except Exception:
+            self.recv_sock.close()
+            raise
+        try:
+            self.tap = Tap(cfg.tap_name, cfg.tap_mac, cfg.tap_mtu)
+        except Exception:
+            self.recv_sock.close()
+            self.send_sock.close()
+            raise
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Register the fds with loop; packets flow from here on."""
+        self._loop = loop
+        tap_fd, send, recv, fwd = self.tap.fileno(), self.send_sock, self.recv_sock, self.forwarder
+        loop.add_reader(tap_fd, fwd.from_tap, tap_fd, send)
+        loop.add_reader(recv.fileno(), fwd.from_tunnel, recv, tap_fd)
+        self._sweeper = loop.call_later(AGEING_SWEEP_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        self.forwarder.fdb.expire()
+        assert self._loop is not None
+        self._sweeper = self._loop.call_later(AGEING_SWEEP_INTERVAL, self._sweep)
+
+    def close(self) -> None:
+        """Unregister, close the sockets and the TAP (which removes it from the bridge)."""
+        if self._loop is not None:
+            self._loop.remove_reader(self.tap.fileno())
+            self._loop.remove_reader(self.recv_sock.fileno())
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+            self._loop = None
+        self.recv_sock.close()
+        self.send_sock.close()
+        self.tap.close()
+
+    def snapshot(self) -> Snapshot:
+        """All counters."""
+        return self.forwarder.snapshot()
+
+    def fdb_table(self) -> list[dict[str, object]]:
+        """The MAC table with remote addresses, sorted by MAC."""
+        remotes = self.cfg.remotes
+        rows = sorted(self.forwarder.fdb.entries(), key=lambda e: e.mac)
+        return [
+            {
+                "mac": format_mac(e.mac),
+                "remote": remotes[e.remote].addr,
+                "static": e.static,
+                "age": round(e.age, 1),
+            }
+            for e in rows
+        ]

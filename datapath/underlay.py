@@ -1,0 +1,77 @@
+"""The tunnel sockets, and what the routing table says about each remote.
+
+Send: one raw socket (IPPROTO_RAW, which implies IP_HDRINCL) for both modes,
+because the datapath builds the outer IPv4 header itself: the VXLAN UDP
+source port must vary per inner flow, which a bound UDP socket cannot do.
+Receive: a UDP socket bound to the VXLAN port, or a raw IPPROTO_GRE socket
+(which hands over the outer IPv4 header as well).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from datapath.config import DatapathConfig
+from datapath.errors import SetupError
+from datapath.ipv4 import IPPROTO_GRE
+
+IP_MTU = 14  # <linux/in.h>: path MTU of a connected socket
+SOCKET_BUFFER = 4 << 20  # room for bursts from a batch
+
+
+def route_to(remote: str) -> tuple[str, int]:
+    """(local source address, path MTU) the kernel would use towards remote."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((remote, 9))  # discard port; nothing is sent
+        except OSError as exc:
+            raise SetupError(f"no route to remote {remote}: {exc.strerror}") from None
+        local = probe.getsockname()[0]
+        mtu = probe.getsockopt(socket.IPPROTO_IP, IP_MTU)
+    return local, mtu
+
+
+def _grow_buffer(sock: socket.socket, option: int) -> None:
+    # The kernel caps at net.core.[rw]mem_max; a smaller buffer only costs bursts.
+    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+
+
+def open_send_socket() -> socket.socket:
+    """Raw IPv4 socket that sends packets whose IPv4 header we built."""
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    except PermissionError:
+        raise SetupError("cannot open a raw socket: permission denied (run as root or with CAP_NET_RAW)") from None
+    _grow_buffer(sock, socket.SO_SNDBUF)
+    return sock
+
+
+def open_recv_socket(cfg: DatapathConfig) -> socket.socket:
+    """Non-blocking socket that receives tunnel packets: UDP on cfg.port, or raw GRE."""
+    if cfg.mode == "vxlan":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((cfg.bind, cfg.port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise SetupError(
+                    f"UDP port {cfg.port} is already in use on {cfg.bind} "
+                    "(another ovl-dp, or a kernel vxlan device with this dstport?)"
+                ) from None
+            raise SetupError(f"cannot bind UDP {cfg.bind}:{cfg.port}: {exc.strerror}") from None
+    else:
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_GRE)
+        except PermissionError:
+            raise SetupError("cannot open a raw GRE socket: permission denied (run as root or with CAP_NET_RAW)") from None
+        if cfg.bind != "0.0.0.0":
+            try:
+                sock.bind((cfg.bind, 0))
+            except OSError as exc:
+                sock.close()
+                raise SetupError(f"cannot bind to local address {cfg.bind}: {exc.strerror}") from None
+    _grow_buffer(sock, socket.SO_RCVBUF)
+    sock.setblocking(False)
+    return sock
