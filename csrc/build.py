@@ -1,0 +1,68 @@
+"""cffi builder (API mode, out-of-line) for the C fast path ``datapath._ovl_fast``.
+
+The cdef is the section of ``ovl_fast.h`` between ``/* BEGIN CDEF */`` and
+``/* END CDEF */``: one copy of the declarations, checked by the C compiler
+when the generated module includes the header.
+
+Used by ``setup.py`` (``cffi_modules``) for ``pip install .`` / ``pip install -e .``,
+and runnable directly to build the module in place::
+
+    python csrc/build.py        # writes datapath/_ovl_fast.<abi>.so
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import sysconfig
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+HEADER = os.path.join(HERE, "ovl_fast.h")
+
+
+def cdef_source(header: str = HEADER) -> str:
+    """The declarations cffi reads: the CDEF section of the header."""
+    with open(header) as f:
+        text = f.read()
+    m = re.search(r"/\* BEGIN CDEF \*/\n(.*?)/\* END CDEF \*/", text, re.S)
+    if m is None:
+        raise RuntimeError(f"{header}: no BEGIN CDEF / END CDEF section")
+    return m.group(1)
+
+
+def make_builder(relative: bool) -> FFI:
+    """The builder; setuptools (setup.py, run from the project root) gets paths relative to it."""
+    csrc = os.path.relpath(HERE, ROOT) if relative else HERE
+    ffi = FFI()
+    ffi.cdef(cdef_source())
+    ffi.set_source(
+        "datapath._ovl_fast",
+        '#include "ovl_fast.h"',
+        sources=[os.path.join(csrc, "ovl_fast.c")],
+        include_dirs=[csrc],
+        extra_compile_args=["-O2", "-Wall", "-Wextra"],
+    )
+    return ffi
+
+
+ffibuilder = make_builder(relative=os.getcwd() == ROOT)
+
+
+def build_in_place() -> str:
+    """Compile under build/cffi and copy the module next to datapath/*.py; returns its path."""
+    tmp = os.path.join(ROOT, "build", "cffi")
+    os.makedirs(tmp, exist_ok=True)
+    built = make_builder(relative=False).compile(tmpdir=tmp, verbose=False)
+    dest = os.path.join(ROOT, "datapath", "_ovl_fast" + sysconfig.get_config_var("EXT_SUFFIX"))
+    shutil.copyfile(built, dest)
+    return dest
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    print(build_in_place(), file=sys.stderr)

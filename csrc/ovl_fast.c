@@ -1,0 +1,746 @@
+/* ovl_fast.c: see ovl_fast.h. Every function reproduces a pure-Python
+ * reference (named in its comment) byte for byte, including the order of
+ * checks, so that the same bad packet gets the same drop reason. */
+#define _GNU_SOURCE
+#include "ovl_fast.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define ETH_HLEN 14
+#define ETH_ALEN 6
+#define IPV4_HLEN 20
+#define UDP_HLEN 8
+#define VXLAN_HLEN 8
+#define GRE_HLEN 4
+#define GRE_OPT_LEN 4
+#define VXLAN_FLAG_I 0x08
+#define GRE_CSUM 0x8000
+#define GRE_ROUTING 0x4000
+#define GRE_KEY 0x2000
+#define GRE_SEQ 0x1000
+#define GRE_VERSION 0x0007
+#define ETH_P_TEB 0x6558
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+#define IP_DF 0x4000
+#define SRC_PORT_MIN 32768
+#define SRC_PORT_MAX 61000
+#define FNV_OFFSET 0x811C9DC5u
+#define FNV_PRIME 0x01000193u
+
+static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+
+static uint32_t get32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void put16(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static void put32(uint8_t *p, uint32_t v) {
+    put16(p, v >> 16);
+    put16(p + 2, v);
+}
+
+/* ---- flow hash (ether.flow_key / fnv1a32) ---------------------------------- */
+
+static uint32_t fnv(uint32_t h, const uint8_t *p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * FNV_PRIME;
+    return h;
+}
+
+static int ports_proto(uint8_t proto) { return proto == 6 || proto == 17 || proto == 132; }
+
+/* FNV-1a of the flow key, hashed piece by piece instead of building the key.
+ * The caller guarantees len >= ETH_HLEN (the reference indexes frame[13]). */
+uint32_t ovl_flow_hash(const uint8_t *f, size_t n) {
+    uint32_t h = FNV_OFFSET;
+    size_t off = ETH_HLEN;
+    if (n < ETH_HLEN)
+        return h;
+    uint16_t type = get16(f + 12);
+    if ((type == ETH_P_8021Q || type == ETH_P_8021AD) && n >= off + 4) {
+        type = get16(f + 16);
+        off += 4;
+    }
+    if (type == ETH_P_IP && n >= off + 20 && f[off] >> 4 == 4) {
+        size_t ihl = (size_t)(f[off] & 0x0F) * 4;
+        uint8_t proto = f[off + 9];
+        h = fnv(h, f + off + 12, 8);
+        h = fnv(h, &proto, 1);
+        uint16_t frag = get16(f + off + 6) & 0x3FFF; /* MF + offset */
+        if (ports_proto(proto) && ihl >= 20 && frag == 0 && n >= off + ihl + 4)
+            h = fnv(h, f + off + ihl, 4);
+        return h;
+    }
+    if (type == ETH_P_IPV6 && n >= off + 40 && f[off] >> 4 == 6) {
+        uint8_t next = f[off + 6];
+        h = fnv(h, f + off + 8, 32);
+        h = fnv(h, &next, 1);
+        if (ports_proto(next) && n >= off + 44)
+            h = fnv(h, f + off + 40, 4);
+        return h;
+    }
+    uint8_t t[2] = {(uint8_t)(type >> 8), (uint8_t)type};
+    h = fnv(h, f, 12);
+    return fnv(h, t, 2);
+}
+
+/* ---- Internet checksum (ipv4.checksum) --------------------------------------- */
+
+/* Unfolded sum of big-endian 16-bit words, an odd last byte padded with zero. */
+static uint64_t sum16(const uint8_t *p, size_t n) {
+    uint64_t s = 0;
+    size_t i;
+    for (i = 0; i + 1 < n; i += 2)
+        s += get16(p + i);
+    if (i < n)
+        s += (uint64_t)p[i] << 8;
+    return s;
+}
+
+static uint16_t fold(uint64_t s) {
+    while (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16);
+    return (uint16_t)~s;
+}
+
+uint16_t ovl_checksum(const uint8_t *data, size_t len, uint64_t initial) { return fold(initial + sum16(data, len)); }
+
+/* ---- encapsulation (vxlan.encap, gre.encap) ------------------------------------- */
+
+uint32_t ovl_outer_len(const struct ovl_config *c) {
+    if (c->mode == OVL_MODE_VXLAN)
+        return IPV4_HLEN + UDP_HLEN + VXLAN_HLEN;
+    return IPV4_HLEN + GRE_HLEN + (c->has_key ? GRE_OPT_LEN : 0);
+}
+
+static void ip_header(uint8_t *h, const struct ovl_config *c, uint32_t r, uint8_t proto, uint32_t total) {
+    h[0] = 0x45;
+    h[1] = 0;
+    put16(h + 2, total);
+    put16(h + 4, 0); /* id 0: the kernel fills it in for IP_HDRINCL */
+    put16(h + 6, IP_DF);
+    h[8] = (uint8_t)c->ttl;
+    h[9] = proto;
+    put16(h + 10, 0);
+    memcpy(h + 12, &c->remote_local[r], 4); /* stored in network order */
+    memcpy(h + 16, &c->remote_addr[r], 4);
+    put16(h + 10, fold(sum16(h, IPV4_HLEN)));
+}
+
+/* The outer header for a frame of flen bytes to remote r, into h
+ * (OVL_MAX_OUTER bytes). hash is the frame's flow hash and fsum the unfolded
+ * sum16 of the frame; both are only used by VXLAN (fsum only with udp_csum),
+ * and computed once per frame by the caller because flooding sends one frame
+ * to many remotes. Returns the header length. */
+static uint32_t outer_header(const struct ovl_config *c, uint32_t r, uint32_t flen, uint32_t hash, uint64_t fsum,
+                             uint8_t *h) {
+    uint32_t hlen = ovl_outer_len(c);
+    if (c->mode == OVL_MODE_VXLAN) {
+        uint32_t udp_len = UDP_HLEN + VXLAN_HLEN + flen;
+        uint8_t *u = h + IPV4_HLEN, *v = u + UDP_HLEN;
+        ip_header(h, c, r, IPPROTO_UDP, IPV4_HLEN + udp_len);
+        /* udp_flow_src_port(): scale the hash into [MIN, MAX). */
+        put16(u, SRC_PORT_MIN + (uint32_t)(((uint64_t)hash * (SRC_PORT_MAX - SRC_PORT_MIN)) >> 32));
+        put16(u + 2, c->dport);
+        put16(u + 4, udp_len);
+        put16(u + 6, 0);
+        put32(v, (uint32_t)VXLAN_FLAG_I << 24);
+        put32(v + 4, c->vni << 8);
+        if (c->udp_csum) {
+            /* Pseudo-header + UDP/VXLAN headers + frame. The frame starts 16
+             * bytes into the UDP segment, an even offset, so its own word sum
+             * can simply be added. */
+            uint64_t s = sum16(h + 12, 8) + IPPROTO_UDP + udp_len + sum16(u, UDP_HLEN + VXLAN_HLEN) + fsum;
+            uint16_t cs = fold(s);
+            put16(u + 6, cs ? cs : 0xFFFF);
+        }
+    } else {
+        uint8_t *g = h + IPV4_HLEN;
+        ip_header(h, c, r, 47, hlen + flen);
+        put16(g, c->has_key ? GRE_KEY : 0);
+        put16(g + 2, ETH_P_TEB);
+        if (c->has_key)
+            put32(g + 4, c->key);
+    }
+    return hlen;
+}
+
+int ovl_encap(const struct ovl_config *c, uint32_t r, const uint8_t *frame, size_t len, uint8_t *out, size_t cap) {
+    uint32_t hash = 0;
+    uint64_t fsum = 0;
+    uint32_t hlen = ovl_outer_len(c);
+    if (r >= c->n_remotes || r >= OVL_MAX_REMOTES)
+        return -OVL_DROP_TX_ERROR;
+    if (c->mode == OVL_MODE_VXLAN) {
+        if (len < ETH_HLEN) /* the flow hash needs an Ethernet header */
+            return -OVL_DROP_TX_RUNT;
+        hash = ovl_flow_hash(frame, len);
+        if (c->udp_csum)
+            fsum = sum16(frame, len);
+    }
+    if (len > 0xFFFF - hlen || cap < hlen + len) /* IPv4 total length is 16 bits */
+        return -OVL_DROP_TX_TOO_BIG;
+    outer_header(c, r, (uint32_t)len, hash, fsum, out);
+    memcpy(out + hlen, frame, len);
+    return (int)(hlen + len);
+}
+
+/* ---- decapsulation (vxlan.decap, gre.decap) --------------------------------------- */
+
+/* ipv4.header_len: length of a sane IPv4 header at p, or -1. */
+static int ip_header_len(const uint8_t *p, size_t n) {
+    if (n < IPV4_HLEN || p[0] >> 4 != 4)
+        return -1;
+    size_t ihl = (size_t)(p[0] & 0x0F) * 4;
+    if (ihl < IPV4_HLEN || n < ihl)
+        return -1;
+    return (int)ihl;
+}
+
+/* p is the UDP payload. */
+static int vxlan_decap(const struct ovl_config *c, const uint8_t *p, size_t n) {
+    if (n < VXLAN_HLEN + ETH_HLEN)
+        return -OVL_DROP_RX_TRUNCATED;
+    if (!(p[0] & VXLAN_FLAG_I))
+        return -OVL_DROP_RX_BAD_FLAGS;
+    if (((uint32_t)p[4] << 16 | (uint32_t)p[5] << 8 | p[6]) != c->vni)
+        return -OVL_DROP_RX_BAD_VNI;
+    return VXLAN_HLEN;
+}
+
+/* p is the whole IPv4 packet, as a raw socket delivers it. */
+static int gre_decap(const struct ovl_config *c, const uint8_t *p, size_t n) {
+    int ihl = ip_header_len(p, n);
+    if (ihl < 0 || n < (size_t)ihl + GRE_HLEN)
+        return -OVL_DROP_RX_TRUNCATED;
+    uint16_t flags = get16(p + ihl);
+    if (flags & GRE_VERSION)
+        return -OVL_DROP_RX_BAD_VERSION;
+    if (flags & GRE_ROUTING)
+        return -OVL_DROP_RX_BAD_FLAGS;
+    if (get16(p + ihl + 2) != ETH_P_TEB)
+        return -OVL_DROP_RX_BAD_PROTO;
+    size_t off = (size_t)ihl + GRE_HLEN;
+    if (flags & GRE_CSUM)
+        off += GRE_OPT_LEN;
+    uint32_t key = 0; /* no K bit means key 0 */
+    if (flags & GRE_KEY) {
+        if (n < off + GRE_OPT_LEN)
+            return -OVL_DROP_RX_TRUNCATED;
+        key = get32(p + off);
+        off += GRE_OPT_LEN;
+    }
+    if (flags & GRE_SEQ)
+        off += GRE_OPT_LEN; /* parsed, not enforced */
+    if (n < off + ETH_HLEN)
+        return -OVL_DROP_RX_TRUNCATED;
+    if ((flags & GRE_CSUM) && ovl_checksum(p + ihl, n - (size_t)ihl, 0) != 0)
+        return -OVL_DROP_RX_BAD_CSUM;
+    if (key != (c->has_key ? c->key : 0))
+        return -OVL_DROP_RX_BAD_KEY;
+    return (int)off;
+}
+
+int ovl_decap(const struct ovl_config *c, const uint8_t *pkt, size_t len) {
+    return c->mode == OVL_MODE_VXLAN ? vxlan_decap(c, pkt, len) : gre_decap(c, pkt, len);
+}
+
+/* ---- the MAC table (fdb.Fdb) --------------------------------------------------------
+ * Open addressing with linear probing in a power-of-two table at most half
+ * full (so a probe always ends at an empty slot), and backward-shift deletion,
+ * so there are no tombstones and lookups never degrade after churn. The hash
+ * is seeded so that inner MACs chosen by a remote cannot build long probe
+ * chains on purpose. */
+
+struct fdb_slot {
+    uint8_t mac[ETH_ALEN];
+    uint8_t used;
+    uint8_t is_static;
+    int32_t remote;
+    double last_seen;
+};
+
+struct ovl_fdb {
+    uint32_t max, count, mask;
+    double ageing;
+    uint64_t seed;
+    struct ovl_fdb_stats st;
+    struct fdb_slot *slots;
+};
+
+static uint32_t mac_home(const struct ovl_fdb *f, const uint8_t *mac) {
+    uint64_t k = 0;
+    for (int i = 0; i < ETH_ALEN; i++)
+        k = k << 8 | mac[i];
+    k ^= f->seed;
+    /* splitmix64 finaliser */
+    k = (k ^ (k >> 30)) * 0xBF58476D1CE4E5B9ull;
+    k = (k ^ (k >> 27)) * 0x94D049BB133111EBull;
+    k ^= k >> 31;
+    return (uint32_t)k & f->mask;
+}
+
+struct ovl_fdb *ovl_fdb_new(uint32_t max_entries, double ageing, uint64_t seed) {
+    if (max_entries < 1 || max_entries > (1u << 28) || !(ageing >= 0))
+        return NULL;
+    struct ovl_fdb *f = calloc(1, sizeof(*f));
+    if (!f)
+        return NULL;
+    uint32_t cap = 16;
+    while (cap < 2 * max_entries)
+        cap <<= 1;
+    f->slots = calloc(cap, sizeof(*f->slots));
+    if (!f->slots) {
+        free(f);
+        return NULL;
+    }
+    f->max = max_entries;
+    f->mask = cap - 1;
+    f->ageing = ageing;
+    f->seed = seed;
+    return f;
+}
+
+void ovl_fdb_free(struct ovl_fdb *f) {
+    if (f) {
+        free(f->slots);
+        free(f);
+    }
+}
+
+/* Index of mac's slot, or -1. */
+static int64_t fdb_find(const struct ovl_fdb *f, const uint8_t *mac) {
+    for (uint32_t i = mac_home(f, mac);; i = (i + 1) & f->mask) {
+        if (!f->slots[i].used)
+            return -1;
+        if (!memcmp(f->slots[i].mac, mac, ETH_ALEN))
+            return i;
+    }
+}
+
+/* A new slot for mac (known to be absent; the table is never full). */
+static struct fdb_slot *fdb_insert(struct ovl_fdb *f, const uint8_t *mac) {
+    uint32_t i = mac_home(f, mac);
+    while (f->slots[i].used)
+        i = (i + 1) & f->mask;
+    struct fdb_slot *s = &f->slots[i];
+    memcpy(s->mac, mac, ETH_ALEN);
+    s->used = 1;
+    f->count++;
+    return s;
+}
+
+/* Empty slot i, then move later members of its probe run back into the hole
+ * whenever the hole lies between their home slot and where they sit. */
+static void fdb_delete(struct ovl_fdb *f, uint32_t i) {
+    f->slots[i].used = 0;
+    f->count--;
+    for (uint32_t j = (i + 1) & f->mask; f->slots[j].used; j = (j + 1) & f->mask) {
+        uint32_t home = mac_home(f, f->slots[j].mac);
+        if (((j - home) & f->mask) >= ((j - i) & f->mask)) {
+            f->slots[i] = f->slots[j];
+            f->slots[j].used = 0;
+            i = j;
+        }
+    }
+}
+
+static int fdb_expired(const struct ovl_fdb *f, const struct fdb_slot *s, double now) {
+    return !s->is_static && f->ageing > 0 && now - s->last_seen >= f->ageing;
+}
+
+/* Fdb._get_live: the live slot index of mac, or -1; an expired one is removed and counted. */
+static int64_t fdb_get_live(struct ovl_fdb *f, const uint8_t *mac, double now) {
+    int64_t i = fdb_find(f, mac);
+    if (i >= 0 && fdb_expired(f, &f->slots[i], now)) {
+        fdb_delete(f, (uint32_t)i);
+        f->st.aged++;
+        return -1;
+    }
+    return i;
+}
+
+int32_t ovl_fdb_lookup(struct ovl_fdb *f, const uint8_t *mac, double now) {
+    int64_t i = fdb_get_live(f, mac, now);
+    return i < 0 ? -1 : f->slots[i].remote;
+}
+
+int ovl_fdb_learn(struct ovl_fdb *f, const uint8_t *mac, int32_t remote, double now) {
+    int64_t i = fdb_get_live(f, mac, now);
+    if (i >= 0) {
+        struct fdb_slot *s = &f->slots[i];
+        if (s->is_static)
+            return OVL_LEARN_STATIC;
+        s->last_seen = now;
+        if (s->remote == remote)
+            return OVL_LEARN_REFRESHED;
+        s->remote = remote;
+        f->st.moves++;
+        return OVL_LEARN_MOVED;
+    }
+    if (f->count >= f->max) {
+        f->st.refused_full++;
+        return OVL_LEARN_FULL;
+    }
+    struct fdb_slot *s = fdb_insert(f, mac);
+    s->is_static = 0;
+    s->remote = remote;
+    s->last_seen = now;
+    f->st.learns++;
+    return OVL_LEARN_LEARNED;
+}
+
+/* 0, or -1 when the table is at its cap. An entry present but expired is replaced (as the reference). */
+int ovl_fdb_add_static(struct ovl_fdb *f, const uint8_t *mac, int32_t remote) {
+    int64_t i = fdb_find(f, mac);
+    struct fdb_slot *s;
+    if (i >= 0) {
+        s = &f->slots[i];
+    } else {
+        if (f->count >= f->max)
+            return -1;
+        s = fdb_insert(f, mac);
+    }
+    s->is_static = 1;
+    s->remote = remote;
+    s->last_seen = 0.0;
+    return 0;
+}
+
+int ovl_fdb_remove(struct ovl_fdb *f, const uint8_t *mac) {
+    int64_t i = fdb_find(f, mac);
+    if (i < 0)
+        return 0;
+    fdb_delete(f, (uint32_t)i);
+    return 1;
+}
+
+uint32_t ovl_fdb_expire(struct ovl_fdb *f, double now) {
+    uint32_t n = 0;
+    /* After a delete, slot i holds whatever the backward shift moved in: look
+     * at it again. A shift only moves entries from later in the scan, or from
+     * the wrapped start of a run (already kept, so kept again). */
+    for (uint32_t i = 0; i <= f->mask;) {
+        if (f->slots[i].used && fdb_expired(f, &f->slots[i], now)) {
+            fdb_delete(f, i);
+            n++;
+        } else {
+            i++;
+        }
+    }
+    f->st.aged += n;
+    return n;
+}
+
+uint32_t ovl_fdb_count(const struct ovl_fdb *f) { return f->count; }
+
+uint32_t ovl_fdb_entries(const struct ovl_fdb *f, double now, struct ovl_fdb_entry *out, uint32_t cap) {
+    uint32_t n = 0;
+    for (uint32_t i = 0; i <= f->mask && n < cap; i++) {
+        const struct fdb_slot *s = &f->slots[i];
+        if (!s->used)
+            continue;
+        memcpy(out[n].mac, s->mac, ETH_ALEN);
+        out[n].is_static = s->is_static;
+        out[n].remote = s->remote;
+        out[n].age = s->is_static ? 0.0 : now - s->last_seen;
+        n++;
+    }
+    return n;
+}
+
+void ovl_fdb_get_stats(const struct ovl_fdb *f, struct ovl_fdb_stats *out) { *out = f->st; }
+
+/* ---- the datapath context --------------------------------------------------------------- */
+
+struct ovl_io {
+    struct mmsghdr *tx_msg; /* batch * n_remotes */
+    struct iovec *tx_iov;   /* 2 per tx message: outer header, inner frame */
+    struct mmsghdr *rx_msg; /* batch */
+    struct iovec *rx_iov;
+    struct sockaddr_in *rx_addr;
+    struct sockaddr_in dst[OVL_MAX_REMOTES]; /* remote address, port 0 (raw socket) */
+};
+
+void ovl_dp_free(struct ovl_dp *dp) {
+    if (!dp)
+        return;
+    ovl_fdb_free(dp->fdb);
+    free(dp->tx_in);
+    free(dp->tx_out);
+    free(dp->rx);
+    free(dp->tx_buf);
+    free(dp->rx_buf);
+    if (dp->io) {
+        free(dp->io->tx_msg);
+        free(dp->io->tx_iov);
+        free(dp->io->rx_msg);
+        free(dp->io->rx_iov);
+        free(dp->io->rx_addr);
+        free(dp->io);
+    }
+    free(dp);
+}
+
+/* NULL if the configuration is out of range or memory is short. */
+struct ovl_dp *ovl_dp_new(const struct ovl_config *cfg) {
+    const struct ovl_config *c = cfg;
+    if (c->mode > OVL_MODE_GRE || c->n_remotes < 1 || c->n_remotes > OVL_MAX_REMOTES || c->batch < 1 ||
+        c->batch > OVL_MAX_BATCH || c->slot_size < ovl_outer_len(c) + ETH_HLEN || c->slot_size > OVL_MAX_SLOT ||
+        c->underlay_mtu > 0xFFFF || c->dport > 0xFFFF || c->ttl > 255)
+        return NULL;
+    struct ovl_dp *dp = calloc(1, sizeof(*dp));
+    if (!dp)
+        return NULL;
+    dp->cfg = *c;
+    dp->outer_len = ovl_outer_len(c);
+    size_t nb = c->batch, nout = nb * c->n_remotes;
+    dp->fdb = ovl_fdb_new(c->fdb_max, c->fdb_ageing, c->fdb_seed);
+    dp->tx_in = calloc(nb, sizeof(*dp->tx_in));
+    dp->tx_out = calloc(nout, sizeof(*dp->tx_out));
+    dp->rx = calloc(nb, sizeof(*dp->rx));
+    dp->tx_buf = malloc(nb * c->slot_size);
+    dp->rx_buf = malloc(nb * c->slot_size);
+    dp->io = calloc(1, sizeof(*dp->io));
+    if (!dp->fdb || !dp->tx_in || !dp->tx_out || !dp->rx || !dp->tx_buf || !dp->rx_buf || !dp->io) {
+        ovl_dp_free(dp);
+        return NULL;
+    }
+    struct ovl_io *io = dp->io;
+    io->tx_msg = calloc(nout, sizeof(*io->tx_msg));
+    io->tx_iov = calloc(2 * nout, sizeof(*io->tx_iov));
+    io->rx_msg = calloc(nb, sizeof(*io->rx_msg));
+    io->rx_iov = calloc(nb, sizeof(*io->rx_iov));
+    io->rx_addr = calloc(nb, sizeof(*io->rx_addr));
+    if (!io->tx_msg || !io->tx_iov || !io->rx_msg || !io->rx_iov || !io->rx_addr) {
+        ovl_dp_free(dp);
+        return NULL;
+    }
+    for (uint32_t r = 0; r < c->n_remotes; r++) {
+        io->dst[r].sin_family = AF_INET;
+        io->dst[r].sin_addr.s_addr = c->remote_addr[r];
+    }
+    return dp;
+}
+
+static void drop(struct ovl_dp *dp, int reason) { dp->drops[reason]++; }
+
+static void emit(struct ovl_dp *dp, uint32_t *k, uint32_t in, uint32_t r, uint32_t hash, uint64_t fsum) {
+    struct ovl_tx_out *o = &dp->tx_out[(*k)++];
+    o->in = in;
+    o->remote = (uint16_t)r;
+    o->hdr_len = (uint16_t)outer_header(&dp->cfg, r, dp->tx_in[in].len, hash, fsum, o->hdr);
+}
+
+/* PyForwarder.tx: tx_in[0..n) -> tx_out; returns the number of packets. */
+uint32_t ovl_tx_process(struct ovl_dp *dp, uint32_t n, double now) {
+    const struct ovl_config *c = &dp->cfg;
+    uint32_t k = 0;
+    if (n > c->batch)
+        n = c->batch; /* tx_out holds batch * n_remotes packets */
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *f = dp->tx_in[i].data;
+        uint32_t len = dp->tx_in[i].len;
+        dp->stats.tap_rx++;
+        if (len < ETH_HLEN) {
+            drop(dp, OVL_DROP_TX_RUNT);
+            continue;
+        }
+        if (dp->outer_len + (uint64_t)len > c->underlay_mtu) {
+            drop(dp, OVL_DROP_TX_TOO_BIG);
+            continue;
+        }
+        uint32_t hash = 0;
+        uint64_t fsum = 0;
+        if (c->mode == OVL_MODE_VXLAN) {
+            hash = ovl_flow_hash(f, len);
+            if (c->udp_csum)
+                fsum = sum16(f, len);
+        }
+        /* Multicast destinations are not looked up (a lookup may age an entry out). */
+        int32_t r = (f[0] & 1) ? -1 : ovl_fdb_lookup(dp->fdb, f, now);
+        if (r >= 0 && (uint32_t)r < c->n_remotes) {
+            dp->stats.tx_unicast++;
+            emit(dp, &k, i, (uint32_t)r, hash, fsum);
+            continue;
+        }
+        /* Broadcast, multicast, unknown unicast: head-end replication. */
+        dp->stats.tx_flooded++;
+        for (uint32_t j = 0; j < c->n_remotes; j++) {
+            dp->remotes[j].tx_flood++;
+            emit(dp, &k, i, j, hash, fsum);
+        }
+    }
+    return k;
+}
+
+/* PyForwarder.rx: fills rx[i].remote and rx[i].result; returns frames to deliver. */
+uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now) {
+    const struct ovl_config *c = &dp->cfg;
+    uint32_t delivered = 0;
+    if (n > c->batch)
+        n = c->batch;
+    for (uint32_t i = 0; i < n; i++) {
+        struct ovl_rx *e = &dp->rx[i];
+        int32_t r = -1;
+        e->remote = -1;
+        /* From the last: with a repeated address the reference's dict keeps the last index. */
+        for (uint32_t j = c->n_remotes; j-- > 0;) {
+            if (c->remote_addr[j] == e->src) {
+                r = (int32_t)j;
+                break;
+            }
+        }
+        int res;
+        if (r < 0)
+            res = -OVL_DROP_RX_NOT_REMOTE;
+        else if (e->truncated)
+            res = -OVL_DROP_RX_TRUNCATED;
+        else
+            res = ovl_decap(c, e->data, e->len);
+        if (res >= 0) {
+            const uint8_t *src = e->data + res + ETH_ALEN; /* decap checked len >= res + ETH_HLEN */
+            static const uint8_t zero[ETH_ALEN];
+            if ((src[0] & 1) || !memcmp(src, zero, ETH_ALEN))
+                res = -OVL_DROP_RX_BAD_SRC_MAC;
+        }
+        e->result = res;
+        if (res < 0) {
+            drop(dp, -res);
+            continue;
+        }
+        ovl_fdb_learn(dp->fdb, e->data + res + ETH_ALEN, r, now);
+        e->remote = r;
+        delivered++;
+    }
+    return delivered;
+}
+
+/* ---- I/O ------------------------------------------------------------------------------ */
+
+static int again(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
+
+/* PyForwarder.from_tap: read up to a batch from the (non-blocking) TAP,
+ * process it, and send with sendmmsg. Returns frames read; an error other
+ * than "nothing more to read" ends the batch and is left in dp->io_errno. */
+int ovl_from_tap(struct ovl_dp *dp, int tap_fd, int send_fd, double now) {
+    const struct ovl_config *c = &dp->cfg;
+    struct ovl_io *io = dp->io;
+    uint32_t n = 0;
+    dp->io_errno = 0;
+    while (n < c->batch) {
+        uint8_t *slot = dp->tx_buf + (size_t)n * c->slot_size;
+        /* slot_size exceeds underlay_mtu, so a frame that fills the slot,
+         * even cut short, is too big anyway and gets dropped as such. */
+        ssize_t got = read(tap_fd, slot, c->slot_size);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            if (!again(errno))
+                dp->io_errno = errno;
+            break;
+        }
+        dp->tx_in[n].data = slot;
+        dp->tx_in[n].len = (uint32_t)got;
+        n++;
+    }
+    uint32_t k = ovl_tx_process(dp, n, now);
+    for (uint32_t m = 0; m < k; m++) {
+        const struct ovl_tx_out *o = &dp->tx_out[m];
+        struct iovec *iov = &io->tx_iov[2 * m];
+        iov[0].iov_base = (void *)o->hdr;
+        iov[0].iov_len = o->hdr_len;
+        iov[1].iov_base = (void *)dp->tx_in[o->in].data;
+        iov[1].iov_len = dp->tx_in[o->in].len;
+        memset(&io->tx_msg[m], 0, sizeof(io->tx_msg[m]));
+        io->tx_msg[m].msg_hdr.msg_name = &io->dst[o->remote];
+        io->tx_msg[m].msg_hdr.msg_namelen = sizeof(io->dst[0]);
+        io->tx_msg[m].msg_hdr.msg_iov = iov;
+        io->tx_msg[m].msg_hdr.msg_iovlen = 2;
+    }
+    /* sendmmsg stops at the first failing message and reports the messages
+     * before it; the next call then returns that message's error. Count it
+     * and go on with the one after. */
+    for (uint32_t m = 0; m < k;) {
+        int sent = sendmmsg(send_fd, &io->tx_msg[m], k - m, 0);
+        if (sent < 0) {
+            if (errno == EINTR)
+                continue;
+            drop(dp, OVL_DROP_TX_ERROR);
+            m++;
+            continue;
+        }
+        for (int s = 0; s < sent; s++, m++) {
+            const struct ovl_tx_out *o = &dp->tx_out[m];
+            dp->remotes[o->remote].tx_packets++;
+            dp->remotes[o->remote].tx_bytes += dp->tx_in[o->in].len;
+        }
+    }
+    return (int)n;
+}
+
+/* PyForwarder.from_tunnel: recvmmsg up to a batch, process, write each inner
+ * frame to the TAP. Returns packets received. */
+int ovl_from_tunnel(struct ovl_dp *dp, int recv_fd, int tap_fd, double now) {
+    const struct ovl_config *c = &dp->cfg;
+    struct ovl_io *io = dp->io;
+    dp->io_errno = 0;
+    for (uint32_t i = 0; i < c->batch; i++) {
+        io->rx_iov[i].iov_base = dp->rx_buf + (size_t)i * c->slot_size;
+        io->rx_iov[i].iov_len = c->slot_size;
+        memset(&io->rx_msg[i], 0, sizeof(io->rx_msg[i]));
+        io->rx_msg[i].msg_hdr.msg_name = &io->rx_addr[i];
+        io->rx_msg[i].msg_hdr.msg_namelen = sizeof(io->rx_addr[i]);
+        io->rx_msg[i].msg_hdr.msg_iov = &io->rx_iov[i];
+        io->rx_msg[i].msg_hdr.msg_iovlen = 1;
+    }
+    int got;
+    do
+        got = recvmmsg(recv_fd, io->rx_msg, c->batch, MSG_DONTWAIT, NULL);
+    while (got < 0 && errno == EINTR);
+    if (got < 0) {
+        if (!again(errno))
+            dp->io_errno = errno;
+        return 0;
+    }
+    for (int i = 0; i < got; i++) {
+        struct ovl_rx *e = &dp->rx[i];
+        e->data = io->rx_iov[i].iov_base;
+        e->len = io->rx_msg[i].msg_len;
+        if (e->len > c->slot_size) /* MSG_TRUNC on a raw socket reports the full length */
+            e->len = c->slot_size;
+        e->truncated = (io->rx_msg[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+        e->src = io->rx_msg[i].msg_hdr.msg_namelen >= sizeof(struct sockaddr_in) ? io->rx_addr[i].sin_addr.s_addr : 0;
+    }
+    ovl_rx_process(dp, (uint32_t)got, now);
+    for (int i = 0; i < got; i++) {
+        const struct ovl_rx *e = &dp->rx[i];
+        if (e->result < 0)
+            continue;
+        size_t flen = e->len - (uint32_t)e->result;
+        ssize_t w;
+        do
+            w = write(tap_fd, e->data + e->result, flen);
+        while (w < 0 && errno == EINTR);
+        if (w < 0) {
+            drop(dp, OVL_DROP_RX_TAP_ERROR);
+            continue;
+        }
+        dp->stats.tap_tx++;
+        dp->remotes[e->remote].rx_packets++;
+        dp->remotes[e->remote].rx_bytes += flen;
+    }
+    return got;
+}

@@ -1,0 +1,181 @@
+/* ovl_fast: the C fast path of ovl-dp.
+ *
+ * "Python decides; C moves bytes." Python builds a struct ovl_config and
+ * creates a context with ovl_dp_new(); one call then handles one batch:
+ * ovl_from_tap() / ovl_from_tunnel() do the I/O (read/sendmmsg,
+ * recvmmsg/write) around ovl_tx_process() / ovl_rx_process(), which hold the
+ * packet logic and are also called directly by the Python wrapper, so tests
+ * drive exactly the code that the I/O path runs.
+ *
+ * The behaviour is defined by the pure-Python reference (datapath/vxlan.py,
+ * gre.py, ipv4.py, ether.py, fdb.py, pypath.py); tests hold the two equal.
+ *
+ * The section between BEGIN CDEF and END CDEF is read verbatim by
+ * csrc/build.py as the cffi cdef, so it holds only plain declarations.
+ */
+#ifndef OVL_FAST_H
+#define OVL_FAST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* BEGIN CDEF */
+#define OVL_MAX_REMOTES 64
+#define OVL_MAX_OUTER 36 /* outer IPv4 + UDP + VXLAN; GRE with a key needs 28 */
+#define OVL_MAX_BATCH 1024
+#define OVL_MAX_SLOT 65600
+
+enum ovl_mode {
+    OVL_MODE_VXLAN = 0,
+    OVL_MODE_GRE = 1
+};
+
+/* Drop reasons: the values of datapath.counters.Drop. */
+enum ovl_drop {
+    OVL_DROP_TX_RUNT = 1,
+    OVL_DROP_TX_TOO_BIG = 2,
+    OVL_DROP_TX_ERROR = 3,
+    OVL_DROP_RX_NOT_REMOTE = 4,
+    OVL_DROP_RX_TRUNCATED = 5,
+    OVL_DROP_RX_BAD_FLAGS = 6,
+    OVL_DROP_RX_BAD_VNI = 7,
+    OVL_DROP_RX_BAD_VERSION = 8,
+    OVL_DROP_RX_BAD_PROTO = 9,
+    OVL_DROP_RX_BAD_KEY = 10,
+    OVL_DROP_RX_BAD_CSUM = 11,
+    OVL_DROP_RX_BAD_SRC_MAC = 12,
+    OVL_DROP_RX_TAP_ERROR = 13,
+    OVL_DROP_COUNT = 14 /* size of the drops array; index 0 is unused */
+};
+
+/* Outcome of ovl_fdb_learn: the values of datapath.fdb.Learn. */
+enum ovl_learn {
+    OVL_LEARN_REFRESHED = 0,
+    OVL_LEARN_LEARNED = 1,
+    OVL_LEARN_MOVED = 2,
+    OVL_LEARN_STATIC = 3,
+    OVL_LEARN_FULL = 4
+};
+
+struct ovl_config {
+    uint32_t mode;         /* enum ovl_mode */
+    uint32_t vni;          /* VXLAN */
+    uint32_t key;          /* GRE, when has_key */
+    uint32_t has_key;
+    uint32_t dport;        /* VXLAN UDP destination port */
+    uint32_t udp_csum;     /* VXLAN: compute the UDP checksum */
+    uint32_t ttl;          /* outer IPv4 TTL */
+    uint32_t underlay_mtu; /* largest outer packet */
+    uint32_t batch;        /* frames / packets per call */
+    uint32_t slot_size;    /* bytes per ring slot */
+    uint32_t n_remotes;
+    uint32_t fdb_max;
+    double fdb_ageing;     /* seconds, 0 = never */
+    uint64_t fdb_seed;     /* hash seed of the MAC table */
+    uint32_t remote_addr[OVL_MAX_REMOTES];  /* network byte order */
+    uint32_t remote_local[OVL_MAX_REMOTES]; /* network byte order */
+};
+
+/* Counters, in the order of REMOTE_FIELDS, STAT_FIELDS and FDB_FIELDS. */
+struct ovl_remote_ctr {
+    uint64_t tx_packets;
+    uint64_t tx_bytes;
+    uint64_t tx_flood;
+    uint64_t rx_packets;
+    uint64_t rx_bytes;
+};
+
+struct ovl_stats {
+    uint64_t tap_rx;
+    uint64_t tap_tx;
+    uint64_t tx_unicast;
+    uint64_t tx_flooded;
+};
+
+struct ovl_fdb_stats {
+    uint64_t learns;
+    uint64_t moves;
+    uint64_t refused_full;
+    uint64_t aged;
+};
+
+struct ovl_fdb_entry {
+    uint8_t mac[6];
+    uint8_t is_static;
+    int32_t remote;
+    double age; /* seconds since last seen, 0 for static */
+};
+
+/* One frame to send: read from the TAP into tx_buf, or Python's bytes. */
+struct ovl_tx_in {
+    const uint8_t *data;
+    uint32_t len;
+};
+
+/* One packet to send: outer header here, inner frame in tx_in[in]. */
+struct ovl_tx_out {
+    uint32_t in;
+    uint16_t remote;
+    uint16_t hdr_len;
+    uint8_t hdr[OVL_MAX_OUTER];
+};
+
+/* One received packet; ovl_rx_process fills remote and result. */
+struct ovl_rx {
+    const uint8_t *data;
+    uint32_t len;
+    uint32_t src;       /* outer source address, network byte order */
+    uint32_t truncated; /* the socket cut it short (MSG_TRUNC) */
+    int32_t remote;     /* remote index, or -1 */
+    int32_t result;     /* offset of the inner frame in data, or -drop */
+};
+
+struct ovl_fdb;
+struct ovl_io;
+
+struct ovl_dp {
+    struct ovl_config cfg;
+    uint32_t outer_len;
+    int io_errno; /* set when a read/recv failed other than by "no more data" */
+    struct ovl_stats stats;
+    uint64_t drops[OVL_DROP_COUNT];
+    struct ovl_remote_ctr remotes[OVL_MAX_REMOTES];
+    struct ovl_fdb *fdb;
+    struct ovl_tx_in *tx_in;   /* batch entries */
+    struct ovl_tx_out *tx_out; /* batch * n_remotes entries */
+    struct ovl_rx *rx;         /* batch entries */
+    uint8_t *tx_buf;           /* batch slots of slot_size */
+    uint8_t *rx_buf;           /* batch slots of slot_size */
+    struct ovl_io *io;         /* mmsghdr / iovec / sockaddr arrays */
+};
+
+/* Pure functions. */
+uint32_t ovl_flow_hash(const uint8_t *frame, size_t len);
+uint16_t ovl_checksum(const uint8_t *data, size_t len, uint64_t initial);
+uint32_t ovl_outer_len(const struct ovl_config *cfg);
+int ovl_encap(const struct ovl_config *cfg, uint32_t remote, const uint8_t *frame, size_t len, uint8_t *out,
+              size_t cap);
+int ovl_decap(const struct ovl_config *cfg, const uint8_t *pkt, size_t len);
+
+/* The MAC table. */
+struct ovl_fdb *ovl_fdb_new(uint32_t max_entries, double ageing, uint64_t seed);
+void ovl_fdb_free(struct ovl_fdb *fdb);
+int32_t ovl_fdb_lookup(struct ovl_fdb *fdb, const uint8_t *mac, double now);
+int ovl_fdb_learn(struct ovl_fdb *fdb, const uint8_t *mac, int32_t remote, double now);
+int ovl_fdb_add_static(struct ovl_fdb *fdb, const uint8_t *mac, int32_t remote);
+int ovl_fdb_remove(struct ovl_fdb *fdb, const uint8_t *mac);
+uint32_t ovl_fdb_expire(struct ovl_fdb *fdb, double now);
+uint32_t ovl_fdb_count(const struct ovl_fdb *fdb);
+uint32_t ovl_fdb_entries(const struct ovl_fdb *fdb, double now, struct ovl_fdb_entry *out, uint32_t cap);
+void ovl_fdb_get_stats(const struct ovl_fdb *fdb, struct ovl_fdb_stats *out);
+
+/* The datapath context, its batch logic and its I/O. */
+struct ovl_dp *ovl_dp_new(const struct ovl_config *cfg);
+void ovl_dp_free(struct ovl_dp *dp);
+uint32_t ovl_tx_process(struct ovl_dp *dp, uint32_t n, double now);
+uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now);
+int ovl_from_tap(struct ovl_dp *dp, int tap_fd, int send_fd, double now);
+int ovl_from_tunnel(struct ovl_dp *dp, int recv_fd, int tap_fd, double now);
+/* END CDEF */
+
+#endif
