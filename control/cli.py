@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--local", type=_ipv4, metavar="IP", help="local underlay address (default: from the route)")
     run.add_argument("--vni", type=_ranged("VNI", 0, vxlan.VNI_MAX), help="VXLAN network identifier (default 0)")
     run.add_argument(
-        "--key", type=_ranged("key", 0, gre.KEY_MAX), help="GRE key (default: no key field, like OVS without options:key)"
+        "--key",
+        type=_ranged("key", 0, gre.KEY_MAX),
+        help="GRE key (default: no key field, like OVS without options:key)",
     )
     run.add_argument("--port", type=_ranged("port", 1, 65535), help="VXLAN UDP destination port (default 4789)")
     run.add_argument("--bridge", default="br-int", help="bridge to plug the TAP into (default br-int)")
@@ -134,24 +136,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--tap", type=_tap_name, help="TAP name (default ovl-vxlan / ovl-gre)")
     run.add_argument(
-        "--mtu", type=_mtu, default="auto", help="TAP MTU; auto (default) = underlay MTU minus the overhead (VXLAN 50, GRE 38, +4 with key)"
+        "--mtu",
+        type=_mtu,
+        default="auto",
+        help="TAP MTU; auto (default) = underlay MTU minus the overhead (VXLAN 50, GRE 38, +4 with key)",
     )
     run.add_argument(
-        "--fdb-ageing", type=_seconds, default=fdb.DEFAULT_AGEING, metavar="SECONDS", help="learned entries expire after this (default 300; 0 = never)"
+        "--fdb-ageing",
+        type=_seconds,
+        default=fdb.DEFAULT_AGEING,
+        metavar="SECONDS",
+        help="learned entries expire after this (default 300; 0 = never)",
     )
     run.add_argument(
-        "--fdb-max", type=_ranged("--fdb-max", 1, 1 << 20), default=fdb.DEFAULT_MAX_ENTRIES, metavar="N",
-        help=f"FDB size cap, static entries included (default {fdb.DEFAULT_MAX_ENTRIES})"
+        "--fdb-max",
+        type=_ranged("--fdb-max", 1, 1 << 20),
+        default=fdb.DEFAULT_MAX_ENTRIES,
+        metavar="N",
+        help=f"FDB size cap, static entries included (default {fdb.DEFAULT_MAX_ENTRIES})",
     )
     run.add_argument(
-        "--static", action="append", default=[], type=_static, metavar="MAC=REMOTE", help="static FDB entry: never ages, never moved by learning (repeatable)"
+        "--static",
+        action="append",
+        default=[],
+        type=_static,
+        metavar="MAC=REMOTE",
+        help="static FDB entry: never ages, never moved by learning (repeatable)",
     )
-    run.add_argument("--udp-csum", action="store_true", help="compute the outer UDP checksum (VXLAN; default 0 like the kernel and OVS)")
+    run.add_argument(
+        "--udp-csum",
+        action="store_true",
+        help="compute the outer UDP checksum (VXLAN; default 0 like the kernel and OVS)",
+    )
     run.add_argument("--no-fast-path", action="store_true", help="use the pure-Python datapath instead of C")
 
     for name, what in (("show", "counters"), ("fdb", "the MAC table")):
-        cmd = sub.add_parser(name, help=f"print a running daemon's {what}", description=f"Print {what} of a daemon "
-                             "running in this network namespace (use ip netns exec HOST for another).")
+        cmd = sub.add_parser(
+            name,
+            help=f"print a running daemon's {what}",
+            description=f"Print {what} of a daemon "
+            "running in this network namespace (use ip netns exec HOST for another).",
+        )
         cmd.add_argument("--tap", help="the daemon's TAP (needed when several run here)")
         cmd.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -161,9 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build two hosts and two containers in network namespaces joined by Linux bridges, run ovl-dp "
         "on each host, ping and iperf3 through the tunnel, print a report and tear everything down.",
     )
-    lab.add_argument("--mode", choices=(*MODES, "both"), default="both", help="which tunnel(s) to demonstrate (default both)")
-    lab.add_argument("--bridge-type", choices=("linux",), default="linux", help="bridge on the lab hosts (default linux)")
-    lab.add_argument("--seconds", type=_ranged("--seconds", 1, 60), default=3, help="iperf3 duration in seconds (default 3)")
+    lab.add_argument(
+        "--mode", choices=(*MODES, "both"), default="both", help="which tunnel(s) to demonstrate (default both)"
+    )
+    lab.add_argument(
+        "--bridge-type", choices=("linux",), default="linux", help="bridge on the lab hosts (default linux)"
+    )
+    lab.add_argument(
+        "--seconds", type=_ranged("--seconds", 1, 60), default=3, help="iperf3 duration in seconds (default 3)"
+    )
     lab.add_argument("--no-fast-path", action="store_true", help="run the daemons with the pure-Python datapath")
     return p
 

@@ -24,7 +24,11 @@ def run(opts: config.RunOptions) -> int:
     engine = Engine(cfg, fast=opts.fast_path)
     try:
         bridge.attach(opts.bridge, bridge_kind, engine.tap.name)
-        ident = f"vni {cfg.vni} port {cfg.port}" if cfg.mode == "vxlan" else f"key {cfg.key if cfg.key is not None else 'none'}"
+        ident = (
+            f"vni {cfg.vni} port {cfg.port}"
+            if cfg.mode == "vxlan"
+            else f"key {cfg.key if cfg.key is not None else 'none'}"
+        )
         log.info(
             "%s %s: tap %s mac %s mtu %d (underlay %d) bridge %s (%s) remotes %s; %s path",
             cfg.mode,
@@ -60,9 +64,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
         raise ValueError(f"unknown command {cmd!r}")
 
     def dump() -> None:
-        log.info(
-            "counters:\n%s\n%s", format_counters(engine.snapshot().as_dict()), format_fdb(engine.fdb_table())
-        )
+        log.info("counters:\n%s\n%s", format_counters(engine.snapshot().as_dict()), format_fdb(engine.fdb_table()))
 
     try:
         server = await ctl.serve(engine.tap.name, answer)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -41,10 +42,10 @@ class FdbView(Protocol):
 class Forwarder(Protocol):
     """What both the C and the Python forwarder provide (see datapath.pypath)."""
 
-    fdb: FdbView
-
-    def from_tap(self, tap_fd: int, send_sock: object) -> int: ...
-    def from_tunnel(self, recv_sock: object, tap_fd: int) -> int: ...
+    @property
+    def fdb(self) -> FdbView: ...
+    def from_tap(self, tap_fd: int, send_sock: socket.socket) -> int: ...
+    def from_tunnel(self, recv_sock: socket.socket, tap_fd: int) -> int: ...
     def snapshot(self) -> Snapshot: ...
 
 

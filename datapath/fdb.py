@@ -138,8 +138,7 @@ class Fdb:
         """All entries (expired ones not yet swept included), unordered."""
         now = self._clock()
         return [
-            FdbEntry(mac, s.remote, s.static, 0.0 if s.static else now - s.last_seen)
-            for mac, s in self._table.items()
+            FdbEntry(mac, s.remote, s.static, 0.0 if s.static else now - s.last_seen) for mac, s in self._table.items()
         ]
 
     def stats(self) -> dict[str, int]:

@@ -24,7 +24,9 @@ class Tap:
 
     def __init__(self, name: str, mac: bytes, mtu: int) -> None:
         if not os.path.exists(TUN_DEVICE):
-            raise SetupError(f"{TUN_DEVICE} does not exist: load the tun module (modprobe tun) or give the container it")
+            raise SetupError(
+                f"{TUN_DEVICE} does not exist: load the tun module (modprobe tun) or give the container it"
+            )
         try:
             self._dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
         except pytun.Error as exc:

@@ -65,7 +65,9 @@ def open_recv_socket(cfg: DatapathConfig) -> socket.socket:
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_GRE)
         except PermissionError:
-            raise SetupError("cannot open a raw GRE socket: permission denied (run as root or with CAP_NET_RAW)") from None
+            raise SetupError(
+                "cannot open a raw GRE socket: permission denied (run as root or with CAP_NET_RAW)"
+            ) from None
         if cfg.bind != "0.0.0.0":
             try:
                 sock.bind((cfg.bind, 0))

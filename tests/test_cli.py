@@ -1,0 +1,62 @@
+"""Command-line parsing and validation: one-line errors with exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from control import cli
+from control.config import tap_mac
+
+
+def error_of(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert cli.main(list(argv)) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ovl-dp: error:"), err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["run", "--mode", "vxlan"], "--remote"),
+        (["run", "--mode", "ipip", "--remote", "192.0.2.2"], "invalid choice"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.300"], "not an IP address"),
+        (["run", "--mode", "vxlan", "--remote", "2001:db8::1"], "IPv6 underlays are not supported"),
+        (["run", "--mode", "vxlan", "--remote", "224.0.0.1"], "not a unicast address"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--vni", "16777216"], "out of range"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--vni", "-1"], "out of range"),
+        (["run", "--mode", "gre", "--remote", "192.0.2.2", "--key", "4294967296"], "out of range"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--port", "0"], "out of range"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--mtu", "big"], "not a number"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--fdb-ageing", "-5"], "between 0"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--fdb-max", "0"], "out of range"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--static", "02:00:00:00:00:01"], "MAC=REMOTE"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--static", "02:00:00:00:01=192.0.2.2"], "bad MAC"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--static", "ff:ff:ff:ff:ff:ff=192.0.2.2"], "unicast"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--tap", "a-name-much-too-long"], "1-15 characters"),
+    ],
+)
+def test_bad_arguments(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
+    assert needle in error_of(capsys, *argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--key", "5"], "--key is for --mode gre"),
+        (["run", "--mode", "gre", "--remote", "192.0.2.2", "--vni", "5"], "for --mode vxlan"),
+        (["run", "--mode", "gre", "--remote", "192.0.2.2", "--udp-csum"], "--udp-csum is for --mode vxlan"),
+        (["run", "--mode", "gre", "--remote", "192.0.2.2", "--remote", "192.0.2.2"], "given twice"),
+        (["run", "--mode", "gre", "--remote", "192.0.2.2", "--local", "192.0.2.2"], "equals --local"),
+    ],
+)
+def test_inconsistent_options(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
+    assert needle in error_of(capsys, *argv)
+
+
+def test_tap_mac_is_stable_local_unicast_and_depends_on_tunnel() -> None:
+    a = tap_mac("192.0.2.1", "vxlan", 42, "ovl-vxlan")
+    assert a == tap_mac("192.0.2.1", "vxlan", 42, "ovl-vxlan")
+    assert a[0] & 0x02 and not a[0] & 0x01
+    assert len({a, tap_mac("192.0.2.2", "vxlan", 42, "ovl-vxlan"), tap_mac("192.0.2.1", "vxlan", 43, "ovl-vxlan"),
+                tap_mac("192.0.2.1", "gre", 42, "ovl-vxlan")}) == 4  # fmt: skip
