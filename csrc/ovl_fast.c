@@ -539,7 +539,7 @@ static void drop(struct ovl_dp *dp, int reason) { dp->drops[reason]++; }
 
 static void emit(struct ovl_dp *dp, uint32_t *k, uint32_t in, uint32_t r, uint32_t hash, uint64_t fsum) {
     struct ovl_tx_out *o = &dp->tx_out[(*k)++];
-    o->in = in;
+    o->frame = in;
     o->remote = (uint16_t)r;
     o->hdr_len = (uint16_t)outer_header(&dp->cfg, r, dp->tx_in[in].len, hash, fsum, o->hdr);
 }
@@ -662,8 +662,8 @@ int ovl_from_tap(struct ovl_dp *dp, int tap_fd, int send_fd, double now) {
         struct iovec *iov = &io->tx_iov[2 * m];
         iov[0].iov_base = (void *)o->hdr;
         iov[0].iov_len = o->hdr_len;
-        iov[1].iov_base = (void *)dp->tx_in[o->in].data;
-        iov[1].iov_len = dp->tx_in[o->in].len;
+        iov[1].iov_base = (void *)dp->tx_in[o->frame].data;
+        iov[1].iov_len = dp->tx_in[o->frame].len;
         memset(&io->tx_msg[m], 0, sizeof(io->tx_msg[m]));
         io->tx_msg[m].msg_hdr.msg_name = &io->dst[o->remote];
         io->tx_msg[m].msg_hdr.msg_namelen = sizeof(io->dst[0]);
@@ -685,7 +685,7 @@ int ovl_from_tap(struct ovl_dp *dp, int tap_fd, int send_fd, double now) {
         for (int s = 0; s < sent; s++, m++) {
             const struct ovl_tx_out *o = &dp->tx_out[m];
             dp->remotes[o->remote].tx_packets++;
-            dp->remotes[o->remote].tx_bytes += dp->tx_in[o->in].len;
+            dp->remotes[o->remote].tx_bytes += dp->tx_in[o->frame].len;
         }
     }
     return (int)n;

@@ -112,9 +112,9 @@ struct ovl_tx_in {
     uint32_t len;
 };
 
-/* One packet to send: outer header here, inner frame in tx_in[in]. */
+/* One packet to send: outer header here, inner frame in tx_in[frame]. */
 struct ovl_tx_out {
-    uint32_t in;
+    uint32_t frame;
     uint16_t remote;
     uint16_t hdr_len;
     uint8_t hdr[OVL_MAX_OUTER];
