@@ -1,0 +1,252 @@
+"""The C MAC table (FastFdb) against the Python reference (Fdb), and the rules of fdb.py directly.
+
+The direct rule tests run on both implementations.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from datapath import fast
+from datapath.fdb import Fdb, FdbEntry, FdbFull, Learn
+
+pytestmark = pytest.mark.skipif(not fast.available(), reason="C fast path not built")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def mac(i: int) -> bytes:
+    return bytes([0x02, 0, 0, 0, i >> 8, i & 0xFF])
+
+
+def table(fdb: Fdb | fast.FastFdb) -> list[FdbEntry]:
+    return sorted(fdb.entries(), key=lambda e: e.mac)
+
+
+IMPLS = [Fdb, fast.FastFdb]
+
+
+@pytest.fixture(params=IMPLS, ids=["python", "c"])
+def impl(request: pytest.FixtureRequest) -> type[Fdb] | type[fast.FastFdb]:
+    return request.param  # type: ignore[no-any-return]
+
+
+# -- the rules, on both -------------------------------------------------------------------
+
+
+def test_learn_refresh_move(impl: type[Fdb]) -> None:
+    clock = Clock()
+    fdb = impl(10, 300.0, clock)
+    assert fdb.lookup(mac(1)) is None
+    assert fdb.learn(mac(1), 0) is Learn.LEARNED
+    clock.now += 5
+    assert fdb.learn(mac(1), 0) is Learn.REFRESHED
+    assert fdb.learn(mac(1), 3) is Learn.MOVED
+    assert fdb.lookup(mac(1)) == 3
+    clock.now += 2
+    assert table(fdb) == [FdbEntry(mac(1), 3, False, 2.0)]
+    assert fdb.stats() == {"learns": 1, "moves": 1, "refused_full": 0, "aged": 0, "entries": 1}
+
+
+def test_ageing(impl: type[Fdb]) -> None:
+    clock = Clock()
+    fdb = impl(10, 10.0, clock)
+    fdb.learn(mac(1), 0)
+    fdb.learn(mac(2), 0)
+    clock.now += 9.5
+    assert fdb.lookup(mac(1)) == 0
+    fdb.learn(mac(2), 1)  # a move refreshes too
+    clock.now += 0.5  # mac 1 is exactly 10 s old: expired
+    assert fdb.lookup(mac(1)) is None
+    assert fdb.stats()["aged"] == 1 and len(fdb) == 1
+    clock.now += 9.4
+    assert fdb.expire() == 0
+    clock.now += 0.1
+    assert len(fdb.entries()) == 1  # expired but not swept: still listed
+    assert fdb.expire() == 1 and len(fdb) == 0
+    assert fdb.stats()["aged"] == 2
+    # An expired entry is relearned as new.
+    fdb.learn(mac(3), 0)
+    clock.now += 20
+    assert fdb.learn(mac(3), 0) is Learn.LEARNED
+    assert fdb.stats()["aged"] == 3
+
+
+def test_ageing_zero_never(impl: type[Fdb]) -> None:
+    clock = Clock()
+    fdb = impl(10, 0.0, clock)
+    fdb.learn(mac(1), 0)
+    clock.now += 1e9
+    assert fdb.expire() == 0 and fdb.lookup(mac(1)) == 0
+
+
+def test_static_precedence(impl: type[Fdb]) -> None:
+    clock = Clock()
+    fdb = impl(2, 10.0, clock)
+    fdb.learn(mac(1), 0)
+    fdb.add_static(mac(1), 5)  # replaces the learned entry
+    assert fdb.learn(mac(1), 0) is Learn.STATIC
+    clock.now += 100
+    assert fdb.expire() == 0 and fdb.lookup(mac(1)) == 5
+    assert table(fdb) == [FdbEntry(mac(1), 5, True, 0.0)]
+    fdb.add_static(mac(1), 6)  # re-pinning is allowed at the cap
+    assert fdb.lookup(mac(1)) == 6
+    assert fdb.remove(mac(1)) and not fdb.remove(mac(1))
+    assert fdb.lookup(mac(1)) is None
+
+
+def test_cap(impl: type[Fdb]) -> None:
+    clock = Clock()
+    fdb = impl(2, 10.0, clock)
+    fdb.add_static(mac(1), 0)
+    assert fdb.learn(mac(2), 1) is Learn.LEARNED
+    assert fdb.learn(mac(3), 1) is Learn.FULL
+    assert fdb.learn(mac(2), 0) is Learn.MOVED  # known entries still update at the cap
+    with pytest.raises(FdbFull):
+        fdb.add_static(mac(4), 0)
+    fdb.add_static(mac(2), 0)  # replacing an entry does not need room
+    assert fdb.stats() == {"learns": 1, "moves": 1, "refused_full": 1, "aged": 0, "entries": 2}
+    # An expired entry still counts against the cap until it is swept or looked up.
+    fdb.remove(mac(2))
+    fdb.learn(mac(5), 0)
+    clock.now += 10
+    assert fdb.learn(mac(6), 0) is Learn.FULL
+    assert fdb.lookup(mac(5)) is None
+    assert fdb.learn(mac(6), 0) is Learn.LEARNED
+
+
+def test_bad_arguments(impl: type[Fdb]) -> None:
+    with pytest.raises(ValueError):
+        impl(0, 1.0)
+    with pytest.raises(ValueError):
+        impl(1, -1.0)
+
+
+def test_fast_fdb_checks_what_c_cannot_hold() -> None:
+    fdb = fast.FastFdb(4, 1.0, Clock())
+    with pytest.raises(ValueError):
+        fdb.learn(b"\x02\x00", 0)
+    with pytest.raises(ValueError):
+        fdb.add_static(mac(1), -1)
+
+
+# -- differential: random operation sequences ---------------------------------------------
+
+
+class FdbPair(RuleBasedStateMachine):
+    """The same operations on Fdb and FastFdb, sharing one fake clock: same answers, same table."""
+
+    @initialize(max_entries=st.sampled_from([1, 2, 3, 5, 8, 40]), ageing=st.sampled_from([0.0, 1.0, 2.5, 300.0]))
+    def setup(self, max_entries: int, ageing: float) -> None:
+        self.clock = Clock()
+        self.py = Fdb(max_entries, ageing, self.clock)
+        self.c = fast.FastFdb(max_entries, ageing, self.clock)
+
+    macs = st.integers(0, 12).map(mac)
+    remotes = st.integers(0, 3)
+
+    @rule(m=macs, r=remotes)
+    def learn(self, m: bytes, r: int) -> None:
+        assert self.c.learn(m, r) is self.py.learn(m, r)
+
+    @rule(m=macs)
+    def lookup(self, m: bytes) -> None:
+        assert self.c.lookup(m) == self.py.lookup(m)
+
+    @rule(m=macs, r=remotes)
+    def add_static(self, m: bytes, r: int) -> None:
+        outcome = []
+        for fdb in (self.py, self.c):
+            try:
+                fdb.add_static(m, r)
+                outcome.append("ok")
+            except FdbFull:
+                outcome.append("full")
+        assert outcome[0] == outcome[1]
+
+    @rule(m=macs)
+    def remove(self, m: bytes) -> None:
+        assert self.c.remove(m) == self.py.remove(m)
+
+    @rule()
+    def expire(self) -> None:
+        assert self.c.expire() == self.py.expire()
+
+    @rule(dt=st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.5, 1000.0]))
+    def tick(self, dt: float) -> None:
+        self.clock.now += dt
+
+    @invariant()
+    def same_table(self) -> None:
+        assert table(self.c) == table(self.py)
+        assert self.c.stats() == self.py.stats()
+        assert len(self.c) == len(self.py)
+
+
+TestFdbPair = FdbPair.TestCase
+TestFdbPair.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_churn_against_reference(seed: int) -> None:
+    """Many operations on a larger table: exercises probe chains and backward-shift deletion."""
+    rnd = random.Random(seed)
+    clock = Clock()
+    py, c = Fdb(300, 50.0, clock), fast.FastFdb(300, 50.0, clock)
+    for step in range(30000):
+        m, r = mac(rnd.randrange(700)), rnd.randrange(4)
+        op = rnd.random()
+        if op < 0.45:
+            assert c.learn(m, r) is py.learn(m, r), step
+        elif op < 0.75:
+            assert c.lookup(m) == py.lookup(m), step
+        elif op < 0.93:
+            assert c.remove(m) == py.remove(m), step
+        elif op < 0.95:
+            full = []
+            for fdb in (py, c):
+                try:
+                    fdb.add_static(m, r)
+                    full.append(False)
+                except FdbFull:
+                    full.append(True)
+            assert full[0] == full[1], step
+        elif op < 0.96:
+            assert c.expire() == py.expire(), step
+        else:
+            clock.now += rnd.random() * 3
+        if step % 1000 == 0:
+            assert table(c) == table(py), step
+    assert table(c) == table(py) and c.stats() == py.stats()
+    # Every entry is still reachable through its probe chain after all the deletions.
+    for e in table(py):
+        assert c.lookup(e.mac) == py.lookup(e.mac)
+
+
+def test_big_table_fill_and_expire() -> None:
+    clock = Clock()
+    c = fast.FastFdb(5000, 10.0, clock)
+    seen = {}
+    for i in range(5000):
+        assert c.learn(mac(i), i % 7) is Learn.LEARNED
+        seen[mac(i)] = clock.now
+        if i % 2:
+            clock.now += 0.002
+    assert c.learn(mac(6000), 0) is Learn.FULL
+    clock.now = 1000.0 + 12.5  # about half are past their age
+    old = {m for m, t in seen.items() if clock.now - t >= 10.0}
+    assert 1000 < len(old) < 4000
+    assert c.expire() == len(old) and len(c) == 5000 - len(old)
+    for m in seen:
+        assert (c.lookup(m) is None) == (m in old)
