@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
@@ -18,11 +19,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def lab_namespaces(pid: int) -> list[str]:
+    """Namespaces of the labs that process pid made (control.lab names them ovl<pid>-...)."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(f"ovl{pid % 100000}-")]
+
+
 @pytest.fixture
-def no_leftovers() -> object:
-    """Fails the test if it leaves a network namespace behind that was not there before."""
-    before = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+def no_leftovers() -> Iterator[None]:
+    """Fails the test if a lab it built leaves a network namespace behind."""
     yield
-    after = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
-    leaked = {n for n in after - before if not n.startswith("(")}
+    leaked = lab_namespaces(os.getpid())
     assert not leaked, f"namespaces left behind: {leaked}"
