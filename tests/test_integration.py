@@ -84,22 +84,37 @@ def test_full_mesh_unicast_only_to_the_right_remote(mode: str) -> None:
 
 
 INJECT = """
-import socket, sys
+import socket, struct, sys
 from datapath import vxlan, gre
-mode, src, dst, mac = sys.argv[1:5]
+mode, src, dst, mac, kind = sys.argv[1:6]
 frame = b"\\xff" * 6 + bytes.fromhex(mac.replace(":", "")) + b"\\x08\\x06" + bytes(46)
 s, d = socket.inet_aton(src), socket.inet_aton(dst)
-pkt = vxlan.encap(frame, vni=0, src=s, dst=d) if mode == "vxlan" else gre.encap(frame, key=None, src=s, dst=d)
+if mode == "vxlan":
+    pkt = bytearray(vxlan.encap(frame, vni=7 if kind == "bad-id" else 0, src=s, dst=d))
+    if kind == "bad-flags":
+        pkt[28] = 0  # clear the I flag
+else:
+    pkt = bytearray(gre.encap(frame, key=7 if kind == "bad-id" else None, src=s, dst=d))
+    if kind == "bad-flags":
+        pkt[21] |= 1  # GRE version 1
+if kind == "short":
+    pkt = pkt[:20 + (8 + 8 + 6 if mode == "vxlan" else 4 + 6)]
+    struct.pack_into("!H", pkt, 2, len(pkt))
+    if mode == "vxlan":
+        struct.pack_into("!H", pkt, 24, len(pkt) - 20)
 with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
     for _ in range(3):
-        sock.sendto(pkt, (dst, 0))
+        sock.sendto(bytes(pkt), (dst, 0))
 """
 
 
-def inject(lab: Lab, host: int, mode: str, dst: int, mac: str) -> None:
-    """Send an encapsulated broadcast frame with source MAC mac from host to dst, bypassing ovl-dp."""
+def inject(lab: Lab, host: int, mode: str, dst: int, mac: str, kind: str = "ok") -> None:
+    """Send 3 encapsulated broadcast frames (source MAC mac) from host to dst, bypassing ovl-dp.
+
+    kind: ok, bad-id (wrong VNI/key), bad-flags (VXLAN without I; GRE version 1), short (truncated).
+    """
     sh("ip", "netns", "exec", lab.host(host), sys.executable, "-c", INJECT, mode,
-       lab.underlay_ip(host), lab.underlay_ip(dst), mac)  # fmt: skip
+       lab.underlay_ip(host), lab.underlay_ip(dst), mac, kind)  # fmt: skip
 
 
 def bridge_macs(lab: Lab, host: int) -> str:
@@ -122,6 +137,26 @@ def test_frame_from_non_remote_never_reaches_the_bridge(mode: str) -> None:
         assert friend in macs, macs
         assert stranger not in macs, macs
         assert lab.ovl(1, "show")["drops"]["rx_not_remote"] == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_malformed_packets_from_a_remote_are_counted_and_harmless(mode: str) -> None:
+    with Lab(2) as lab:
+        lab.build(container_mtu(mode))
+        lab.start_mesh(mode)
+        bad = {"bad-id": "02:de:ad:00:00:11", "bad-flags": "02:de:ad:00:00:12", "short": "02:de:ad:00:00:13"}
+        for kind, mac in bad.items():
+            inject(lab, 2, mode, 1, mac, kind)
+        time.sleep(0.5)
+        drops = lab.ovl(1, "show")["drops"]
+        flags_reason = "rx_bad_flags" if mode == "vxlan" else "rx_bad_version"
+        id_reason = "rx_bad_vni" if mode == "vxlan" else "rx_bad_key"
+        assert drops[id_reason] == 3 and drops[flags_reason] == 3 and drops["rx_truncated"] == 3, drops
+        macs = bridge_macs(lab, 1)
+        assert not any(mac in macs for mac in bad.values()), macs
+        # The daemon is unharmed and still forwards.
+        assert lab.ping(1, 2, count=3)["loss"] < 100
+        assert lab.daemons[1].proc.poll() is None
 
 
 @pytest.mark.parametrize("mode", MODES)
