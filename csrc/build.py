@@ -59,7 +59,10 @@ def build_in_place() -> str:
     os.makedirs(tmp, exist_ok=True)
     built = make_builder(relative=False).compile(tmpdir=tmp, verbose=False)
     dest = os.path.join(ROOT, "datapath", "_ovl_fast" + sysconfig.get_config_var("EXT_SUFFIX"))
-    shutil.copyfile(built, dest)
+    # A new file renamed over the old one: a process that has the old module
+    # mapped keeps its copy intact (copying onto it in place could crash it).
+    shutil.copyfile(built, dest + ".new")
+    os.replace(dest + ".new", dest)
     return dest
 
 
