@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +18,7 @@ from scapy.layers.inet import IP, TCP, UDP, IPOption_NOP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, GRE, Dot1AD, Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
-from scapy.packet import Raw
+from scapy.packet import Packet, Raw
 from scapy.utils import checksum as scapy_checksum
 
 from datapath import ether, gre, ipv4, vxlan
@@ -40,6 +41,7 @@ def structured_frames(draw: st.DrawFn) -> bytes:
     kind = draw(st.sampled_from(["ip_tcp", "ip_udp", "ip_frag", "ip_opts", "ip6_tcp", "ip6_other", "arp", "raw"]))
     a, b = socket.inet_ntoa(draw(ipv4_addrs)), socket.inet_ntoa(draw(ipv4_addrs))
     l4 = TCP(sport=draw(ports), dport=draw(ports)) if draw(st.booleans()) else UDP(sport=draw(ports), dport=draw(ports))
+    inner: Packet
     if kind == "ip_tcp":
         inner = IP(src=a, dst=b) / TCP(sport=draw(ports), dport=draw(ports))
     elif kind == "ip_udp":
@@ -197,7 +199,7 @@ SRC, DST = b"\x0a\0\0\x01", b"\x0a\0\0\x02"
 
 def gre_packet(frame: bytes = FRAME, ip_opts: int = 0, **gre_fields: int) -> bytes:
     """An IPv4/GRE packet built by scapy (it computes a checksum when chksum_present is set)."""
-    fields: dict[str, int] = {"proto": 0x6558, **gre_fields}
+    fields: dict[str, Any] = {"proto": 0x6558, **gre_fields}
     ip = IP(src="10.0.0.1", dst="10.0.0.2", options=[IPOption_NOP()] * ip_opts) if ip_opts else IP(src="10.0.0.1")
     return bytes(ip / GRE(**fields) / Raw(frame))
 

@@ -39,7 +39,7 @@ IMPLS = [Fdb, fast.FastFdb]
 
 @pytest.fixture(params=IMPLS, ids=["python", "c"])
 def impl(request: pytest.FixtureRequest) -> type[Fdb] | type[fast.FastFdb]:
-    return request.param  # type: ignore[no-any-return]
+    return request.param
 
 
 # -- the rules, on both -------------------------------------------------------------------

@@ -1,0 +1,91 @@
+"""Run a test body in a forked child inside a network namespace of its own.
+
+The child calls unshare(CLONE_NEWNET) before anything else, so whatever the
+body creates (TAPs, sockets, addresses) exists only in that namespace and
+disappears with the child, also when the body fails or hangs. The child's
+traceback is handed to the parent and becomes the test failure message.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import time
+import traceback
+from collections.abc import Callable
+
+import pytest
+
+CLONE_NEWNET = 0x40000000
+
+
+def unshare_net() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+
+
+def _setup_namespace() -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True, capture_output=True)
+    # No IPv6 on new interfaces: no router solicitations or MLD reports on our TAP.
+    for name in ("default", "all"):
+        path = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
+        if os.path.exists(path):
+            with open(path, "w") as f:
+                f.write("1")
+
+
+def _child(body: Callable[[], None], w: int) -> None:
+    status, report = 1, b""
+    try:
+        unshare_net()
+        _setup_namespace()
+        body()
+        status = 0
+    except BaseException:
+        report = traceback.format_exc().encode()
+    finally:
+        try:
+            view = memoryview(report)
+            while view:
+                view = view[os.write(w, view) :]
+        finally:
+            os._exit(status)  # never return into pytest in the child
+
+
+def run_isolated(body: Callable[[], None], timeout: float = 60.0) -> None:
+    """Run body() in a child in a new network namespace; fail the calling test with the child's traceback."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        _child(body, w)
+    os.close(w)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                os.kill(pid, signal.SIGKILL)
+                break
+            if select.select([r], [], [], left)[0]:
+                chunk = os.read(r, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    finally:
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+    report = b"".join(chunks).decode(errors="replace")
+    if timed_out:
+        pytest.fail(f"isolated test timed out after {timeout} s\n{report}", pytrace=False)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        pytest.fail(f"isolated test failed in its namespace (exit {code}):\n{report}", pytrace=False)
