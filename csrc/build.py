@@ -58,7 +58,12 @@ def build_in_place() -> str:
     tmp = os.path.join(ROOT, "build", "cffi")
     os.makedirs(tmp, exist_ok=True)
     built = make_builder(relative=False).compile(tmpdir=tmp, verbose=False)
-    dest = os.path.join(ROOT, "datapath", "_ovl_fast" + sysconfig.get_config_var("EXT_SUFFIX"))
+    pkg = os.path.join(ROOT, "datapath")
+    dest = os.path.join(pkg, "_ovl_fast" + sysconfig.get_config_var("EXT_SUFFIX"))
+    # pip install -e . leaves _ovl_fast.abi3.so: remove other builds so the import cannot pick a stale one.
+    for name in os.listdir(pkg):
+        if name.startswith("_ovl_fast.") and name.endswith(".so") and os.path.join(pkg, name) != dest:
+            os.remove(os.path.join(pkg, name))
     # A new file renamed over the old one: a process that has the old module
     # mapped keeps its copy intact (copying onto it in place could crash it).
     shutil.copyfile(built, dest + ".new")
