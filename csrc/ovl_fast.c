@@ -719,7 +719,7 @@ int ovl_from_tunnel(struct ovl_dp *dp, int recv_fd, int tap_fd, double now) {
         struct ovl_rx *e = &dp->rx[i];
         e->data = io->rx_iov[i].iov_base;
         e->len = io->rx_msg[i].msg_len;
-        if (e->len > c->slot_size) /* MSG_TRUNC on a raw socket reports the full length */
+        if (e->len > c->slot_size) /* never trust a length beyond the slot */
             e->len = c->slot_size;
         e->truncated = (io->rx_msg[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
         e->src = io->rx_msg[i].msg_hdr.msg_namelen >= sizeof(struct sockaddr_in) ? io->rx_addr[i].sin_addr.s_addr : 0;
