@@ -61,6 +61,10 @@ class DatapathConfig:
             raise ValueError(f"mode must be one of {MODES}")
         if not 1 <= len(self.remotes) <= MAX_REMOTES:
             raise ValueError(f"between 1 and {MAX_REMOTES} remotes are supported")
+        if len({r.addr for r in self.remotes}) != len(self.remotes):
+            raise ValueError("remote addresses must be distinct")
+        if any(not 0 <= remote < len(self.remotes) for _, remote in self.statics):
+            raise ValueError("a static entry names a remote index that does not exist")
 
     @property
     def outer_len(self) -> int:

@@ -32,6 +32,7 @@ from datapath.tap import Tap
 log = logging.getLogger("ovl-dp")
 
 AGEING_SWEEP_INTERVAL = 1.0
+ERROR_LOG_INTERVAL = 10.0
 
 
 class FdbView(Protocol):
@@ -80,16 +81,37 @@ class Engine:
             self.recv_sock.close()
             self.send_sock.close()
             raise
+        self.io_errors = 0
+        self._last_error_log = -ERROR_LOG_INTERVAL
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Register the fds with loop; packets flow from here on."""
         self._loop = loop
-        tap_fd, send, recv, fwd = self.tap.fileno(), self.send_sock, self.recv_sock, self.forwarder
-        loop.add_reader(tap_fd, fwd.from_tap, tap_fd, send)
-        loop.add_reader(recv.fileno(), fwd.from_tunnel, recv, tap_fd)
+        loop.add_reader(self.tap.fileno(), self._on_tap)
+        loop.add_reader(self.recv_sock.fileno(), self._on_tunnel)
         self._sweeper = loop.call_later(AGEING_SWEEP_INTERVAL, self._sweep)
+
+    def _on_tap(self) -> None:
+        try:
+            self.forwarder.from_tap(self.tap.fileno(), self.send_sock)
+        except OSError as exc:
+            self._io_error("reading the TAP", exc)
+
+    def _on_tunnel(self) -> None:
+        try:
+            self.forwarder.from_tunnel(self.recv_sock, self.tap.fileno())
+        except OSError as exc:
+            self._io_error("receiving from the underlay", exc)
+
+    def _io_error(self, what: str, exc: OSError) -> None:
+        # Keep running (the next readiness may succeed), but do not flood the log.
+        now = time.monotonic()
+        self.io_errors += 1
+        if now - self._last_error_log >= ERROR_LOG_INTERVAL:
+            log.warning("error %s: %s (%d so far)", what, exc.strerror or exc, self.io_errors)
+            self._last_error_log = now
 
     def _sweep(self) -> None:
         self.forwarder.fdb.expire()

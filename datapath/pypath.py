@@ -112,12 +112,22 @@ class PyForwarder:
     def from_tap(self, tap_fd: int, send_sock: socket.socket) -> int:
         """Drain up to one batch of frames from the TAP and send them; returns frames read."""
         frames: list[bytes] = []
+        error: OSError | None = None
         for _ in range(self.cfg.batch):
             try:
                 frames.append(os.read(tap_fd, _READ_SIZE))
             except BlockingIOError:
                 break
-        for remote, pkt in self.tx(frames):
+            except OSError as exc:  # as the C path: send what was read, then report
+                error = exc
+                break
+        self._send(self.tx(frames), send_sock)
+        if error is not None:
+            raise error
+        return len(frames)
+
+    def _send(self, packets: list[tuple[int, bytes]], send_sock: socket.socket) -> None:
+        for remote, pkt in packets:
             try:
                 send_sock.sendto(pkt, (self.cfg.remotes[remote].addr, 0))
             except OSError:
@@ -126,7 +136,6 @@ class PyForwarder:
             ctr = self._remote_ctr[remote]
             ctr["tx_packets"] += 1
             ctr["tx_bytes"] += len(pkt) - self.cfg.outer_len
-        return len(frames)
 
     def from_tunnel(self, recv_sock: socket.socket, tap_fd: int) -> int:
         """Receive up to one batch from the underlay and write the inner frames to the TAP."""

@@ -68,9 +68,9 @@ CONFIGS = {
     "gre_key_one_remote": DatapathConfig(
         mode="gre", remotes=remotes(1), underlay_mtu=1476, tap_mtu=1434, key=0xABCD, batch=3, fdb_max=4
     ),
-    "gre_key0_dup_remote": DatapathConfig(
+    "gre_key0_three_remotes": DatapathConfig(
         mode="gre",
-        remotes=(Remote("10.0.0.2", "10.0.0.1"), Remote("10.0.1.2", "10.0.1.1"), Remote("10.0.0.2", "10.0.0.5")),
+        remotes=(Remote("10.0.0.2", "10.0.0.1"), Remote("10.0.1.2", "10.0.1.1"), Remote("10.0.2.2", "10.0.0.5")),
         underlay_mtu=1500,
         tap_mtu=1458,
         key=0,
