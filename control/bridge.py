@@ -1,66 +1,139 @@
-"""Plugging the TAP into a bridge: a Linux bridge through rtnetlink (pyroute2).
+"""Plugging the TAP into a bridge: a Linux bridge (rtnetlink, pyroute2) or Open vSwitch (ovs-vsctl).
 
-Open vSwitch attachment comes with the OVS issue; until then ``--bridge-type
-ovs`` (or ``auto`` finding an OVS bridge) says so clearly. Detaching needs no
-code: closing the TAP deletes it, and the kernel removes the bridge port.
+Linux bridge: the TAP becomes a bridge port; closing the TAP removes it.
+Open vSwitch: the TAP is added as a port (``--may-exist``: idempotent),
+a trunk unless a tag makes it an access port; it is deleted again on exit,
+and re-added while ovl-dp runs if the port disappears or ovs-vswitchd comes
+back without it (see :meth:`Bridge.keep_attached`).
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+import asyncio
+import logging
+from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from control import ovs
 from datapath.errors import SetupError
 
+log = logging.getLogger("ovl-dp")
+
 BRIDGE_TYPES = ("auto", "linux", "ovs", "none")
+OVS_WATCH_INTERVAL = 2.0
 
 
-def _link_kind(ipr: IPRoute, name: str) -> str | None:
-    """The rtnetlink kind of interface name ('bridge', 'tun', ...), '' if it has none, None if it does not exist."""
-    idx = ipr.link_lookup(ifname=name)
-    if not idx:
-        return None
-    link = ipr.get_links(idx[0])[0]
-    info = link.get_attr("IFLA_LINKINFO")
+def _link_kind(name: str) -> str | None:
+    """The rtnetlink kind of interface name ('bridge', 'tun', ...), '' if none, None if it does not exist."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if not idx:
+            return None
+        info = ipr.get_links(idx[0])[0].get_attr("IFLA_LINKINFO")
     return (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
 
 
-def _is_ovs_bridge(name: str) -> bool:
-    vsctl = shutil.which("ovs-vsctl")
-    if vsctl is None:
-        return False
-    res = subprocess.run([vsctl, "--timeout=2", "br-exists", name], capture_output=True, check=False)
-    return res.returncode == 0
+def _ovs_has_bridge(ovsdb: str | None, name: str, required: bool) -> bool:
+    """Whether OVS knows bridge name; when required, OVS missing or unreachable is an error, not 'no'."""
+    problem = ovs.installed()
+    if problem is None:
+        res = ovs.run_vsctl(ovsdb, "br-exists", name, timeout=3)
+        if res.returncode in (0, 2):  # 2: no such bridge
+            return res.returncode == 0
+        where = ovsdb or "ovs-vsctl's default (OVS_RUNDIR)"
+        problem = f"cannot reach the Open vSwitch database at {where}: {res.stderr.strip()}"
+    if required:
+        raise SetupError(problem)
+    return False
 
 
-def resolve(bridge: str, bridge_type: str) -> str:
-    """Check that bridge exists and is of the asked type; returns 'linux' or 'none'."""
+@dataclass(frozen=True)
+class Bridge:
+    """Where the TAP goes: name, kind ('linux', 'ovs' or 'none'), and OVS port settings."""
+
+    name: str
+    kind: str
+    ovsdb: str | None = None
+    tag: int | None = None
+
+    def attach(self, tap: str) -> None:
+        """Make tap a port of the bridge."""
+        if self.kind == "linux":
+            _attach_linux(self.name, tap)
+        elif self.kind == "ovs":
+            self._ovs_add(tap)
+
+    def _ovs_add(self, tap: str) -> None:
+        args = ["--may-exist", "add-port", self.name, tap]
+        if self.tag is not None:
+            args.append(f"tag={self.tag}")
+        try:
+            ovs.vsctl(self.ovsdb, *args)
+        except ovs.OvsError as exc:
+            raise SetupError(f"cannot add {tap} to Open vSwitch bridge {self.name}: {exc}") from None
+
+    def detach(self, tap: str) -> None:
+        """Remove tap from the bridge (OVS keeps a port row otherwise; a Linux bridge needs nothing)."""
+        if self.kind != "ovs":
+            return
+        try:
+            ovs.vsctl(self.ovsdb, "--if-exists", "del-port", self.name, tap, timeout=5)
+        except ovs.OvsError as exc:
+            log.warning("could not remove port %s from %s: %s", tap, self.name, exc)
+
+    async def keep_attached(self, tap: str, interval: float = OVS_WATCH_INTERVAL) -> None:
+        """OVS only: every interval, re-add the port if it is gone (operator, database or vswitchd restart)."""
+        if self.kind != "ovs":
+            return
+        db = [f"--db={self.ovsdb}"] if self.ovsdb else []
+        unreachable = False
+        while True:
+            await asyncio.sleep(interval)
+            proc = await asyncio.create_subprocess_exec(
+                "ovs-vsctl", "--timeout=2", *db, "--if-exists", "get", "interface", tap, "ofport",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await proc.communicate()
+            if proc.returncode != 0:
+                if not unreachable:
+                    log.warning("Open vSwitch database unreachable (%s); will re-add the port", err.decode().strip())
+                unreachable = True
+                continue
+            unreachable = False
+            if out.strip() in (b"", b"[]", b"-1"):
+                # The row is gone, or vswitchd has not (re)opened the TAP: add it again.
+                log.info("port %s missing from %s: re-adding", tap, self.name)
+                try:
+                    await asyncio.to_thread(self._ovs_add, tap)
+                except SetupError as exc:
+                    log.warning("%s", exc)
+
+
+def resolve(name: str, bridge_type: str, ovsdb: str | None = None, tag: int | None = None) -> Bridge:
+    """Check that the bridge exists and is of the asked type; SetupError with a clear message otherwise."""
     if bridge_type == "none":
-        return "none"
-    with IPRoute() as ipr:
-        kind = _link_kind(ipr, bridge)
+        return Bridge(name, "none")
+    kind = _link_kind(name)
     if bridge_type in ("auto", "linux") and kind == "bridge":
-        return "linux"
-    if bridge_type == "ovs" or (bridge_type == "auto" and _is_ovs_bridge(bridge)):
-        raise SetupError(
-            f"attaching to the Open vSwitch bridge {bridge} is not implemented yet; "
-            f"run with --bridge-type none and add the port yourself (ovs-vsctl add-port {bridge} TAP)"
-        )
+        if tag is not None:
+            raise SetupError("--tag is for Open vSwitch bridges; on a Linux bridge use VLAN filtering")
+        return Bridge(name, "linux")
+    if bridge_type == "ovs" or (bridge_type == "auto" and kind != "bridge"):
+        if _ovs_has_bridge(ovsdb, name, required=bridge_type == "ovs"):
+            return Bridge(name, "ovs", ovsdb, tag)
+        if bridge_type == "ovs":
+            raise SetupError(f"Open vSwitch has no bridge {name} (ovs-vsctl add-br {name})")
     if kind is None:
         raise SetupError(
-            f"bridge {bridge} does not exist (create it: ip link add {bridge} type bridge; "
+            f"bridge {name} does not exist (create it: ip link add {name} type bridge, or ovs-vsctl add-br {name}; "
             "or run with --bridge-type none)"
         )
-    raise SetupError(f"{bridge} is not a Linux bridge (kind {kind or 'unknown'}); choose another --bridge")
+    raise SetupError(f"{name} is not a Linux bridge (kind {kind or 'unknown'}); choose another --bridge")
 
 
-def attach(bridge: str, kind: str, tap: str) -> None:
-    """Make tap a port of bridge (kind as returned by resolve)."""
-    if kind == "none":
-        return
+def _attach_linux(bridge: str, tap: str) -> None:
     with IPRoute() as ipr:
         try:
             br = ipr.link_lookup(ifname=bridge)

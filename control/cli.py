@@ -89,6 +89,13 @@ def _static(text: str) -> tuple[bytes, str]:
     return raw, _ipv4(remote)
 
 
+def _vlan_map(text: str) -> tuple[int, int]:
+    vlan, sep, ident = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--vlan-map {text!r}: expected VLAN=VNI (or VLAN=KEY for GRE)")
+    return _ranged("VLAN", 1, 4094)(vlan), _ranged("tunnel id", 0, gre.KEY_MAX)(ident)
+
+
 def _tap_name(text: str) -> str:
     if not 0 < len(text) < 16 or "/" in text or text.strip() != text or text in (".", ".."):
         raise argparse.ArgumentTypeError(f"--tap {text!r}: interface names are 1-15 characters without '/' or spaces")
@@ -133,6 +140,26 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         choices=("auto", "linux", "ovs", "none"),
         help="auto (default): whatever BRIDGE is; linux; ovs; none: leave the TAP unattached",
+    )
+    run.add_argument(
+        "--ovsdb",
+        metavar="DB",
+        help="Open vSwitch database, e.g. unix:/run/openvswitch/db.sock (default: ovs-vsctl's, honouring OVS_RUNDIR)",
+    )
+    run.add_argument(
+        "--tag",
+        type=_ranged("--tag", 1, 4094),
+        metavar="VLAN",
+        help="OVS: make the TAP an access port of VLAN (default: a trunk, tagged frames cross tagged)",
+    )
+    run.add_argument(
+        "--vlan-map",
+        action="append",
+        default=[],
+        type=_vlan_map,
+        metavar="VLAN=ID",
+        help="carry frames tagged VLAN untagged in VNI (VXLAN) or key (GRE) ID, and back; one learning and "
+        "flooding scope per VLAN (repeatable)",
     )
     run.add_argument("--tap", type=_tap_name, help="TAP name (default ovl-vxlan / ovl-gre)")
     run.add_argument(
@@ -225,6 +252,19 @@ def _run_options(args: argparse.Namespace) -> object:
         raise UsageError("--vni and --port are for --mode vxlan; GRE uses --key")
     if args.mode == "gre" and args.udp_csum:
         raise UsageError("--udp-csum is for --mode vxlan")
+    if args.tag is not None and args.bridge_type not in ("ovs", "auto"):
+        raise UsageError("--tag is for Open vSwitch bridges (--bridge-type ovs)")
+    vlans = [v for v, _ in args.vlan_map]
+    ids = [i for _, i in args.vlan_map]
+    if len(set(vlans)) != len(vlans) or len(set(ids)) != len(ids):
+        raise UsageError("--vlan-map: each VLAN and each VNI/key may be mapped once")
+    if args.mode == "vxlan" and any(i > vxlan.VNI_MAX for i in ids):
+        raise UsageError(f"--vlan-map: a VNI is at most {vxlan.VNI_MAX}")
+    base = (args.vni or 0) if args.mode == "vxlan" else (args.key or 0)
+    if base in ids:
+        raise UsageError(f"--vlan-map: {base} is the base {'VNI' if args.mode == 'vxlan' else 'key'} already")
+    if args.tag is not None and args.vlan_map:
+        raise UsageError("--tag and --vlan-map exclude each other: an access port carries no VLAN tags")
     if len(set(args.remote)) != len(args.remote):
         raise UsageError("a --remote is given twice")
     if len(args.remote) > MAX_REMOTES:
@@ -247,6 +287,9 @@ def _run_options(args: argparse.Namespace) -> object:
         statics=tuple(args.static),
         udp_csum=args.udp_csum,
         fast_path=not args.no_fast_path,
+        ovsdb=args.ovsdb,
+        tag=args.tag,
+        vlan_map=tuple(args.vlan_map),
     )
 
 

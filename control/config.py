@@ -35,6 +35,9 @@ class RunOptions:
     statics: tuple[tuple[bytes, str], ...]
     udp_csum: bool
     fast_path: bool
+    ovsdb: str | None = None
+    tag: int | None = None
+    vlan_map: tuple[tuple[int, int], ...] = ()
 
 
 def default_tap_name(mode: str) -> str:

@@ -19,11 +19,11 @@ log = logging.getLogger("ovl-dp")
 
 def run(opts: config.RunOptions) -> int:
     """Run the daemon until SIGINT/SIGTERM; SetupError for anything a user must fix."""
-    bridge_kind = bridge.resolve(opts.bridge, opts.bridge_type)
+    br = bridge.resolve(opts.bridge, opts.bridge_type, opts.ovsdb, opts.tag)
     cfg = config.build(opts)
     engine = Engine(cfg, fast=opts.fast_path)
     try:
-        bridge.attach(opts.bridge, bridge_kind, engine.tap.name)
+        br.attach(engine.tap.name)
         ident = (
             f"vni {cfg.vni} port {cfg.port}"
             if cfg.mode == "vxlan"
@@ -37,23 +37,24 @@ def run(opts: config.RunOptions) -> int:
             format_mac(cfg.tap_mac),
             cfg.tap_mtu,
             cfg.underlay_mtu,
-            opts.bridge if bridge_kind != "none" else "-",
-            bridge_kind,
+            br.name if br.kind != "none" else "-",
+            br.kind + (f" tag {br.tag}" if br.tag is not None else ""),
             ", ".join(r.addr for r in cfg.remotes),
             "C fast" if engine.fast else "pure-Python",
         )
         loop = uvloop.new_event_loop()
         try:
-            loop.run_until_complete(_serve(loop, engine))
+            loop.run_until_complete(_serve(loop, engine, br))
         finally:
             loop.close()
+        br.detach(engine.tap.name)
     finally:
         log.info("exiting; counters:\n%s", format_counters(engine.snapshot().as_dict()))
         engine.close()
     return 0
 
 
-async def _serve(loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
+async def _serve(loop: asyncio.AbstractEventLoop, engine: Engine, br: bridge.Bridge) -> None:
     stop = asyncio.Event()
 
     def answer(cmd: str) -> object:
@@ -74,10 +75,12 @@ async def _serve(loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, dump)
     engine.start(loop)
+    watch = asyncio.create_task(br.keep_attached(engine.tap.name))
     log.info("ready")
     try:
         await stop.wait()
     finally:
+        watch.cancel()
         server.close()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(sig)

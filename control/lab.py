@@ -3,9 +3,15 @@
 Layout for N hosts (all names carry a per-run tag, so runs never collide):
 
     <tag>-sw   the underlay switch: Linux bridge br0, one veth per host
-    <tag>-hI   host I: ul0 = 192.0.2.I/24 (underlay), Linux bridge br-int,
+    <tag>-hI   host I: ul0 = 192.0.2.I/24 (underlay), bridge br-int,
                veth vm0 on br-int; ovl-dp runs here
     <tag>-cI   container I: eth0 = 172.20.1.I/24, the other end of vm0
+
+br-int is a Linux bridge, or with ``bridge="ovs"`` an Open vSwitch bridge
+(userspace datapath) of a private OVS instance per host
+(:class:`control.ovs.OvsInstance`), vm0 then being an access port of VLAN
+``tag``. Host and container names can be chosen (the seed scenario's yy2/yy3
+and vmX/vmY); they still carry the tag.
 
 192.0.2.0/24 is TEST-NET-1 (RFC 5737) and 172.20.1.0/24 the scenario's
 overlay; both exist only inside these namespaces. Everything the lab made
@@ -30,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from control.ovs import OvsInstance
 from datapath.config import overhead
 
 UNDERLAY_PREFIX = "192.0.2."
@@ -64,23 +71,32 @@ class Daemon:
 class Lab:
     """Network namespaces for `hosts` hosts, each with a container; see the module docstring."""
 
-    def __init__(self, hosts: int = 2, tag: str | None = None) -> None:
+    def __init__(
+        self,
+        hosts: int = 2,
+        tag: str | None = None,
+        host_names: tuple[str, ...] = (),
+        container_names: tuple[str, ...] = (),
+    ) -> None:
         if shutil.which("ip") is None:
             raise LabError("the lab needs iproute2's `ip` command")
         self.n = hosts
         self.tag = tag or f"ovl{os.getpid() % 100000}"
+        self._host_names = host_names or tuple(f"h{i}" for i in range(1, hosts + 1))
+        self._container_names = container_names or tuple(f"c{i}" for i in range(1, hosts + 1))
         self.namespaces: list[str] = []
         self.procs: list[subprocess.Popen[bytes]] = []
         self.daemons: dict[int, Daemon] = {}
+        self.ovs: dict[int, OvsInstance] = {}
         self.workdir = Path(tempfile.mkdtemp(prefix="ovl-lab-"))
 
     # -- names and addresses -------------------------------------------------
 
     def host(self, i: int) -> str:
-        return f"{self.tag}-h{i}"
+        return f"{self.tag}-{self._host_names[i - 1]}"
 
     def container(self, i: int) -> str:
-        return f"{self.tag}-c{i}"
+        return f"{self.tag}-{self._container_names[i - 1]}"
 
     @property
     def switch(self) -> str:
@@ -101,8 +117,12 @@ class Lab:
         self.namespaces.append(name)
         sh("ip", "-n", name, "link", "set", "lo", "up")
 
-    def build(self, container_mtu: int = 1400) -> Lab:
-        """Create switch, hosts and containers; returns self."""
+    def build(self, container_mtu: int = 1400, bridge: str = "linux", tag: int | None = None) -> Lab:
+        """Create switch, hosts and containers; returns self.
+
+        bridge: "linux", or "ovs" (containers then send with checksum offload off,
+        because OVS's userspace datapath does not carry offload state).
+        """
         self._netns(self.switch)
         sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", self.switch, "link", "set", "br0", "up")
@@ -117,18 +137,36 @@ class Lab:
             sh("ip", "-n", self.switch, "link", "set", f"p{i}", "master", "br0", "up")
             sh("ip", "-n", h, "addr", "add", f"{self.underlay_ip(i)}/24", "dev", "ul0")
             sh("ip", "-n", h, "link", "set", "ul0", "up")
-            sh("ip", "-n", h, "link", "add", "br-int", "type", "bridge")
-            sh("ip", "-n", h, "link", "set", "br-int", "up")
             sh("ip", "-n", h, "link", "add", "vm0", "type", "veth", "peer", "name", "eth0", "netns", c)
-            sh("ip", "-n", h, "link", "set", "vm0", "master", "br-int", "up")
+            sh("ip", "-n", h, "link", "set", "vm0", "up")
+            if bridge == "ovs":
+                self._ovs_bridge(i, tag)
+            else:
+                sh("ip", "-n", h, "link", "add", "br-int", "type", "bridge")
+                sh("ip", "-n", h, "link", "set", "br-int", "up")
+                sh("ip", "-n", h, "link", "set", "vm0", "master", "br-int")
             sh("ip", "-n", c, "addr", "add", f"{self.overlay_ip(i)}/24", "dev", "eth0")
             sh("ip", "-n", c, "link", "set", "eth0", "mtu", str(container_mtu), "up")
+            if bridge == "ovs":
+                sh("ip", "netns", "exec", c, "ethtool", "-K", "eth0", "tx", "off")
         return self
+
+    def _ovs_bridge(self, i: int, tag: int | None) -> None:
+        ovs = OvsInstance(self.host(i), self.workdir / f"ovs-h{i}")
+        self.ovs[i] = ovs
+        ovs.start()
+        ovs.vsctl("add-br", "br-int", "--", "set", "bridge", "br-int", "datapath_type=netdev", "fail-mode=standalone")
+        ovs.vsctl("add-port", "br-int", "vm0", *([f"tag={tag}"] if tag is not None else []))
 
     # -- ovl-dp ------------------------------------------------------------------
 
     def start(self, i: int, *args: str, wait: bool = True) -> Daemon:
-        """Start `ovl-dp run ARGS` on host i (its log goes to a file in the lab's workdir)."""
+        """Start `ovl-dp run ARGS` on host i (its log goes to a file in the lab's workdir).
+
+        On an OVS host, --ovsdb naming the host's own OVS instance is added unless given.
+        """
+        if i in self.ovs and "--ovsdb" not in args:
+            args = (*args, "--ovsdb", self.ovs[i].db)
         log = self.workdir / f"h{i}-{len(self.procs)}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -233,6 +271,9 @@ class Lab:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for ovs in self.ovs.values():
+            ovs.stop()
+        self.ovs.clear()
         for ns in reversed(self.namespaces):
             sh("ip", "netns", "del", ns, check=False)
         self.namespaces.clear()
