@@ -210,14 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser(
         "lab",
         help="the two-host demo in network namespaces",
-        description="Build two hosts and two containers in network namespaces joined by Linux bridges, run ovl-dp "
-        "on each host, ping and iperf3 through the tunnel, print a report and tear everything down.",
+        description="Build two hosts and two containers in network namespaces, each host with a bridge br-int "
+        "(Open vSwitch, userspace datapath, containers on VLAN 20 — the seed scenario — or a Linux bridge), run "
+        "ovl-dp on each host, ping and iperf3 through the tunnel, print a report and tear everything down.",
     )
     lab.add_argument(
         "--mode", choices=(*MODES, "both"), default="both", help="which tunnel(s) to demonstrate (default both)"
     )
     lab.add_argument(
-        "--bridge-type", choices=("linux",), default="linux", help="bridge on the lab hosts (default linux)"
+        "--bridge-type",
+        choices=("auto", "linux", "ovs"),
+        default="auto",
+        help="bridge on the lab hosts (default auto: ovs when Open vSwitch is installed, else linux)",
     )
     lab.add_argument(
         "--seconds", type=_ranged("--seconds", 1, 60), default=3, help="iperf3 duration in seconds (default 3)"

@@ -36,8 +36,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from control import ovs
 from control.ovs import OvsInstance
-from datapath.config import overhead
+from datapath.config import VLAN_HLEN, overhead
 
 UNDERLAY_PREFIX = "192.0.2."
 OVERLAY_PREFIX = "172.20.1."
@@ -271,8 +272,8 @@ class Lab:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for ovs in self.ovs.values():
-            ovs.stop()
+        for instance in self.ovs.values():
+            instance.stop()
         self.ovs.clear()
         for ns in reversed(self.namespaces):
             sh("ip", "netns", "del", ns, check=False)
@@ -286,15 +287,31 @@ class Lab:
         self.close()
 
 
-def container_mtu(mode: str, underlay_mtu: int = 1500) -> int:
-    """The MTU containers need so that their frames fit the TAP (as with a kernel tunnel)."""
-    return underlay_mtu - overhead(mode)
+SEED_TAG = 20  # the scenario's access VLAN of vmX and vmY on br-int
 
 
-def _demo(mode: str, seconds: int, fast: bool) -> dict[str, Any]:
+def container_mtu(mode: str, underlay_mtu: int = 1500, tagged: bool = False) -> int:
+    """The MTU containers need so that their frames fit the tunnel (as with a kernel tunnel).
+
+    tagged: frames cross the tunnel with an 802.1Q tag (the TAP is an OVS trunk port), 4 bytes more.
+    """
+    return underlay_mtu - overhead(mode) - (VLAN_HLEN if tagged else 0)
+
+
+def seed_lab(bridge: str) -> Lab:
+    """The seed scenario's two hosts yy2/yy3 and containers vmX/vmY (built by the caller)."""
+    if bridge == "ovs":
+        return Lab(2, host_names=("yy2", "yy3"), container_names=("vmX", "vmY"))
+    return Lab(2)
+
+
+def _demo(mode: str, seconds: int, fast: bool, bridge: str) -> dict[str, Any]:
     extra = () if fast else ("--no-fast-path",)
-    with Lab(2) as lab:
-        lab.build(container_mtu(mode))
+    with seed_lab(bridge) as lab:
+        if bridge == "ovs":
+            lab.build(container_mtu(mode, tagged=True), bridge="ovs", tag=SEED_TAG)
+        else:
+            lab.build(container_mtu(mode))
         lab.start_mesh(mode, *extra)
         lab.ping(1, 2, count=3)  # ARP and FDB warm-up
         fwd, back = lab.ping(1, 2, count=10), lab.ping(2, 1, count=10)
@@ -302,31 +319,45 @@ def _demo(mode: str, seconds: int, fast: bool) -> dict[str, Any]:
         counters = {i: lab.ovl(i, "show") for i in (1, 2)}
         fdb = {i: lab.ovl(i, "fdb") for i in (1, 2)}
         codes = [lab.stop(lab.daemons[i]) for i in (1, 2)]
+        names = [lab.container(i).split("-", 1)[1] for i in (1, 2)]
+        hosts = [lab.host(i).split("-", 1)[1] for i in (1, 2)]
     gbps = perf.get("end", {}).get("sum_received", {}).get("bits_per_second", 0) / 1e9
-    return {"mode": mode, "ping": fwd, "ping_back": back, "gbps": gbps, "iperf_error": perf.get("error"),
-            "counters": counters, "fdb": fdb, "exit_codes": codes}  # fmt: skip
+    return {"mode": mode, "bridge": bridge, "ping": fwd, "ping_back": back, "gbps": gbps,
+            "iperf_error": perf.get("error"), "counters": counters, "fdb": fdb, "exit_codes": codes,
+            "names": names, "hosts": hosts}  # fmt: skip
 
 
 def _print_report(r: dict[str, Any]) -> bool:
     from control.report import format_counters, format_fdb
 
     ok = r["ping"]["loss"] == 0 and r["ping_back"]["loss"] == 0 and r["gbps"] > 0 and r["exit_codes"] == [0, 0]
-    print(f"\n=== ovl-dp lab, mode {r['mode']}: {'OK' if ok else 'FAILED'} ===")
-    for name, p in (("vm1 -> vm2", r["ping"]), ("vm2 -> vm1", r["ping_back"])):
+    a, b = r["names"]
+    print(f"\n=== ovl-dp lab, mode {r['mode']}, {r['bridge']} br-int: {'OK' if ok else 'FAILED'} ===")
+    for name, p in ((f"{a} -> {b}", r["ping"]), (f"{b} -> {a}", r["ping_back"])):
         rtt = f"rtt avg {p['avg']:.3f} ms (min {p['min']:.3f}, max {p['max']:.3f})" if "avg" in p else "no replies"
         print(f"ping {name}: loss {p['loss']:.0f}%, {rtt}")
-    print(f"iperf3 TCP vm1 -> vm2: {r['gbps']:.3f} Gbit/s" + (f" ({r['iperf_error']})" if r["iperf_error"] else ""))
-    for i in (1, 2):
-        print(f"--- host {i} counters ---\n{format_counters(r['counters'][i])}\n{format_fdb(r['fdb'][i])}")
+    err = f" ({r['iperf_error']})" if r["iperf_error"] else ""
+    print(f"iperf3 TCP {a} -> {b}: {r['gbps']:.3f} Gbit/s{err}")
+    for i, host in enumerate(r["hosts"], 1):
+        print(f"--- host {host} counters ---\n{format_counters(r['counters'][i])}\n{format_fdb(r['fdb'][i])}")
     return ok
 
 
 def main(args: argparse.Namespace) -> int:
     """`ovl-dp lab`: build, demonstrate, report, tear down (also on Ctrl-C / SIGTERM)."""
-    for tool in ("ping", "iperf3", "ss"):
+    for tool in ("ping", "iperf3", "ss", "ethtool"):
         if shutil.which(tool) is None:
-            print(f"ovl-dp: error: the lab needs `{tool}` (apt-get install iputils-ping iperf3 iproute2)")
+            print(f"ovl-dp: error: the lab needs `{tool}` (apt-get install iputils-ping iperf3 iproute2 ethtool)")
             return 2
+    bridge = args.bridge_type
+    missing_ovs = ovs.installed()
+    if bridge == "ovs" and missing_ovs:
+        print(f"ovl-dp: error: --bridge-type ovs: {missing_ovs}", file=sys.stderr)
+        return 2
+    if bridge == "auto":
+        bridge = "linux" if missing_ovs else "ovs"
+        if missing_ovs:
+            print(f"note: {missing_ovs}; showing the scenario with Linux bridges instead", flush=True)
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -335,10 +366,11 @@ def main(args: argparse.Namespace) -> int:
     modes = ["gre", "vxlan"] if args.mode == "both" else [args.mode]
     ok = True
     for mode in modes:
-        print(f"building the two-host lab (Linux bridges) for {mode} ...", flush=True)
+        what = "Open vSwitch br-int, vmX/vmY on VLAN 20" if bridge == "ovs" else "Linux bridges"
+        print(f"building the two-host lab ({what}) for {mode} ...", flush=True)
         try:
-            ok &= _print_report(_demo(mode, args.seconds, not args.no_fast_path))
-        except LabError as exc:
+            ok &= _print_report(_demo(mode, args.seconds, not args.no_fast_path, bridge))
+        except (LabError, ovs.OvsError) as exc:
             print(f"lab failed in mode {mode}: {exc}", file=sys.stderr)
             ok = False
     return 0 if ok else 1
