@@ -1,0 +1,116 @@
+"""ovl-dp on Open vSwitch br-int (userspace datapath, one private OVS per host namespace).
+
+The seed scenario: hosts yy2/yy3, containers vmX/vmY as access ports of
+VLAN 20 on br-int, ovl-dp's TAP a trunk port, GRE then VXLAN. The containers
+send with checksum offload off (Lab.build does it for OVS): OVS's userspace
+datapath does not carry offload state, so TCP would stall otherwise.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from control import ovs
+from control.lab import SEED_TAG, Lab, container_mtu, seed_lab, sh
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.usefixtures("no_leftovers"),
+    pytest.mark.skipif(ovs.installed() is not None, reason="Open vSwitch is not installed"),
+]
+
+
+def mac_of(lab: Lab, i: int) -> str:
+    return sh("ip", "-n", lab.container(i), "-br", "link", "show", "eth0").stdout.split()[2]
+
+
+def ping_eventually(lab: Lab, src: int, dst: int, seconds: float = 15) -> None:
+    """Ping until a reply comes back (after a restart the path needs a moment)."""
+    deadline = time.monotonic() + seconds
+    while lab.ping(src, dst, count=1, check=False)["loss"] == 100:
+        assert time.monotonic() < deadline, f"no ping reply from container {dst} within {seconds}s"
+
+
+@pytest.mark.parametrize("mode", ["gre", "vxlan"])
+def test_seed_scenario(mode: str) -> None:
+    with seed_lab("ovs") as lab:
+        lab.build(container_mtu(mode, tagged=True), bridge="ovs", tag=SEED_TAG)
+        lab.start_mesh(mode)
+        tap = f"ovl-{mode}"
+        for i in (1, 2):
+            assert tap in lab.ovs[i].vsctl("list-ports", "br-int").split()
+            assert lab.ovs[i].vsctl("get", "port", tap, "tag").strip() == "[]"  # a trunk, as an OVS tunnel port
+        assert lab.ping(1, 2, count=5)["loss"] == 0
+        assert lab.ping(2, 1, count=5)["loss"] == 0
+        result = lab.iperf3(1, 2, 2)
+        assert "error" not in result, result
+        assert result["end"]["sum_received"]["bytes"] > 1_000_000
+        # vmY's MAC is learned behind yy3; frames crossed tagged (VLAN 20), so no drops for size.
+        fdb = {row["mac"]: row for row in lab.ovl(1, "fdb")}
+        assert fdb[mac_of(lab, 2)]["remote"] == lab.underlay_ip(2)
+        assert lab.ovl(1, "show")["drops"]["tx_too_big"] == 0
+        # SIGTERM: exit 0 and the port is gone from the OVS database.
+        assert lab.stop(lab.daemons[1]) == 0
+        assert tap not in lab.ovs[1].vsctl("list-ports", "br-int").split()
+
+
+def test_access_port_readded_after_delete_and_vswitchd_restart() -> None:
+    with seed_lab("ovs") as lab:
+        lab.build(container_mtu("gre"), bridge="ovs", tag=SEED_TAG)
+        lab.start_mesh("gre", "--tag", str(SEED_TAG))  # access ports: frames cross untagged
+        o = lab.ovs[1]
+        assert o.vsctl("get", "port", "ovl-gre", "tag").strip() == str(SEED_TAG)
+        assert lab.ping(1, 2, count=3)["loss"] == 0
+        # An operator (or a fresh database) removes the port: ovl-dp puts it back.
+        o.vsctl("del-port", "br-int", "ovl-gre")
+        deadline = time.monotonic() + 10
+        while "ovl-gre" not in o.vsctl("list-ports", "br-int").split():
+            assert time.monotonic() < deadline, lab.daemons[1].output()
+            time.sleep(0.2)
+        assert o.vsctl("get", "port", "ovl-gre", "tag").strip() == str(SEED_TAG)
+        ping_eventually(lab, 1, 2)
+        assert "re-adding" in lab.daemons[1].output()
+        # ovs-vswitchd restarts while ovl-dp runs: traffic flows again.
+        o.stop_vswitchd()
+        o.start_vswitchd()
+        ping_eventually(lab, 1, 2)
+        assert lab.ping(1, 2, count=3)["loss"] == 0
+        assert lab.daemons[1].proc.poll() is None
+        assert lab.stop(lab.daemons[1], signal.SIGINT) == 0
+        assert "ovl-gre" not in o.vsctl("list-ports", "br-int").split()
+
+
+def run_cli(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", lab.host(1), sys.executable, "-m", "control.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_ovs_errors_are_one_line() -> None:
+    with seed_lab("ovs") as lab:
+        lab.build(bridge="ovs", tag=SEED_TAG)
+        peer, db = lab.underlay_ip(2), lab.ovs[1].db
+        cases = [
+            (
+                ("--bridge-type", "ovs", "--ovsdb", "unix:/nonexistent/db.sock"),
+                "cannot reach the Open vSwitch database",
+            ),
+            (("--bridge-type", "ovs", "--ovsdb", db, "--bridge", "br-nope"), "Open vSwitch has no bridge br-nope"),
+            (("--bridge-type", "linux", "--tag", "20"), "--tag is for Open vSwitch"),
+            (("--ovsdb", db, "--tag", "20", "--vlan-map", "30=5030"), "exclude each other"),
+        ]
+        for args, needle in cases:
+            res = run_cli(lab, "run", "--mode", "vxlan", "--remote", peer, *args)
+            lines = res.stderr.strip().splitlines()
+            assert res.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, res.stderr)
+        # auto finds the OVS bridge through --ovsdb.
+        lab.start(1, "--mode", "vxlan", "--remote", peer)
+        assert "bridge br-int (ovs)" in lab.daemons[1].output()
