@@ -84,31 +84,39 @@ class Bridge:
             log.warning("could not remove port %s from %s: %s", tap, self.name, exc)
 
     async def keep_attached(self, tap: str, interval: float = OVS_WATCH_INTERVAL) -> None:
-        """OVS only: every interval, re-add the port if it is gone (operator, database or vswitchd restart)."""
+        """OVS only: every interval, re-add the port if its row is gone (an operator, a fresh database).
+
+        A restarted ovs-vswitchd re-opens the TAP by itself from the port row; a
+        port that OVS cannot open (ofport -1) is reported once, with OVS's error.
+        """
         if self.kind != "ovs":
             return
         db = [f"--db={self.ovsdb}"] if self.ovsdb else []
-        unreachable = False
+        reported = ""
         while True:
             await asyncio.sleep(interval)
             proc = await asyncio.create_subprocess_exec(
-                "ovs-vsctl", "--timeout=2", *db, "--if-exists", "get", "interface", tap, "ofport",
+                "ovs-vsctl", "--timeout=2", *db, "--if-exists", "get", "interface", tap, "ofport", "error",
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             out, err = await proc.communicate()
+            fields = out.decode().split("\n", 1)
             if proc.returncode != 0:
-                if not unreachable:
-                    log.warning("Open vSwitch database unreachable (%s); will re-add the port", err.decode().strip())
-                unreachable = True
-                continue
-            unreachable = False
-            if out.strip() in (b"", b"[]", b"-1"):
-                # The row is gone, or vswitchd has not (re)opened the TAP: add it again.
+                problem = f"Open vSwitch database unreachable: {err.decode().strip()}"
+            elif not out.strip():
                 log.info("port %s missing from %s: re-adding", tap, self.name)
                 try:
                     await asyncio.to_thread(self._ovs_add, tap)
+                    problem = ""
                 except SetupError as exc:
-                    log.warning("%s", exc)
+                    problem = str(exc)
+            elif fields[0].strip() == "-1":
+                problem = f"Open vSwitch cannot use {tap}: {fields[1].strip() if len(fields) > 1 else 'ofport -1'}"
+            else:
+                problem = ""
+            if problem and problem != reported:
+                log.warning("%s", problem)
+            reported = problem
 
 
 def resolve(name: str, bridge_type: str, ovsdb: str | None = None, tag: int | None = None) -> Bridge:
