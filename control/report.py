@@ -22,12 +22,12 @@ def format_counters(snap: Mapping[str, Any]) -> str:
 
 
 def format_fdb(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The MAC table as a table."""
+    """The MAC table as a table; VLAN 0 is untagged."""
     if not rows:
         return "(FDB empty)"
-    out = [f"{'MAC':<17}  {'REMOTE':<15}  {'TYPE':<7}  AGE(s)"]
+    out = [f"{'VLAN':>4}  {'MAC':<17}  {'REMOTE':<15}  {'TYPE':<7}  AGE(s)"]
     for r in rows:
         kind = "static" if r["static"] else "learned"
         age = "-" if r["static"] else f"{r['age']:.1f}"
-        out.append(f"{r['mac']:<17}  {r['remote']:<15}  {kind:<7}  {age}")
+        out.append(f"{r.get('vlan', 0):>4}  {r['mac']:<17}  {r['remote']:<15}  {kind:<7}  {age}")
     return "\n".join(out)

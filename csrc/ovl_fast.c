@@ -29,6 +29,8 @@
 #define ETH_P_IPV6 0x86DD
 #define ETH_P_8021Q 0x8100
 #define ETH_P_8021AD 0x88A8
+#define VLAN_HLEN 4
+#define VLAN_VID_MASK 0x0FFF
 #define IP_DF 0x4000
 #define SRC_PORT_MIN 32768
 #define SRC_PORT_MAX 61000
@@ -117,13 +119,43 @@ static uint16_t fold(uint64_t s) {
 
 uint16_t ovl_checksum(const uint8_t *data, size_t len, uint64_t initial) { return fold(initial + sum16(data, len)); }
 
+/* ---- VLANs (ether.vlan_id, DatapathConfig.base_id) ----------------------------------- */
+
+/* ether.vlan_id: the VID of a single complete 0x8100 tag, else 0. */
+static uint16_t frame_vlan(const uint8_t *f, size_t n) {
+    if (n >= ETH_HLEN + VLAN_HLEN && get16(f + 12) == ETH_P_8021Q)
+        return get16(f + 14) & VLAN_VID_MASK;
+    return 0;
+}
+
+/* The tunnel id of unmapped traffic: the VNI, or the GRE key (0 without one). */
+static uint32_t base_id(const struct ovl_config *c) {
+    if (c->mode == OVL_MODE_VXLAN)
+        return c->vni;
+    return c->has_key ? c->key : 0;
+}
+
+/* What the outer header carries: the tunnel id, and for GRE whether there is a key field. */
+struct tunnel_id {
+    uint32_t id;
+    uint32_t keyed;
+};
+
+static struct tunnel_id base_tunnel(const struct ovl_config *c) {
+    struct tunnel_id t = {base_id(c), c->mode == OVL_MODE_VXLAN || c->has_key};
+    return t;
+}
+
 /* ---- encapsulation (vxlan.encap, gre.encap) ------------------------------------- */
 
-uint32_t ovl_outer_len(const struct ovl_config *c) {
+static uint32_t outer_len(const struct ovl_config *c, uint32_t keyed) {
     if (c->mode == OVL_MODE_VXLAN)
         return IPV4_HLEN + UDP_HLEN + VXLAN_HLEN;
-    return IPV4_HLEN + GRE_HLEN + (c->has_key ? GRE_OPT_LEN : 0);
+    return IPV4_HLEN + GRE_HLEN + (keyed ? GRE_OPT_LEN : 0);
 }
+
+/* DatapathConfig.outer_len: with the base id. */
+uint32_t ovl_outer_len(const struct ovl_config *c) { return outer_len(c, base_tunnel(c).keyed); }
 
 static void ip_header(uint8_t *h, const struct ovl_config *c, uint32_t r, uint8_t proto, uint32_t total) {
     h[0] = 0x45;
@@ -139,14 +171,14 @@ static void ip_header(uint8_t *h, const struct ovl_config *c, uint32_t r, uint8_
     put16(h + 10, fold(sum16(h, IPV4_HLEN)));
 }
 
-/* The outer header for a frame of flen bytes to remote r, into h
+/* The outer header for a frame of flen bytes to remote r in tunnel t, into h
  * (OVL_MAX_OUTER bytes). hash is the frame's flow hash and fsum the unfolded
  * sum16 of the frame; both are only used by VXLAN (fsum only with udp_csum),
  * and computed once per frame by the caller because flooding sends one frame
  * to many remotes. Returns the header length. */
-static uint32_t outer_header(const struct ovl_config *c, uint32_t r, uint32_t flen, uint32_t hash, uint64_t fsum,
-                             uint8_t *h) {
-    uint32_t hlen = ovl_outer_len(c);
+static uint32_t outer_header(const struct ovl_config *c, uint32_t r, struct tunnel_id t, uint32_t flen, uint32_t hash,
+                             uint64_t fsum, uint8_t *h) {
+    uint32_t hlen = outer_len(c, t.keyed);
     if (c->mode == OVL_MODE_VXLAN) {
         uint32_t udp_len = UDP_HLEN + VXLAN_HLEN + flen;
         uint8_t *u = h + IPV4_HLEN, *v = u + UDP_HLEN;
@@ -157,7 +189,7 @@ static uint32_t outer_header(const struct ovl_config *c, uint32_t r, uint32_t fl
         put16(u + 4, udp_len);
         put16(u + 6, 0);
         put32(v, (uint32_t)VXLAN_FLAG_I << 24);
-        put32(v + 4, c->vni << 8);
+        put32(v + 4, t.id << 8);
         if (c->udp_csum) {
             /* Pseudo-header + UDP/VXLAN headers + frame. The frame starts 16
              * bytes into the UDP segment, an even offset, so its own word sum
@@ -169,10 +201,10 @@ static uint32_t outer_header(const struct ovl_config *c, uint32_t r, uint32_t fl
     } else {
         uint8_t *g = h + IPV4_HLEN;
         ip_header(h, c, r, 47, hlen + flen);
-        put16(g, c->has_key ? GRE_KEY : 0);
+        put16(g, t.keyed ? GRE_KEY : 0);
         put16(g + 2, ETH_P_TEB);
-        if (c->has_key)
-            put32(g + 4, c->key);
+        if (t.keyed)
+            put32(g + 4, t.id);
     }
     return hlen;
 }
@@ -192,12 +224,12 @@ int ovl_encap(const struct ovl_config *c, uint32_t r, const uint8_t *frame, size
     }
     if (len > 0xFFFF - hlen || cap < hlen + len) /* IPv4 total length is 16 bits */
         return -OVL_DROP_TX_TOO_BIG;
-    outer_header(c, r, (uint32_t)len, hash, fsum, out);
+    outer_header(c, r, base_tunnel(c), (uint32_t)len, hash, fsum, out);
     memcpy(out + hlen, frame, len);
     return (int)(hlen + len);
 }
 
-/* ---- decapsulation (vxlan.decap, gre.decap) --------------------------------------- */
+/* ---- decapsulation (vxlan.parse/decap, gre.parse/decap) ------------------------------- */
 
 /* ipv4.header_len: length of a sane IPv4 header at p, or -1. */
 static int ip_header_len(const uint8_t *p, size_t n) {
@@ -210,18 +242,17 @@ static int ip_header_len(const uint8_t *p, size_t n) {
 }
 
 /* p is the UDP payload. */
-static int vxlan_decap(const struct ovl_config *c, const uint8_t *p, size_t n) {
+static int vxlan_parse(const uint8_t *p, size_t n, uint32_t *vni) {
     if (n < VXLAN_HLEN + ETH_HLEN)
         return -OVL_DROP_RX_TRUNCATED;
     if (!(p[0] & VXLAN_FLAG_I))
         return -OVL_DROP_RX_BAD_FLAGS;
-    if (((uint32_t)p[4] << 16 | (uint32_t)p[5] << 8 | p[6]) != c->vni)
-        return -OVL_DROP_RX_BAD_VNI;
+    *vni = (uint32_t)p[4] << 16 | (uint32_t)p[5] << 8 | p[6];
     return VXLAN_HLEN;
 }
 
 /* p is the whole IPv4 packet, as a raw socket delivers it. */
-static int gre_decap(const struct ovl_config *c, const uint8_t *p, size_t n) {
+static int gre_parse(const uint8_t *p, size_t n, uint32_t *tid) {
     int ihl = ip_header_len(p, n);
     if (ihl < 0 || n < (size_t)ihl + GRE_HLEN)
         return -OVL_DROP_RX_TRUNCATED;
@@ -248,13 +279,25 @@ static int gre_decap(const struct ovl_config *c, const uint8_t *p, size_t n) {
         return -OVL_DROP_RX_TRUNCATED;
     if ((flags & GRE_CSUM) && ovl_checksum(p + ihl, n - (size_t)ihl, 0) != 0)
         return -OVL_DROP_RX_BAD_CSUM;
-    if (key != (c->has_key ? c->key : 0))
-        return -OVL_DROP_RX_BAD_KEY;
+    *tid = key;
     return (int)off;
 }
 
+/* vxlan.parse / gre.parse: offset of the inner frame and *tid, or -drop and *tid = 0. */
+int ovl_parse(const struct ovl_config *c, const uint8_t *pkt, size_t len, uint32_t *tid) {
+    *tid = 0;
+    return c->mode == OVL_MODE_VXLAN ? vxlan_parse(pkt, len, tid) : gre_parse(pkt, len, tid);
+}
+
+static int bad_id(const struct ovl_config *c) {
+    return c->mode == OVL_MODE_VXLAN ? -OVL_DROP_RX_BAD_VNI : -OVL_DROP_RX_BAD_KEY;
+}
+
+/* vxlan.decap(pkt, cfg.vni) / gre.decap(pkt, cfg.key): only the base id is accepted. */
 int ovl_decap(const struct ovl_config *c, const uint8_t *pkt, size_t len) {
-    return c->mode == OVL_MODE_VXLAN ? vxlan_decap(c, pkt, len) : gre_decap(c, pkt, len);
+    uint32_t tid;
+    int off = ovl_parse(c, pkt, len, &tid);
+    return off >= 0 && tid != base_id(c) ? bad_id(c) : off;
 }
 
 /* ---- the MAC table (fdb.Fdb) --------------------------------------------------------
@@ -262,10 +305,11 @@ int ovl_decap(const struct ovl_config *c, const uint8_t *pkt, size_t len) {
  * full (so a probe always ends at an empty slot), and backward-shift deletion,
  * so there are no tombstones and lookups never degrade after churn. The hash
  * is seeded so that inner MACs chosen by a remote cannot build long probe
- * chains on purpose. */
+ * chains on purpose. The key is the MAC and the VLAN. */
 
 struct fdb_slot {
     uint8_t mac[ETH_ALEN];
+    uint16_t vlan;
     uint8_t used;
     uint8_t is_static;
     int32_t remote;
@@ -280,8 +324,8 @@ struct ovl_fdb {
     struct fdb_slot *slots;
 };
 
-static uint32_t mac_home(const struct ovl_fdb *f, const uint8_t *mac) {
-    uint64_t k = 0;
+static uint32_t mac_home(const struct ovl_fdb *f, const uint8_t *mac, uint16_t vlan) {
+    uint64_t k = vlan;
     for (int i = 0; i < ETH_ALEN; i++)
         k = k << 8 | mac[i];
     k ^= f->seed;
@@ -320,23 +364,24 @@ void ovl_fdb_free(struct ovl_fdb *f) {
     }
 }
 
-/* Index of mac's slot, or -1. */
-static int64_t fdb_find(const struct ovl_fdb *f, const uint8_t *mac) {
-    for (uint32_t i = mac_home(f, mac);; i = (i + 1) & f->mask) {
+/* Index of the slot of (vlan, mac), or -1. */
+static int64_t fdb_find(const struct ovl_fdb *f, const uint8_t *mac, uint16_t vlan) {
+    for (uint32_t i = mac_home(f, mac, vlan);; i = (i + 1) & f->mask) {
         if (!f->slots[i].used)
             return -1;
-        if (!memcmp(f->slots[i].mac, mac, ETH_ALEN))
+        if (f->slots[i].vlan == vlan && !memcmp(f->slots[i].mac, mac, ETH_ALEN))
             return i;
     }
 }
 
-/* A new slot for mac (known to be absent; the table is never full). */
-static struct fdb_slot *fdb_insert(struct ovl_fdb *f, const uint8_t *mac) {
-    uint32_t i = mac_home(f, mac);
+/* A new slot for (vlan, mac) (known to be absent; the table is never full). */
+static struct fdb_slot *fdb_insert(struct ovl_fdb *f, const uint8_t *mac, uint16_t vlan) {
+    uint32_t i = mac_home(f, mac, vlan);
     while (f->slots[i].used)
         i = (i + 1) & f->mask;
     struct fdb_slot *s = &f->slots[i];
     memcpy(s->mac, mac, ETH_ALEN);
+    s->vlan = vlan;
     s->used = 1;
     f->count++;
     return s;
@@ -348,7 +393,7 @@ static void fdb_delete(struct ovl_fdb *f, uint32_t i) {
     f->slots[i].used = 0;
     f->count--;
     for (uint32_t j = (i + 1) & f->mask; f->slots[j].used; j = (j + 1) & f->mask) {
-        uint32_t home = mac_home(f, f->slots[j].mac);
+        uint32_t home = mac_home(f, f->slots[j].mac, f->slots[j].vlan);
         if (((j - home) & f->mask) >= ((j - i) & f->mask)) {
             f->slots[i] = f->slots[j];
             f->slots[j].used = 0;
@@ -361,9 +406,9 @@ static int fdb_expired(const struct ovl_fdb *f, const struct fdb_slot *s, double
     return !s->is_static && f->ageing > 0 && now - s->last_seen >= f->ageing;
 }
 
-/* Fdb._get_live: the live slot index of mac, or -1; an expired one is removed and counted. */
-static int64_t fdb_get_live(struct ovl_fdb *f, const uint8_t *mac, double now) {
-    int64_t i = fdb_find(f, mac);
+/* Fdb._get_live: the live slot index of (vlan, mac), or -1; an expired one is removed and counted. */
+static int64_t fdb_get_live(struct ovl_fdb *f, const uint8_t *mac, uint16_t vlan, double now) {
+    int64_t i = fdb_find(f, mac, vlan);
     if (i >= 0 && fdb_expired(f, &f->slots[i], now)) {
         fdb_delete(f, (uint32_t)i);
         f->st.aged++;
@@ -372,13 +417,13 @@ static int64_t fdb_get_live(struct ovl_fdb *f, const uint8_t *mac, double now) {
     return i;
 }
 
-int32_t ovl_fdb_lookup(struct ovl_fdb *f, const uint8_t *mac, double now) {
-    int64_t i = fdb_get_live(f, mac, now);
+int32_t ovl_fdb_lookup(struct ovl_fdb *f, const uint8_t *mac, uint16_t vlan, double now) {
+    int64_t i = fdb_get_live(f, mac, vlan, now);
     return i < 0 ? -1 : f->slots[i].remote;
 }
 
-int ovl_fdb_learn(struct ovl_fdb *f, const uint8_t *mac, int32_t remote, double now) {
-    int64_t i = fdb_get_live(f, mac, now);
+int ovl_fdb_learn(struct ovl_fdb *f, const uint8_t *mac, uint16_t vlan, int32_t remote, double now) {
+    int64_t i = fdb_get_live(f, mac, vlan, now);
     if (i >= 0) {
         struct fdb_slot *s = &f->slots[i];
         if (s->is_static)
@@ -394,7 +439,7 @@ int ovl_fdb_learn(struct ovl_fdb *f, const uint8_t *mac, int32_t remote, double 
         f->st.refused_full++;
         return OVL_LEARN_FULL;
     }
-    struct fdb_slot *s = fdb_insert(f, mac);
+    struct fdb_slot *s = fdb_insert(f, mac, vlan);
     s->is_static = 0;
     s->remote = remote;
     s->last_seen = now;
@@ -403,15 +448,15 @@ int ovl_fdb_learn(struct ovl_fdb *f, const uint8_t *mac, int32_t remote, double 
 }
 
 /* 0, or -1 when the table is at its cap. An entry present but expired is replaced (as the reference). */
-int ovl_fdb_add_static(struct ovl_fdb *f, const uint8_t *mac, int32_t remote) {
-    int64_t i = fdb_find(f, mac);
+int ovl_fdb_add_static(struct ovl_fdb *f, const uint8_t *mac, uint16_t vlan, int32_t remote) {
+    int64_t i = fdb_find(f, mac, vlan);
     struct fdb_slot *s;
     if (i >= 0) {
         s = &f->slots[i];
     } else {
         if (f->count >= f->max)
             return -1;
-        s = fdb_insert(f, mac);
+        s = fdb_insert(f, mac, vlan);
     }
     s->is_static = 1;
     s->remote = remote;
@@ -419,8 +464,8 @@ int ovl_fdb_add_static(struct ovl_fdb *f, const uint8_t *mac, int32_t remote) {
     return 0;
 }
 
-int ovl_fdb_remove(struct ovl_fdb *f, const uint8_t *mac) {
-    int64_t i = fdb_find(f, mac);
+int ovl_fdb_remove(struct ovl_fdb *f, const uint8_t *mac, uint16_t vlan) {
+    int64_t i = fdb_find(f, mac, vlan);
     if (i < 0)
         return 0;
     fdb_delete(f, (uint32_t)i);
@@ -453,6 +498,7 @@ uint32_t ovl_fdb_entries(const struct ovl_fdb *f, double now, struct ovl_fdb_ent
         if (!s->used)
             continue;
         memcpy(out[n].mac, s->mac, ETH_ALEN);
+        out[n].vlan = s->vlan;
         out[n].is_static = s->is_static;
         out[n].remote = s->remote;
         out[n].age = s->is_static ? 0.0 : now - s->last_seen;
@@ -474,10 +520,66 @@ struct ovl_io {
     struct sockaddr_in dst[OVL_MAX_REMOTES]; /* remote address, port 0 (raw socket) */
 };
 
+/* Receive side of the VLAN map: tunnel id -> VID, sorted by id for a binary search. */
+struct ovl_vlan_id {
+    uint32_t id;
+    uint16_t vlan;
+};
+
+static int cmp_vlan_id(const void *a, const void *b) {
+    uint32_t x = ((const struct ovl_vlan_id *)a)->id, y = ((const struct ovl_vlan_id *)b)->id;
+    return (x > y) - (x < y);
+}
+
+/* The VLAN that tunnel id tid is mapped to, or 0 (mapped VLANs are 1..4094). */
+static uint16_t vlan_of_id(const struct ovl_dp *dp, uint32_t tid) {
+    const struct ovl_vlan_id *v = dp->vlan_of_id;
+    uint32_t lo = 0, hi = dp->cfg.n_vlans;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (v[mid].id == tid)
+            return v[mid].vlan;
+        if (v[mid].id < tid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
+/* DatapathConfig._check_vlan_map, as far as the C side relies on it; builds dp->vlan_of_id. 0 or -1. */
+static int vlan_map_init(struct ovl_dp *dp) {
+    const struct ovl_config *c = &dp->cfg;
+    uint32_t n = 0, base = base_id(c);
+    if (c->vlan_mapped[0] || c->vlan_mapped[OVL_VLAN_COUNT - 1] || c->n_vlans > OVL_VLAN_COUNT - 2)
+        return -1;
+    dp->vlan_of_id = calloc(c->n_vlans ? c->n_vlans : 1, sizeof(*dp->vlan_of_id));
+    if (!dp->vlan_of_id)
+        return -1;
+    for (uint32_t v = 1; v < OVL_VLAN_COUNT - 1; v++) {
+        if (!c->vlan_mapped[v])
+            continue;
+        uint32_t tid = c->vlan_tid[v];
+        if (n == c->n_vlans || tid == base || (c->mode == OVL_MODE_VXLAN && tid > 0xFFFFFF))
+            return -1;
+        dp->vlan_of_id[n].id = tid;
+        dp->vlan_of_id[n].vlan = (uint16_t)v;
+        n++;
+    }
+    if (n != c->n_vlans)
+        return -1;
+    qsort(dp->vlan_of_id, n, sizeof(*dp->vlan_of_id), cmp_vlan_id);
+    for (uint32_t i = 1; i < n; i++)
+        if (dp->vlan_of_id[i].id == dp->vlan_of_id[i - 1].id)
+            return -1;
+    return 0;
+}
+
 void ovl_dp_free(struct ovl_dp *dp) {
     if (!dp)
         return;
     ovl_fdb_free(dp->fdb);
+    free(dp->vlan_of_id);
     free(dp->tx_in);
     free(dp->tx_out);
     free(dp->rx);
@@ -506,6 +608,10 @@ struct ovl_dp *ovl_dp_new(const struct ovl_config *cfg) {
         return NULL;
     dp->cfg = *c;
     dp->outer_len = ovl_outer_len(c);
+    if (vlan_map_init(dp) < 0) {
+        ovl_dp_free(dp);
+        return NULL;
+    }
     size_t nb = c->batch, nout = nb * c->n_remotes;
     dp->fdb = ovl_fdb_new(c->fdb_max, c->fdb_ageing, c->fdb_seed);
     dp->tx_in = calloc(nb, sizeof(*dp->tx_in));
@@ -537,11 +643,18 @@ struct ovl_dp *ovl_dp_new(const struct ovl_config *cfg) {
 
 static void drop(struct ovl_dp *dp, int reason) { dp->drops[reason]++; }
 
-static void emit(struct ovl_dp *dp, uint32_t *k, uint32_t in, uint32_t r, uint32_t hash, uint64_t fsum) {
+/* What ovl_tx_process works out once per frame and every copy of a flood shares. */
+struct tx_frame {
+    struct tunnel_id t;
+    uint32_t hash;
+    uint64_t fsum;
+};
+
+static void emit(struct ovl_dp *dp, uint32_t *k, uint32_t in, uint32_t r, const struct tx_frame *tf) {
     struct ovl_tx_out *o = &dp->tx_out[(*k)++];
     o->frame = in;
     o->remote = (uint16_t)r;
-    o->hdr_len = (uint16_t)outer_header(&dp->cfg, r, dp->tx_in[in].len, hash, fsum, o->hdr);
+    o->hdr_len = (uint16_t)outer_header(&dp->cfg, r, tf->t, dp->tx_in[in].len, tf->hash, tf->fsum, o->hdr);
 }
 
 /* PyForwarder.tx: tx_in[0..n) -> tx_out; returns the number of packets. */
@@ -551,36 +664,46 @@ uint32_t ovl_tx_process(struct ovl_dp *dp, uint32_t n, double now) {
     if (n > c->batch)
         n = c->batch; /* tx_out holds batch * n_remotes packets */
     for (uint32_t i = 0; i < n; i++) {
-        const uint8_t *f = dp->tx_in[i].data;
-        uint32_t len = dp->tx_in[i].len;
+        struct ovl_tx_in *in = &dp->tx_in[i];
         dp->stats.tap_rx++;
-        if (len < ETH_HLEN) {
+        if (in->len < ETH_HLEN) {
             drop(dp, OVL_DROP_TX_RUNT);
             continue;
         }
-        if (dp->outer_len + (uint64_t)len > c->underlay_mtu) {
+        uint16_t vlan = frame_vlan(in->data, in->len);
+        struct tx_frame tf = {base_tunnel(c), 0, 0};
+        if (c->vlan_mapped[vlan]) {
+            /* A mapped VLAN: untagged, in its own id. Strip the tag in place
+             * by moving the MAC addresses over it. */
+            tf.t.id = c->vlan_tid[vlan];
+            tf.t.keyed = 1;
+            memmove(in->data + VLAN_HLEN, in->data, 2 * ETH_ALEN);
+            in->data += VLAN_HLEN;
+            in->len -= VLAN_HLEN;
+        }
+        const uint8_t *f = in->data;
+        uint32_t len = in->len;
+        if (outer_len(c, tf.t.keyed) + (uint64_t)len > c->underlay_mtu) {
             drop(dp, OVL_DROP_TX_TOO_BIG);
             continue;
         }
-        uint32_t hash = 0;
-        uint64_t fsum = 0;
         if (c->mode == OVL_MODE_VXLAN) {
-            hash = ovl_flow_hash(f, len);
+            tf.hash = ovl_flow_hash(f, len);
             if (c->udp_csum)
-                fsum = sum16(f, len);
+                tf.fsum = sum16(f, len);
         }
         /* Multicast destinations are not looked up (a lookup may age an entry out). */
-        int32_t r = (f[0] & 1) ? -1 : ovl_fdb_lookup(dp->fdb, f, now);
+        int32_t r = (f[0] & 1) ? -1 : ovl_fdb_lookup(dp->fdb, f, vlan, now);
         if (r >= 0 && (uint32_t)r < c->n_remotes) {
             dp->stats.tx_unicast++;
-            emit(dp, &k, i, (uint32_t)r, hash, fsum);
+            emit(dp, &k, i, (uint32_t)r, &tf);
             continue;
         }
         /* Broadcast, multicast, unknown unicast: head-end replication. */
         dp->stats.tx_flooded++;
         for (uint32_t j = 0; j < c->n_remotes; j++) {
             dp->remotes[j].tx_flood++;
-            emit(dp, &k, i, j, hash, fsum);
+            emit(dp, &k, i, j, &tf);
         }
     }
     return k;
@@ -604,24 +727,43 @@ uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now) {
             }
         }
         int res;
+        uint32_t tid = 0;
+        uint16_t vlan = 0, tag = 0;
         if (r < 0)
             res = -OVL_DROP_RX_NOT_REMOTE;
         else if (e->truncated)
             res = -OVL_DROP_RX_TRUNCATED;
         else
-            res = ovl_decap(c, e->data, e->len);
+            res = ovl_parse(c, e->data, e->len, &tid);
         if (res >= 0) {
-            const uint8_t *src = e->data + res + ETH_ALEN; /* decap checked len >= res + ETH_HLEN */
+            if (tid == base_id(c))
+                vlan = frame_vlan(e->data + res, e->len - (uint32_t)res); /* as it came (trunk) */
+            else if ((tag = vlan_of_id(dp, tid)) != 0)
+                vlan = tag;
+            else
+                res = bad_id(c);
+        }
+        if (res >= 0) {
+            const uint8_t *src = e->data + res + ETH_ALEN; /* parse checked len >= res + ETH_HLEN */
             static const uint8_t zero[ETH_ALEN];
             if ((src[0] & 1) || !memcmp(src, zero, ETH_ALEN))
                 res = -OVL_DROP_RX_BAD_SRC_MAC;
+        }
+        if (res >= 0 && tag) {
+            /* Insert the tag in place: the MAC addresses move down into the
+             * outer header's room (res >= VXLAN_HLEN > VLAN_HLEN). */
+            uint8_t *f = e->data + res - VLAN_HLEN;
+            memmove(f, f + VLAN_HLEN, 2 * ETH_ALEN);
+            put16(f + 12, ETH_P_8021Q);
+            put16(f + 14, tag);
+            res -= VLAN_HLEN;
         }
         e->result = res;
         if (res < 0) {
             drop(dp, -res);
             continue;
         }
-        ovl_fdb_learn(dp->fdb, e->data + res + ETH_ALEN, r, now);
+        ovl_fdb_learn(dp->fdb, e->data + res + ETH_ALEN, vlan, r, now);
         e->remote = r;
         delivered++;
     }

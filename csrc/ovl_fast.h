@@ -10,6 +10,13 @@
  * The behaviour is defined by the pure-Python reference (datapath/vxlan.py,
  * gre.py, ipv4.py, ether.py, fdb.py, pypath.py); tests hold the two equal.
  *
+ * VLANs: cfg.vlan_tid/vlan_mapped map 802.1Q VIDs to tunnel ids (VNI or
+ * GRE key). ovl_tx_process strips the tag of a mapped VLAN's frame in place
+ * (the MAC addresses move up 4 bytes, tx_in[i].data/len follow), and
+ * ovl_rx_process inserts the tag of a mapped id in place (the MAC addresses
+ * move down 4 bytes into the outer header's room, rx[i].result follows), so
+ * the frame stays one contiguous buffer for sendmmsg and write.
+ *
  * The section between BEGIN CDEF and END CDEF is read verbatim by
  * csrc/build.py as the cffi cdef, so it holds only plain declarations.
  */
@@ -24,6 +31,7 @@
 #define OVL_MAX_OUTER 36 /* outer IPv4 + UDP + VXLAN; GRE with a key needs 28 */
 #define OVL_MAX_BATCH 1024
 #define OVL_MAX_SLOT 65600
+#define OVL_VLAN_COUNT 4096 /* 12-bit VLAN IDs; 0 = untagged */
 
 enum ovl_mode {
     OVL_MODE_VXLAN = 0,
@@ -74,6 +82,9 @@ struct ovl_config {
     uint64_t fdb_seed;     /* hash seed of the MAC table */
     uint32_t remote_addr[OVL_MAX_REMOTES];  /* network byte order */
     uint32_t remote_local[OVL_MAX_REMOTES]; /* network byte order */
+    uint32_t n_vlans;                       /* mapped VLANs (entries set in vlan_mapped) */
+    uint32_t vlan_tid[OVL_VLAN_COUNT];      /* VID -> tunnel id (VNI or GRE key) where vlan_mapped */
+    uint8_t vlan_mapped[OVL_VLAN_COUNT];    /* 1..4094 only */
 };
 
 /* Counters, in the order of REMOTE_FIELDS, STAT_FIELDS and FDB_FIELDS. */
@@ -101,14 +112,16 @@ struct ovl_fdb_stats {
 
 struct ovl_fdb_entry {
     uint8_t mac[6];
+    uint16_t vlan;
     uint8_t is_static;
     int32_t remote;
     double age; /* seconds since last seen, 0 for static */
 };
 
-/* One frame to send: read from the TAP into tx_buf, or Python's bytes. */
+/* One frame to send: read from the TAP into tx_buf, or a copy Python made.
+ * ovl_tx_process moves data and len past a stripped VLAN tag. */
 struct ovl_tx_in {
-    const uint8_t *data;
+    uint8_t *data;
     uint32_t len;
 };
 
@@ -120,9 +133,10 @@ struct ovl_tx_out {
     uint8_t hdr[OVL_MAX_OUTER];
 };
 
-/* One received packet; ovl_rx_process fills remote and result. */
+/* One received packet; ovl_rx_process fills remote and result (and may
+ * rewrite the bytes before data + result to insert a VLAN tag). */
 struct ovl_rx {
-    const uint8_t *data;
+    uint8_t *data;
     uint32_t len;
     uint32_t src;       /* outer source address, network byte order */
     uint32_t truncated; /* the socket cut it short (MSG_TRUNC) */
@@ -132,6 +146,7 @@ struct ovl_rx {
 
 struct ovl_fdb;
 struct ovl_io;
+struct ovl_vlan_id; /* tunnel id -> VID, sorted by id */
 
 struct ovl_dp {
     struct ovl_config cfg;
@@ -147,6 +162,7 @@ struct ovl_dp {
     uint8_t *tx_buf;           /* batch slots of slot_size */
     uint8_t *rx_buf;           /* batch slots of slot_size */
     struct ovl_io *io;         /* mmsghdr / iovec / sockaddr arrays */
+    struct ovl_vlan_id *vlan_of_id; /* cfg.n_vlans entries */
 };
 
 /* Pure functions. */
@@ -155,15 +171,16 @@ uint16_t ovl_checksum(const uint8_t *data, size_t len, uint64_t initial);
 uint32_t ovl_outer_len(const struct ovl_config *cfg);
 int ovl_encap(const struct ovl_config *cfg, uint32_t remote, const uint8_t *frame, size_t len, uint8_t *out,
               size_t cap);
+int ovl_parse(const struct ovl_config *cfg, const uint8_t *pkt, size_t len, uint32_t *tid);
 int ovl_decap(const struct ovl_config *cfg, const uint8_t *pkt, size_t len);
 
 /* The MAC table. */
 struct ovl_fdb *ovl_fdb_new(uint32_t max_entries, double ageing, uint64_t seed);
 void ovl_fdb_free(struct ovl_fdb *fdb);
-int32_t ovl_fdb_lookup(struct ovl_fdb *fdb, const uint8_t *mac, double now);
-int ovl_fdb_learn(struct ovl_fdb *fdb, const uint8_t *mac, int32_t remote, double now);
-int ovl_fdb_add_static(struct ovl_fdb *fdb, const uint8_t *mac, int32_t remote);
-int ovl_fdb_remove(struct ovl_fdb *fdb, const uint8_t *mac);
+int32_t ovl_fdb_lookup(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan, double now);
+int ovl_fdb_learn(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan, int32_t remote, double now);
+int ovl_fdb_add_static(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan, int32_t remote);
+int ovl_fdb_remove(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan);
 uint32_t ovl_fdb_expire(struct ovl_fdb *fdb, double now);
 uint32_t ovl_fdb_count(const struct ovl_fdb *fdb);
 uint32_t ovl_fdb_entries(const struct ovl_fdb *fdb, double now, struct ovl_fdb_entry *out, uint32_t cap);

@@ -10,13 +10,20 @@ import socket
 from dataclasses import dataclass, field
 
 from datapath import gre, vxlan
+from datapath.ether import ETH_ALEN, ETH_HLEN, VLAN_HLEN, VLAN_ID_MAX
 from datapath.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
 from datapath.ipv4 import DEFAULT_TTL
 
 MODES = ("vxlan", "gre")
 MAX_REMOTES = 64  # OVL_MAX_REMOTES in C
 DEFAULT_BATCH = 64
-VLAN_HLEN = 4
+# VLANs that vlan_map can map to a tunnel id: 1..4094 (0 and 4095 are reserved by 802.1Q).
+MAP_VLAN_MIN = 1
+MAP_VLAN_MAX = 4094
+MAX_VLAN_MAP = MAP_VLAN_MAX - MAP_VLAN_MIN + 1
+
+# A static FDB entry: (MAC, remote index) in VLAN 0, or (MAC, remote index, VLAN).
+Static = tuple[bytes, int] | tuple[bytes, int, int]
 
 
 @dataclass(frozen=True)
@@ -53,8 +60,11 @@ class DatapathConfig:
     ttl: int = DEFAULT_TTL
     fdb_max: int = DEFAULT_MAX_ENTRIES
     fdb_ageing: float = DEFAULT_AGEING
-    statics: tuple[tuple[bytes, int], ...] = field(default_factory=tuple)
+    statics: tuple[Static, ...] = field(default_factory=tuple)
     batch: int = DEFAULT_BATCH
+    # (VLAN 1..4094, tunnel id): frames of a mapped VLAN leave untagged in their own
+    # VNI (VXLAN) or GRE key, and come back tagged; everything else uses vni / key.
+    vlan_map: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -63,18 +73,60 @@ class DatapathConfig:
             raise ValueError(f"between 1 and {MAX_REMOTES} remotes are supported")
         if len({r.addr for r in self.remotes}) != len(self.remotes):
             raise ValueError("remote addresses must be distinct")
-        if any(not 0 <= remote < len(self.remotes) for _, remote in self.statics):
-            raise ValueError("a static entry names a remote index that does not exist")
+        for static in self.statics:
+            if len(static) not in (2, 3) or len(static[0]) != ETH_ALEN:
+                raise ValueError("a static entry is (6-byte MAC, remote index) or (MAC, remote index, VLAN)")
+            if not 0 <= static[1] < len(self.remotes):
+                raise ValueError("a static entry names a remote index that does not exist")
+            if not 0 <= (static[2] if len(static) == 3 else 0) <= VLAN_ID_MAX:
+                raise ValueError(f"a static entry's VLAN must be 0..{VLAN_ID_MAX} (0 = untagged)")
+        self._check_vlan_map()
+
+    def _check_vlan_map(self) -> None:
+        kind = "VNI" if self.mode == "vxlan" else "GRE key"
+        id_max = vxlan.VNI_MAX if self.mode == "vxlan" else gre.KEY_MAX
+        if len(self.vlan_map) > MAX_VLAN_MAP:
+            raise ValueError(f"at most {MAX_VLAN_MAP} VLAN mappings")
+        for vlan, tid in self.vlan_map:
+            if not MAP_VLAN_MIN <= vlan <= MAP_VLAN_MAX:
+                raise ValueError(f"mapped VLAN {vlan} out of range {MAP_VLAN_MIN}..{MAP_VLAN_MAX}")
+            if not 0 <= tid <= id_max:
+                raise ValueError(f"mapped {kind} {tid} out of range 0..{id_max}")
+        if len({v for v, _ in self.vlan_map}) != len(self.vlan_map):
+            raise ValueError("a VLAN is mapped twice")
+        if len({t for _, t in self.vlan_map}) != len(self.vlan_map):
+            raise ValueError(f"two VLANs are mapped to the same {kind}")
+        if any(t == self.base_id for _, t in self.vlan_map):
+            raise ValueError(f"a VLAN is mapped to the base {kind} {self.base_id} (untagged traffic uses it)")
+
+    @property
+    def static_entries(self) -> tuple[tuple[bytes, int, int], ...]:
+        """statics as (MAC, remote index, VLAN) triples."""
+        return tuple((s[0], s[1], s[2] if len(s) == 3 else 0) for s in self.statics)
+
+    @property
+    def base_id(self) -> int:
+        """The tunnel id of unmapped traffic: the VNI, or the GRE key (0 without a key, which also accepts key 0)."""
+        return self.vni if self.mode == "vxlan" else (self.key or 0)
+
+    @property
+    def mapped_outer_len(self) -> int:
+        """outer_len for a frame of a mapped VLAN: a GRE header then always carries a key."""
+        return self.outer_len if self.mode == "vxlan" else overhead("gre", 0) - ETH_HLEN
 
     @property
     def outer_len(self) -> int:
-        """Bytes in front of the inner frame: outer IPv4 + UDP + VXLAN, or outer IPv4 + GRE."""
-        return overhead(self.mode, self.key) - 14
+        """Bytes in front of the inner frame: outer IPv4 + UDP + VXLAN, or outer IPv4 + GRE (base id)."""
+        return overhead(self.mode, self.key) - ETH_HLEN
 
     @property
     def slot_size(self) -> int:
-        """Buffer size for one packet: the largest inner frame (tagged) plus outer headers."""
-        need = max(self.underlay_mtu, self.tap_mtu + 14 + VLAN_HLEN + self.outer_len)
+        """Buffer size for one packet: the largest inner frame (tagged) plus outer headers.
+
+        The VLAN room is for tagged frames read from the TAP (trunk); a tag the
+        datapath inserts on receive goes into the outer header's place, not here.
+        """
+        need = max(self.underlay_mtu, self.tap_mtu + 14 + VLAN_HLEN + max(self.outer_len, self.mapped_outer_len))
         return max(2048, (need + 64 + 63) // 64 * 64)
 
 

@@ -135,11 +135,12 @@ class Engine:
         return self.forwarder.snapshot()
 
     def fdb_table(self) -> list[dict[str, object]]:
-        """The MAC table with remote addresses, sorted by MAC."""
+        """The MAC table with remote addresses, sorted by VLAN (0 = untagged) and MAC."""
         remotes = self.cfg.remotes
-        rows = sorted(self.forwarder.fdb.entries(), key=lambda e: e.mac)
+        rows = sorted(self.forwarder.fdb.entries(), key=lambda e: (e.vlan, e.mac))
         return [
             {
+                "vlan": e.vlan,
                 "mac": format_mac(e.mac),
                 "remote": remotes[e.remote].addr,
                 "static": e.static,

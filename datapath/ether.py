@@ -8,6 +8,8 @@ them equal.
 
 from __future__ import annotations
 
+import struct
+
 ETH_HLEN = 14
 ETH_ALEN = 6
 VLAN_HLEN = 4
@@ -15,6 +17,8 @@ ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q = 0x8100
 ETH_P_8021AD = 0x88A8
+VLAN_VID_MASK = 0x0FFF
+VLAN_ID_MAX = 4095  # the FDB keys on 12-bit VLAN IDs, 0 = untagged
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 IPPROTO_SCTP = 132
@@ -48,6 +52,28 @@ def is_multicast(mac: bytes | memoryview) -> bool:
 def is_valid_source(mac: bytes | memoryview) -> bool:
     """A source MAC a switch may learn: unicast and not all-zero (as the Linux bridge checks)."""
     return not (mac[0] & 1) and any(mac[:ETH_ALEN])
+
+
+def vlan_id(frame: bytes | bytearray | memoryview) -> int:
+    """The VLAN of frame for switching: the VID of its 802.1Q tag, 0 if it has none.
+
+    Only a single tag with TPID 0x8100 right after the MAC addresses counts
+    (0x88a8 is an S-tag, not a VLAN here), and only if the whole tag is there.
+    A priority tag (VID 0) is VLAN 0, like an untagged frame.
+    """
+    if len(frame) >= ETH_HLEN + VLAN_HLEN and frame[12] == ETH_P_8021Q >> 8 and frame[13] == ETH_P_8021Q & 0xFF:
+        return ((frame[14] << 8) | frame[15]) & VLAN_VID_MASK
+    return 0
+
+
+def strip_vlan(frame: bytes | bytearray | memoryview) -> bytes:
+    """frame without the 4-byte tag after its MAC addresses (the caller checked vlan_id(frame) != 0)."""
+    return bytes(frame[:12]) + bytes(frame[12 + VLAN_HLEN :])
+
+
+def insert_vlan(frame: bytes | bytearray | memoryview, vid: int) -> bytes:
+    """frame with an 802.1Q tag (TPID 0x8100, PCP 0, DEI 0, VID vid) inserted after its MAC addresses."""
+    return bytes(frame[:12]) + struct.pack("!HH", ETH_P_8021Q, vid & VLAN_VID_MASK) + bytes(frame[12:])
 
 
 def flow_key(frame: bytes | memoryview) -> bytes:

@@ -2,8 +2,8 @@
 
 Same API and behaviour as the pure-Python references, which tests hold it to:
 
-- :func:`flow_hash`, :func:`checksum`, :func:`encap`, :func:`decap` as
-  ``ether.flow_hash``, ``ipv4.checksum``, ``vxlan``/``gre`` ``encap``/``decap``;
+- :func:`flow_hash`, :func:`checksum`, :func:`encap`, :func:`parse`, :func:`decap` as
+  ``ether.flow_hash``, ``ipv4.checksum``, ``vxlan``/``gre`` ``encap``/``parse``/``decap``;
 - :class:`FastFdb` as :class:`datapath.fdb.Fdb`;
 - :class:`FastForwarder` as :class:`datapath.pypath.PyForwarder`.
 
@@ -30,7 +30,7 @@ from typing import Any
 from datapath.config import DatapathConfig
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
 from datapath.ether import ETH_HLEN
-from datapath.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEntry, FdbFull, Learn
+from datapath.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEntry, FdbFull, Learn, check_vlan
 
 _ovl_fast: Any
 try:
@@ -79,6 +79,10 @@ def _make_config(cfg: DatapathConfig, seed: int) -> Any:
     for i, r in enumerate(cfg.remotes):
         c.remote_addr[i] = _addr32(r.addr_bytes)
         c.remote_local[i] = _addr32(r.local_bytes)
+    c.n_vlans = len(cfg.vlan_map)
+    for vlan, tid in cfg.vlan_map:
+        c.vlan_tid[vlan] = tid
+        c.vlan_mapped[vlan] = 1
     return c
 
 
@@ -118,6 +122,15 @@ def encap(cfg: DatapathConfig, remote: int, frame: bytes | bytearray | memoryvie
     if n < 0:
         raise ValueError(f"cannot encapsulate: {drop_name(-n)}")
     return bytes(ffi.buffer(out, n))
+
+
+def parse(cfg: DatapathConfig, packet: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """vxlan.parse(packet) / gre.parse(packet) (by cfg.mode): (offset of the inner frame or -Drop, tunnel id)."""
+    c = _codec_config(cfg)
+    buf = ffi.from_buffer("uint8_t[]", packet)
+    tid = ffi.new("uint32_t *")
+    off = int(lib.ovl_parse(c, buf, len(buf), tid))
+    return off, int(tid[0])
 
 
 def decap(cfg: DatapathConfig, packet: bytes | bytearray | memoryview) -> int:
@@ -178,23 +191,23 @@ class FastFdb:
     def __len__(self) -> int:
         return int(lib.ovl_fdb_count(self._fdb))
 
-    def lookup(self, mac: bytes) -> int | None:
-        """Remote index for mac, or None if unknown (an expired entry is removed here)."""
-        r = lib.ovl_fdb_lookup(self._fdb, _mac(mac), self._clock())
+    def lookup(self, mac: bytes, *, vlan: int = 0) -> int | None:
+        """Remote index for mac in vlan, or None if unknown (an expired entry is removed here)."""
+        r = lib.ovl_fdb_lookup(self._fdb, _mac(mac), check_vlan(vlan), self._clock())
         return None if r < 0 else int(r)
 
-    def learn(self, mac: bytes, remote: int) -> Learn:
-        """Record that mac was seen behind remote."""
-        return Learn(lib.ovl_fdb_learn(self._fdb, _mac(mac), _remote(remote), self._clock()))
+    def learn(self, mac: bytes, remote: int, *, vlan: int = 0) -> Learn:
+        """Record that mac was seen in vlan behind remote."""
+        return Learn(lib.ovl_fdb_learn(self._fdb, _mac(mac), check_vlan(vlan), _remote(remote), self._clock()))
 
-    def add_static(self, mac: bytes, remote: int) -> None:
-        """Pin mac to remote; replaces a learned entry. Raises FdbFull at the cap."""
-        if lib.ovl_fdb_add_static(self._fdb, _mac(mac), _remote(remote)) < 0:
+    def add_static(self, mac: bytes, remote: int, *, vlan: int = 0) -> None:
+        """Pin mac in vlan to remote; replaces a learned entry. Raises FdbFull at the cap."""
+        if lib.ovl_fdb_add_static(self._fdb, _mac(mac), check_vlan(vlan), _remote(remote)) < 0:
             raise FdbFull(f"FDB full ({self.max_entries} entries)")
 
-    def remove(self, mac: bytes) -> bool:
-        """Forget mac (static or learned); True if it was there."""
-        return bool(lib.ovl_fdb_remove(self._fdb, _mac(mac)))
+    def remove(self, mac: bytes, *, vlan: int = 0) -> bool:
+        """Forget mac in vlan (static or learned); True if it was there."""
+        return bool(lib.ovl_fdb_remove(self._fdb, _mac(mac), check_vlan(vlan)))
 
     def expire(self) -> int:
         """Remove every learned entry past its age; returns how many."""
@@ -207,7 +220,7 @@ class FastFdb:
         rows = ffi.new("struct ovl_fdb_entry[]", max(n, 1))
         n = lib.ovl_fdb_entries(self._fdb, now, rows, n)
         return [
-            FdbEntry(bytes(ffi.buffer(e.mac)), int(e.remote), bool(e.is_static), float(e.age))
+            FdbEntry(bytes(ffi.buffer(e.mac)), int(e.remote), bool(e.is_static), float(e.age), int(e.vlan))
             for e in (rows[i] for i in range(n))
         ]
 
@@ -224,7 +237,8 @@ class FastFdb:
 class FastForwarder:
     """PyForwarder's interface on the C datapath context (struct ovl_dp).
 
-    ``tx`` and ``rx`` point the C rings at the given buffers and run the same
+    ``tx`` and ``rx`` point the C rings at copies of the given buffers (the
+    batch functions strip and insert VLAN tags in place) and run the same
     batch functions (``ovl_tx_process`` / ``ovl_rx_process``) that
     ``from_tap`` / ``from_tunnel`` run on the buffers they read into.
     """
@@ -235,11 +249,11 @@ class FastForwarder:
         self._clock = clock
         ptr = lib.ovl_dp_new(_make_config(cfg, int.from_bytes(os.urandom(8), "little")))
         if ptr == ffi.NULL:
-            raise ValueError("configuration out of range for the C fast path (batch, MTU, FDB size)")
+            raise ValueError("configuration out of range for the C fast path (batch, MTU, FDB size, VLAN map)")
         self._dp = ffi.gc(ptr, lib.ovl_dp_free)
         self.fdb = FastFdb._view(self._dp, self._dp.fdb, cfg.fdb_max, cfg.fdb_ageing, clock)
-        for mac, remote in cfg.statics:
-            self.fdb.add_static(mac, remote)
+        for mac, remote, vlan in cfg.static_entries:
+            self.fdb.add_static(mac, remote, vlan=vlan)
         self._src = {r.addr: _addr32(r.addr_bytes) for r in cfg.remotes}
         # What rx() passes for a source that is not a remote: any address no remote has.
         self._not_remote = min(set(range(len(cfg.remotes) + 1)) - set(self._src.values()))
@@ -256,14 +270,15 @@ class FastForwarder:
         dp = self._dp
         out: list[tuple[int, bytes]] = []
         for chunk in self._chunks(frames):
-            bufs = [ffi.from_buffer("uint8_t[]", f) for f in chunk]  # alive until the results are read
+            bufs = [ffi.from_buffer("uint8_t[]", bytearray(f)) for f in chunk]  # alive until the results are read
             for i, buf in enumerate(bufs):
                 dp.tx_in[i].data = buf
                 dp.tx_in[i].len = len(buf)
             k = lib.ovl_tx_process(dp, len(bufs), self._clock())
+            sent = [bytes(ffi.buffer(dp.tx_in[i].data, dp.tx_in[i].len)) for i in range(len(bufs))]
             for m in range(k):
                 o = dp.tx_out[m]
-                out.append((int(o.remote), bytes(ffi.buffer(o.hdr, o.hdr_len)) + bytes(chunk[o.frame])))
+                out.append((int(o.remote), bytes(ffi.buffer(o.hdr, o.hdr_len)) + sent[o.frame]))
         return out
 
     def rx(self, packets: Iterable[tuple[bytes, str]]) -> list[tuple[int, bytes]]:
@@ -271,7 +286,7 @@ class FastForwarder:
         dp = self._dp
         out: list[tuple[int, bytes]] = []
         for chunk in self._chunks(packets):
-            bufs = [ffi.from_buffer("uint8_t[]", pkt) for pkt, _ in chunk]
+            bufs = [ffi.from_buffer("uint8_t[]", bytearray(pkt)) for pkt, _ in chunk]
             for i, buf in enumerate(bufs):
                 e = dp.rx[i]
                 e.data = buf
@@ -282,7 +297,7 @@ class FastForwarder:
             for i in range(len(bufs)):
                 e = dp.rx[i]
                 if e.result >= 0:
-                    out.append((int(e.remote), bytes(chunk[i][0][e.result :])))
+                    out.append((int(e.remote), bytes(ffi.buffer(e.data + e.result, e.len - e.result))))
         return out
 
     # -- one batch of I/O -----------------------------------------------------------

@@ -1,9 +1,12 @@
-"""The MAC table (forwarding database): inner MAC -> remote index.
+"""The MAC table (forwarding database): (VLAN, inner MAC) -> remote index.
 
 Pure-Python reference of the C table in ``csrc/ovl_fast.c``; both follow the
 rules written here, and a differential test drives them with the same
 operation sequences.
 
+- Entries are keyed by VLAN and MAC, as Open vSwitch learns per VLAN: the
+  same MAC in two VLANs is two entries, each with its own remote. The VLAN
+  is the 802.1Q VID of the frame on the bridge side, 0 for untagged.
 - Learned entries age out ``ageing`` seconds after they were last seen
   (0 = never), like the Linux bridge and Open vSwitch (default 300 s).
 - Static entries never age, are never moved by learning and are never evicted.
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from datapath.counters import FDB_FIELDS
+from datapath.ether import VLAN_ID_MAX
 
 DEFAULT_AGEING = 300.0
 DEFAULT_MAX_ENTRIES = 4096
@@ -46,6 +50,7 @@ class FdbEntry:
     remote: int
     static: bool
     age: float  # seconds since last seen (0 for static)
+    vlan: int = 0  # 802.1Q VID on the bridge side, 0 = untagged
 
 
 @dataclass
@@ -55,8 +60,15 @@ class _Slot:
     last_seen: float
 
 
+def check_vlan(vlan: int) -> int:
+    """vlan if it is a 12-bit VLAN ID (0 = untagged), else ValueError."""
+    if not 0 <= vlan <= VLAN_ID_MAX:
+        raise ValueError(f"VLAN {vlan} out of range 0..{VLAN_ID_MAX}")
+    return vlan
+
+
 class Fdb:
-    """MAC -> remote index table with ageing, static entries and a hard cap."""
+    """(VLAN, MAC) -> remote index table with ageing, static entries and a hard cap."""
 
     def __init__(
         self,
@@ -71,7 +83,7 @@ class Fdb:
         self.max_entries = max_entries
         self.ageing = ageing
         self._clock = clock
-        self._table: dict[bytes, _Slot] = {}
+        self._table: dict[tuple[int, bytes], _Slot] = {}
         self._stats = dict.fromkeys(FDB_FIELDS, 0)
 
     def __len__(self) -> int:
@@ -80,24 +92,24 @@ class Fdb:
     def _expired(self, slot: _Slot, now: float) -> bool:
         return not slot.static and self.ageing > 0 and now - slot.last_seen >= self.ageing
 
-    def _get_live(self, mac: bytes, now: float) -> _Slot | None:
-        slot = self._table.get(mac)
+    def _get_live(self, key: tuple[int, bytes], now: float) -> _Slot | None:
+        slot = self._table.get(key)
         if slot is not None and self._expired(slot, now):
-            del self._table[mac]
+            del self._table[key]
             self._stats["aged"] += 1
             return None
         return slot
 
-    def lookup(self, mac: bytes) -> int | None:
-        """Remote index for mac, or None if unknown (an expired entry is removed here)."""
-        slot = self._get_live(bytes(mac), self._clock())
+    def lookup(self, mac: bytes, *, vlan: int = 0) -> int | None:
+        """Remote index for mac in vlan, or None if unknown (an expired entry is removed here)."""
+        slot = self._get_live((check_vlan(vlan), bytes(mac)), self._clock())
         return None if slot is None else slot.remote
 
-    def learn(self, mac: bytes, remote: int) -> Learn:
-        """Record that mac was seen behind remote."""
+    def learn(self, mac: bytes, remote: int, *, vlan: int = 0) -> Learn:
+        """Record that mac was seen in vlan behind remote."""
         now = self._clock()
-        mac = bytes(mac)
-        slot = self._get_live(mac, now)
+        key = (check_vlan(vlan), bytes(mac))
+        slot = self._get_live(key, now)
         if slot is not None:
             if slot.static:
                 return Learn.STATIC
@@ -110,27 +122,27 @@ class Fdb:
         if len(self._table) >= self.max_entries:
             self._stats["refused_full"] += 1
             return Learn.FULL
-        self._table[mac] = _Slot(remote, False, now)
+        self._table[key] = _Slot(remote, False, now)
         self._stats["learns"] += 1
         return Learn.LEARNED
 
-    def add_static(self, mac: bytes, remote: int) -> None:
-        """Pin mac to remote; replaces a learned entry. Raises FdbFull at the cap."""
-        mac = bytes(mac)
-        if mac not in self._table and len(self._table) >= self.max_entries:
+    def add_static(self, mac: bytes, remote: int, *, vlan: int = 0) -> None:
+        """Pin mac in vlan to remote; replaces a learned entry. Raises FdbFull at the cap."""
+        key = (check_vlan(vlan), bytes(mac))
+        if key not in self._table and len(self._table) >= self.max_entries:
             raise FdbFull(f"FDB full ({self.max_entries} entries)")
-        self._table[mac] = _Slot(remote, True, 0.0)
+        self._table[key] = _Slot(remote, True, 0.0)
 
-    def remove(self, mac: bytes) -> bool:
-        """Forget mac (static or learned); True if it was there."""
-        return self._table.pop(bytes(mac), None) is not None
+    def remove(self, mac: bytes, *, vlan: int = 0) -> bool:
+        """Forget mac in vlan (static or learned); True if it was there."""
+        return self._table.pop((check_vlan(vlan), bytes(mac)), None) is not None
 
     def expire(self) -> int:
         """Remove every learned entry past its age; returns how many."""
         now = self._clock()
-        old = [mac for mac, slot in self._table.items() if self._expired(slot, now)]
-        for mac in old:
-            del self._table[mac]
+        old = [key for key, slot in self._table.items() if self._expired(slot, now)]
+        for key in old:
+            del self._table[key]
         self._stats["aged"] += len(old)
         return len(old)
 
@@ -138,7 +150,8 @@ class Fdb:
         """All entries (expired ones not yet swept included), unordered."""
         now = self._clock()
         return [
-            FdbEntry(mac, s.remote, s.static, 0.0 if s.static else now - s.last_seen) for mac, s in self._table.items()
+            FdbEntry(mac, s.remote, s.static, 0.0 if s.static else now - s.last_seen, vlan)
+            for (vlan, mac), s in self._table.items()
         ]
 
     def stats(self) -> dict[str, int]:

@@ -46,27 +46,26 @@ def encap(frame: bytes, *, key: int | None, src: bytes, dst: bytes, ttl: int = i
     return ipv4.build_header(src, dst, ipv4.IPPROTO_GRE, len(gre) + len(frame), ttl) + gre + bytes(frame)
 
 
-def decap(packet: bytes | memoryview, key: int | None) -> int:
-    """Offset of the inner frame in an IPv4/GRE packet, or -Drop reason.
+def parse(packet: bytes | memoryview) -> tuple[int, int]:
+    """(offset of the inner frame, key) of an IPv4/GRE packet, or (-Drop reason, 0).
 
     Like the kernel (gre_parse_header) a packet with a nonzero version or the
     routing bit is refused; a present checksum must verify. A packet without
-    the K bit has key 0, so "no key configured" accepts both key 0 and none,
-    as an Open vSwitch port without options:key does.
+    the K bit has key 0. Which keys are accepted is the caller's business (see decap).
     """
     ihl = ipv4.header_len(packet)
     if ihl < 0:
-        return -Drop.RX_TRUNCATED
+        return -Drop.RX_TRUNCATED, 0
     n = len(packet)
     if n < ihl + GRE_HLEN:
-        return -Drop.RX_TRUNCATED
+        return -Drop.RX_TRUNCATED, 0
     flags = (packet[ihl] << 8) | packet[ihl + 1]
     if flags & GRE_VERSION:
-        return -Drop.RX_BAD_VERSION
+        return -Drop.RX_BAD_VERSION, 0
     if flags & GRE_ROUTING:
-        return -Drop.RX_BAD_FLAGS
+        return -Drop.RX_BAD_FLAGS, 0
     if (packet[ihl + 2] << 8) | packet[ihl + 3] != ETH_P_TEB:
-        return -Drop.RX_BAD_PROTO
+        return -Drop.RX_BAD_PROTO, 0
     off = ihl + GRE_HLEN
     csum_present = bool(flags & GRE_CSUM)
     if csum_present:
@@ -74,15 +73,25 @@ def decap(packet: bytes | memoryview, key: int | None) -> int:
     got_key = 0
     if flags & GRE_KEY:
         if n < off + GRE_OPT_LEN:
-            return -Drop.RX_TRUNCATED
+            return -Drop.RX_TRUNCATED, 0
         got_key = struct.unpack_from("!I", packet, off)[0]
         off += GRE_OPT_LEN
     if flags & GRE_SEQ:
         off += GRE_OPT_LEN  # sequence numbers are parsed, not enforced (as the kernel without ordering)
     if n < off + ETH_HLEN:
-        return -Drop.RX_TRUNCATED
+        return -Drop.RX_TRUNCATED, 0
     if csum_present and ipv4.checksum(packet[ihl:]) != 0:
-        return -Drop.RX_BAD_CSUM
-    if got_key != (key or 0):
+        return -Drop.RX_BAD_CSUM, 0
+    return off, got_key
+
+
+def decap(packet: bytes | memoryview, key: int | None) -> int:
+    """Offset of the inner frame in an IPv4/GRE packet carrying key, or -Drop reason.
+
+    key None ("no key configured") accepts both key 0 and no key field, as an
+    Open vSwitch port without options:key does.
+    """
+    off, got = parse(packet)
+    if off >= 0 and got != (key or 0):
         return -Drop.RX_BAD_KEY
     return off

@@ -7,6 +7,12 @@ It has the same interface as :class:`datapath.fast.FastForwarder`:
 - ``from_tap`` and ``from_tunnel`` do one batch of I/O around them;
 - ``snapshot()`` copies the counters, ``fdb`` is the MAC table.
 
+VLANs (``cfg.vlan_map``): a frame from the TAP whose 802.1Q VID is mapped
+loses its tag and travels in the mapped VNI / GRE key; any other frame
+travels as it is in the base id (``cfg.base_id``; a trunk). On receive the
+base id delivers the frame as it is, a mapped id inserts the VLAN's tag, any
+other id is dropped. The FDB is keyed by the VLAN as seen on the bridge side.
+
 A differential test feeds both forwarders the same frames and compares
 packets, counters and FDB.
 """
@@ -21,7 +27,7 @@ from collections.abc import Callable, Iterable
 from datapath import gre, vxlan
 from datapath.config import DatapathConfig
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
-from datapath.ether import ETH_HLEN, is_multicast, is_valid_source
+from datapath.ether import ETH_HLEN, insert_vlan, is_multicast, is_valid_source, strip_vlan, vlan_id
 from datapath.fdb import Fdb
 
 # Bigger than any frame a TAP hands over without offloads.
@@ -34,29 +40,37 @@ class PyForwarder:
     def __init__(self, cfg: DatapathConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self.fdb = Fdb(cfg.fdb_max, cfg.fdb_ageing, clock)
-        for mac, remote in cfg.statics:
-            self.fdb.add_static(mac, remote)
+        for mac, remote, vlan in cfg.static_entries:
+            self.fdb.add_static(mac, remote, vlan=vlan)
         self._by_addr = {r.addr: i for i, r in enumerate(cfg.remotes)}
         self._stats = dict.fromkeys(STAT_FIELDS, 0)
         self._drops = [0] * (max(Drop) + 1)
         self._remote_ctr = [dict.fromkeys(REMOTE_FIELDS, 0) for _ in cfg.remotes]
-        self._encap: Callable[[bytes, int], bytes]
-        self._decap: Callable[[bytes], int]
+        # VLAN <-> tunnel id for mapped VLANs; everything else is the base id.
+        self._id_of_vlan = dict(cfg.vlan_map)
+        self._vlan_of_id = {tid: vlan for vlan, tid in cfg.vlan_map}
+        # encap(frame, remote, mapped id or None for the base id); parse(packet) -> (offset or -Drop, id).
+        self._encap: Callable[[bytes, int, int | None], bytes]
+        self._parse: Callable[[bytes], tuple[int, int]]
         ends = [(r.local_bytes, r.addr_bytes) for r in cfg.remotes]
         if cfg.mode == "vxlan":
-            self._encap = lambda frame, i: vxlan.encap(
+            self._encap = lambda frame, i, tid: vxlan.encap(
                 frame,
-                vni=cfg.vni,
+                vni=cfg.vni if tid is None else tid,
                 src=ends[i][0],
                 dst=ends[i][1],
                 dport=cfg.port,
                 udp_csum=cfg.udp_csum,
                 ttl=cfg.ttl,
             )
-            self._decap = lambda pkt: vxlan.decap(pkt, cfg.vni)
+            self._parse = vxlan.parse
+            self._bad_id = Drop.RX_BAD_VNI
         else:
-            self._encap = lambda frame, i: gre.encap(frame, key=cfg.key, src=ends[i][0], dst=ends[i][1], ttl=cfg.ttl)
-            self._decap = lambda pkt: gre.decap(pkt, cfg.key)
+            self._encap = lambda frame, i, tid: gre.encap(
+                frame, key=cfg.key if tid is None else tid, src=ends[i][0], dst=ends[i][1], ttl=cfg.ttl
+            )
+            self._parse = gre.parse
+            self._bad_id = Drop.RX_BAD_KEY
 
     def _drop(self, reason: Drop) -> None:
         self._drops[reason] += 1
@@ -65,26 +79,35 @@ class PyForwarder:
 
     def tx(self, frames: Iterable[bytes]) -> list[tuple[int, bytes]]:
         """Frames from the TAP -> (remote index, outer packet) pairs to send."""
-        out: list[tuple[int, bytes]] = []
-        outer_len = self.cfg.outer_len
+        return [(remote, pkt) for remote, pkt, _ in self._tx(frames)]
+
+    def _tx(self, frames: Iterable[bytes]) -> list[tuple[int, bytes, int]]:
+        """tx(), with the length of the inner frame of each packet (after a tag was stripped)."""
+        out: list[tuple[int, bytes, int]] = []
         for frame in frames:
             self._stats["tap_rx"] += 1
             if len(frame) < ETH_HLEN:
                 self._drop(Drop.TX_RUNT)
                 continue
-            if outer_len + len(frame) > self.cfg.underlay_mtu:
+            vlan = vlan_id(frame)
+            tid = self._id_of_vlan.get(vlan)
+            if tid is None:  # untagged, or a VLAN that is not mapped: as it is, in the base id
+                send, outer_len = bytes(frame), self.cfg.outer_len
+            else:  # a mapped VLAN: untagged, in its own id
+                send, outer_len = strip_vlan(frame), self.cfg.mapped_outer_len
+            if outer_len + len(send) > self.cfg.underlay_mtu:
                 self._drop(Drop.TX_TOO_BIG)
                 continue
-            remote = None if is_multicast(frame) else self.fdb.lookup(frame[:6])
+            remote = None if is_multicast(frame) else self.fdb.lookup(frame[:6], vlan=vlan)
             if remote is not None:
                 self._stats["tx_unicast"] += 1
-                out.append((remote, self._encap(frame, remote)))
+                out.append((remote, self._encap(send, remote, tid), len(send)))
                 continue
             # Broadcast, multicast, unknown unicast: head-end replication to every remote.
             self._stats["tx_flooded"] += 1
             for i in range(len(self.cfg.remotes)):
                 self._remote_ctr[i]["tx_flood"] += 1
-                out.append((i, self._encap(frame, i)))
+                out.append((i, self._encap(send, i, tid), len(send)))
         return out
 
     def rx(self, packets: Iterable[tuple[bytes, str]]) -> list[tuple[int, bytes]]:
@@ -95,15 +118,23 @@ class PyForwarder:
             if remote is None:
                 self._drop(Drop.RX_NOT_REMOTE)
                 continue
-            off = self._decap(pkt)
+            off, tid = self._parse(pkt)
             if off < 0:
                 self._drop(Drop(-off))
                 continue
-            frame = pkt[off:]
+            frame = bytes(pkt[off:])
+            if tid == self.cfg.base_id:
+                vlan = vlan_id(frame)  # as it came: untagged, or the sender's own tag (trunk)
+            elif tid in self._vlan_of_id:
+                vlan = self._vlan_of_id[tid]
+                frame = insert_vlan(frame, vlan)
+            else:
+                self._drop(self._bad_id)
+                continue
             if not is_valid_source(frame[6:12]):
                 self._drop(Drop.RX_BAD_SRC_MAC)
                 continue
-            self.fdb.learn(frame[6:12], remote)
+            self.fdb.learn(frame[6:12], remote, vlan=vlan)
             out.append((remote, frame))
         return out
 
@@ -121,13 +152,13 @@ class PyForwarder:
             except OSError as exc:  # as the C path: send what was read, then report
                 error = exc
                 break
-        self._send(self.tx(frames), send_sock)
+        self._send(self._tx(frames), send_sock)
         if error is not None:
             raise error
         return len(frames)
 
-    def _send(self, packets: list[tuple[int, bytes]], send_sock: socket.socket) -> None:
-        for remote, pkt in packets:
+    def _send(self, packets: list[tuple[int, bytes, int]], send_sock: socket.socket) -> None:
+        for remote, pkt, inner_len in packets:
             try:
                 send_sock.sendto(pkt, (self.cfg.remotes[remote].addr, 0))
             except OSError:
@@ -135,7 +166,7 @@ class PyForwarder:
                 continue
             ctr = self._remote_ctr[remote]
             ctr["tx_packets"] += 1
-            ctr["tx_bytes"] += len(pkt) - self.cfg.outer_len
+            ctr["tx_bytes"] += inner_len
 
     def from_tunnel(self, recv_sock: socket.socket, tap_fd: int) -> int:
         """Receive up to one batch from the underlay and write the inner frames to the TAP."""

@@ -62,15 +62,22 @@ def encap(
     return ipv4.build_header(src, dst, ipv4.IPPROTO_UDP, udp_len, ttl) + udp + payload
 
 
-def decap(payload: bytes | memoryview, vni: int) -> int:
-    """Offset of the inner frame in a VXLAN UDP payload, or -Drop reason.
+def parse(payload: bytes | memoryview) -> tuple[int, int]:
+    """(offset of the inner frame, VNI) of a VXLAN UDP payload, or (-Drop reason, 0).
 
-    Reserved bits are ignored on receipt (RFC 7348 §5); the I flag must be set.
+    Reserved bits are ignored on receipt (RFC 7348 §5); the I flag must be
+    set. Which VNIs are accepted is the caller's business (see decap).
     """
     if len(payload) < VXLAN_HLEN + ETH_HLEN:
-        return -Drop.RX_TRUNCATED
+        return -Drop.RX_TRUNCATED, 0
     if not payload[0] & VXLAN_FLAG_I:
-        return -Drop.RX_BAD_FLAGS
-    if (payload[4] << 16) | (payload[5] << 8) | payload[6] != vni:
+        return -Drop.RX_BAD_FLAGS, 0
+    return VXLAN_HLEN, (payload[4] << 16) | (payload[5] << 8) | payload[6]
+
+
+def decap(payload: bytes | memoryview, vni: int) -> int:
+    """Offset of the inner frame in a VXLAN UDP payload carrying vni, or -Drop reason."""
+    off, got = parse(payload)
+    if off >= 0 and got != vni:
         return -Drop.RX_BAD_VNI
-    return VXLAN_HLEN
+    return off
