@@ -297,3 +297,63 @@ def test_scapy_gre_checksum_is_what_decap_verifies() -> None:
 def test_ipv4_checksum_matches_scapy() -> None:
     for data in (b"", b"\x01", b"\x12\x34\x56", bytes(range(255)), bytes(IP(src="1.2.3.4") / UDP())):
         assert ipv4.checksum(data) == scapy_checksum(data)
+
+
+# -- 802.1Q tags (VLAN mapping) and the parse step --------------------------------------
+
+
+@SETTINGS
+@given(frame=frames)
+def test_vlan_id_matches_scapy(frame: bytes) -> None:
+    tpid = int.from_bytes(frame[12:14], "big")
+    want = Ether(frame)[Dot1Q].vlan if tpid == ether.ETH_P_8021Q and len(frame) >= 18 else 0  # 802.1ad is not a VLAN
+    assert ether.vlan_id(frame) == want
+
+
+@SETTINGS
+@given(frame=frames, vid=st.integers(1, 4094), prio=st.integers(0, 7))
+def test_strip_and_insert_tag_match_scapy(frame: bytes, vid: int, prio: int) -> None:
+    tagged = ether.insert_vlan(frame, vid)
+    p = Ether(tagged)
+    assert p.dst == ether.format_mac(frame[:6]) and p.src == ether.format_mac(frame[6:12])
+    assert p.type == 0x8100 and p[Dot1Q].vlan == vid and p[Dot1Q].prio == 0 and p[Dot1Q].dei == 0
+    assert p[Dot1Q].type == int.from_bytes(frame[12:14], "big") and tagged[18:] == frame[14:]
+    assert ether.vlan_id(tagged) == vid and ether.strip_vlan(tagged) == frame
+    # Stripping a tag scapy built (with a priority) gives scapy's untagged frame.
+    dst, src, etype = ether.format_mac(frame[:6]), ether.format_mac(frame[6:12]), int.from_bytes(frame[12:14], "big")
+    built = Ether(dst=dst, src=src) / Dot1Q(vlan=vid, prio=prio, type=etype) / Raw(frame[14:])
+    assert ether.strip_vlan(bytes(built)) == bytes(Ether(dst=dst, src=src, type=etype) / Raw(frame[14:])) == frame
+
+
+@SETTINGS
+@given(frame=frames, vni=vnis)
+def test_vxlan_parse_reads_the_vni_scapy_reads(frame: bytes, vni: int) -> None:
+    payload = vxlan.encap(frame, vni=vni, src=SRC, dst=DST)[28:]
+    assert vxlan.parse(payload) == (vxlan.VXLAN_HLEN, VXLAN(payload).vni)
+
+
+@SETTINGS
+@given(frame=frames, key=keys, csum=st.booleans(), seq=st.booleans())
+def test_gre_parse_reads_the_key_scapy_reads(frame: bytes, key: int | None, csum: bool, seq: bool) -> None:
+    fields: dict[str, int] = {"chksum_present": int(csum), "seqnum_present": int(seq)}
+    if key is not None:
+        fields.update(key_present=1, key=key)
+    pkt = gre_packet(frame, **fields)
+    g = IP(pkt)[GRE]
+    off, got = gre.parse(pkt)
+    assert got == (g.key if g.key_present else 0) == (key or 0)  # no key field reads as key 0
+    assert pkt[off:] == bytes(g.payload) == frame
+
+
+@pytest.mark.parametrize(("name", "payload", "vni", "expect"), list(malformed_vxlan()), ids=lambda v: "")
+def test_vxlan_decap_is_parse_then_vni(name: str, payload: bytes, vni: int, expect: int) -> None:
+    off, got = vxlan.parse(payload)
+    assert (off if off < 0 or got == vni else -Drop.RX_BAD_VNI) == expect, name
+    assert got == 0 or off >= 0
+
+
+@pytest.mark.parametrize(("name", "packet", "key", "expect"), list(malformed_gre()), ids=lambda v: "")
+def test_gre_decap_is_parse_then_key(name: str, packet: bytes, key: int | None, expect: int) -> None:
+    off, got = gre.parse(packet)
+    assert (off if off < 0 or got == (key or 0) else -Drop.RX_BAD_KEY) == expect, name
+    assert got == 0 or off >= 0

@@ -157,3 +157,23 @@ def test_gre_decap_random(pkt: bytes, key: int | None) -> None:
 def test_outer_len_matches_config() -> None:
     for cfg in (vxlan_cfg(), gre_cfg(), gre_cfg(key=5)):
         assert fast.lib.ovl_outer_len(fast._codec_config(cfg)) == cfg.outer_len
+
+
+# -- the parse step (tunnel id handed to the forwarder) ----------------------------------
+
+
+@SETTINGS
+@given(data=st.one_of(st.binary(max_size=80), frames.map(lambda f: vxlan.header(77) + f)))
+def test_vxlan_parse_random(data: bytes) -> None:
+    assert fast.parse(vxlan_cfg(), data) == vxlan.parse(data)
+
+
+@SETTINGS
+@given(pkt=st.one_of(mangled_gre(), st.binary(max_size=80)), key=st.sampled_from([None, 7]))
+def test_gre_parse_random(pkt: bytes, key: int | None) -> None:
+    assert fast.parse(gre_cfg(key=key), pkt) == gre.parse(pkt)
+
+
+@pytest.mark.parametrize(("name", "packet", "key", "expect"), list(malformed_gre()), ids=lambda v: "")
+def test_gre_parse_malformed(name: str, packet: bytes, key: int | None, expect: int) -> None:
+    assert fast.parse(gre_cfg(), packet) == gre.parse(packet), name

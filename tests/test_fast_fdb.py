@@ -31,7 +31,7 @@ def mac(i: int) -> bytes:
 
 
 def table(fdb: Fdb | fast.FastFdb) -> list[FdbEntry]:
-    return sorted(fdb.entries(), key=lambda e: e.mac)
+    return sorted(fdb.entries(), key=lambda e: (e.vlan, e.mac))
 
 
 IMPLS = [Fdb, fast.FastFdb]
@@ -131,6 +131,39 @@ def test_bad_arguments(impl: type[Fdb]) -> None:
         impl(0, 1.0)
     with pytest.raises(ValueError):
         impl(1, -1.0)
+    fdb = impl(4, 1.0, Clock())
+    for vlan in (-1, 4096):
+        with pytest.raises(ValueError):
+            fdb.learn(mac(1), 0, vlan=vlan)
+        with pytest.raises(ValueError):
+            fdb.lookup(mac(1), vlan=vlan)
+
+
+def test_same_mac_in_two_vlans(impl: type[Fdb]) -> None:
+    """Learning is per VLAN (as Open vSwitch): one MAC in two VLANs behind two remotes is two entries."""
+    clock = Clock()
+    fdb = impl(3, 10.0, clock)
+    assert fdb.learn(mac(1), 0, vlan=10) is Learn.LEARNED
+    assert fdb.learn(mac(1), 1, vlan=20) is Learn.LEARNED  # not a move
+    assert fdb.learn(mac(1), 2) is Learn.LEARNED  # VLAN 0: untagged
+    assert (fdb.lookup(mac(1), vlan=10), fdb.lookup(mac(1), vlan=20), fdb.lookup(mac(1))) == (0, 1, 2)
+    assert fdb.lookup(mac(1), vlan=30) is None
+    assert fdb.learn(mac(2), 0, vlan=10) is Learn.FULL  # the cap counts every VLAN's entries
+    assert fdb.learn(mac(1), 2, vlan=20) is Learn.MOVED
+    fdb.add_static(mac(1), 3, vlan=10)  # pins VLAN 10's entry only
+    assert fdb.learn(mac(1), 0, vlan=10) is Learn.STATIC
+    assert fdb.learn(mac(1), 0) is Learn.MOVED
+    clock.now += 1
+    assert table(fdb) == [
+        FdbEntry(mac(1), 0, False, 1.0, 0),
+        FdbEntry(mac(1), 3, True, 0.0, 10),
+        FdbEntry(mac(1), 2, False, 1.0, 20),
+    ]
+    assert fdb.remove(mac(1), vlan=20) and not fdb.remove(mac(1), vlan=20)
+    assert fdb.lookup(mac(1)) == 0 and fdb.lookup(mac(1), vlan=10) == 3
+    clock.now += 10
+    assert fdb.expire() == 1 and [e.vlan for e in table(fdb)] == [10]
+    assert fdb.stats() == {"learns": 3, "moves": 2, "refused_full": 1, "aged": 1, "entries": 1}
 
 
 def test_fast_fdb_checks_what_c_cannot_hold() -> None:
@@ -155,29 +188,30 @@ class FdbPair(RuleBasedStateMachine):
 
     macs = st.integers(0, 12).map(mac)
     remotes = st.integers(0, 3)
+    vlans = st.sampled_from([0, 0, 1, 20, 4095])
 
-    @rule(m=macs, r=remotes)
-    def learn(self, m: bytes, r: int) -> None:
-        assert self.c.learn(m, r) is self.py.learn(m, r)
+    @rule(m=macs, r=remotes, v=vlans)
+    def learn(self, m: bytes, r: int, v: int) -> None:
+        assert self.c.learn(m, r, vlan=v) is self.py.learn(m, r, vlan=v)
 
-    @rule(m=macs)
-    def lookup(self, m: bytes) -> None:
-        assert self.c.lookup(m) == self.py.lookup(m)
+    @rule(m=macs, v=vlans)
+    def lookup(self, m: bytes, v: int) -> None:
+        assert self.c.lookup(m, vlan=v) == self.py.lookup(m, vlan=v)
 
-    @rule(m=macs, r=remotes)
-    def add_static(self, m: bytes, r: int) -> None:
+    @rule(m=macs, r=remotes, v=vlans)
+    def add_static(self, m: bytes, r: int, v: int) -> None:
         outcome = []
         for fdb in (self.py, self.c):
             try:
-                fdb.add_static(m, r)
+                fdb.add_static(m, r, vlan=v)
                 outcome.append("ok")
             except FdbFull:
                 outcome.append("full")
         assert outcome[0] == outcome[1]
 
-    @rule(m=macs)
-    def remove(self, m: bytes) -> None:
-        assert self.c.remove(m) == self.py.remove(m)
+    @rule(m=macs, v=vlans)
+    def remove(self, m: bytes, v: int) -> None:
+        assert self.c.remove(m, vlan=v) == self.py.remove(m, vlan=v)
 
     @rule()
     def expire(self) -> None:
@@ -205,19 +239,19 @@ def test_churn_against_reference(seed: int) -> None:
     clock = Clock()
     py, c = Fdb(300, 50.0, clock), fast.FastFdb(300, 50.0, clock)
     for step in range(30000):
-        m, r = mac(rnd.randrange(700)), rnd.randrange(4)
+        m, r, v = mac(rnd.randrange(500)), rnd.randrange(4), rnd.choice([0, 0, 0, 7, 4094])
         op = rnd.random()
         if op < 0.45:
-            assert c.learn(m, r) is py.learn(m, r), step
+            assert c.learn(m, r, vlan=v) is py.learn(m, r, vlan=v), step
         elif op < 0.75:
-            assert c.lookup(m) == py.lookup(m), step
+            assert c.lookup(m, vlan=v) == py.lookup(m, vlan=v), step
         elif op < 0.93:
-            assert c.remove(m) == py.remove(m), step
+            assert c.remove(m, vlan=v) == py.remove(m, vlan=v), step
         elif op < 0.95:
             full = []
             for fdb in (py, c):
                 try:
-                    fdb.add_static(m, r)
+                    fdb.add_static(m, r, vlan=v)
                     full.append(False)
                 except FdbFull:
                     full.append(True)
@@ -231,7 +265,7 @@ def test_churn_against_reference(seed: int) -> None:
     assert table(c) == table(py) and c.stats() == py.stats()
     # Every entry is still reachable through its probe chain after all the deletions.
     for e in table(py):
-        assert c.lookup(e.mac) == py.lookup(e.mac)
+        assert c.lookup(e.mac, vlan=e.vlan) == py.lookup(e.mac, vlan=e.vlan)
 
 
 def test_big_table_fill_and_expire() -> None:

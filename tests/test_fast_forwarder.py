@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datapath import fast, gre, ipv4, vxlan
+from datapath import ether, fast, gre, ipv4, vxlan
 from datapath.config import DatapathConfig, Remote
 from datapath.counters import Drop
-from datapath.fdb import FdbFull
+from datapath.fdb import FdbEntry, FdbFull
 from datapath.pypath import PyForwarder
 
 pytestmark = pytest.mark.skipif(not fast.available(), reason="C fast path not built")
@@ -76,7 +76,39 @@ CONFIGS = {
         key=0,
         statics=((FAR[2], 1),),
     ),
+    "vxlan_vlans_csum": DatapathConfig(
+        mode="vxlan",
+        remotes=remotes(3),
+        underlay_mtu=1500,
+        tap_mtu=1450,
+        vni=4242,
+        udp_csum=True,
+        vlan_map=((10, 5000), (20, 0), (4094, vxlan.VNI_MAX)),
+        statics=((FAR[0], 2, 10), (FAR[0], 1), (FAR[1], 0, 30)),
+        fdb_ageing=2.0,
+    ),
+    "gre_nokey_vlans": DatapathConfig(
+        mode="gre",
+        remotes=remotes(2),
+        underlay_mtu=1500,
+        tap_mtu=1462,
+        vlan_map=((10, 77), (20, gre.KEY_MAX)),
+        batch=5,
+        fdb_max=6,
+    ),
+    "gre_key_vlans": DatapathConfig(
+        mode="gre",
+        remotes=remotes(3),
+        underlay_mtu=1400,
+        tap_mtu=1358,
+        key=5,
+        vlan_map=((10, 0), (30, 6), (1, 7)),  # key 0: packets without a key field land in VLAN 10
+        statics=((FAR[3], 0, 30),),
+        fdb_ageing=3.0,
+    ),
 }
+# VIDs the frames use: mapped in some configs, unmapped in others; 0 is a priority tag, 4095 reserved.
+VIDS = [0, 1, 10, 10, 20, 20, 30, 4094, 4095]
 
 
 def payload(rnd: random.Random) -> bytes:
@@ -88,24 +120,37 @@ def payload(rnd: random.Random) -> bytes:
     return rnd.randbytes(2) + rnd.randbytes(rnd.randrange(0, 100))
 
 
+def tag(rnd: random.Random) -> bytes:
+    """Nothing (untagged), an 802.1Q tag with random PCP/DEI, or an 802.1ad tag (not a VLAN for us)."""
+    kind = rnd.random()
+    if kind < 0.4:
+        return b""
+    tci = rnd.randrange(16) << 12 | rnd.choice(VIDS)
+    tpid = ether.ETH_P_8021AD if kind > 0.9 else ether.ETH_P_8021Q
+    return struct.pack("!HH", tpid, tci)
+
+
 def tx_frame(rnd: random.Random, cfg: DatapathConfig) -> bytes:
     kind = rnd.random()
     if kind < 0.05:
         return rnd.randbytes(rnd.randrange(14))  # runt
     dst = rnd.choice([BCAST, MCAST, *FAR, *FAR, bytes([0x02, 0xCC, 0, 0, 0, 1])])
-    frame = dst + rnd.choice(LOCAL) + payload(rnd)
-    if kind < 0.12:  # right at or over the MTU limit
+    if kind < 0.08:  # an 802.1Q TPID with the tag cut short: untagged, VLAN 0
+        return dst + rnd.choice(LOCAL) + b"\x81\x00" + rnd.randbytes(rnd.randrange(3))
+    frame = dst + rnd.choice(LOCAL) + tag(rnd) + payload(rnd)
+    if kind < 0.15:  # right at or over the MTU limit (a stripped tag moves it by 4)
         room = cfg.underlay_mtu - cfg.outer_len - len(frame)
-        frame += bytes(room + rnd.choice([0, 1, 2, 3000]))
+        frame += bytes(max(0, room + rnd.choice([0, 1, 2, 4, 5, 3000])))
     return frame
 
 
-def encap(cfg: DatapathConfig, i: int, frame: bytes) -> bytes:
-    """What remote i sends us, as the receiving socket hands it over."""
+def encap(cfg: DatapathConfig, i: int, frame: bytes, tid: int | None = None) -> bytes:
+    """What remote i sends us, as the receiving socket hands it over; in the base id unless tid is given."""
     r = cfg.remotes[i]
     if cfg.mode == "vxlan":
-        return vxlan.encap(frame, vni=cfg.vni, src=r.addr_bytes, dst=r.local_bytes, dport=cfg.port)[28:]
-    return gre.encap(frame, key=cfg.key, src=r.addr_bytes, dst=r.local_bytes)
+        vni = cfg.vni if tid is None else tid
+        return vxlan.encap(frame, vni=vni, src=r.addr_bytes, dst=r.local_bytes, dport=cfg.port)[28:]
+    return gre.encap(frame, key=cfg.key if tid is None else tid, src=r.addr_bytes, dst=r.local_bytes)
 
 
 def gre_with_checksum(cfg: DatapathConfig, i: int, frame: bytes, good: bool) -> bytes:
@@ -123,8 +168,14 @@ def gre_with_checksum(cfg: DatapathConfig, i: int, frame: bytes, good: bool) -> 
 def rx_packet(rnd: random.Random, cfg: DatapathConfig) -> tuple[bytes, str]:
     i = rnd.randrange(len(cfg.remotes))
     src_mac = rnd.choice([*FAR, *FAR, *FAR, MCAST, BCAST, ZERO])
-    frame = rnd.choice([BCAST, *LOCAL]) + src_mac + payload(rnd)
-    pkt = encap(cfg, i, frame)
+    frame = rnd.choice([BCAST, *LOCAL]) + src_mac + tag(rnd) + payload(rnd)
+    # The base id, a mapped id, an unknown id, or (GRE) no key field at all.
+    tid = rnd.choice([None, None, rnd.randrange(1 << 24), *(t for _, t in cfg.vlan_map)])
+    if cfg.mode == "gre" and rnd.random() < 0.1:
+        r = cfg.remotes[i]
+        pkt = gre.encap(frame, key=None, src=r.addr_bytes, dst=r.local_bytes)
+    else:
+        pkt = encap(cfg, i, frame, tid)
     kind = rnd.random()
     if kind < 0.08:
         pkt = pkt[: rnd.randrange(len(pkt))]
@@ -146,9 +197,13 @@ def rx_packet(rnd: random.Random, cfg: DatapathConfig) -> tuple[bytes, str]:
     return pkt, src
 
 
+def table(fwd: fast.FastForwarder | PyForwarder) -> list[FdbEntry]:
+    return sorted(fwd.fdb.entries(), key=lambda e: (e.vlan, e.mac))
+
+
 def assert_same(fp: fast.FastForwarder, pp: PyForwarder) -> None:
     assert fp.snapshot() == pp.snapshot()
-    assert sorted(fp.fdb.entries(), key=lambda e: e.mac) == sorted(pp.fdb.entries(), key=lambda e: e.mac)
+    assert table(fp) == table(pp)
 
 
 def run_scenario(cfg: DatapathConfig, seed: int, batches: int = 40) -> None:
@@ -167,18 +222,18 @@ def run_scenario(cfg: DatapathConfig, seed: int, batches: int = 40) -> None:
         if op < 0.1:
             assert fp.fdb.expire() == pp.fdb.expire()
         elif op < 0.15:
-            m, r = rnd.choice(FAR), rnd.randrange(len(cfg.remotes))
+            m, r, v = rnd.choice(FAR), rnd.randrange(len(cfg.remotes)), rnd.choice(VIDS)
             full = []
             for fdb in (fp.fdb, pp.fdb):
                 try:
-                    fdb.add_static(m, r)
+                    fdb.add_static(m, r, vlan=v)
                     full.append(False)
                 except FdbFull:
                     full.append(True)
             assert full[0] == full[1]
         elif op < 0.2:
-            m = rnd.choice(FAR)
-            assert fp.fdb.remove(m) == pp.fdb.remove(m)
+            m, v = rnd.choice(FAR), rnd.choice(VIDS)
+            assert fp.fdb.remove(m, vlan=v) == pp.fdb.remove(m, vlan=v)
         clock.now += rnd.choice([0.0, 0.0, 0.5, 1.0, 2.5])
         assert_same(fp, pp)
 
@@ -219,6 +274,31 @@ def test_scenarios_exercise_every_counter() -> None:
     } - io_only
     # RX_BAD_VERSION etc. are GRE-only and RX_BAD_VNI VXLAN-only; across all configs each must appear.
     assert wanted <= reached, wanted - reached
+
+
+@pytest.mark.parametrize("name", [n for n, c in CONFIGS.items() if c.vlan_map])
+def test_vlan_scenarios_exercise_the_mapping(name: str) -> None:
+    """The random VLAN scenarios strip and insert tags, use every mapped id and learn in several VLANs."""
+    cfg = CONFIGS[name]
+    rnd = random.Random(7)
+    pp = PyForwarder(cfg, Clock())
+    sent_ids: set[int] = set()
+    stripped = tagged_back = 0
+    vlans_learned: set[int] = set()
+    for _ in range(60):
+        frames = [tx_frame(rnd, cfg) for _ in range(10)]
+        for _, pkt in pp.tx(frames):
+            off, tid = vxlan.parse(pkt[28:]) if cfg.mode == "vxlan" else gre.parse(pkt)
+            assert off >= 0
+            sent_ids.add(tid)
+            stripped += tid != cfg.base_id
+        for _, frame in pp.rx([rx_packet(rnd, cfg) for _ in range(10)]):
+            tagged_back += ether.vlan_id(frame) in dict(cfg.vlan_map)
+        vlans_learned |= {e.vlan for e in pp.fdb.entries() if not e.static}
+    assert sent_ids == {cfg.base_id, *(t for _, t in cfg.vlan_map)}
+    assert stripped > 20 and tagged_back > 20
+    assert {0, *(v for v, _ in cfg.vlan_map)} <= vlans_learned, vlans_learned
+    assert pp.snapshot().drops["rx_bad_vni" if cfg.mode == "vxlan" else "rx_bad_key"] > 0
 
 
 # -- deterministic cases ---------------------------------------------------------------------
