@@ -14,12 +14,13 @@ import fcntl
 import os
 import select
 import socket
+import struct
 import time
 from collections.abc import Callable
 
 import pytest
 
-from datapath import fast, gre, vxlan
+from datapath import ether, fast, gre, vxlan
 from datapath.config import DatapathConfig, Remote
 from datapath.pypath import PyForwarder
 from tests.isolated import run_isolated
@@ -28,6 +29,10 @@ pytestmark = pytest.mark.netns
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+TP_STATUS_VLAN_VALID = 1 << 4
+TP_STATUS_VLAN_TPID_VALID = 1 << 6
 MARK = b"\x88\xb5"  # IEEE local experimental EtherType: nothing else sends it
 LOCAL_MAC = bytes.fromhex("020000aa0001")
 TAP = "ovlio0"
@@ -40,6 +45,8 @@ CASES = {
     "vxlan_csum": {"mode": "vxlan", "vni": 99, "udp_csum": True, "port": 4790},
     "gre": {"mode": "gre"},
     "gre_key": {"mode": "gre", "key": 1234},
+    # VLAN 10 <-> its own id, GRE without a base key (so mapped packets carry a key field, others none).
+    "gre_vlans": {"mode": "gre", "vlan_map": ((10, 7777), (20, 0xFFFFFFFF))},
 }
 IMPLS: dict[str, Callable[[DatapathConfig], Forwarder]] = {"fast": fast.FastForwarder, "python": PyForwarder}
 
@@ -76,6 +83,8 @@ class Rig:
         self.pkt.bind((TAP, 0))
         self.pkt.setblocking(False)
 
+        self.pkt.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)  # the kernel takes a received tag out of the data
+
     def close(self) -> None:
         for s in (self.pkt, self.recv, self.send):
             s.close()
@@ -107,10 +116,16 @@ class Rig:
                 got.append((data, addr[0]))
         return got
 
+    def parse(self, packet: bytes) -> tuple[int, bytes]:
+        """(tunnel id, inner frame) of a tunnel packet."""
+        off, tid = vxlan.parse(packet) if self.cfg.mode == "vxlan" else gre.parse(packet)
+        assert off >= 0, f"not a tunnel packet: drop reason {-off}"
+        return tid, packet[off:]
+
     def inner(self, packet: bytes) -> bytes:
-        off = vxlan.decap(packet, self.cfg.vni) if self.cfg.mode == "vxlan" else gre.decap(packet, self.cfg.key)
-        assert off >= 0, f"not a tunnel packet for us: drop reason {-off}"
-        return packet[off:]
+        tid, frame = self.parse(packet)
+        assert tid == self.cfg.base_id, f"tunnel id {tid}, not the base id"
+        return frame
 
     def resend(self, packets: list[bytes], src: str = LO) -> None:
         """Send tunnel packets to ourselves, from src, as a remote would."""
@@ -121,8 +136,9 @@ class Rig:
                     s.sendto(p, (LO, self.cfg.port))
         else:
             for p in packets:
-                inner = self.inner(p)
-                pkt = gre.encap(inner, key=self.cfg.key, src=socket.inet_aton(src), dst=socket.inet_aton(LO))
+                tid, inner = self.parse(p)
+                key = self.cfg.key if tid == self.cfg.base_id else tid
+                pkt = gre.encap(inner, key=key, src=socket.inet_aton(src), dst=socket.inet_aton(LO))
                 self.send.sendto(pkt, (LO, 0))
 
     def pump_tunnel(self, fwd: Forwarder, want: int, tap_fd: int | None = None) -> int:
@@ -134,14 +150,20 @@ class Rig:
         return got
 
     def tap_frames(self, settle: float = 0.3) -> list[bytes]:
-        """Marked frames the kernel received on the TAP (written by from_tunnel)."""
+        """Marked frames the kernel received on the TAP (written by from_tunnel), with their 802.1Q tag."""
         out: list[bytes] = []
         end = time.monotonic() + settle
         while time.monotonic() < end:
             if not select.select([self.pkt], [], [], 0.05)[0]:
                 continue
-            data, addr = self.pkt.recvfrom(65536)
-            if addr[2] != PACKET_OUTGOING and data[12:14] == MARK:
+            data, anc, _, addr = self.pkt.recvmsg(65536, socket.CMSG_SPACE(32))
+            for level, kind, aux in anc:
+                if level == SOL_PACKET and kind == PACKET_AUXDATA:
+                    status, _, _, _, _, tci, tpid = struct.unpack_from("IIIHHHH", aux)
+                    if status & TP_STATUS_VLAN_VALID:  # put back the tag the kernel took out
+                        tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else ether.ETH_P_8021Q
+                        data = data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
+            if addr[2] != PACKET_OUTGOING and MARK in (data[12:14], data[16:18]):
                 out.append(data)
         return out
 
@@ -241,6 +263,57 @@ def test_drops_on_the_io_path(case: str, impl: str) -> None:
             fwd.from_tap(closed, rig.send)
 
     in_namespace(case, impl, body)
+
+
+def tagged(i: int, vid: int, dst: bytes = b"\xff" * 6) -> bytes:
+    """frame(i) with an 802.1Q tag (PCP 3) of VLAN vid."""
+    f = frame(i, dst)
+    return f[:12] + struct.pack("!HH", ether.ETH_P_8021Q, 3 << 13 | vid) + f[12:]
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_vlan_map_on_the_io_path(impl: str) -> None:
+    """A mapped VLAN leaves untagged in its id and comes back tagged; others pass as they are (a trunk)."""
+    if impl == "fast" and not fast.available():
+        pytest.skip("C fast path not built")
+
+    def body(rig: Rig, fwd: Forwarder) -> None:
+        cfg = rig.cfg
+        ids = dict(cfg.vlan_map)
+        frames = [tagged(1, 10), tagged(2, 20), tagged(3, 30), frame(4), tagged(5, 10)]
+        mapped = {0: 10, 1: 20, 4: 10}  # index -> VLAN
+        rig.inject(frames)
+        assert sum(rig.pump_tap(fwd, len(frames))) == len(frames)
+        raw = [p for p, _ in rig.catch(len(frames))]
+        caught = [rig.parse(p) for p in raw]
+        want = [
+            (ids[mapped[i]], ether.strip_vlan(f)) if i in mapped else (cfg.base_id, f) for i, f in enumerate(frames)
+        ]
+        assert caught == want
+        snap = fwd.snapshot()
+        assert snap.remotes[0]["tx_bytes"] == sum(len(f) for _, f in want)  # as sent: mapped tags stripped
+        assert sum(snap.drops.values()) == 0
+
+        rig.tap_frames(settle=0.1)
+        rig.resend(raw)
+        assert rig.pump_tunnel(fwd, len(frames)) == len(frames)
+        back = rig.tap_frames()
+        # Mapped ids get their VLAN's tag (PCP 0); the base id delivers the frame as it came.
+        expect = [ether.insert_vlan(f, mapped[i]) if i in mapped else f for i, (_, f) in enumerate(caught)]
+        assert back == expect
+        snap = fwd.snapshot()
+        assert snap.stats["tap_tx"] == len(frames) and sum(snap.drops.values()) == 0, snap
+        assert snap.remotes[0]["rx_bytes"] == sum(map(len, expect))  # as written to the TAP: tags inserted
+        table = sorted((e.vlan, e.mac, e.remote) for e in fwd.fdb.entries())
+        assert table == [(0, LOCAL_MAC, 0), (10, LOCAL_MAC, 0), (20, LOCAL_MAC, 0), (30, LOCAL_MAC, 0)]
+
+        # Known in VLAN 10: unicast, in VLAN 10's id.
+        rig.inject([tagged(9, 10, dst=LOCAL_MAC)])
+        assert sum(rig.pump_tap(fwd, 1)) == 1
+        assert [rig.parse(p) for p, _ in rig.catch(1)] == [(ids[10], ether.strip_vlan(tagged(9, 10, LOCAL_MAC)))]
+        assert fwd.snapshot().stats["tx_unicast"] == 1
+
+    in_namespace("gre_vlans", impl, body)
 
 
 @pytest.mark.parametrize("case", ["vxlan", "gre"])
