@@ -63,8 +63,8 @@ def ovs_underlay_bridge(lab: Lab, i: int) -> None:
     The userspace datapath routes and ARPs tunnel packets itself, out of the bridge
     that owns the local underlay address: br-phy (datapath_type=netdev, the MAC of
     ul0) gets ul0 as a port, and 192.0.2.i/24 moves from ul0 to br-phy's internal
-    interface. A ping of every other host's underlay address then fills OVS's
-    tunnel neighbour cache (it snoops the ARP replies).
+    interface. The tunnel neighbours are learned once a tunnel port exists
+    (ovs_tunnel_port).
     """
     ovs, h = lab.ovs[i], lab.host(i)
     hwaddr = mac_of(h, "ul0")
@@ -75,13 +75,22 @@ def ovs_underlay_bridge(lab: Lab, i: int) -> None:
     sh("ip", "-n", h, "addr", "add", f"{lab.underlay_ip(i)}/24", "dev", "br-phy")
     sh("ip", "-n", h, "link", "set", "br-phy", "up")
     wait_for(f"br-phy's MAC {hwaddr} on host {i}", lambda: mac_of(h, "br-phy") == hwaddr)
-    for j in range(1, lab.n + 1):
-        if j != i:
-            ping_underlay(lab, i, j)
-            wait_for(
-                f"OVS tunnel neighbour {lab.underlay_ip(j)} on host {i}",
-                lambda j=j: lab.underlay_ip(j) in ovs.appctl("tnl/neigh/show"),  # type: ignore[misc]
-            )
+    wait_for(f"OVS's route via br-phy on host {i}", lambda: "dev br-phy" in ovs.appctl("ovs/route/show"))
+
+
+def learn_tunnel_neighbour(lab: Lab, i: int, j: int, timeout: float = 10.0) -> None:
+    """Make OVS on host i snoop host j's underlay MAC: fresh ARP (flush, then ping) until tnl/neigh has it.
+
+    OVS snoops ARP replies only while the datapath has a tunnel port, and the kernel
+    does not ARP again while its own neighbour entry lives, hence the flush.
+    """
+    ovs, h, peer = lab.ovs[i], lab.host(i), lab.underlay_ip(j)
+    deadline = time.monotonic() + timeout
+    while peer not in ovs.appctl("tnl/neigh/show"):
+        assert time.monotonic() < deadline, f"OVS on host {i} never learned {peer}:\n{ovs_debug(lab, i)}"
+        sh("ip", "-n", h, "neigh", "flush", "dev", "br-phy")
+        ping_underlay(lab, i, j)
+        time.sleep(0.1)
 
 
 def ping_underlay(lab: Lab, src: int, dst: int) -> None:
@@ -94,9 +103,13 @@ def ping_underlay(lab: Lab, src: int, dst: int) -> None:
 
 
 def ovs_tunnel_port(lab: Lab, i: int, kind: str, remote: int, *options: str, name: str = "tun0") -> str:
-    """An OVS native tunnel port (type kind: gre, vxlan) on host i's br-int towards host remote."""
+    """An OVS native tunnel port (type kind: gre, vxlan) on host i's br-int towards host remote.
+
+    Needs ovs_underlay_bridge(lab, i) first; returns once OVS knows the remote's underlay MAC.
+    """
     lab.ovs[i].vsctl("add-port", "br-int", name, "--", "set", "interface", name, f"type={kind}",
                      f"options:remote_ip={lab.underlay_ip(remote)}", *options)  # fmt: skip
+    learn_tunnel_neighbour(lab, i, remote)
     return name
 
 
