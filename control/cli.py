@@ -76,17 +76,20 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _static(text: str) -> tuple[bytes, str]:
-    mac, sep, remote = text.partition("=")
+def _static(text: str) -> tuple[bytes, str, int]:
+    """MAC=REMOTE, or MAC@VLAN=REMOTE for a MAC in VLAN (an 802.1Q VID as seen on the bridge)."""
+    left, sep, remote = text.partition("=")
     if not sep:
-        raise argparse.ArgumentTypeError(f"--static {text!r}: expected MAC=REMOTE")
+        raise argparse.ArgumentTypeError(f"--static {text!r}: expected MAC=REMOTE or MAC@VLAN=REMOTE")
+    mac, at, vlan_text = left.partition("@")
+    vlan = _ranged("VLAN", 0, 4094)(vlan_text) if at else 0
     try:
         raw = parse_mac(mac)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if raw[0] & 1 or not any(raw):
         raise argparse.ArgumentTypeError(f"--static {mac}: must be a unicast, nonzero MAC")
-    return raw, _ipv4(remote)
+    return raw, _ipv4(remote), vlan
 
 
 def _vlan_map(text: str) -> tuple[int, int]:
@@ -187,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         type=_static,
-        metavar="MAC=REMOTE",
-        help="static FDB entry: never ages, never moved by learning (repeatable)",
+        metavar="MAC[@VLAN]=REMOTE",
+        help="static FDB entry (in VLAN, default untagged): never ages, never moved by learning (repeatable)",
     )
     run.add_argument(
         "--udp-csum",

@@ -32,7 +32,7 @@ class RunOptions:
     mtu: int | None  # None = auto
     fdb_ageing: float
     fdb_max: int
-    statics: tuple[tuple[bytes, str], ...]
+    statics: tuple[tuple[bytes, str, int], ...]  # (MAC, remote address, VLAN)
     udp_csum: bool
     fast_path: bool
     ovsdb: str | None = None
@@ -81,15 +81,17 @@ def build(opts: RunOptions) -> DatapathConfig:
         remotes.append(Remote(addr, opts.local or local))
         path_mtus.append(mtu)
     underlay_mtu = min(path_mtus)
-    tap_mtu = opts.mtu if opts.mtu is not None else underlay_mtu - overhead(opts.mode, opts.key)
+    # GRE frames of a mapped VLAN always carry a key field, even without a base --key.
+    key_for_mtu = 0 if opts.mode == "gre" and opts.vlan_map else opts.key
+    tap_mtu = opts.mtu if opts.mtu is not None else underlay_mtu - overhead(opts.mode, key_for_mtu)
     if tap_mtu < MIN_TAP_MTU:
         raise SetupError(f"TAP MTU {tap_mtu} is below {MIN_TAP_MTU} (underlay MTU {underlay_mtu})")
     index = {r.addr: i for i, r in enumerate(remotes)}
     statics = []
-    for mac, remote in opts.statics:
+    for mac, remote, vlan in opts.statics:
         if remote not in index:
             raise SetupError(f"--static {remote}: not one of the --remote addresses")
-        statics.append((mac, index[remote]))
+        statics.append((mac, index[remote], vlan))
     tap = opts.tap or default_tap_name(opts.mode)
     tunnel_id = opts.vni if opts.mode == "vxlan" else (opts.key or 0)
     return DatapathConfig(
@@ -107,4 +109,5 @@ def build(opts: RunOptions) -> DatapathConfig:
         fdb_max=opts.fdb_max,
         fdb_ageing=opts.fdb_ageing,
         statics=tuple(statics),
+        vlan_map=opts.vlan_map,
     )

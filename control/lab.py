@@ -298,16 +298,14 @@ def container_mtu(mode: str, underlay_mtu: int = 1500, tagged: bool = False) -> 
     return underlay_mtu - overhead(mode) - (VLAN_HLEN if tagged else 0)
 
 
-def seed_lab(bridge: str) -> Lab:
+def seed_lab() -> Lab:
     """The seed scenario's two hosts yy2/yy3 and containers vmX/vmY (built by the caller)."""
-    if bridge == "ovs":
-        return Lab(2, host_names=("yy2", "yy3"), container_names=("vmX", "vmY"))
-    return Lab(2)
+    return Lab(2, host_names=("yy2", "yy3"), container_names=("vmX", "vmY"))
 
 
 def _demo(mode: str, seconds: int, fast: bool, bridge: str) -> dict[str, Any]:
     extra = () if fast else ("--no-fast-path",)
-    with seed_lab(bridge) as lab:
+    with seed_lab() as lab:
         if bridge == "ovs":
             lab.build(container_mtu(mode, tagged=True), bridge="ovs", tag=SEED_TAG)
         else:

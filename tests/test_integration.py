@@ -170,7 +170,7 @@ def test_signals_restart_after_crash_and_static_entries(mode: str) -> None:
         # The TAP is a port of br-int.
         assert "master br-int" in sh("ip", "-n", lab.host(1), "link", "show", tap).stdout
         fdb = lab.ovl(1, "fdb")
-        assert {"mac": static_mac, "remote": lab.underlay_ip(2), "static": True, "age": 0.0} in fdb
+        assert {"vlan": 0, "mac": static_mac, "remote": lab.underlay_ip(2), "static": True, "age": 0.0} in fdb
         assert lab.ping(1, 2, count=3)["loss"] < 100
         # SIGUSR1 logs counters and the FDB, and the daemon keeps running.
         d1 = lab.daemons[1]

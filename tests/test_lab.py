@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("no_leftovers")]
 
 def test_lab_reports_and_cleans_up() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "control.cli", "lab", "--mode", "gre", "--seconds", "1"],
+        [sys.executable, "-m", "control.cli", "lab", "--mode", "gre", "--bridge-type", "linux", "--seconds", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -25,8 +25,8 @@ def test_lab_reports_and_cleans_up() -> None:
     res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert lab_namespaces(proc.pid) == []
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "mode gre: OK" in res.stdout
-    assert "iperf3 TCP vm1 -> vm2:" in res.stdout and "loss 0%" in res.stdout
+    assert "mode gre, linux br-int: OK" in res.stdout
+    assert "iperf3 TCP vmX -> vmY:" in res.stdout and "loss 0%" in res.stdout
 
 
 def test_lab_interrupted_tears_down() -> None:

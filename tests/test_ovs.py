@@ -38,7 +38,7 @@ def ping_eventually(lab: Lab, src: int, dst: int, seconds: float = 15) -> None:
 
 @pytest.mark.parametrize("mode", ["gre", "vxlan"])
 def test_seed_scenario(mode: str) -> None:
-    with seed_lab("ovs") as lab:
+    with seed_lab() as lab:
         lab.build(container_mtu(mode, tagged=True), bridge="ovs", tag=SEED_TAG)
         lab.start_mesh(mode)
         tap = f"ovl-{mode}"
@@ -60,7 +60,7 @@ def test_seed_scenario(mode: str) -> None:
 
 
 def test_access_port_readded_after_delete_and_vswitchd_restart() -> None:
-    with seed_lab("ovs") as lab:
+    with seed_lab() as lab:
         lab.build(container_mtu("gre"), bridge="ovs", tag=SEED_TAG)
         lab.start_mesh("gre", "--tag", str(SEED_TAG))  # access ports: frames cross untagged
         o = lab.ovs[1]
@@ -95,7 +95,7 @@ def run_cli(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ovs_errors_are_one_line() -> None:
-    with seed_lab("ovs") as lab:
+    with seed_lab() as lab:
         lab.build(bridge="ovs", tag=SEED_TAG)
         peer, db = lab.underlay_ip(2), lab.ovs[1].db
         cases = [
@@ -114,3 +114,38 @@ def test_ovs_errors_are_one_line() -> None:
         # auto finds the OVS bridge through --ovsdb.
         lab.start(1, "--mode", "vxlan", "--remote", peer)
         assert "bridge br-int (ovs)" in lab.daemons[1].output()
+
+
+@pytest.mark.parametrize("mode", ["vxlan", "gre"])
+def test_vlan_map_carries_vlan_20_untagged_in_its_own_tunnel_id(mode: str) -> None:
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import GRE, Dot1Q, Ether
+    from scapy.layers.vxlan import VXLAN
+
+    from datapath.config import overhead
+    from tests.interop_util import Capture
+
+    tenant = 5020
+    with seed_lab() as lab:
+        # Mapped frames cross untagged; GRE frames of a mapped VLAN carry a key field.
+        lab.build(1500 - overhead(mode, 0), bridge="ovs", tag=SEED_TAG)
+        lab.start_mesh(mode, "--vlan-map", f"{SEED_TAG}={tenant}")
+        cap = Capture(lab, lab.switch, "p1", "udp port 4789" if mode == "vxlan" else "ip proto 47", f"map-{mode}")
+        assert lab.ping(1, 2, count=5)["loss"] == 0
+        packets = [Ether(p) for p in cap.stop()]
+        assert packets, "nothing captured on the underlay"
+        for pkt in packets:
+            if mode == "vxlan":
+                assert pkt[VXLAN].vni == tenant
+                inner = pkt[VXLAN].payload
+            else:
+                assert pkt[GRE].key_present and pkt[GRE].key == tenant
+                inner = pkt[GRE].payload
+            assert isinstance(inner, Ether) and Dot1Q not in inner, inner.summary()
+            assert pkt[IP].src in (lab.underlay_ip(1), lab.underlay_ip(2))
+        # Learned per VLAN: vmY's MAC in VLAN 20, behind yy3.
+        rows = [r for r in lab.ovl(1, "fdb") if r["mac"] == mac_of(lab, 2)]
+        assert rows and rows[0]["vlan"] == SEED_TAG and rows[0]["remote"] == lab.underlay_ip(2), rows
+        result = lab.iperf3(1, 2, 2)
+        assert "error" not in result and result["end"]["sum_received"]["bytes"] > 1_000_000, result
+        assert lab.ovl(1, "show")["drops"]["tx_too_big"] == 0
