@@ -71,6 +71,11 @@ def ovs_underlay_bridge(lab: Lab, i: int) -> None:
     ovs.vsctl("add-br", "br-phy", "--", "set", "bridge", "br-phy", "datapath_type=netdev", "fail-mode=standalone",
               f"other_config:hwaddr={hwaddr}")  # fmt: skip
     ovs.vsctl("add-port", "br-phy", "ul0")
+    # OVS reads ul0 through a packet socket, and the host's own stack still gets every frame of ul0 as well:
+    # 192.0.2.i is local (now on br-phy), so it would answer the tunnel packets with ICMP unreachables and
+    # ARP requests a second time. It has its copy through br-phy: on ul0, strict reverse-path filtering
+    # (the route back is via br-phy) drops the IP packets, arp_ignore=8 the ARP replies.
+    nsexec(h, "sysctl", "-qw", "net.ipv4.conf.ul0.rp_filter=1", "net.ipv4.conf.ul0.arp_ignore=8")
     sh("ip", "-n", h, "addr", "del", f"{lab.underlay_ip(i)}/24", "dev", "ul0")
     sh("ip", "-n", h, "addr", "add", f"{lab.underlay_ip(i)}/24", "dev", "br-phy")
     sh("ip", "-n", h, "link", "set", "br-phy", "up")

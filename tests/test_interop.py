@@ -7,9 +7,12 @@ ovl-dp's VXLAN packets and the kernel's side by side on the underlay.
 
 Checksum offload: a veth hands a packet to its peer with its checksum-offload
 state, so a kernel sender's checksums can cross the lab's underlay unfilled
-(notes/lab-wire.md). A physical NIC would fill them, so where the kernel sends
-towards ovl-dp we make its underlay veth behave like one (`ethtool -K ul0 tx
-off` on that host). ovl-dp's own checks are never relaxed.
+(notes/lab-wire.md). A physical NIC would fill them, so where the kernel's vxlan
+sends towards ovl-dp we make its underlay veth behave like one (`ethtool -K ul0
+tx off` on that host); without it ping works and TCP stalls in both directions
+(the kernel's ACKs arrive with bad checksums too). On Open vSwitch hosts the lab
+already sends from the containers with tx offload off, and OVS fills every
+checksum it puts on the underlay itself. ovl-dp's own checks are never relaxed.
 """
 
 from __future__ import annotations
