@@ -38,6 +38,7 @@ from typing import Any
 
 from control import ovs
 from control.ovs import OvsInstance
+from control.procs import stop_process
 from datapath.config import VLAN_HLEN, overhead
 
 UNDERLAY_PREFIX = "192.0.2."
@@ -254,9 +255,7 @@ class Lab:
             )  # fmt: skip
             result: dict[str, Any] = json.loads(res.stdout) if res.stdout.strip() else {"error": res.stderr}
         finally:
-            if srv.poll() is None:
-                srv.terminate()
-            srv.wait(5)
+            stop_process(srv, 5)
         return result
 
     # -- teardown ------------------------------------------------------------------

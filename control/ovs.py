@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from control.procs import stop_process
+
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 VSCTL_TIMEOUT = 10
 START_TIMEOUT = 20.0
@@ -126,13 +128,7 @@ class OvsInstance:
 
     def stop_vswitchd(self) -> None:
         """Stop ovs-vswitchd only (by PID), as a restart would."""
-        proc = self.vswitchd
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(self.vswitchd)
 
     def vsctl(self, *args: str) -> str:
         return vsctl(self.db, *args)
@@ -158,10 +154,4 @@ class OvsInstance:
     def stop(self) -> None:
         """Stop vswitchd, then ovsdb-server, by the PIDs started here."""
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
