@@ -22,9 +22,7 @@ from typing import Any
 import pytest
 
 from control.lab import SEED_TAG, Lab, container_mtu, sh
-from tests.interop_util import (
-    Capture,
-    iperf_bytes,
+from control.peers import (
     kernel_vxlan,
     kernel_vxlan_fdb,
     mac_of,
@@ -32,8 +30,8 @@ from tests.interop_util import (
     ovs_debug,
     ovs_tunnel_port,
     ovs_underlay_bridge,
-    send_frames,
 )
+from tests.interop_util import Capture, iperf_bytes, send_frames
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("no_leftovers")]
 

@@ -1,0 +1,248 @@
+"""Tunnel peers that are not ovl-dp, built inside a control.lab Lab: shared by the interop tests and bench.
+
+- the Linux kernel's ``vxlan`` device as a port of a host's Linux bridge br-int
+  (:func:`kernel_vxlan`);
+- Open vSwitch userspace native tunnels: the underlay handed to an OVS bridge
+  br-phy (:func:`ovs_underlay_bridge`), then a ``type=vxlan``/``type=gre`` port
+  on br-int (:func:`ovs_tunnel_port`), which waits until OVS has learned the
+  remote's underlay MAC (:func:`learn_tunnel_neighbour`); :func:`ovs_debug`
+  for error messages;
+- tinc (1.0) in switch mode (:func:`tinc_mesh`): one ``tincd`` per host with a
+  private configuration directory in the lab's workdir, its TAP a port of br-int.
+
+Everything here works only on the Lab's own namespaces and addresses, and leaves
+the teardown to the Lab: namespaces, OVS instances, and the processes started
+here, which go into ``lab.procs`` (stopped by PID).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from control.lab import Lab, LabError, sh
+
+
+def nsexec(ns: str, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run cmd inside network namespace ns (LabError with its output if it fails and check is set)."""
+    return sh("ip", "netns", "exec", ns, *cmd, check=check, timeout=timeout)
+
+
+def mac_of(ns: str, dev: str) -> str:
+    """The MAC address of dev in namespace ns, lower case."""
+    return sh("ip", "-n", ns, "-br", "link", "show", dev).stdout.split()[2].lower()
+
+
+def _poll(probe: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
+    """Poll probe() until it returns something truthy or timeout passes; its last value."""
+    deadline = time.monotonic() + timeout
+    value = probe()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = probe()
+    return value
+
+
+def _wait_until(what: str, probe: Callable[[], Any], timeout: float = 5.0, interval: float = 0.1) -> Any:
+    """Poll probe() until it returns something truthy; LabError naming what (and the last value) if not."""
+    value = _poll(probe, timeout, interval)
+    if not value:
+        raise LabError(f"timed out waiting for {what}: {value!r}")
+    return value
+
+
+# -- the Linux kernel's vxlan device ------------------------------------------------
+
+
+def kernel_vxlan(lab: Lab, i: int, remote: int, vni: int, port: int, *extra: str, name: str = "vx0") -> str:
+    """A kernel vxlan device on host i towards host remote, a port of the host's Linux bridge br-int, up."""
+    h = lab.host(i)
+    sh("ip", "-n", h, "link", "add", name, "type", "vxlan", "id", str(vni), "remote", lab.underlay_ip(remote),
+       "local", lab.underlay_ip(i), "dstport", str(port), "dev", "ul0", *extra)  # fmt: skip
+    sh("ip", "-n", h, "link", "set", name, "master", "br-int", "up")
+    return name
+
+
+def kernel_vxlan_fdb(lab: Lab, i: int, dev: str = "vx0") -> str:
+    """`bridge fdb show dev DEV` on host i."""
+    return sh("bridge", "-n", lab.host(i), "fdb", "show", "dev", dev).stdout
+
+
+# -- Open vSwitch userspace native tunnels --------------------------------------------
+
+
+def ovs_underlay_bridge(lab: Lab, i: int) -> None:
+    """Give OVS host i's underlay to an OVS bridge br-phy, as OVS native tunnelling needs.
+
+    The userspace datapath routes and ARPs tunnel packets itself, out of the bridge
+    that owns the local underlay address: br-phy (datapath_type=netdev, the MAC of
+    ul0) gets ul0 as a port, and 192.0.2.i/24 moves from ul0 to br-phy's internal
+    interface. The tunnel neighbours are learned once a tunnel port exists
+    (ovs_tunnel_port).
+    """
+    ovs, h = lab.ovs[i], lab.host(i)
+    hwaddr = mac_of(h, "ul0")
+    ovs.vsctl("add-br", "br-phy", "--", "set", "bridge", "br-phy", "datapath_type=netdev", "fail-mode=standalone",
+              f"other_config:hwaddr={hwaddr}")  # fmt: skip
+    ovs.vsctl("add-port", "br-phy", "ul0")
+    # OVS reads ul0 through a packet socket, and the host's own stack still gets every frame of ul0 as well:
+    # 192.0.2.i is local (now on br-phy), so it would answer the tunnel packets with ICMP unreachables and
+    # ARP requests a second time. It has its copy through br-phy: on ul0, strict reverse-path filtering
+    # (the route back is via br-phy) drops the IP packets, arp_ignore=8 the ARP replies.
+    nsexec(h, "sysctl", "-qw", "net.ipv4.conf.ul0.rp_filter=1", "net.ipv4.conf.ul0.arp_ignore=8")
+    sh("ip", "-n", h, "addr", "del", f"{lab.underlay_ip(i)}/24", "dev", "ul0")
+    sh("ip", "-n", h, "addr", "add", f"{lab.underlay_ip(i)}/24", "dev", "br-phy")
+    sh("ip", "-n", h, "link", "set", "br-phy", "up")
+    _wait_until(f"br-phy's MAC {hwaddr} on host {i}", lambda: mac_of(h, "br-phy") == hwaddr)
+    _wait_until(f"OVS's route via br-phy on host {i}", lambda: "dev br-phy" in ovs.appctl("ovs/route/show"))
+
+
+def learn_tunnel_neighbour(lab: Lab, i: int, j: int, timeout: float = 10.0) -> None:
+    """Make OVS on host i snoop host j's underlay MAC: fresh ARP (flush, then ping) until tnl/neigh has it.
+
+    OVS snoops ARP replies only while the datapath has a tunnel port, and the kernel
+    does not ARP again while its own neighbour entry lives, hence the flush.
+    """
+    ovs, h, peer = lab.ovs[i], lab.host(i), lab.underlay_ip(j)
+    deadline = time.monotonic() + timeout
+    while peer not in ovs.appctl("tnl/neigh/show"):
+        if time.monotonic() > deadline:
+            raise LabError(f"OVS on host {i} never learned {peer}:\n{ovs_debug(lab, i)}")
+        sh("ip", "-n", h, "neigh", "flush", "dev", "br-phy")
+        ping_underlay(lab, i, j)
+        time.sleep(0.1)
+
+
+def ping_underlay(lab: Lab, src: int, dst: int) -> None:
+    """Ping host dst's underlay address from host src (a few tries: OVS may still be adding the port)."""
+    for _ in range(10):
+        res = nsexec(lab.host(src), "ping", "-n", "-q", "-c", "1", "-W", "1", lab.underlay_ip(dst), check=False)
+        if res.returncode == 0:
+            return
+    raise LabError(f"host {src} cannot reach {lab.underlay_ip(dst)} on the underlay: {res.stdout}")
+
+
+def ovs_tunnel_port(lab: Lab, i: int, kind: str, remote: int, *options: str, name: str = "tun0") -> str:
+    """An OVS native tunnel port (type kind: gre, vxlan) on host i's br-int towards host remote.
+
+    Needs ovs_underlay_bridge(lab, i) first; returns once OVS knows the remote's underlay MAC.
+    """
+    lab.ovs[i].vsctl("add-port", "br-int", name, "--", "set", "interface", name, f"type={kind}",
+                     f"options:remote_ip={lab.underlay_ip(remote)}", *options)  # fmt: skip
+    learn_tunnel_neighbour(lab, i, remote)
+    return name
+
+
+def ovs_debug(lab: Lab, i: int) -> str:
+    """What OVS on host i thinks about routes, neighbours, tunnel ports and datapath flows (for messages)."""
+    out = []
+    for cmd in ("ovs/route/show", "tnl/neigh/show", "tnl/ports/show", "dpctl/dump-flows"):
+        try:
+            out.append(f"--- {cmd}\n{lab.ovs[i].appctl(cmd)}")
+        except Exception as exc:
+            out.append(f"--- {cmd}: {exc}")
+    return "\n".join(out)
+
+
+# -- tinc in switch mode -------------------------------------------------------------------
+
+TINC_PORT = 655
+TINC_IFACE = "tinc0"
+
+
+def tinc_installed() -> str | None:
+    """None if tincd is installed, else what to do about it."""
+    return None if shutil.which("tincd") else "tinc is not installed (apt-get install tinc)"
+
+
+def tinc_mesh(lab: Lab, hosts: tuple[int, ...] = (1, 2), timeout: float = 20.0) -> list[subprocess.Popen[bytes]]:
+    """tincd (Mode = switch) on each of hosts, its TAP tinc0 a port of the host's Linux bridge br-int.
+
+    Each host gets a private configuration directory in the lab's workdir: tinc.conf
+    (its name hI, switch mode, IPv4, a ConnectTo for every other host), an RSA key
+    pair generated non-interactively (``tincd -K``), and hosts/ files with every
+    host's underlay address and public key. tincd runs in the foreground (``-D``)
+    so that the lab stops it by PID; its log is the file tincd.log in the directory.
+    Returns once every tinc0 is in br-int and the hosts' tinc daemons have connected.
+    """
+    if missing := tinc_installed():
+        raise LabError(missing)
+    dirs: dict[int, Path] = {}
+    for i in hosts:
+        d = lab.workdir / f"tinc-h{i}"
+        (d / "hosts").mkdir(parents=True)
+        others = [f"ConnectTo = h{j}\n" for j in hosts if j != i]
+        (d / "tinc.conf").write_text(
+            f"Name = h{i}\nMode = switch\nAddressFamily = ipv4\nInterface = {TINC_IFACE}\n"
+            f"BindToAddress = {lab.underlay_ip(i)}\nPort = {TINC_PORT}\n" + "".join(others)
+        )
+        (d / "hosts" / f"h{i}").write_text(f"Address = {lab.underlay_ip(i)}\nPort = {TINC_PORT}\n")
+        sh("tincd", "-c", str(d), "-K", "2048", timeout=60)  # stdin is not a terminal: default file names
+        dirs[i] = d
+    for i in hosts:  # every host knows every host's address and public key
+        for j in hosts:
+            if j != i:
+                shutil.copy(dirs[j] / "hosts" / f"h{j}", dirs[i] / "hosts" / f"h{j}")
+    procs = []
+    for i in hosts:
+        d = dirs[i]
+        with (d / "tincd.log").open("wb") as log:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", lab.host(i), "tincd", "-c", str(d), "-D", "-d1", f"--pidfile={d}/tincd.pid"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        lab.procs.append(proc)
+        procs.append(proc)
+    for i, proc in zip(hosts, procs, strict=True):
+        h = lab.host(i)
+
+        def up(proc: subprocess.Popen[bytes] = proc, h: str = h, i: int = i) -> bool:
+            if proc.poll() is not None:
+                raise LabError(f"tincd on {h} exited with {proc.returncode}:\n{tinc_log(lab, i)}")
+            return sh("ip", "-n", h, "link", "show", TINC_IFACE, check=False).returncode == 0
+
+        _wait_until(f"tinc's {TINC_IFACE} on host {i}", up, timeout)
+        sh("ip", "-n", h, "link", "set", TINC_IFACE, "master", "br-int", "up")
+    for i in hosts:
+
+        def connected(i: int = i) -> bool:
+            return "activated" in tinc_log(lab, i)
+
+        if not _poll(connected, timeout):
+            raise LabError(f"tinc on host {i} did not connect in {timeout}s:\n{tinc_log(lab, i)[-2000:]}")
+    return procs
+
+
+_TINC_NODE = re.compile(r"^ (h\d+) at (?!MYSELF).*? pmtu (\d+) \(min (\d+) max (\d+)\)", re.MULTILINE)
+
+
+def tinc_pmtu(lab: Lab, i: int, proc: subprocess.Popen[bytes], timeout: float = 45.0) -> int:
+    """The path MTU (frame bytes) tincd on host i settled on towards its peers, the smallest; waits for it.
+
+    tinc 1.0 carries a frame longer than the path MTU it has confirmed so far over
+    its TCP meta connection instead of UDP, and its discovery probes take several
+    seconds after the connection is up. SIGUSR2 makes tincd log its node list, with
+    "pmtu N (min A max B)" per node: discovery is done when min == max for every peer.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.send_signal(signal.SIGUSR2)
+        time.sleep(0.5)
+        dumps = tinc_log(lab, i).split("Nodes:")
+        nodes = _TINC_NODE.findall(dumps[-1]) if len(dumps) > 1 else []
+        if nodes and all(lo == hi for _, _, lo, hi in nodes):
+            return min(int(hi) for _, _, _, hi in nodes)
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LabError(f"tinc on host {i}: no path MTU after {timeout:.0f}s: {nodes}\n{tinc_log(lab, i)[-1000:]}")
+
+
+def tinc_log(lab: Lab, i: int) -> str:
+    """What tincd on host i logged so far."""
+    path = lab.workdir / f"tinc-h{i}" / "tincd.log"
+    return path.read_text(errors="replace") if path.exists() else ""
