@@ -1,102 +1,355 @@
-"""ovl-dp against the kernel's own VXLAN, side by side in one run.
+"""ovl-dp against the other L2 tunnel datapaths on this machine, side by side in one run.
 
-Each round builds the two-host lab (control.lab) once per datapath, in an
-interleaved order, and measures TCP throughput (iperf3, one stream, container
-MTU 1450 for every datapath) and ping RTT between the containers. Medians over
-the rounds are printed as a table, each also as a ratio to the kernel's VXLAN
-from the same run, and written as JSON.
+    sudo python3 -m bench.compare --json bench/results/compare.json --png bench/results/compare.png
 
-    python3 -m bench.compare [--rounds 3] [--seconds 5] [--json FILE]
+(root: it builds network namespaces; ``--rounds 3 --seconds 5`` are the defaults;
+``--only NAME`` repeatable; ``--list`` shows the datapaths and which are available.)
 
-The benchmark reports; it does not pass or fail.
+For each round and each datapath available here — ovl-dp VXLAN and GRE, the
+kernel's own VXLAN device (the reference), Open vSwitch userspace native VXLAN
+and GRE ports (when OVS is installed; both hosts OVS), tinc 1.0 in switch mode
+(when ``tincd`` is installed) — the two-host lab of control.lab is built from
+scratch, the datapath brought up (peers from control.peers), and measured
+between the two containers:
+
+- TCP throughput: iperf3, 1 stream and 4 streams (``-P 4``), Gbit/s received;
+- latency: 200 pings at 10 ms intervals, p50 and p99 of the per-packet RTTs;
+- small packets: iperf3 UDP, 64-byte datagrams at unlimited rate (``-b 0``):
+  packets/s delivered and loss %;
+- for datapaths that are userspace processes (ovl-dp daemons, ovs-vswitchd,
+  tincd): CPU seconds (utime+stime of the processes of both hosts, from
+  /proc/PID/stat, before/after) per GB received during the 1-stream TCP test,
+  and peak RSS (VmHWM, the larger of the two hosts' processes).
+
+Containers use MTU 1450 on every datapath unless it needs less (the table's MTU
+column says). On Open vSwitch the containers send with ``ethtool -K eth0 tx
+off``, as the lab does for OVS (its userspace datapath does not carry checksum
+offload state). Datapaths run interleaved, the order rotating each round; the
+table shows medians over the rounds, each with its ratio to the kernel's
+VXLAN from the same run. A datapath that fails in a round is reported as failed
+in that round. Progress goes to stderr, the table to stdout, everything
+(every round's figures included) to --json, a chart to --png (matplotlib:
+``pip install -e '.[bench]'``). Every lab is torn down, also on failure and
+Ctrl-C. The benchmark reports; it does not pass or fail.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
+import platform
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from control.lab import Lab, sh
+from bench.parse import iperf_tcp, iperf_udp, ping_summary, proc_cpu_ticks, proc_vmhwm_kb
+from bench.report import METRICS, REFERENCE, TIMES, summarize, table
+from control import ovs, peers
+from control.lab import Lab, LabError, sh
 
 VNI = 42
-CONTAINER_MTU = 1450  # what the kernel's VXLAN leaves on a 1500 underlay; the same for all
+MTU = 1450  # what the kernel's VXLAN leaves of a 1500-byte underlay; the same for all that can carry it
+ETH_HLEN = 14
+PING_COUNT = 200
+PING_INTERVAL = 0.01
+UDP_LEN = 64
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def _kernel_vxlan(lab: Lab) -> None:
+def _nothing_missing() -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Datapath:
+    """A way to connect the lab's two hosts' bridges; start() returns the PIDs of its userspace processes."""
+
+    name: str
+    label: str
+    start: Callable[[Lab], list[int]]
+    bridge: str = "linux"
+    mtu: int = MTU
+    missing: Callable[[], str | None] = _nothing_missing
+    note: str = ""
+    default: bool = True
+
+
+def _kernel_vxlan(lab: Lab) -> list[int]:
     for i, j in ((1, 2), (2, 1)):
-        h = lab.host(i)
-        sh("ip", "-n", h, "link", "add", "vx0", "type", "vxlan", "id", str(VNI), "remote", lab.underlay_ip(j),
-           "local", lab.underlay_ip(i), "dstport", "4789", "dev", "ul0")  # fmt: skip
-        sh("ip", "-n", h, "link", "set", "vx0", "master", "br-int", "up")
+        peers.kernel_vxlan(lab, i, j, VNI, 4789)
+    return []
 
 
-def _ovl(mode: str, fast: bool = True) -> Callable[[Lab], None]:
-    def start(lab: Lab) -> None:
+def _ovl(mode: str, fast: bool = True) -> Callable[[Lab], list[int]]:
+    def start(lab: Lab) -> list[int]:
         extra = ("--vni", str(VNI)) if mode == "vxlan" else ()
         lab.start_mesh(mode, *extra, *(() if fast else ("--no-fast-path",)))
+        return [d.proc.pid for d in lab.daemons.values()]
 
     return start
 
 
-DATAPATHS: dict[str, Callable[[Lab], None]] = {
-    "kernel-vxlan": _kernel_vxlan,
-    "ovl-dp-vxlan": _ovl("vxlan"),
-    "ovl-dp-gre": _ovl("gre"),
-    "ovl-dp-vxlan-python": _ovl("vxlan", fast=False),
-}
+def _ovs_native(kind: str) -> Callable[[Lab], list[int]]:
+    def start(lab: Lab) -> list[int]:
+        for i in (1, 2):
+            peers.ovs_underlay_bridge(lab, i)
+        options = (f"options:key={VNI}",) if kind == "vxlan" else ()
+        for i, j in ((1, 2), (2, 1)):
+            peers.ovs_tunnel_port(lab, i, kind, j, *options)
+        return [lab.ovs[i].vswitchd.pid for i in (1, 2)]
+
+    return start
 
 
-def measure(name: str, seconds: int) -> dict[str, float]:
-    """One lab, one datapath: throughput (Gbit/s) and ping RTT (ms)."""
-    with Lab(2) as lab:
-        lab.build(CONTAINER_MTU)
-        DATAPATHS[name](lab)
-        lab.ping(1, 2, count=3, interval=0.1)  # ARP and FDB warm-up
-        rtt = lab.ping(1, 2, count=50, interval=0.02)
-        perf = lab.iperf3(1, 2, seconds)
-    gbps = perf.get("end", {}).get("sum_received", {}).get("bits_per_second", 0.0) / 1e9
-    return {"gbps": gbps, "rtt_avg_ms": rtt.get("avg", float("nan")), "loss": rtt["loss"]}
+def _tinc(lab: Lab) -> list[int]:
+    procs = peers.tinc_mesh(lab)
+    pmtu = min(peers.tinc_pmtu(lab, i, proc) for i, proc in zip((1, 2), procs, strict=True))
+    mtu = min(MTU, pmtu - ETH_HLEN)  # frames tinc's path MTU cannot carry over UDP it sends over TCP
+    for i in (1, 2):
+        sh("ip", "-n", lab.container(i), "link", "set", "eth0", "mtu", str(mtu))
+    return [p.pid for p in procs]
+
+
+OVS_NOTE = "both hosts Open vSwitch (userspace datapath), containers with tx checksum offload off"
+DATAPATHS: dict[str, Datapath] = {
+    d.name: d
+    for d in (
+        Datapath("kernel-vxlan", "kernel VXLAN (reference)", _kernel_vxlan),
+        Datapath("ovl-dp-vxlan", "ovl-dp VXLAN", _ovl("vxlan")),
+        Datapath("ovl-dp-gre", "ovl-dp GRE", _ovl("gre")),
+        Datapath("ovs-vxlan", "OVS userspace VXLAN", _ovs_native("vxlan"), "ovs", missing=ovs.installed, note=OVS_NOTE),
+        Datapath("ovs-gre", "OVS userspace GRE", _ovs_native("gre"), "ovs", missing=ovs.installed, note=OVS_NOTE),
+        Datapath("tinc-switch", "tinc 1.0 switch mode", _tinc, missing=peers.tinc_installed,
+                 note="tincd defaults (UDP, blowfish-CBC, SHA1); container MTU lowered to the path MTU tinc discovers "
+                      "(it carries longer frames over TCP)"),
+        Datapath("ovl-dp-vxlan-python", "ovl-dp VXLAN --no-fast-path", _ovl("vxlan", fast=False), default=False),
+    )
+}  # fmt: skip
+
+
+# -- one datapath, one round ---------------------------------------------------------------
+
+
+def _cpu_ticks(pids: list[int]) -> int:
+    return sum(proc_cpu_ticks(Path(f"/proc/{pid}/stat").read_text()) for pid in pids)
+
+
+def _container_mtu(lab: Lab) -> int:
+    """The MTU of container 1's eth0 (what the datapath left it)."""
+    return int(sh("ip", "-n", lab.container(1), "-o", "link", "show", "eth0").stdout.split(" mtu ")[1].split()[0])
+
+
+def _wait_connected(lab: Lab, timeout: float = 20.0) -> None:
+    """Until a ping each way gets through (OVS installs flows, tinc exchanges keys), then ARP/FDB warm-up."""
+    deadline = time.monotonic() + timeout
+    for src, dst in ((1, 2), (2, 1)):
+        while lab.ping(src, dst, count=1, interval=0.2, check=False)["loss"] > 0:
+            if time.monotonic() > deadline:
+                raise LabError(f"container {src} cannot reach container {dst} after {timeout:.0f}s")
+    lab.ping(1, 2, count=3, interval=0.1, check=False)
+
+
+def _ping(lab: Lab, count: int, interval: float) -> dict[str, float]:
+    res = peers.nsexec(
+        lab.container(1), "ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2", lab.overlay_ip(2),
+        check=False, timeout=count * interval + 30,
+    )  # fmt: skip
+    return ping_summary(res.stdout)
+
+
+def measure(dp: Datapath, seconds: int, say: Callable[[str], None], ping_count: int = PING_COUNT) -> dict[str, Any]:
+    """Build a lab, bring dp up and measure it; the round's record (see bench.report), never raises but Ctrl-C."""
+    rnd: dict[str, Any] = {"ok": False, "error": None, "metrics": {}, "errors": {}}
+    metrics: dict[str, float] = rnd["metrics"]
+    errors: dict[str, str] = rnd["errors"]
+    try:
+        with Lab(2) as lab:
+            say("building the lab")
+            lab.build(dp.mtu, bridge=dp.bridge)
+            pids = dp.start(lab)
+            _wait_connected(lab)
+            rnd["ok"] = True
+            rnd["pids"] = pids
+            rnd["mtu"] = _container_mtu(lab)
+
+            def tcp1() -> dict[str, float]:
+                before = _cpu_ticks(pids)
+                tcp = iperf_tcp(lab.iperf3(1, 2, seconds))
+                out = {"tcp1_gbps": tcp["gbps"], "tcp1_retransmits": tcp["retransmits"]}
+                if pids:
+                    cpu = (_cpu_ticks(pids) - before) / os.sysconf("SC_CLK_TCK")
+                    out |= {"cpu_s_tcp1": cpu, "cpu_s_per_gb": cpu / (tcp["bytes"] / 1e9) if tcp["bytes"] else 0.0}
+                return out
+
+            def tcp4() -> dict[str, float]:
+                tcp = iperf_tcp(lab.iperf3(1, 2, seconds, "-P", "4"))
+                return {"tcp4_gbps": tcp["gbps"], "tcp4_retransmits": tcp["retransmits"]}
+
+            def udp() -> dict[str, float]:
+                return iperf_udp(lab.iperf3(1, 2, seconds, "-u", "-l", str(UDP_LEN), "-b", "0"))
+
+            tests: list[tuple[str, Callable[[], dict[str, float]]]] = [
+                ("ping", lambda: _ping(lab, ping_count, PING_INTERVAL)),
+                ("tcp 1 stream", tcp1),
+                ("tcp 4 streams", tcp4),
+                ("udp 64 B", udp),
+            ]
+            for test, run in tests:
+                say(test)
+                try:
+                    metrics.update(run())
+                except (LabError, ovs.OvsError, ValueError, KeyError, OSError, subprocess.SubprocessError) as exc:
+                    errors[test] = f"{type(exc).__name__}: {str(exc).strip()[-500:]}"
+                    say(f"{test} failed: {errors[test]}")
+            if pids:
+                try:
+                    rss = max(proc_vmhwm_kb(Path(f"/proc/{pid}/status").read_text()) for pid in pids)
+                    metrics["rss_mb"] = rss / 1024
+                except (OSError, ValueError) as exc:
+                    errors["rss"] = str(exc)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        rnd["ok"] = False
+        rnd["error"] = f"{type(exc).__name__}: {str(exc).strip()[-1500:]}"
+        say(f"FAILED: {rnd['error'][-300:]}")
+    return rnd
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def _meta(args: argparse.Namespace) -> dict[str, Any]:
+    def git(*a: str) -> str:
+        res = subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True, check=False)
+        return res.stdout.strip()
+
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "python3 -m bench.compare " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
+        "commit": git("rev-parse", "HEAD"),
+        "datapath_sources_modified": bool(git("status", "--porcelain", "--", "datapath", "csrc", "control")),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "ping": {"count": args.ping_count, "interval_s": PING_INTERVAL},
+        "udp_datagram_bytes": UDP_LEN,
+        "reference": REFERENCE,
+    }
+
+
+def _select(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The datapaths to run (reference first) and those skipped, with why."""
+    wanted = args.only or [n for n, d in DATAPATHS.items() if d.default]
+    names, skipped = [], {}
+    for name in dict.fromkeys([REFERENCE, *wanted]):
+        missing = DATAPATHS[name].missing()
+        if missing:
+            skipped[name] = missing
+        else:
+            names.append(name)
+    return names, skipped
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m bench.compare", description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--seconds", type=int, default=5, help="iperf3 duration per measurement")
-    p.add_argument("--only", action="append", choices=sorted(DATAPATHS), help="datapaths to run (default all)")
-    p.add_argument("--json", help="write the results here")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--seconds", type=int, default=5, help="duration of each iperf3 test (default 5)")
+    p.add_argument("--ping-count", type=int, default=PING_COUNT, help=f"pings per round (default {PING_COUNT})")
+    p.add_argument("--only", action="append", choices=sorted(DATAPATHS), help="datapath to run (repeatable)")
+    p.add_argument("--json", metavar="FILE", help="write medians, ratios and every round here")
+    p.add_argument("--png", metavar="FILE", help="write a chart of the medians here (needs matplotlib)")
+    p.add_argument("--list", action="store_true", help="list the datapaths and whether they are available")
     args = p.parse_args(argv)
-    names = args.only or list(DATAPATHS)
-    if "kernel-vxlan" not in names:
-        names.insert(0, "kernel-vxlan")
-    runs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-    for r in range(args.rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]  # rotate: no datapath always runs first
-        for name in order:
-            print(f"round {r + 1}/{args.rounds}: {name} ...", file=sys.stderr, flush=True)
-            runs[name].append(measure(name, args.seconds))
-    med = {n: {k: statistics.median(x[k] for x in runs[n]) for k in ("gbps", "rtt_avg_ms")} for n in names}
-    ref = med["kernel-vxlan"]
-    print(f"\n{'datapath':<22} {'TCP Gbit/s':>10} {'x kernel':>9} {'RTT ms':>8} {'x kernel':>9}")
-    for n in names:
-        m = med[n]
-        print(f"{n:<22} {m['gbps']:>10.3f} {m['gbps'] / ref['gbps']:>9.2f} "
-              f"{m['rtt_avg_ms']:>8.3f} {m['rtt_avg_ms'] / ref['rtt_avg_ms']:>9.2f}")  # fmt: skip
-    report: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"),
-        "rounds": args.rounds,
-        "seconds": args.seconds,
-        "median": med,
+    args.argv = argv
+    if args.list:
+        for name, d in DATAPATHS.items():
+            status = d.missing() or ("available" if d.default else "available, only with --only")
+            print(f"{name:<22} {d.label:<30} {status}")
+        return 0
+    if os.geteuid() != 0:
+        print("bench: needs root (it builds network namespaces)", file=sys.stderr)
+        return 2
+    for tool in ("ip", "ping", "iperf3", "ss", "ethtool"):
+        if shutil.which(tool) is None:
+            print(f"bench: needs `{tool}` (apt-get install iproute2 iputils-ping iperf3 ethtool)", file=sys.stderr)
+            return 2
+    names, skipped = _select(args)
+    for name, why in skipped.items():
+        print(f"skipping {name}: {why}", file=sys.stderr)
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    interrupted = False
+    t0 = time.monotonic()
+    try:
+        for r in range(args.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]  # rotate: no datapath always runs first
+            for k, name in enumerate(order, 1):
+                prefix = f"round {r + 1}/{args.rounds} ({k}/{len(order)}) {name}"
+
+                def say(msg: str, prefix: str = prefix) -> None:
+                    print(f"[{time.monotonic() - t0:5.0f}s] {prefix}: {msg}", file=sys.stderr, flush=True)
+
+                rnd = measure(DATAPATHS[name], args.seconds, say, args.ping_count)
+                rnd["round"], rnd["position"] = r + 1, k
+                runs[name].append(rnd)
+                m = rnd["metrics"]
+                if rnd["ok"]:
+                    say("  ".join(f"{key}={m[key]:.4g}" for key in (x.key for x in METRICS) if key in m))
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: reporting the rounds completed so far", file=sys.stderr)
+
+    summary = summarize(runs)
+    labels = {n: DATAPATHS[n].label for n in names}
+    mtus = {n: "/".join(sorted({str(r["mtu"]) for r in runs[n] if "mtu" in r})) or str(DATAPATHS[n].mtu) for n in names}
+    done = min((len(v) for v in runs.values()), default=0)
+    print(f"\nmedians of {done} interleaved round(s), iperf3 {args.seconds} s per test; {TIMES}: ratio to kernel VXLAN")
+    print(table(summary, labels, mtus))
+    notes = [f"{n}: {DATAPATHS[n].note}" for n in names if DATAPATHS[n].note]
+    notes += [f"{n}: skipped ({why})" for n, why in skipped.items()]
+    for name, s in summary.items():
+        notes += [f"{name}: failed in {f}" for f in s["failures"]]
+        notes += [f"{name}: {e}" for e in s["test_errors"]]
+    for line in notes:
+        print(f"  {line}")
+
+    report = {
+        "meta": {**_meta(args), "interrupted": interrupted, "elapsed_s": round(time.monotonic() - t0, 1)},
+        "datapaths": {n: {"label": labels[n], "mtu": mtus[n], "note": DATAPATHS[n].note} for n in names},
+        "skipped": skipped,
+        "metrics": {m.key: {"header": m.header, "better": m.better, "ratio": m.ratio} for m in METRICS},
+        "summary": summary,
         "runs": runs,
     }
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    return 0
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"JSON: {args.json}", file=sys.stderr)
+    if args.png:
+        try:
+            from bench.chart import write_png
+
+            Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+            title = (f"{report['meta']['date']}, {os.cpu_count()} CPUs, medians of {done} rounds; "
+                     f"{TIMES} = ratio to kernel VXLAN")  # fmt: skip
+            write_png(args.png, summary, labels, title)
+            print(f"PNG: {args.png}", file=sys.stderr)
+        except ImportError as exc:
+            print(f"no PNG: {exc} (pip install -e '.[bench]')", file=sys.stderr)
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,206 @@
+"""The benchmark's pure parts: parsing ping / iperf3 / /proc output, medians and ratios, the table. No lab."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.parse import (
+    IperfError,
+    iperf_tcp,
+    iperf_udp,
+    percentile,
+    ping_loss,
+    ping_summary,
+    ping_times,
+    proc_cpu_ticks,
+    proc_vmhwm_kb,
+)
+from bench.report import METRICS, REFERENCE, TIMES, cell, medians, ratios, summarize, table
+
+PING = """\
+PING 172.20.1.2 (172.20.1.2) 56(84) bytes of data.
+64 bytes from 172.20.1.2: icmp_seq=1 ttl=64 time=0.412 ms
+64 bytes from 172.20.1.2: icmp_seq=2 ttl=64 time=0.101 ms
+64 bytes from 172.20.1.2: icmp_seq=2 ttl=64 time=0.150 ms (DUP!)
+64 bytes from 172.20.1.2: icmp_seq=4 ttl=64 time=0.200 ms
+64 bytes from 172.20.1.2: icmp_seq=5 ttl=64 time=1.05 ms
+
+--- 172.20.1.2 ping statistics ---
+5 packets transmitted, 4 received, +1 duplicates, 20% packet loss, time 41ms
+rtt min/avg/max/mdev = 0.101/0.440/1.050/0.370 ms
+"""
+
+
+def test_ping_times_in_order_without_duplicates() -> None:
+    assert ping_times(PING) == [0.412, 0.101, 0.200, 1.05]
+    assert ping_loss(PING) == 20.0
+
+
+def test_ping_summary() -> None:
+    s = ping_summary(PING)
+    assert s["rtt_p50_ms"] == pytest.approx((0.2 + 0.412) / 2)
+    assert s["rtt_p99_ms"] == pytest.approx(0.412 + (1.05 - 0.412) * 0.97)
+    assert (s["ping_replies"], s["ping_loss_pct"]) == (4, 20.0)
+
+
+def test_ping_without_replies() -> None:
+    out = "PING 172.20.1.2 (172.20.1.2) 56(84) bytes of data.\n\n3 packets transmitted, 0 received, 100% packet loss"
+    assert ping_times(out) == [] and ping_loss(out) == 100.0
+    with pytest.raises(ValueError, match="no ping replies"):
+        ping_summary(out)
+    assert ping_loss("ping: connect: Network is unreachable") == 100.0
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    values = [float(v) for v in range(1, 201)]  # 1..200
+    assert percentile(values, 50) == pytest.approx(100.5)
+    assert percentile(values, 99) == pytest.approx(198.01)
+    assert percentile(values, 0) == 1 and percentile(values, 100) == 200
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([5.0, 1.0], 50) == 3.0  # unsorted input
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def tcp_result(bits: float, nbytes: int, retransmits: int = 7) -> dict[str, Any]:
+    """The parts of an iperf3 3.12 -J TCP result the benchmark reads."""
+    return {
+        "start": {},
+        "intervals": [],
+        "end": {
+            "sum_sent": {"seconds": 5.0, "bytes": nbytes, "bits_per_second": bits * 1.01, "retransmits": retransmits},
+            "sum_received": {"seconds": 5.0, "bytes": nbytes, "bits_per_second": bits},
+        },
+    }
+
+
+def test_iperf_tcp() -> None:
+    assert iperf_tcp(tcp_result(9.3e9, 5_812_500_000)) == {"gbps": 9.3, "bytes": 5_812_500_000, "retransmits": 7}
+
+
+def test_iperf_errors() -> None:
+    with pytest.raises(IperfError, match="unable to connect"):
+        iperf_tcp({"start": {}, "error": "error - unable to connect to server: Connection refused"})
+    with pytest.raises(IperfError, match=r"no end\.sum_received"):
+        iperf_udp({"start": {}, "end": {}})
+    with pytest.raises(IperfError):
+        iperf_tcp({"error": ""})  # Lab.iperf3's form when iperf3 printed nothing
+
+
+UDP = json.loads("""{"end": {
+  "sum": {"seconds": 2.00022, "bytes": 8945920, "lost_packets": 14320, "packets": 139780, "sender": true},
+  "sum_sent": {"seconds": 2.000159, "bytes": 8945920, "lost_packets": 0, "packets": 139780, "sender": true},
+  "sum_received": {"seconds": 2.00022, "bytes": 8029440, "lost_packets": 14320, "packets": 139780,
+                   "lost_percent": 10.244670196022321, "sender": false}}}""")
+
+
+def test_iperf_udp() -> None:
+    """Figures from a real iperf3 3.12 run: 139780 sent, 14320 lost, i.e. 8029440 bytes of 64 received."""
+    r = iperf_udp(UDP)
+    assert r["udp_pps"] == pytest.approx(125460 / 2.00022)
+    assert r["udp_pps"] * 2.00022 * 64 == pytest.approx(8029440)
+    assert r["udp_sent_pps"] == pytest.approx(139780 / 2.00022)
+    assert r["udp_loss_pct"] == pytest.approx(10.244670196022321)
+
+
+def test_iperf_udp_negative_loss_is_clamped() -> None:
+    rx = {"seconds": 1.0, "packets": 100, "lost_packets": -3}
+    assert iperf_udp({"end": {"sum_received": rx}}) == {"udp_pps": 100, "udp_sent_pps": 100, "udp_loss_pct": 0}
+    with pytest.raises(IperfError):
+        iperf_udp({"end": {"sum_received": {**rx, "seconds": 0}}})
+
+
+def test_proc_figures() -> None:
+    # The comm may contain spaces and parentheses: fields are counted after the last ")".
+    stat = "4242 (python3 (x) y) S 1 4242 4242 0 -1 4194560 900 0 0 0 1234 567 0 0 20 0 3 0 100 1000 2000"
+    assert proc_cpu_ticks(stat) == 1234 + 567
+    assert proc_cpu_ticks(Path("/proc/self/stat").read_text()) >= 0
+    assert proc_vmhwm_kb("Name:\tpython3\nVmPeak:\t  300000 kB\nVmHWM:\t   39164 kB\nVmRSS:\t 1 kB\n") == 39164
+    assert proc_vmhwm_kb(Path("/proc/self/status").read_text()) > 0
+    with pytest.raises(ValueError):
+        proc_vmhwm_kb("Name:\tkthreadd\n")
+
+
+def rounds(*values: float | None, key: str = "tcp1_gbps") -> list[dict[str, Any]]:
+    """Rounds with one metric; None: a round whose datapath failed."""
+    return [
+        {"round": i, "ok": True, "error": None, "metrics": {key: v}, "errors": {}}
+        if v is not None
+        else {"round": i, "ok": False, "error": "LabError: boom", "metrics": {}, "errors": {}}
+        for i, v in enumerate(values, 1)
+    ]
+
+
+def test_medians_skip_failed_rounds_and_missing_metrics() -> None:
+    rs = rounds(1.0, None, 3.0, 2.0)
+    rs.append({"round": 5, "ok": True, "metrics": {"rtt_p50_ms": 0.5}, "errors": {"tcp 1 stream": "x"}})
+    assert medians(rs) == {"tcp1_gbps": 2.0, "rtt_p50_ms": 0.5}
+    assert medians(rounds(1.0, 4.0)) == {"tcp1_gbps": 2.5}
+    assert medians(rounds(None)) == {}
+    assert medians([{"metrics": {"tcp1_gbps": float("nan")}}]) == {}
+
+
+def test_ratios() -> None:
+    assert ratios({"a": 1.0, "b": 3.0, "c": 1.0}, {"a": 4.0, "b": 0.0}) == {"a": 0.25}
+
+
+def test_summarize() -> None:
+    runs = {REFERENCE: rounds(10.0, 12.0, 11.0), "ovl-dp-vxlan": rounds(1.0, None, 2.0)}
+    runs["ovl-dp-vxlan"][0]["errors"] = {"udp 64 B": "IperfError: timeout"}
+    s = summarize(runs)
+    assert s[REFERENCE]["median"] == {"tcp1_gbps": 11.0} and s[REFERENCE]["ratio"] == {"tcp1_gbps": 1.0}
+    ovl = s["ovl-dp-vxlan"]
+    assert ovl["median"] == {"tcp1_gbps": 1.5}
+    assert ovl["ratio"]["tcp1_gbps"] == pytest.approx(1.5 / 11)
+    assert (ovl["rounds_ok"], ovl["rounds"]) == (2, 3)
+    assert ovl["failures"] == ["round 2: LabError: boom"]
+    assert ovl["test_errors"] == ["round 1 udp 64 B: IperfError: timeout"]
+
+
+def test_summarize_without_a_reference_has_no_ratios() -> None:
+    s = summarize({REFERENCE: rounds(None), "ovl-dp-gre": rounds(1.0)})
+    assert s["ovl-dp-gre"]["ratio"] == {} and s[REFERENCE]["rounds_ok"] == 0
+
+
+def test_cell() -> None:
+    tcp, loss = METRICS[0], next(m for m in METRICS if m.key == "udp_loss_pct")
+    kpps = next(m for m in METRICS if m.key == "udp_pps")
+    assert cell(tcp, 9.304, 1.0) == f"9.30 {TIMES}1.00"
+    assert cell(tcp, 0.7105, None) == "0.71"
+    assert cell(tcp, None, None) == "-"
+    assert cell(loss, 59.04, 19.0) == "59.0"  # no ratio for a loss percentage
+    assert cell(kpps, 29470.0, 0.413) == f"29.5 {TIMES}0.41"
+
+
+def test_table() -> None:
+    runs = {REFERENCE: rounds(10.0), "ovl-dp-vxlan": rounds(1.0), "tinc-switch": rounds(None)}
+    text = table(
+        summarize(runs),
+        labels={REFERENCE: "kernel VXLAN (reference)", "ovl-dp-vxlan": "ovl-dp VXLAN"},
+        mtus={REFERENCE: "1450", "ovl-dp-vxlan": "1450"},
+    )
+    lines = text.splitlines()
+    assert len(lines) == 2 + 3
+    assert len({len(line) for line in lines}) == 1  # aligned columns
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert head == ["datapath", "MTU", *(m.header for m in METRICS), "rounds ok"]
+    assert set(lines[1]) <= set("|-:")
+    kernel, ovl, tinc = ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])
+    assert kernel[:3] == ["kernel VXLAN (reference)", "1450", f"10.00 {TIMES}1.00"]
+    assert ovl[:3] == ["ovl-dp VXLAN", "1450", f"1.00 {TIMES}0.10"] and ovl[-1] == "1/1"
+    assert tinc[0] == "tinc-switch" and tinc[1] == "-" and set(tinc[2:-1]) == {"-"} and tinc[-1] == "0/1"
+
+
+def test_datapaths_and_command_line() -> None:
+    """The registry holds the reference and every datapath the brief names; --list runs without root or lab."""
+    from bench.compare import DATAPATHS, main
+
+    assert {REFERENCE, "ovl-dp-vxlan", "ovl-dp-gre", "ovs-vxlan", "ovs-gre", "tinc-switch"} <= set(DATAPATHS)
+    assert all(d.mtu == 1450 for d in DATAPATHS.values())
+    assert main(["--list"]) == 0
