@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background by a script
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     interrupted = False
     t0 = time.monotonic()
