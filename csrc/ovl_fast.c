@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define ETH_HLEN 14
@@ -300,6 +301,175 @@ int ovl_decap(const struct ovl_config *c, const uint8_t *pkt, size_t len) {
     return off >= 0 && tid != base_id(c) ? bad_id(c) : off;
 }
 
+/* ---- TAP offloads: TSO segmentation and checksum completion ------------------------
+ * A TAP opened with IFF_VNET_HDR and TUNSETOFFLOAD(CSUM|TSO4|TSO6) hands over frames
+ * the kernel left unfinished: a partial checksum (NEEDS_CSUM: the checksum field holds
+ * the pseudo-header sum, the rest is summed from csum_start, which on a TAP counts from
+ * the Ethernet header) and TCP super-frames of up to 64 KiB (gso_type TCPV4/TCPV6)
+ * that must be cut into gso_size segments, as the kernel's tcp_gso_segment does: each a
+ * complete frame with its own IP length (IPv4: id + i and header checksum), TCP
+ * sequence number, flags (CWR only on the first, FIN and PSH only on the last) and full
+ * TCP checksum. Header lengths come from the headers, never from hdr_len. */
+
+#define TCP_HLEN 20
+#define IPV6_HLEN 40
+#define TCP_FIN 0x01
+#define TCP_PSH 0x08
+#define TCP_CWR 0x80
+
+struct vnet_hdr {
+    uint8_t flags;
+    uint8_t gso_type;
+    uint16_t hdr_len;
+    uint16_t gso_size;
+    uint16_t csum_start;
+    uint16_t csum_offset;
+};
+
+static void vnet_read(const uint8_t *p, struct vnet_hdr *v) {
+    v->flags = p[0];
+    v->gso_type = p[1];
+    memcpy(&v->hdr_len, p + 2, 2); /* native endian, as the TAP writes it */
+    memcpy(&v->gso_size, p + 4, 2);
+    memcpy(&v->csum_start, p + 6, 2);
+    memcpy(&v->csum_offset, p + 8, 2);
+}
+
+/* A TCP super-frame, parsed once and cut segment by segment. */
+struct tso {
+    const uint8_t *f;
+    uint32_t len;
+    uint32_t l3, l4, hdrs; /* offsets of the IP header, the TCP header, the payload */
+    uint32_t mss, nseg;
+    uint32_t v6;
+    uint32_t seq;
+    uint16_t ipid;
+};
+
+/* Offset of the network header behind up to two VLAN tags, and its EtherType; 0 if cut short. */
+static uint32_t l3_offset(const uint8_t *f, size_t len, uint16_t *type) {
+    uint32_t off = 12;
+    if (len < ETH_HLEN)
+        return 0;
+    *type = get16(f + off);
+    for (int tags = 0; tags < 2 && (*type == ETH_P_8021Q || *type == ETH_P_8021AD); tags++) {
+        off += VLAN_HLEN;
+        if (len < off + 2)
+            return 0;
+        *type = get16(f + off);
+    }
+    return off + 2;
+}
+
+static int tso_prepare(struct tso *t, const struct vnet_hdr *v, const uint8_t *f, size_t len) {
+    uint16_t type = 0;
+    uint8_t gso = v->gso_type & (uint8_t)~OVL_VNET_GSO_ECN;
+    uint32_t l3 = l3_offset(f, len, &type);
+    if (!l3 || len > 0xFFFFFF || v->gso_size == 0)
+        return -OVL_DROP_TX_BAD_OFFLOAD;
+    memset(t, 0, sizeof(*t));
+    t->f = f;
+    t->len = (uint32_t)len;
+    t->l3 = l3;
+    if (gso == OVL_VNET_GSO_TCPV4 && type == ETH_P_IP) {
+        if (len < l3 + IPV4_HLEN || f[l3] >> 4 != 4)
+            return -OVL_DROP_TX_BAD_OFFLOAD;
+        uint32_t ihl = (uint32_t)(f[l3] & 0x0F) * 4;
+        if (ihl < IPV4_HLEN || len < l3 + ihl || f[l3 + 9] != IPPROTO_TCP || (get16(f + l3 + 6) & 0x3FFF))
+            return -OVL_DROP_TX_BAD_OFFLOAD;
+        t->l4 = l3 + ihl;
+        t->ipid = get16(f + l3 + 4);
+    } else if (gso == OVL_VNET_GSO_TCPV6 && type == ETH_P_IPV6) {
+        if (len < l3 + IPV6_HLEN || f[l3] >> 4 != 6 || f[l3 + 6] != IPPROTO_TCP)
+            return -OVL_DROP_TX_BAD_OFFLOAD; /* extension headers are not supported */
+        t->l4 = l3 + IPV6_HLEN;
+        t->v6 = 1;
+    } else {
+        return -OVL_DROP_TX_BAD_OFFLOAD;
+    }
+    if (len < t->l4 + TCP_HLEN)
+        return -OVL_DROP_TX_BAD_OFFLOAD;
+    uint32_t doff = (uint32_t)(f[t->l4 + 12] >> 4) * 4;
+    if (doff < TCP_HLEN || len <= t->l4 + doff) /* no payload: nothing to segment */
+        return -OVL_DROP_TX_BAD_OFFLOAD;
+    t->hdrs = t->l4 + doff;
+    t->mss = v->gso_size;
+    t->nseg = (t->len - t->hdrs + t->mss - 1) / t->mss;
+    t->seq = get32(f + t->l4 + 4);
+    return 0;
+}
+
+/* Sum of the pseudo-header's addresses, protocol and length (TCP, IPv4 or IPv6). */
+static uint64_t pseudo_sum(const uint8_t *ip, uint32_t v6, uint32_t l4len) {
+    return (v6 ? sum16(ip + 8, 32) : sum16(ip + 12, 8)) + IPPROTO_TCP + l4len;
+}
+
+/* Segment i of t into out (room for hdrs + mss bytes); returns its length. */
+static uint32_t tso_write(const struct tso *t, uint32_t i, uint8_t *out) {
+    uint32_t off = t->hdrs + i * t->mss;
+    uint32_t plen = t->len - off < t->mss ? t->len - off : t->mss;
+    uint32_t seglen = t->hdrs + plen;
+    memcpy(out, t->f, t->hdrs);
+    memcpy(out + t->hdrs, t->f + off, plen);
+    uint8_t *ip = out + t->l3, *tcp = out + t->l4;
+    if (t->v6) {
+        put16(ip + 4, seglen - t->l3 - IPV6_HLEN);
+    } else {
+        uint32_t ihl = t->l4 - t->l3;
+        put16(ip + 2, seglen - t->l3);
+        put16(ip + 4, (uint32_t)(t->ipid + i) & 0xFFFF);
+        put16(ip + 10, 0);
+        put16(ip + 10, fold(sum16(ip, ihl)));
+    }
+    put32(tcp + 4, t->seq + i * t->mss);
+    if (i + 1 < t->nseg)
+        tcp[13] &= (uint8_t)~(TCP_FIN | TCP_PSH);
+    if (i > 0)
+        tcp[13] &= (uint8_t)~TCP_CWR;
+    put16(tcp + 16, 0);
+    uint32_t l4len = seglen - t->l4;
+    put16(tcp + 16, fold(pseudo_sum(ip, t->v6, l4len) + sum16(tcp, l4len)));
+    return seglen;
+}
+
+/* Finish a partial checksum in place (skb_checksum_help): the field already holds the
+ * pseudo-header sum. 0 or -drop. */
+static int csum_complete(const struct vnet_hdr *v, uint8_t *f, size_t len) {
+    size_t start = v->csum_start, field = (size_t)v->csum_start + v->csum_offset;
+    if (start >= len || field + 2 > len)
+        return -OVL_DROP_TX_BAD_OFFLOAD;
+    uint16_t cs = fold(sum16(f + start, len - start));
+    put16(f + field, cs ? cs : 0xFFFF);
+    return 0;
+}
+
+int ovl_offload_frame(const uint8_t *vnet, const uint8_t *frame, size_t len, uint8_t *out, size_t cap,
+                      uint32_t *lens, uint32_t max_segs) {
+    struct vnet_hdr v;
+    vnet_read(vnet, &v);
+    if (v.gso_type == OVL_VNET_GSO_NONE) {
+        if (max_segs < 1 || cap < len)
+            return -OVL_DROP_TX_TOO_BIG;
+        memcpy(out, frame, len);
+        if ((v.flags & OVL_VNET_F_NEEDS_CSUM) && csum_complete(&v, out, len) < 0)
+            return -OVL_DROP_TX_BAD_OFFLOAD;
+        lens[0] = (uint32_t)len;
+        return 1;
+    }
+    struct tso t;
+    int res = tso_prepare(&t, &v, frame, len);
+    if (res < 0)
+        return res;
+    if (t.nseg > max_segs || (uint64_t)t.nseg * (t.hdrs + t.mss) > cap)
+        return -OVL_DROP_TX_TOO_BIG;
+    size_t at = 0;
+    for (uint32_t i = 0; i < t.nseg; i++) {
+        lens[i] = tso_write(&t, i, out + at);
+        at += lens[i];
+    }
+    return (int)t.nseg;
+}
+
 /* ---- the MAC table (fdb.Fdb) --------------------------------------------------------
  * Open addressing with linear probing in a power-of-two table at most half
  * full (so a probe always ends at an empty slot), and backward-shift deletion,
@@ -585,6 +755,8 @@ void ovl_dp_free(struct ovl_dp *dp) {
     free(dp->rx);
     free(dp->tx_buf);
     free(dp->rx_buf);
+    free(dp->seg_buf);
+    free(dp->tap_rd);
     if (dp->io) {
         free(dp->io->tx_msg);
         free(dp->io->tx_iov);
@@ -601,7 +773,8 @@ struct ovl_dp *ovl_dp_new(const struct ovl_config *cfg) {
     const struct ovl_config *c = cfg;
     if (c->mode > OVL_MODE_GRE || c->n_remotes < 1 || c->n_remotes > OVL_MAX_REMOTES || c->batch < 1 ||
         c->batch > OVL_MAX_BATCH || c->slot_size < ovl_outer_len(c) + ETH_HLEN || c->slot_size > OVL_MAX_SLOT ||
-        c->underlay_mtu > 0xFFFF || c->dport > 0xFFFF || c->ttl > 255)
+        c->underlay_mtu > 0xFFFF || c->dport > 0xFFFF || c->ttl > 255 ||
+        (c->vnet_hdr_len != 0 && c->vnet_hdr_len != OVL_VNET_HDR_LEN && c->vnet_hdr_len != 12))
         return NULL;
     struct ovl_dp *dp = calloc(1, sizeof(*dp));
     if (!dp)
@@ -617,7 +790,16 @@ struct ovl_dp *ovl_dp_new(const struct ovl_config *cfg) {
     dp->tx_in = calloc(nb, sizeof(*dp->tx_in));
     dp->tx_out = calloc(nout, sizeof(*dp->tx_out));
     dp->rx = calloc(nb, sizeof(*dp->rx));
-    dp->tx_buf = malloc(nb * c->slot_size);
+    dp->tap_slot = c->vnet_hdr_len ? c->vnet_hdr_len + OVL_TAP_READ : c->slot_size;
+    dp->tx_buf = malloc(nb * dp->tap_slot);
+    if (c->vnet_hdr_len) {
+        dp->seg_buf = malloc(nb * c->slot_size);
+        dp->tap_rd = calloc(nb, sizeof(*dp->tap_rd));
+        if (!dp->seg_buf || !dp->tap_rd) {
+            ovl_dp_free(dp);
+            return NULL;
+        }
+    }
     dp->rx_buf = malloc(nb * c->slot_size);
     dp->io = calloc(1, sizeof(*dp->io));
     if (!dp->fdb || !dp->tx_in || !dp->tx_out || !dp->rx || !dp->tx_buf || !dp->rx_buf || !dp->io) {
@@ -774,31 +956,9 @@ uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now) {
 
 static int again(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
-/* PyForwarder.from_tap: read up to a batch from the (non-blocking) TAP,
- * process it, and send with sendmmsg. Returns frames read; an error other
- * than "nothing more to read" ends the batch and is left in dp->io_errno. */
-int ovl_from_tap(struct ovl_dp *dp, int tap_fd, int send_fd, double now) {
-    const struct ovl_config *c = &dp->cfg;
+/* Send tx_out[0..k) with sendmmsg: outer header + inner frame of each. */
+static void tx_send(struct ovl_dp *dp, uint32_t k, int send_fd) {
     struct ovl_io *io = dp->io;
-    uint32_t n = 0;
-    dp->io_errno = 0;
-    while (n < c->batch) {
-        uint8_t *slot = dp->tx_buf + (size_t)n * c->slot_size;
-        /* slot_size exceeds underlay_mtu, so a frame that fills the slot,
-         * even cut short, is too big anyway and gets dropped as such. */
-        ssize_t got = read(tap_fd, slot, c->slot_size);
-        if (got < 0) {
-            if (errno == EINTR)
-                continue;
-            if (!again(errno))
-                dp->io_errno = errno;
-            break;
-        }
-        dp->tx_in[n].data = slot;
-        dp->tx_in[n].len = (uint32_t)got;
-        n++;
-    }
-    uint32_t k = ovl_tx_process(dp, n, now);
     for (uint32_t m = 0; m < k; m++) {
         const struct ovl_tx_out *o = &dp->tx_out[m];
         struct iovec *iov = &io->tx_iov[2 * m];
@@ -830,6 +990,102 @@ int ovl_from_tap(struct ovl_dp *dp, int tap_fd, int send_fd, double now) {
             dp->remotes[o->remote].tx_bytes += dp->tx_in[o->frame].len;
         }
     }
+}
+
+/* A frame from the TAP that never reaches ovl_tx_process: counted as read, and dropped. */
+static void tap_drop(struct ovl_dp *dp, int reason) {
+    dp->stats.tap_rx++;
+    drop(dp, reason);
+}
+
+/* Frames read with a virtio header (tap_rd[0..n)) -> tx_in: super-frames cut into
+ * segments in seg_buf, partial checksums completed in place. tx_in holds a batch;
+ * whenever it is full it is processed and sent, so a 64 KiB super-frame to many
+ * remotes goes out in several sendmmsg calls. */
+static void tx_offloaded(struct ovl_dp *dp, uint32_t n, int send_fd, double now) {
+    const struct ovl_config *c = &dp->cfg;
+    uint32_t vlen = c->vnet_hdr_len, m = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *buf = dp->tap_rd[i].data;
+        uint32_t len = dp->tap_rd[i].len;
+        if (len < vlen) {
+            tap_drop(dp, OVL_DROP_TX_BAD_OFFLOAD);
+            continue;
+        }
+        if (len >= dp->tap_slot) { /* may have been cut by the read: too big anyway */
+            tap_drop(dp, OVL_DROP_TX_TOO_BIG);
+            continue;
+        }
+        struct vnet_hdr v;
+        vnet_read(buf, &v);
+        uint8_t *f = buf + vlen;
+        len -= vlen;
+        if (v.gso_type == OVL_VNET_GSO_NONE) {
+            if ((v.flags & OVL_VNET_F_NEEDS_CSUM) && csum_complete(&v, f, len) < 0) {
+                tap_drop(dp, OVL_DROP_TX_BAD_OFFLOAD);
+                continue;
+            }
+            if (m == c->batch) {
+                tx_send(dp, ovl_tx_process(dp, m, now), send_fd);
+                m = 0;
+            }
+            dp->tx_in[m].data = f;
+            dp->tx_in[m++].len = len;
+            continue;
+        }
+        struct tso t;
+        int res = tso_prepare(&t, &v, f, len);
+        if (res < 0) {
+            tap_drop(dp, -res);
+            continue;
+        }
+        if (t.hdrs + t.mss > c->slot_size) { /* segments larger than any the underlay takes */
+            tap_drop(dp, OVL_DROP_TX_TOO_BIG);
+            continue;
+        }
+        for (uint32_t s = 0; s < t.nseg; s++) {
+            if (m == c->batch) {
+                tx_send(dp, ovl_tx_process(dp, m, now), send_fd);
+                m = 0;
+            }
+            uint8_t *seg = dp->seg_buf + (size_t)m * c->slot_size;
+            dp->tx_in[m].data = seg;
+            dp->tx_in[m++].len = tso_write(&t, s, seg);
+        }
+    }
+    if (m)
+        tx_send(dp, ovl_tx_process(dp, m, now), send_fd);
+}
+
+/* PyForwarder.from_tap: read up to a batch from the (non-blocking) TAP,
+ * process it, and send with sendmmsg. Returns frames read; an error other
+ * than "nothing more to read" ends the batch and is left in dp->io_errno.
+ * With a virtio header (cfg.vnet_hdr_len) the frames go through tx_offloaded. */
+int ovl_from_tap(struct ovl_dp *dp, int tap_fd, int send_fd, double now) {
+    const struct ovl_config *c = &dp->cfg;
+    uint32_t n = 0;
+    dp->io_errno = 0;
+    while (n < c->batch) {
+        uint8_t *slot = dp->tx_buf + (size_t)n * dp->tap_slot;
+        /* slot_size exceeds underlay_mtu, so a frame that fills the slot,
+         * even cut short, is too big anyway and gets dropped as such. */
+        ssize_t got = read(tap_fd, slot, dp->tap_slot);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            if (!again(errno))
+                dp->io_errno = errno;
+            break;
+        }
+        struct ovl_tx_in *in = c->vnet_hdr_len ? &dp->tap_rd[n] : &dp->tx_in[n];
+        in->data = slot;
+        in->len = (uint32_t)got;
+        n++;
+    }
+    if (c->vnet_hdr_len)
+        tx_offloaded(dp, n, send_fd, now);
+    else
+        tx_send(dp, ovl_tx_process(dp, n, now), send_fd);
     return (int)n;
 }
 
@@ -873,9 +1129,17 @@ int ovl_from_tunnel(struct ovl_dp *dp, int recv_fd, int tap_fd, double now) {
             continue;
         size_t flen = e->len - (uint32_t)e->result;
         ssize_t w;
-        do
-            w = write(tap_fd, e->data + e->result, flen);
-        while (w < 0 && errno == EINTR);
+        if (c->vnet_hdr_len) { /* a zeroed virtio header: a complete frame, nothing to offload */
+            static const uint8_t no_offload[12];
+            struct iovec iov[2] = {{(void *)no_offload, c->vnet_hdr_len}, {e->data + e->result, flen}};
+            do
+                w = writev(tap_fd, iov, 2);
+            while (w < 0 && errno == EINTR);
+        } else {
+            do
+                w = write(tap_fd, e->data + e->result, flen);
+            while (w < 0 && errno == EINTR);
+        }
         if (w < 0) {
             drop(dp, OVL_DROP_RX_TAP_ERROR);
             continue;

@@ -32,6 +32,14 @@
 #define OVL_MAX_BATCH 1024
 #define OVL_MAX_SLOT 65600
 #define OVL_VLAN_COUNT 4096 /* 12-bit VLAN IDs; 0 = untagged */
+#define OVL_TAP_READ 65600 /* largest frame read from a TAP with offloads (64 KiB GSO + headers) */
+#define OVL_VNET_HDR_LEN 10 /* struct virtio_net_hdr */
+#define OVL_VNET_F_NEEDS_CSUM 1
+#define OVL_VNET_F_DATA_VALID 2
+#define OVL_VNET_GSO_NONE 0
+#define OVL_VNET_GSO_TCPV4 1
+#define OVL_VNET_GSO_TCPV6 4
+#define OVL_VNET_GSO_ECN 0x80
 
 enum ovl_mode {
     OVL_MODE_VXLAN = 0,
@@ -53,7 +61,8 @@ enum ovl_drop {
     OVL_DROP_RX_BAD_CSUM = 11,
     OVL_DROP_RX_BAD_SRC_MAC = 12,
     OVL_DROP_RX_TAP_ERROR = 13,
-    OVL_DROP_COUNT = 14 /* size of the drops array; index 0 is unused */
+    OVL_DROP_TX_BAD_OFFLOAD = 14, /* virtio header or GSO super-frame we cannot handle */
+    OVL_DROP_COUNT = 15 /* size of the drops array; index 0 is unused */
 };
 
 /* Outcome of ovl_fdb_learn: the values of datapath.fdb.Learn. */
@@ -76,6 +85,7 @@ struct ovl_config {
     uint32_t underlay_mtu; /* largest outer packet */
     uint32_t batch;        /* frames / packets per call */
     uint32_t slot_size;    /* bytes per ring slot */
+    uint32_t vnet_hdr_len; /* 0: plain TAP; 10 or 12: a virtio_net_hdr leads every TAP read and write */
     uint32_t n_remotes;
     uint32_t fdb_max;
     double fdb_ageing;     /* seconds, 0 = never */
@@ -161,6 +171,9 @@ struct ovl_dp {
     struct ovl_rx *rx;         /* batch entries */
     uint8_t *tx_buf;           /* batch slots of slot_size */
     uint8_t *rx_buf;           /* batch slots of slot_size */
+    uint8_t *seg_buf;          /* batch slots of slot_size: TSO segments (vnet_hdr_len only) */
+    struct ovl_tx_in *tap_rd;  /* batch entries: what each TAP read returned (vnet_hdr_len only) */
+    uint32_t tap_slot;         /* bytes per tx_buf slot: slot_size, or vnet_hdr_len + OVL_TAP_READ */
     struct ovl_io *io;         /* mmsghdr / iovec / sockaddr arrays */
     struct ovl_vlan_id *vlan_of_id; /* cfg.n_vlans entries */
 };
@@ -173,6 +186,13 @@ int ovl_encap(const struct ovl_config *cfg, uint32_t remote, const uint8_t *fram
               size_t cap);
 int ovl_parse(const struct ovl_config *cfg, const uint8_t *pkt, size_t len, uint32_t *tid);
 int ovl_decap(const struct ovl_config *cfg, const uint8_t *pkt, size_t len);
+/* A frame read from a TAP with its virtio_net_hdr (vnet, OVL_VNET_HDR_LEN bytes, native
+ * endian): TCP super-frames (gso_type TCPV4/TCPV6) cut into gso_size segments, a partial
+ * checksum (NEEDS_CSUM) completed. Segments go to out back to back, their lengths to
+ * lens; returns their number, or -drop (-OVL_DROP_TX_BAD_OFFLOAD, or -OVL_DROP_TX_TOO_BIG
+ * when out / lens are too small). */
+int ovl_offload_frame(const uint8_t *vnet, const uint8_t *frame, size_t len, uint8_t *out, size_t cap,
+                      uint32_t *lens, uint32_t max_segs);
 
 /* The MAC table. */
 struct ovl_fdb *ovl_fdb_new(uint32_t max_entries, double ageing, uint64_t seed);

@@ -65,6 +65,11 @@ class DatapathConfig:
     # (VLAN 1..4094, tunnel id): frames of a mapped VLAN leave untagged in their own
     # VNI (VXLAN) or GRE key, and come back tagged; everything else uses vni / key.
     vlan_map: tuple[tuple[int, int], ...] = ()
+    # C fast path only (the pure-Python path always uses a plain TAP): open the TAP with
+    # IFF_VNET_HDR and let the kernel hand over TCP super-frames (TSO) and partial
+    # checksums, which the datapath segments / completes. Probed; falls back quietly.
+    # Safe on Linux bridges and on Open vSwitch ports alike (it only affects reads).
+    tap_offloads: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

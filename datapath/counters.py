@@ -25,6 +25,7 @@ class Drop(IntEnum):
     RX_BAD_CSUM = 11  # GRE checksum present and wrong
     RX_BAD_SRC_MAC = 12  # inner source MAC is multicast or zero
     RX_TAP_ERROR = 13  # writing the inner frame to the TAP failed
+    TX_BAD_OFFLOAD = 14  # frame from the TAP with a virtio header or GSO super-frame we cannot handle
 
 
 # Per-remote counters, in the order of struct ovl_remote's counter fields.

@@ -50,14 +50,27 @@ class Forwarder(Protocol):
     def snapshot(self) -> Snapshot: ...
 
 
-def make_forwarder(cfg: DatapathConfig, fast: bool, clock: Callable[[], float] = time.monotonic) -> Forwarder:
-    """The C forwarder if asked for and built, else the Python reference."""
+def fast_path_available() -> bool:
+    from datapath import fast as fastpath
+
+    return fastpath.available()
+
+
+def make_forwarder(
+    cfg: DatapathConfig, fast: bool, clock: Callable[[], float] = time.monotonic, tap_vnet: int = 0
+) -> Forwarder:
+    """The C forwarder if asked for and built, else the Python reference.
+
+    tap_vnet: the TAP's virtio header length (C only; 0 = a plain TAP).
+    """
     if fast:
         from datapath import fast as fastpath
 
         if fastpath.available():
-            return fastpath.FastForwarder(cfg, clock)
+            return fastpath.FastForwarder(cfg, clock, tap_vnet=tap_vnet)
         log.warning("C fast path is not built (pip install -e . compiles it); using the pure-Python path")
+    if tap_vnet:
+        raise ValueError("the pure-Python forwarder needs a plain TAP")
     return pypath.PyForwarder(cfg, clock)
 
 
@@ -66,8 +79,9 @@ class Engine:
 
     def __init__(self, cfg: DatapathConfig, fast: bool = True) -> None:
         self.cfg = cfg
-        self.forwarder = make_forwarder(cfg, fast)
-        self.fast = not isinstance(self.forwarder, pypath.PyForwarder)
+        fast = fast and fast_path_available()
+        # Check the configuration before anything is opened (the C side may refuse it).
+        make_forwarder(cfg, fast)
         # Sockets first: a port in use should fail before a TAP appears on the bridge.
         self.recv_sock = underlay.open_recv_socket(cfg)
         try:
@@ -76,11 +90,15 @@ class Engine:
             self.recv_sock.close()
             raise
         try:
-            self.tap = Tap(cfg.tap_name, cfg.tap_mac, cfg.tap_mtu)
+            # The TAP's flags follow the forwarder: only the C path handles a virtio header.
+            self.tap = Tap(cfg.tap_name, cfg.tap_mac, cfg.tap_mtu, offloads=fast and cfg.tap_offloads)
         except Exception:
             self.recv_sock.close()
             self.send_sock.close()
             raise
+        self.forwarder = make_forwarder(cfg, fast, tap_vnet=self.tap.vnet_hdr_len)
+        self.fast = not isinstance(self.forwarder, pypath.PyForwarder)
+        log.info("tap %s: %s", self.tap.name, self.tap.describe())
         self.io_errors = 0
         self._last_error_log = -ERROR_LOG_INTERVAL
         self._loop: asyncio.AbstractEventLoop | None = None
