@@ -690,6 +690,29 @@ struct ovl_io {
     struct sockaddr_in dst[OVL_MAX_REMOTES]; /* remote address, port 0 (raw socket) */
 };
 
+/* RX coalescing (see rx_coalesced). */
+#define CO_FLOWS 8 /* flows coalesced at once per batch */
+#define TCP_ACK 0x10
+
+struct co_seg { /* a frame parsed as a TCP segment that may be coalesced */
+    uint8_t *f;
+    uint32_t len, l3, l4, hdrs, payload, v6;
+};
+
+struct co_flow {
+    uint32_t used, n, closed;
+    int32_t remote;
+    struct co_seg first;
+    uint32_t mss, total, next_seq, bytes;
+    uint8_t last_flags;
+    uint8_t vnet[12];
+    struct iovec *iov; /* [0] virtio header, [1] first frame, [2..] further payloads */
+};
+
+struct ovl_co {
+    struct co_flow flow[CO_FLOWS];
+};
+
 /* Receive side of the VLAN map: tunnel id -> VID, sorted by id for a binary search. */
 struct ovl_vlan_id {
     uint32_t id;
@@ -757,6 +780,11 @@ void ovl_dp_free(struct ovl_dp *dp) {
     free(dp->rx_buf);
     free(dp->seg_buf);
     free(dp->tap_rd);
+    if (dp->co) {
+        for (int k = 0; k < CO_FLOWS; k++)
+            free(dp->co->flow[k].iov);
+        free(dp->co);
+    }
     if (dp->io) {
         free(dp->io->tx_msg);
         free(dp->io->tx_iov);
@@ -798,6 +826,20 @@ struct ovl_dp *ovl_dp_new(const struct ovl_config *cfg) {
         if (!dp->seg_buf || !dp->tap_rd) {
             ovl_dp_free(dp);
             return NULL;
+        }
+        if (c->rx_coalesce) {
+            dp->co = calloc(1, sizeof(*dp->co));
+            if (!dp->co) {
+                ovl_dp_free(dp);
+                return NULL;
+            }
+            for (int k = 0; k < CO_FLOWS; k++) {
+                dp->co->flow[k].iov = calloc(nb + 2, sizeof(struct iovec));
+                if (!dp->co->flow[k].iov) {
+                    ovl_dp_free(dp);
+                    return NULL;
+                }
+            }
         }
     }
     dp->rx_buf = malloc(nb * c->slot_size);
@@ -1043,6 +1085,7 @@ static void tx_offloaded(struct ovl_dp *dp, uint32_t n, int send_fd, double now)
             tap_drop(dp, OVL_DROP_TX_TOO_BIG);
             continue;
         }
+        dp->stats.tap_rx_gso++;
         for (uint32_t s = 0; s < t.nseg; s++) {
             if (m == c->batch) {
                 tx_send(dp, ovl_tx_process(dp, m, now), send_fd);
@@ -1089,6 +1132,214 @@ int ovl_from_tap(struct ovl_dp *dp, int tap_fd, int send_fd, double now) {
     return (int)n;
 }
 
+/* ---- RX coalescing: inner TCP segments of a batch written to the TAP as one super-frame ----
+ * The reverse of TSO, as the kernel's GRO does it: consecutive segments of one TCP flow
+ * (same remote, same Ethernet header and tags, same addresses, ports, TOS/TTL, no IP
+ * options or fragments, only ACK and PSH, identical ack, window and TCP options,
+ * sequence numbers running on, all of one size but a shorter last one, valid TCP
+ * checksums) become one frame with a GSO virtio header: gso_type TCPV4/TCPV6, gso_size
+ * = the first segment's payload, NEEDS_CSUM with csum_start at the TCP header (from the
+ * Ethernet header, on a TAP) and the pseudo-header sum in the checksum field, as
+ * virtio_net_hdr_to_skb expects. The first segment's headers (IP length, IPv4 header
+ * checksum, PSH of the last segment) are rewritten in place, the other segments'
+ * payloads follow in the same writev, without copying. A segment that cannot join
+ * its flow's super-frame first writes that super-frame out, so a flow's order is kept. */
+
+/* What f is: 0 not a TCP segment (that we can tell), 1 a TCP segment that cannot be
+ * coalesced (s has its addresses and ports), 2 one that can (s is complete). */
+static int co_parse(uint8_t *f, uint32_t len, struct co_seg *s) {
+    uint16_t type = 0;
+    memset(s, 0, sizeof(*s));
+    uint32_t l3 = l3_offset(f, len, &type);
+    if (!l3)
+        return 0;
+    s->f = f;
+    s->len = len;
+    s->l3 = l3;
+    int can;
+    if (type == ETH_P_IP) {
+        if (len < l3 + IPV4_HLEN || f[l3] >> 4 != 4 || f[l3 + 9] != IPPROTO_TCP)
+            return 0;
+        uint32_t ihl = (uint32_t)(f[l3] & 0x0F) * 4;
+        if (ihl < IPV4_HLEN || len < l3 + ihl)
+            return 0;
+        s->l4 = l3 + ihl;
+        can = ihl == IPV4_HLEN && !(get16(f + l3 + 6) & 0x3FFF) && get16(f + l3 + 2) == len - l3;
+    } else if (type == ETH_P_IPV6) {
+        if (len < l3 + IPV6_HLEN || f[l3] >> 4 != 6 || f[l3 + 6] != IPPROTO_TCP)
+            return 0;
+        s->l4 = l3 + IPV6_HLEN;
+        s->v6 = 1;
+        can = get16(f + l3 + 4) == len - l3 - IPV6_HLEN;
+    } else {
+        return 0;
+    }
+    if (len < s->l4 + 4) /* no ports */
+        return 0;
+    if (!can || len < s->l4 + TCP_HLEN)
+        return 1;
+    uint32_t doff = (uint32_t)(f[s->l4 + 12] >> 4) * 4;
+    uint8_t flags = f[s->l4 + 13];
+    if (doff < TCP_HLEN || len <= s->l4 + doff || (flags & ~(TCP_ACK | TCP_PSH)) || !(flags & TCP_ACK))
+        return 1;
+    s->hdrs = s->l4 + doff;
+    s->payload = len - s->hdrs;
+    /* A segment with a bad checksum is delivered as it is, for the receiver to drop:
+     * merged, its checksum would be recomputed and the damage hidden. */
+    uint32_t l4len = len - s->l4;
+    return fold(pseudo_sum(f + l3, s->v6, l4len) + sum16(f + s->l4, l4len)) == 0 ? 2 : 1;
+}
+
+/* Same flow: addresses and ports (and IP version). */
+static int co_same_flow(const struct co_seg *a, const struct co_seg *b) {
+    if (a->v6 != b->v6 || a->l3 != b->l3)
+        return 0;
+    const uint8_t *x = a->f, *y = b->f;
+    if (a->v6 ? memcmp(x + a->l3 + 8, y + b->l3 + 8, 32) : memcmp(x + a->l3 + 12, y + b->l3 + 12, 8))
+        return 0;
+    return !memcmp(x + a->l4, y + b->l4, 4);
+}
+
+/* s may follow flow c's segments. */
+static int co_fits(const struct co_flow *c, const struct co_seg *s, int32_t remote) {
+    const struct co_seg *a = &c->first;
+    const uint8_t *x = a->f, *y = s->f;
+    if (c->closed || c->remote != remote || a->hdrs != s->hdrs || s->payload > c->mss ||
+        get32(y + s->l4 + 4) != c->next_seq || a->hdrs - a->l3 + c->total + s->payload > 0xFFFF)
+        return 0;
+    if (memcmp(x, y, a->l3)) /* Ethernet header and tags */
+        return 0;
+    if (a->v6 ? memcmp(x + a->l3, y + s->l3, 4) || x[a->l3 + 7] != y[s->l3 + 7] /* class, label; hop limit */
+              : x[a->l3 + 1] != y[s->l3 + 1] || x[a->l3 + 6] != y[s->l3 + 6] || x[a->l3 + 8] != y[s->l3 + 8])
+        return 0; /* TOS, DF, TTL */
+    /* ack, data offset (equal hdrs), window; options */
+    return !memcmp(x + a->l4 + 8, y + s->l4 + 8, 4) && !memcmp(x + a->l4 + 14, y + s->l4 + 14, 2) &&
+           !memcmp(x + a->l4 + TCP_HLEN, y + s->l4 + TCP_HLEN, a->hdrs - a->l4 - TCP_HLEN);
+}
+
+/* Write one frame (or super-frame) as iov[1..cnt), with virtio header vnet in iov[0]. */
+static ssize_t tap_writev(struct ovl_dp *dp, int tap_fd, const uint8_t *vnet, struct iovec *iov, int cnt) {
+    ssize_t w;
+    iov[0].iov_base = (void *)vnet;
+    iov[0].iov_len = dp->cfg.vnet_hdr_len;
+    do
+        w = writev(tap_fd, iov, cnt);
+    while (w < 0 && errno == EINTR);
+    return w;
+}
+
+static void co_delivered(struct ovl_dp *dp, int32_t remote, uint32_t n, uint64_t bytes, ssize_t w) {
+    if (w < 0) {
+        dp->drops[OVL_DROP_RX_TAP_ERROR] += n;
+        return;
+    }
+    dp->stats.tap_tx += n;
+    dp->remotes[remote].rx_packets += n;
+    dp->remotes[remote].rx_bytes += bytes;
+}
+
+/* Write flow c out (a super-frame if it has several segments) and free it. */
+static void co_flush(struct ovl_dp *dp, struct co_flow *c, int tap_fd) {
+    static const uint8_t no_offload[12];
+    const struct co_seg *a = &c->first;
+    const uint8_t *vnet = no_offload;
+    if (c->n > 1) {
+        uint8_t *f = a->f, *ip = f + a->l3, *tcp = f + a->l4;
+        uint32_t l4len = a->hdrs - a->l4 + c->total;
+        if (a->v6) {
+            put16(ip + 4, l4len);
+        } else {
+            put16(ip + 2, IPV4_HLEN + l4len);
+            put16(ip + 10, 0);
+            put16(ip + 10, fold(sum16(ip, IPV4_HLEN)));
+        }
+        tcp[13] = (uint8_t)((tcp[13] & ~TCP_PSH) | (c->last_flags & TCP_PSH));
+        /* The partial checksum: the pseudo-header sum, not complemented. */
+        put16(tcp + 16, (uint16_t)~fold(pseudo_sum(ip, a->v6, l4len)));
+        struct vnet_hdr v = {OVL_VNET_F_NEEDS_CSUM, a->v6 ? OVL_VNET_GSO_TCPV6 : OVL_VNET_GSO_TCPV4,
+                             (uint16_t)a->hdrs, (uint16_t)c->mss, (uint16_t)a->l4, 16};
+        memset(c->vnet, 0, sizeof(c->vnet));
+        c->vnet[0] = v.flags;
+        c->vnet[1] = v.gso_type;
+        memcpy(c->vnet + 2, &v.hdr_len, 2);
+        memcpy(c->vnet + 4, &v.gso_size, 2);
+        memcpy(c->vnet + 6, &v.csum_start, 2);
+        memcpy(c->vnet + 8, &v.csum_offset, 2);
+        vnet = c->vnet;
+        dp->stats.tap_tx_gso++;
+    }
+    co_delivered(dp, c->remote, c->n, c->bytes, tap_writev(dp, tap_fd, vnet, c->iov, (int)c->n + 1));
+    c->used = 0;
+}
+
+static void co_start(struct co_flow *c, const struct co_seg *s, int32_t remote) {
+    c->used = 1;
+    c->n = 1;
+    c->remote = remote;
+    c->first = *s;
+    c->mss = s->payload;
+    c->total = s->payload;
+    c->next_seq = get32(s->f + s->l4 + 4) + s->payload;
+    c->bytes = s->len;
+    c->last_flags = s->f[s->l4 + 13];
+    c->closed = (c->last_flags & TCP_PSH) != 0;
+    c->iov[1].iov_base = s->f;
+    c->iov[1].iov_len = s->len;
+}
+
+static void co_append(struct co_flow *c, const struct co_seg *s) {
+    c->iov[c->n + 1].iov_base = s->f + s->hdrs;
+    c->iov[c->n + 1].iov_len = s->payload;
+    c->n++;
+    c->total += s->payload;
+    c->next_seq += s->payload;
+    c->bytes += s->len;
+    c->last_flags = s->f[s->l4 + 13];
+    c->closed = (c->last_flags & TCP_PSH) || s->payload < c->mss;
+}
+
+/* The delivered frames of rx[0..n) to the TAP, TCP segments coalesced. */
+static void rx_coalesced(struct ovl_dp *dp, uint32_t n, int tap_fd) {
+    struct ovl_co *co = dp->co;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct ovl_rx *e = &dp->rx[i];
+        if (e->result < 0)
+            continue;
+        struct co_seg s;
+        uint8_t *f = e->data + e->result;
+        uint32_t len = e->len - (uint32_t)e->result;
+        int kind = co_parse(f, len, &s);
+        struct co_flow *c = NULL, *free_slot = NULL;
+        for (int k = 0; kind && k < CO_FLOWS; k++) {
+            struct co_flow *x = &co->flow[k];
+            if (!x->used) {
+                if (!free_slot)
+                    free_slot = x;
+            } else if (!c && co_same_flow(&x->first, &s)) {
+                c = x;
+            }
+        }
+        if (c && kind == 2 && co_fits(c, &s, e->remote)) {
+            co_append(c, &s);
+            continue;
+        }
+        if (c) { /* the segment ends its flow's super-frame */
+            co_flush(dp, c, tap_fd);
+            free_slot = c;
+        }
+        if (kind == 2 && free_slot) {
+            co_start(free_slot, &s, e->remote);
+            continue;
+        }
+        static const uint8_t no_offload[12];
+        struct iovec iov[2] = {{NULL, 0}, {f, len}};
+        co_delivered(dp, e->remote, 1, len, tap_writev(dp, tap_fd, no_offload, iov, 2));
+    }
+    for (int k = 0; k < CO_FLOWS; k++)
+        if (co->flow[k].used)
+            co_flush(dp, &co->flow[k], tap_fd);
+}
+
 /* PyForwarder.from_tunnel: recvmmsg up to a batch, process, write each inner
  * frame to the TAP. Returns packets received. */
 int ovl_from_tunnel(struct ovl_dp *dp, int recv_fd, int tap_fd, double now) {
@@ -1123,6 +1374,10 @@ int ovl_from_tunnel(struct ovl_dp *dp, int recv_fd, int tap_fd, double now) {
         e->src = io->rx_msg[i].msg_hdr.msg_namelen >= sizeof(struct sockaddr_in) ? io->rx_addr[i].sin_addr.s_addr : 0;
     }
     ovl_rx_process(dp, (uint32_t)got, now);
+    if (dp->co) {
+        rx_coalesced(dp, (uint32_t)got, tap_fd);
+        return got;
+    }
     for (int i = 0; i < got; i++) {
         const struct ovl_rx *e = &dp->rx[i];
         if (e->result < 0)

@@ -86,6 +86,7 @@ struct ovl_config {
     uint32_t batch;        /* frames / packets per call */
     uint32_t slot_size;    /* bytes per ring slot */
     uint32_t vnet_hdr_len; /* 0: plain TAP; 10 or 12: a virtio_net_hdr leads every TAP read and write */
+    uint32_t rx_coalesce;  /* with vnet_hdr_len: TCP segments of a batch go to the TAP as super-frames */
     uint32_t n_remotes;
     uint32_t fdb_max;
     double fdb_ageing;     /* seconds, 0 = never */
@@ -111,6 +112,8 @@ struct ovl_stats {
     uint64_t tap_tx;
     uint64_t tx_unicast;
     uint64_t tx_flooded;
+    uint64_t tap_rx_gso; /* TCP super-frames read from the TAP (each counted in tap_rx per segment) */
+    uint64_t tap_tx_gso; /* super-frames written to the TAP (each counted in tap_tx per segment) */
 };
 
 struct ovl_fdb_stats {
@@ -157,6 +160,7 @@ struct ovl_rx {
 struct ovl_fdb;
 struct ovl_io;
 struct ovl_vlan_id; /* tunnel id -> VID, sorted by id */
+struct ovl_co;      /* RX coalescing state */
 
 struct ovl_dp {
     struct ovl_config cfg;
@@ -175,6 +179,7 @@ struct ovl_dp {
     struct ovl_tx_in *tap_rd;  /* batch entries: what each TAP read returned (vnet_hdr_len only) */
     uint32_t tap_slot;         /* bytes per tx_buf slot: slot_size, or vnet_hdr_len + OVL_TAP_READ */
     struct ovl_io *io;         /* mmsghdr / iovec / sockaddr arrays */
+    struct ovl_co *co;         /* rx_coalesce only */
     struct ovl_vlan_id *vlan_of_id; /* cfg.n_vlans entries */
 };
 

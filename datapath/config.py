@@ -70,6 +70,11 @@ class DatapathConfig:
     # checksums, which the datapath segments / completes. Probed; falls back quietly.
     # Safe on Linux bridges and on Open vSwitch ports alike (it only affects reads).
     tap_offloads: bool = True
+    # With tap_offloads: inner TCP segments of one flow received in one batch are written to
+    # the TAP as one super-frame (GSO virtio header). Only for a TAP whose other end is the
+    # kernel (a Linux bridge): Open vSwitch's userspace datapath reads the TAP with AF_PACKET
+    # and would see 64 KiB frames, so this must stay off for an OVS port.
+    rx_coalesce: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

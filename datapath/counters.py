@@ -32,7 +32,9 @@ class Drop(IntEnum):
 REMOTE_FIELDS: tuple[str, ...] = ("tx_packets", "tx_bytes", "tx_flood", "rx_packets", "rx_bytes")
 
 # Datapath-wide counters besides drops, in the order of struct ovl_stats.
-STAT_FIELDS: tuple[str, ...] = ("tap_rx", "tap_tx", "tx_unicast", "tx_flooded")
+# tap_rx / tap_tx count frames as segments; tap_rx_gso / tap_tx_gso count the TCP
+# super-frames among them (read and segmented / coalesced and written; C path with offloads).
+STAT_FIELDS: tuple[str, ...] = ("tap_rx", "tap_tx", "tx_unicast", "tx_flooded", "tap_rx_gso", "tap_tx_gso")
 
 # FDB counters, in the order of struct ovl_fdb_stats.
 FDB_FIELDS: tuple[str, ...] = ("learns", "moves", "refused_full", "aged")

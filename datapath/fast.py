@@ -63,6 +63,7 @@ def _make_config(cfg: DatapathConfig, seed: int, tap_vnet: int = 0) -> Any:
     _require()
     c = ffi.new("struct ovl_config *")
     c.vnet_hdr_len = tap_vnet
+    c.rx_coalesce = bool(cfg.rx_coalesce and tap_vnet)
     c.mode = lib.OVL_MODE_VXLAN if cfg.mode == "vxlan" else lib.OVL_MODE_GRE
     c.vni = cfg.vni
     c.key = cfg.key or 0

@@ -318,7 +318,14 @@ def test_learn_then_unicast(name: str) -> None:
         assert len(out) == 1 and out[0][0] == 2  # learned: unicast to remote 2
         assert fwd.rx([(encap(cfg, 1, reply), STRANGER)]) == []
         snap = fwd.snapshot()
-        assert snap.stats == {"tap_rx": 2, "tap_tx": 0, "tx_unicast": 1, "tx_flooded": 1}
+        assert snap.stats == {
+            "tap_rx": 2,
+            "tap_tx": 0,
+            "tx_unicast": 1,
+            "tx_flooded": 1,
+            "tap_rx_gso": 0,
+            "tap_tx_gso": 0,
+        }
         assert snap.drops["rx_not_remote"] == 1 and snap.fdb["learns"] == 1
         assert [r["tx_flood"] for r in snap.remotes] == [1, 1, 1]
 
