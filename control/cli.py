@@ -198,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="compute the outer UDP checksum (VXLAN; default 0 like the kernel and OVS)",
     )
+    run.add_argument(
+        "--offload",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="TAP offloads (C fast path): TSO super-frames from the bridge are segmented in C, received TCP "
+        "segments coalesced into super-frames; auto (default): coalescing only towards a Linux bridge",
+    )
     run.add_argument("--no-fast-path", action="store_true", help="use the pure-Python datapath instead of C")
 
     for name, what in (("show", "counters"), ("fdb", "the MAC table")):
@@ -297,6 +304,7 @@ def _run_options(args: argparse.Namespace) -> object:
         ovsdb=args.ovsdb,
         tag=args.tag,
         vlan_map=tuple(args.vlan_map),
+        offload=args.offload,
     )
 
 

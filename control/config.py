@@ -38,6 +38,7 @@ class RunOptions:
     ovsdb: str | None = None
     tag: int | None = None
     vlan_map: tuple[tuple[int, int], ...] = ()
+    offload: str = "auto"  # auto | on | off
 
 
 def default_tap_name(mode: str) -> str:
@@ -67,7 +68,22 @@ def local_addresses() -> set[str]:
         return {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET)}
 
 
-def build(opts: RunOptions) -> DatapathConfig:
+def offload_flags(offload: str, bridge_kind: str) -> tuple[bool, bool]:
+    """(tap_offloads, rx_coalesce) for --offload and the kind of bridge the TAP is on.
+
+    auto: the TAP takes TSO super-frames and partial checksums everywhere (that only
+    changes what ovl-dp reads), and received TCP segments are coalesced into
+    super-frames only towards a Linux bridge: Open vSwitch's userspace datapath, and
+    whatever a user plugs an unattached TAP into, may not cope with 64 KiB frames.
+    """
+    if offload == "off":
+        return False, False
+    if offload == "on":
+        return True, True
+    return True, bridge_kind == "linux"
+
+
+def build(opts: RunOptions, bridge_kind: str = "none") -> DatapathConfig:
     """Resolve routes and MTU and derive the TAP identity; SetupError on anything wrong."""
     own = local_addresses()
     if opts.local is not None and opts.local not in own:
@@ -94,6 +110,7 @@ def build(opts: RunOptions) -> DatapathConfig:
         statics.append((mac, index[remote], vlan))
     tap = opts.tap or default_tap_name(opts.mode)
     tunnel_id = opts.vni if opts.mode == "vxlan" else (opts.key or 0)
+    tap_offloads, rx_coalesce = offload_flags(opts.offload, bridge_kind)
     return DatapathConfig(
         mode=opts.mode,
         remotes=tuple(remotes),
@@ -110,4 +127,6 @@ def build(opts: RunOptions) -> DatapathConfig:
         fdb_ageing=opts.fdb_ageing,
         statics=tuple(statics),
         vlan_map=opts.vlan_map,
+        tap_offloads=tap_offloads,
+        rx_coalesce=rx_coalesce,
     )

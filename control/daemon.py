@@ -20,7 +20,7 @@ log = logging.getLogger("ovl-dp")
 def run(opts: config.RunOptions) -> int:
     """Run the daemon until SIGINT/SIGTERM; SetupError for anything a user must fix."""
     br = bridge.resolve(opts.bridge, opts.bridge_type, opts.ovsdb, opts.tag)
-    cfg = config.build(opts)
+    cfg = config.build(opts, br.kind)
     engine = Engine(cfg, fast=opts.fast_path)
     try:
         br.attach(engine.tap.name)
@@ -42,6 +42,9 @@ def run(opts: config.RunOptions) -> int:
             ", ".join(r.addr for r in cfg.remotes),
             "C fast" if engine.fast else "pure-Python",
         )
+        if engine.fast:
+            coalesce = cfg.rx_coalesce and engine.tap.vnet_hdr_len > 0
+            log.info("received TCP segments coalesced into super-frames: %s", "yes" if coalesce else "no")
         loop = uvloop.new_event_loop()
         try:
             loop.run_until_complete(_serve(loop, engine, br))
