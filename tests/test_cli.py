@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from control import cli
-from control.config import tap_mac
+from control.config import offload_flags, tap_mac
 
 
 def error_of(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -60,3 +60,12 @@ def test_tap_mac_is_stable_local_unicast_and_depends_on_tunnel() -> None:
     assert a[0] & 0x02 and not a[0] & 0x01
     assert len({a, tap_mac("192.0.2.2", "vxlan", 42, "ovl-vxlan"), tap_mac("192.0.2.1", "vxlan", 43, "ovl-vxlan"),
                 tap_mac("192.0.2.1", "gre", 42, "ovl-vxlan")}) == 4  # fmt: skip
+
+
+def test_offload_policy() -> None:
+    # auto: coalescing only towards a Linux bridge (OVS userspace reads the TAP with AF_PACKET).
+    assert offload_flags("auto", "linux") == (True, True)
+    assert offload_flags("auto", "ovs") == (True, False)
+    assert offload_flags("auto", "none") == (True, False)
+    assert offload_flags("on", "ovs") == (True, True)
+    assert offload_flags("off", "linux") == (False, False)

@@ -38,6 +38,8 @@ def test_two_hosts_ping_arp_iperf(mode: str, path: str) -> None:
         lab.build(container_mtu(mode))
         lab.start_mesh(mode, *path_args(path))
         check_path(lab, path)
+        if path == "fast":
+            assert "coalesced into super-frames: yes" in lab.daemons[1].output()
         # The first ping needs ARP: c1's broadcast request must cross the tunnel,
         # c2 learns c1's MAC from it.
         assert lab.ping(1, 2, count=3)["loss"] < 100

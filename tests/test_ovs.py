@@ -41,6 +41,7 @@ def test_seed_scenario(mode: str) -> None:
     with seed_lab() as lab:
         lab.build(container_mtu(mode, tagged=True), bridge="ovs", tag=SEED_TAG)
         lab.start_mesh(mode)
+        assert "coalesced into super-frames: no" in lab.daemons[1].output()  # OVS must not get 64 KiB frames
         tap = f"ovl-{mode}"
         for i in (1, 2):
             assert tap in lab.ovs[i].vsctl("list-ports", "br-int").split()
