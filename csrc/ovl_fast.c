@@ -681,13 +681,31 @@ void ovl_fdb_get_stats(const struct ovl_fdb *f, struct ovl_fdb_stats *out) { *ou
 
 /* ---- the datapath context --------------------------------------------------------------- */
 
+#define UDP_GSO_MAX_SEGS 64 /* segments per UDP_SEGMENT send (the kernel's limit on older kernels) */
+#define UDP_GSO_MAX_BYTES 65000 /* UDP payload per UDP_SEGMENT send (under 64 KiB with the headers) */
+#define UDP_GRO_SLOT 65536      /* a coalesced UDP_GRO buffer */
+#define RX_GRO_SPLIT 64         /* datagrams per GRO buffer we keep (rx entries per batch slot) */
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#define OVL_UDP_SEGMENT 103
+#define OVL_UDP_GRO 104
+#define RX_CMSG CMSG_SPACE(sizeof(int))
+
 struct ovl_io {
     struct mmsghdr *tx_msg; /* batch * n_remotes */
+    struct iovec gso_iov[2 * UDP_GSO_MAX_SEGS];                 /* one UDP_SEGMENT send */
+    union {
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } gso_cmsg;
+    char *rx_cmsg;          /* batch * RX_CMSG bytes (udp_gro) */
     struct iovec *tx_iov;   /* 2 per tx message: outer header, inner frame */
     struct mmsghdr *rx_msg; /* batch */
     struct iovec *rx_iov;
     struct sockaddr_in *rx_addr;
     struct sockaddr_in dst[OVL_MAX_REMOTES]; /* remote address, port 0 (raw socket) */
+    struct sockaddr_in udp_dst[OVL_MAX_REMOTES]; /* remote address, VXLAN port (UDP GSO sockets) */
 };
 
 /* RX coalescing (see rx_coalesced). */
@@ -791,6 +809,7 @@ void ovl_dp_free(struct ovl_dp *dp) {
         free(dp->io->rx_msg);
         free(dp->io->rx_iov);
         free(dp->io->rx_addr);
+        free(dp->io->rx_cmsg);
         free(dp->io);
     }
     free(dp);
@@ -817,7 +836,9 @@ struct ovl_dp *ovl_dp_new(const struct ovl_config *cfg) {
     dp->fdb = ovl_fdb_new(c->fdb_max, c->fdb_ageing, c->fdb_seed);
     dp->tx_in = calloc(nb, sizeof(*dp->tx_in));
     dp->tx_out = calloc(nout, sizeof(*dp->tx_out));
-    dp->rx = calloc(nb, sizeof(*dp->rx));
+    dp->rx_slot = c->udp_gro ? UDP_GRO_SLOT : c->slot_size;
+    dp->rx_cap = c->udp_gro ? (uint32_t)nb * RX_GRO_SPLIT : (uint32_t)nb;
+    dp->rx = calloc(dp->rx_cap, sizeof(*dp->rx));
     dp->tap_slot = c->vnet_hdr_len ? c->vnet_hdr_len + OVL_TAP_READ : c->slot_size;
     dp->tx_buf = malloc(nb * dp->tap_slot);
     if (c->vnet_hdr_len) {
@@ -834,7 +855,7 @@ struct ovl_dp *ovl_dp_new(const struct ovl_config *cfg) {
                 return NULL;
             }
             for (int k = 0; k < CO_FLOWS; k++) {
-                dp->co->flow[k].iov = calloc(nb + 2, sizeof(struct iovec));
+                dp->co->flow[k].iov = calloc(dp->rx_cap + 2, sizeof(struct iovec));
                 if (!dp->co->flow[k].iov) {
                     ovl_dp_free(dp);
                     return NULL;
@@ -842,7 +863,7 @@ struct ovl_dp *ovl_dp_new(const struct ovl_config *cfg) {
             }
         }
     }
-    dp->rx_buf = malloc(nb * c->slot_size);
+    dp->rx_buf = malloc(nb * dp->rx_slot);
     dp->io = calloc(1, sizeof(*dp->io));
     if (!dp->fdb || !dp->tx_in || !dp->tx_out || !dp->rx || !dp->tx_buf || !dp->rx_buf || !dp->io) {
         ovl_dp_free(dp);
@@ -854,14 +875,19 @@ struct ovl_dp *ovl_dp_new(const struct ovl_config *cfg) {
     io->rx_msg = calloc(nb, sizeof(*io->rx_msg));
     io->rx_iov = calloc(nb, sizeof(*io->rx_iov));
     io->rx_addr = calloc(nb, sizeof(*io->rx_addr));
-    if (!io->tx_msg || !io->tx_iov || !io->rx_msg || !io->rx_iov || !io->rx_addr) {
+    io->rx_cmsg = calloc(nb, RX_CMSG);
+    if (!io->tx_msg || !io->tx_iov || !io->rx_msg || !io->rx_iov || !io->rx_addr || !io->rx_cmsg) {
         ovl_dp_free(dp);
         return NULL;
     }
     for (uint32_t r = 0; r < c->n_remotes; r++) {
         io->dst[r].sin_family = AF_INET;
         io->dst[r].sin_addr.s_addr = c->remote_addr[r];
+        io->udp_dst[r] = io->dst[r];
+        io->udp_dst[r].sin_port = htons((uint16_t)c->dport);
     }
+    for (uint32_t k = 0; k < OVL_GSO_SOCKETS; k++)
+        dp->gso_fd[k] = -1;
     return dp;
 }
 
@@ -937,8 +963,8 @@ uint32_t ovl_tx_process(struct ovl_dp *dp, uint32_t n, double now) {
 uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now) {
     const struct ovl_config *c = &dp->cfg;
     uint32_t delivered = 0;
-    if (n > c->batch)
-        n = c->batch;
+    if (n > dp->rx_cap)
+        n = dp->rx_cap;
     for (uint32_t i = 0; i < n; i++) {
         struct ovl_rx *e = &dp->rx[i];
         int32_t r = -1;
@@ -998,9 +1024,24 @@ uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now) {
 
 static int again(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
-/* Send tx_out[0..k) with sendmmsg: outer header + inner frame of each. */
+static uint32_t tx_send_gso_run(struct ovl_dp *dp, uint32_t m, uint32_t k);
+
+/* Send tx_out[0..k) with sendmmsg: outer header + inner frame of each (or with UDP GSO). */
 static void tx_send(struct ovl_dp *dp, uint32_t k, int send_fd) {
     struct ovl_io *io = dp->io;
+    if (dp->n_gso_fd && !dp->gso_off && dp->cfg.mode == OVL_MODE_VXLAN) {
+        uint32_t m = 0;
+        while (m < k) {
+            uint32_t done = tx_send_gso_run(dp, m, k);
+            if (!done)
+                break; /* GSO refused: the rest goes the plain way */
+            m += done;
+        }
+        if (m == k)
+            return;
+        memmove(dp->tx_out, dp->tx_out + m, (k - m) * sizeof(*dp->tx_out));
+        k -= m;
+    }
     for (uint32_t m = 0; m < k; m++) {
         const struct ovl_tx_out *o = &dp->tx_out[m];
         struct iovec *iov = &io->tx_iov[2 * m];
@@ -1032,6 +1073,73 @@ static void tx_send(struct ovl_dp *dp, uint32_t k, int send_fd) {
             dp->remotes[o->remote].tx_bytes += dp->tx_in[o->frame].len;
         }
     }
+}
+
+/* VXLAN through the UDP sockets of dp->gso_fd (UDP_SEGMENT): runs of packets to the same
+ * remote, in the same VNI, from the same socket (picked by the flow's source port) and of
+ * one size (the last may be shorter) leave in one sendmsg, which the kernel cuts into
+ * datagrams. The kernel builds the outer IPv4 and UDP headers (with a UDP checksum: it
+ * refuses GSO without); the VXLAN header is the one outer_header built. Returns the
+ * number of packets from m handled; 0 if the kernel cannot do it (then dp->gso_off). */
+static uint32_t tx_send_gso_run(struct ovl_dp *dp, uint32_t m, uint32_t k) {
+    struct ovl_io *io = dp->io;
+    const struct ovl_tx_out *o = &dp->tx_out[m];
+    uint32_t seg = VXLAN_HLEN + dp->tx_in[o->frame].len;
+    uint32_t port = get16(o->hdr + IPV4_HLEN), fd_i = port % dp->n_gso_fd;
+    uint32_t j = m, total = 0;
+    while (j < k && j - m < UDP_GSO_MAX_SEGS) {
+        const struct ovl_tx_out *x = &dp->tx_out[j];
+        uint32_t len = VXLAN_HLEN + dp->tx_in[x->frame].len;
+        if (j > m && (x->remote != o->remote || get16(x->hdr + IPV4_HLEN) % dp->n_gso_fd != fd_i ||
+                      memcmp(x->hdr + IPV4_HLEN + UDP_HLEN, o->hdr + IPV4_HLEN + UDP_HLEN, VXLAN_HLEN) ||
+                      len > seg || total + len > UDP_GSO_MAX_BYTES))
+            break;
+        struct iovec *iov = &io->gso_iov[2 * (j - m)];
+        iov[0].iov_base = (void *)(x->hdr + IPV4_HLEN + UDP_HLEN);
+        iov[0].iov_len = VXLAN_HLEN;
+        iov[1].iov_base = dp->tx_in[x->frame].data;
+        iov[1].iov_len = dp->tx_in[x->frame].len;
+        total += len;
+        j++;
+        if (len < seg) /* a shorter one ends the run */
+            break;
+    }
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_name = &io->udp_dst[o->remote];
+    msg.msg_namelen = sizeof(io->udp_dst[0]);
+    msg.msg_iov = io->gso_iov;
+    msg.msg_iovlen = 2 * (j - m);
+    if (j - m > 1) {
+        uint16_t size = (uint16_t)seg;
+        msg.msg_control = io->gso_cmsg.buf;
+        msg.msg_controllen = sizeof(io->gso_cmsg.buf);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_UDP;
+        cm->cmsg_type = OVL_UDP_SEGMENT;
+        cm->cmsg_len = CMSG_LEN(sizeof(size));
+        memcpy(CMSG_DATA(cm), &size, sizeof(size));
+    }
+    ssize_t w;
+    do
+        w = sendmsg(dp->gso_fd[fd_i], &msg, 0);
+    while (w < 0 && errno == EINTR);
+    if (w < 0 && errno == EIO && j - m > 1) { /* the egress device cannot: plain sends from now on */
+        dp->gso_off = 1;
+        return 0;
+    }
+    for (uint32_t x = m; x < j; x++) {
+        const struct ovl_tx_out *p = &dp->tx_out[x];
+        if (w < 0) {
+            drop(dp, OVL_DROP_TX_ERROR);
+            continue;
+        }
+        dp->remotes[p->remote].tx_packets++;
+        dp->remotes[p->remote].tx_bytes += dp->tx_in[p->frame].len;
+    }
+    if (w >= 0 && j - m > 1)
+        dp->stats.tx_gso++;
+    return j - m;
 }
 
 /* A frame from the TAP that never reaches ovl_tx_process: counted as read, and dropped. */
@@ -1347,13 +1455,17 @@ int ovl_from_tunnel(struct ovl_dp *dp, int recv_fd, int tap_fd, double now) {
     struct ovl_io *io = dp->io;
     dp->io_errno = 0;
     for (uint32_t i = 0; i < c->batch; i++) {
-        io->rx_iov[i].iov_base = dp->rx_buf + (size_t)i * c->slot_size;
-        io->rx_iov[i].iov_len = c->slot_size;
+        io->rx_iov[i].iov_base = dp->rx_buf + (size_t)i * dp->rx_slot;
+        io->rx_iov[i].iov_len = dp->rx_slot;
         memset(&io->rx_msg[i], 0, sizeof(io->rx_msg[i]));
         io->rx_msg[i].msg_hdr.msg_name = &io->rx_addr[i];
         io->rx_msg[i].msg_hdr.msg_namelen = sizeof(io->rx_addr[i]);
         io->rx_msg[i].msg_hdr.msg_iov = &io->rx_iov[i];
         io->rx_msg[i].msg_hdr.msg_iovlen = 1;
+        if (c->udp_gro) {
+            io->rx_msg[i].msg_hdr.msg_control = io->rx_cmsg + (size_t)i * RX_CMSG;
+            io->rx_msg[i].msg_hdr.msg_controllen = RX_CMSG;
+        }
     }
     int got;
     do
@@ -1364,15 +1476,46 @@ int ovl_from_tunnel(struct ovl_dp *dp, int recv_fd, int tap_fd, double now) {
             dp->io_errno = errno;
         return 0;
     }
+    uint32_t n = 0;
     for (int i = 0; i < got; i++) {
-        struct ovl_rx *e = &dp->rx[i];
-        e->data = io->rx_iov[i].iov_base;
-        e->len = io->rx_msg[i].msg_len;
-        if (e->len > c->slot_size) /* never trust a length beyond the slot */
-            e->len = c->slot_size;
-        e->truncated = (io->rx_msg[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
-        e->src = io->rx_msg[i].msg_hdr.msg_namelen >= sizeof(struct sockaddr_in) ? io->rx_addr[i].sin_addr.s_addr : 0;
+        struct msghdr *h = &io->rx_msg[i].msg_hdr;
+        uint8_t *data = io->rx_iov[i].iov_base;
+        uint32_t len = io->rx_msg[i].msg_len;
+        uint32_t truncated = (h->msg_flags & MSG_TRUNC) != 0;
+        uint32_t src = h->msg_namelen >= sizeof(struct sockaddr_in) ? io->rx_addr[i].sin_addr.s_addr : 0;
+        uint32_t gso = 0;
+        if (len > dp->rx_slot) /* never trust a length beyond the slot */
+            len = dp->rx_slot;
+        if (c->udp_gro && !(h->msg_flags & MSG_CTRUNC)) {
+            /* UDP_GRO: several datagrams of gso bytes (the last may be shorter) in one buffer. */
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(h); cm; cm = CMSG_NXTHDR(h, cm)) {
+                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == OVL_UDP_GRO && cm->cmsg_len >= CMSG_LEN(sizeof(int))) {
+                    int v;
+                    memcpy(&v, CMSG_DATA(cm), sizeof(v));
+                    gso = v > 0 ? (uint32_t)v : 0;
+                }
+            }
+        }
+        if (gso && len > gso)
+            dp->stats.rx_gro++;
+        uint32_t off = 0;
+        do {
+            uint32_t piece = gso && len - off > gso ? gso : len - off;
+            if (n == dp->rx_cap) { /* more datagrams than rx entries: the rest is lost */
+                drop(dp, OVL_DROP_RX_TRUNCATED);
+                break;
+            }
+            struct ovl_rx *e = &dp->rx[n++];
+            e->data = data + off;
+            e->len = piece;
+            /* A datagram bigger than a ring slot (only a GRO slot can hold one) is
+             * too big for anything the underlay MTU allows: dropped as truncated, as without GRO. */
+            e->truncated = truncated || piece > c->slot_size;
+            e->src = src;
+            off += piece;
+        } while (off < len);
     }
+    got = (int)n;
     ovl_rx_process(dp, (uint32_t)got, now);
     if (dp->co) {
         rx_coalesced(dp, (uint32_t)got, tap_fd);

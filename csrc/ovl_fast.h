@@ -33,6 +33,7 @@
 #define OVL_MAX_SLOT 65600
 #define OVL_VLAN_COUNT 4096 /* 12-bit VLAN IDs; 0 = untagged */
 #define OVL_TAP_READ 65600 /* largest frame read from a TAP with offloads (64 KiB GSO + headers) */
+#define OVL_GSO_SOCKETS 16 /* at most this many UDP sockets for UDP GSO sends */
 #define OVL_VNET_HDR_LEN 10 /* struct virtio_net_hdr */
 #define OVL_VNET_F_NEEDS_CSUM 1
 #define OVL_VNET_F_DATA_VALID 2
@@ -87,6 +88,7 @@ struct ovl_config {
     uint32_t slot_size;    /* bytes per ring slot */
     uint32_t vnet_hdr_len; /* 0: plain TAP; 10 or 12: a virtio_net_hdr leads every TAP read and write */
     uint32_t rx_coalesce;  /* with vnet_hdr_len: TCP segments of a batch go to the TAP as super-frames */
+    uint32_t udp_gro;      /* VXLAN: the receiving socket has UDP_GRO on (64 KiB slots, split by gso_size) */
     uint32_t n_remotes;
     uint32_t fdb_max;
     double fdb_ageing;     /* seconds, 0 = never */
@@ -114,6 +116,8 @@ struct ovl_stats {
     uint64_t tx_flooded;
     uint64_t tap_rx_gso; /* TCP super-frames read from the TAP (each counted in tap_rx per segment) */
     uint64_t tap_tx_gso; /* super-frames written to the TAP (each counted in tap_tx per segment) */
+    uint64_t tx_gso;     /* UDP_SEGMENT sends of several datagrams (each counted in tx_packets) */
+    uint64_t rx_gro;     /* UDP_GRO buffers of several datagrams received */
 };
 
 struct ovl_fdb_stats {
@@ -180,6 +184,11 @@ struct ovl_dp {
     uint32_t tap_slot;         /* bytes per tx_buf slot: slot_size, or vnet_hdr_len + OVL_TAP_READ */
     struct ovl_io *io;         /* mmsghdr / iovec / sockaddr arrays */
     struct ovl_co *co;         /* rx_coalesce only */
+    uint32_t rx_slot;          /* bytes per rx_buf slot: slot_size, or 64 KiB with udp_gro */
+    uint32_t rx_cap;           /* rx entries: batch, or batch * 64 with udp_gro */
+    uint32_t n_gso_fd;         /* VXLAN: UDP sockets for UDP_SEGMENT sends (0 = raw socket only) */
+    uint32_t gso_off;          /* set when a GSO send failed with EIO: raw socket from then on */
+    int32_t gso_fd[OVL_GSO_SOCKETS];
     struct ovl_vlan_id *vlan_of_id; /* cfg.n_vlans entries */
 };
 

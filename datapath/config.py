@@ -75,6 +75,12 @@ class DatapathConfig:
     # kernel (a Linux bridge): Open vSwitch's userspace datapath reads the TAP with AF_PACKET
     # and would see 64 KiB frames, so this must stay off for an OVS port.
     rx_coalesce: bool = False
+    # VXLAN, C fast path: send through a pool of UDP sockets with UDP_SEGMENT (GSO), many
+    # datagrams per sendmsg, instead of the raw socket. Opt-in: the kernel only does UDP
+    # GSO with outer UDP checksums, which a veth hands on unfilled (offload) and Open
+    # vSwitch's userspace datapath then drops; and the UDP source port comes from a pool
+    # of UDP_GSO_SOCKETS bound ports (picked by flow hash) instead of one per flow.
+    udp_gso: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

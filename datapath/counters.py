@@ -34,7 +34,17 @@ REMOTE_FIELDS: tuple[str, ...] = ("tx_packets", "tx_bytes", "tx_flood", "rx_pack
 # Datapath-wide counters besides drops, in the order of struct ovl_stats.
 # tap_rx / tap_tx count frames as segments; tap_rx_gso / tap_tx_gso count the TCP
 # super-frames among them (read and segmented / coalesced and written; C path with offloads).
-STAT_FIELDS: tuple[str, ...] = ("tap_rx", "tap_tx", "tx_unicast", "tx_flooded", "tap_rx_gso", "tap_tx_gso")
+# tx_gso: UDP_SEGMENT sends carrying several VXLAN datagrams; rx_gro: UDP_GRO buffers holding several.
+STAT_FIELDS: tuple[str, ...] = (
+    "tap_rx",
+    "tap_tx",
+    "tx_unicast",
+    "tx_flooded",
+    "tap_rx_gso",
+    "tap_tx_gso",
+    "tx_gso",
+    "rx_gro",
+)
 
 # FDB counters, in the order of struct ovl_fdb_stats.
 FDB_FIELDS: tuple[str, ...] = ("learns", "moves", "refused_full", "aged")

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from datapath import pypath, underlay
@@ -57,20 +57,25 @@ def fast_path_available() -> bool:
 
 
 def make_forwarder(
-    cfg: DatapathConfig, fast: bool, clock: Callable[[], float] = time.monotonic, tap_vnet: int = 0
+    cfg: DatapathConfig,
+    fast: bool,
+    clock: Callable[[], float] = time.monotonic,
+    tap_vnet: int = 0,
+    udp_gro: bool = False,
+    gso_socks: Sequence[socket.socket] = (),
 ) -> Forwarder:
     """The C forwarder if asked for and built, else the Python reference.
 
-    tap_vnet: the TAP's virtio header length (C only; 0 = a plain TAP).
+    tap_vnet: the TAP's virtio header length; udp_gro, gso_socks: underlay offloads (C only).
     """
     if fast:
         from datapath import fast as fastpath
 
         if fastpath.available():
-            return fastpath.FastForwarder(cfg, clock, tap_vnet=tap_vnet)
+            return fastpath.FastForwarder(cfg, clock, tap_vnet=tap_vnet, udp_gro=udp_gro, gso_socks=gso_socks)
         log.warning("C fast path is not built (pip install -e . compiles it); using the pure-Python path")
-    if tap_vnet:
-        raise ValueError("the pure-Python forwarder needs a plain TAP")
+    if tap_vnet or udp_gro or gso_socks:
+        raise ValueError("the pure-Python forwarder needs a plain TAP and plain sockets")
     return pypath.PyForwarder(cfg, clock)
 
 
@@ -96,13 +101,29 @@ class Engine:
             self.recv_sock.close()
             self.send_sock.close()
             raise
-        self.forwarder = make_forwarder(cfg, fast, tap_vnet=self.tap.vnet_hdr_len)
+        # Underlay offloads (VXLAN, C path): UDP_GRO on the receiving socket (always, where the
+        # kernel has it); UDP_SEGMENT sends through a pool of UDP sockets (cfg.udp_gso, opt-in).
+        self.udp_gro = fast and cfg.mode == "vxlan" and underlay.enable_udp_gro(self.recv_sock)
+        self.gso_socks = underlay.open_gso_sockets(cfg) if fast and cfg.mode == "vxlan" and cfg.udp_gso else []
+        self.forwarder = make_forwarder(
+            cfg, fast, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks
+        )
         self.fast = not isinstance(self.forwarder, pypath.PyForwarder)
         log.info("tap %s: %s", self.tap.name, self.tap.describe())
+        log.info("underlay offloads: %s", self.describe_underlay())
         self.io_errors = 0
         self._last_error_log = -ERROR_LOG_INTERVAL
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def describe_underlay(self) -> str:
+        """UDP_GRO on receive, UDP_SEGMENT on send (VXLAN only)."""
+        if self.cfg.mode != "vxlan" or not self.fast:
+            return "none (raw sockets, sendmmsg/recvmmsg)" if self.fast else "none"
+        gso = f"udp_segment via {len(self.gso_socks)} UDP sockets" if self.gso_socks else "no udp_segment"
+        if self.cfg.udp_gso and not self.gso_socks:
+            gso += " (refused by the kernel)"
+        return f"{'udp_gro' if self.udp_gro else 'no udp_gro'}, {gso}"
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Register the fds with loop; packets flow from here on."""
@@ -146,6 +167,8 @@ class Engine:
             self._loop = None
         self.recv_sock.close()
         self.send_sock.close()
+        for sock in self.gso_socks:
+            sock.close()
         self.tap.close()
 
     def snapshot(self) -> Snapshot:

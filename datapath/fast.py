@@ -59,9 +59,10 @@ def _addr32(addr: bytes) -> int:
     return int(struct.unpack("=I", addr)[0])
 
 
-def _make_config(cfg: DatapathConfig, seed: int, tap_vnet: int = 0) -> Any:
+def _make_config(cfg: DatapathConfig, seed: int, tap_vnet: int = 0, udp_gro: bool = False) -> Any:
     _require()
     c = ffi.new("struct ovl_config *")
+    c.udp_gro = udp_gro and cfg.mode == "vxlan"
     c.vnet_hdr_len = tap_vnet
     c.rx_coalesce = bool(cfg.rx_coalesce and tap_vnet)
     c.mode = lib.OVL_MODE_VXLAN if cfg.mode == "vxlan" else lib.OVL_MODE_GRE
@@ -275,16 +276,35 @@ class FastForwarder:
     ``from_tap`` / ``from_tunnel`` run on the buffers they read into.
     """
 
-    def __init__(self, cfg: DatapathConfig, clock: Callable[[], float] = time.monotonic, tap_vnet: int = 0) -> None:
-        """tap_vnet: the TAP's virtio header length (10, see datapath.tap), 0 for a plain TAP."""
+    def __init__(
+        self,
+        cfg: DatapathConfig,
+        clock: Callable[[], float] = time.monotonic,
+        tap_vnet: int = 0,
+        udp_gro: bool = False,
+        gso_socks: Sequence[socket.socket] = (),
+    ) -> None:
+        """tap_vnet: the TAP's virtio header length (10, see datapath.tap), 0 for a plain TAP.
+
+        udp_gro: the receiving socket has UDP_GRO on (VXLAN). gso_socks: UDP sockets
+        (underlay.open_gso_sockets) that VXLAN packets leave through with UDP_SEGMENT.
+        """
         _require()
         self.cfg = cfg
         self._clock = clock
         self.tap_vnet = tap_vnet
-        ptr = lib.ovl_dp_new(_make_config(cfg, int.from_bytes(os.urandom(8), "little"), tap_vnet))
+        if len(gso_socks) > lib.OVL_GSO_SOCKETS:
+            raise ValueError(f"at most {lib.OVL_GSO_SOCKETS} UDP GSO sockets")
+        seed = int.from_bytes(os.urandom(8), "little")
+        ptr = lib.ovl_dp_new(_make_config(cfg, seed, tap_vnet, udp_gro))
         if ptr == ffi.NULL:
             raise ValueError("configuration out of range for the C fast path (batch, MTU, FDB size, VLAN map)")
         self._dp = ffi.gc(ptr, lib.ovl_dp_free)
+        if cfg.mode == "vxlan":
+            self._gso_socks = list(gso_socks)  # the fds stay open as long as the C side uses them
+            for i, s in enumerate(self._gso_socks):
+                self._dp.gso_fd[i] = s.fileno()
+            self._dp.n_gso_fd = len(self._gso_socks)
         self.fdb = FastFdb._view(self._dp, self._dp.fdb, cfg.fdb_max, cfg.fdb_ageing, clock)
         for mac, remote, vlan in cfg.static_entries:
             self.fdb.add_static(mac, remote, vlan=vlan)

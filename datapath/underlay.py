@@ -17,7 +17,14 @@ from datapath.errors import SetupError
 from datapath.ipv4 import IPPROTO_GRE
 
 IP_MTU = 14  # <linux/in.h>: path MTU of a connected socket
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DO = 2  # DF on every packet
 SOCKET_BUFFER = 4 << 20  # room for bursts from a batch
+SOL_UDP = 17
+UDP_SEGMENT = 103  # Linux 4.18
+UDP_GRO = 104  # Linux 5.0
+UDP_GSO_SOCKETS = 8  # the pool of UDP_SEGMENT senders (OVL_GSO_SOCKETS in C is the most)
+SRC_PORT_MIN, SRC_PORT_MAX = 32768, 61000  # as the C flow-hash source ports
 
 
 def route_to(remote: str) -> tuple[str, int]:
@@ -45,6 +52,46 @@ def open_send_socket() -> socket.socket:
         raise SetupError("cannot open a raw socket: permission denied (run as root or with CAP_NET_RAW)") from None
     _grow_buffer(sock, socket.SO_SNDBUF)
     return sock
+
+
+def enable_udp_gro(sock: socket.socket) -> bool:
+    """Ask for coalesced UDP datagrams (UDP_GRO); False where the kernel has no such option."""
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def open_gso_sockets(cfg: DatapathConfig, count: int = UDP_GSO_SOCKETS) -> list[socket.socket]:
+    """UDP sockets for UDP_SEGMENT sends, bound to source ports spread over 32768-60999; [] if unsupported.
+
+    The kernel builds the outer headers: DF (IP_PMTUDISC_DO), cfg.ttl, a UDP checksum.
+    """
+    socks: list[socket.socket] = []
+    span = (SRC_PORT_MAX - SRC_PORT_MIN) // count
+    try:
+        for i in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(sock)
+            sock.getsockopt(SOL_UDP, UDP_SEGMENT)  # ENOPROTOOPT before Linux 4.18
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, cfg.ttl)
+            _grow_buffer(sock, socket.SO_SNDBUF)
+            for port in range(SRC_PORT_MIN + i * span, SRC_PORT_MIN + (i + 1) * span):
+                try:
+                    sock.bind((cfg.bind, port))
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise
+            else:
+                raise OSError(errno.EADDRINUSE, "no free source port")
+    except OSError:
+        for sock in socks:
+            sock.close()
+        return []
+    return socks
 
 
 def open_recv_socket(cfg: DatapathConfig) -> socket.socket:

@@ -325,6 +325,8 @@ def test_learn_then_unicast(name: str) -> None:
             "tx_flooded": 1,
             "tap_rx_gso": 0,
             "tap_tx_gso": 0,
+            "tx_gso": 0,
+            "rx_gro": 0,
         }
         assert snap.drops["rx_not_remote"] == 1 and snap.fdb["learns"] == 1
         assert [r["tx_flood"] for r in snap.remotes] == [1, 1, 1]

@@ -204,6 +204,8 @@ def test_tap_to_tunnel_and_back(case: str, impl: str) -> None:
             "tx_flooded": 6,
             "tap_rx_gso": 0,
             "tap_tx_gso": 0,
+            "tx_gso": 0,
+            "rx_gro": 0,
         }
         r = snap.remotes[0]
         assert (r["tx_packets"], r["tx_bytes"], r["tx_flood"]) == (6, sum(map(len, frames)), 6)

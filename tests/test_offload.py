@@ -791,3 +791,170 @@ def test_coalesced_super_frame_into_a_real_tcp_socket() -> None:
         t.close()
 
     run_isolated(body)
+
+
+# -- UDP GSO / GRO (VXLAN underlay) ----------------------------------------------------
+
+SOL_UDP, UDP_SEGMENT = 17, 103
+
+
+def _marked(i: int, size: int) -> bytes:
+    body = b"\x88\xb5" + f"gro {i} ".encode()
+    return bytes.fromhex("ffffffffffff020000000007") + body + bytes(size - 12 - len(body))
+
+
+@pytest.mark.netns
+def test_udp_gro_buffers_are_split() -> None:
+    """A UDP_GRO buffer of many VXLAN datagrams (the last shorter) becomes the frames it holds, in order."""
+
+    def body() -> None:
+        from datapath import underlay
+
+        cfg = _cfg(batch=4)
+        fwd = fast.FastForwarder(cfg, tap_vnet=10, udp_gro=True)
+        recv = _recv_socket(cfg.port)
+        assert underlay.enable_udp_gro(recv)
+        tap_end, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        tap_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        reader.setblocking(False)
+        frames = [_marked(i, 1000) for i in range(30)] + [_marked(30, 400)]
+        payload = b"".join(vxlan.header(99) + f for f in frames)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((LO, 0))
+            s.sendmsg([payload], [(SOL_UDP, UDP_SEGMENT, struct.pack("H", 1008))], 0, (LO, cfg.port))
+            s.sendto(vxlan.header(99) + _marked(99, 300), (LO, cfg.port))  # and a plain one
+        n, end = 0, time.monotonic() + 5
+        while n < 32 and time.monotonic() < end:
+            select.select([recv], [], [], 0.1)
+            n += fwd.from_tunnel(recv, tap_end.fileno())
+        assert n == 32
+        got = []
+        while True:
+            try:
+                got.append(reader.recv(65536))
+            except BlockingIOError:
+                break
+        assert got == [bytes(10) + f for f in [*frames, _marked(99, 300)]]
+        snap = fwd.snapshot()
+        assert snap.stats["rx_gro"] == 1 and snap.stats["tap_tx"] == 32 and sum(snap.drops.values()) == 0, snap
+        assert snap.remotes[0]["rx_packets"] == 32
+
+    run_isolated(body)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("gro", [False, True])
+def test_udp_gso_send(gro: bool) -> None:
+    """Segments of a super-frame leave in UDP_SEGMENT sends from the socket pool; a plain or a GRO receiver
+    (coalescing again) gets exactly the segments."""
+
+    def body() -> None:
+        from datapath import underlay
+
+        cfg = _cfg(batch=64, udp_gso=True, rx_coalesce=True)
+        socks = underlay.open_gso_sockets(cfg)
+        assert len(socks) == underlay.UDP_GSO_SOCKETS
+        ports = {s.getsockname()[1] for s in socks}
+        assert all(underlay.SRC_PORT_MIN <= p < underlay.SRC_PORT_MAX for p in ports)
+        fwd = fast.FastForwarder(cfg, tap_vnet=10, gso_socks=socks)
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        b.setblocking(False)
+        send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        recv = _recv_socket(cfg.port)
+        if gro:  # before the packets arrive: the kernel decides when it queues them
+            assert underlay.enable_udp_gro(recv)
+        big, l4 = super_frame(random.Random(6).randbytes(50000), opts=True)
+        hdr = vnet(NEEDS_CSUM, GSO_TCPV4, 0, 1300, l4, 16)
+        expect = fast.offload_frame(hdr, big)
+        a.send(hdr + big)
+        select.select([b], [], [], 1)
+        assert fwd.from_tap(b.fileno(), send) == 1
+        snap = fwd.snapshot()
+        assert snap.stats["tx_gso"] >= 1 and snap.remotes[0]["tx_packets"] == len(expect), snap
+        if not gro:
+            got = []
+            end = time.monotonic() + 5
+            while len(got) < len(expect) and time.monotonic() < end:
+                if select.select([recv], [], [], 0.1)[0]:
+                    data, addr = recv.recvfrom(65536)
+                    assert addr[1] in ports
+                    got.append(data)
+            assert _inner(got) == expect
+            return
+        rx = fast.FastForwarder(_cfg(batch=64, rx_coalesce=True), tap_vnet=10, udp_gro=True)
+        tap_end, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        tap_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        reader.setblocking(False)
+        n, end = 0, time.monotonic() + 5
+        while n < len(expect) and time.monotonic() < end:
+            select.select([recv], [], [], 0.1)
+            n += rx.from_tunnel(recv, tap_end.fileno())
+        assert n == len(expect)
+        out = []
+        while True:
+            try:
+                d = reader.recv(1 << 17)
+            except BlockingIOError:
+                break
+            out.extend(_resegment(d[:10], d[10:]))
+        assert out == expect
+        snap = rx.snapshot()
+        assert snap.stats["rx_gro"] >= 1 and snap.stats["tap_tx_gso"] >= 1, snap
+
+    run_isolated(body)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("udp_gso", [False, True])
+def test_engine_underlay_offloads(udp_gso: bool) -> None:
+    """The engine turns UDP_GRO on for the C path (VXLAN) and opens the UDP GSO pool only when asked."""
+
+    def body() -> None:
+        from datapath.engine import Engine
+
+        cfg = DatapathConfig(
+            mode="vxlan",
+            remotes=(Remote(LO, LO),),
+            underlay_mtu=1500,
+            tap_mtu=1450,
+            tap_name="ovleng1",
+            udp_gso=udp_gso,
+        )
+        eng = Engine(cfg, fast=True)
+        try:
+            assert eng.udp_gro and len(eng.gso_socks) == (8 if udp_gso else 0)
+            assert ("udp_segment via 8" in eng.describe_underlay()) == udp_gso
+        finally:
+            eng.close()
+        eng = Engine(cfg, fast=False)
+        try:
+            assert not eng.udp_gro and not eng.gso_socks and eng.describe_underlay() == "none"
+        finally:
+            eng.close()
+
+    run_isolated(body)
+
+
+@pytest.mark.netns
+def test_udp_gro_slot_still_drops_oversized() -> None:
+    """With UDP_GRO the ring slots hold 64 KiB, but a single datagram bigger than a normal slot is still dropped."""
+
+    def body() -> None:
+        from datapath import underlay
+
+        cfg = _cfg(batch=4)
+        fwd = fast.FastForwarder(cfg, tap_vnet=10, udp_gro=True)
+        recv = _recv_socket(cfg.port)
+        assert underlay.enable_udp_gro(recv)
+        tap_end, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        reader.setblocking(False)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(vxlan.header(99) + _marked(1, cfg.slot_size + 100), (LO, cfg.port))
+        select.select([recv], [], [], 1)
+        assert fwd.from_tunnel(recv, tap_end.fileno()) == 1
+        assert fwd.snapshot().drops["rx_truncated"] == 1
+        with pytest.raises(BlockingIOError):
+            reader.recv(65536)
+
+    run_isolated(body)
