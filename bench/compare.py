@@ -19,7 +19,9 @@ between the two containers:
 - for datapaths that are userspace processes (ovl-dp daemons, ovs-vswitchd,
   tincd): CPU seconds (utime+stime of the processes of both hosts, from
   /proc/PID/stat, before/after) per GB received during the 1-stream TCP test,
-  and peak RSS (VmHWM, the larger of the two hosts' processes).
+  and peak RSS (VmHWM, the larger of the two hosts' processes); for ovl-dp
+  also its counters after the tests (``ovl-dp show``: offloads used, drops),
+  in the JSON.
 
 Containers use MTU 1450 on every datapath unless it needs less (the table's MTU
 column says). On Open vSwitch the containers send with ``ethtool -K eth0 tx
@@ -208,6 +210,13 @@ def measure(dp: Datapath, seconds: int, say: Callable[[str], None], ping_count: 
                 except (LabError, ovs.OvsError, ValueError, KeyError, OSError, subprocess.SubprocessError) as exc:
                     errors[test] = f"{type(exc).__name__}: {str(exc).strip()[-500:]}"
                     say(f"{test} failed: {errors[test]}")
+            if lab.daemons:  # ovl-dp: its counters (offloads used, drops) go into the JSON
+                try:
+                    rnd["ovl_show"] = {i: lab.ovl(i, "show") for i in sorted(lab.daemons)}
+                    stats = rnd["ovl_show"][1].get("stats", {})
+                    say("host 1 counters: " + " ".join(f"{k}={v}" for k, v in stats.items()))
+                except (LabError, ValueError, OSError, subprocess.SubprocessError) as exc:
+                    errors["ovl-dp show"] = str(exc)[-300:]
             if pids:
                 try:
                     rss = max(proc_vmhwm_kb(Path(f"/proc/{pid}/status").read_text()) for pid in pids)
@@ -294,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     interrupted = False
     t0 = time.monotonic()
+    load_start = os.getloadavg()
     try:
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]  # rotate: no datapath always runs first
@@ -327,8 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     for line in notes:
         print(f"  {line}")
 
+    meta = {**_meta(args), "interrupted": interrupted, "elapsed_s": round(time.monotonic() - t0, 1)}
+    meta |= {"loadavg_start": load_start, "loadavg_end": os.getloadavg()}  # other work on the machine skews figures
     report = {
-        "meta": {**_meta(args), "interrupted": interrupted, "elapsed_s": round(time.monotonic() - t0, 1)},
+        "meta": meta,
         "datapaths": {n: {"label": labels[n], "mtu": mtus[n], "note": DATAPATHS[n].note} for n in names},
         "skipped": skipped,
         "metrics": {m.key: {"header": m.header, "better": m.better, "ratio": m.ratio} for m in METRICS},
