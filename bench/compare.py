@@ -89,10 +89,10 @@ def _kernel_vxlan(lab: Lab) -> list[int]:
     return []
 
 
-def _ovl(mode: str, fast: bool = True) -> Callable[[Lab], list[int]]:
+def _ovl(mode: str, *options: str) -> Callable[[Lab], list[int]]:
     def start(lab: Lab) -> list[int]:
         extra = ("--vni", str(VNI)) if mode == "vxlan" else ()
-        lab.start_mesh(mode, *extra, *(() if fast else ("--no-fast-path",)))
+        lab.start_mesh(mode, *extra, *options)
         return [d.proc.pid for d in lab.daemons.values()]
 
     return start
@@ -131,7 +131,10 @@ DATAPATHS: dict[str, Datapath] = {
         Datapath("tinc-switch", "tinc 1.0 switch mode", _tinc, missing=peers.tinc_installed,
                  note="tincd defaults (UDP, blowfish-CBC, SHA1); container MTU lowered to the path MTU tinc discovers "
                       "(it carries longer frames over TCP)"),
-        Datapath("ovl-dp-vxlan-python", "ovl-dp VXLAN --no-fast-path", _ovl("vxlan", fast=False), default=False),
+        # Variants for looking into ovl-dp itself, run only when named with --only:
+        Datapath("ovl-dp-vxlan-no-offload", "ovl-dp VXLAN --offload off", _ovl("vxlan", "--offload", "off"),
+                 default=False),
+        Datapath("ovl-dp-vxlan-python", "ovl-dp VXLAN --no-fast-path", _ovl("vxlan", "--no-fast-path"), default=False),
     )
 }  # fmt: skip
 
@@ -282,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name, d in DATAPATHS.items():
             status = d.missing() or ("available" if d.default else "available, only with --only")
-            print(f"{name:<22} {d.label:<30} {status}")
+            print(f"{name:<24} {d.label:<30} {status}")
         return 0
     if os.geteuid() != 0:
         print("bench: needs root (it builds network namespaces)", file=sys.stderr)
