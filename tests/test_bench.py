@@ -20,6 +20,7 @@ from bench.parse import (
     proc_vmhwm_kb,
 )
 from bench.report import METRICS, REFERENCE, TIMES, cell, medians, ratios, summarize, table
+from control.lab import LabError
 
 PING = """\
 PING 172.20.1.2 (172.20.1.2) 56(84) bytes of data.
@@ -204,3 +205,108 @@ def test_datapaths_and_command_line() -> None:
     assert {REFERENCE, "ovl-dp-vxlan", "ovl-dp-gre", "ovs-vxlan", "ovs-gre", "tinc-switch"} <= set(DATAPATHS)
     assert all(d.mtu == 1450 for d in DATAPATHS.values())
     assert main(["--list"]) == 0
+
+
+# -- the runner, with the lab replaced by fakes ----------------------------------------------------
+
+
+class FakeLab:
+    """Just enough of control.lab.Lab for bench.compare.measure, without namespaces."""
+
+    closed = 0
+
+    def __init__(self, hosts: int = 2) -> None:
+        self.daemons: dict[int, Any] = {}
+
+    def __enter__(self) -> FakeLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        FakeLab.closed += 1
+
+    def build(self, mtu: int, bridge: str = "linux") -> FakeLab:
+        return self
+
+    def ping(self, src: int, dst: int, **kw: Any) -> dict[str, float]:
+        return {"loss": 0.0}
+
+    def iperf3(self, client: int, server: int, seconds: int, *extra: str) -> dict[str, Any]:
+        if "-u" in extra:
+            return {"error": "error - control socket has closed unexpectedly"}
+        return tcp_result(4e9 if "-P" in extra else 2e9, 1_250_000_000)
+
+
+@pytest.fixture
+def fake_lab(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.compare as compare
+
+    monkeypatch.setattr(compare, "Lab", FakeLab)
+    monkeypatch.setattr(compare, "_ping", lambda lab, count, interval: ping_summary(PING))
+    monkeypatch.setattr(compare, "_container_mtu", lambda lab: 1450)
+
+
+def test_measure_records_a_failed_test_and_a_failed_datapath(fake_lab: None) -> None:
+    from bench.compare import Datapath, measure
+
+    said: list[str] = []
+    rnd = measure(Datapath("fake", "fake", lambda lab: []), 5, said.append)
+    assert rnd["ok"] and rnd["error"] is None and rnd["mtu"] == 1450
+    assert rnd["metrics"]["tcp1_gbps"] == 2.0 and rnd["metrics"]["tcp4_gbps"] == 4.0
+    assert "udp_pps" not in rnd["metrics"] and "control socket" in rnd["errors"]["udp 64 B"]
+    assert "cpu_s_per_gb" not in rnd["metrics"]  # no userspace processes
+
+    def broken(lab: Any) -> list[int]:
+        raise LabError("tincd exited with 1")
+
+    closed = FakeLab.closed
+    rnd = measure(Datapath("fake", "fake", broken), 5, said.append)
+    assert not rnd["ok"] and rnd["error"] == "LabError: tincd exited with 1" and rnd["metrics"] == {}
+    assert FakeLab.closed == closed + 1  # the lab was torn down
+    assert any("FAILED" in s for s in said)
+
+
+def test_measure_cpu_and_rss_of_the_datapaths_processes(fake_lab: None) -> None:
+    import os
+
+    from bench.compare import Datapath, measure
+
+    rnd = measure(Datapath("fake", "fake", lambda lab: [os.getpid()]), 5, lambda s: None)
+    assert rnd["metrics"]["cpu_s_per_gb"] >= 0 and rnd["metrics"]["rss_mb"] > 1
+
+
+def test_main_rotates_and_reports(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A whole run with canned rounds: order rotates, a failure is a row, not a crash; table, JSON, PNG."""
+    import bench.compare as compare
+
+    calls: list[str] = []
+
+    def fake_measure(dp: Any, seconds: int, say: Any, ping_count: int) -> dict[str, Any]:
+        calls.append(dp.name)
+        if dp.name == "ovl-dp-gre" and calls.count(dp.name) == 2:
+            return {"ok": False, "error": "LabError: boom", "metrics": {}, "errors": {}}
+        gbps = 10.0 if dp.name == REFERENCE else 1.0
+        return {"ok": True, "error": None, "mtu": 1450, "metrics": {"tcp1_gbps": gbps, "rtt_p50_ms": 0.1}, "errors": {}}
+
+    monkeypatch.setattr(compare, "measure", fake_measure)
+    monkeypatch.setattr(compare.os, "geteuid", lambda: 0)
+    out_json, out_png = tmp_path / "r" / "b.json", tmp_path / "r" / "b.png"
+    args = ["--rounds", "3", "--only", "ovl-dp-vxlan", "--only", "ovl-dp-gre", "--json", str(out_json)]
+    try:
+        import matplotlib  # noqa: F401
+
+        args += ["--png", str(out_png)]
+    except ImportError:
+        pass
+    assert compare.main(args) == 0
+    k, v, g = REFERENCE, "ovl-dp-vxlan", "ovl-dp-gre"
+    assert calls == [k, v, g, v, g, k, g, k, v]
+    out = capsys.readouterr().out
+    assert "| ovl-dp GRE " in out and " 2/3 |" in out and f"1.00 {TIMES}0.10" in out
+    assert "ovl-dp-gre: failed in round 2: LabError: boom" in out
+    report = json.loads(out_json.read_text())
+    assert report["summary"][g]["rounds_ok"] == 2 and report["summary"][v]["ratio"]["tcp1_gbps"] == 0.1
+    assert [r["round"] for r in report["runs"][k]] == [1, 2, 3] and report["meta"]["rounds"] == 3
+    if "--png" in args:
+        assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
