@@ -81,6 +81,9 @@ class DatapathConfig:
     # vSwitch's userspace datapath then drops; and the UDP source port comes from a pool
     # of UDP_GSO_SOCKETS bound ports (picked by flow hash) instead of one per flow.
     udp_gso: bool = False
+    # VXLAN, C fast path: UDP_GRO on the receiving socket (coalesced datagrams, split again
+    # in C). Safe with any peer; it only pays off when the sender or the NIC coalesces.
+    udp_gro: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -103,7 +103,7 @@ class Engine:
             raise
         # Underlay offloads (VXLAN, C path): UDP_GRO on the receiving socket (always, where the
         # kernel has it); UDP_SEGMENT sends through a pool of UDP sockets (cfg.udp_gso, opt-in).
-        self.udp_gro = fast and cfg.mode == "vxlan" and underlay.enable_udp_gro(self.recv_sock)
+        self.udp_gro = fast and cfg.mode == "vxlan" and cfg.udp_gro and underlay.enable_udp_gro(self.recv_sock)
         self.gso_socks = underlay.open_gso_sockets(cfg) if fast and cfg.mode == "vxlan" and cfg.udp_gso else []
         self.forwarder = make_forwarder(
             cfg, fast, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks

@@ -15,6 +15,7 @@ an AF_PACKET socket (PACKET_VNET_HDR).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import select
 import socket
@@ -908,7 +909,8 @@ def test_udp_gso_send(gro: bool) -> None:
 @pytest.mark.netns
 @pytest.mark.parametrize("udp_gso", [False, True])
 def test_engine_underlay_offloads(udp_gso: bool) -> None:
-    """The engine turns UDP_GRO on for the C path (VXLAN) and opens the UDP GSO pool only when asked."""
+    """The engine turns UDP_GRO on for the C path (VXLAN) unless told not to, and opens the UDP GSO pool only
+    when asked."""
 
     def body() -> None:
         from datapath.engine import Engine
@@ -930,6 +932,12 @@ def test_engine_underlay_offloads(udp_gso: bool) -> None:
         eng = Engine(cfg, fast=False)
         try:
             assert not eng.udp_gro and not eng.gso_socks and eng.describe_underlay() == "none"
+        finally:
+            eng.close()
+        eng = Engine(dataclasses.replace(cfg, udp_gro=False), fast=True)
+        try:
+            assert not eng.udp_gro and eng.describe_underlay().startswith("no udp_gro")
+            assert eng.recv_sock.getsockopt(SOL_UDP, 104) == 0
         finally:
             eng.close()
 
