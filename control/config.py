@@ -39,6 +39,7 @@ class RunOptions:
     tag: int | None = None
     vlan_map: tuple[tuple[int, int], ...] = ()
     offload: str = "auto"  # auto | on | off
+    udp_gso: bool = False
 
 
 def default_tap_name(mode: str) -> str:
@@ -129,4 +130,6 @@ def build(opts: RunOptions, bridge_kind: str = "none") -> DatapathConfig:
         vlan_map=opts.vlan_map,
         tap_offloads=tap_offloads,
         rx_coalesce=rx_coalesce,
+        udp_gro=opts.offload != "off",
+        udp_gso=opts.udp_gso,
     )

@@ -45,7 +45,9 @@ def test_bad_arguments(capsys: pytest.CaptureFixture[str], argv: list[str], need
     [
         (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--key", "5"], "--key is for --mode gre"),
         (["run", "--mode", "gre", "--remote", "192.0.2.2", "--vni", "5"], "for --mode vxlan"),
-        (["run", "--mode", "gre", "--remote", "192.0.2.2", "--udp-csum"], "--udp-csum is for --mode vxlan"),
+        (["run", "--mode", "gre", "--remote", "192.0.2.2", "--udp-csum"], "are for --mode vxlan"),
+        (["run", "--mode", "gre", "--remote", "192.0.2.2", "--udp-gso"], "are for --mode vxlan"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--udp-gso", "--no-fast-path"], "needs the C fast path"),
         (["run", "--mode", "gre", "--remote", "192.0.2.2", "--remote", "192.0.2.2"], "given twice"),
         (["run", "--mode", "gre", "--remote", "192.0.2.2", "--local", "192.0.2.2"], "equals --local"),
     ],

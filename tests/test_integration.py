@@ -239,3 +239,22 @@ def test_clear_errors_for_bad_setups() -> None:
         assert_one_line_error(run_cli(lab, "run", "--mode", "vxlan", "--remote", peer, "--tap", "other"),
                               "UDP port 4789 is already in use")  # fmt: skip
         assert lab.daemons[1].proc.poll() is None
+
+
+@pytest.mark.parametrize("offload", ["--udp-gso", "--offload=off"])
+def test_vxlan_offload_variants(offload: str) -> None:
+    """UDP GSO between two ovl-dp (opt-in), and everything off: both still carry ping and TCP."""
+    with Lab(2) as lab:
+        lab.build(container_mtu("vxlan"))
+        lab.start_mesh("vxlan", offload)
+        assert lab.ping(1, 2, count=3)["loss"] < 100
+        assert lab.ping(2, 1, count=3)["loss"] == 0
+        result = lab.iperf3(1, 2, 2)
+        assert "error" not in result and result["end"]["sum_received"]["bytes"] > 1_000_000, result
+        snap = lab.ovl(1, "show")
+        if offload == "--udp-gso":
+            assert snap["stats"]["tx_gso"] > 0, snap
+        else:
+            assert "plain TAP" in lab.daemons[1].output()
+            assert snap["stats"]["tap_rx_gso"] == 0 and snap["stats"]["tx_gso"] == 0, snap
+        assert not any(snap["drops"].values()), snap["drops"]
