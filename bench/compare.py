@@ -5,12 +5,13 @@
 (root: it builds network namespaces; ``--rounds 3 --seconds 5`` are the defaults;
 ``--only NAME`` repeatable; ``--list`` shows the datapaths and which are available.)
 
-For each round and each datapath available here — ovl-dp VXLAN and GRE, the
-kernel's own VXLAN device (the reference), Open vSwitch userspace native VXLAN
-and GRE ports (when OVS is installed; both hosts OVS), tinc 1.0 in switch mode
-(when ``tincd`` is installed) — the two-host lab of control.lab is built from
-scratch, the datapath brought up (peers from control.peers), and measured
-between the two containers:
+For each round and each datapath available here — ovl-dp VXLAN (as it is, and
+with its opt-in ``--udp-gso``) and GRE, the kernel's own VXLAN device (the
+reference), Open vSwitch userspace native VXLAN and GRE ports (when OVS is
+installed; both hosts OVS), tinc 1.0 in switch mode (when ``tincd`` is
+installed) — the two-host lab of control.lab is built from scratch, the
+datapath brought up (peers from control.peers), and measured between the two
+containers:
 
 - TCP throughput: iperf3, 1 stream and 4 streams (``-P 4``), Gbit/s received;
 - latency: 200 pings at 10 ms intervals, p50 and p99 of the per-packet RTTs;
@@ -126,6 +127,7 @@ DATAPATHS: dict[str, Datapath] = {
         Datapath("kernel-vxlan", "kernel VXLAN (reference)", _kernel_vxlan),
         Datapath("ovl-dp-vxlan", "ovl-dp VXLAN", _ovl("vxlan")),
         Datapath("ovl-dp-gre", "ovl-dp GRE", _ovl("gre")),
+        Datapath("ovl-dp-vxlan-udp-gso", "ovl-dp VXLAN --udp-gso", _ovl("vxlan", "--udp-gso")),
         Datapath("ovs-vxlan", "OVS userspace VXLAN", _ovs_native("vxlan"), "ovs", missing=ovs.installed, note=OVS_NOTE),
         Datapath("ovs-gre", "OVS userspace GRE", _ovs_native("gre"), "ovs", missing=ovs.installed, note=OVS_NOTE),
         Datapath("tinc-switch", "tinc 1.0 switch mode", _tinc, missing=peers.tinc_installed,

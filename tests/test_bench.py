@@ -203,6 +203,7 @@ def test_datapaths_and_command_line() -> None:
     from bench.compare import DATAPATHS, main
 
     assert {REFERENCE, "ovl-dp-vxlan", "ovl-dp-gre", "ovs-vxlan", "ovs-gre", "tinc-switch"} <= set(DATAPATHS)
+    assert DATAPATHS["ovl-dp-vxlan-udp-gso"].default and not DATAPATHS["ovl-dp-vxlan-python"].default
     assert all(d.mtu == 1450 for d in DATAPATHS.values())
     assert main(["--list"]) == 0
 
