@@ -89,7 +89,11 @@ def neigh(lab: Lab, i: int, addr: str, dev: str = "eth0") -> str:
     return sh("ip", "-n", lab.container(i), "neigh", "show", addr, "dev", dev).stdout
 
 
-def test_vxlan_with_the_kernels_vxlan_device() -> None:
+OFFLOADS = pytest.mark.parametrize("offload", ["auto", "off"], ids=["offload-auto", "offload-off"])
+
+
+@OFFLOADS
+def test_vxlan_with_the_kernels_vxlan_device(offload: str) -> None:
     """ovl-dp VXLAN (host 1, Linux bridge) <-> the kernel's vxlan device vx0 on host 2's Linux bridge.
 
     VNI 5001, UDP port 8472 on both. Untagged IPv4 (broadcast ARP, ping, TCP
@@ -100,7 +104,8 @@ def test_vxlan_with_the_kernels_vxlan_device() -> None:
     mtu = container_mtu("vxlan")
     with Lab(2) as lab:
         lab.build(mtu)
-        lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), "--port", str(PORT))
+        lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), "--port", str(PORT),
+                  f"--offload={offload}")  # fmt: skip
         kernel_vxlan(lab, 2, 1, VNI, PORT)
         # The kernel sends towards ovl-dp: its underlay veth fills checksums like a NIC would.
         nsexec(lab.host(2), "ethtool", "-K", "ul0", "tx", "off")
@@ -182,8 +187,9 @@ def check_with_ovs_native_port(lab: Lab) -> None:
     assert lab.stop(lab.daemons[1]) == 0
 
 
+@OFFLOADS
 @pytest.mark.parametrize("key", [None, 0x4D2], ids=["nokey", "key"])
-def test_gre_with_ovs_native_gre_port(key: int | None) -> None:
+def test_gre_with_ovs_native_gre_port(key: int | None, offload: str) -> None:
     """ovl-dp GRE <-> an Open vSwitch userspace native GRE port (type=gre), without and with a key.
 
     Host 1 is Open vSwitch too (br-int, vmX-style access port on VLAN 20, ovl-dp's
@@ -199,14 +205,15 @@ def test_gre_with_ovs_native_gre_port(key: int | None) -> None:
     key_args = ("--key", str(key)) if key is not None else ()
     with Lab(2) as lab:
         lab.build(container_mtu("gre", tagged=True) - (4 if key is not None else 0), bridge="ovs", tag=SEED_TAG)
-        lab.start(1, "--mode", "gre", "--remote", lab.underlay_ip(2), *key_args)
+        lab.start(1, "--mode", "gre", "--remote", lab.underlay_ip(2), *key_args, f"--offload={offload}")
         ovs_underlay_bridge(lab, 2)
         ovs_tunnel_port(lab, 2, "gre", 1, *((f"options:key={key}",) if key is not None else ()))
         check_with_ovs_native_port(lab)
 
 
+@OFFLOADS
 @pytest.mark.parametrize("port", [None, PORT], ids=["port4789", f"port{PORT}"])
-def test_vxlan_with_ovs_native_vxlan_port(port: int | None) -> None:
+def test_vxlan_with_ovs_native_vxlan_port(port: int | None, offload: str) -> None:
     """ovl-dp VXLAN <-> an Open vSwitch userspace native VXLAN port (type=vxlan, options:key=VNI 5001).
 
     Same layout as the GRE test (OVS on both hosts, VLAN 20 access ports, frames
@@ -217,7 +224,8 @@ def test_vxlan_with_ovs_native_vxlan_port(port: int | None) -> None:
     port_args = ("--port", str(port)) if port is not None else ()
     with Lab(2) as lab:
         lab.build(container_mtu("vxlan", tagged=True), bridge="ovs", tag=SEED_TAG)
-        lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), *port_args)
+        lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), *port_args,
+                  f"--offload={offload}")  # fmt: skip
         ovs_underlay_bridge(lab, 2)
         dst_port = (f"options:dst_port={port}",) if port is not None else ()
         ovs_tunnel_port(lab, 2, "vxlan", 1, f"options:key={VNI}", *dst_port)
