@@ -30,7 +30,7 @@ from typing import Any
 from datapath.config import DatapathConfig
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
 from datapath.ether import ETH_HLEN
-from datapath.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEntry, FdbFull, Learn, check_vlan
+from datapath.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEntry, FdbFull, Learn, check_limits, check_vlan
 
 _ovl_fast: Any
 try:
@@ -199,10 +199,7 @@ class FastFdb:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         _require()
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        if ageing < 0:
-            raise ValueError("ageing must not be negative")
+        check_limits(max_entries, ageing)
         ptr = lib.ovl_fdb_new(max_entries, ageing, int.from_bytes(os.urandom(8), "little"))
         if ptr == ffi.NULL:
             raise MemoryError(f"cannot allocate an FDB of {max_entries} entries")

@@ -67,6 +67,14 @@ def check_vlan(vlan: int) -> int:
     return vlan
 
 
+def check_limits(max_entries: int, ageing: float) -> None:
+    """ValueError unless the cap is at least 1 and the ageing time not negative (both tables)."""
+    if max_entries < 1:
+        raise ValueError("max_entries must be at least 1")
+    if ageing < 0:
+        raise ValueError("ageing must not be negative")
+
+
 class Fdb:
     """(VLAN, MAC) -> remote index table with ageing, static entries and a hard cap."""
 
@@ -76,10 +84,7 @@ class Fdb:
         ageing: float = DEFAULT_AGEING,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        if ageing < 0:
-            raise ValueError("ageing must not be negative")
+        check_limits(max_entries, ageing)
         self.max_entries = max_entries
         self.ageing = ageing
         self._clock = clock
