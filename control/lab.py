@@ -359,15 +359,18 @@ def main(args: argparse.Namespace) -> int:
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_term)
+    previous = signal.signal(signal.SIGTERM, on_term)
     modes = ["gre", "vxlan"] if args.mode == "both" else [args.mode]
     ok = True
-    for mode in modes:
-        what = "Open vSwitch br-int, vmX/vmY on VLAN 20" if bridge == "ovs" else "Linux bridges"
-        print(f"building the two-host lab ({what}) for {mode} ...", flush=True)
-        try:
-            ok &= _print_report(_demo(mode, args.seconds, not args.no_fast_path, bridge))
-        except (LabError, ovs.OvsError) as exc:
-            print(f"lab failed in mode {mode}: {exc}", file=sys.stderr)
-            ok = False
+    try:
+        for mode in modes:
+            what = "Open vSwitch br-int, vmX/vmY on VLAN 20" if bridge == "ovs" else "Linux bridges"
+            print(f"building the two-host lab ({what}) for {mode} ...", flush=True)
+            try:
+                ok &= _print_report(_demo(mode, args.seconds, not args.no_fast_path, bridge))
+            except (LabError, ovs.OvsError) as exc:
+                print(f"lab failed in mode {mode}: {exc}", file=sys.stderr)
+                ok = False
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0 if ok else 1

@@ -71,3 +71,25 @@ def test_offload_policy() -> None:
     assert offload_flags("auto", "none") == (True, False)
     assert offload_flags("on", "ovs") == (True, True)
     assert offload_flags("off", "linux") == (False, False)
+
+
+def test_lab_without_open_vswitch(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ovl-dp lab` says what is missing; with auto it shows the Linux-bridge variant instead."""
+    from control import lab, ovs
+
+    monkeypatch.setattr(ovs, "_which", lambda tool: None)
+    monkeypatch.setattr(cli, "_privilege_problem", lambda: None)
+    ran: list[str] = []
+
+    def fake_demo(mode: str, seconds: int, fast: bool, bridge: str) -> dict[str, object]:
+        ran.append(bridge)
+        raise lab.LabError("not run in this test")
+
+    monkeypatch.setattr(lab, "_demo", fake_demo)
+    assert cli.main(["lab", "--bridge-type", "ovs"]) == 2
+    err = capsys.readouterr().err
+    assert "Open vSwitch is not installed" in err and "apt-get install openvswitch-switch" in err
+    assert ran == []
+    assert cli.main(["lab", "--mode", "gre"]) == 1  # the fake demo "failed"
+    out = capsys.readouterr().out
+    assert ran == ["linux"] and "showing the scenario with Linux bridges instead" in out
