@@ -804,20 +804,26 @@ def _marked(i: int, size: int) -> bytes:
     return bytes.fromhex("ffffffffffff020000000007") + body + bytes(size - 12 - len(body))
 
 
+def _gro_rig(cfg: DatapathConfig) -> tuple[fast.FastForwarder, socket.socket, socket.socket, socket.socket]:
+    """A C forwarder with UDP_GRO on its receiving socket, and a datagram socketpair standing in for the TAP."""
+    from datapath import underlay
+
+    fwd = fast.FastForwarder(cfg, tap_vnet=10, udp_gro=True)
+    recv = _recv_socket(cfg.port)
+    assert underlay.enable_udp_gro(recv)
+    tap_end, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    reader.setblocking(False)
+    return fwd, recv, tap_end, reader
+
+
 @pytest.mark.netns
 def test_udp_gro_buffers_are_split() -> None:
     """A UDP_GRO buffer of many VXLAN datagrams (the last shorter) becomes the frames it holds, in order."""
 
     def body() -> None:
-        from datapath import underlay
-
         cfg = _cfg(batch=4)
-        fwd = fast.FastForwarder(cfg, tap_vnet=10, udp_gro=True)
-        recv = _recv_socket(cfg.port)
-        assert underlay.enable_udp_gro(recv)
-        tap_end, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        fwd, recv, tap_end, reader = _gro_rig(cfg)
         tap_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-        reader.setblocking(False)
         frames = [_marked(i, 1000) for i in range(30)] + [_marked(30, 400)]
         payload = b"".join(vxlan.header(99) + f for f in frames)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -949,14 +955,8 @@ def test_udp_gro_slot_still_drops_oversized() -> None:
     """With UDP_GRO the ring slots hold 64 KiB, but a single datagram bigger than a normal slot is still dropped."""
 
     def body() -> None:
-        from datapath import underlay
-
         cfg = _cfg(batch=4)
-        fwd = fast.FastForwarder(cfg, tap_vnet=10, udp_gro=True)
-        recv = _recv_socket(cfg.port)
-        assert underlay.enable_udp_gro(recv)
-        tap_end, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        reader.setblocking(False)
+        fwd, recv, tap_end, reader = _gro_rig(cfg)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(vxlan.header(99) + _marked(1, cfg.slot_size + 100), (LO, cfg.port))
         select.select([recv], [], [], 1)
