@@ -5,6 +5,7 @@
 #include "ovl_fast.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -839,6 +840,8 @@ struct ovl_dp *ovl_dp_new(const struct ovl_config *cfg) {
     const struct ovl_config *c = cfg;
     if (c->mode > OVL_MODE_GRE || c->n_remotes < 1 || c->n_remotes > OVL_MAX_REMOTES || c->batch < 1 ||
         c->batch > OVL_MAX_BATCH || c->slot_size < ovl_outer_len(c) + ETH_HLEN || c->slot_size > OVL_MAX_SLOT ||
+        /* a TAP read cut short at slot_size must fail the too-big check, never pass as a frame */
+        c->slot_size + ovl_outer_len(c) <= c->underlay_mtu ||
         c->underlay_mtu > 0xFFFF || c->dport > 0xFFFF || c->ttl > 255 ||
         (c->vnet_hdr_len != 0 && c->vnet_hdr_len != OVL_VNET_HDR_LEN && c->vnet_hdr_len != 12))
         return NULL;
@@ -1331,8 +1334,10 @@ static int co_same_flow(const struct co_seg *a, const struct co_seg *b) {
 static int co_fits(const struct co_flow *c, const struct co_seg *s, int32_t remote) {
     const struct co_seg *a = &c->first;
     const uint8_t *x = a->f, *y = s->f;
+    /* writev takes at most IOV_MAX iovecs: the virtio header, the first segment, one per payload. */
     if (c->closed || c->remote != remote || a->hdrs != s->hdrs || s->payload > c->mss ||
-        get32(y + s->l4 + 4) != c->next_seq || a->hdrs - a->l3 + c->total + s->payload > 0xFFFF)
+        get32(y + s->l4 + 4) != c->next_seq || a->hdrs - a->l3 + c->total + s->payload > 0xFFFF ||
+        c->n + 2 > IOV_MAX)
         return 0;
     if (memcmp(x, y, a->l3)) /* Ethernet header and tags */
         return 0;

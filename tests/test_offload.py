@@ -913,6 +913,38 @@ def test_udp_gso_send(gro: bool) -> None:
 
 
 @pytest.mark.netns
+def test_coalescing_stays_within_iov_max() -> None:
+    """More tiny segments of one flow in a batch than writev takes iovecs (1024): several super-frames, none lost."""
+
+    def body() -> None:
+        expect = segment_stream(1100, 40)
+        fwd, recv, tap_end, reader = _gro_rig(_cfg(batch=64, rx_coalesce=True))
+        tap_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 << 20)
+        size = len(vxlan.header(99) + expect[0])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((LO, 0))
+            for i in range(0, len(expect), 64):  # UDP GSO: 64 datagrams per send, GRO'd together on receipt
+                payload = b"".join(vxlan.header(99) + f for f in expect[i : i + 64])
+                s.sendmsg([payload], [(SOL_UDP, UDP_SEGMENT, struct.pack("H", size))], 0, (LO, 4789))
+        n, end = 0, time.monotonic() + 5
+        while n < len(expect) and time.monotonic() < end:
+            select.select([recv], [], [], 0.1)
+            n += fwd.from_tunnel(recv, tap_end.fileno())
+        snap = fwd.snapshot()
+        assert snap.drops["rx_tap_error"] == 0 and snap.stats["tap_tx"] == len(expect), snap
+        out = []
+        while True:
+            try:
+                d = reader.recv(1 << 17)
+            except BlockingIOError:
+                break
+            out.extend(_resegment(d[:10], d[10:]))
+        assert out == expect
+
+    run_isolated(body)
+
+
+@pytest.mark.netns
 @pytest.mark.parametrize("udp_gso", [False, True])
 def test_engine_underlay_offloads(udp_gso: bool) -> None:
     """The engine turns UDP_GRO on for the C path (VXLAN) unless told not to, and opens the UDP GSO pool only
