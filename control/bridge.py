@@ -39,11 +39,15 @@ def _ovs_has_bridge(ovsdb: str | None, name: str, required: bool) -> bool:
     """Whether OVS knows bridge name; when required, OVS missing or unreachable is an error, not 'no'."""
     problem = ovs.installed()
     if problem is None:
-        res = ovs.run_vsctl(ovsdb, "br-exists", name, timeout=3)
-        if res.returncode in (0, 2):  # 2: no such bridge
-            return res.returncode == 0
         where = ovsdb or "ovs-vsctl's default (OVS_RUNDIR)"
-        problem = f"cannot reach the Open vSwitch database at {where}: {res.stderr.strip()}"
+        try:
+            res = ovs.run_vsctl(ovsdb, "br-exists", name, timeout=3)
+        except ovs.OvsError as exc:
+            problem = f"cannot reach the Open vSwitch database at {where}: {exc}"
+        else:
+            if res.returncode in (0, 2):  # 2: no such bridge
+                return res.returncode == 0
+            problem = f"cannot reach the Open vSwitch database at {where}: {res.stderr.strip()}"
     if required:
         raise SetupError(problem)
     return False
@@ -92,31 +96,38 @@ class Bridge:
         if self.kind != "ovs":
             return
         db = [f"--db={self.ovsdb}"] if self.ovsdb else []
+        vsctl_path = ovs.vsctl_path()
         reported = ""
         while True:
             await asyncio.sleep(interval)
-            proc = await asyncio.create_subprocess_exec(
-                "ovs-vsctl", "--timeout=2", *db, "--if-exists", "get", "interface", tap, "ofport", "error",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, err = await proc.communicate()
-            fields = out.decode().split("\n", 1)
-            if proc.returncode != 0:
-                problem = f"Open vSwitch database unreachable: {err.decode().strip()}"
-            elif not out.strip():
-                log.info("port %s missing from %s: re-adding", tap, self.name)
-                try:
-                    await asyncio.to_thread(self._ovs_add, tap)
-                    problem = ""
-                except SetupError as exc:
-                    problem = str(exc)
-            elif fields[0].strip() == "-1":
-                problem = f"Open vSwitch cannot use {tap}: {fields[1].strip() if len(fields) > 1 else 'ofport -1'}"
-            else:
-                problem = ""
+            try:
+                problem = await self._check_port(vsctl_path, db, tap)
+            except Exception as exc:  # the watcher must outlive any one failed check
+                problem = f"checking port {tap} failed: {exc}"
             if problem and problem != reported:
                 log.warning("%s", problem)
             reported = problem
+
+    async def _check_port(self, vsctl_path: str, db: list[str], tap: str) -> str:
+        """Re-add the port if its row is gone; returns what is wrong, or ''."""
+        proc = await asyncio.create_subprocess_exec(
+            vsctl_path, "--timeout=2", *db, "--if-exists", "get", "interface", tap, "ofport", "error",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        fields = out.decode().split("\n", 1)
+        if proc.returncode != 0:
+            return f"Open vSwitch database unreachable: {err.decode().strip()}"
+        if not out.strip():
+            log.info("port %s missing from %s: re-adding", tap, self.name)
+            try:
+                await asyncio.to_thread(self._ovs_add, tap)
+            except SetupError as exc:
+                return str(exc)
+            return ""
+        if fields[0].strip() == "-1":
+            return f"Open vSwitch cannot use {tap}: {fields[1].strip() if len(fields) > 1 else 'ofport -1'}"
+        return ""
 
 
 def resolve(name: str, bridge_type: str, ovsdb: str | None = None, tag: int | None = None) -> Bridge:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -17,13 +18,21 @@ from datapath.ether import format_mac
 log = logging.getLogger("ovl-dp")
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(opts: config.RunOptions) -> int:
     """Run the daemon until SIGINT/SIGTERM; SetupError for anything a user must fix."""
+    # Until the loop owns the signals, SIGTERM unwinds like Ctrl-C, through the cleanup below.
+    signal.signal(signal.SIGTERM, _interrupted)
     br = bridge.resolve(opts.bridge, opts.bridge_type, opts.ovsdb, opts.tag)
     cfg = config.build(opts, br.kind)
     engine = Engine(cfg, fast=opts.fast_path)
+    attached = False
     try:
         br.attach(engine.tap.name)
+        attached = True
         ident = (
             f"vni {cfg.vni} port {cfg.port}"
             if cfg.mode == "vxlan"
@@ -50,9 +59,12 @@ def run(opts: config.RunOptions) -> int:
             loop.run_until_complete(_serve(loop, engine, br))
         finally:
             loop.close()
-        br.detach(engine.tap.name)
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log.info("exiting; counters:\n%s", format_counters(engine.snapshot().as_dict()))
+        if attached:
+            br.detach(engine.tap.name)
         engine.close()
     return 0
 
@@ -84,6 +96,8 @@ async def _serve(loop: asyncio.AbstractEventLoop, engine: Engine, br: bridge.Bri
         await stop.wait()
     finally:
         watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
         server.close()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(sig)

@@ -38,13 +38,21 @@ def _which(tool: str) -> str | None:
     return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin")
 
 
-def run_vsctl(db: str | None, *args: str, timeout: int = VSCTL_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run ovs-vsctl against db (None: ovs-vsctl's default, which honours OVS_RUNDIR)."""
+def vsctl_path() -> str:
+    """Where ovs-vsctl is (also when PATH lacks /usr/sbin); OvsError if it is not installed."""
     exe = _which("ovs-vsctl")
     if exe is None:
         raise OvsError("ovs-vsctl is not installed (apt-get install openvswitch-switch)")
-    cmd = [exe, f"--timeout={timeout}", *([f"--db={db}"] if db else []), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5, check=False)
+    return exe
+
+
+def run_vsctl(db: str | None, *args: str, timeout: int = VSCTL_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ovs-vsctl against db (None: ovs-vsctl's default, which honours OVS_RUNDIR)."""
+    cmd = [vsctl_path(), f"--timeout={timeout}", *([f"--db={db}"] if db else []), *args]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5, check=False)
+    except subprocess.TimeoutExpired:
+        raise OvsError(f"ovs-vsctl {' '.join(args)} did not answer within {timeout + 5}s") from None
 
 
 def vsctl(db: str | None, *args: str, timeout: int = VSCTL_TIMEOUT) -> str:

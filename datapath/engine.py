@@ -103,11 +103,17 @@ class Engine:
             raise
         # Underlay offloads (VXLAN, C path): UDP_GRO on the receiving socket (always, where the
         # kernel has it); UDP_SEGMENT sends through a pool of UDP sockets (cfg.udp_gso, opt-in).
-        self.udp_gro = fast and cfg.mode == "vxlan" and cfg.udp_gro and underlay.enable_udp_gro(self.recv_sock)
-        self.gso_socks = underlay.open_gso_sockets(cfg) if fast and cfg.mode == "vxlan" and cfg.udp_gso else []
-        self.forwarder = make_forwarder(
-            cfg, fast, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks
-        )
+        self.gso_socks: list[socket.socket] = []
+        try:
+            self.udp_gro = fast and cfg.mode == "vxlan" and cfg.udp_gro and underlay.enable_udp_gro(self.recv_sock)
+            if fast and cfg.mode == "vxlan" and cfg.udp_gso:
+                self.gso_socks = underlay.open_gso_sockets(cfg)
+            self.forwarder = make_forwarder(
+                cfg, fast, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks
+            )
+        except Exception:
+            self._close_io()
+            raise
         self.fast = not isinstance(self.forwarder, pypath.PyForwarder)
         log.info("tap %s: %s", self.tap.name, self.tap.describe())
         log.info("underlay offloads: %s", self.describe_underlay())
@@ -165,6 +171,9 @@ class Engine:
             if self._sweeper is not None:
                 self._sweeper.cancel()
             self._loop = None
+        self._close_io()
+
+    def _close_io(self) -> None:
         self.recv_sock.close()
         self.send_sock.close()
         for sock in self.gso_socks:
