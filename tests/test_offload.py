@@ -290,16 +290,12 @@ PACKET_VNET_HDR = 15
 SO_RCVBUFFORCE = 33
 
 
-def _cfg(batch: int, **kw: object) -> DatapathConfig:
-    return DatapathConfig(
-        mode="vxlan",
-        remotes=(Remote(LO, LO),),
-        underlay_mtu=1500,
-        tap_mtu=1450,
-        vni=99,
-        batch=batch,
-        **kw,  # type: ignore[arg-type]
-    )
+def _cfg(batch: int = 64, **kw: object) -> DatapathConfig:
+    """VXLAN VNI 99 over loopback, unless kw says otherwise."""
+    fields: dict[str, object] = {"mode": "vxlan", "remotes": (Remote(LO, LO),), "underlay_mtu": 1500,
+                                 "tap_mtu": 1450, "vni": 99, "batch": batch}  # fmt: skip
+    fields.update(kw)
+    return DatapathConfig(**fields)  # type: ignore[arg-type]
 
 
 def _catch(sock: socket.socket, want: int, timeout: float = 5.0) -> list[bytes]:
@@ -500,14 +496,7 @@ def test_engine_picks_tap_flags_by_forwarder(fast_path: bool) -> None:
         from datapath.engine import Engine
 
         for offloads in (True, False):
-            cfg = DatapathConfig(
-                mode="gre",
-                remotes=(Remote(LO, LO),),
-                underlay_mtu=1500,
-                tap_mtu=1462,
-                tap_name="ovleng0",
-                tap_offloads=offloads,
-            )
+            cfg = _cfg(mode="gre", vni=0, tap_mtu=1462, tap_name="ovleng0", tap_offloads=offloads)
             eng = Engine(cfg, fast=fast_path)
             try:
                 on = fast_path and offloads
@@ -953,14 +942,7 @@ def test_engine_underlay_offloads(udp_gso: bool) -> None:
     def body() -> None:
         from datapath.engine import Engine
 
-        cfg = DatapathConfig(
-            mode="vxlan",
-            remotes=(Remote(LO, LO),),
-            underlay_mtu=1500,
-            tap_mtu=1450,
-            tap_name="ovleng1",
-            udp_gso=udp_gso,
-        )
+        cfg = _cfg(tap_name="ovleng1", udp_gso=udp_gso)
         eng = Engine(cfg, fast=True)
         try:
             assert eng.udp_gro and len(eng.gso_socks) == (8 if udp_gso else 0)
