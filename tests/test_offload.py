@@ -882,23 +882,33 @@ def test_udp_gso_send(gro: bool) -> None:
         tap_end, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         tap_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
         reader.setblocking(False)
-        n, end = 0, time.monotonic() + 5
-        while n < len(expect) and time.monotonic() < end:
-            select.select([recv], [], [], 0.1)
-            n += rx.from_tunnel(recv, tap_end.fileno())
+        n = _receive(rx, recv, tap_end, len(expect))
         assert n == len(expect)
-        out = []
-        while True:
-            try:
-                d = reader.recv(1 << 17)
-            except BlockingIOError:
-                break
-            out.extend(_resegment(d[:10], d[10:]))
-        assert out == expect
+        assert _resegment_all(reader) == expect
         snap = rx.snapshot()
         assert snap.stats["rx_gro"] >= 1 and snap.stats["tap_tx_gso"] >= 1, snap
 
     run_isolated(body)
+
+
+def _receive(fwd: fast.FastForwarder, recv: socket.socket, tap_end: socket.socket, want: int) -> int:
+    """from_tunnel until want packets are in (or 5 s passed); returns how many."""
+    n, end = 0, time.monotonic() + 5
+    while n < want and time.monotonic() < end:
+        select.select([recv], [], [], 0.1)
+        n += fwd.from_tunnel(recv, tap_end.fileno())
+    return n
+
+
+def _resegment_all(reader: socket.socket) -> list[bytes]:
+    """Everything written to the TAP stand-in, cut back into segments as the kernel would."""
+    out = []
+    while True:
+        try:
+            d = reader.recv(1 << 17)
+        except BlockingIOError:
+            return out
+        out.extend(_resegment(d[:10], d[10:]))
 
 
 @pytest.mark.netns
@@ -915,20 +925,10 @@ def test_coalescing_stays_within_iov_max() -> None:
             for i in range(0, len(expect), 64):  # UDP GSO: 64 datagrams per send, GRO'd together on receipt
                 payload = b"".join(vxlan.header(99) + f for f in expect[i : i + 64])
                 s.sendmsg([payload], [(SOL_UDP, UDP_SEGMENT, struct.pack("H", size))], 0, (LO, 4789))
-        n, end = 0, time.monotonic() + 5
-        while n < len(expect) and time.monotonic() < end:
-            select.select([recv], [], [], 0.1)
-            n += fwd.from_tunnel(recv, tap_end.fileno())
+        _receive(fwd, recv, tap_end, len(expect))
         snap = fwd.snapshot()
         assert snap.drops["rx_tap_error"] == 0 and snap.stats["tap_tx"] == len(expect), snap
-        out = []
-        while True:
-            try:
-                d = reader.recv(1 << 17)
-            except BlockingIOError:
-                break
-            out.extend(_resegment(d[:10], d[10:]))
-        assert out == expect
+        assert _resegment_all(reader) == expect
 
     run_isolated(body)
 
