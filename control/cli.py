@@ -7,7 +7,6 @@ Exit codes: 0 success, 1 runtime failure (e.g. the lab's ping failed),
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import sys
@@ -15,8 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from datapath import fdb, gre, vxlan
-from datapath.config import MAX_REMOTES, MODES
+from datapath import fdb
+from datapath.config import BRIDGE_TYPES, OFFLOAD_POLICIES, Config, ConfigError, from_keys
+from datapath.encap import MODES
 from datapath.errors import SetupError
 from datapath.ether import parse_mac
 
@@ -34,24 +34,20 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def _ipv4(text: str) -> str:
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
-    if addr.version != 4:
-        raise argparse.ArgumentTypeError(f"{text}: IPv6 underlays are not supported yet, use an IPv4 address")
-    if addr.is_multicast or addr.is_unspecified or text == "255.255.255.255":
-        raise argparse.ArgumentTypeError(f"{text} is not a unicast address")
-    return str(addr)
+def _number(name: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            return int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} {text!r} is not a number") from None
+
+    parse.__name__ = name
+    return parse
 
 
 def _ranged(name: str, lo: int, hi: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        try:
-            value = int(text, 0)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} {text!r} is not a number") from None
+        value = _number(name)(text)
         if not lo <= value <= hi:
             raise argparse.ArgumentTypeError(f"{name} {value} is out of range {lo}..{hi}")
         return value
@@ -61,19 +57,14 @@ def _ranged(name: str, lo: int, hi: int) -> Callable[[str], int]:
 
 
 def _mtu(text: str) -> int | None:
-    if text == "auto":
-        return None
-    return _ranged("MTU", 68, 65000)(text)
+    return None if text == "auto" else _number("MTU")(text)
 
 
 def _seconds(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value <= 10**6:
-        raise argparse.ArgumentTypeError(f"ageing {value} must be between 0 and 1000000 seconds")
-    return value
 
 
 def _static(text: str) -> tuple[bytes, str, int]:
@@ -82,27 +73,137 @@ def _static(text: str) -> tuple[bytes, str, int]:
     if not sep:
         raise argparse.ArgumentTypeError(f"--static {text!r}: expected MAC=REMOTE or MAC@VLAN=REMOTE")
     mac, at, vlan_text = left.partition("@")
-    vlan = _ranged("VLAN", 0, 4094)(vlan_text) if at else 0
     try:
         raw = parse_mac(mac)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if raw[0] & 1 or not any(raw):
-        raise argparse.ArgumentTypeError(f"--static {mac}: must be a unicast, nonzero MAC")
-    return raw, _ipv4(remote), vlan
+    return raw, remote, _number("VLAN")(vlan_text) if at else 0
 
 
 def _vlan_map(text: str) -> tuple[int, int]:
     vlan, sep, ident = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"--vlan-map {text!r}: expected VLAN=VNI (or VLAN=KEY for GRE)")
-    return _ranged("VLAN", 1, 4094)(vlan), _ranged("tunnel id", 0, gre.KEY_MAX)(ident)
+    return _number("VLAN")(vlan), _number("tunnel id")(ident)
 
 
-def _tap_name(text: str) -> str:
-    if not 0 < len(text) < 16 or "/" in text or text.strip() != text or text in (".", ".."):
-        raise argparse.ArgumentTypeError(f"--tap {text!r}: interface names are 1-15 characters without '/' or spaces")
-    return text
+def _run_arguments(run: argparse.ArgumentParser) -> None:
+    """`ovl-dp run`'s options; each one's dest is the configuration key it sets (datapath.config)."""
+    run.add_argument("--mode", dest="tunnel.mode", required=True, choices=MODES, help="encapsulation")
+    run.add_argument(
+        "--remote",
+        dest="remotes",
+        action="append",
+        required=True,
+        metavar="IP",
+        help="remote host's underlay IPv4 address; repeat for a full mesh (unknown/broadcast frames go to all)",
+    )
+    run.add_argument(
+        "--local", dest="tunnel.local", metavar="IP", help="local underlay address (default: from the route)"
+    )
+    run.add_argument("--vni", dest="tunnel.vni", type=_number("VNI"), help="VXLAN network identifier (default 0)")
+    run.add_argument(
+        "--key",
+        dest="tunnel.key",
+        type=_number("key"),
+        help="GRE key (default: no key field, like OVS without options:key)",
+    )
+    run.add_argument(
+        "--port", dest="tunnel.port", type=_number("port"), help="VXLAN UDP destination port (default 4789)"
+    )
+    run.add_argument(
+        "--bridge", dest="bridge.name", default="br-int", help="bridge to plug the TAP into (default br-int)"
+    )
+    run.add_argument(
+        "--bridge-type",
+        dest="bridge.type",
+        default="auto",
+        choices=BRIDGE_TYPES,
+        help="auto (default): whatever BRIDGE is; linux; ovs; none: leave the TAP unattached",
+    )
+    run.add_argument(
+        "--ovsdb",
+        dest="bridge.ovsdb",
+        metavar="DB",
+        help="Open vSwitch database, e.g. unix:/run/openvswitch/db.sock (default: ovs-vsctl's, honouring OVS_RUNDIR)",
+    )
+    run.add_argument(
+        "--tag",
+        dest="bridge.tag",
+        type=_number("--tag"),
+        metavar="VLAN",
+        help="OVS: make the TAP an access port of VLAN (default: a trunk, tagged frames cross tagged)",
+    )
+    run.add_argument(
+        "--vlan-map",
+        dest="tunnel.vlan_map",
+        action="append",
+        default=[],
+        type=_vlan_map,
+        metavar="VLAN=ID",
+        help="carry frames tagged VLAN untagged in VNI (VXLAN) or key (GRE) ID, and back; one learning and "
+        "flooding scope per VLAN (repeatable)",
+    )
+    run.add_argument("--tap", dest="tap.name", metavar="NAME", help="TAP name (default ovl-vxlan / ovl-gre)")
+    run.add_argument(
+        "--mtu",
+        dest="tap.mtu",
+        type=_mtu,
+        default="auto",
+        help="TAP MTU; auto (default) = underlay MTU minus the overhead (VXLAN 50, GRE 38, +4 with key)",
+    )
+    run.add_argument(
+        "--fdb-ageing",
+        dest="fdb.ageing",
+        type=_seconds,
+        default=fdb.DEFAULT_AGEING,
+        metavar="SECONDS",
+        help="learned entries expire after this (default 300; 0 = never)",
+    )
+    run.add_argument(
+        "--fdb-max",
+        dest="fdb.max_entries",
+        type=_number("--fdb-max"),
+        default=fdb.DEFAULT_MAX_ENTRIES,
+        metavar="N",
+        help=f"FDB size cap, static entries included (default {fdb.DEFAULT_MAX_ENTRIES})",
+    )
+    run.add_argument(
+        "--static",
+        dest="fdb.static",
+        action="append",
+        default=[],
+        type=_static,
+        metavar="MAC[@VLAN]=REMOTE",
+        help="static FDB entry (in VLAN, default untagged): never ages, never moved by learning (repeatable)",
+    )
+    run.add_argument(
+        "--udp-csum",
+        dest="tunnel.udp_csum",
+        action="store_true",
+        help="compute the outer UDP checksum (VXLAN; default 0 like the kernel and OVS)",
+    )
+    run.add_argument(
+        "--offload",
+        dest="offload.policy",
+        choices=OFFLOAD_POLICIES,
+        default="auto",
+        help="TAP offloads (C fast path): TSO super-frames from the bridge are segmented in C, received TCP "
+        "segments coalesced into super-frames; auto (default): coalescing only towards a Linux bridge",
+    )
+    run.add_argument(
+        "--udp-gso",
+        dest="offload.udp_gso",
+        action="store_true",
+        help="VXLAN, C path: send many datagrams per call (UDP_SEGMENT) through a pool of 8 UDP sockets; "
+        "several times faster, but sends outer UDP checksums and takes the source port from the pool's 8",
+    )
+    run.add_argument(
+        "--no-fast-path",
+        dest="offload.fast_path",
+        action="store_false",
+        help="use the pure-Python datapath instead of C",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,99 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create a TAP, plug it into a bridge and carry its frames to the remotes in VXLAN or GRE, "
         "learning which remote each MAC lives behind. SIGUSR1 logs counters and the FDB.",
     )
-    run.add_argument("--mode", required=True, choices=MODES, help="encapsulation")
-    run.add_argument(
-        "--remote",
-        action="append",
-        required=True,
-        type=_ipv4,
-        metavar="IP",
-        help="remote host's underlay IPv4 address; repeat for a full mesh (unknown/broadcast frames go to all)",
-    )
-    run.add_argument("--local", type=_ipv4, metavar="IP", help="local underlay address (default: from the route)")
-    run.add_argument("--vni", type=_ranged("VNI", 0, vxlan.VNI_MAX), help="VXLAN network identifier (default 0)")
-    run.add_argument(
-        "--key",
-        type=_ranged("key", 0, gre.KEY_MAX),
-        help="GRE key (default: no key field, like OVS without options:key)",
-    )
-    run.add_argument("--port", type=_ranged("port", 1, 65535), help="VXLAN UDP destination port (default 4789)")
-    run.add_argument("--bridge", default="br-int", help="bridge to plug the TAP into (default br-int)")
-    run.add_argument(
-        "--bridge-type",
-        default="auto",
-        choices=("auto", "linux", "ovs", "none"),
-        help="auto (default): whatever BRIDGE is; linux; ovs; none: leave the TAP unattached",
-    )
-    run.add_argument(
-        "--ovsdb",
-        metavar="DB",
-        help="Open vSwitch database, e.g. unix:/run/openvswitch/db.sock (default: ovs-vsctl's, honouring OVS_RUNDIR)",
-    )
-    run.add_argument(
-        "--tag",
-        type=_ranged("--tag", 1, 4094),
-        metavar="VLAN",
-        help="OVS: make the TAP an access port of VLAN (default: a trunk, tagged frames cross tagged)",
-    )
-    run.add_argument(
-        "--vlan-map",
-        action="append",
-        default=[],
-        type=_vlan_map,
-        metavar="VLAN=ID",
-        help="carry frames tagged VLAN untagged in VNI (VXLAN) or key (GRE) ID, and back; one learning and "
-        "flooding scope per VLAN (repeatable)",
-    )
-    run.add_argument("--tap", type=_tap_name, help="TAP name (default ovl-vxlan / ovl-gre)")
-    run.add_argument(
-        "--mtu",
-        type=_mtu,
-        default="auto",
-        help="TAP MTU; auto (default) = underlay MTU minus the overhead (VXLAN 50, GRE 38, +4 with key)",
-    )
-    run.add_argument(
-        "--fdb-ageing",
-        type=_seconds,
-        default=fdb.DEFAULT_AGEING,
-        metavar="SECONDS",
-        help="learned entries expire after this (default 300; 0 = never)",
-    )
-    run.add_argument(
-        "--fdb-max",
-        type=_ranged("--fdb-max", 1, 1 << 20),
-        default=fdb.DEFAULT_MAX_ENTRIES,
-        metavar="N",
-        help=f"FDB size cap, static entries included (default {fdb.DEFAULT_MAX_ENTRIES})",
-    )
-    run.add_argument(
-        "--static",
-        action="append",
-        default=[],
-        type=_static,
-        metavar="MAC[@VLAN]=REMOTE",
-        help="static FDB entry (in VLAN, default untagged): never ages, never moved by learning (repeatable)",
-    )
-    run.add_argument(
-        "--udp-csum",
-        action="store_true",
-        help="compute the outer UDP checksum (VXLAN; default 0 like the kernel and OVS)",
-    )
-    run.add_argument(
-        "--offload",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="TAP offloads (C fast path): TSO super-frames from the bridge are segmented in C, received TCP "
-        "segments coalesced into super-frames; auto (default): coalescing only towards a Linux bridge",
-    )
-    run.add_argument(
-        "--udp-gso",
-        action="store_true",
-        help="VXLAN, C path: send many datagrams per call (UDP_SEGMENT) through a pool of 8 UDP sockets; "
-        "several times faster, but sends outer UDP checksums and takes the source port from the pool's 8",
-    )
-    run.add_argument("--no-fast-path", action="store_true", help="use the pure-Python datapath instead of C")
-
+    _run_arguments(run)
     for name, what in (("show", "counters"), ("fdb", "the MAC table")):
         cmd = sub.add_parser(
             name,
@@ -263,58 +272,26 @@ def _privilege_problem() -> str | None:
     return None
 
 
-def _run_options(args: argparse.Namespace) -> object:
-    from control.config import RunOptions
+def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Configuration key -> the `ovl-dp run` option that sets it (for messages about a key)."""
+    run = _subparser(parser, "run")
+    return {
+        a.dest: a.option_strings[0] for a in run._actions if (a.option_strings and "." in a.dest) or a.dest == "remotes"
+    }
 
-    if args.mode == "vxlan" and args.key is not None:
-        raise UsageError("--key is for --mode gre; VXLAN uses --vni")
-    if args.mode == "gre" and (args.vni is not None or args.port is not None):
-        raise UsageError("--vni and --port are for --mode vxlan; GRE uses --key")
-    if args.mode == "gre" and (args.udp_csum or args.udp_gso):
-        raise UsageError("--udp-csum and --udp-gso are for --mode vxlan")
-    if args.udp_gso and (args.no_fast_path or args.offload == "off"):
-        raise UsageError("--udp-gso needs the C fast path with offloads (not --no-fast-path / --offload off)")
-    if args.tag is not None and args.bridge_type not in ("ovs", "auto"):
-        raise UsageError("--tag is for Open vSwitch bridges (--bridge-type ovs)")
-    vlans = [v for v, _ in args.vlan_map]
-    ids = [i for _, i in args.vlan_map]
-    if len(set(vlans)) != len(vlans) or len(set(ids)) != len(ids):
-        raise UsageError("--vlan-map: each VLAN and each VNI/key may be mapped once")
-    if args.mode == "vxlan" and any(i > vxlan.VNI_MAX for i in ids):
-        raise UsageError(f"--vlan-map: a VNI is at most {vxlan.VNI_MAX}")
-    base = (args.vni or 0) if args.mode == "vxlan" else (args.key or 0)
-    if base in ids:
-        raise UsageError(f"--vlan-map: {base} is the base {'VNI' if args.mode == 'vxlan' else 'key'} already")
-    if args.tag is not None and args.vlan_map:
-        raise UsageError("--tag and --vlan-map exclude each other: an access port carries no VLAN tags")
-    if len(set(args.remote)) != len(args.remote):
-        raise UsageError("a --remote is given twice")
-    if len(args.remote) > MAX_REMOTES:
-        raise UsageError(f"at most {MAX_REMOTES} remotes are supported")
-    if args.local is not None and args.local in args.remote:
-        raise UsageError(f"--remote {args.local} equals --local: a tunnel needs another host")
-    return RunOptions(
-        mode=args.mode,
-        remotes=tuple(args.remote),
-        local=args.local,
-        vni=args.vni or 0,
-        key=args.key,
-        port=args.port or vxlan.VXLAN_PORT,
-        bridge=args.bridge,
-        bridge_type=args.bridge_type,
-        tap=args.tap,
-        mtu=args.mtu,
-        fdb_ageing=args.fdb_ageing,
-        fdb_max=args.fdb_max,
-        statics=tuple(args.static),
-        udp_csum=args.udp_csum,
-        fast_path=not args.no_fast_path,
-        ovsdb=args.ovsdb,
-        tag=args.tag,
-        vlan_map=tuple(args.vlan_map),
-        offload=args.offload,
-        udp_gso=args.udp_gso,
-    )
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            sub: argparse.ArgumentParser = action.choices[name]
+            return sub
+    raise KeyError(name)
+
+
+def run_config(args: argparse.Namespace) -> Config:
+    """The validated configuration of `ovl-dp run ARGS` (ConfigError names the keys)."""
+    keys = {k: v for k, v in vars(args).items() if "." in k or k == "remotes"}
+    return from_keys(keys)
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -356,16 +333,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if args.command in ("show", "fdb"):
             return _query(args)
+        cfg = run_config(args) if args.command == "run" else None
         problem = _privilege_problem()
         if problem:
             raise SetupError(problem)
-        if args.command == "lab":
+        if cfg is None:
             from control import lab
 
             return lab.main(args)
         from control import daemon
 
-        return daemon.run(_run_options(args))  # type: ignore[arg-type]
+        return daemon.run(cfg)
+    except ConfigError as exc:
+        print(f"ovl-dp: error: {exc.render(option_names(parser))} (see ovl-dp run --help)", file=sys.stderr)
+        return EXIT_USAGE
     except (UsageError, SetupError) as exc:
         print(f"ovl-dp: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

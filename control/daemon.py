@@ -11,6 +11,7 @@ import uvloop
 
 from control import bridge, config, ctl
 from control.report import format_counters, format_fdb
+from datapath.config import Config
 from datapath.engine import Engine
 from datapath.errors import SetupError
 from datapath.ether import format_mac
@@ -22,28 +23,24 @@ def _interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run(opts: config.RunOptions) -> int:
+def run(user_cfg: Config) -> int:
     """Run the daemon until SIGINT/SIGTERM; SetupError for anything a user must fix."""
     # Until the loop owns the signals, SIGTERM unwinds like Ctrl-C, through the cleanup below.
     signal.signal(signal.SIGTERM, _interrupted)
-    br = bridge.resolve(opts.bridge, opts.bridge_type, opts.ovsdb, opts.tag)
-    cfg = config.build(opts, br.kind)
-    engine = Engine(cfg, fast=opts.fast_path)
+    b = user_cfg.bridge
+    br = bridge.resolve(b.name, b.type, b.ovsdb, b.tag)
+    cfg = config.resolve(user_cfg, br.kind)
+    engine = Engine(cfg)
     attached = False
     try:
         br.attach(engine.tap.name)
         attached = True
-        ident = (
-            f"vni {cfg.vni} port {cfg.port}"
-            if cfg.mode == "vxlan"
-            else f"key {cfg.key if cfg.key is not None else 'none'}"
-        )
         log.info(
             "%s %s: tap %s mac %s mtu %d (underlay %d) bridge %s (%s) remotes %s; %s path",
-            cfg.mode,
-            ident,
+            cfg.tunnel.mode,
+            cfg.encap.describe(),
             engine.tap.name,
-            format_mac(cfg.tap_mac),
+            format_mac(engine.tap.mac),
             cfg.tap_mtu,
             cfg.underlay_mtu,
             br.name if br.kind != "none" else "-",
@@ -52,7 +49,7 @@ def run(opts: config.RunOptions) -> int:
             "C fast" if engine.fast else "pure-Python",
         )
         if engine.fast:
-            coalesce = cfg.rx_coalesce and engine.tap.vnet_hdr_len > 0
+            coalesce = cfg.offload.coalesce and engine.tap.vnet_hdr_len > 0
             log.info("received TCP segments coalesced into super-frames: %s", "yes" if coalesce else "no")
         loop = uvloop.new_event_loop()
         try:
@@ -74,7 +71,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, engine: Engine, br: bridge.Bri
 
     def answer(cmd: str) -> object:
         if cmd == "show":
-            return {"tap": engine.tap.name, "mode": engine.cfg.mode, **engine.snapshot().as_dict()}
+            return {"tap": engine.tap.name, "mode": engine.cfg.tunnel.mode, **engine.snapshot().as_dict()}
         if cmd == "fdb":
             return engine.fdb_table()
         raise ValueError(f"unknown command {cmd!r}")

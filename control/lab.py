@@ -39,7 +39,8 @@ from typing import Any
 from control import ovs
 from control.ovs import OvsInstance
 from control.procs import stop_process
-from datapath.config import VLAN_HLEN, overhead
+from datapath.encap import lookup
+from datapath.ether import VLAN_HLEN
 
 UNDERLAY_PREFIX = "192.0.2."
 OVERLAY_PREFIX = "172.20.1."
@@ -294,7 +295,7 @@ def container_mtu(mode: str, underlay_mtu: int = 1500, tagged: bool = False) -> 
 
     tagged: frames cross the tunnel with an 802.1Q tag (the TAP is an OVS trunk port), 4 bytes more.
     """
-    return underlay_mtu - overhead(mode) - (VLAN_HLEN if tagged else 0)
+    return underlay_mtu - lookup(mode)(None).overhead() - (VLAN_HLEN if tagged else 0)
 
 
 def seed_lab() -> Lab:

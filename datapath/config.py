@@ -1,142 +1,416 @@
-"""The datapath's configuration: what the control plane hands to the engine.
+"""The configuration: one validated shape, grouped the way a user thinks of it.
 
-Validation of user input happens in ``control``; this object is already
-valid. Addresses are dotted-quad IPv4 strings.
+    Config
+      tunnel   TunnelConfig   mode (the encapsulation), VNI / key, port, TTL, VLAN map, local address
+      remotes  Remote, ...    the peer hosts' underlay addresses
+      tap      TapConfig      name, MTU, MAC
+      fdb      FdbConfig      size cap, ageing, static entries
+      offload  OffloadConfig  C fast path, TAP offloads, UDP GSO
+      bridge   BridgeConfig   where the control plane plugs the TAP in
+      batch                   frames per batch
+
+The command line builds it, and so will a configuration file; every check is
+made here, once, and a problem raises :class:`ConfigError` whose message names
+the key in the words of whoever asks (``--vni`` on the command line,
+``tunnel.vni`` in a file). Some values are left to be resolved on the host
+(local addresses and the path MTU from the routing table, the TAP MTU and MAC):
+:mod:`control.config` fills them in, and the datapath takes only a config that
+:meth:`Config.is_resolved`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
+import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from datapath import gre, vxlan
-from datapath.ether import ETH_ALEN, ETH_HLEN, VLAN_HLEN, VLAN_ID_MAX
+from datapath.encap import MODES, Encap, lookup
+from datapath.encap.ipv4 import DEFAULT_TTL
+from datapath.ether import ETH_ALEN, ETH_HLEN, VLAN_HLEN, VLAN_ID_MAX, format_mac, parse_mac
 from datapath.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
-from datapath.ipv4 import DEFAULT_TTL
 
-MODES = ("vxlan", "gre")
 MAX_REMOTES = 64  # OVL_MAX_REMOTES in C
 DEFAULT_BATCH = 64
+MAX_BATCH = 1024  # OVL_MAX_BATCH in C
 # VLANs that vlan_map can map to a tunnel id: 1..4094 (0 and 4095 are reserved by 802.1Q).
 MAP_VLAN_MIN = 1
 MAP_VLAN_MAX = 4094
 MAX_VLAN_MAP = MAP_VLAN_MAX - MAP_VLAN_MIN + 1
+MIN_MTU = 68  # the IPv4 minimum (RFC 791)
+MAX_MTU = 65000
+MAX_AGEING = 10**6
+MAX_FDB = 1 << 20
+IFNAMSIZ = 16  # <linux/if.h>, including the terminating NUL
+BRIDGE_TYPES = ("auto", "linux", "ovs", "none")
+OFFLOAD_POLICIES = ("auto", "on", "off")
 
-# A static FDB entry: (MAC, remote index) in VLAN 0, or (MAC, remote index, VLAN).
-Static = tuple[bytes, int] | tuple[bytes, int, int]
+_KEY = re.compile(r"\{([a-z_]+(?:\.[a-z_]+)*)\}")
+
+
+class ConfigError(ValueError):
+    """A configuration a user must fix.
+
+    The message is a template in which ``{tunnel.vni}``-style placeholders stand
+    for configuration keys; :meth:`render` names them as the front end does.
+    """
+
+    def __init__(self, template: str) -> None:
+        super().__init__(template)
+        self.template = template
+
+    @property
+    def keys(self) -> list[str]:
+        """The configuration keys the message is about."""
+        return _KEY.findall(self.template)
+
+    def render(self, names: Mapping[str, str] | None = None) -> str:
+        """The message with each key as names calls it (default: the key itself)."""
+        return _KEY.sub(lambda m: (names or {}).get(m[1], m[1]), self.template)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def _check_range(key: str, what: str, value: int | float, lo: int | float, hi: int | float) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"{{{key}}}: {what} {value} is out of range {lo}..{hi}")
+
+
+def check_address(key: str, text: str) -> str:
+    """text as a unicast IPv4 address in its canonical form; ConfigError naming key otherwise."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(f"{{{key}}} {text!r} is not an IP address") from None
+    if addr.version != 4:
+        raise ConfigError(f"{{{key}}} {text}: IPv6 underlays are not supported yet, use an IPv4 address")
+    if addr.is_multicast or addr.is_unspecified or addr == ipaddress.IPv4Address("255.255.255.255"):
+        raise ConfigError(f"{{{key}}} {text} is not a unicast address")
+    return str(addr)
+
+
+@dataclass(frozen=True)
+class TunnelConfig:
+    """The encapsulation and its identity; None means the protocol's default."""
+
+    mode: str  # a name in datapath.encap.MODES
+    vni: int | None = None  # VXLAN network identifier (default 0)
+    key: int | None = None  # GRE key (default: no key field, like OVS without options:key)
+    port: int | None = None  # VXLAN UDP destination port (default 4789)
+    udp_csum: bool = False  # compute outer UDP checksums (UDP encapsulations)
+    ttl: int = DEFAULT_TTL
+    # (VLAN 1..4094, tunnel id): frames of a mapped VLAN leave untagged in their own
+    # VNI (VXLAN) or GRE key, and come back tagged; everything else uses the base id.
+    vlan_map: tuple[tuple[int, int], ...] = ()
+    local: str | None = None  # underlay source address; None: from the route to each remote
+    underlay_mtu: int | None = None  # largest outer packet; None: the path MTU (resolved)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"{{tunnel.mode}} {self.mode!r} is not one of {', '.join(MODES)}")
+        cls = lookup(self.mode)
+        for other in {c.id_key for c in map(lookup, MODES)} - {cls.id_key}:
+            if getattr(self, other) is not None:
+                owner = next(lookup(m) for m in MODES if lookup(m).id_key == other)
+                raise ConfigError(
+                    f"{{tunnel.{other}}} is for {{tunnel.mode}} {owner.name}; {cls.title} uses {{tunnel.{cls.id_key}}}"
+                )
+        tid = getattr(self, cls.id_key)
+        if tid is not None:
+            _check_range(f"tunnel.{cls.id_key}", cls.id_name, tid, 0, cls.id_max)
+        if self.port is not None:
+            _check_range("tunnel.port", "port", self.port, 1, 65535)
+        _check_range("tunnel.ttl", "TTL", self.ttl, 1, 255)
+        if self.local is not None:
+            object.__setattr__(self, "local", check_address("tunnel.local", self.local))
+        if self.underlay_mtu is not None:
+            _check_range("tunnel.underlay_mtu", "MTU", self.underlay_mtu, MIN_MTU, 65535)
+        self._check_vlan_map(cls)
+
+    def _check_vlan_map(self, cls: type[Encap]) -> None:
+        kind = cls.id_name
+        if len(self.vlan_map) > MAX_VLAN_MAP:
+            raise ConfigError(f"{{tunnel.vlan_map}}: at most {MAX_VLAN_MAP} VLAN mappings")
+        for vlan, tid in self.vlan_map:
+            if not MAP_VLAN_MIN <= vlan <= MAP_VLAN_MAX:
+                raise ConfigError(
+                    f"{{tunnel.vlan_map}}: mapped VLAN {vlan} out of range {MAP_VLAN_MIN}..{MAP_VLAN_MAX}"
+                )
+            if not 0 <= tid <= cls.id_max:
+                raise ConfigError(f"{{tunnel.vlan_map}}: mapped {kind} {tid} out of range 0..{cls.id_max}")
+        if len({v for v, _ in self.vlan_map}) != len(self.vlan_map):
+            raise ConfigError("{tunnel.vlan_map}: a VLAN is mapped twice")
+        if len({t for _, t in self.vlan_map}) != len(self.vlan_map):
+            raise ConfigError(f"{{tunnel.vlan_map}}: two VLANs are mapped to the same {kind}")
+        base = self.encap.base_id
+        if any(t == base for _, t in self.vlan_map):
+            raise ConfigError(
+                f"{{tunnel.vlan_map}}: a VLAN is mapped to the base {kind} {base} (untagged traffic uses it)"
+            )
+
+    @property
+    def encap(self) -> Encap:
+        """The encapsulation with this tunnel's settings."""
+        cls = lookup(self.mode)
+        port = self.port if self.port is not None else cls.default_port
+        return cls(getattr(self, cls.id_key), port=port, udp_csum=self.udp_csum, ttl=self.ttl)
 
 
 @dataclass(frozen=True)
 class Remote:
-    """A peer host: its underlay address and the local address we send to it from."""
+    """A peer host: its underlay address, and the local address we send to it from (resolved)."""
 
     addr: str
-    local: str
+    local: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "addr", check_address("remotes", self.addr))
+        if self.local is not None:
+            object.__setattr__(self, "local", check_address("tunnel.local", self.local))
 
     @property
     def addr_bytes(self) -> bytes:
+        """The remote's address, 4 bytes."""
         return socket.inet_aton(self.addr)
 
     @property
     def local_bytes(self) -> bytes:
+        """Our address towards it, 4 bytes (the config must be resolved)."""
+        if self.local is None:
+            raise ConfigError(f"{{tunnel.local}} towards remote {self.addr} is not resolved yet")
         return socket.inet_aton(self.local)
 
 
 @dataclass(frozen=True)
-class DatapathConfig:
-    """Everything the forwarding plane needs; remote indices are positions in ``remotes``."""
+class TapConfig:
+    """The bridge-facing TAP device."""
 
-    mode: str
-    remotes: tuple[Remote, ...]
-    underlay_mtu: int
-    tap_mtu: int
-    tap_name: str = "ovl0"
-    tap_mac: bytes = b"\x02\x00\x00\x00\x00\x01"
-    vni: int = 0
-    key: int | None = None
-    port: int = vxlan.VXLAN_PORT
-    udp_csum: bool = False
-    bind: str = "0.0.0.0"  # address the receiving socket binds to
-    ttl: int = DEFAULT_TTL
-    fdb_max: int = DEFAULT_MAX_ENTRIES
-    fdb_ageing: float = DEFAULT_AGEING
-    statics: tuple[Static, ...] = field(default_factory=tuple)
-    batch: int = DEFAULT_BATCH
-    # (VLAN 1..4094, tunnel id): frames of a mapped VLAN leave untagged in their own
-    # VNI (VXLAN) or GRE key, and come back tagged; everything else uses vni / key.
-    vlan_map: tuple[tuple[int, int], ...] = ()
-    # C fast path only (the pure-Python path always uses a plain TAP): open the TAP with
-    # IFF_VNET_HDR and let the kernel hand over TCP super-frames (TSO) and partial
-    # checksums, which the datapath segments / completes. Probed; falls back quietly.
-    # Safe on Linux bridges and on Open vSwitch ports alike (it only affects reads).
-    tap_offloads: bool = True
-    # With tap_offloads: inner TCP segments of one flow received in one batch are written to
-    # the TAP as one super-frame (GSO virtio header). Only for a TAP whose other end is the
-    # kernel (a Linux bridge): Open vSwitch's userspace datapath reads the TAP with AF_PACKET
-    # and would see 64 KiB frames, so this must stay off for an OVS port.
-    rx_coalesce: bool = False
-    # VXLAN, C fast path: send through a pool of UDP sockets with UDP_SEGMENT (GSO), many
-    # datagrams per sendmsg, instead of the raw socket. Opt-in: the kernel only does UDP
-    # GSO with outer UDP checksums, which a veth hands on unfilled (offload) and Open
-    # vSwitch's userspace datapath then drops; and the UDP source port comes from a pool
-    # of UDP_GSO_SOCKETS bound ports (picked by flow hash) instead of one per flow.
-    udp_gso: bool = False
-    # VXLAN, C fast path: UDP_GRO on the receiving socket (coalesced datagrams, split again
-    # in C). Safe with any peer; it only pays off when the sender or the NIC coalesces.
-    udp_gro: bool = True
+    name: str | None = None  # default ovl-<mode>
+    mtu: int | None = None  # None: underlay MTU minus the encapsulation overhead (resolved)
+    mac: bytes | None = None  # None: derived from host and tunnel (resolved)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}")
-        if not 1 <= len(self.remotes) <= MAX_REMOTES:
-            raise ValueError(f"between 1 and {MAX_REMOTES} remotes are supported")
-        if len({r.addr for r in self.remotes}) != len(self.remotes):
-            raise ValueError("remote addresses must be distinct")
-        for static in self.statics:
-            if len(static) not in (2, 3) or len(static[0]) != ETH_ALEN:
-                raise ValueError("a static entry is (6-byte MAC, remote index) or (MAC, remote index, VLAN)")
-            if not 0 <= static[1] < len(self.remotes):
-                raise ValueError("a static entry names a remote index that does not exist")
-            if not 0 <= (static[2] if len(static) == 3 else 0) <= VLAN_ID_MAX:
-                raise ValueError(f"a static entry's VLAN must be 0..{VLAN_ID_MAX} (0 = untagged)")
-        self._check_vlan_map()
+        n = self.name
+        if n is not None and (not 0 < len(n) < IFNAMSIZ or "/" in n or n.strip() != n or " " in n or n in (".", "..")):
+            raise ConfigError(f"{{tap.name}} {n!r}: interface names are 1-15 characters without '/' or spaces")
+        if self.mtu is not None:
+            _check_range("tap.mtu", "MTU", self.mtu, MIN_MTU, MAX_MTU)
+        if self.mac is not None and (len(self.mac) != ETH_ALEN or self.mac[0] & 1 or not any(self.mac)):
+            raise ConfigError("{tap.mac} must be a unicast, nonzero MAC address")
 
-    def _check_vlan_map(self) -> None:
-        kind = "VNI" if self.mode == "vxlan" else "GRE key"
-        id_max = vxlan.VNI_MAX if self.mode == "vxlan" else gre.KEY_MAX
-        if len(self.vlan_map) > MAX_VLAN_MAP:
-            raise ValueError(f"at most {MAX_VLAN_MAP} VLAN mappings")
-        for vlan, tid in self.vlan_map:
-            if not MAP_VLAN_MIN <= vlan <= MAP_VLAN_MAX:
-                raise ValueError(f"mapped VLAN {vlan} out of range {MAP_VLAN_MIN}..{MAP_VLAN_MAX}")
-            if not 0 <= tid <= id_max:
-                raise ValueError(f"mapped {kind} {tid} out of range 0..{id_max}")
-        if len({v for v, _ in self.vlan_map}) != len(self.vlan_map):
-            raise ValueError("a VLAN is mapped twice")
-        if len({t for _, t in self.vlan_map}) != len(self.vlan_map):
-            raise ValueError(f"two VLANs are mapped to the same {kind}")
-        if any(t == self.base_id for _, t in self.vlan_map):
-            raise ValueError(f"a VLAN is mapped to the base {kind} {self.base_id} (untagged traffic uses it)")
+
+@dataclass(frozen=True)
+class StaticEntry:
+    """A static FDB entry: MAC (in VLAN, 0 = untagged) lives behind remote; never ages, never moves."""
+
+    mac: bytes
+    remote: str
+    vlan: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mac, bytes) or len(self.mac) != ETH_ALEN:
+            raise ConfigError("{fdb.static}: a static entry's MAC is 6 bytes")
+        if self.mac[0] & 1 or not any(self.mac):
+            raise ConfigError(f"{{fdb.static}} {format_mac(self.mac)}: must be a unicast, nonzero MAC")
+        object.__setattr__(self, "remote", check_address("fdb.static", self.remote))
+        if not 0 <= self.vlan <= VLAN_ID_MAX:
+            raise ConfigError(f"{{fdb.static}}: a static entry's VLAN must be 0..{VLAN_ID_MAX} (0 = untagged)")
+
+    @classmethod
+    def from_value(cls, value: object) -> StaticEntry:
+        """A static entry from a (MAC, remote address[, VLAN]) sequence; the MAC as 6 bytes or text."""
+        if not isinstance(value, list | tuple) or len(value) not in (2, 3):
+            raise ConfigError("{fdb.static}: a static entry is (MAC, remote[, VLAN])")
+        mac, remote, *vlan = value
+        if isinstance(mac, str):
+            try:
+                mac = parse_mac(mac)
+            except ValueError as exc:
+                raise ConfigError(f"{{fdb.static}}: {exc}") from None
+        if not isinstance(remote, str) or not all(isinstance(v, int) for v in vlan):
+            raise ConfigError("{fdb.static}: a static entry is (MAC, remote address[, VLAN number])")
+        return cls(mac, remote, *vlan)
+
+
+@dataclass(frozen=True)
+class FdbConfig:
+    """The MAC table: size cap (static entries included), ageing of learned entries, static entries."""
+
+    max_entries: int = DEFAULT_MAX_ENTRIES
+    ageing: float = DEFAULT_AGEING  # seconds, 0 = never
+    static: tuple[StaticEntry, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_range("fdb.max_entries", "FDB size", self.max_entries, 1, MAX_FDB)
+        if not 0 <= self.ageing <= MAX_AGEING:
+            raise ConfigError(f"{{fdb.ageing}}: ageing {self.ageing} must be between 0 and {MAX_AGEING} seconds")
+
+
+@dataclass(frozen=True)
+class OffloadConfig:
+    """How the datapath moves bytes: C or Python, and which kernel offloads it asks for.
+
+    policy (``--offload``) auto: the TAP takes TSO super-frames and partial
+    checksums (C path), received TCP segments are coalesced into super-frames only
+    towards a Linux bridge (the control plane resolves ``rx_coalesce``), UDP_GRO is
+    on; on: coalescing towards any bridge; off: none of it. udp_gso: VXLAN sends
+    through a pool of UDP_SEGMENT sockets (opt-in: it implies outer UDP checksums
+    and takes the source port from the pool).
+    """
+
+    policy: str = "auto"
+    udp_gso: bool = False
+    fast_path: bool = True
+    rx_coalesce: bool | None = None  # None: as the policy says (auto: resolved from the bridge kind)
+
+    def __post_init__(self) -> None:
+        if self.policy not in OFFLOAD_POLICIES:
+            raise ConfigError(f"{{offload.policy}} {self.policy!r} is not one of {', '.join(OFFLOAD_POLICIES)}")
+        if self.udp_gso and (not self.fast_path or self.policy == "off"):
+            raise ConfigError("{offload.udp_gso} needs the C fast path with offloads on")
 
     @property
-    def static_entries(self) -> tuple[tuple[bytes, int, int], ...]:
-        """statics as (MAC, remote index, VLAN) triples."""
-        return tuple((s[0], s[1], s[2] if len(s) == 3 else 0) for s in self.statics)
+    def tap(self) -> bool:
+        """Open the TAP with a virtio header and TSO/checksum offloads (C path; probed, falls back)."""
+        return self.policy != "off"
+
+    @property
+    def udp_gro(self) -> bool:
+        """UDP_GRO on the receiving socket (UDP encapsulations, C path)."""
+        return self.policy != "off"
+
+    @property
+    def coalesce(self) -> bool:
+        """Write received TCP segments of a flow to the TAP as one super-frame."""
+        if self.policy == "off":
+            return False
+        return self.rx_coalesce if self.rx_coalesce is not None else self.policy == "on"
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """Where the control plane plugs the TAP in (the datapath does not look at it)."""
+
+    name: str = "br-int"
+    type: str = "auto"  # auto | linux | ovs | none
+    ovsdb: str | None = None  # Open vSwitch database; None: ovs-vsctl's default
+    tag: int | None = None  # OVS access port VLAN; None: a trunk
+
+    def __post_init__(self) -> None:
+        if self.type not in BRIDGE_TYPES:
+            raise ConfigError(f"{{bridge.type}} {self.type!r} is not one of {', '.join(BRIDGE_TYPES)}")
+        if self.tag is not None:
+            _check_range("bridge.tag", "VLAN", self.tag, 1, 4094)
+            if self.type not in ("ovs", "auto"):
+                raise ConfigError("{bridge.tag} is for Open vSwitch bridges ({bridge.type} ovs)")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything `ovl-dp run` needs; see the module docstring. Remote indices are positions in remotes."""
+
+    tunnel: TunnelConfig
+    remotes: tuple[Remote, ...]
+    tap: TapConfig = field(default_factory=TapConfig)
+    fdb: FdbConfig = field(default_factory=FdbConfig)
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    batch: int = DEFAULT_BATCH
+
+    def __post_init__(self) -> None:
+        if self.tap.name is None:
+            object.__setattr__(self, "tap", dataclasses.replace(self.tap, name=f"ovl-{self.tunnel.mode}"))
+        if not self.remotes:
+            raise ConfigError("{remotes}: at least one remote is needed")
+        if len(self.remotes) > MAX_REMOTES:
+            raise ConfigError(f"{{remotes}}: at most {MAX_REMOTES} remotes are supported")
+        seen: set[str] = set()
+        for r in self.remotes:
+            if r.addr in seen:
+                raise ConfigError(f"{{remotes}} {r.addr} is given twice")
+            seen.add(r.addr)
+            if r.addr == self.tunnel.local:
+                raise ConfigError(f"{{remotes}} {r.addr} equals {{tunnel.local}}: a tunnel needs another host")
+        for s in self.fdb.static:
+            if s.remote not in seen:
+                raise ConfigError(f"{{fdb.static}} {format_mac(s.mac)}: {s.remote} is not one of the {{remotes}}")
+        t = self.tunnel
+        if not self.encap.udp and (t.port is not None or t.udp_csum or self.offload.udp_gso):
+            udp_modes = " or ".join(m for m in MODES if lookup(m).udp)
+            raise ConfigError(
+                f"{{tunnel.port}}, {{tunnel.udp_csum}} and {{offload.udp_gso}} are for {{tunnel.mode}} {udp_modes}"
+            )
+        if self.bridge.tag is not None and self.tunnel.vlan_map:
+            raise ConfigError(
+                "{bridge.tag} and {tunnel.vlan_map} exclude each other: an access port carries no VLAN tags"
+            )
+        _check_range("batch", "batch", self.batch, 1, MAX_BATCH)
+
+    # -- derived ---------------------------------------------------------------------
+
+    @property
+    def encap(self) -> Encap:
+        """The tunnel's encapsulation."""
+        return self.tunnel.encap
 
     @property
     def base_id(self) -> int:
         """The tunnel id of unmapped traffic: the VNI, or the GRE key (0 without a key, which also accepts key 0)."""
-        return self.vni if self.mode == "vxlan" else (self.key or 0)
-
-    @property
-    def mapped_outer_len(self) -> int:
-        """outer_len for a frame of a mapped VLAN: a GRE header then always carries a key."""
-        return self.outer_len if self.mode == "vxlan" else overhead("gre", 0) - ETH_HLEN
+        return self.encap.base_id
 
     @property
     def outer_len(self) -> int:
-        """Bytes in front of the inner frame: outer IPv4 + UDP + VXLAN, or outer IPv4 + GRE (base id)."""
-        return overhead(self.mode, self.key) - ETH_HLEN
+        """Bytes in front of an inner frame in the base id (outer IPv4 + encapsulation header)."""
+        return self.encap.outer_len()
+
+    @property
+    def mapped_outer_len(self) -> int:
+        """outer_len for a frame of a mapped VLAN (a GRE header then always carries a key)."""
+        return self.encap.outer_len(mapped=True)
+
+    @property
+    def overhead(self) -> int:
+        """Underlay MTU minus the largest inner L3 packet: the most any frame of this tunnel adds."""
+        return self.encap.overhead(mapped=bool(self.tunnel.vlan_map))
+
+    @property
+    def bind(self) -> str:
+        """The address the receiving socket binds to."""
+        return self.tunnel.local or "0.0.0.0"
+
+    @property
+    def static_entries(self) -> tuple[tuple[bytes, int, int], ...]:
+        """The static FDB entries as (MAC, remote index, VLAN)."""
+        index = {r.addr: i for i, r in enumerate(self.remotes)}
+        return tuple((s.mac, index[s.remote], s.vlan) for s in self.fdb.static)
+
+    def is_resolved(self) -> bool:
+        """True once what the forwarders need from the host is known: underlay and TAP MTU, local addresses.
+
+        (The engine also needs tap.mac to create the TAP.)
+        """
+        return (
+            self.tunnel.underlay_mtu is not None
+            and self.tap.mtu is not None
+            and all(r.local is not None for r in self.remotes)
+        )
+
+    @property
+    def underlay_mtu(self) -> int:
+        """tunnel.underlay_mtu of a resolved config."""
+        if self.tunnel.underlay_mtu is None:
+            raise ConfigError("{tunnel.underlay_mtu} is not resolved yet")
+        return self.tunnel.underlay_mtu
+
+    @property
+    def tap_mtu(self) -> int:
+        """tap.mtu of a resolved config."""
+        if self.tap.mtu is None:
+            raise ConfigError("{tap.mtu} is not resolved yet")
+        return self.tap.mtu
 
     @property
     def slot_size(self) -> int:
@@ -145,10 +419,64 @@ class DatapathConfig:
         The VLAN room is for tagged frames read from the TAP (trunk); a tag the
         datapath inserts on receive goes into the outer header's place, not here.
         """
-        need = max(self.underlay_mtu, self.tap_mtu + 14 + VLAN_HLEN + max(self.outer_len, self.mapped_outer_len))
+        outer = max(self.outer_len, self.mapped_outer_len)
+        need = max(self.underlay_mtu, self.tap_mtu + ETH_HLEN + VLAN_HLEN + outer)
         return max(2048, (need + 64 + 63) // 64 * 64)
 
 
-def overhead(mode: str, key: int | None = None) -> int:
-    """Underlay MTU minus this is the TAP MTU (VXLAN 50, GRE 38 or 42 with a key)."""
-    return vxlan.VXLAN_OVERHEAD if mode == "vxlan" else gre.overhead(key)
+GROUPS: dict[str, type] = {
+    "tunnel": TunnelConfig,
+    "tap": TapConfig,
+    "fdb": FdbConfig,
+    "offload": OffloadConfig,
+    "bridge": BridgeConfig,
+}
+
+
+def _sequence(key: str, value: object) -> list[object] | tuple[object, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError(f"{{{key}}} must be a list")
+    return value
+
+
+def from_keys(values: Mapping[str, object]) -> Config:
+    """A Config from configuration keys, as a front end holds them.
+
+    Keys are ``group.name`` paths (``tunnel.vni``, ``fdb.static``, ...) plus
+    ``remotes`` (addresses) and ``batch``; a value of None leaves the default.
+    ``remotes`` are address strings, ``fdb.static`` (MAC, remote address[, VLAN])
+    sequences, ``tunnel.vlan_map`` (VLAN, id) pairs. ConfigError names an unknown
+    or missing key.
+    """
+    groups: dict[str, dict[str, object]] = {g: {} for g in GROUPS}
+    remotes: tuple[Remote, ...] = ()
+    batch = DEFAULT_BATCH
+    for path, value in values.items():
+        if value is None:
+            continue
+        group, _, name = path.partition(".")
+        cls = GROUPS.get(group)
+        if cls is not None and name in {f.name for f in dataclasses.fields(cls)}:
+            groups[group][name] = value
+        elif path == "remotes":
+            remotes = tuple(Remote(str(a)) for a in _sequence(path, value))
+        elif path == "batch" and isinstance(value, int):
+            batch = value
+        else:
+            raise ConfigError(f"{{{path}}} is not a configuration key")
+    if "mode" not in groups["tunnel"]:
+        raise ConfigError("{tunnel.mode} is required")
+    if "vlan_map" in groups["tunnel"]:
+        pairs = _sequence("tunnel.vlan_map", groups["tunnel"]["vlan_map"])
+        groups["tunnel"]["vlan_map"] = tuple(tuple(_sequence("tunnel.vlan_map", p)) for p in pairs)
+    if "static" in groups["fdb"]:
+        groups["fdb"]["static"] = tuple(map(StaticEntry.from_value, _sequence("fdb.static", groups["fdb"]["static"])))
+    return Config(
+        tunnel=TunnelConfig(**groups["tunnel"]),  # type: ignore[arg-type]
+        remotes=remotes,
+        tap=TapConfig(**groups["tap"]),  # type: ignore[arg-type]
+        fdb=FdbConfig(**groups["fdb"]),  # type: ignore[arg-type]
+        offload=OffloadConfig(**groups["offload"]),  # type: ignore[arg-type]
+        bridge=BridgeConfig(**groups["bridge"]),  # type: ignore[arg-type]
+        batch=batch,
+    )

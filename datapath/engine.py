@@ -6,11 +6,13 @@
                        (receive a batch, check source and header, learn, decapsulate, write to TAP)
     every second    -> fdb.expire()
 
-The forwarder is the C fast path (:mod:`datapath.fast`) or the pure-Python
-reference (:mod:`datapath.pypath`); both do one batch per call. The engine
-owns the TAP and the sockets and registers their fds with the asyncio
-(uvloop) loop; the control plane starts and stops it and reads
-:meth:`Engine.snapshot` and :meth:`Engine.fdb_table`.
+The forwarder (:mod:`datapath.forwarder`) is the C fast path
+(:mod:`datapath.fast`) or the pure-Python reference (:mod:`datapath.pypath`);
+both do one batch per call. The engine owns the TAP (:mod:`datapath.io.tap`)
+and the sockets (:mod:`datapath.io.underlay`, the receiving one chosen by the
+encapsulation) and registers their fds with the asyncio (uvloop) loop; the
+control plane starts and stops it and reads :meth:`Engine.snapshot` and
+:meth:`Engine.fdb_table`.
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Sequence
 
-from datapath import pypath, underlay
-from datapath.config import DatapathConfig
+from datapath.config import Config
 from datapath.counters import Snapshot
+from datapath.errors import SetupError
 from datapath.ether import format_mac
-from datapath.fdb import FdbEntry
-from datapath.tap import Tap
+from datapath.fdb import FdbFull
+from datapath.forwarder import Forwarder, fast_path_available, make_forwarder
+from datapath.io import underlay
+from datapath.io.tap import Tap
 
 log = logging.getLogger("ovl-dp")
 
@@ -35,60 +38,19 @@ AGEING_SWEEP_INTERVAL = 1.0
 ERROR_LOG_INTERVAL = 10.0
 
 
-class FdbView(Protocol):
-    def expire(self) -> int: ...
-    def entries(self) -> list[FdbEntry]: ...
-
-
-class Forwarder(Protocol):
-    """What both the C and the Python forwarder provide (see datapath.pypath)."""
-
-    @property
-    def fdb(self) -> FdbView: ...
-    def from_tap(self, tap_fd: int, send_sock: socket.socket) -> int: ...
-    def from_tunnel(self, recv_sock: socket.socket, tap_fd: int) -> int: ...
-    def snapshot(self) -> Snapshot: ...
-
-
-def fast_path_available() -> bool:
-    from datapath import fast as fastpath
-
-    return fastpath.available()
-
-
-def make_forwarder(
-    cfg: DatapathConfig,
-    fast: bool,
-    clock: Callable[[], float] = time.monotonic,
-    tap_vnet: int = 0,
-    udp_gro: bool = False,
-    gso_socks: Sequence[socket.socket] = (),
-) -> Forwarder:
-    """The C forwarder if asked for and built, else the Python reference.
-
-    tap_vnet: the TAP's virtio header length; udp_gro, gso_socks: underlay offloads (C only).
-    """
-    if fast:
-        from datapath import fast as fastpath
-
-        if fastpath.available():
-            return fastpath.FastForwarder(cfg, clock, tap_vnet=tap_vnet, udp_gro=udp_gro, gso_socks=gso_socks)
-        log.warning("C fast path is not built (pip install -e . compiles it); using the pure-Python path")
-    if tap_vnet or udp_gro or gso_socks:
-        raise ValueError("the pure-Python forwarder needs a plain TAP and plain sockets")
-    return pypath.PyForwarder(cfg, clock)
-
-
 class Engine:
     """Owns the TAP, the tunnel sockets and the forwarder; runs them on an asyncio loop."""
 
-    def __init__(self, cfg: DatapathConfig, fast: bool = True) -> None:
+    def __init__(self, cfg: Config) -> None:
+        if not cfg.is_resolved() or cfg.tap.mac is None or cfg.tap.name is None:
+            raise ValueError("the engine needs a resolved configuration (control.config.resolve)")
         self.cfg = cfg
-        fast = fast and fast_path_available()
+        encap = cfg.encap
+        fast = cfg.offload.fast_path and fast_path_available()
         # Check the configuration before anything is opened (the C side may refuse it).
-        make_forwarder(cfg, fast)
+        _forwarder(cfg, fast)
         # Sockets first: a port in use should fail before a TAP appears on the bridge.
-        self.recv_sock = underlay.open_recv_socket(cfg)
+        self.recv_sock = encap.open_recv_socket(cfg.bind)
         try:
             self.send_sock = underlay.open_send_socket()
         except Exception:
@@ -96,25 +58,26 @@ class Engine:
             raise
         try:
             # The TAP's flags follow the forwarder: only the C path handles a virtio header.
-            self.tap = Tap(cfg.tap_name, cfg.tap_mac, cfg.tap_mtu, offloads=fast and cfg.tap_offloads)
+            self.tap = Tap(cfg.tap.name, cfg.tap.mac, cfg.tap_mtu, offloads=fast and cfg.offload.tap)
         except Exception:
             self.recv_sock.close()
             self.send_sock.close()
             raise
-        # Underlay offloads (VXLAN, C path): UDP_GRO on the receiving socket (always, where the
-        # kernel has it); UDP_SEGMENT sends through a pool of UDP sockets (cfg.udp_gso, opt-in).
+        # Underlay offloads (UDP encapsulations, C path): UDP_GRO on the receiving socket
+        # (where the kernel has it); UDP_SEGMENT sends through a pool of UDP sockets (opt-in).
         self.gso_socks: list[socket.socket] = []
+        udp_offloads = fast and encap.udp
         try:
-            self.udp_gro = fast and cfg.mode == "vxlan" and cfg.udp_gro and underlay.enable_udp_gro(self.recv_sock)
-            if fast and cfg.mode == "vxlan" and cfg.udp_gso:
-                self.gso_socks = underlay.open_gso_sockets(cfg)
-            self.forwarder = make_forwarder(
+            self.udp_gro = udp_offloads and cfg.offload.udp_gro and underlay.enable_udp_gro(self.recv_sock)
+            if udp_offloads and cfg.offload.udp_gso:
+                self.gso_socks = underlay.open_gso_sockets(cfg.bind, cfg.tunnel.ttl)
+            self.forwarder = _forwarder(
                 cfg, fast, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks
             )
         except Exception:
             self._close_io()
             raise
-        self.fast = not isinstance(self.forwarder, pypath.PyForwarder)
+        self.fast = fast
         log.info("tap %s: %s", self.tap.name, self.tap.describe())
         log.info("underlay offloads: %s", self.describe_underlay())
         self.io_errors = 0
@@ -123,11 +86,11 @@ class Engine:
         self._sweeper: asyncio.TimerHandle | None = None
 
     def describe_underlay(self) -> str:
-        """UDP_GRO on receive, UDP_SEGMENT on send (VXLAN only)."""
-        if self.cfg.mode != "vxlan" or not self.fast:
+        """UDP_GRO on receive, UDP_SEGMENT on send (UDP encapsulations only)."""
+        if not self.cfg.encap.udp or not self.fast:
             return "none (raw sockets, sendmmsg/recvmmsg)" if self.fast else "none"
         gso = f"udp_segment via {len(self.gso_socks)} UDP sockets" if self.gso_socks else "no udp_segment"
-        if self.cfg.udp_gso and not self.gso_socks:
+        if self.cfg.offload.udp_gso and not self.gso_socks:
             gso += " (refused by the kernel)"
         return f"{'udp_gro' if self.udp_gro else 'no udp_gro'}, {gso}"
 
@@ -198,3 +161,13 @@ class Engine:
             }
             for e in rows
         ]
+
+
+def _forwarder(
+    cfg: Config, fast: bool, tap_vnet: int = 0, udp_gro: bool = False, gso_socks: Sequence[socket.socket] = ()
+) -> Forwarder:
+    """make_forwarder, with a full table of static entries reported as a setup problem."""
+    try:
+        return make_forwarder(cfg, fast, tap_vnet=tap_vnet, udp_gro=udp_gro, gso_socks=gso_socks)
+    except FdbFull as exc:
+        raise SetupError(f"the static FDB entries do not fit the FDB ({exc}): raise the FDB size") from None

@@ -27,10 +27,11 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from datapath.config import DatapathConfig
+from datapath.config import Config
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
 from datapath.ether import ETH_HLEN
 from datapath.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEntry, FdbFull, Learn, check_limits, check_vlan
+from datapath.io.tap import VNET_HDR_LEN
 
 _ovl_fast: Any
 try:
@@ -42,6 +43,7 @@ ffi: Any = _ovl_fast.ffi if _ovl_fast is not None else None
 lib: Any = _ovl_fast.lib if _ovl_fast is not None else None
 
 _REMOTE_MAX = (1 << 31) - 1
+_C_MODES = {"vxlan": 0, "gre": 1} if lib is None else {"vxlan": lib.OVL_MODE_VXLAN, "gre": lib.OVL_MODE_GRE}
 
 
 def available() -> bool:
@@ -59,38 +61,39 @@ def _addr32(addr: bytes) -> int:
     return int(struct.unpack("=I", addr)[0])
 
 
-def _make_config(cfg: DatapathConfig, seed: int, tap_vnet: int = 0, udp_gro: bool = False) -> Any:
+def _make_config(cfg: Config, seed: int, tap_vnet: int = 0, udp_gro: bool = False) -> Any:
     _require()
     c = ffi.new("struct ovl_config *")
-    c.udp_gro = udp_gro and cfg.mode == "vxlan"
+    t, encap = cfg.tunnel, cfg.encap
+    c.udp_gro = udp_gro and encap.udp
     c.vnet_hdr_len = tap_vnet
-    c.rx_coalesce = bool(cfg.rx_coalesce and tap_vnet)
-    c.mode = lib.OVL_MODE_VXLAN if cfg.mode == "vxlan" else lib.OVL_MODE_GRE
-    c.vni = cfg.vni
-    c.key = cfg.key or 0
-    c.has_key = cfg.key is not None
-    c.dport = cfg.port
-    c.udp_csum = cfg.udp_csum
-    c.ttl = cfg.ttl
+    c.rx_coalesce = bool(cfg.offload.coalesce and tap_vnet)
+    c.mode = _C_MODES[encap.name]
+    c.vni = t.vni or 0
+    c.key = t.key or 0
+    c.has_key = t.key is not None
+    c.dport = encap.port
+    c.udp_csum = t.udp_csum
+    c.ttl = t.ttl
     c.underlay_mtu = cfg.underlay_mtu
     c.batch = cfg.batch
     c.slot_size = cfg.slot_size
     c.n_remotes = len(cfg.remotes)
-    c.fdb_max = cfg.fdb_max
-    c.fdb_ageing = cfg.fdb_ageing
+    c.fdb_max = cfg.fdb.max_entries
+    c.fdb_ageing = cfg.fdb.ageing
     c.fdb_seed = seed
     for i, r in enumerate(cfg.remotes):
         c.remote_addr[i] = _addr32(r.addr_bytes)
         c.remote_local[i] = _addr32(r.local_bytes)
-    c.n_vlans = len(cfg.vlan_map)
-    for vlan, tid in cfg.vlan_map:
+    c.n_vlans = len(t.vlan_map)
+    for vlan, tid in t.vlan_map:
         c.vlan_tid[vlan] = tid
         c.vlan_mapped[vlan] = 1
     return c
 
 
 @lru_cache(maxsize=16)
-def _codec_config(cfg: DatapathConfig) -> Any:
+def _codec_config(cfg: Config) -> Any:
     return _make_config(cfg, 0)
 
 
@@ -113,7 +116,7 @@ def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     return int(lib.ovl_checksum(buf, len(buf), initial))
 
 
-def encap(cfg: DatapathConfig, remote: int, frame: bytes | bytearray | memoryview) -> bytes:
+def encap(cfg: Config, remote: int, frame: bytes | bytearray | memoryview) -> bytes:
     """The outer packet for frame to cfg.remotes[remote], as vxlan.encap / gre.encap build it."""
     if not 0 <= remote < len(cfg.remotes):
         raise IndexError(f"no remote {remote}")
@@ -127,7 +130,7 @@ def encap(cfg: DatapathConfig, remote: int, frame: bytes | bytearray | memoryvie
     return bytes(ffi.buffer(out, n))
 
 
-def parse(cfg: DatapathConfig, packet: bytes | bytearray | memoryview) -> tuple[int, int]:
+def parse(cfg: Config, packet: bytes | bytearray | memoryview) -> tuple[int, int]:
     """vxlan.parse(packet) / gre.parse(packet) (by cfg.mode): (offset of the inner frame or -Drop, tunnel id)."""
     c = _codec_config(cfg)
     buf = ffi.from_buffer("uint8_t[]", packet)
@@ -136,14 +139,11 @@ def parse(cfg: DatapathConfig, packet: bytes | bytearray | memoryview) -> tuple[
     return off, int(tid[0])
 
 
-def decap(cfg: DatapathConfig, packet: bytes | bytearray | memoryview) -> int:
+def decap(cfg: Config, packet: bytes | bytearray | memoryview) -> int:
     """vxlan.decap(packet, cfg.vni) / gre.decap(packet, cfg.key): offset of the inner frame or -Drop."""
     c = _codec_config(cfg)
     buf = ffi.from_buffer("uint8_t[]", packet)
     return int(lib.ovl_decap(c, buf, len(buf)))
-
-
-VNET_HDR_LEN = 10  # struct virtio_net_hdr
 
 
 def offload_frame(vnet: bytes | bytearray | memoryview, frame: bytes | bytearray | memoryview) -> list[bytes]:
@@ -275,7 +275,7 @@ class FastForwarder:
 
     def __init__(
         self,
-        cfg: DatapathConfig,
+        cfg: Config,
         clock: Callable[[], float] = time.monotonic,
         tap_vnet: int = 0,
         udp_gro: bool = False,
@@ -297,12 +297,12 @@ class FastForwarder:
         if ptr == ffi.NULL:
             raise ValueError("configuration out of range for the C fast path (batch, MTU, FDB size, VLAN map)")
         self._dp = ffi.gc(ptr, lib.ovl_dp_free)
-        if cfg.mode == "vxlan":
+        if cfg.encap.udp:
             self._gso_socks = list(gso_socks)  # the fds stay open as long as the C side uses them
             for i, s in enumerate(self._gso_socks):
                 self._dp.gso_fd[i] = s.fileno()
             self._dp.n_gso_fd = len(self._gso_socks)
-        self.fdb = FastFdb._view(self._dp, self._dp.fdb, cfg.fdb_max, cfg.fdb_ageing, clock)
+        self.fdb = FastFdb._view(self._dp, self._dp.fdb, cfg.fdb.max_entries, cfg.fdb.ageing, clock)
         for mac, remote, vlan in cfg.static_entries:
             self.fdb.add_static(mac, remote, vlan=vlan)
         self._src = {r.addr: _addr32(r.addr_bytes) for r in cfg.remotes}

@@ -7,7 +7,7 @@ It has the same interface as :class:`datapath.fast.FastForwarder`:
 - ``from_tap`` and ``from_tunnel`` do one batch of I/O around them;
 - ``snapshot()`` copies the counters, ``fdb`` is the MAC table.
 
-VLANs (``cfg.vlan_map``): a frame from the TAP whose 802.1Q VID is mapped
+VLANs (``cfg.tunnel.vlan_map``): a frame from the TAP whose 802.1Q VID is mapped
 loses its tag and travels in the mapped VNI / GRE key; any other frame
 travels as it is in the base id (``cfg.base_id``; a trunk). On receive the
 base id delivers the frame as it is, a mapped id inserts the VLAN's tag, any
@@ -24,8 +24,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 
-from datapath import gre, vxlan
-from datapath.config import DatapathConfig
+from datapath.config import Config
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
 from datapath.ether import ETH_HLEN, insert_vlan, is_multicast, is_valid_source, strip_vlan, vlan_id
 from datapath.fdb import Fdb
@@ -37,9 +36,11 @@ _READ_SIZE = 65536
 class PyForwarder:
     """Forwarding logic in Python; see the module docstring."""
 
-    def __init__(self, cfg: DatapathConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, cfg: Config, clock: Callable[[], float] = time.monotonic) -> None:
+        if not cfg.is_resolved():
+            raise ValueError("the datapath needs a resolved configuration (control.config.resolve)")
         self.cfg = cfg
-        self.fdb = Fdb(cfg.fdb_max, cfg.fdb_ageing, clock)
+        self.fdb = Fdb(cfg.fdb.max_entries, cfg.fdb.ageing, clock)
         for mac, remote, vlan in cfg.static_entries:
             self.fdb.add_static(mac, remote, vlan=vlan)
         self._by_addr = {r.addr: i for i, r in enumerate(cfg.remotes)}
@@ -47,30 +48,14 @@ class PyForwarder:
         self._drops = [0] * (max(Drop) + 1)
         self._remote_ctr = [dict.fromkeys(REMOTE_FIELDS, 0) for _ in cfg.remotes]
         # VLAN <-> tunnel id for mapped VLANs; everything else is the base id.
-        self._id_of_vlan = dict(cfg.vlan_map)
-        self._vlan_of_id = {tid: vlan for vlan, tid in cfg.vlan_map}
-        # encap(frame, remote, mapped id or None for the base id); parse(packet) -> (offset or -Drop, id).
-        self._encap: Callable[[bytes, int, int | None], bytes]
-        self._parse: Callable[[bytes], tuple[int, int]]
-        ends = [(r.local_bytes, r.addr_bytes) for r in cfg.remotes]
-        if cfg.mode == "vxlan":
-            self._encap = lambda frame, i, tid: vxlan.encap(
-                frame,
-                vni=cfg.vni if tid is None else tid,
-                src=ends[i][0],
-                dst=ends[i][1],
-                dport=cfg.port,
-                udp_csum=cfg.udp_csum,
-                ttl=cfg.ttl,
-            )
-            self._parse = vxlan.parse
-            self._bad_id = Drop.RX_BAD_VNI
-        else:
-            self._encap = lambda frame, i, tid: gre.encap(
-                frame, key=cfg.key if tid is None else tid, src=ends[i][0], dst=ends[i][1], ttl=cfg.ttl
-            )
-            self._parse = gre.parse
-            self._bad_id = Drop.RX_BAD_KEY
+        self._id_of_vlan = dict(cfg.tunnel.vlan_map)
+        self._vlan_of_id = {tid: vlan for vlan, tid in cfg.tunnel.vlan_map}
+        self._encap = cfg.encap
+        self._ends = [(r.local_bytes, r.addr_bytes) for r in cfg.remotes]
+
+    def _build(self, frame: bytes, remote: int, tid: int | None) -> bytes:
+        src, dst = self._ends[remote]
+        return self._encap.build(frame, src, dst, tid)
 
     def _drop(self, reason: Drop) -> None:
         self._drops[reason] += 1
@@ -101,13 +86,13 @@ class PyForwarder:
             remote = None if is_multicast(frame) else self.fdb.lookup(frame[:6], vlan=vlan)
             if remote is not None:
                 self._stats["tx_unicast"] += 1
-                out.append((remote, self._encap(send, remote, tid), len(send)))
+                out.append((remote, self._build(send, remote, tid), len(send)))
                 continue
             # Broadcast, multicast, unknown unicast: head-end replication to every remote.
             self._stats["tx_flooded"] += 1
             for i in range(len(self.cfg.remotes)):
                 self._remote_ctr[i]["tx_flood"] += 1
-                out.append((i, self._encap(send, i, tid), len(send)))
+                out.append((i, self._build(send, i, tid), len(send)))
         return out
 
     def rx(self, packets: Iterable[tuple[bytes, str]]) -> list[tuple[int, bytes]]:
@@ -118,7 +103,7 @@ class PyForwarder:
             if remote is None:
                 self._drop(Drop.RX_NOT_REMOTE)
                 continue
-            off, tid = self._parse(pkt)
+            off, tid = self._encap.parse(pkt)
             if off < 0:
                 self._drop(Drop(-off))
                 continue
@@ -129,7 +114,7 @@ class PyForwarder:
                 vlan = self._vlan_of_id[tid]
                 frame = insert_vlan(frame, vlan)
             else:
-                self._drop(self._bad_id)
+                self._drop(self._encap.bad_id)
                 continue
             if not is_valid_source(frame[6:12]):
                 self._drop(Drop.RX_BAD_SRC_MAC)

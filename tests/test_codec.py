@@ -21,8 +21,9 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet, Raw
 from scapy.utils import checksum as scapy_checksum
 
-from datapath import ether, gre, ipv4, vxlan
+from datapath import ether
 from datapath.counters import Drop
+from datapath.encap import gre, ipv4, vxlan
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

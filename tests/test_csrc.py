@@ -13,6 +13,7 @@ import pytest
 
 from datapath import config, fast
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop
+from datapath.encap import MODES, lookup
 from datapath.ether import VLAN_ID_MAX
 from datapath.fdb import Learn
 
@@ -90,7 +91,7 @@ def test_counter_structs_in_python_order(struct: str, fields: tuple[str, ...]) -
 @needs_module
 def test_limits_match_config() -> None:
     assert fast.lib.OVL_MAX_REMOTES == config.MAX_REMOTES
-    assert max(config.overhead(m, 1) - 14 for m in config.MODES) <= fast.lib.OVL_MAX_OUTER
+    assert max(lookup(m)(1).outer_len(mapped=True) for m in MODES) <= fast.lib.OVL_MAX_OUTER
     assert fast.lib.OVL_VLAN_COUNT == VLAN_ID_MAX + 1
     assert len(fast.ffi.new("struct ovl_config *").vlan_tid) == VLAN_ID_MAX + 1
     assert fast.ffi.typeof("struct ovl_fdb_entry").fields[1][0] == "vlan"

@@ -9,8 +9,10 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import GRE
 from scapy.layers.vxlan import VXLAN
 
-from datapath import ether, fast, gre, ipv4, vxlan
-from datapath.config import DatapathConfig, Remote
+from datapath import ether, fast
+from datapath.config import Config, Remote
+from datapath.encap import gre, ipv4, vxlan
+from tests.configs import datapath_config
 from tests.test_codec import SETTINGS, frames, keys, malformed_gre, malformed_vxlan, vnis
 
 pytestmark = pytest.mark.skipif(not fast.available(), reason="C fast path not built")
@@ -20,18 +22,16 @@ ADDRS = st.tuples(st.integers(1, 223), st.integers(0, 255), st.integers(0, 255),
 )
 
 
-def vxlan_cfg(
-    vni: int = 77, udp_csum: bool = False, port: int = 4789, ttl: int = 64, remotes: int = 2
-) -> DatapathConfig:
+def vxlan_cfg(vni: int = 77, udp_csum: bool = False, port: int = 4789, ttl: int = 64, remotes: int = 2) -> Config:
     rs = tuple(Remote(f"10.0.0.{i + 2}", "10.0.0.1") for i in range(remotes))
-    return DatapathConfig(
+    return datapath_config(
         mode="vxlan", remotes=rs, underlay_mtu=1500, tap_mtu=1450, vni=vni, udp_csum=udp_csum, port=port, ttl=ttl
     )
 
 
-def gre_cfg(key: int | None = None, ttl: int = 64) -> DatapathConfig:
+def gre_cfg(key: int | None = None, ttl: int = 64) -> Config:
     rs = (Remote("192.168.1.2", "192.168.1.1"), Remote("192.168.1.3", "192.168.1.9"))
-    return DatapathConfig(mode="gre", remotes=rs, underlay_mtu=1500, tap_mtu=1462, key=key, ttl=ttl)
+    return datapath_config(mode="gre", remotes=rs, underlay_mtu=1500, tap_mtu=1462, key=key, ttl=ttl)
 
 
 @SETTINGS
@@ -60,13 +60,13 @@ def test_checksum(data: bytes, initial: int) -> None:
     frame=frames,
     vni=vnis,
     udp_csum=st.booleans(),
-    port=st.integers(0, 65535),
+    port=st.integers(1, 65535),  # a configuration refuses port 0
     ttl=st.integers(1, 255),
     addr=ADDRS,
     local=ADDRS,
 )
 def test_vxlan_encap(frame: bytes, vni: int, udp_csum: bool, port: int, ttl: int, addr: str, local: str) -> None:
-    cfg = DatapathConfig(
+    cfg = datapath_config(
         mode="vxlan",
         remotes=(Remote("10.9.9.9", "10.9.9.8"), Remote(addr, local)),
         underlay_mtu=1500,
@@ -85,7 +85,7 @@ def test_vxlan_encap(frame: bytes, vni: int, udp_csum: bool, port: int, ttl: int
 @SETTINGS
 @given(frame=st.one_of(frames, st.binary(max_size=20)), key=keys, ttl=st.integers(1, 255), addr=ADDRS, local=ADDRS)
 def test_gre_encap(frame: bytes, key: int | None, ttl: int, addr: str, local: str) -> None:
-    cfg = DatapathConfig(mode="gre", remotes=(Remote(addr, local),), underlay_mtu=1500, tap_mtu=1458, key=key, ttl=ttl)
+    cfg = datapath_config(mode="gre", remotes=(Remote(addr, local),), underlay_mtu=1500, tap_mtu=1458, key=key, ttl=ttl)
     want = gre.encap(frame, key=key, src=cfg.remotes[0].local_bytes, dst=cfg.remotes[0].addr_bytes, ttl=ttl)
     assert fast.encap(cfg, 0, frame) == want  # GRE does not need an Ethernet header, in either
     assert fast.decap(cfg, want) == gre.decap(want, key)

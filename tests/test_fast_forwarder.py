@@ -13,11 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datapath import ether, fast, gre, ipv4, vxlan
-from datapath.config import DatapathConfig, Remote
+from datapath import ether, fast
+from datapath.config import Config, Remote
 from datapath.counters import Drop
+from datapath.encap import gre, ipv4, vxlan
 from datapath.fdb import FdbEntry, FdbFull
 from datapath.pypath import PyForwarder
+from tests.configs import datapath_config
 
 pytestmark = pytest.mark.skipif(not fast.available(), reason="C fast path not built")
 
@@ -42,8 +44,8 @@ def remotes(n: int) -> tuple[Remote, ...]:
 
 
 CONFIGS = {
-    "vxlan": DatapathConfig(mode="vxlan", remotes=remotes(3), underlay_mtu=1500, tap_mtu=1450, vni=4242),
-    "vxlan_csum_smallbatch_cap": DatapathConfig(
+    "vxlan": datapath_config(mode="vxlan", remotes=remotes(3), underlay_mtu=1500, tap_mtu=1450, vni=4242),
+    "vxlan_csum_smallbatch_cap": datapath_config(
         mode="vxlan",
         remotes=remotes(2),
         underlay_mtu=1400,
@@ -56,7 +58,7 @@ CONFIGS = {
         fdb_ageing=3.0,
         ttl=9,
     ),
-    "vxlan_statics_noageing": DatapathConfig(
+    "vxlan_statics_noageing": datapath_config(
         mode="vxlan",
         remotes=remotes(4),
         underlay_mtu=9000,
@@ -64,11 +66,11 @@ CONFIGS = {
         statics=((FAR[0], 3), (FAR[1], 0)),
         fdb_ageing=0.0,
     ),
-    "gre": DatapathConfig(mode="gre", remotes=remotes(3), underlay_mtu=1500, tap_mtu=1462, fdb_ageing=2.0),
-    "gre_key_one_remote": DatapathConfig(
+    "gre": datapath_config(mode="gre", remotes=remotes(3), underlay_mtu=1500, tap_mtu=1462, fdb_ageing=2.0),
+    "gre_key_one_remote": datapath_config(
         mode="gre", remotes=remotes(1), underlay_mtu=1476, tap_mtu=1434, key=0xABCD, batch=3, fdb_max=4
     ),
-    "gre_key0_three_remotes": DatapathConfig(
+    "gre_key0_three_remotes": datapath_config(
         mode="gre",
         remotes=(Remote("10.0.0.2", "10.0.0.1"), Remote("10.0.1.2", "10.0.1.1"), Remote("10.0.2.2", "10.0.0.5")),
         underlay_mtu=1500,
@@ -76,7 +78,7 @@ CONFIGS = {
         key=0,
         statics=((FAR[2], 1),),
     ),
-    "vxlan_vlans_csum": DatapathConfig(
+    "vxlan_vlans_csum": datapath_config(
         mode="vxlan",
         remotes=remotes(3),
         underlay_mtu=1500,
@@ -87,7 +89,7 @@ CONFIGS = {
         statics=((FAR[0], 2, 10), (FAR[0], 1), (FAR[1], 0, 30)),
         fdb_ageing=2.0,
     ),
-    "gre_nokey_vlans": DatapathConfig(
+    "gre_nokey_vlans": datapath_config(
         mode="gre",
         remotes=remotes(2),
         underlay_mtu=1500,
@@ -96,7 +98,7 @@ CONFIGS = {
         batch=5,
         fdb_max=6,
     ),
-    "gre_key_vlans": DatapathConfig(
+    "gre_key_vlans": datapath_config(
         mode="gre",
         remotes=remotes(3),
         underlay_mtu=1400,
@@ -130,7 +132,7 @@ def tag(rnd: random.Random) -> bytes:
     return struct.pack("!HH", tpid, tci)
 
 
-def tx_frame(rnd: random.Random, cfg: DatapathConfig) -> bytes:
+def tx_frame(rnd: random.Random, cfg: Config) -> bytes:
     kind = rnd.random()
     if kind < 0.05:
         return rnd.randbytes(rnd.randrange(14))  # runt
@@ -144,20 +146,20 @@ def tx_frame(rnd: random.Random, cfg: DatapathConfig) -> bytes:
     return frame
 
 
-def encap(cfg: DatapathConfig, i: int, frame: bytes, tid: int | None = None) -> bytes:
+def encap(cfg: Config, i: int, frame: bytes, tid: int | None = None) -> bytes:
     """What remote i sends us, as the receiving socket hands it over; in the base id unless tid is given."""
     r = cfg.remotes[i]
-    if cfg.mode == "vxlan":
-        vni = cfg.vni if tid is None else tid
-        return vxlan.encap(frame, vni=vni, src=r.addr_bytes, dst=r.local_bytes, dport=cfg.port)[28:]
-    return gre.encap(frame, key=cfg.key if tid is None else tid, src=r.addr_bytes, dst=r.local_bytes)
+    if cfg.tunnel.mode == "vxlan":
+        vni = cfg.base_id if tid is None else tid
+        return vxlan.encap(frame, vni=vni, src=r.addr_bytes, dst=r.local_bytes, dport=cfg.encap.port)[28:]
+    return gre.encap(frame, key=cfg.tunnel.key if tid is None else tid, src=r.addr_bytes, dst=r.local_bytes)
 
 
-def gre_with_checksum(cfg: DatapathConfig, i: int, frame: bytes, good: bool) -> bytes:
+def gre_with_checksum(cfg: Config, i: int, frame: bytes, good: bool) -> bytes:
     """A GRE packet with the C bit (as other implementations may send), its checksum right or wrong."""
-    flags = gre.GRE_CSUM | (gre.GRE_KEY if cfg.key is not None else 0)
+    flags = gre.GRE_CSUM | (gre.GRE_KEY if cfg.tunnel.key is not None else 0)
     body = struct.pack("!HHHH", flags, gre.ETH_P_TEB, 0, 0)
-    body += struct.pack("!I", cfg.key) if cfg.key is not None else b""
+    body += struct.pack("!I", cfg.tunnel.key) if cfg.tunnel.key is not None else b""
     body += frame
     csum = ipv4.checksum(body) if good else 0x1234
     body = body[:4] + struct.pack("!H", csum) + body[6:]
@@ -165,13 +167,13 @@ def gre_with_checksum(cfg: DatapathConfig, i: int, frame: bytes, good: bool) -> 
     return ipv4.build_header(r.addr_bytes, r.local_bytes, ipv4.IPPROTO_GRE, len(body)) + body
 
 
-def rx_packet(rnd: random.Random, cfg: DatapathConfig) -> tuple[bytes, str]:
+def rx_packet(rnd: random.Random, cfg: Config) -> tuple[bytes, str]:
     i = rnd.randrange(len(cfg.remotes))
     src_mac = rnd.choice([*FAR, *FAR, *FAR, MCAST, BCAST, ZERO])
     frame = rnd.choice([BCAST, *LOCAL]) + src_mac + tag(rnd) + payload(rnd)
     # The base id, a mapped id, an unknown id, or (GRE) no key field at all.
-    tid = rnd.choice([None, None, rnd.randrange(1 << 24), *(t for _, t in cfg.vlan_map)])
-    if cfg.mode == "gre" and rnd.random() < 0.1:
+    tid = rnd.choice([None, None, rnd.randrange(1 << 24), *(t for _, t in cfg.tunnel.vlan_map)])
+    if cfg.tunnel.mode == "gre" and rnd.random() < 0.1:
         r = cfg.remotes[i]
         pkt = gre.encap(frame, key=None, src=r.addr_bytes, dst=r.local_bytes)
     else:
@@ -183,15 +185,15 @@ def rx_packet(rnd: random.Random, cfg: DatapathConfig) -> tuple[bytes, str]:
         b = bytearray(pkt)
         b[rnd.randrange(min(len(b), 40))] ^= 1 << rnd.randrange(8)
         pkt = bytes(b)
-    elif kind < 0.2 and cfg.mode == "vxlan":
-        pkt = vxlan.header(cfg.vni + 1) + frame
+    elif kind < 0.2 and cfg.tunnel.mode == "vxlan":
+        pkt = vxlan.header(cfg.base_id + 1) + frame
     elif kind < 0.2:
-        pkt = gre.encap(frame, key=(cfg.key or 0) + 1, src=b"\1\1\1\1", dst=b"\2\2\2\2")
-    elif kind < 0.24 and cfg.mode == "gre":
+        pkt = gre.encap(frame, key=(cfg.tunnel.key or 0) + 1, src=b"\1\1\1\1", dst=b"\2\2\2\2")
+    elif kind < 0.24 and cfg.tunnel.mode == "gre":
         b = bytearray(pkt)
         b[21] |= rnd.randrange(1, 8)  # GRE version
         pkt = bytes(b)
-    elif kind < 0.3 and cfg.mode == "gre":
+    elif kind < 0.3 and cfg.tunnel.mode == "gre":
         pkt = gre_with_checksum(cfg, i, frame, good=rnd.random() < 0.5)
     src = STRANGER if rnd.random() < 0.07 else cfg.remotes[i].addr
     return pkt, src
@@ -206,7 +208,7 @@ def assert_same(fp: fast.FastForwarder, pp: PyForwarder) -> None:
     assert table(fp) == table(pp)
 
 
-def run_scenario(cfg: DatapathConfig, seed: int, batches: int = 40) -> None:
+def run_scenario(cfg: Config, seed: int, batches: int = 40) -> None:
     rnd = random.Random(seed)
     clock = Clock()
     fp, pp = fast.FastForwarder(cfg, clock), PyForwarder(cfg, clock)
@@ -276,7 +278,7 @@ def test_scenarios_exercise_every_counter() -> None:
     assert wanted <= reached, wanted - reached
 
 
-@pytest.mark.parametrize("name", [n for n, c in CONFIGS.items() if c.vlan_map])
+@pytest.mark.parametrize("name", [n for n, c in CONFIGS.items() if c.tunnel.vlan_map])
 def test_vlan_scenarios_exercise_the_mapping(name: str) -> None:
     """The random VLAN scenarios strip and insert tags, use every mapped id and learn in several VLANs."""
     cfg = CONFIGS[name]
@@ -288,17 +290,17 @@ def test_vlan_scenarios_exercise_the_mapping(name: str) -> None:
     for _ in range(60):
         frames = [tx_frame(rnd, cfg) for _ in range(10)]
         for _, pkt in pp.tx(frames):
-            off, tid = vxlan.parse(pkt[28:]) if cfg.mode == "vxlan" else gre.parse(pkt)
+            off, tid = vxlan.parse(pkt[28:]) if cfg.tunnel.mode == "vxlan" else gre.parse(pkt)
             assert off >= 0
             sent_ids.add(tid)
             stripped += tid != cfg.base_id
         for _, frame in pp.rx([rx_packet(rnd, cfg) for _ in range(10)]):
-            tagged_back += ether.vlan_id(frame) in dict(cfg.vlan_map)
+            tagged_back += ether.vlan_id(frame) in dict(cfg.tunnel.vlan_map)
         vlans_learned |= {e.vlan for e in pp.fdb.entries() if not e.static}
-    assert sent_ids == {cfg.base_id, *(t for _, t in cfg.vlan_map)}
+    assert sent_ids == {cfg.base_id, *(t for _, t in cfg.tunnel.vlan_map)}
     assert stripped > 20 and tagged_back > 20
-    assert {0, *(v for v, _ in cfg.vlan_map)} <= vlans_learned, vlans_learned
-    assert pp.snapshot().drops["rx_bad_vni" if cfg.mode == "vxlan" else "rx_bad_key"] > 0
+    assert {0, *(v for v, _ in cfg.tunnel.vlan_map)} <= vlans_learned, vlans_learned
+    assert pp.snapshot().drops["rx_bad_vni" if cfg.tunnel.mode == "vxlan" else "rx_bad_key"] > 0
 
 
 # -- deterministic cases ---------------------------------------------------------------------
@@ -348,9 +350,9 @@ def test_multicast_destination_is_never_looked_up() -> None:
 def test_bad_config_refused() -> None:
     with pytest.raises(ValueError):
         fast.FastForwarder(
-            DatapathConfig(mode="vxlan", remotes=remotes(1), underlay_mtu=1500, tap_mtu=1450, batch=100000)
+            datapath_config(mode="vxlan", remotes=remotes(1), underlay_mtu=1500, tap_mtu=1450, batch=100000)
         )
-    cfg = DatapathConfig(
+    cfg = datapath_config(
         mode="vxlan", remotes=remotes(1), underlay_mtu=1500, tap_mtu=1450, fdb_max=1, statics=((FAR[0], 0), (FAR[1], 0))
     )
     with pytest.raises(FdbFull):

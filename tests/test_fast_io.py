@@ -20,9 +20,11 @@ from collections.abc import Callable
 
 import pytest
 
-from datapath import ether, fast, gre, vxlan
-from datapath.config import DatapathConfig, Remote
+from datapath import ether, fast
+from datapath.config import Config, Remote
+from datapath.encap import gre, vxlan
 from datapath.pypath import PyForwarder
+from tests.configs import datapath_config
 from tests.isolated import run_isolated
 
 pytestmark = pytest.mark.netns
@@ -48,11 +50,11 @@ CASES = {
     # VLAN 10 <-> its own id, GRE without a base key (so mapped packets carry a key field, others none).
     "gre_vlans": {"mode": "gre", "vlan_map": ((10, 7777), (20, 0xFFFFFFFF))},
 }
-IMPLS: dict[str, Callable[[DatapathConfig], Forwarder]] = {"fast": fast.FastForwarder, "python": PyForwarder}
+IMPLS: dict[str, Callable[[Config], Forwarder]] = {"fast": fast.FastForwarder, "python": PyForwarder}
 
 
-def make_cfg(case: str) -> DatapathConfig:
-    return DatapathConfig(remotes=(Remote(LO, LO),), underlay_mtu=1500, tap_mtu=1450, batch=4, **CASES[case])  # type: ignore[arg-type]
+def make_cfg(case: str) -> Config:
+    return datapath_config(remotes=(Remote(LO, LO),), underlay_mtu=1500, tap_mtu=1450, batch=4, **CASES[case])  # type: ignore[arg-type]
 
 
 def frame(i: int, dst: bytes = b"\xff" * 6, size: int = 60) -> bytes:
@@ -63,7 +65,7 @@ def frame(i: int, dst: bytes = b"\xff" * 6, size: int = 60) -> bytes:
 class Rig:
     """TAP + sockets inside the namespace; closed by close()."""
 
-    def __init__(self, cfg: DatapathConfig) -> None:
+    def __init__(self, cfg: Config) -> None:
         from pytun import IFF_NO_PI, IFF_TAP, TunTapDevice
 
         self.cfg = cfg
@@ -73,9 +75,9 @@ class Rig:
         self.fd = self.tap.fileno()
         fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) | os.O_NONBLOCK)
         self.send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        if cfg.mode == "vxlan":
+        if cfg.tunnel.mode == "vxlan":
             self.recv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.recv.bind((LO, cfg.port))
+            self.recv.bind((LO, cfg.encap.port))
         else:
             self.recv = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
         self.recv.setblocking(False)
@@ -118,7 +120,7 @@ class Rig:
 
     def parse(self, packet: bytes) -> tuple[int, bytes]:
         """(tunnel id, inner frame) of a tunnel packet."""
-        off, tid = vxlan.parse(packet) if self.cfg.mode == "vxlan" else gre.parse(packet)
+        off, tid = vxlan.parse(packet) if self.cfg.tunnel.mode == "vxlan" else gre.parse(packet)
         assert off >= 0, f"not a tunnel packet: drop reason {-off}"
         return tid, packet[off:]
 
@@ -129,15 +131,15 @@ class Rig:
 
     def resend(self, packets: list[bytes], src: str = LO) -> None:
         """Send tunnel packets to ourselves, from src, as a remote would."""
-        if self.cfg.mode == "vxlan":
+        if self.cfg.tunnel.mode == "vxlan":
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.bind((src, 0))
                 for p in packets:
-                    s.sendto(p, (LO, self.cfg.port))
+                    s.sendto(p, (LO, self.cfg.encap.port))
         else:
             for p in packets:
                 tid, inner = self.parse(p)
-                key = self.cfg.key if tid == self.cfg.base_id else tid
+                key = self.cfg.tunnel.key if tid == self.cfg.base_id else tid
                 pkt = gre.encap(inner, key=key, src=socket.inet_aton(src), dst=socket.inet_aton(LO))
                 self.send.sendto(pkt, (LO, 0))
 
@@ -288,7 +290,7 @@ def test_vlan_map_on_the_io_path(impl: str) -> None:
 
     def body(rig: Rig, fwd: Forwarder) -> None:
         cfg = rig.cfg
-        ids = dict(cfg.vlan_map)
+        ids = dict(cfg.tunnel.vlan_map)
         frames = [tagged(1, 10), tagged(2, 20), tagged(3, 30), frame(4), tagged(5, 10)]
         mapped = {0: 10, 1: 20, 4: 10}  # index -> VLAN
         rig.inject(frames)
@@ -333,8 +335,8 @@ def test_fast_truncated_packet(case: str) -> None:
 
     def body(rig: Rig, fwd: Forwarder) -> None:
         big = frame(1, size=rig.cfg.slot_size + 100)
-        if rig.cfg.mode == "vxlan":
-            rig.resend([vxlan.header(rig.cfg.vni) + big])
+        if rig.cfg.tunnel.mode == "vxlan":
+            rig.resend([vxlan.header(rig.cfg.base_id) + big])
         else:
             rig.send.sendto(gre.encap(big, key=None, src=socket.inet_aton(LO), dst=socket.inet_aton(LO)), (LO, 0))
         assert rig.pump_tunnel(fwd, 1) == 1

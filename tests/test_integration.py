@@ -87,7 +87,7 @@ def test_full_mesh_unicast_only_to_the_right_remote(mode: str) -> None:
 
 INJECT = """
 import socket, struct, sys
-from datapath import vxlan, gre
+from datapath.encap import vxlan, gre
 mode, src, dst, mac, kind = sys.argv[1:6]
 frame = b"\\xff" * 6 + bytes.fromhex(mac.replace(":", "")) + b"\\x08\\x06" + bytes(46)
 s, d = socket.inet_aton(src), socket.inet_aton(dst)

@@ -30,9 +30,12 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
-from datapath import fast, tap, vxlan
-from datapath.config import DatapathConfig, Remote
+from datapath import fast
+from datapath.config import Config, Remote
 from datapath.counters import Drop
+from datapath.encap import vxlan
+from datapath.io import tap
+from tests.configs import datapath_config
 from tests.isolated import run_isolated
 
 needs_module = pytest.mark.skipif(not fast.available(), reason="C fast path not built")
@@ -290,12 +293,12 @@ PACKET_VNET_HDR = 15
 SO_RCVBUFFORCE = 33
 
 
-def _cfg(batch: int = 64, **kw: object) -> DatapathConfig:
+def _cfg(batch: int = 64, **kw: object) -> Config:
     """VXLAN VNI 99 over loopback, unless kw says otherwise."""
     fields: dict[str, object] = {"mode": "vxlan", "remotes": (Remote(LO, LO),), "underlay_mtu": 1500,
                                  "tap_mtu": 1450, "vni": 99, "batch": batch}  # fmt: skip
     fields.update(kw)
-    return DatapathConfig(**fields)  # type: ignore[arg-type]
+    return datapath_config(**fields)  # type: ignore[arg-type]
 
 
 def _catch(sock: socket.socket, want: int, timeout: float = 5.0) -> list[bytes]:
@@ -335,7 +338,7 @@ def test_from_tap_with_virtio_headers() -> None:
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
         b.setblocking(False)
         send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        recv = _recv_socket(cfg.port)
+        recv = _recv_socket(cfg.encap.port)
         big, l4 = super_frame(random.Random(3).randbytes(60000), opts=True, flags="FPA")
         small, sl4 = super_frame(b"x" * 500)
         expect_big = fast.offload_frame(vnet(NEEDS_CSUM, GSO_TCPV4, 0, 1000, l4, 16), big)
@@ -385,7 +388,7 @@ def test_many_remotes_chunked() -> None:
         import subprocess
 
         addrs = [f"127.0.0.{i}" for i in range(1, 9)]
-        cfg = DatapathConfig(
+        cfg = datapath_config(
             mode="vxlan",
             remotes=tuple(Remote(a, LO) for a in addrs),
             underlay_mtu=1500,
@@ -401,7 +404,7 @@ def test_many_remotes_chunked() -> None:
         send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         recv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         recv.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
-        recv.bind(("0.0.0.0", cfg.port))
+        recv.bind(("0.0.0.0", cfg.encap.port))
         recv.setblocking(False)
         big, l4 = super_frame(random.Random(4).randbytes(40000))
         expect = fast.offload_frame(vnet(NEEDS_CSUM, GSO_TCPV4, 0, 1400, l4, 16), big)
@@ -441,7 +444,7 @@ def test_real_tap_tso_super_frame() -> None:
         cfg = _cfg(batch=8)
         fwd = fast.FastForwarder(cfg, tap_vnet=t.vnet_hdr_len)
         send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        recv = _recv_socket(cfg.port)
+        recv = _recv_socket(cfg.encap.port)
         pkt = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         pkt.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
         pkt.bind(("ovlts0", 0))
@@ -469,7 +472,7 @@ def test_real_tap_tso_super_frame() -> None:
         pkt.setblocking(False)
         frame = bytes(Ether(src="02:00:00:00:00:09", dst="ff:ff:ff:ff:ff:ff") / IP() / UDP() / Raw(b"back" * 50))
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.sendto(vxlan.header(99) + frame, (LO, cfg.port))
+            s.sendto(vxlan.header(99) + frame, (LO, cfg.encap.port))
         n, end = 0, time.monotonic() + 5
         while n < 1 and time.monotonic() < end:
             select.select([recv], [], [], 0.1)
@@ -549,13 +552,13 @@ def _coalesce(frames: list[bytes], batch: int = 64) -> tuple[list[tuple[bytes, b
     """frames through from_tunnel with rx_coalesce, in one batch, onto a socketpair: [(virtio header, frame)]."""
     cfg = _cfg(batch=batch, rx_coalesce=True)
     fwd = fast.FastForwarder(cfg, tap_vnet=10)
-    recv = _recv_socket(cfg.port)
+    recv = _recv_socket(cfg.encap.port)
     tap_end, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     tap_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
     reader.setblocking(False)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for f in frames:
-            s.sendto(vxlan.header(99) + f, (LO, cfg.port))
+            s.sendto(vxlan.header(99) + f, (LO, cfg.encap.port))
     select.select([recv], [], [], 1)
     assert fwd.from_tunnel(recv, tap_end.fileno()) == len(frames)
     out = []
@@ -691,13 +694,13 @@ def test_coalesce_off_without_flag_or_virtio() -> None:
     def body() -> None:
         segs = segment_stream(5, 1000)
         cfg = _cfg(batch=64)
-        assert not cfg.rx_coalesce
+        assert not cfg.offload.coalesce
         fwd = fast.FastForwarder(cfg, tap_vnet=10)
-        recv = _recv_socket(cfg.port)
+        recv = _recv_socket(cfg.encap.port)
         tap_end, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for f in segs:
-                s.sendto(vxlan.header(99) + f, (LO, cfg.port))
+                s.sendto(vxlan.header(99) + f, (LO, cfg.encap.port))
         select.select([recv], [], [], 1)
         assert fwd.from_tunnel(recv, tap_end.fileno()) == 5
         assert [reader.recv(65536) for _ in segs] == [bytes(10) + f for f in segs]
@@ -722,7 +725,7 @@ def test_coalesced_super_frame_into_a_real_tcp_socket() -> None:
         )
         cfg = _cfg(batch=64, rx_coalesce=True)
         fwd = fast.FastForwarder(cfg, tap_vnet=t.vnet_hdr_len)
-        recv = _recv_socket(cfg.port)
+        recv = _recv_socket(cfg.encap.port)
         lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lst.bind(("10.9.0.2", 5555))
         lst.listen()
@@ -762,7 +765,7 @@ def test_coalesced_super_frame_into_a_real_tcp_socket() -> None:
         ]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for f in segs:
-                s.sendto(vxlan.header(99) + f, (LO, cfg.port))
+                s.sendto(vxlan.header(99) + f, (LO, cfg.encap.port))
         n, end = 0, time.monotonic() + 5
         while n < 30 and time.monotonic() < end:
             select.select([recv], [], [], 0.1)
@@ -793,12 +796,12 @@ def _marked(i: int, size: int) -> bytes:
     return bytes.fromhex("ffffffffffff020000000007") + body + bytes(size - 12 - len(body))
 
 
-def _gro_rig(cfg: DatapathConfig) -> tuple[fast.FastForwarder, socket.socket, socket.socket, socket.socket]:
+def _gro_rig(cfg: Config) -> tuple[fast.FastForwarder, socket.socket, socket.socket, socket.socket]:
     """A C forwarder with UDP_GRO on its receiving socket, and a datagram socketpair standing in for the TAP."""
-    from datapath import underlay
+    from datapath.io import underlay
 
     fwd = fast.FastForwarder(cfg, tap_vnet=10, udp_gro=True)
-    recv = _recv_socket(cfg.port)
+    recv = _recv_socket(cfg.encap.port)
     assert underlay.enable_udp_gro(recv)
     tap_end, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     reader.setblocking(False)
@@ -817,8 +820,8 @@ def test_udp_gro_buffers_are_split() -> None:
         payload = b"".join(vxlan.header(99) + f for f in frames)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind((LO, 0))
-            s.sendmsg([payload], [(SOL_UDP, UDP_SEGMENT, struct.pack("H", 1008))], 0, (LO, cfg.port))
-            s.sendto(vxlan.header(99) + _marked(99, 300), (LO, cfg.port))  # and a plain one
+            s.sendmsg([payload], [(SOL_UDP, UDP_SEGMENT, struct.pack("H", 1008))], 0, (LO, cfg.encap.port))
+            s.sendto(vxlan.header(99) + _marked(99, 300), (LO, cfg.encap.port))  # and a plain one
         n, end = 0, time.monotonic() + 5
         while n < 32 and time.monotonic() < end:
             select.select([recv], [], [], 0.1)
@@ -845,7 +848,7 @@ def test_udp_gso_send(gro: bool) -> None:
     (coalescing again) gets exactly the segments."""
 
     def body() -> None:
-        from datapath import underlay
+        from datapath.io import underlay
 
         cfg = _cfg(batch=64, udp_gso=True, rx_coalesce=True)
         socks = underlay.open_gso_sockets(cfg)
@@ -857,7 +860,7 @@ def test_udp_gso_send(gro: bool) -> None:
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
         b.setblocking(False)
         send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        recv = _recv_socket(cfg.port)
+        recv = _recv_socket(cfg.encap.port)
         if gro:  # before the packets arrive: the kernel decides when it queues them
             assert underlay.enable_udp_gro(recv)
         big, l4 = super_frame(random.Random(6).randbytes(50000), opts=True)
@@ -972,7 +975,7 @@ def test_udp_gro_slot_still_drops_oversized() -> None:
         cfg = _cfg(batch=4)
         fwd, recv, tap_end, reader = _gro_rig(cfg)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.sendto(vxlan.header(99) + _marked(1, cfg.slot_size + 100), (LO, cfg.port))
+            s.sendto(vxlan.header(99) + _marked(1, cfg.slot_size + 100), (LO, cfg.encap.port))
         select.select([recv], [], [], 1)
         assert fwd.from_tunnel(recv, tap_end.fileno()) == 1
         assert fwd.snapshot().drops["rx_truncated"] == 1
@@ -985,7 +988,7 @@ def test_udp_gro_slot_still_drops_oversized() -> None:
 @pytest.mark.parametrize("fill", [0x00, 0xFF, 0x80, 0x01])
 def test_checksum_word_at_a_time(fill: int) -> None:
     """The 8-bytes-at-a-time sum: every length and alignment, carries of long runs of 0xFF, odd last bytes."""
-    from datapath import ipv4
+    from datapath.encap import ipv4
 
     rnd = random.Random(fill)
     for n in [*range(0, 70), 1499, 1500, 9000, 65535]:

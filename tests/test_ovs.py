@@ -123,13 +123,13 @@ def test_vlan_map_carries_vlan_20_untagged_in_its_own_tunnel_id(mode: str) -> No
     from scapy.layers.l2 import GRE, Dot1Q, Ether
     from scapy.layers.vxlan import VXLAN
 
-    from datapath.config import overhead
+    from datapath.encap import lookup
     from tests.interop_util import Capture
 
     tenant = 5020
     with seed_lab() as lab:
         # Mapped frames cross untagged; GRE frames of a mapped VLAN carry a key field.
-        lab.build(1500 - overhead(mode, 0), bridge="ovs", tag=SEED_TAG)
+        lab.build(1500 - lookup(mode)(0).overhead(), bridge="ovs", tag=SEED_TAG)
         lab.start_mesh(mode, "--vlan-map", f"{SEED_TAG}={tenant}")
         cap = Capture(lab, lab.switch, "p1", "udp port 4789" if mode == "vxlan" else "ip proto 47", f"map-{mode}")
         assert lab.ping(1, 2, count=5)["loss"] == 0

@@ -6,6 +6,7 @@ the bytes (Dot1Q stripped on the way out, inserted on the way in).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -13,35 +14,39 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import GRE, Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
 
-from datapath import ether, fast, gre, vxlan
-from datapath.config import DatapathConfig, Remote
+from datapath import ether, fast
+from datapath.config import Config, Remote, StaticEntry
+from datapath.encap import gre, vxlan
 from datapath.pypath import PyForwarder
+from tests.configs import datapath_config
 
 LOCAL = bytes.fromhex("02aa00000001")  # behind our TAP
 FAR = bytes.fromhex("02bb00000001")  # behind the remotes
 REMOTES = (Remote("10.0.0.2", "10.0.0.1"), Remote("10.0.1.2", "10.0.1.1"))
 
 Forwarder = PyForwarder | fast.FastForwarder
-IMPLS: dict[str, Callable[[DatapathConfig], Forwarder]] = {"python": PyForwarder}
+IMPLS: dict[str, Callable[[Config], Forwarder]] = {"python": PyForwarder}
 if fast.available():
     IMPLS["c"] = fast.FastForwarder
 
 # mode -> (config, the tunnel id of VLAN 10, of VLAN 20)
 CASES = {
     "vxlan": (
-        DatapathConfig(
+        datapath_config(
             mode="vxlan", remotes=REMOTES, underlay_mtu=1500, tap_mtu=1450, vni=100, vlan_map=((10, 1010), (20, 1020))
         ),
         1010,
         1020,
     ),
     "gre_nokey": (
-        DatapathConfig(mode="gre", remotes=REMOTES, underlay_mtu=1500, tap_mtu=1462, vlan_map=((10, 1010), (20, 1020))),
+        datapath_config(
+            mode="gre", remotes=REMOTES, underlay_mtu=1500, tap_mtu=1462, vlan_map=((10, 1010), (20, 1020))
+        ),
         1010,
         1020,
     ),
     "gre_key": (
-        DatapathConfig(
+        datapath_config(
             mode="gre", remotes=REMOTES, underlay_mtu=1500, tap_mtu=1458, key=100, vlan_map=((10, 1010), (20, 1020))
         ),
         1010,
@@ -51,7 +56,7 @@ CASES = {
 
 
 @pytest.fixture(params=[(c, i) for c in CASES for i in IMPLS], ids=lambda p: f"{p[0]}-{p[1]}")
-def setup(request: pytest.FixtureRequest) -> tuple[DatapathConfig, Forwarder]:
+def setup(request: pytest.FixtureRequest) -> tuple[Config, Forwarder]:
     case, impl = request.param
     cfg = CASES[case][0]
     return cfg, IMPLS[impl](cfg)
@@ -66,39 +71,39 @@ def eth(dst: bytes, src: bytes, vid: int | None = None, size: int = 60) -> bytes
     return bytes(p) + bytes(max(0, size - len(p)))
 
 
-def sent(cfg: DatapathConfig, pkt: bytes) -> tuple[int | None, bytes]:
+def sent(cfg: Config, pkt: bytes) -> tuple[int | None, bytes]:
     """(tunnel id as scapy reads it, None for a GRE packet without key; inner frame) of a packet we send."""
     p = IP(pkt)
-    if cfg.mode == "vxlan":
+    if cfg.tunnel.mode == "vxlan":
         return int(p[VXLAN].vni), bytes(p[VXLAN].payload)
     g = p[GRE]
     return (int(g.key) if g.key_present else None), bytes(g.payload)
 
 
-def received(cfg: DatapathConfig, remote: int, frame: bytes, tid: int | None) -> tuple[bytes, str]:
+def received(cfg: Config, remote: int, frame: bytes, tid: int | None) -> tuple[bytes, str]:
     """What remote sends us carrying frame in tunnel id tid (None: the base id)."""
     r = cfg.remotes[remote]
-    if cfg.mode == "vxlan":
-        vni = cfg.vni if tid is None else tid
+    if cfg.tunnel.mode == "vxlan":
+        vni = cfg.base_id if tid is None else tid
         return vxlan.encap(frame, vni=vni, src=r.addr_bytes, dst=r.local_bytes)[28:], r.addr
-    return gre.encap(frame, key=cfg.key if tid is None else tid, src=r.addr_bytes, dst=r.local_bytes), r.addr
+    return gre.encap(frame, key=cfg.tunnel.key if tid is None else tid, src=r.addr_bytes, dst=r.local_bytes), r.addr
 
 
-def base_on_wire(cfg: DatapathConfig) -> int | None:
-    return cfg.vni if cfg.mode == "vxlan" else cfg.key
+def base_on_wire(cfg: Config) -> int | None:
+    return cfg.base_id if cfg.tunnel.mode == "vxlan" else cfg.tunnel.key
 
 
 # -- transmit -------------------------------------------------------------------------
 
 
-def test_mapped_vlan_leaves_untagged_in_its_id(setup: tuple[DatapathConfig, Forwarder]) -> None:
+def test_mapped_vlan_leaves_untagged_in_its_id(setup: tuple[Config, Forwarder]) -> None:
     cfg, fwd = setup
     frame = eth(ether.parse_mac("ff:ff:ff:ff:ff:ff"), LOCAL, vid=10)
     out = fwd.tx([frame])
     assert [r for r, _ in out] == [0, 1]  # flooded within VLAN 10's id
     for _, pkt in out:
         tid, inner = sent(cfg, pkt)
-        assert tid == dict(cfg.vlan_map)[10]  # GRE: with a key field even without a base key
+        assert tid == dict(cfg.tunnel.vlan_map)[10]  # GRE: with a key field even without a base key
         assert inner == ether.strip_vlan(frame)
         assert Dot1Q not in Ether(inner) and Ether(inner)[IP].dst == "172.20.1.2"
         assert Ether(inner).type == 0x0800
@@ -108,7 +113,7 @@ def test_mapped_vlan_leaves_untagged_in_its_id(setup: tuple[DatapathConfig, Forw
 
 
 @pytest.mark.parametrize("vid", [None, 0, 30, 4095])
-def test_unmapped_frames_pass_as_they_are_in_the_base_id(setup: tuple[DatapathConfig, Forwarder], vid: int) -> None:
+def test_unmapped_frames_pass_as_they_are_in_the_base_id(setup: tuple[Config, Forwarder], vid: int) -> None:
     """Untagged, priority-tagged, and tagged with a VLAN that is not mapped: unchanged (a trunk)."""
     cfg, fwd = setup
     frame = eth(FAR, LOCAL, vid=vid)
@@ -116,14 +121,14 @@ def test_unmapped_frames_pass_as_they_are_in_the_base_id(setup: tuple[DatapathCo
         assert sent(cfg, pkt) == (base_on_wire(cfg), frame)
 
 
-def test_s_tag_is_not_a_vlan(setup: tuple[DatapathConfig, Forwarder]) -> None:
+def test_s_tag_is_not_a_vlan(setup: tuple[Config, Forwarder]) -> None:
     cfg, fwd = setup
     frame = bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=ether.format_mac(LOCAL), type=0x88A8) / Dot1Q(vlan=10) / IP())
     assert ether.vlan_id(frame) == 0
     assert {sent(cfg, pkt) for _, pkt in fwd.tx([frame])} == {(base_on_wire(cfg), frame)}
 
 
-def test_too_big_is_checked_after_stripping(setup: tuple[DatapathConfig, Forwarder]) -> None:
+def test_too_big_is_checked_after_stripping(setup: tuple[Config, Forwarder]) -> None:
     cfg, fwd = setup
     # The largest frame that fits in the base id, plus a tag.
     size = cfg.underlay_mtu - cfg.outer_len + ether.VLAN_HLEN
@@ -139,10 +144,10 @@ def test_too_big_is_checked_after_stripping(setup: tuple[DatapathConfig, Forward
 # -- receive --------------------------------------------------------------------------
 
 
-def test_received_mapped_id_gets_the_tag(setup: tuple[DatapathConfig, Forwarder]) -> None:
+def test_received_mapped_id_gets_the_tag(setup: tuple[Config, Forwarder]) -> None:
     cfg, fwd = setup
     frame = eth(LOCAL, FAR)
-    out = fwd.rx([received(cfg, 1, frame, dict(cfg.vlan_map)[20])])
+    out = fwd.rx([received(cfg, 1, frame, dict(cfg.tunnel.vlan_map)[20])])
     assert len(out) == 1 and out[0][0] == 1
     got = out[0][1]
     assert got == ether.insert_vlan(frame, 20)
@@ -152,17 +157,17 @@ def test_received_mapped_id_gets_the_tag(setup: tuple[DatapathConfig, Forwarder]
     assert [(e.vlan, e.mac, e.remote) for e in fwd.fdb.entries()] == [(20, FAR, 1)]
 
 
-def test_base_id_is_delivered_as_it_is_and_learned_in_its_own_vlan(setup: tuple[DatapathConfig, Forwarder]) -> None:
+def test_base_id_is_delivered_as_it_is_and_learned_in_its_own_vlan(setup: tuple[Config, Forwarder]) -> None:
     cfg, fwd = setup
     untagged, tagged = eth(LOCAL, FAR), eth(LOCAL, FAR, vid=30)
     assert fwd.rx([received(cfg, 0, untagged, None), received(cfg, 1, tagged, None)]) == [(0, untagged), (1, tagged)]
     assert sorted((e.vlan, e.remote) for e in fwd.fdb.entries()) == [(0, 0), (30, 1)]
 
 
-def test_unknown_id_is_dropped(setup: tuple[DatapathConfig, Forwarder]) -> None:
+def test_unknown_id_is_dropped(setup: tuple[Config, Forwarder]) -> None:
     cfg, fwd = setup
     assert fwd.rx([received(cfg, 0, eth(LOCAL, FAR), 999)]) == []
-    reason = "rx_bad_vni" if cfg.mode == "vxlan" else "rx_bad_key"
+    reason = "rx_bad_vni" if cfg.tunnel.mode == "vxlan" else "rx_bad_key"
     snap = fwd.snapshot()
     assert snap.drops[reason] == 1 and sum(snap.drops.values()) == 1 and len(fwd.fdb.entries()) == 0
 
@@ -179,9 +184,9 @@ def test_gre_without_key_field_is_the_base_id_when_there_is_no_key() -> None:
 # -- the FDB per VLAN, end to end --------------------------------------------------------
 
 
-def test_same_mac_in_two_vlans_behind_two_remotes(setup: tuple[DatapathConfig, Forwarder]) -> None:
+def test_same_mac_in_two_vlans_behind_two_remotes(setup: tuple[Config, Forwarder]) -> None:
     cfg, fwd = setup
-    ids = dict(cfg.vlan_map)
+    ids = dict(cfg.tunnel.vlan_map)
     reply = eth(LOCAL, FAR)
     assert len(fwd.rx([received(cfg, 0, reply, ids[10]), received(cfg, 1, reply, ids[20])])) == 2
     assert sorted((e.vlan, e.mac, e.remote) for e in fwd.fdb.entries()) == [(10, FAR, 0), (20, FAR, 1)]
@@ -194,9 +199,10 @@ def test_same_mac_in_two_vlans_behind_two_remotes(setup: tuple[DatapathConfig, F
     assert (snap.stats["tx_unicast"], snap.stats["tx_flooded"], snap.fdb["learns"], snap.fdb["moves"]) == (2, 2, 2, 0)
 
 
-def test_statics_per_vlan(setup: tuple[DatapathConfig, Forwarder]) -> None:
+def test_statics_per_vlan(setup: tuple[Config, Forwarder]) -> None:
     cfg, _ = setup
-    cfg = DatapathConfig(**{**cfg.__dict__, "statics": ((FAR, 1, 10), (FAR, 0))})
+    static = (StaticEntry(FAR, REMOTES[1].addr, 10), StaticEntry(FAR, REMOTES[0].addr))
+    cfg = dataclasses.replace(cfg, fdb=dataclasses.replace(cfg.fdb, static=static))
     for fwd in (impl(cfg) for impl in IMPLS.values()):
         assert sorted((e.vlan, e.remote, e.static) for e in fwd.fdb.entries()) == [(0, 0, True), (10, 1, True)]
         assert [r for r, _ in fwd.tx([eth(FAR, LOCAL, vid=10)])] == [1]
@@ -206,9 +212,9 @@ def test_statics_per_vlan(setup: tuple[DatapathConfig, Forwarder]) -> None:
 # -- configuration ----------------------------------------------------------------------
 
 
-def cfg_with(**kw: object) -> DatapathConfig:
+def cfg_with(**kw: object) -> Config:
     args: dict[str, object] = {"mode": "vxlan", "remotes": REMOTES, "underlay_mtu": 1500, "tap_mtu": 1450, **kw}
-    return DatapathConfig(**args)  # type: ignore[arg-type]
+    return datapath_config(**args)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -225,7 +231,7 @@ def cfg_with(**kw: object) -> DatapathConfig:
         ({"mode": "gre", "key": 9, "vlan_map": ((10, 9),)}, "base GRE key"),
         ({"vlan_map": (*((v, v) for v in range(1, 4095)), (1, 9999))}, "at most 4094"),
         ({"statics": ((FAR, 0, 4096),)}, "VLAN"),
-        ({"statics": ((FAR, 2, 10),)}, "remote index"),
+        ({"statics": ((FAR, "10.9.9.9", 10),)}, "not one of the remotes"),
         ({"statics": ((FAR,),)}, "static entry"),
         ({"statics": ((b"\x02", 0),)}, "static entry"),
     ],

@@ -1,18 +1,22 @@
-"""VXLAN (RFC 7348) encapsulation and decapsulation, pure Python reference.
+"""VXLAN (RFC 7348): the :class:`Vxlan` encapsulation, and its pure-Python codec.
 
 ``encap`` builds the whole outer packet (IPv4 + UDP + VXLAN + inner frame),
 because the datapath sends on a raw socket to pick a per-flow UDP source
-port as the kernel and Open vSwitch do. ``decap`` takes a UDP payload, as
-the receiving UDP socket delivers it.
+port as the kernel and Open vSwitch do. ``parse``/``decap`` take a UDP
+payload, as the receiving UDP socket delivers it.
 """
 
 from __future__ import annotations
 
+import socket
 import struct
 
-from datapath import ipv4
 from datapath.counters import Drop
+from datapath.encap import ipv4
+from datapath.encap.base import Encap
 from datapath.ether import ETH_HLEN, flow_hash
+from datapath.io import underlay
+from datapath.io.underlay import SRC_PORT_MAX, SRC_PORT_MIN
 
 VXLAN_PORT = 4789  # IANA-assigned (RFC 7348 §5)
 VXLAN_HLEN = 8
@@ -22,9 +26,6 @@ UDP_HLEN = 8
 # Outer IPv4 + UDP + VXLAN; plus the inner Ethernet header that the TAP MTU excludes.
 VXLAN_OUTER_LEN = ipv4.IPV4_HLEN + UDP_HLEN + VXLAN_HLEN
 VXLAN_OVERHEAD = VXLAN_OUTER_LEN + ETH_HLEN  # 50, as the kernel's vxlan over IPv4
-# RFC 7348 §5 / the kernel's default ip_local_port_range.
-SRC_PORT_MIN = 32768
-SRC_PORT_MAX = 61000
 
 _UDP = struct.Struct("!HHHH")
 
@@ -81,3 +82,39 @@ def decap(payload: bytes | memoryview, vni: int) -> int:
     if off >= 0 and got != vni:
         return -Drop.RX_BAD_VNI
     return off
+
+
+class Vxlan(Encap):
+    """VXLAN over UDP/IPv4: a 24-bit VNI, outer UDP destination port ``port``."""
+
+    name = "vxlan"
+    title = "VXLAN"
+    id_name = "VNI"
+    id_key = "vni"
+    id_max = VNI_MAX
+    udp = True
+    default_port = VXLAN_PORT
+    ip_proto = ipv4.IPPROTO_UDP
+    bad_id = Drop.RX_BAD_VNI
+    drops = (Drop.RX_TRUNCATED, Drop.RX_BAD_FLAGS)
+
+    def header_len(self, mapped: bool = False) -> int:
+        """UDP + VXLAN, whatever the VNI."""
+        return UDP_HLEN + VXLAN_HLEN
+
+    def build(self, frame: bytes, src: bytes, dst: bytes, tunnel_id: int | None = None) -> bytes:
+        """vxlan.encap with this tunnel's VNI (or tunnel_id), port, checksum and TTL."""
+        vni = self.base_id if tunnel_id is None else tunnel_id
+        return encap(frame, vni=vni, src=src, dst=dst, dport=self.port, udp_csum=self.udp_csum, ttl=self.ttl)
+
+    def parse(self, packet: bytes | memoryview) -> tuple[int, int]:
+        """vxlan.parse of a UDP payload."""
+        return parse(packet)
+
+    def open_recv_socket(self, bind: str) -> socket.socket:
+        """A UDP socket bound to the VXLAN port."""
+        return underlay.open_udp_socket(bind, self.port)
+
+    def describe(self) -> str:
+        """ "vni N port P"."""
+        return f"vni {self.base_id} port {self.port}"

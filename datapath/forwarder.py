@@ -1,0 +1,72 @@
+"""What a forwarder is, and which one the engine gets.
+
+A forwarder holds the packet logic of one datapath: per batch it reads frames
+from the TAP, classifies them against the FDB, encapsulates and sends them
+(``from_tap``), and receives tunnel packets, checks and decapsulates them,
+learns, and writes the inner frames to the TAP (``from_tunnel``). Two
+implementations keep the same behaviour, held equal by the differential tests:
+the C fast path (:class:`datapath.fast.FastForwarder`) and the pure-Python
+reference (:class:`datapath.pypath.PyForwarder`).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from datapath import pypath
+from datapath.config import Config
+from datapath.counters import Snapshot
+from datapath.fdb import FdbEntry
+
+log = logging.getLogger("ovl-dp")
+
+
+class FdbView(Protocol):
+    """The part of a forwarder's MAC table the engine and the control plane use."""
+
+    def expire(self) -> int: ...
+    def entries(self) -> list[FdbEntry]: ...
+
+
+class Forwarder(Protocol):
+    """What both the C and the Python forwarder provide (see datapath.pypath)."""
+
+    @property
+    def fdb(self) -> FdbView: ...
+    def from_tap(self, tap_fd: int, send_sock: socket.socket) -> int: ...
+    def from_tunnel(self, recv_sock: socket.socket, tap_fd: int) -> int: ...
+    def snapshot(self) -> Snapshot: ...
+
+
+def fast_path_available() -> bool:
+    """True if the C module is built."""
+    from datapath import fast
+
+    return fast.available()
+
+
+def make_forwarder(
+    cfg: Config,
+    fast: bool,
+    clock: Callable[[], float] = time.monotonic,
+    tap_vnet: int = 0,
+    udp_gro: bool = False,
+    gso_socks: Sequence[socket.socket] = (),
+) -> Forwarder:
+    """The C forwarder if asked for and built, else the Python reference.
+
+    tap_vnet: the TAP's virtio header length; udp_gro, gso_socks: underlay offloads (C only).
+    """
+    if fast:
+        from datapath import fast as fastpath
+
+        if fastpath.available():
+            return fastpath.FastForwarder(cfg, clock, tap_vnet=tap_vnet, udp_gro=udp_gro, gso_socks=gso_socks)
+        log.warning("C fast path is not built (pip install -e . compiles it); using the pure-Python path")
+    if tap_vnet or udp_gro or gso_socks:
+        raise ValueError("the pure-Python forwarder needs a plain TAP and plain sockets")
+    return pypath.PyForwarder(cfg, clock)

@@ -1,0 +1,132 @@
+"""The underlay's sockets, and what the routing table says about each remote.
+
+Send: one raw socket (IPPROTO_RAW, which implies IP_HDRINCL) for every
+encapsulation, because the datapath builds the outer IPv4 header itself: the
+VXLAN UDP source port must vary per inner flow, which a bound UDP socket cannot
+do. Receive: the socket an encapsulation asks for (:meth:`Encap.open_recv_socket`):
+a UDP socket bound to a port, or a raw socket of an IP protocol, opened here.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from datapath.errors import SetupError
+
+IP_MTU = 14  # <linux/in.h>: path MTU of a connected socket
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DO = 2  # DF on every packet
+SOCKET_BUFFER = 4 << 20  # room for bursts from a batch
+SOL_UDP = 17
+UDP_SEGMENT = 103  # Linux 4.18
+UDP_GRO = 104  # Linux 5.0
+UDP_GSO_SOCKETS = 8  # the pool of UDP_SEGMENT senders (OVL_GSO_SOCKETS in C is the most)
+# The kernel's default net.ipv4.ip_local_port_range, where RFC 7348 §5 and
+# udp_flow_src_port() put flow-hashed source ports (61000 itself is excluded).
+SRC_PORT_MIN, SRC_PORT_MAX = 32768, 61000
+
+
+def route_to(remote: str) -> tuple[str, int]:
+    """(local source address, path MTU) the kernel would use towards remote."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((remote, 9))  # discard port; nothing is sent
+        except OSError as exc:
+            raise SetupError(f"no route to remote {remote}: {exc.strerror}") from None
+        local = probe.getsockname()[0]
+        mtu = probe.getsockopt(socket.IPPROTO_IP, IP_MTU)
+    return local, mtu
+
+
+def _grow_buffer(sock: socket.socket, option: int) -> None:
+    # The kernel caps at net.core.[rw]mem_max; a smaller buffer only costs bursts.
+    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+
+
+def _raw(proto: int, what: str) -> socket.socket:
+    try:
+        return socket.socket(socket.AF_INET, socket.SOCK_RAW, proto)
+    except PermissionError:
+        raise SetupError(
+            f"cannot open a raw {what} socket: permission denied (run as root or with CAP_NET_RAW)"
+        ) from None
+
+
+def open_send_socket() -> socket.socket:
+    """Raw IPv4 socket that sends packets whose IPv4 header we built."""
+    sock = _raw(socket.IPPROTO_RAW, "IP")
+    _grow_buffer(sock, socket.SO_SNDBUF)
+    return sock
+
+
+def open_udp_socket(bind: str, port: int) -> socket.socket:
+    """Non-blocking UDP socket bound to bind:port, for receiving; SetupError if the port is taken."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((bind, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise SetupError(
+                f"UDP port {port} is already in use on {bind} "
+                "(another ovl-dp, or a kernel vxlan device with this dstport?)"
+            ) from None
+        raise SetupError(f"cannot bind UDP {bind}:{port}: {exc.strerror}") from None
+    _grow_buffer(sock, socket.SO_RCVBUF)
+    sock.setblocking(False)
+    return sock
+
+
+def open_raw_socket(bind: str, proto: int, what: str) -> socket.socket:
+    """Non-blocking raw socket of IP protocol proto (it hands over the outer IPv4 header too)."""
+    sock = _raw(proto, what)
+    if bind != "0.0.0.0":
+        try:
+            sock.bind((bind, 0))
+        except OSError as exc:
+            sock.close()
+            raise SetupError(f"cannot bind to local address {bind}: {exc.strerror}") from None
+    _grow_buffer(sock, socket.SO_RCVBUF)
+    sock.setblocking(False)
+    return sock
+
+
+def enable_udp_gro(sock: socket.socket) -> bool:
+    """Ask for coalesced UDP datagrams (UDP_GRO); False where the kernel has no such option."""
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def open_gso_sockets(bind: str, ttl: int, count: int = UDP_GSO_SOCKETS) -> list[socket.socket]:
+    """UDP sockets for UDP_SEGMENT sends, bound to source ports spread over the local port range; [] if unsupported.
+
+    The kernel builds the outer headers: DF (IP_PMTUDISC_DO), ttl, a UDP checksum.
+    """
+    socks: list[socket.socket] = []
+    span = (SRC_PORT_MAX - SRC_PORT_MIN) // count
+    try:
+        for i in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(sock)
+            sock.getsockopt(SOL_UDP, UDP_SEGMENT)  # ENOPROTOOPT before Linux 4.18
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            _grow_buffer(sock, socket.SO_SNDBUF)
+            for port in range(SRC_PORT_MIN + i * span, SRC_PORT_MIN + (i + 1) * span):
+                try:
+                    sock.bind((bind, port))
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise
+            else:
+                raise OSError(errno.EADDRINUSE, "no free source port")
+    except OSError:
+        for sock in socks:
+            sock.close()
+        return []
+    return socks
