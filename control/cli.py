@@ -101,18 +101,29 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--local", dest="tunnel.local", metavar="IP", help="local underlay address (default: from the route)"
     )
-    run.add_argument("--vni", dest="tunnel.vni", type=_number("VNI"), help="VXLAN network identifier (default 0)")
+    run.add_argument(
+        "--vni", dest="tunnel.vni", type=_number("VNI"), metavar="VNI", help="VXLAN network identifier (default 0)"
+    )
     run.add_argument(
         "--key",
         dest="tunnel.key",
         type=_number("key"),
+        metavar="KEY",
         help="GRE key (default: no key field, like OVS without options:key)",
     )
     run.add_argument(
-        "--port", dest="tunnel.port", type=_number("port"), help="VXLAN UDP destination port (default 4789)"
+        "--port",
+        dest="tunnel.port",
+        type=_number("port"),
+        metavar="PORT",
+        help="VXLAN UDP destination port (default 4789)",
     )
     run.add_argument(
-        "--bridge", dest="bridge.name", default="br-int", help="bridge to plug the TAP into (default br-int)"
+        "--bridge",
+        dest="bridge.name",
+        default="br-int",
+        metavar="BRIDGE",
+        help="bridge to plug the TAP into (default br-int)",
     )
     run.add_argument(
         "--bridge-type",
@@ -149,6 +160,7 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         "--mtu",
         dest="tap.mtu",
         type=_mtu,
+        metavar="MTU",
         default="auto",
         help="TAP MTU; auto (default) = underlay MTU minus the overhead (VXLAN 50, GRE 38, +4 with key)",
     )

@@ -15,7 +15,6 @@ an AF_PACKET socket (PACKET_VNET_HDR).
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import select
 import socket
@@ -499,8 +498,8 @@ def test_engine_picks_tap_flags_by_forwarder(fast_path: bool) -> None:
         from datapath.engine import Engine
 
         for offloads in (True, False):
-            cfg = _cfg(mode="gre", vni=0, tap_mtu=1462, tap_name="ovleng0", tap_offloads=offloads)
-            eng = Engine(cfg, fast=fast_path)
+            cfg = _cfg(mode="gre", vni=None, tap_mtu=1462, tap_name="ovleng0", tap_offloads=offloads, fast=fast_path)
+            eng = Engine(cfg)
             try:
                 on = fast_path and offloads
                 assert eng.fast == fast_path
@@ -851,7 +850,7 @@ def test_udp_gso_send(gro: bool) -> None:
         from datapath.io import underlay
 
         cfg = _cfg(batch=64, udp_gso=True, rx_coalesce=True)
-        socks = underlay.open_gso_sockets(cfg)
+        socks = underlay.open_gso_sockets(cfg.bind, cfg.tunnel.ttl)
         assert len(socks) == underlay.UDP_GSO_SOCKETS
         ports = {s.getsockname()[1] for s in socks}
         assert all(underlay.SRC_PORT_MIN <= p < underlay.SRC_PORT_MAX for p in ports)
@@ -946,18 +945,18 @@ def test_engine_underlay_offloads(udp_gso: bool) -> None:
         from datapath.engine import Engine
 
         cfg = _cfg(tap_name="ovleng1", udp_gso=udp_gso)
-        eng = Engine(cfg, fast=True)
+        eng = Engine(cfg)
         try:
             assert eng.udp_gro and len(eng.gso_socks) == (8 if udp_gso else 0)
             assert ("udp_segment via 8" in eng.describe_underlay()) == udp_gso
         finally:
             eng.close()
-        eng = Engine(cfg, fast=False)
+        eng = Engine(_cfg(tap_name="ovleng1", fast=False))
         try:
             assert not eng.udp_gro and not eng.gso_socks and eng.describe_underlay() == "none"
         finally:
             eng.close()
-        eng = Engine(dataclasses.replace(cfg, udp_gro=False), fast=True)
+        eng = Engine(_cfg(tap_name="ovleng1", tap_offloads=False))  # --offload off: no UDP_GRO either
         try:
             assert not eng.udp_gro and eng.describe_underlay().startswith("no udp_gro")
             assert eng.recv_sock.getsockopt(SOL_UDP, 104) == 0
