@@ -9,8 +9,8 @@ For each round and each datapath available here — ovl-dp VXLAN (as it is, and
 with its opt-in ``--udp-gso``) and GRE, the kernel's own VXLAN device (the
 reference), Open vSwitch userspace native VXLAN and GRE ports (when OVS is
 installed; both hosts OVS), tinc 1.0 in switch mode (when ``tincd`` is
-installed) — the two-host lab of control.lab is built from scratch, the
-datapath brought up (peers from control.peers), and measured between the two
+installed) — the two-host lab of control.lab.hosts is built from scratch, the
+datapath brought up (peers from control.lab.peers), and measured between the two
 containers:
 
 - TCP throughput: iperf3, 1 stream and 4 streams (``-P 4``), Gbit/s received;
@@ -54,8 +54,10 @@ from typing import Any
 
 from bench.parse import iperf_tcp, iperf_udp, ping_summary, proc_cpu_ticks, proc_vmhwm_kb
 from bench.report import METRICS, REFERENCE, TIMES, summarize, table
-from control import ovs, peers
-from control.lab import Lab, LabError, sh
+from control import ovs
+from control.lab import peers
+from control.lab.hosts import Lab
+from control.lab.shell import LabError, nsexec, sh
 
 VNI = 42
 MTU = 1450  # what the kernel's VXLAN leaves of a 1500-byte underlay; the same for all that can carry it
@@ -164,7 +166,7 @@ def _wait_connected(lab: Lab, timeout: float = 20.0) -> None:
 
 
 def _ping(lab: Lab, count: int, interval: float) -> dict[str, float]:
-    res = peers.nsexec(
+    res = nsexec(
         lab.container(1), "ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2", lab.overlay_ip(2),
         check=False, timeout=count * interval + 30,
     )  # fmt: skip

@@ -1,7 +1,7 @@
 """Test-only helpers for the interop tests: waiting, traffic checks, crafted frames, captures.
 
 The peers that are not ovl-dp (kernel vxlan, OVS native tunnels) are built by
-control.peers, shared with bench. Everything here works only on the Lab's own
+control.lab.peers, shared with bench. Everything here works only on the Lab's own
 namespaces and addresses, and leaves the teardown to the Lab (namespaces, OVS
 instances and processes it started).
 """
@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from control.lab import Lab
-from control.peers import nsexec
+from control.lab.hosts import Lab
+from control.lab.shell import nsexec
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = 5.0, interval: float = 0.1) -> Any:

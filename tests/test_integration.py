@@ -1,6 +1,6 @@
 """ovl-dp between hosts in network namespaces: real TAPs, real sockets, real Linux bridges.
 
-Each test builds its own lab (control.lab) and tears it down, also on failure.
+Each test builds its own lab (control.lab.hosts) and tears it down, also on failure.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from control.lab import Lab, container_mtu, sh
+from control.lab.hosts import Lab, container_mtu
+from control.lab.shell import sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("no_leftovers")]
 

@@ -16,7 +16,8 @@ import time
 import pytest
 
 from control import ovs
-from control.lab import SEED_TAG, Lab, container_mtu, seed_lab, sh
+from control.lab.hosts import SEED_TAG, Lab, container_mtu, seed_lab
+from control.lab.shell import sh
 
 pytestmark = [
     pytest.mark.netns,

@@ -1,4 +1,4 @@
-"""Tunnel peers that are not ovl-dp, built inside a control.lab Lab: shared by the interop tests and bench.
+"""Tunnel peers that are not ovl-dp, built inside a lab (control.lab.hosts.Lab): shared by interop tests and bench.
 
 - the Linux kernel's ``vxlan`` device as a port of a host's Linux bridge br-int
   (:func:`kernel_vxlan`);
@@ -26,17 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from control.lab import Lab, LabError, sh
-
-
-def nsexec(ns: str, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run cmd inside network namespace ns (LabError with its output if it fails and check is set)."""
-    return sh("ip", "netns", "exec", ns, *cmd, check=check, timeout=timeout)
-
-
-def mac_of(ns: str, dev: str) -> str:
-    """The MAC address of dev in namespace ns, lower case."""
-    return sh("ip", "-n", ns, "-br", "link", "show", dev).stdout.split()[2].lower()
+from control.lab.hosts import Lab
+from control.lab.shell import LabError, mac_of, nsexec, sh
 
 
 def _poll(probe: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
