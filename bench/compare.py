@@ -58,6 +58,7 @@ from control import ovs
 from control.lab import peers
 from control.lab.hosts import Lab
 from control.lab.shell import LabError, nsexec, sh
+from control.procs import wait_until
 
 VNI = 42
 MTU = 1450  # what the kernel's VXLAN leaves of a 1500-byte underlay; the same for all that can carry it
@@ -156,12 +157,17 @@ def _container_mtu(lab: Lab) -> int:
 
 
 def _wait_connected(lab: Lab, timeout: float = 20.0) -> None:
-    """Until a ping each way gets through (OVS installs flows, tinc exchanges keys), then ARP/FDB warm-up."""
+    """Until a ping each way gets through (OVS installs flows, tinc exchanges keys), then ARP/FDB warm-up.
+
+    timeout is for both directions together; a ping waits for its reply itself, hence no interval.
+    """
     deadline = time.monotonic() + timeout
     for src, dst in ((1, 2), (2, 1)):
-        while lab.ping(src, dst, count=1, interval=0.2, check=False)["loss"] > 0:
-            if time.monotonic() > deadline:
-                raise LabError(f"container {src} cannot reach container {dst} after {timeout:.0f}s")
+
+        def reached(src: int = src, dst: int = dst) -> bool:
+            return lab.ping(src, dst, count=1, interval=0.2, check=False)["loss"] == 0
+
+        wait_until(f"container {src} to reach container {dst}", reached, max(0.0, deadline - time.monotonic()), 0)
     lab.ping(1, 2, count=3, interval=0.1, check=False)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from control import ovs
 from control.lab.hosts import SEED_TAG, container_mtu, seed_lab
 from control.lab.shell import LabError
+from control.procs import WaitTimeout
 
 
 def _demo(mode: str, seconds: int, fast: bool, bridge: str) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"building the two-host lab ({what}) for {mode} ...", flush=True)
             try:
                 ok &= _print_report(_demo(mode, args.seconds, not args.no_fast_path, bridge))
-            except (LabError, ovs.OvsError) as exc:
+            except (LabError, ovs.OvsError, WaitTimeout) as exc:
                 print(f"lab failed in mode {mode}: {exc}", file=sys.stderr)
                 ok = False
     finally:

@@ -29,7 +29,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -37,12 +36,13 @@ from typing import Any
 
 from control.lab.ovs import OvsInstance
 from control.lab.shell import LabError, sh
-from control.procs import stop_process
+from control.procs import stop_process, wait_until
 from datapath.config import VLAN_HLEN, overhead
 
 UNDERLAY_PREFIX = "192.0.2."
 OVERLAY_PREFIX = "172.20.1."
 DAEMON_READY_TIMEOUT = 20.0
+IPERF_LISTEN_TIMEOUT = 10.0
 
 
 @dataclass
@@ -180,16 +180,17 @@ class Lab:
 
     @staticmethod
     def wait_ready(daemon: Daemon, timeout: float = DAEMON_READY_TIMEOUT) -> None:
-        """Wait until the daemon logs 'ready'; LabError with its log if it exits or times out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Wait until the daemon logs 'ready'; LabError with its log if it exits, WaitTimeout with it if too slow."""
+
+        def ready() -> bool:
             text = daemon.output()
             if " ready" in text:
-                return
+                return True
             if daemon.proc.poll() is not None:
                 raise LabError(f"ovl-dp on host {daemon.host} exited with {daemon.proc.returncode}:\n{text}")
-            time.sleep(0.05)
-        raise LabError(f"ovl-dp on host {daemon.host} not ready after {timeout}s:\n{daemon.output()}")
+            return False
+
+        wait_until(f"ovl-dp on host {daemon.host} to be ready", ready, timeout, 0.05, detail=daemon.output)
 
     def stop(self, daemon: Daemon, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         """Signal the daemon (by PID) and wait for it; returns its exit code."""
@@ -230,12 +231,13 @@ class Lab:
             stderr=subprocess.DEVNULL,
         )
         self.procs.append(srv)
+
+        def listening() -> str:
+            ns = self.container(server)
+            return sh("ip", "netns", "exec", ns, "ss", "-ltnH", "sport", "= :5201", check=False).stdout.strip()
+
         try:
-            for _ in range(100):  # until the server listens
-                ss = sh("ip", "netns", "exec", self.container(server), "ss", "-ltnH", "sport", "= :5201", check=False)
-                if ss.stdout.strip():
-                    break
-                time.sleep(0.05)
+            wait_until(f"iperf3 to listen in {self.container(server)}", listening, IPERF_LISTEN_TIMEOUT, 0.05)
             res = sh(
                 "ip", "netns", "exec", self.container(client), "iperf3", "-J", "-c", self.overlay_ip(server),
                 "-t", str(seconds), *extra, check=False, timeout=seconds + 30,

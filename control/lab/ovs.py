@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 from control import ovs
-from control.procs import stop_process
+from control.procs import stop_process, wait_until
 
 START_TIMEOUT = 20.0
 
@@ -53,11 +52,16 @@ class OvsInstance:
         return proc
 
     def _wait_for(self, path: Path, proc: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not path.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
+        """Until proc has made path (its socket); OvsError with the logs if proc exits first."""
+
+        def there() -> bool:
+            if path.exists():
+                return True
+            if proc.poll() is not None:
                 raise ovs.OvsError(f"{path.name} did not appear in {self.netns}: {self.logs()}")
-            time.sleep(0.05)
+            return False
+
+        wait_until(f"{path.name} in {self.netns}", there, START_TIMEOUT, 0.05, detail=self.logs)
 
     def start_db(self) -> None:
         """Create the database and start ovsdb-server."""
