@@ -58,7 +58,7 @@ from control import ovs
 from control.lab import peers
 from control.lab.hosts import Lab
 from control.lab.shell import LabError, nsexec, sh
-from control.procs import wait_until
+from control.procs import sigterm_raises_interrupt, wait_until
 
 VNI = 42
 MTU = 1450  # what the kernel's VXLAN leaves of a 1500-byte underlay; the same for all that can carry it
@@ -308,30 +308,27 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in skipped.items():
         print(f"skipping {name}: {why}", file=sys.stderr)
 
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background by a script
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     interrupted = False
     t0 = time.monotonic()
     load_start = os.getloadavg()
     try:
-        for r in range(args.rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]  # rotate: no datapath always runs first
-            for k, name in enumerate(order, 1):
-                prefix = f"round {r + 1}/{args.rounds} ({k}/{len(order)}) {name}"
+        with sigterm_raises_interrupt():  # SIGTERM tears the current lab down as Ctrl-C does
+            for r in range(args.rounds):
+                order = names[r % len(names) :] + names[: r % len(names)]  # rotate: no datapath always runs first
+                for k, name in enumerate(order, 1):
+                    prefix = f"round {r + 1}/{args.rounds} ({k}/{len(order)}) {name}"
 
-                def say(msg: str, prefix: str = prefix) -> None:
-                    print(f"[{time.monotonic() - t0:5.0f}s] {prefix}: {msg}", file=sys.stderr, flush=True)
+                    def say(msg: str, prefix: str = prefix) -> None:
+                        print(f"[{time.monotonic() - t0:5.0f}s] {prefix}: {msg}", file=sys.stderr, flush=True)
 
-                rnd = measure(DATAPATHS[name], args.seconds, say, args.ping_count)
-                rnd["round"], rnd["position"] = r + 1, k
-                runs[name].append(rnd)
-                m = rnd["metrics"]
-                if rnd["ok"]:
-                    say("  ".join(f"{key}={m[key]:.4g}" for key in (x.key for x in METRICS) if key in m))
+                    rnd = measure(DATAPATHS[name], args.seconds, say, args.ping_count)
+                    rnd["round"], rnd["position"] = r + 1, k
+                    runs[name].append(rnd)
+                    m = rnd["metrics"]
+                    if rnd["ok"]:
+                        say("  ".join(f"{key}={m[key]:.4g}" for key in (x.key for x in METRICS) if key in m))
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: reporting the rounds completed so far", file=sys.stderr)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import sys
 from typing import Any
 
 from control import ovs
 from control.lab.hosts import SEED_TAG, container_mtu, seed_lab
 from control.lab.shell import LabError
-from control.procs import WaitTimeout
+from control.procs import WaitTimeout, sigterm_raises_interrupt
 
 
 def _demo(mode: str, seconds: int, fast: bool, bridge: str) -> dict[str, Any]:
@@ -74,13 +73,9 @@ def main(args: argparse.Namespace) -> int:
         if missing_ovs:
             print(f"note: {missing_ovs}; showing the scenario with Linux bridges instead", flush=True)
 
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
     modes = ["gre", "vxlan"] if args.mode == "both" else [args.mode]
     ok = True
-    try:
+    with sigterm_raises_interrupt():  # SIGTERM tears the lab down as Ctrl-C does
         for mode in modes:
             what = "Open vSwitch br-int, vmX/vmY on VLAN 20" if bridge == "ovs" else "Linux bridges"
             print(f"building the two-host lab ({what}) for {mode} ...", flush=True)
@@ -89,6 +84,4 @@ def main(args: argparse.Namespace) -> int:
             except (LabError, ovs.OvsError, WaitTimeout) as exc:
                 print(f"lab failed in mode {mode}: {exc}", file=sys.stderr)
                 ok = False
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return 0 if ok else 1
