@@ -20,6 +20,7 @@ from control.procs import WaitTimeout, sigterm_raises_interrupt
 
 
 def _demo(mode: str, seconds: int, fast: bool, bridge: str) -> dict[str, Any]:
+    """Build the seed lab, run ovl-dp in mode on both hosts, measure; what _print_report shows."""
     extra = () if fast else ("--no-fast-path",)
     with seed_lab() as lab:
         if bridge == "ovs":
@@ -42,6 +43,7 @@ def _demo(mode: str, seconds: int, fast: bool, bridge: str) -> dict[str, Any]:
 
 
 def _print_report(r: dict[str, Any]) -> bool:
+    """Print one mode's result; whether it was OK (no loss either way, data moved, both daemons exited 0)."""
     from control.report import format_counters, format_fdb
 
     ok = r["ping"]["loss"] == 0 and r["ping_back"]["loss"] == 0 and r["gbps"] > 0 and r["exit_codes"] == [0, 0]
