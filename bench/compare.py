@@ -282,6 +282,7 @@ def _select(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python3 -m bench.compare`: 0 after a run, 130 if interrupted (a table of what ran), 2 if it cannot run."""
     p = argparse.ArgumentParser(prog="python3 -m bench.compare", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--seconds", type=int, default=5, help="duration of each iperf3 test (default 5)")

@@ -54,6 +54,7 @@ class Daemon:
     log: Path
 
     def output(self) -> str:
+        """What the daemon logged so far (stdout and stderr)."""
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
@@ -82,21 +83,26 @@ class Lab:
     # -- names and addresses -------------------------------------------------
 
     def host(self, i: int) -> str:
+        """The namespace of host i (1-based)."""
         return f"{self.tag}-{self._host_names[i - 1]}"
 
     def container(self, i: int) -> str:
+        """The namespace of host i's container."""
         return f"{self.tag}-{self._container_names[i - 1]}"
 
     @property
     def switch(self) -> str:
+        """The namespace of the underlay switch."""
         return f"{self.tag}-sw"
 
     @staticmethod
     def underlay_ip(i: int) -> str:
+        """Host i's address on the underlay (ul0)."""
         return f"{UNDERLAY_PREFIX}{i}"
 
     @staticmethod
     def overlay_ip(i: int) -> str:
+        """Container i's address on the overlay (eth0)."""
         return f"{OVERLAY_PREFIX}{i}"
 
     # -- building ----------------------------------------------------------------

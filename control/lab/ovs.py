@@ -33,6 +33,7 @@ class OvsInstance:
 
     @property
     def env(self) -> dict[str, str]:
+        """The environment for this instance's processes: every OVS directory is rundir."""
         d = str(self.rundir)
         return {**os.environ, "OVS_RUNDIR": d, "OVS_LOGDIR": d, "OVS_DBDIR": d, "OVS_SYSCONFDIR": d}
 
@@ -99,6 +100,7 @@ class OvsInstance:
         stop_process(self.vswitchd)
 
     def vsctl(self, *args: str) -> str:
+        """ovs-vsctl against this instance's database; its stdout (OvsError if it fails)."""
         return ovs.vsctl(self.db, *args)
 
     def appctl(self, *args: str) -> str:
