@@ -9,8 +9,8 @@ For each round and each datapath available here — ovl-dp VXLAN (as it is, and
 with its opt-in ``--udp-gso``) and GRE, the kernel's own VXLAN device (the
 reference), Open vSwitch userspace native VXLAN and GRE ports (when OVS is
 installed; both hosts OVS), tinc 1.0 in switch mode (when ``tincd`` is
-installed) — the two-host lab of control.lab is built from scratch, the
-datapath brought up (peers from control.peers), and measured between the two
+installed) — the two-host lab of control.lab.hosts is built from scratch, the
+datapath brought up (peers from control.lab.peers), and measured between the two
 containers:
 
 - TCP throughput: iperf3, 1 stream and 4 streams (``-P 4``), Gbit/s received;
@@ -54,8 +54,11 @@ from typing import Any
 
 from bench.parse import iperf_tcp, iperf_udp, ping_summary, proc_cpu_ticks, proc_vmhwm_kb
 from bench.report import METRICS, REFERENCE, TIMES, summarize, table
-from control import ovs, peers
-from control.lab import Lab, LabError, sh
+from control import ovs
+from control.lab import peers
+from control.lab.hosts import Lab
+from control.lab.shell import LabError, nsexec, sh
+from control.procs import sigterm_raises_interrupt, wait_until
 
 VNI = 42
 MTU = 1450  # what the kernel's VXLAN leaves of a 1500-byte underlay; the same for all that can carry it
@@ -154,17 +157,22 @@ def _container_mtu(lab: Lab) -> int:
 
 
 def _wait_connected(lab: Lab, timeout: float = 20.0) -> None:
-    """Until a ping each way gets through (OVS installs flows, tinc exchanges keys), then ARP/FDB warm-up."""
+    """Until a ping each way gets through (OVS installs flows, tinc exchanges keys), then ARP/FDB warm-up.
+
+    timeout is for both directions together; a ping waits for its reply itself, hence no interval.
+    """
     deadline = time.monotonic() + timeout
     for src, dst in ((1, 2), (2, 1)):
-        while lab.ping(src, dst, count=1, interval=0.2, check=False)["loss"] > 0:
-            if time.monotonic() > deadline:
-                raise LabError(f"container {src} cannot reach container {dst} after {timeout:.0f}s")
+
+        def reached(src: int = src, dst: int = dst) -> bool:
+            return lab.ping(src, dst, count=1, interval=0.2, check=False)["loss"] == 0
+
+        wait_until(f"container {src} to reach container {dst}", reached, max(0.0, deadline - time.monotonic()), 0)
     lab.ping(1, 2, count=3, interval=0.1, check=False)
 
 
 def _ping(lab: Lab, count: int, interval: float) -> dict[str, float]:
-    res = peers.nsexec(
+    res = nsexec(
         lab.container(1), "ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2", lab.overlay_ip(2),
         check=False, timeout=count * interval + 30,
     )  # fmt: skip
@@ -274,6 +282,7 @@ def _select(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python3 -m bench.compare`: 0 after a run, 130 if interrupted (a table of what ran), 2 if it cannot run."""
     p = argparse.ArgumentParser(prog="python3 -m bench.compare", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--seconds", type=int, default=5, help="duration of each iperf3 test (default 5)")
@@ -300,30 +309,27 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in skipped.items():
         print(f"skipping {name}: {why}", file=sys.stderr)
 
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background by a script
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     interrupted = False
     t0 = time.monotonic()
     load_start = os.getloadavg()
     try:
-        for r in range(args.rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]  # rotate: no datapath always runs first
-            for k, name in enumerate(order, 1):
-                prefix = f"round {r + 1}/{args.rounds} ({k}/{len(order)}) {name}"
+        with sigterm_raises_interrupt():  # SIGTERM tears the current lab down as Ctrl-C does
+            for r in range(args.rounds):
+                order = names[r % len(names) :] + names[: r % len(names)]  # rotate: no datapath always runs first
+                for k, name in enumerate(order, 1):
+                    prefix = f"round {r + 1}/{args.rounds} ({k}/{len(order)}) {name}"
 
-                def say(msg: str, prefix: str = prefix) -> None:
-                    print(f"[{time.monotonic() - t0:5.0f}s] {prefix}: {msg}", file=sys.stderr, flush=True)
+                    def say(msg: str, prefix: str = prefix) -> None:
+                        print(f"[{time.monotonic() - t0:5.0f}s] {prefix}: {msg}", file=sys.stderr, flush=True)
 
-                rnd = measure(DATAPATHS[name], args.seconds, say, args.ping_count)
-                rnd["round"], rnd["position"] = r + 1, k
-                runs[name].append(rnd)
-                m = rnd["metrics"]
-                if rnd["ok"]:
-                    say("  ".join(f"{key}={m[key]:.4g}" for key in (x.key for x in METRICS) if key in m))
+                    rnd = measure(DATAPATHS[name], args.seconds, say, args.ping_count)
+                    rnd["round"], rnd["position"] = r + 1, k
+                    runs[name].append(rnd)
+                    m = rnd["metrics"]
+                    if rnd["ok"]:
+                        say("  ".join(f"{key}={m[key]:.4g}" for key in (x.key for x in METRICS) if key in m))
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: reporting the rounds completed so far", file=sys.stderr)

@@ -350,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem:
             raise SetupError(problem)
         if cfg is None:
-            from control import lab
+            from control.lab import demo as lab
 
             return lab.main(args)
         from control import daemon

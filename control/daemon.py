@@ -10,6 +10,7 @@ import signal
 import uvloop
 
 from control import bridge, config, ctl
+from control.procs import sigterm_raises_interrupt
 from control.report import format_counters, format_fdb
 from datapath.config import Config
 from datapath.engine import Engine
@@ -19,14 +20,14 @@ from datapath.ether import format_mac
 log = logging.getLogger("ovl-dp")
 
 
-def _interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run(user_cfg: Config) -> int:
     """Run the daemon until SIGINT/SIGTERM; SetupError for anything a user must fix."""
     # Until the loop owns the signals, SIGTERM unwinds like Ctrl-C, through the cleanup below.
-    signal.signal(signal.SIGTERM, _interrupted)
+    with sigterm_raises_interrupt():
+        return _run(user_cfg)
+
+
+def _run(user_cfg: Config) -> int:
     b = user_cfg.bridge
     br = bridge.resolve(b.name, b.type, b.ovsdb, b.tag)
     cfg = config.resolve(user_cfg, br.kind)

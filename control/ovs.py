@@ -1,24 +1,17 @@
-"""Open vSwitch, driven through ovs-vsctl: attaching ovl-dp's TAP, and private instances for the lab.
+"""Open vSwitch, driven through ovs-vsctl: what the daemon needs to attach its TAP to an OVS bridge.
 
 On these kernels OVS runs only in userspace (``datapath_type=netdev``). The
-lab runs one ``ovsdb-server`` + ``ovs-vswitchd`` per host namespace, each with
-its own directory for database, sockets, pid and log files (OVS_RUNDIR etc.),
-so that several instances on one machine never share a socket.
+lab's private OVS instances (one per host namespace) are control.lab.ovs.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
-
-from control.procs import stop_process
 
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 VSCTL_TIMEOUT = 10
-START_TIMEOUT = 20.0
 
 
 class OvsError(Exception):
@@ -61,105 +54,3 @@ def vsctl(db: str | None, *args: str, timeout: int = VSCTL_TIMEOUT) -> str:
     if res.returncode != 0:
         raise OvsError(res.stderr.strip() or f"ovs-vsctl {' '.join(args)} failed ({res.returncode})")
     return res.stdout
-
-
-class OvsInstance:
-    """ovsdb-server and ovs-vswitchd for one network namespace, all files under rundir."""
-
-    def __init__(self, netns: str, rundir: Path) -> None:
-        self.netns = netns
-        self.rundir = rundir
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    @property
-    def db(self) -> str:
-        """The database address for --db / ovl-dp --ovsdb."""
-        return f"unix:{self.rundir}/db.sock"
-
-    @property
-    def env(self) -> dict[str, str]:
-        d = str(self.rundir)
-        return {**os.environ, "OVS_RUNDIR": d, "OVS_LOGDIR": d, "OVS_DBDIR": d, "OVS_SYSCONFDIR": d}
-
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        exe = _which(name)
-        assert exe is not None
-        log = (self.rundir / f"{name}.out").open("ab")
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, exe, *args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-        self.procs.append(proc)
-        return proc
-
-    def _wait_for(self, path: Path, proc: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not path.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise OvsError(f"{path.name} did not appear in {self.netns}: {self.logs()}")
-            time.sleep(0.05)
-
-    def start_db(self) -> None:
-        """Create the database and start ovsdb-server."""
-        self.rundir.mkdir(parents=True, exist_ok=True)
-        d = self.rundir
-        subprocess.run(["ovsdb-tool", "create", str(d / "conf.db"), str(SCHEMA)], check=True, capture_output=True)
-        srv = self._spawn(
-            "ovsdb-server", str(d / "conf.db"), f"--remote=punix:{d}/db.sock", f"--pidfile={d}/ovsdb-server.pid",
-            f"--unixctl={d}/ovsdb-server.ctl", f"--log-file={d}/ovsdb-server.log",
-        )  # fmt: skip
-        self._wait_for(d / "db.sock", srv)
-        vsctl(self.db, "--no-wait", "init")
-
-    def start_vswitchd(self) -> subprocess.Popen[bytes]:
-        """Start ovs-vswitchd (again, after stop_vswitchd)."""
-        d = self.rundir
-        ctl = d / "ovs-vswitchd.ctl"
-        ctl.unlink(missing_ok=True)
-        proc = self._spawn(
-            "ovs-vswitchd", f"unix:{d}/db.sock", f"--pidfile={d}/ovs-vswitchd.pid", f"--unixctl={ctl}",
-            f"--log-file={d}/ovs-vswitchd.log",
-        )  # fmt: skip
-        self._wait_for(ctl, proc)
-        self.vswitchd = proc
-        return proc
-
-    def start(self) -> OvsInstance:
-        """ovsdb-server, then ovs-vswitchd; returns self."""
-        self.start_db()
-        self.start_vswitchd()
-        return self
-
-    def stop_vswitchd(self) -> None:
-        """Stop ovs-vswitchd only (by PID), as a restart would."""
-        stop_process(self.vswitchd)
-
-    def vsctl(self, *args: str) -> str:
-        return vsctl(self.db, *args)
-
-    def appctl(self, *args: str) -> str:
-        """ovs-appctl against this instance's ovs-vswitchd."""
-        res = subprocess.run(
-            ["ovs-appctl", "-t", str(self.rundir / "ovs-vswitchd.ctl"), *args],
-            capture_output=True, text=True, timeout=15, check=False,
-        )  # fmt: skip
-        if res.returncode != 0:
-            raise OvsError(f"ovs-appctl {' '.join(args)}: {res.stderr.strip()}")
-        return res.stdout
-
-    def logs(self) -> str:
-        """The tail of the instance's logs, for error messages."""
-        parts = []
-        for f in sorted(self.rundir.glob("*.log")) + sorted(self.rundir.glob("*.out")):
-            lines = f.read_text(errors="replace").splitlines()[-15:]
-            parts.append(f"--- {f.name}\n" + "\n".join(lines))
-        return "\n".join(parts)
-
-    def stop(self) -> None:
-        """Stop vswitchd, then ovsdb-server, by the PIDs started here."""
-        for proc in reversed(self.procs):
-            stop_process(proc)

@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def lab_namespaces(pid: int) -> list[str]:
-    """Namespaces of the labs that process pid made (control.lab names them ovl<pid>-...)."""
+    """Namespaces of the labs that process pid made (control.lab.hosts names them ovl<pid>-...)."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(f"ovl{pid % 100000}-")]
 

@@ -1,7 +1,7 @@
-"""Test-only helpers for the interop tests: waiting, traffic checks, crafted frames, captures.
+"""Test-only helpers for the interop tests: traffic checks, crafted frames, captures.
 
 The peers that are not ovl-dp (kernel vxlan, OVS native tunnels) are built by
-control.peers, shared with bench. Everything here works only on the Lab's own
+control.lab.peers, shared with bench. Everything here works only on the Lab's own
 namespaces and addresses, and leaves the teardown to the Lab (namespaces, OVS
 instances and processes it started).
 """
@@ -12,23 +12,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
 
-from control.lab import Lab
-from control.peers import nsexec
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 5.0, interval: float = 0.1) -> Any:
-    """Poll probe() until it returns something truthy; AssertionError naming what (and the last value) if not."""
-    deadline = time.monotonic() + timeout
-    value = probe()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = probe()
-    assert value, f"timed out waiting for {what}: {value!r}"
-    return value
-
+from control.lab.hosts import Lab
+from control.lab.shell import nsexec
+from control.procs import wait_until
 
 # -- traffic ----------------------------------------------------------------------------
 
@@ -74,7 +61,9 @@ class Capture:
                 stdout=subprocess.DEVNULL, stderr=out, stdin=subprocess.DEVNULL,
             )  # fmt: skip
         lab.procs.append(self.proc)
-        wait_for(f"tcpdump on {ns}/{iface}", lambda: "listening on" in err.read_text() or self.proc.poll() is not None)
+        wait_until(
+            f"tcpdump on {ns}/{iface}", lambda: "listening on" in err.read_text() or self.proc.poll() is not None
+        )
         assert self.proc.poll() is None, err.read_text()
 
     def stop(self) -> list[bytes]:

@@ -20,7 +20,7 @@ from bench.parse import (
     proc_vmhwm_kb,
 )
 from bench.report import METRICS, REFERENCE, TIMES, cell, medians, ratios, summarize, table
-from control.lab import LabError
+from control.lab.shell import LabError
 
 PING = """\
 PING 172.20.1.2 (172.20.1.2) 56(84) bytes of data.
@@ -212,7 +212,7 @@ def test_datapaths_and_command_line() -> None:
 
 
 class FakeLab:
-    """Just enough of control.lab.Lab for bench.compare.measure, without namespaces."""
+    """Just enough of control.lab.hosts.Lab for bench.compare.measure, without namespaces."""
 
     closed = 0
 

@@ -75,7 +75,8 @@ def test_offload_policy() -> None:
 
 def test_lab_without_open_vswitch(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """`ovl-dp lab` says what is missing; with auto it shows the Linux-bridge variant instead."""
-    from control import lab, ovs
+    from control import ovs
+    from control.lab import demo as lab
 
     monkeypatch.setattr(ovs, "_which", lambda tool: None)
     monkeypatch.setattr(cli, "_privilege_problem", lambda: None)

@@ -1,6 +1,6 @@
 """ovl-dp between hosts in network namespaces: real TAPs, real sockets, real Linux bridges.
 
-Each test builds its own lab (control.lab) and tears it down, also on failure.
+Each test builds its own lab (control.lab.hosts) and tears it down, also on failure.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from control.lab import Lab, container_mtu, sh
+from control.lab.hosts import Lab, container_mtu
+from control.lab.shell import sh
+from control.procs import wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("no_leftovers")]
 
@@ -132,9 +134,7 @@ def test_frame_from_non_remote_never_reaches_the_bridge(mode: str) -> None:
         inject(lab, 3, mode, 1, stranger)
         # Control: the same frame from a configured remote does reach the bridge, so the check below can fail.
         inject(lab, 2, mode, 1, friend)
-        deadline = time.monotonic() + 5
-        while friend not in bridge_macs(lab, 1) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(f"{friend} in host 1's bridge FDB", lambda: friend in bridge_macs(lab, 1), 5)
         macs = bridge_macs(lab, 1)
         assert friend in macs, macs
         assert stranger not in macs, macs

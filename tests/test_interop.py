@@ -1,6 +1,6 @@
 """ovl-dp against tunnel peers that are not ovl-dp: the kernel's vxlan device, Open vSwitch native tunnels.
 
-Each test builds a two-host lab (control.lab), runs ovl-dp on host 1 and the
+Each test builds a two-host lab (control.lab.hosts), runs ovl-dp on host 1 and the
 other implementation on host 2, and checks both directions: ping, an iperf3 TCP
 transfer, and that each side learned the other's MACs. The capture test puts
 ovl-dp's VXLAN packets and the kernel's side by side on the underlay.
@@ -21,16 +21,9 @@ from typing import Any
 
 import pytest
 
-from control.lab import SEED_TAG, Lab, container_mtu, sh
-from control.peers import (
-    kernel_vxlan,
-    kernel_vxlan_fdb,
-    mac_of,
-    nsexec,
-    ovs_debug,
-    ovs_tunnel_port,
-    ovs_underlay_bridge,
-)
+from control.lab.hosts import SEED_TAG, Lab, container_mtu
+from control.lab.peers import kernel_vxlan, kernel_vxlan_fdb, ovs_debug, ovs_tunnel_port, ovs_underlay_bridge
+from control.lab.shell import mac_of, nsexec, sh
 from tests.interop_util import Capture, iperf_bytes, send_frames
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("no_leftovers")]

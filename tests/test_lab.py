@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from control.procs import wait_until
 from tests.conftest import lab_namespaces
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("no_leftovers")]
@@ -37,9 +38,7 @@ def test_lab_interrupted_tears_down() -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while len(lab_namespaces(proc.pid)) < 5 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until("the lab's 5 namespaces", lambda: len(lab_namespaces(proc.pid)) >= 5, 30)
         assert lab_namespaces(proc.pid), "the lab never built its namespaces"
         time.sleep(2)  # daemons up, traffic running
         proc.send_signal(signal.SIGINT)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from control import ovs
-from control.lab import SEED_TAG, Lab, container_mtu, seed_lab, sh
+from control.lab.hosts import SEED_TAG, Lab, container_mtu, seed_lab
+from control.lab.shell import sh
+from control.procs import wait_until
 
 pytestmark = [
     pytest.mark.netns,
@@ -31,9 +32,9 @@ def mac_of(lab: Lab, i: int) -> str:
 
 def ping_eventually(lab: Lab, src: int, dst: int, seconds: float = 15) -> None:
     """Ping until a reply comes back (after a restart the path needs a moment)."""
-    deadline = time.monotonic() + seconds
-    while lab.ping(src, dst, count=1, check=False)["loss"] == 100:
-        assert time.monotonic() < deadline, f"no ping reply from container {dst} within {seconds}s"
+    # A ping waits for its reply itself: no interval.
+    wait_until(f"a ping reply from container {dst}", lambda: lab.ping(src, dst, count=1, check=False)["loss"] < 100,
+               seconds, 0)  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", ["gre", "vxlan"])
@@ -69,10 +70,8 @@ def test_access_port_readded_after_delete_and_vswitchd_restart() -> None:
         assert lab.ping(1, 2, count=3)["loss"] == 0
         # An operator (or a fresh database) removes the port: ovl-dp puts it back.
         o.vsctl("del-port", "br-int", "ovl-gre")
-        deadline = time.monotonic() + 10
-        while "ovl-gre" not in o.vsctl("list-ports", "br-int").split():
-            assert time.monotonic() < deadline, lab.daemons[1].output()
-            time.sleep(0.2)
+        wait_until("ovl-dp to re-add ovl-gre", lambda: "ovl-gre" in o.vsctl("list-ports", "br-int").split(), 10, 0.2,
+                   detail=lab.daemons[1].output)  # fmt: skip
         assert o.vsctl("get", "port", "ovl-gre", "tag").strip() == str(SEED_TAG)
         ping_eventually(lab, 1, 2)
         assert "re-adding" in lab.daemons[1].output()

@@ -37,3 +37,15 @@ def test_datapath_never_imports_control() -> None:
         if any(line.lstrip().startswith(("import control", "from control")) for line in p.read_text().splitlines())
     ]
     assert not offenders
+
+
+def test_daemon_side_never_imports_the_lab() -> None:
+    """The lab (control/lab/) is test and bench infrastructure; only the `ovl-dp lab` command in cli.py loads it."""
+    imports_lab = ("import control.lab", "from control.lab", "from control import lab")
+    offenders = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in (ROOT / "control").glob("*.py")
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if line.lstrip().startswith(imports_lab) and line.strip() != "from control.lab import demo as lab"
+    ]
+    assert not offenders

@@ -1,4 +1,4 @@
-"""The lab: hosts and containers as network namespaces, shared by `ovl-dp lab`, tests and bench.
+"""The lab's hosts: hosts and containers as network namespaces, shared by `ovl-dp lab`, tests and bench.
 
 Layout for N hosts (all names carry a per-run tag, so runs never collide):
 
@@ -9,7 +9,7 @@ Layout for N hosts (all names carry a per-run tag, so runs never collide):
 
 br-int is a Linux bridge, or with ``bridge="ovs"`` an Open vSwitch bridge
 (userspace datapath) of a private OVS instance per host
-(:class:`control.ovs.OvsInstance`), vm0 then being an access port of VLAN
+(:class:`control.lab.ovs.OvsInstance`), vm0 then being an access port of VLAN
 ``tag``. Host and container names can be chosen (the seed scenario's yy2/yy3
 and vmX/vmY); they still carry the tag.
 
@@ -21,7 +21,6 @@ the context manager calls also on failure and on Ctrl-C.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -30,33 +29,21 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from control import ovs
-from control.ovs import OvsInstance
-from control.procs import stop_process
+from control.lab.ovs import OvsInstance
+from control.lab.shell import LabError, sh
+from control.procs import stop_process, wait_until
 from datapath.encap import lookup
 from datapath.ether import VLAN_HLEN
 
 UNDERLAY_PREFIX = "192.0.2."
 OVERLAY_PREFIX = "172.20.1."
 DAEMON_READY_TIMEOUT = 20.0
-
-
-class LabError(Exception):
-    """A lab step failed; the message says which and shows its output."""
-
-
-def sh(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run a command, capturing output; LabError with its output if it fails and check is set."""
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and res.returncode != 0:
-        raise LabError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
-    return res
+IPERF_LISTEN_TIMEOUT = 10.0
 
 
 @dataclass
@@ -68,6 +55,7 @@ class Daemon:
     log: Path
 
     def output(self) -> str:
+        """What the daemon logged so far (stdout and stderr)."""
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
@@ -96,21 +84,26 @@ class Lab:
     # -- names and addresses -------------------------------------------------
 
     def host(self, i: int) -> str:
+        """The namespace of host i (1-based)."""
         return f"{self.tag}-{self._host_names[i - 1]}"
 
     def container(self, i: int) -> str:
+        """The namespace of host i's container."""
         return f"{self.tag}-{self._container_names[i - 1]}"
 
     @property
     def switch(self) -> str:
+        """The namespace of the underlay switch."""
         return f"{self.tag}-sw"
 
     @staticmethod
     def underlay_ip(i: int) -> str:
+        """Host i's address on the underlay (ul0)."""
         return f"{UNDERLAY_PREFIX}{i}"
 
     @staticmethod
     def overlay_ip(i: int) -> str:
+        """Container i's address on the overlay (eth0)."""
         return f"{OVERLAY_PREFIX}{i}"
 
     # -- building ----------------------------------------------------------------
@@ -194,16 +187,17 @@ class Lab:
 
     @staticmethod
     def wait_ready(daemon: Daemon, timeout: float = DAEMON_READY_TIMEOUT) -> None:
-        """Wait until the daemon logs 'ready'; LabError with its log if it exits or times out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Wait until the daemon logs 'ready'; LabError with its log if it exits, WaitTimeout with it if too slow."""
+
+        def ready() -> bool:
             text = daemon.output()
             if " ready" in text:
-                return
+                return True
             if daemon.proc.poll() is not None:
                 raise LabError(f"ovl-dp on host {daemon.host} exited with {daemon.proc.returncode}:\n{text}")
-            time.sleep(0.05)
-        raise LabError(f"ovl-dp on host {daemon.host} not ready after {timeout}s:\n{daemon.output()}")
+            return False
+
+        wait_until(f"ovl-dp on host {daemon.host} to be ready", ready, timeout, 0.05, detail=daemon.output)
 
     def stop(self, daemon: Daemon, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         """Signal the daemon (by PID) and wait for it; returns its exit code."""
@@ -244,12 +238,13 @@ class Lab:
             stderr=subprocess.DEVNULL,
         )
         self.procs.append(srv)
+
+        def listening() -> str:
+            ns = self.container(server)
+            return sh("ip", "netns", "exec", ns, "ss", "-ltnH", "sport", "= :5201", check=False).stdout.strip()
+
         try:
-            for _ in range(100):  # until the server listens
-                ss = sh("ip", "netns", "exec", self.container(server), "ss", "-ltnH", "sport", "= :5201", check=False)
-                if ss.stdout.strip():
-                    break
-                time.sleep(0.05)
+            wait_until(f"iperf3 to listen in {self.container(server)}", listening, IPERF_LISTEN_TIMEOUT, 0.05)
             res = sh(
                 "ip", "netns", "exec", self.container(client), "iperf3", "-J", "-c", self.overlay_ip(server),
                 "-t", str(seconds), *extra, check=False, timeout=seconds + 30,
@@ -301,77 +296,3 @@ def container_mtu(mode: str, underlay_mtu: int = 1500, tagged: bool = False) -> 
 def seed_lab() -> Lab:
     """The seed scenario's two hosts yy2/yy3 and containers vmX/vmY (built by the caller)."""
     return Lab(2, host_names=("yy2", "yy3"), container_names=("vmX", "vmY"))
-
-
-def _demo(mode: str, seconds: int, fast: bool, bridge: str) -> dict[str, Any]:
-    extra = () if fast else ("--no-fast-path",)
-    with seed_lab() as lab:
-        if bridge == "ovs":
-            lab.build(container_mtu(mode, tagged=True), bridge="ovs", tag=SEED_TAG)
-        else:
-            lab.build(container_mtu(mode))
-        lab.start_mesh(mode, *extra)
-        lab.ping(1, 2, count=3)  # ARP and FDB warm-up
-        fwd, back = lab.ping(1, 2, count=10), lab.ping(2, 1, count=10)
-        perf = lab.iperf3(1, 2, seconds)
-        counters = {i: lab.ovl(i, "show") for i in (1, 2)}
-        fdb = {i: lab.ovl(i, "fdb") for i in (1, 2)}
-        codes = [lab.stop(lab.daemons[i]) for i in (1, 2)]
-        names = [lab.container(i).split("-", 1)[1] for i in (1, 2)]
-        hosts = [lab.host(i).split("-", 1)[1] for i in (1, 2)]
-    gbps = perf.get("end", {}).get("sum_received", {}).get("bits_per_second", 0) / 1e9
-    return {"mode": mode, "bridge": bridge, "ping": fwd, "ping_back": back, "gbps": gbps,
-            "iperf_error": perf.get("error"), "counters": counters, "fdb": fdb, "exit_codes": codes,
-            "names": names, "hosts": hosts}  # fmt: skip
-
-
-def _print_report(r: dict[str, Any]) -> bool:
-    from control.report import format_counters, format_fdb
-
-    ok = r["ping"]["loss"] == 0 and r["ping_back"]["loss"] == 0 and r["gbps"] > 0 and r["exit_codes"] == [0, 0]
-    a, b = r["names"]
-    print(f"\n=== ovl-dp lab, mode {r['mode']}, {r['bridge']} br-int: {'OK' if ok else 'FAILED'} ===")
-    for name, p in ((f"{a} -> {b}", r["ping"]), (f"{b} -> {a}", r["ping_back"])):
-        rtt = f"rtt avg {p['avg']:.3f} ms (min {p['min']:.3f}, max {p['max']:.3f})" if "avg" in p else "no replies"
-        print(f"ping {name}: loss {p['loss']:.0f}%, {rtt}")
-    err = f" ({r['iperf_error']})" if r["iperf_error"] else ""
-    print(f"iperf3 TCP {a} -> {b}: {r['gbps']:.3f} Gbit/s{err}")
-    for i, host in enumerate(r["hosts"], 1):
-        print(f"--- host {host} counters ---\n{format_counters(r['counters'][i])}\n{format_fdb(r['fdb'][i])}")
-    return ok
-
-
-def main(args: argparse.Namespace) -> int:
-    """`ovl-dp lab`: build, demonstrate, report, tear down (also on Ctrl-C / SIGTERM)."""
-    for tool in ("ping", "iperf3", "ss", "ethtool"):
-        if shutil.which(tool) is None:
-            print(f"ovl-dp: error: the lab needs `{tool}` (apt-get install iputils-ping iperf3 iproute2 ethtool)")
-            return 2
-    bridge = args.bridge_type
-    missing_ovs = ovs.installed()
-    if bridge == "ovs" and missing_ovs:
-        print(f"ovl-dp: error: --bridge-type ovs: {missing_ovs}", file=sys.stderr)
-        return 2
-    if bridge == "auto":
-        bridge = "linux" if missing_ovs else "ovs"
-        if missing_ovs:
-            print(f"note: {missing_ovs}; showing the scenario with Linux bridges instead", flush=True)
-
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    modes = ["gre", "vxlan"] if args.mode == "both" else [args.mode]
-    ok = True
-    try:
-        for mode in modes:
-            what = "Open vSwitch br-int, vmX/vmY on VLAN 20" if bridge == "ovs" else "Linux bridges"
-            print(f"building the two-host lab ({what}) for {mode} ...", flush=True)
-            try:
-                ok &= _print_report(_demo(mode, args.seconds, not args.no_fast_path, bridge))
-            except (LabError, ovs.OvsError) as exc:
-                print(f"lab failed in mode {mode}: {exc}", file=sys.stderr)
-                ok = False
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return 0 if ok else 1

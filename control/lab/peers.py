@@ -1,4 +1,4 @@
-"""Tunnel peers that are not ovl-dp, built inside a control.lab Lab: shared by the interop tests and bench.
+"""Tunnel peers that are not ovl-dp, built inside a lab (control.lab.hosts.Lab): shared by interop tests and bench.
 
 - the Linux kernel's ``vxlan`` device as a port of a host's Linux bridge br-int
   (:func:`kernel_vxlan`);
@@ -21,41 +21,11 @@ import re
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from control.lab import Lab, LabError, sh
-
-
-def nsexec(ns: str, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run cmd inside network namespace ns (LabError with its output if it fails and check is set)."""
-    return sh("ip", "netns", "exec", ns, *cmd, check=check, timeout=timeout)
-
-
-def mac_of(ns: str, dev: str) -> str:
-    """The MAC address of dev in namespace ns, lower case."""
-    return sh("ip", "-n", ns, "-br", "link", "show", dev).stdout.split()[2].lower()
-
-
-def _poll(probe: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
-    """Poll probe() until it returns something truthy or timeout passes; its last value."""
-    deadline = time.monotonic() + timeout
-    value = probe()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = probe()
-    return value
-
-
-def _wait_until(what: str, probe: Callable[[], Any], timeout: float = 5.0, interval: float = 0.1) -> Any:
-    """Poll probe() until it returns something truthy; LabError naming what (and the last value) if not."""
-    value = _poll(probe, timeout, interval)
-    if not value:
-        raise LabError(f"timed out waiting for {what}: {value!r}")
-    return value
-
+from control.lab.hosts import Lab
+from control.lab.shell import LabError, mac_of, nsexec, sh
+from control.procs import wait_until
 
 # -- the Linux kernel's vxlan device ------------------------------------------------
 
@@ -99,8 +69,8 @@ def ovs_underlay_bridge(lab: Lab, i: int) -> None:
     sh("ip", "-n", h, "addr", "del", f"{lab.underlay_ip(i)}/24", "dev", "ul0")
     sh("ip", "-n", h, "addr", "add", f"{lab.underlay_ip(i)}/24", "dev", "br-phy")
     sh("ip", "-n", h, "link", "set", "br-phy", "up")
-    _wait_until(f"br-phy's MAC {hwaddr} on host {i}", lambda: mac_of(h, "br-phy") == hwaddr)
-    _wait_until(f"OVS's route via br-phy on host {i}", lambda: "dev br-phy" in ovs.appctl("ovs/route/show"))
+    wait_until(f"br-phy's MAC {hwaddr} on host {i}", lambda: mac_of(h, "br-phy") == hwaddr)
+    wait_until(f"OVS's route via br-phy on host {i}", lambda: "dev br-phy" in ovs.appctl("ovs/route/show"))
 
 
 def learn_tunnel_neighbour(lab: Lab, i: int, j: int, timeout: float = 10.0) -> None:
@@ -110,13 +80,15 @@ def learn_tunnel_neighbour(lab: Lab, i: int, j: int, timeout: float = 10.0) -> N
     does not ARP again while its own neighbour entry lives, hence the flush.
     """
     ovs, h, peer = lab.ovs[i], lab.host(i), lab.underlay_ip(j)
-    deadline = time.monotonic() + timeout
-    while peer not in ovs.appctl("tnl/neigh/show"):
-        if time.monotonic() > deadline:
-            raise LabError(f"OVS on host {i} never learned {peer}:\n{ovs_debug(lab, i)}")
+
+    def learned() -> bool:
+        if peer in ovs.appctl("tnl/neigh/show"):
+            return True
         sh("ip", "-n", h, "neigh", "flush", "dev", "br-phy")
         ping_underlay(lab, i, j)
-        time.sleep(0.1)
+        return False
+
+    wait_until(f"OVS on host {i} to learn {peer}", learned, timeout, 0.1, detail=lambda: ovs_debug(lab, i))
 
 
 def ping_underlay(lab: Lab, src: int, dst: int) -> None:
@@ -207,15 +179,17 @@ def tinc_mesh(lab: Lab, hosts: tuple[int, ...] = (1, 2), timeout: float = 20.0) 
                 raise LabError(f"tincd on {h} exited with {proc.returncode}:\n{tinc_log(lab, i)}")
             return sh("ip", "-n", h, "link", "show", TINC_IFACE, check=False).returncode == 0
 
-        _wait_until(f"tinc's {TINC_IFACE} on host {i}", up, timeout)
+        wait_until(f"tinc's {TINC_IFACE} on host {i}", up, timeout)
         sh("ip", "-n", h, "link", "set", TINC_IFACE, "master", "br-int", "up")
     for i in hosts:
 
         def connected(i: int = i) -> bool:
             return "activated" in tinc_log(lab, i)
 
-        if not _poll(connected, timeout):
-            raise LabError(f"tinc on host {i} did not connect in {timeout}s:\n{tinc_log(lab, i)[-2000:]}")
+        def log_tail(i: int = i) -> str:
+            return tinc_log(lab, i)[-2000:]
+
+        wait_until(f"tinc on host {i} to connect", connected, timeout, detail=log_tail)
     return procs
 
 
@@ -230,16 +204,28 @@ def tinc_pmtu(lab: Lab, i: int, proc: subprocess.Popen[bytes], timeout: float = 
     seconds after the connection is up. SIGUSR2 makes tincd log its node list, with
     "pmtu N (min A max B)" per node: discovery is done when min == max for every peer.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        proc.send_signal(signal.SIGUSR2)
-        time.sleep(0.5)
+    nodes: list[tuple[str, str, str, str]] = []
+
+    def settled() -> int:
+        """The smallest confirmed path MTU in tincd's latest node list (0: not yet), then ask for a new list."""
+        nonlocal nodes
         dumps = tinc_log(lab, i).split("Nodes:")
         nodes = _TINC_NODE.findall(dumps[-1]) if len(dumps) > 1 else []
         if nodes and all(lo == hi for _, _, lo, hi in nodes):
             return min(int(hi) for _, _, _, hi in nodes)
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise LabError(f"tinc on host {i}: no path MTU after {timeout:.0f}s: {nodes}\n{tinc_log(lab, i)[-1000:]}")
+        if proc.poll() is not None:
+            raise LabError(f"tincd on host {i} exited with {proc.returncode}:\n{tinc_log(lab, i)[-1000:]}")
+        proc.send_signal(signal.SIGUSR2)
+        return 0
+
+    # interval: tincd needs a moment to write the node list SIGUSR2 asked for.
+    return wait_until(
+        f"tinc on host {i} to settle its path MTU",
+        settled,
+        timeout,
+        0.5,
+        detail=lambda: f"{nodes}\n{tinc_log(lab, i)[-1000:]}",
+    )
 
 
 def tinc_log(lab: Lab, i: int) -> str:
