@@ -13,7 +13,7 @@ from datapath import ether, fast
 from datapath.config import Config, Remote
 from datapath.encap import gre, ipv4, vxlan
 from tests.configs import datapath_config
-from tests.test_codec import SETTINGS, frames, keys, malformed_gre, malformed_vxlan, vnis
+from tests.unit.test_codec import SETTINGS, frames, keys, malformed_gre, malformed_vxlan, vnis
 
 pytestmark = pytest.mark.skipif(not fast.available(), reason="C fast path not built")
 

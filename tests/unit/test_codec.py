@@ -1,7 +1,7 @@
 """The pure-Python codecs against scapy as an independent dissector, round trips, malformed input.
 
 The strategies and the malformed-packet corpus here are reused by
-tests/test_fast_codec.py to hold the C fast path to the same reference.
+tests/diff/test_codec.py to hold the C fast path to the same reference.
 """
 
 from __future__ import annotations

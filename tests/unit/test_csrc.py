@@ -17,7 +17,7 @@ from datapath.encap import MODES, lookup
 from datapath.ether import VLAN_ID_MAX
 from datapath.fdb import Learn
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 
 needs_module = pytest.mark.skipif(not fast.available(), reason="C fast path not built")
