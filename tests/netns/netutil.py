@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
-from pathlib import Path
-
-IFF_UP = 0x1
-SYS_NET = Path("/sys/class/net")
+from typing import Any
 
 
 def ip(*args: str) -> str:
@@ -25,17 +23,33 @@ def veth(addr: str, name: str = "u0", peer: str = "u1") -> None:
     ip("addr", "add", addr, "dev", name)
 
 
+def link(name: str) -> dict[str, Any] | None:
+    """`ip -j link show NAME` of this namespace (not /sys/class/net, which shows the namespace /sys was mounted in)."""
+    res = subprocess.run(["ip", "-j", "link", "show", "dev", name], capture_output=True, text=True)
+    if res.returncode != 0:
+        return None
+    rows: list[dict[str, Any]] = json.loads(res.stdout)
+    return rows[0] if rows else None
+
+
 def exists(name: str) -> bool:
-    return (SYS_NET / name).exists()
+    return link(name) is not None
+
+
+def _attr(name: str, key: str) -> Any:
+    row = link(name)
+    if row is None:
+        raise AssertionError(f"no interface {name} in this namespace")
+    return row[key]
 
 
 def mac_of(name: str) -> bytes:
-    return bytes.fromhex((SYS_NET / name / "address").read_text().strip().replace(":", ""))
+    return bytes.fromhex(str(_attr(name, "address")).replace(":", ""))
 
 
 def mtu_of(name: str) -> int:
-    return int((SYS_NET / name / "mtu").read_text())
+    return int(_attr(name, "mtu"))
 
 
 def is_up(name: str) -> bool:
-    return bool(int((SYS_NET / name / "flags").read_text(), 16) & IFF_UP)
+    return "UP" in _attr(name, "flags")
