@@ -1,0 +1,120 @@
+"""control/config.py on a host of the test's own: local_addresses and resolve."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from control.config import local_addresses, resolve, tap_mac
+from datapath.config import Config, OffloadConfig, Remote, TapConfig, TunnelConfig
+from datapath.errors import SetupError
+from tests.isolated import run_isolated
+from tests.netns.netutil import ip, veth
+
+pytestmark = pytest.mark.netns
+
+
+def user_cfg(mode: str = "vxlan", remotes: tuple[str, ...] = ("10.1.0.2",), **tunnel: object) -> Config:
+    return Config(tunnel=TunnelConfig(mode, **tunnel), remotes=tuple(Remote(a) for a in remotes))  # type: ignore[arg-type]
+
+
+def host() -> None:
+    """u0 10.1.0.1/24 (MTU 1500), and 10.2.0.0/24 behind it with a route MTU of 1400."""
+    veth("10.1.0.1/24")
+    ip("route", "add", "10.2.0.0/24", "dev", "u0", "mtu", "1400")
+
+
+def test_local_addresses() -> None:
+    def body() -> None:
+        assert local_addresses() == {"127.0.0.1"}
+        host()
+        ip("addr", "add", "10.5.0.1/32", "dev", "u1")
+        assert local_addresses() == {"127.0.0.1", "10.1.0.1", "10.5.0.1"}
+
+    run_isolated(body)
+
+
+@pytest.mark.parametrize(("mode", "overhead"), [("vxlan", 50), ("gre", 38)])
+def test_resolve_fills_in_routes_mtus_and_identity(mode: str, overhead: int) -> None:
+    def body() -> None:
+        host()
+        cfg = resolve(user_cfg(mode))
+        assert cfg.is_resolved()
+        assert cfg.remotes == (Remote("10.1.0.2", "10.1.0.1"),)
+        assert cfg.underlay_mtu == 1500 and cfg.tap_mtu == 1500 - overhead
+        assert cfg.tap.mac == tap_mac("10.1.0.1", mode, 0, f"ovl-{mode}")
+        assert cfg.offload.rx_coalesce is False
+        assert cfg.tunnel.local is None  # still "from the route"; each remote knows its own
+
+    run_isolated(body)
+
+
+def test_resolve_takes_the_smallest_path_mtu_and_keeps_what_the_user_set() -> None:
+    def body() -> None:
+        host()
+        cfg = resolve(user_cfg("gre", ("10.1.0.2", "10.2.0.2"), key=7))
+        assert cfg.underlay_mtu == 1400 and cfg.tap_mtu == 1400 - 42
+        assert [r.local for r in cfg.remotes] == ["10.1.0.1", "10.1.0.1"]
+        mine = dataclasses.replace(
+            user_cfg("vxlan", underlay_mtu=1300, local="10.1.0.1"),
+            tap=TapConfig(name="t0", mtu=1000, mac=b"\x02\x00\x00\x00\x00\x09"),
+            offload=OffloadConfig(rx_coalesce=True),
+        )
+        cfg = resolve(mine, "ovs")
+        assert (cfg.underlay_mtu, cfg.tap_mtu, cfg.tap.mac) == (1300, 1000, b"\x02\x00\x00\x00\x00\x09")
+        assert cfg.remotes[0].local == "10.1.0.1" and cfg.offload.rx_coalesce is True
+
+    run_isolated(body)
+
+
+@pytest.mark.parametrize(("policy", "kind", "coalesce"), [("auto", "linux", True), ("auto", "ovs", False),
+                                                          ("on", "none", True), ("off", "linux", False)])  # fmt: skip
+def test_resolve_coalescing_follows_the_bridge(policy: str, kind: str, coalesce: bool) -> None:
+    def body() -> None:
+        host()
+        cfg = resolve(dataclasses.replace(user_cfg(), offload=OffloadConfig(policy=policy)), kind)
+        assert cfg.offload.rx_coalesce is coalesce
+
+    run_isolated(body)
+
+
+def test_resolve_the_local_address_is_used_for_every_remote() -> None:
+    def body() -> None:
+        host()
+        ip("addr", "add", "10.1.0.5/24", "dev", "u0")
+        cfg = resolve(user_cfg(remotes=("10.1.0.2", "10.2.0.3"), local="10.1.0.5"))
+        assert [r.local for r in cfg.remotes] == ["10.1.0.5", "10.1.0.5"]
+        assert cfg.tap.mac == tap_mac("10.1.0.5", "vxlan", 0, "ovl-vxlan")
+
+    run_isolated(body)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (user_cfg(local="10.1.0.9"), "--local 10.1.0.9 is not an address of this host"),
+        (user_cfg(remotes=("10.1.0.1",)), "remote 10.1.0.1 is an address of this host: a tunnel needs another host"),
+        (user_cfg(remotes=("127.0.0.5",)), "remote 127.0.0.5 is an address of this host"),
+        (user_cfg(remotes=("10.9.0.1",)), "no route to remote 10.9.0.1: Network is unreachable"),
+        (user_cfg(underlay_mtu=100), "TAP MTU 50 is below 68 (underlay MTU 100)"),
+    ],
+)
+def test_resolve_refuses(cfg: Config, message: str) -> None:
+    def body() -> None:
+        host()
+        with pytest.raises(SetupError) as info:
+            resolve(cfg)
+        assert str(info.value).startswith(message), str(info.value)
+
+    run_isolated(body)
+
+
+def test_resolve_tap_mtu_below_the_minimum_from_the_route() -> None:
+    def body() -> None:
+        host()
+        ip("route", "add", "10.3.0.0/24", "dev", "u0", "mtu", "110")
+        with pytest.raises(SetupError, match=r"TAP MTU 60 is below 68 \(underlay MTU 110\)"):
+            resolve(user_cfg(remotes=("10.3.0.1",)))
+
+    run_isolated(body)

@@ -1,0 +1,271 @@
+"""datapath/engine.py on a real TAP and real sockets, in a namespace of the test's own; C and Python paths.
+
+The namespace's loopback carries two underlay addresses: the engine's (10.9.0.1)
+and the remote's (10.9.0.2), where the test's own socket reads what the engine sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+
+import pytest
+
+from datapath import fast
+from datapath.config import Config, FdbConfig, OffloadConfig, Remote, StaticEntry, TapConfig, TunnelConfig
+from datapath.encap import lookup
+from datapath.engine import Engine
+from datapath.errors import SetupError
+from datapath.ether import format_mac
+from tests.isolated import run_isolated
+from tests.netns.netutil import exists, ip
+
+pytestmark = pytest.mark.netns
+
+LOCAL, REMOTE = "10.9.0.1", "10.9.0.2"
+TAP = "ovle0"
+TAP_MAC = b"\x02\x00\x00\x00\x00\x01"
+MAC_A = b"\x02\x00\x00\x00\x00\xaa"  # behind the TAP
+MAC_B = b"\x02\x00\x00\x00\x00\xbb"  # behind the remote
+MAC_S = b"\x02\x00\x00\x00\x00\x5a"  # a static entry
+PORT = 4790
+VNI, KEY = 4242, 77
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+WAIT = 20.0  # an upper bound for something to arrive, never a speed requirement
+
+PATHS = ["fast", "python"]
+MODES = ["vxlan", "gre"]
+
+
+def underlay() -> None:
+    ip("addr", "add", f"{LOCAL}/32", "dev", "lo")
+    ip("addr", "add", f"{REMOTE}/32", "dev", "lo")
+
+
+def engine_cfg(mode: str, path: str, statics: tuple[StaticEntry, ...] = ()) -> Config:
+    vxlan = mode == "vxlan"
+    return Config(
+        tunnel=TunnelConfig(
+            mode,
+            vni=VNI if vxlan else None,
+            key=None if vxlan else KEY,
+            port=PORT if vxlan else None,
+            local=LOCAL,
+            underlay_mtu=1500,
+        ),
+        remotes=(Remote(REMOTE, LOCAL),),
+        tap=TapConfig(name=TAP, mtu=1400, mac=TAP_MAC),
+        fdb=FdbConfig(static=statics),
+        offload=OffloadConfig(fast_path=path == "fast"),
+    )
+
+
+def skip_without_c(path: str) -> None:
+    if path == "fast" and not fast.available():
+        pytest.skip("C fast path not built (python3 csrc/build.py)")
+
+
+def frame(dst: bytes, src: bytes, payload: bytes = b"ovl-dp engine test") -> bytes:
+    return dst + src + b"\x88\xb5" + payload.ljust(46, b"\0")
+
+
+def remote_reader(mode: str) -> socket.socket:
+    """What the remote host would receive on: the VXLAN port, or a raw GRE socket, on REMOTE."""
+    if mode == "vxlan":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((REMOTE, PORT))
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_GRE)
+        s.bind((REMOTE, 0))
+    s.setblocking(False)
+    return s
+
+
+def send_from_remote(cfg: Config, inner: bytes) -> None:
+    """inner, encapsulated as the remote host sends it to us."""
+    packet = cfg.encap.build(inner, socket.inet_aton(REMOTE), socket.inet_aton(LOCAL))
+    if cfg.encap.udp:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((REMOTE, 0))
+            s.sendto(packet[28:], (LOCAL, PORT))
+    else:
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+            s.sendto(packet, (LOCAL, 0))
+
+
+def run_until(loop: asyncio.AbstractEventLoop, done: Callable[[], bool]) -> None:
+    """Run loop until done() (checked between iterations); fail after WAIT seconds."""
+
+    async def wait() -> None:
+        while not done():
+            await asyncio.sleep(0.01)
+
+    loop.run_until_complete(asyncio.wait_for(wait(), WAIT))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_refuses_an_unresolved_config(path: str) -> None:
+    skip_without_c(path)
+
+    def body() -> None:
+        underlay()
+        cfg = engine_cfg("vxlan", path)
+        for unresolved in (
+            Config(tunnel=TunnelConfig("vxlan", port=PORT), remotes=(Remote(REMOTE),)),
+            Config(tunnel=cfg.tunnel, remotes=cfg.remotes, tap=TapConfig(name=TAP, mtu=1400)),  # no MAC
+        ):
+            with pytest.raises(ValueError, match="resolved configuration"):
+                Engine(unresolved)
+        assert not exists(TAP) and not exists("ovl-vxlan")
+
+    run_isolated(body)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_taken_udp_port_leaves_no_tap_behind(path: str) -> None:
+    skip_without_c(path)
+
+    def body() -> None:
+        underlay()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+            holder.bind((LOCAL, PORT))
+            fds = len(os.listdir("/proc/self/fd"))
+            with pytest.raises(SetupError, match=f"UDP port {PORT} is already in use on {LOCAL}"):
+                Engine(engine_cfg("vxlan", path))
+            assert not exists(TAP)
+            assert len(os.listdir("/proc/self/fd")) == fds
+
+    run_isolated(body)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_busy_tap_closes_the_sockets(path: str) -> None:
+    skip_without_c(path)
+
+    def body() -> None:
+        underlay()
+        first = Engine(engine_cfg("gre", path))
+        try:
+            fds = len(os.listdir("/proc/self/fd"))
+            with pytest.raises(SetupError, match=f"cannot create TAP {TAP}: it is in use"):
+                Engine(engine_cfg("gre", path))
+            assert len(os.listdir("/proc/self/fd")) == fds
+        finally:
+            first.close()
+
+    run_isolated(body)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("mode", MODES)
+def test_engine_forwards_both_ways_and_shows_its_fdb(mode: str, path: str) -> None:
+    skip_without_c(path)
+
+    def body() -> None:
+        underlay()
+        cfg = engine_cfg(mode, path, statics=(StaticEntry(MAC_S, REMOTE, 0),))
+        eng = Engine(cfg)
+        assert exists(TAP)
+        reader = remote_reader(mode)
+        pkt = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        loop = asyncio.new_event_loop()
+        try:
+            assert eng.fast == (path == "fast")
+            assert eng.tap.vnet_hdr_len == (10 if path == "fast" else 0)
+            pkt.bind((TAP, 0))
+            pkt.setblocking(False)
+            eng.start(loop)
+
+            # TAP -> underlay: a broadcast frame the kernel sends out of the TAP floods to the remote.
+            out = frame(b"\xff" * 6, MAC_A)
+            pkt.send(out)
+            got = loop.run_until_complete(asyncio.wait_for(loop.sock_recv(reader, 65536), WAIT))
+            off, tid = lookup(mode)(VNI if mode == "vxlan" else KEY).parse(got)
+            assert off >= 0 and tid == (VNI if mode == "vxlan" else KEY), (off, tid)
+            assert got[off:] == out
+            if mode == "gre":
+                assert got[12:16] == socket.inet_aton(LOCAL) and got[16:20] == socket.inet_aton(REMOTE)
+
+            # underlay -> TAP: the remote's frame arrives on the TAP and its source is learned.
+            back = frame(MAC_A, MAC_B, b"from the remote")
+            send_from_remote(cfg, back)
+            run_until(loop, lambda: any(r["mac"] == format_mac(MAC_B) for r in eng.fdb_table()))
+            seen: list[bytes] = []
+
+            def arrived() -> bool:
+                try:
+                    data, addr = pkt.recvfrom(65536)
+                except BlockingIOError:
+                    return False
+                if addr[2] != PACKET_OUTGOING:
+                    seen.append(data)
+                return back in seen
+
+            run_until(loop, arrived)
+
+            rows = eng.fdb_table()
+            assert [(r["vlan"], r["mac"], r["remote"], r["static"]) for r in rows] == [
+                (0, format_mac(MAC_S), REMOTE, True),
+                (0, format_mac(MAC_B), REMOTE, False),
+            ]
+            assert all(isinstance(r["age"], float) and r["age"] >= 0 for r in rows)
+            snap = eng.snapshot()
+            assert snap.stats["tx_flooded"] >= 1 and snap.stats["tap_tx"] >= 1
+            assert int(snap.remotes[0]["tx_packets"]) >= 1 and int(snap.remotes[0]["rx_packets"]) >= 1
+        finally:
+            eng.close()
+            loop.close()
+            reader.close()
+            pkt.close()
+        assert not exists(TAP)
+
+    run_isolated(body)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("mode", MODES)
+def test_close_removes_the_tap_and_unregisters(mode: str, path: str) -> None:
+    skip_without_c(path)
+
+    def body() -> None:
+        underlay()
+        eng = Engine(engine_cfg(mode, path))
+        loop = asyncio.new_event_loop()
+        try:
+            eng.start(loop)
+            tap_fd, sock_fd = eng.tap.fileno(), eng.recv_sock.fileno()
+            eng.close()
+            assert not exists(TAP)
+            assert not loop.remove_reader(tap_fd) and not loop.remove_reader(sock_fd)
+            assert eng.recv_sock.fileno() == -1 and eng.send_sock.fileno() == -1
+        finally:
+            loop.close()
+
+    run_isolated(body)
+
+
+@pytest.mark.parametrize(
+    ("mode", "path", "text"),
+    [
+        ("vxlan", "fast", "udp_gro, no udp_segment"),
+        ("gre", "fast", "none (raw sockets, sendmmsg/recvmmsg)"),
+        ("vxlan", "python", "none"),
+        ("gre", "python", "none"),
+    ],
+)
+def test_describe_underlay(mode: str, path: str, text: str) -> None:
+    skip_without_c(path)
+
+    def body() -> None:
+        underlay()
+        eng = Engine(engine_cfg(mode, path))
+        try:
+            assert eng.describe_underlay() == text
+            assert eng.udp_gro == (mode == "vxlan" and path == "fast")
+        finally:
+            eng.close()
+
+    run_isolated(body)
