@@ -47,7 +47,8 @@ IFNAMSIZ = 16  # <linux/if.h>, including the terminating NUL
 BRIDGE_TYPES = ("auto", "linux", "ovs", "none")
 OFFLOAD_POLICIES = ("auto", "on", "off")
 
-_KEY = re.compile(r"\{([a-z_]+(?:\.[a-z_]+)*)\}")
+# {key} is a placeholder for a configuration key; {{ and }} are literal braces (as in str.format).
+_KEY = re.compile(r"\{\{|\}\}|\{([A-Za-z0-9_.-]+)\}")
 
 
 class ConfigError(ValueError):
@@ -64,27 +65,49 @@ class ConfigError(ValueError):
     @property
     def keys(self) -> list[str]:
         """The configuration keys the message is about."""
-        return _KEY.findall(self.template)
+        return [m[1] for m in _KEY.finditer(self.template) if m[1]]
 
     def render(self, names: Mapping[str, str] | None = None) -> str:
         """The message with each key as names calls it (default: the key itself)."""
-        return _KEY.sub(lambda m: (names or {}).get(m[1], m[1]), self.template)
+
+        def name(m: re.Match[str]) -> str:
+            if not m[1]:
+                return m[0][0]
+            return (names or {}).get(m[1], m[1])
+
+        return _KEY.sub(name, self.template)
 
     def __str__(self) -> str:
         return self.render()
 
 
-def _check_range(key: str, what: str, value: int | float, lo: int | float, hi: int | float) -> None:
+def _lit(value: object) -> str:
+    """value's repr, safe inside a ConfigError template (its braces are literal)."""
+    return repr(value).replace("{", "{{").replace("}", "}}")
+
+
+def _check_range(key: str, what: str, value: object, lo: int, hi: int) -> None:
+    """value must be a whole number in lo..hi."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{{{key}}}: {what} must be a whole number, not {_lit(value)}")
     if not lo <= value <= hi:
         raise ConfigError(f"{{{key}}}: {what} {value} is out of range {lo}..{hi}")
+
+
+def _check_type(key: str, value: object, kinds: tuple[type, ...], what: str) -> None:
+    """value must be one of kinds (a bool counts only where bool is named, never as a number)."""
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise ConfigError(f"{{{key}}} must be {what}, not {_lit(value)}")
 
 
 def check_address(key: str, text: str) -> str:
     """text as a unicast IPv4 address in its canonical form; ConfigError naming key otherwise."""
     try:
-        addr = ipaddress.ip_address(text)
+        addr = ipaddress.ip_address(text) if isinstance(text, str) else None
     except ValueError:
-        raise ConfigError(f"{{{key}}} {text!r} is not an IP address") from None
+        addr = None
+    if addr is None:
+        raise ConfigError(f"{{{key}}} {_lit(text)} is not an IP address")
     if addr.version != 4:
         raise ConfigError(f"{{{key}}} {text}: IPv6 underlays are not supported yet, use an IPv4 address")
     if addr.is_multicast or addr.is_unspecified or addr == ipaddress.IPv4Address("255.255.255.255"):
@@ -110,7 +133,7 @@ class TunnelConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ConfigError(f"{{tunnel.mode}} {self.mode!r} is not one of {', '.join(MODES)}")
+            raise ConfigError(f"{{tunnel.mode}} {_lit(self.mode)} is not one of {', '.join(MODES)}")
         cls = lookup(self.mode)
         for other in {c.id_key for c in map(lookup, MODES)} - {cls.id_key}:
             if getattr(self, other) is not None:
@@ -123,6 +146,7 @@ class TunnelConfig:
             _check_range(f"tunnel.{cls.id_key}", cls.id_name, tid, 0, cls.id_max)
         if self.port is not None:
             _check_range("tunnel.port", "port", self.port, 1, 65535)
+        _check_type("tunnel.udp_csum", self.udp_csum, (bool,), "true or false")
         _check_range("tunnel.ttl", "TTL", self.ttl, 1, 255)
         if self.local is not None:
             object.__setattr__(self, "local", check_address("tunnel.local", self.local))
@@ -134,6 +158,9 @@ class TunnelConfig:
         kind = cls.id_name
         if len(self.vlan_map) > MAX_VLAN_MAP:
             raise ConfigError(f"{{tunnel.vlan_map}}: at most {MAX_VLAN_MAP} VLAN mappings")
+        for pair in self.vlan_map:
+            if not isinstance(pair, tuple) or len(pair) != 2 or not all(type(x) is int for x in pair):
+                raise ConfigError(f"{{tunnel.vlan_map}}: {_lit(pair)} is not a (VLAN, {kind}) pair of numbers")
         for vlan, tid in self.vlan_map:
             if not MAP_VLAN_MIN <= vlan <= MAP_VLAN_MAX:
                 raise ConfigError(
@@ -194,8 +221,16 @@ class TapConfig:
 
     def __post_init__(self) -> None:
         n = self.name
-        if n is not None and (not 0 < len(n) < IFNAMSIZ or "/" in n or n.strip() != n or " " in n or n in (".", "..")):
-            raise ConfigError(f"{{tap.name}} {n!r}: interface names are 1-15 characters without '/' or spaces")
+        # The kernel's dev_valid_name(): 1..IFNAMSIZ-1 bytes, not "." or "..", no '/', ':' or white space.
+        if n is not None and (
+            not isinstance(n, str)
+            or not 0 < len(n.encode()) < IFNAMSIZ
+            or n in (".", "..")
+            or any(c in "/:" or c.isspace() for c in n)
+        ):
+            raise ConfigError(
+                f"{{tap.name}} {_lit(n)}: interface names are 1-15 characters (bytes) without '/', ':' or white space"
+            )
         if self.mtu is not None:
             _check_range("tap.mtu", "MTU", self.mtu, MIN_MTU, MAX_MTU)
         if self.mac is not None and (len(self.mac) != ETH_ALEN or self.mac[0] & 1 or not any(self.mac)):
@@ -216,7 +251,7 @@ class StaticEntry:
         if self.mac[0] & 1 or not any(self.mac):
             raise ConfigError(f"{{fdb.static}} {format_mac(self.mac)}: must be a unicast, nonzero MAC")
         object.__setattr__(self, "remote", check_address("fdb.static", self.remote))
-        if not 0 <= self.vlan <= VLAN_ID_MAX:
+        if type(self.vlan) is not int or not 0 <= self.vlan <= VLAN_ID_MAX:
             raise ConfigError(f"{{fdb.static}}: a static entry's VLAN must be 0..{VLAN_ID_MAX} (0 = untagged)")
 
     @classmethod
@@ -245,6 +280,7 @@ class FdbConfig:
 
     def __post_init__(self) -> None:
         _check_range("fdb.max_entries", "FDB size", self.max_entries, 1, MAX_FDB)
+        _check_type("fdb.ageing", self.ageing, (int, float), "a number of seconds")
         if not 0 <= self.ageing <= MAX_AGEING:
             raise ConfigError(f"{{fdb.ageing}}: ageing {self.ageing} must be between 0 and {MAX_AGEING} seconds")
 
@@ -268,7 +304,11 @@ class OffloadConfig:
 
     def __post_init__(self) -> None:
         if self.policy not in OFFLOAD_POLICIES:
-            raise ConfigError(f"{{offload.policy}} {self.policy!r} is not one of {', '.join(OFFLOAD_POLICIES)}")
+            raise ConfigError(f"{{offload.policy}} {_lit(self.policy)} is not one of {', '.join(OFFLOAD_POLICIES)}")
+        _check_type("offload.udp_gso", self.udp_gso, (bool,), "true or false")
+        _check_type("offload.fast_path", self.fast_path, (bool,), "true or false")
+        if self.rx_coalesce is not None:
+            _check_type("offload.rx_coalesce", self.rx_coalesce, (bool,), "true or false")
         if self.udp_gso and (not self.fast_path or self.policy == "off"):
             raise ConfigError("{offload.udp_gso} needs the C fast path with offloads on")
 
@@ -301,7 +341,10 @@ class BridgeConfig:
 
     def __post_init__(self) -> None:
         if self.type not in BRIDGE_TYPES:
-            raise ConfigError(f"{{bridge.type}} {self.type!r} is not one of {', '.join(BRIDGE_TYPES)}")
+            raise ConfigError(f"{{bridge.type}} {_lit(self.type)} is not one of {', '.join(BRIDGE_TYPES)}")
+        _check_type("bridge.name", self.name, (str,), "a bridge name")
+        if self.ovsdb is not None:
+            _check_type("bridge.ovsdb", self.ovsdb, (str,), "a database address")
         if self.tag is not None:
             _check_range("bridge.tag", "VLAN", self.tag, 1, 4094)
             if self.type not in ("ovs", "auto"):
@@ -460,10 +503,13 @@ def from_keys(values: Mapping[str, object]) -> Config:
             groups[group][name] = value
         elif path == "remotes":
             remotes = tuple(Remote(str(a)) for a in _sequence(path, value))
-        elif path == "batch" and isinstance(value, int):
-            batch = value
-        else:
+        elif path == "batch":
+            _check_range("batch", "batch", value, 1, MAX_BATCH)
+            batch = value  # type: ignore[assignment]
+        elif _KEY.fullmatch(f"{{{path}}}"):
             raise ConfigError(f"{{{path}}} is not a configuration key")
+        else:
+            raise ConfigError(f"{_lit(path)} is not a configuration key")
     if "mode" not in groups["tunnel"]:
         raise ConfigError("{tunnel.mode} is required")
     if "vlan_map" in groups["tunnel"]:
