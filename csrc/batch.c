@@ -102,7 +102,7 @@ uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now) {
         }
         if (res >= 0 && tag) {
             /* Insert the tag in place: the MAC addresses move down into the
-             * outer header's room (every parse leaves res >= 8 > VLAN_HLEN). */
+             * outer header's room (every parse leaves res >= VLAN_HLEN). */
             uint8_t *f = e->data + res - VLAN_HLEN;
             memmove(f, f + VLAN_HLEN, 2 * ETH_ALEN);
             put16(f + 12, ETH_P_8021Q);

@@ -22,7 +22,7 @@ struct tunnel_id base_tunnel(const struct ovl_config *c) {
 /* DatapathConfig.outer_len: with the base id. */
 uint32_t ovl_outer_len(const struct ovl_config *c) { return c->ops->outer_len(c->keyed); }
 
-int tx_frame_sums(const struct ovl_config *c, const uint8_t *f, uint32_t len, struct tx_frame *tf) {
+int tx_frame_sums(const struct ovl_config *c, const uint8_t *f, size_t len, struct tx_frame *tf) {
     tf->hash = 0;
     tf->fsum = 0;
     if (!c->ops->udp)
@@ -99,9 +99,7 @@ int ovl_encap(const struct ovl_config *c, uint32_t r, const uint8_t *frame, size
     uint32_t hlen = ovl_outer_len(c);
     if (r >= c->n_remotes || r >= OVL_MAX_REMOTES)
         return -OVL_DROP_TX_ERROR;
-    if (len > 0xFFFFFFFFu)
-        return -OVL_DROP_TX_TOO_BIG;
-    int res = tx_frame_sums(c, frame, (uint32_t)len, &tf);
+    int res = tx_frame_sums(c, frame, len, &tf);
     if (res < 0)
         return res;
     if (len > 0xFFFF - hlen || cap < hlen + len) /* IPv4 total length is 16 bits */

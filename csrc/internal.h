@@ -165,7 +165,9 @@ struct ovl_encap_ops {
     uint32_t (*push)(const struct ovl_config *c, const struct ovl_outer *o, uint8_t *h, const struct tx_frame *tf,
                      uint32_t flen);
     /* A received packet as its socket delivers it (UDP: the payload; raw IPv4: the whole
-     * packet): offset of the inner frame and *tid, or -drop. */
+     * packet): offset of the inner frame and *tid, or -drop. The offset is at least
+     * VLAN_HLEN (ovl_rx_process may insert a tag in front of the frame, in place), and
+     * the packet holds an Ethernet header there. */
     int (*parse)(const uint8_t *pkt, size_t len, uint32_t *tid);
 };
 
@@ -177,7 +179,7 @@ const struct ovl_encap_ops *encap_ops(uint32_t id);
 /* The tunnel id of untagged traffic, as the outer header carries it. */
 struct tunnel_id base_tunnel(const struct ovl_config *c);
 /* Flow hash and frame sum as c's encapsulation needs them; -drop for a frame it cannot take. */
-int tx_frame_sums(const struct ovl_config *c, const uint8_t *f, uint32_t len, struct tx_frame *tf);
+int tx_frame_sums(const struct ovl_config *c, const uint8_t *f, size_t len, struct tx_frame *tf);
 /* The template of remote r (c->remote_* [r]). */
 void outer_template(const struct ovl_config *c, uint32_t r, struct ovl_outer *o);
 /* The outer header for a frame of flen bytes into h (OVL_MAX_OUTER bytes); returns its length. */
