@@ -137,6 +137,7 @@ const char *ovl_encap_name(uint32_t encap);
  * an unknown id or no memory. The setters only store (and refuse what does not fit the storage,
  * returning -1); ovl_dp_new checks the whole. */
 struct ovl_config *ovl_config_new(uint32_t encap);
+/* Release c (a context made from it keeps its own copy). */
 void ovl_config_free(struct ovl_config *c);
 /* The tunnel id of untagged traffic (VNI, GRE key; 0 for GRE without a key) and whether the header
  * carries it where the protocol makes it optional (GRE's K bit); outer IPv4 TTL. 0. */
@@ -184,6 +185,7 @@ int ovl_offload_frame(const uint8_t *vnet, uint8_t *frame, uint32_t len, uint32_
 
 /* NULL if max_entries is not 1..2**28, ageing is negative or memory is short. */
 struct ovl_fdb *ovl_fdb_new(uint32_t max_entries, double ageing, uint64_t seed);
+/* Release a table of ovl_fdb_new (never the one of a context). */
 void ovl_fdb_free(struct ovl_fdb *fdb);
 /* Remote index of mac in vlan, or -1 (an expired entry is removed and counted as aged). */
 int32_t ovl_fdb_lookup(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan, double now);
@@ -195,6 +197,7 @@ int ovl_fdb_add_static(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan, i
 int ovl_fdb_remove(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan);
 /* Remove every learned entry past its age; returns how many. */
 uint32_t ovl_fdb_expire(struct ovl_fdb *fdb, double now);
+/* Entries in the table (expired ones not yet swept included). */
 uint32_t ovl_fdb_count(const struct ovl_fdb *fdb);
 /* Up to cap entries as parallel arrays (macs: 6 bytes each; ages: seconds since last seen, 0 for
  * static); returns how many. */
@@ -207,6 +210,7 @@ uint32_t ovl_fdb_counters(const struct ovl_fdb *fdb, uint64_t *out, uint32_t n);
 
 /* A context for configuration c (copied), or NULL if c is out of range or memory is short. */
 struct ovl_dp *ovl_dp_new(const struct ovl_config *c);
+/* Release dp, its rings and its MAC table. */
 void ovl_dp_free(struct ovl_dp *dp);
 /* The context's MAC table (lives as long as dp). */
 struct ovl_fdb *ovl_dp_fdb(struct ovl_dp *dp);
