@@ -1,13 +1,18 @@
 """cffi builder (API mode, out-of-line) for the C fast path ``datapath._ovl_fast``.
 
-The cdef is the section of ``ovl_fast.h`` between ``/* BEGIN CDEF */`` and
-``/* END CDEF */``: one copy of the declarations, checked by the C compiler
-when the generated module includes the header.
+The cdef is the section of ``ovl.h`` (the public API) between ``/* BEGIN CDEF */``
+and ``/* END CDEF */``: one copy of the declarations, checked by the C compiler
+when the generated module includes the header. The module is every unit in
+:data:`UNITS` (see ``internal.h`` for what each holds).
 
 Used by ``setup.py`` (``cffi_modules``) for ``pip install .`` / ``pip install -e .``,
 and runnable directly to build the module in place::
 
     python csrc/build.py        # writes datapath/_ovl_fast.<abi>.so
+
+With ``OVL_SANITIZE=1`` in the environment the units are built with AddressSanitizer
+and UndefinedBehaviorSanitizer (a test build: load it with
+``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,22 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-HEADER = os.path.join(HERE, "ovl_fast.h")
+HEADER = os.path.join(HERE, "ovl.h")
+UNITS = (
+    "csum.c",
+    "flow.c",
+    "fdb.c",
+    "vlan.c",
+    "encap.c",
+    "encap_vxlan.c",
+    "encap_gre.c",
+    "offload.c",
+    "batch.c",
+    "io.c",
+    "dp.c",
+)
+CFLAGS = ["-O2", "-Wall", "-Wextra"]
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 
 
 def cdef_source(header: str = HEADER) -> str:
@@ -35,17 +55,25 @@ def cdef_source(header: str = HEADER) -> str:
     return m.group(1)
 
 
+def sources(relative: bool) -> list[str]:
+    """Paths of the units; relative to the project root for setuptools (setup.py)."""
+    csrc = os.path.relpath(HERE, ROOT) if relative else HERE
+    return [os.path.join(csrc, unit) for unit in UNITS]
+
+
 def make_builder(relative: bool) -> FFI:
     """The builder; setuptools (setup.py, run from the project root) gets paths relative to it."""
     csrc = os.path.relpath(HERE, ROOT) if relative else HERE
+    sanitize = SANITIZE if os.environ.get("OVL_SANITIZE") else []
     ffi = FFI()
     ffi.cdef(cdef_source())
     ffi.set_source(
         "datapath._ovl_fast",
-        '#include "ovl_fast.h"',
-        sources=[os.path.join(csrc, "ovl_fast.c")],
+        '#include "ovl.h"',
+        sources=sources(relative),
         include_dirs=[csrc],
-        extra_compile_args=["-O2", "-Wall", "-Wextra"],
+        extra_compile_args=CFLAGS + sanitize,
+        extra_link_args=sanitize,
     )
     return ffi
 

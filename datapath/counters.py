@@ -1,7 +1,9 @@
 """Counter names shared by the pure-Python path and the C fast path.
 
 The numeric values of :class:`Drop` are the ``OVL_DROP_*`` enum in
-``csrc/ovl_fast.h``; a unit test holds the two together.
+``csrc/ovl.h``; a unit test holds the two together. The C counter arrays are
+indexed by the ``OVL_STAT_*`` / ``OVL_REMOTE_*`` / ``OVL_FDB_*`` enums in the order
+of the field tuples below (also held by a test).
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ class Drop(IntEnum):
     TX_BAD_OFFLOAD = 14  # frame from the TAP with a virtio header or GSO super-frame we cannot handle
 
 
-# Per-remote counters, in the order of struct ovl_remote's counter fields.
+# Per-remote counters, in the order of enum ovl_remote_stat.
 REMOTE_FIELDS: tuple[str, ...] = ("tx_packets", "tx_bytes", "tx_flood", "rx_packets", "rx_bytes")
 
-# Datapath-wide counters besides drops, in the order of struct ovl_stats.
+# Datapath-wide counters besides drops, in the order of enum ovl_stat.
 # tap_rx / tap_tx count frames as segments; tap_rx_gso / tap_tx_gso count the TCP
 # super-frames among them (read and segmented / coalesced and written; C path with offloads).
 # tx_gso: UDP_SEGMENT sends carrying several VXLAN datagrams; rx_gro: UDP_GRO buffers holding several.
@@ -46,7 +48,7 @@ STAT_FIELDS: tuple[str, ...] = (
     "rx_gro",
 )
 
-# FDB counters, in the order of struct ovl_fdb_stats.
+# FDB counters, in the order of enum ovl_fdb_stat.
 FDB_FIELDS: tuple[str, ...] = ("learns", "moves", "refused_full", "aged")
 
 

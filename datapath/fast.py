@@ -1,4 +1,7 @@
-"""The C fast path (``csrc/ovl_fast.c``, compiled by cffi as ``datapath._ovl_fast``).
+"""The C fast path (``csrc/*.c`` behind the API of ``csrc/ovl.h``, compiled by cffi as ``datapath._ovl_fast``).
+
+Only functions of ``ovl.h`` are called: the configuration, the datapath context and the
+MAC table are opaque handles, counters and FDB rows come back as arrays.
 
 Same API and behaviour as the pure-Python references, which tests hold it to:
 
@@ -22,6 +25,7 @@ import importlib
 import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
@@ -43,7 +47,8 @@ ffi: Any = _ovl_fast.ffi if _ovl_fast is not None else None
 lib: Any = _ovl_fast.lib if _ovl_fast is not None else None
 
 _REMOTE_MAX = (1 << 31) - 1
-_C_MODES = {"vxlan": 0, "gre": 1} if lib is None else {"vxlan": lib.OVL_MODE_VXLAN, "gre": lib.OVL_MODE_GRE}
+# Buffers C fills before anything reads them need no zeroing.
+_raw_alloc: Any = ffi.new_allocator(should_clear_after_alloc=False) if ffi is not None else None
 
 
 def available() -> bool:
@@ -56,39 +61,43 @@ def _require() -> None:
         raise RuntimeError("the C fast path is not built: run `pip install -e .` or `python csrc/build.py`")
 
 
-def _addr32(addr: bytes) -> int:
-    """A 4-byte address as the uint32_t that holds it in network byte order."""
-    return int(struct.unpack("=I", addr)[0])
+# The C encapsulation id of each Config.mode (the one lookup of the mode here).
+_ENCAP_IDS: dict[str, str] = {"vxlan": "OVL_ENCAP_VXLAN", "gre": "OVL_ENCAP_GRE"}
+
+
+def encap_id(mode: str) -> int:
+    """The C side's id (enum ovl_encap_id) of encapsulation mode."""
+    _require()
+    return int(getattr(lib, _ENCAP_IDS[mode]))
+
+
+def _check(ret: int) -> None:
+    if ret < 0:
+        raise ValueError("configuration out of range for the C fast path (remotes, VLAN map)")
 
 
 def _make_config(cfg: Config, seed: int, tap_vnet: int = 0, udp_gro: bool = False) -> Any:
+    """The C configuration (struct ovl_config, opaque) of cfg: the one place that maps it field by field.
+
+    seed: the FDB hash seed; tap_vnet: the TAP's virtio header length (0: plain TAP);
+    udp_gro: the receiving socket has UDP_GRO on. ovl_dp_new checks the whole.
+    """
     _require()
-    c = ffi.new("struct ovl_config *")
-    t, encap = cfg.tunnel, cfg.encap
-    c.udp_gro = udp_gro and encap.udp
-    c.vnet_hdr_len = tap_vnet
-    c.rx_coalesce = bool(cfg.offload.coalesce and tap_vnet)
-    c.mode = _C_MODES[encap.name]
-    c.vni = t.vni or 0
-    c.key = t.key or 0
-    c.has_key = t.key is not None
-    c.dport = encap.port
-    c.udp_csum = t.udp_csum
-    c.ttl = t.ttl
-    c.underlay_mtu = cfg.underlay_mtu
-    c.batch = cfg.batch
-    c.slot_size = cfg.slot_size
-    c.n_remotes = len(cfg.remotes)
-    c.fdb_max = cfg.fdb.max_entries
-    c.fdb_ageing = cfg.fdb.ageing
-    c.fdb_seed = seed
-    for i, r in enumerate(cfg.remotes):
-        c.remote_addr[i] = _addr32(r.addr_bytes)
-        c.remote_local[i] = _addr32(r.local_bytes)
-    c.n_vlans = len(t.vlan_map)
-    for vlan, tid in t.vlan_map:
-        c.vlan_tid[vlan] = tid
-        c.vlan_mapped[vlan] = 1
+    encap = cfg.encap
+    c = lib.ovl_config_new(encap_id(encap.name))
+    if c == ffi.NULL:
+        raise MemoryError("cannot allocate a C configuration")
+    c = ffi.gc(c, lib.ovl_config_free)
+    # keyed: the base id travels in a header field (GRE without a key has none).
+    _check(lib.ovl_config_set_tunnel(c, encap.base_id, encap.tunnel_id is not None, encap.ttl))
+    _check(lib.ovl_config_set_udp(c, encap.port, encap.udp_csum))
+    _check(lib.ovl_config_set_ring(c, cfg.underlay_mtu, cfg.batch, cfg.slot_size))
+    _check(lib.ovl_config_set_fdb(c, cfg.fdb.max_entries, cfg.fdb.ageing, seed))
+    _check(lib.ovl_config_set_offloads(c, tap_vnet, cfg.offload.coalesce, udp_gro))
+    for r in cfg.remotes:
+        _check(lib.ovl_config_add_remote(c, r.addr_bytes, r.local_bytes))
+    for vlan, tid in cfg.tunnel.vlan_map:
+        _check(lib.ovl_config_map_vlan(c, vlan, tid))
     return c
 
 
@@ -131,7 +140,7 @@ def encap(cfg: Config, remote: int, frame: bytes | bytearray | memoryview) -> by
 
 
 def parse(cfg: Config, packet: bytes | bytearray | memoryview) -> tuple[int, int]:
-    """vxlan.parse(packet) / gre.parse(packet) (by cfg.mode): (offset of the inner frame or -Drop, tunnel id)."""
+    """cfg.encap.parse(packet): (offset of the inner frame or -Drop, tunnel id)."""
     c = _codec_config(cfg)
     buf = ffi.from_buffer("uint8_t[]", packet)
     tid = ffi.new("uint32_t *")
@@ -140,10 +149,13 @@ def parse(cfg: Config, packet: bytes | bytearray | memoryview) -> tuple[int, int
 
 
 def decap(cfg: Config, packet: bytes | bytearray | memoryview) -> int:
-    """vxlan.decap(packet, cfg.vni) / gre.decap(packet, cfg.key): offset of the inner frame or -Drop."""
+    """cfg.encap.decap(packet): offset of the inner frame in the base id, or -Drop."""
     c = _codec_config(cfg)
     buf = ffi.from_buffer("uint8_t[]", packet)
     return int(lib.ovl_decap(c, buf, len(buf)))
+
+
+_OFFLOAD_ROOM = 64  # segments per ovl_offload_frame call in offload_frame
 
 
 def offload_frame(vnet: bytes | bytearray | memoryview, frame: bytes | bytearray | memoryview) -> list[bytes]:
@@ -157,20 +169,23 @@ def offload_frame(vnet: bytes | bytearray | memoryview, frame: bytes | bytearray
     if len(vnet) != VNET_HDR_LEN:
         raise ValueError(f"a virtio_net_hdr is {VNET_HDR_LEN} bytes")
     vbuf = ffi.from_buffer("uint8_t[]", vnet)
-    fbuf = ffi.from_buffer("uint8_t[]", frame)
-    # At least one payload byte per segment; headers (Ethernet + 2 tags + IP + TCP) under 160 bytes.
-    max_segs = len(fbuf) + 1
-    cap = len(fbuf) * min(len(fbuf), 160) + len(fbuf) + 65536
-    out = ffi.new("uint8_t[]", max(cap, 1))
-    lens = ffi.new("uint32_t[]", max_segs)
-    n = int(lib.ovl_offload_frame(vbuf, fbuf, len(fbuf), out, cap, lens, max_segs))
-    if n < 0:
-        raise ValueError(f"dropped: {drop_name(-n)}")
-    segs, at = [], 0
-    for i in range(n):
-        segs.append(bytes(ffi.buffer(out + at, lens[i])))
-        at += lens[i]
-    return segs
+    data = bytearray(frame)  # a partial checksum is completed in place
+    fbuf = ffi.from_buffer("uint8_t[]", data)
+    # A slot for any segment: the headers are part of the frame, the payload at most gso_size.
+    slot = len(data) + struct.unpack_from("=H", bytes(vnet), 4)[0]
+    room = _OFFLOAD_ROOM
+    out = _raw_alloc("uint8_t[]", max(slot * room, 1))
+    seg = ffi.new("uint32_t *")
+    ptrs = ffi.new("uint8_t *[]", room)
+    lens = ffi.new("uint32_t[]", room)
+    segs: list[bytes] = []
+    while True:  # as the TX batch does when its ring fills: go on where the last call stopped
+        n = int(lib.ovl_offload_frame(vbuf, fbuf, len(data), seg, out, slot, ptrs, lens, room))
+        if n < 0:
+            raise ValueError(f"dropped: {drop_name(-n)}")
+        segs.extend(bytes(ffi.buffer(ptrs[i], lens[i])) for i in range(n))
+        if seg[0] == 0:
+            return segs
 
 
 # -- the MAC table --------------------------------------------------------------------
@@ -246,31 +261,37 @@ class FastFdb:
     def entries(self) -> list[FdbEntry]:
         """All entries (expired ones not yet swept included), unordered."""
         now = self._clock()
-        n = len(self)
-        rows = ffi.new("struct ovl_fdb_entry[]", max(n, 1))
-        n = lib.ovl_fdb_entries(self._fdb, now, rows, n)
+        cap = max(len(self), 1)
+        macs = ffi.new("uint8_t[]", 6 * cap)
+        vlans = ffi.new("uint16_t[]", cap)
+        remotes = ffi.new("int32_t[]", cap)
+        statics = ffi.new("uint8_t[]", cap)
+        ages = ffi.new("double[]", cap)
+        n = lib.ovl_fdb_entries(self._fdb, now, macs, vlans, remotes, statics, ages, cap)
         return [
-            FdbEntry(bytes(ffi.buffer(e.mac)), int(e.remote), bool(e.is_static), float(e.age), int(e.vlan))
-            for e in (rows[i] for i in range(n))
+            FdbEntry(
+                bytes(ffi.buffer(macs + 6 * i, 6)), int(remotes[i]), bool(statics[i]), float(ages[i]), int(vlans[i])
+            )
+            for i in range(n)
         ]
 
     def stats(self) -> dict[str, int]:
         """Counters: learns, moves, refused_full, aged; plus the current entry count."""
-        st = ffi.new("struct ovl_fdb_stats *")
-        lib.ovl_fdb_get_stats(self._fdb, st)
-        return {**{f: int(getattr(st, f)) for f in FDB_FIELDS}, "entries": len(self)}
+        ctr = ffi.new("uint64_t[]", len(FDB_FIELDS))
+        lib.ovl_fdb_counters(self._fdb, ctr, len(FDB_FIELDS))
+        return {**{f: int(ctr[i]) for i, f in enumerate(FDB_FIELDS)}, "entries": len(self)}
 
 
 # -- the forwarder ----------------------------------------------------------------------
 
 
 class FastForwarder:
-    """PyForwarder's interface on the C datapath context (struct ovl_dp).
+    """PyForwarder's interface on the C datapath context (an opaque struct ovl_dp).
 
-    ``tx`` and ``rx`` point the C rings at copies of the given buffers (the
-    batch functions strip and insert VLAN tags in place) and run the same
-    batch functions (``ovl_tx_process`` / ``ovl_rx_process``) that
-    ``from_tap`` / ``from_tunnel`` run on the buffers they read into.
+    ``tx``, ``rx`` and ``rx_plan`` load the C rings with copies of the given buffers (the
+    batch functions strip and insert VLAN tags in place) and run the same steps
+    (``ovl_tx_process``, ``ovl_rx_process``, ``ovl_rx_plan``) that ``from_tap`` /
+    ``from_tunnel`` run on the buffers they read into.
     """
 
     def __init__(
@@ -281,7 +302,7 @@ class FastForwarder:
         udp_gro: bool = False,
         gso_socks: Sequence[socket.socket] = (),
     ) -> None:
-        """tap_vnet: the TAP's virtio header length (10, see datapath.tap), 0 for a plain TAP.
+        """tap_vnet: the TAP's virtio header length (10, see datapath.io.tap), 0 for a plain TAP.
 
         udp_gro: the receiving socket has UDP_GRO on (VXLAN). gso_socks: UDP sockets
         (underlay.open_gso_sockets) that VXLAN packets leave through with UDP_SEGMENT.
@@ -297,17 +318,19 @@ class FastForwarder:
         if ptr == ffi.NULL:
             raise ValueError("configuration out of range for the C fast path (batch, MTU, FDB size, VLAN map)")
         self._dp = ffi.gc(ptr, lib.ovl_dp_free)
-        if cfg.encap.udp:
-            self._gso_socks = list(gso_socks)  # the fds stay open as long as the C side uses them
-            for i, s in enumerate(self._gso_socks):
-                self._dp.gso_fd[i] = s.fileno()
-            self._dp.n_gso_fd = len(self._gso_socks)
-        self.fdb = FastFdb._view(self._dp, self._dp.fdb, cfg.fdb.max_entries, cfg.fdb.ageing, clock)
+        self._gso_socks = list(gso_socks)  # the fds stay open as long as the C side uses them
+        fds = ffi.new("int32_t[]", [s.fileno() for s in self._gso_socks] or [-1])
+        lib.ovl_dp_set_gso_fds(self._dp, fds, len(self._gso_socks))
+        self.fdb = FastFdb._view(self._dp, lib.ovl_dp_fdb(self._dp), cfg.fdb.max_entries, cfg.fdb.ageing, clock)
         for mac, remote, vlan in cfg.static_entries:
             self.fdb.add_static(mac, remote, vlan=vlan)
-        self._src = {r.addr: _addr32(r.addr_bytes) for r in cfg.remotes}
+        self._src = {r.addr: r.addr_bytes for r in cfg.remotes}
         # What rx() passes for a source that is not a remote: any address no remote has.
-        self._not_remote = min(set(range(len(cfg.remotes) + 1)) - set(self._src.values()))
+        taken = {int.from_bytes(a, sys.byteorder) for a in self._src.values()}
+        self._not_remote = min(set(range(len(cfg.remotes) + 1)) - taken).to_bytes(4, sys.byteorder)
+        # Room for any packet or frame the rings hold (IPv4 total length, a super-frame).
+        self._out = _raw_alloc("uint8_t[]", 1 << 17)
+        self._vnet = ffi.new("uint8_t[]", 16)
 
     def _chunks(self, items: Iterable[Any]) -> Iterable[Sequence[Any]]:
         items = list(items)
@@ -320,41 +343,57 @@ class FastForwarder:
         """Frames from the TAP -> (remote index, outer packet) pairs to send."""
         dp = self._dp
         out: list[tuple[int, bytes]] = []
+        remote = ffi.new("uint32_t *")
         for chunk in self._chunks(frames):
             bufs = [ffi.from_buffer("uint8_t[]", bytearray(f)) for f in chunk]  # alive until the results are read
             for i, buf in enumerate(bufs):
-                dp.tx_in[i].data = buf
-                dp.tx_in[i].len = len(buf)
+                lib.ovl_tx_load(dp, i, buf, len(buf))
             k = lib.ovl_tx_process(dp, len(bufs), self._clock())
-            sent = [bytes(ffi.buffer(dp.tx_in[i].data, dp.tx_in[i].len)) for i in range(len(bufs))]
             for m in range(k):
-                o = dp.tx_out[m]
-                out.append((int(o.remote), bytes(ffi.buffer(o.hdr, o.hdr_len)) + sent[o.frame]))
+                n = lib.ovl_tx_packet(dp, m, remote, self._out, len(self._out))
+                out.append((int(remote[0]), bytes(ffi.buffer(self._out, n))))
         return out
+
+    def _rx_load(self, chunk: Sequence[tuple[bytes, str]]) -> list[Any]:
+        bufs = [ffi.from_buffer("uint8_t[]", bytearray(pkt)) for pkt, _ in chunk]  # alive until the results are read
+        for i, buf in enumerate(bufs):
+            lib.ovl_rx_load(self._dp, i, buf, len(buf), self._src.get(chunk[i][1], self._not_remote), 0)
+        lib.ovl_rx_process(self._dp, len(bufs), self._clock())
+        return bufs
 
     def rx(self, packets: Iterable[tuple[bytes, str]]) -> list[tuple[int, bytes]]:
         """(packet, outer source address) -> (remote index, inner frame) pairs for the TAP."""
-        dp = self._dp
         out: list[tuple[int, bytes]] = []
+        remote = ffi.new("int32_t *")
         for chunk in self._chunks(packets):
-            bufs = [ffi.from_buffer("uint8_t[]", bytearray(pkt)) for pkt, _ in chunk]
+            bufs = self._rx_load(chunk)
             for i, buf in enumerate(bufs):
-                e = dp.rx[i]
-                e.data = buf
-                e.len = len(buf)
-                e.src = self._src.get(chunk[i][1], self._not_remote)
-                e.truncated = 0
-            lib.ovl_rx_process(dp, len(bufs), self._clock())
-            for i in range(len(bufs)):
-                e = dp.rx[i]
-                if e.result >= 0:
-                    out.append((int(e.remote), bytes(ffi.buffer(e.data + e.result, e.len - e.result))))
+                off = lib.ovl_rx_result(self._dp, i, remote)
+                if off >= 0:
+                    out.append((int(remote[0]), bytes(ffi.buffer(buf)[off:])))
+        return out
+
+    def rx_plan(self, packets: Iterable[tuple[bytes, str]]) -> list[tuple[bytes, bytes, int]]:
+        """What from_tunnel writes to the TAP for these packets: (virtio header, frame, remote index) per write.
+
+        The same steps as from_tunnel (ovl_rx_process, then ovl_rx_plan: with rx_coalesce and
+        a virtio header, a TCP flow's segments of one batch become one super-frame), without a
+        socket or a TAP. Counted are rx_process's drops, not the TAP writes (tap_tx, rx_packets).
+        """
+        out: list[tuple[bytes, bytes, int]] = []
+        remote = ffi.new("int32_t *")
+        for chunk in self._chunks(packets):
+            bufs = self._rx_load(chunk)
+            for w in range(lib.ovl_rx_plan(self._dp, len(bufs))):
+                n = lib.ovl_rx_plan_write(self._dp, w, self._vnet, self._out, len(self._out), remote)
+                vnet = bytes(ffi.buffer(self._vnet, self.tap_vnet))
+                out.append((vnet, bytes(ffi.buffer(self._out, n)), int(remote[0])))
         return out
 
     # -- one batch of I/O -----------------------------------------------------------
 
     def _check_io(self) -> None:
-        err = self._dp.io_errno
+        err = lib.ovl_dp_io_errno(self._dp)
         if err:
             raise OSError(err, os.strerror(err))
 
@@ -375,14 +414,22 @@ class FastForwarder:
 
     # -- observation -------------------------------------------------------------------
 
+    def _counters(self, kind: int, n: int) -> list[int]:
+        buf = ffi.new("uint64_t[]", max(n, 1))
+        got = lib.ovl_dp_counters(self._dp, kind, buf, n)
+        return [int(buf[i]) for i in range(got)]
+
     def snapshot(self) -> Snapshot:
         """A copy of all counters."""
-        dp = self._dp
+        stats = self._counters(lib.OVL_COUNTERS_STATS, len(STAT_FIELDS))
+        drops = self._counters(lib.OVL_COUNTERS_DROPS, lib.OVL_DROP_COUNT)
+        width = len(REMOTE_FIELDS)
+        per_remote = self._counters(lib.OVL_COUNTERS_REMOTES, len(self.cfg.remotes) * width)
         return Snapshot(
-            stats={f: int(getattr(dp.stats, f)) for f in STAT_FIELDS},
-            drops={drop_name(d): int(dp.drops[d]) for d in Drop},
+            stats=dict(zip(STAT_FIELDS, stats, strict=True)),
+            drops={drop_name(d): drops[d] for d in Drop},
             remotes=[
-                {"remote": r.addr, **{f: int(getattr(dp.remotes[i], f)) for f in REMOTE_FIELDS}}
+                {"remote": r.addr, **dict(zip(REMOTE_FIELDS, per_remote[i * width : (i + 1) * width], strict=True))}
                 for i, r in enumerate(self.cfg.remotes)
             ],
             fdb=self.fdb.stats(),

@@ -1,6 +1,6 @@
 """The MAC table (forwarding database): (VLAN, inner MAC) -> remote index.
 
-Pure-Python reference of the C table in ``csrc/ovl_fast.c``; both follow the
+Pure-Python reference of the C table in ``csrc/fdb.c``; both follow the
 rules written here, and a differential test drives them with the same
 operation sequences.
 

@@ -703,7 +703,7 @@ def test_coalesce_off_without_flag_or_virtio() -> None:
         select.select([recv], [], [], 1)
         assert fwd.from_tunnel(recv, tap_end.fileno()) == 5
         assert [reader.recv(65536) for _ in segs] == [bytes(10) + f for f in segs]
-        assert fast.FastForwarder(_cfg(batch=4, rx_coalesce=True), tap_vnet=0)._dp.co == fast.ffi.NULL
+        assert not fast.lib.ovl_dp_coalescing(fast.FastForwarder(_cfg(batch=4, rx_coalesce=True), tap_vnet=0)._dp)
 
     run_isolated(body)
 
@@ -996,3 +996,105 @@ def test_checksum_word_at_a_time(fill: int) -> None:
                 chunk = data[start:]
                 for initial in (0, 0xFFFF, 0x1FFFE, 6 + len(chunk)):
                     assert fast.checksum(chunk, initial) == ipv4.checksum(chunk, initial), (n, start, initial)
+
+
+# -- the pure steps the datapath runs, without sockets or a TAP ---------------------------
+
+
+@pytest.mark.parametrize("room", [1, 3, 64])
+def test_offload_frame_goes_on_where_it_stopped(room: int) -> None:
+    """ovl_offload_frame with a small ring (room) hands out the segments over several calls, as the TX batch
+    does when it fills: the same segments, each into its slot; a slot too small for a segment is refused."""
+    big, l4 = super_frame(random.Random(room).randbytes(5000), opts=True)
+    v = vnet(NEEDS_CSUM, GSO_TCPV4, 0, 700, l4, 16)
+    expect = fast.offload_frame(v, big)
+    assert len(expect) == 8
+    lib, ffi = fast.lib, fast.ffi
+    slot = 900
+    frame = ffi.from_buffer("uint8_t[]", bytearray(big))
+    out = ffi.new("uint8_t[]", slot * room)
+    seg = ffi.new("uint32_t *")
+    segs, lens = ffi.new("uint8_t *[]", room), ffi.new("uint32_t[]", room)
+    got, calls = [], 0
+    while True:
+        n = lib.ovl_offload_frame(v, frame, len(big), seg, out, slot, segs, lens, room)
+        assert 1 <= n <= room
+        got += [bytes(ffi.buffer(segs[i], lens[i])) for i in range(n)]
+        assert all(segs[i] == out + i * slot for i in range(n))
+        calls += 1
+        if seg[0] == 0:
+            break
+        assert seg[0] == len(got)
+    assert got == expect and calls == -(-8 // room)
+    assert lib.ovl_offload_frame(v, frame, len(big), seg, out, 700, segs, lens, room) == -Drop.TX_TOO_BIG
+    plain = ffi.from_buffer("uint8_t[]", bytearray(segment_stream(1, 100)[0]))
+    assert lib.ovl_offload_frame(vnet(), plain, len(plain), seg, out, slot, segs, lens, room) == 1
+    assert segs[0] == plain  # in place: no copy
+    seg[0] = 1
+    assert lib.ovl_offload_frame(vnet(), plain, len(plain), seg, out, slot, segs, lens, room) == -Drop.TX_BAD_OFFLOAD
+
+
+def _plan(
+    frames: list[bytes], batch: int = 64, **kw: object
+) -> tuple[list[tuple[bytes, bytes, int]], fast.FastForwarder]:
+    fwd = fast.FastForwarder(_cfg(batch=batch, **kw), tap_vnet=10)
+    return fwd.rx_plan([(vxlan.header(99) + f, LO) for f in frames]), fwd
+
+
+@pytest.mark.parametrize(
+    "variant", ["v4", "v6", "v4_opts_vlan", "v6_qinq", "short_last", "mss_1"], ids=lambda v: str(v)
+)
+def test_rx_plan_coalesces_one_flow(variant: str) -> None:
+    """The coalescing step from_tunnel runs, run by rx_plan: one super-frame that, cut again as the kernel would,
+    gives the segments back byte for byte."""
+    tags: tuple[Packet, ...] = {"v4_opts_vlan": (Dot1Q(vlan=20),), "v6_qinq": (Dot1AD(vlan=5), Dot1Q(vlan=20))}.get(
+        variant, ()
+    )
+    mss = 1 if variant == "mss_1" else 1000
+    segs = segment_stream(20, mss, v6="v6" in variant, tags=tags, opts="opts" in variant)
+    if variant == "short_last":
+        p = Ether(segs[-1][:-300])
+        del p[TCP].chksum, p[IP].len, p[IP].chksum
+        segs[-1] = bytes(p)
+    plan, fwd = _plan(segs, rx_coalesce=True)
+    assert [(len(v), remote) for v, _, remote in plan] == [(10, 0)]
+    v, frame, _ = plan[0]
+    assert struct.unpack("=BBHHHH", v)[1] == (GSO_TCPV6 if "v6" in variant else GSO_TCPV4)
+    assert struct.unpack("=BBHHHH", v)[3] == mss
+    assert _resegment(v, frame) == segs
+    assert fwd.snapshot().stats["tap_tx"] == 0  # a plan: nothing written, nothing counted as written
+
+
+def test_rx_plan_mixed_batch() -> None:
+    """Interleaved flows and other traffic: super-frames end where they must, every frame is written once,
+    each flow in order."""
+    a = segment_stream(8, 1000)
+    b = segment_stream(4, 500, sport=40001)
+    arp = bytes(Ether(src="02:00:00:00:00:05", dst="ff:ff:ff:ff:ff:ff", type=0x0806) / Raw(bytes(28)))
+    bad_sum = bytearray(a[5])
+    bad_sum[-1] ^= 0xFF
+    frames = [a[0], b[0], a[1], arp, a[2], b[1], b[2], a[3], a[4], bytes(bad_sum), a[6], b[3], a[7]]
+    plan, _ = _plan(frames, rx_coalesce=True)
+    written = [_resegment(v, f) for v, f, _ in plan]
+    # The damaged segment ends a's super-frame; what is still open at the end goes out flow slot by flow slot.
+    assert written == [[arp], [a[0], a[1], a[2], a[3], a[4]], [bytes(bad_sum)], [a[6], a[7]], [b[0], b[1], b[2], b[3]]]
+
+
+def test_rx_plan_stays_within_iov_max() -> None:
+    """A batch of more tiny segments of one flow than writev takes iovecs: several super-frames, none lost."""
+    expect = segment_stream(1100, 40)
+    plan, _ = _plan(expect, batch=1024, rx_coalesce=True)
+    assert len(plan) == 3  # 1023 + 1 in the first batch (IOV_MAX 1024 with the virtio header), 76 in the second
+    assert [s for v, f, _ in plan for s in _resegment(v, f)] == expect
+
+
+@pytest.mark.parametrize("tap_vnet", [0, 10])
+def test_rx_plan_without_coalescing(tap_vnet: int) -> None:
+    """Without rx_coalesce the plan is one write per delivered frame: a zeroed virtio header (or none), the frame."""
+    segs = segment_stream(5, 1000)
+    packets = [(vxlan.header(99) + f, LO) for f in segs]
+    packets.insert(2, (vxlan.header(98) + segs[0], LO))  # another VNI: dropped, not written
+    for coalesce in (False, True) if tap_vnet == 0 else (False,):  # rx_coalesce needs the virtio header
+        fwd = fast.FastForwarder(_cfg(rx_coalesce=coalesce), tap_vnet=tap_vnet)
+        assert fwd.rx_plan(packets) == [(bytes(tap_vnet), f, 0) for f in segs]
+        assert fwd.snapshot().drops["rx_bad_vni"] == 1

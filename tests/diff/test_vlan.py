@@ -258,26 +258,29 @@ def test_config_accepts_and_normalises() -> None:
         assert out == [(0, ether.insert_vlan(eth(LOCAL, FAR), 4094))]
 
 
+def _c_accepts(c: object) -> bool:
+    dp = fast.lib.ovl_dp_new(c)
+    fast.lib.ovl_dp_free(dp)
+    return bool(dp != fast.ffi.NULL)
+
+
 @pytest.mark.skipif(not fast.available(), reason="C fast path not built")
 def test_c_refuses_a_bad_map() -> None:
     """The C context checks what it relies on, even if Python's validation were bypassed."""
-    good = fast.lib.ovl_dp_new(fast._make_config(cfg_with(vlan_map=((10, 5), (20, 6))), 1))
-    assert good != fast.ffi.NULL
-    fast.lib.ovl_dp_free(good)
+    assert _c_accepts(fast._make_config(cfg_with(vlan_map=((10, 5), (20, 6))), 1))
     for bad in ("count", "vlan0", "vlan4095", "dup", "base", "vni_range"):
-        c = fast._make_config(cfg_with(vlan_map=((10, 5), (20, 6))), 1)
-        if bad == "count":
-            c.n_vlans = 3
-        elif bad == "vlan0":
-            c.vlan_mapped[0] = 1
-            c.n_vlans = 3
-        elif bad == "vlan4095":
-            c.vlan_mapped[4095] = 1
-            c.n_vlans = 3
-        elif bad == "dup":
-            c.vlan_tid[20] = 5
-        elif bad == "base":
-            c.vlan_tid[20] = 0
-        else:
-            c.vlan_tid[20] = 1 << 24
-        assert fast.lib.ovl_dp_new(c) == fast.ffi.NULL, bad
+        c = fast._make_config(cfg_with(vlan_map=((10, 5),)), 1)
+        if bad == "count":  # a VLAN mapped twice (and one beyond the 12 bits) is refused when set
+            assert fast.lib.ovl_config_map_vlan(c, 10, 6) == -1
+            assert fast.lib.ovl_config_map_vlan(c, 4096, 6) == -1
+            assert _c_accepts(c), bad
+            continue
+        vlan, tid = {
+            "vlan0": (0, 6),
+            "vlan4095": (4095, 6),
+            "dup": (20, 5),
+            "base": (20, 0),
+            "vni_range": (20, 1 << 24),
+        }[bad]
+        assert fast.lib.ovl_config_map_vlan(c, vlan, tid) == 0
+        assert not _c_accepts(c), bad

@@ -1,0 +1,301 @@
+/* internal.h: what the units of the C fast path share, behind the public ovl.h.
+ *
+ *   csum.c         the Internet checksum (sum16, ovl_checksum)
+ *   flow.c         the flow hash (ovl_flow_hash)
+ *   fdb.c          the MAC table (struct ovl_fdb is private to it)
+ *   vlan.c         the VLAN map: VID of a frame, tunnel id -> VID
+ *   encap.c        the one table of encapsulations, the outer IPv4 / UDP headers they share,
+ *                  per-remote header templates, ovl_encap / ovl_parse / ovl_decap
+ *   encap_vxlan.c  VXLAN (RFC 7348)       encap_gre.c  GRE (RFC 2784, RFC 2890)
+ *   offload.c      pure steps: TSO segmentation of TAP reads, the TAP write plan (coalescing)
+ *   batch.c        the batch logic (tx / rx process) and the two driver loops
+ *   io.c           the syscalls: read, sendmmsg / UDP GSO sendmsg, recvmmsg / UDP GRO, write / writev
+ *   dp.c           the configuration setters, context create / free, accessors for Python
+ *
+ * Every function reproduces a pure-Python reference (named in its comment) byte
+ * for byte, including the order of checks, so that the same bad packet gets the
+ * same drop reason. Any read of a packet checks its length first.
+ */
+#ifndef OVL_INTERNAL_H
+#define OVL_INTERNAL_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* sendmmsg, recvmmsg */
+#endif
+
+#include "ovl.h"
+
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/uio.h>
+
+/* Ethernet and 802.1Q (<linux/if_ether.h>, <linux/if_vlan.h>). */
+#define ETH_ALEN 6
+#define ETH_HLEN 14
+#define VLAN_HLEN 4
+#define VLAN_VID_MASK 0x0FFF
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+#define ETH_P_TEB 0x6558 /* transparent Ethernet bridging */
+/* IPv4 (RFC 791), IPv6 (RFC 8200), UDP (RFC 768), TCP (RFC 9293). */
+#define IPV4_HLEN 20
+#define IPV6_HLEN 40
+#define IP_DF 0x4000
+#define UDP_HLEN 8
+#define TCP_HLEN 20
+#define TCP_FIN 0x01
+#define TCP_PSH 0x08
+#define TCP_ACK 0x10
+#define TCP_CWR 0x80
+/* udp_flow_src_port(): the kernel's default range of tunnel source ports. */
+#define SRC_PORT_MIN 32768
+#define SRC_PORT_MAX 61000
+#define VNET_HDR_MAX 12 /* struct virtio_net_hdr_mrg_rxbuf */
+
+/* The units' shared functions are not exported from the module. */
+#pragma GCC visibility push(hidden)
+
+/* ---- bytes in network order ---- */
+
+static inline uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+
+static inline uint32_t get32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static inline void put16(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static inline void put32(uint8_t *p, uint32_t v) {
+    put16(p, v >> 16);
+    put16(p + 2, v);
+}
+
+/* ---- the Internet checksum (csum.c) ---- */
+
+/* One's complement sum of the big-endian 16-bit words of p (an odd last byte padded
+ * with zero), not yet folded: callers add sums and fold once (RFC 1071). */
+uint64_t sum16(const uint8_t *p, size_t n);
+
+/* The end-around carry, complemented: the checksum field of sum s. */
+static inline uint16_t fold(uint64_t s) {
+    while (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16);
+    return (uint16_t)~s;
+}
+
+/* Sum of the TCP pseudo-header of the IPv4 / IPv6 header at ip (addresses, protocol, length). */
+static inline uint64_t tcp_pseudo_sum(const uint8_t *ip, uint32_t v6, uint32_t l4len) {
+    return (v6 ? sum16(ip + 8, 32) : sum16(ip + 12, 8)) + IPPROTO_TCP + l4len;
+}
+
+/* ---- the configuration (dp.c) ---- */
+
+struct ovl_encap_ops;
+
+struct ovl_config {
+    const struct ovl_encap_ops *ops; /* encap_ops(encap) */
+    uint32_t encap;                  /* enum ovl_encap_id */
+    uint32_t id;                     /* tunnel id of untagged traffic (VNI, GRE key or 0) */
+    uint32_t keyed;                  /* GRE: the base header carries a key */
+    uint32_t ttl;                    /* outer IPv4 TTL */
+    uint32_t port;                   /* UDP encapsulations: destination port */
+    uint32_t udp_csum;               /* UDP encapsulations: compute the UDP checksum */
+    uint32_t underlay_mtu;           /* largest outer packet */
+    uint32_t batch;                  /* frames / packets per call */
+    uint32_t slot_size;              /* bytes per ring slot */
+    uint32_t vnet_hdr_len;           /* 0: plain TAP; 10 or 12: a virtio_net_hdr leads every TAP read and write */
+    uint32_t rx_coalesce;            /* with vnet_hdr_len: TCP segments of a batch go to the TAP as super-frames */
+    uint32_t udp_gro;                /* UDP encapsulations: the receiving socket has UDP_GRO on */
+    uint32_t fdb_max;
+    double fdb_ageing; /* seconds, 0 = never */
+    uint64_t fdb_seed; /* hash seed of the MAC table */
+    uint32_t n_remotes;
+    uint32_t remote_addr[OVL_MAX_REMOTES];  /* network byte order */
+    uint32_t remote_local[OVL_MAX_REMOTES]; /* network byte order */
+    uint32_t n_vlans;                       /* entries set in vlan_mapped */
+    uint32_t vlan_tid[OVL_VLAN_COUNT];      /* VID -> tunnel id where vlan_mapped */
+    uint8_t vlan_mapped[OVL_VLAN_COUNT];    /* 1..4094 only (ovl_dp_new checks) */
+};
+
+/* ---- encapsulations (encap.c, encap_*.c) ---- */
+
+/* What an outer header carries: the tunnel id, and (GRE) whether it has a key field. */
+struct tunnel_id {
+    uint32_t id;
+    uint32_t keyed;
+};
+
+/* What the TX step works out once per frame and every copy of a flood shares. */
+struct tx_frame {
+    struct tunnel_id t;
+    uint32_t hash; /* flow hash (UDP encapsulations: the source port) */
+    uint64_t fsum; /* sum16 of the frame (UDP encapsulations with udp_csum) */
+};
+
+/* The outer header towards one remote, built once by outer_template: the IPv4 header
+ * (addresses, TTL, DF, protocol; length and checksum 0), the UDP header (destination
+ * port) and the encapsulation's constant fields. Per packet, outer_push copies it and
+ * patches length, checksums, source port and tunnel id. */
+struct ovl_outer {
+    uint8_t hdr[OVL_MAX_OUTER];
+    uint64_t ip_sum; /* sum16 of the IPv4 header as it stands */
+    uint64_t l4_sum; /* UDP: pseudo-header addresses + protocol + the constant UDP / encapsulation words */
+};
+
+/* One encapsulation: one of these per encap_*.c, chosen only through encap_ops(). */
+struct ovl_encap_ops {
+    const char *name;  /* DatapathConfig.mode */
+    uint8_t ip_proto;  /* outer IPv4 protocol */
+    uint8_t udp;       /* in UDP to cfg.port: source port from the flow hash (the frame needs an
+                        * Ethernet header), UDP checksum, UDP GSO / GRO sockets */
+    uint32_t id_max;   /* largest tunnel id */
+    int bad_id;        /* drop reason of a packet whose tunnel id is not ours */
+    /* Bytes of outer header (IPv4 included) in front of the inner frame. */
+    uint32_t (*outer_len)(uint32_t keyed);
+    /* Its constant header fields at h (behind IPv4 and UDP), once per remote; UDP
+     * encapsulations add the sum16 of what they wrote to *l4_sum. */
+    void (*tpl)(const struct ovl_config *c, uint8_t *h, uint64_t *l4_sum);
+    /* Per packet, h a copy of the template: patch in tunnel id, lengths and checksums (with
+     * ip4_patch / udp_patch) for an inner frame of flen bytes; returns the header length. */
+    uint32_t (*push)(const struct ovl_config *c, const struct ovl_outer *o, uint8_t *h, const struct tx_frame *tf,
+                     uint32_t flen);
+    /* A received packet as its socket delivers it (UDP: the payload; raw IPv4: the whole
+     * packet): offset of the inner frame and *tid, or -drop. The offset is at least
+     * VLAN_HLEN (ovl_rx_process may insert a tag in front of the frame, in place), and
+     * the packet holds an Ethernet header there. */
+    int (*parse)(const uint8_t *pkt, size_t len, uint32_t *tid);
+};
+
+extern const struct ovl_encap_ops encap_vxlan;
+extern const struct ovl_encap_ops encap_gre;
+
+/* The table entry of encapsulation id, or NULL. */
+const struct ovl_encap_ops *encap_ops(uint32_t id);
+/* The tunnel id of untagged traffic, as the outer header carries it. */
+struct tunnel_id base_tunnel(const struct ovl_config *c);
+/* Flow hash and frame sum as c's encapsulation needs them; -drop for a frame it cannot take. */
+int tx_frame_sums(const struct ovl_config *c, const uint8_t *f, size_t len, struct tx_frame *tf);
+/* The template of remote r (c->remote_* [r]). */
+void outer_template(const struct ovl_config *c, uint32_t r, struct ovl_outer *o);
+/* The outer header for a frame of flen bytes into h (OVL_MAX_OUTER bytes); returns its length. */
+uint32_t outer_push(const struct ovl_config *c, const struct ovl_outer *o, const struct tx_frame *tf, uint32_t flen,
+                    uint8_t *h);
+/* Outer IPv4, per packet: total length and header checksum. */
+void ip4_patch(uint8_t *h, const struct ovl_outer *o, uint32_t total);
+/* Outer UDP, per packet: source port, length, checksum (var_sum: sum16 of the encapsulation
+ * header words patched since the template). */
+void udp_patch(const struct ovl_config *c, const struct ovl_outer *o, uint8_t *h, uint32_t hash, uint32_t udp_len,
+               uint64_t var_sum, uint64_t fsum);
+/* ipv4.header_len: length of a sane IPv4 header at p, or -1. */
+int ip4_header_len(const uint8_t *p, size_t n);
+
+/* ---- the datapath context ---- */
+
+/* One packet to send: outer header here, inner frame in TX ring entry frame. */
+struct tx_out {
+    uint32_t frame;
+    uint16_t remote;
+    uint16_t hdr_len;
+    uint8_t hdr[OVL_MAX_OUTER];
+};
+
+/* One received packet; ovl_rx_process fills remote and result (and may rewrite the
+ * bytes before data + result to insert a VLAN tag). */
+struct rx_entry {
+    uint8_t *data;
+    uint32_t len;
+    uint32_t src;       /* outer source address, network byte order */
+    uint32_t truncated; /* the socket cut it short (MSG_TRUNC) */
+    int32_t remote;     /* remote index, or -1 */
+    int32_t result;     /* offset of the inner frame in data, or -drop */
+};
+
+/* One write to the TAP of the RX plan: iovecs wr_iov[iov..iov + iovcnt) (the virtio
+ * header first when there is one), carrying segs frames of bytes bytes from remote. */
+struct tap_write {
+    uint32_t iov, iovcnt, segs;
+    int32_t remote;
+    uint64_t bytes;
+    uint8_t vnet[VNET_HDR_MAX]; /* a super-frame's virtio header */
+};
+
+/* Where the TX offload step goes on: TAP read frame, its segment seg. */
+struct tx_cursor {
+    uint32_t frame, seg;
+};
+
+struct vlan_id; /* vlan.c */
+struct ovl_co;  /* offload.c: RX coalescing state */
+struct ovl_io;  /* io.c: mmsghdr / iovec / sockaddr arrays */
+
+struct ovl_dp {
+    struct ovl_config cfg; /* udp_gro, rx_coalesce as in effect */
+    uint32_t outer_len;
+    int io_errno; /* set when a read / recv failed other than by "no more data" */
+    uint64_t stats[OVL_STAT_COUNT];
+    uint64_t drops[OVL_DROP_COUNT];
+    uint64_t remotes[OVL_MAX_REMOTES][OVL_REMOTE_COUNT];
+    struct ovl_outer outer[OVL_MAX_REMOTES]; /* header templates */
+    struct ovl_fdb *fdb;
+    /* TX: batch entries (frame address and length), batch * n_remotes packets. */
+    uint8_t **tx_data;
+    uint32_t *tx_len;
+    struct tx_out *tx_out;
+    uint32_t n_out;    /* packets of the last ovl_tx_process */
+    uint8_t *tx_buf;   /* batch slots of tap_slot bytes: TAP reads */
+    uint32_t tap_slot; /* slot_size, or vnet_hdr_len + OVL_TAP_READ */
+    uint8_t *seg_buf;  /* batch slots of slot_size: TSO segments (vnet_hdr_len only) */
+    uint8_t **tap_data; /* batch entries: what each TAP read returned (vnet_hdr_len only) */
+    uint32_t *tap_len;
+    /* RX: rx_cap entries (batch, or batch * 64 with udp_gro) in batch slots of rx_slot bytes. */
+    struct rx_entry *rx;
+    uint32_t rx_cap;
+    uint32_t n_rx; /* entries of the last ovl_rx_process, not yet planned */
+    uint8_t *rx_buf;
+    uint32_t rx_slot;
+    /* The RX plan: rx_cap writes, 2 * rx_cap iovecs. */
+    struct tap_write *wr;
+    struct iovec *wr_iov;
+    uint32_t n_wr, n_wr_iov;
+    struct ovl_co *co; /* rx_coalesce only */
+    struct vlan_id *vlan_of_id;
+    struct ovl_io *io;
+    uint32_t n_gso_fd; /* UDP encapsulations: sockets for UDP_SEGMENT sends (0 = raw socket only) */
+    uint32_t gso_off;  /* set when a GSO send failed with EIO: raw socket from then on */
+    int32_t gso_fd[OVL_GSO_SOCKETS];
+};
+
+static inline void count_drop(struct ovl_dp *dp, int reason) { dp->drops[reason]++; }
+
+/* A frame that never reaches ovl_tx_process: counted as read, and dropped. */
+static inline void tap_drop(struct ovl_dp *dp, int reason) {
+    dp->stats[OVL_STAT_TAP_RX]++;
+    count_drop(dp, reason);
+}
+
+/* vlan.c */
+uint16_t frame_vlan(const uint8_t *f, size_t n);
+int vlan_map_init(struct ovl_dp *dp);
+uint16_t vlan_of_id(const struct ovl_dp *dp, uint32_t tid);
+
+/* offload.c */
+uint32_t tx_fill_offloaded(struct ovl_dp *dp, uint32_t n, struct tx_cursor *cur);
+int co_new(struct ovl_dp *dp);
+void co_free(struct ovl_co *co);
+
+/* io.c */
+int io_new(struct ovl_dp *dp);
+void io_free(struct ovl_io *io);
+uint32_t io_tap_read(struct ovl_dp *dp, int tap_fd);
+void io_send(struct ovl_dp *dp, uint32_t k, int send_fd);
+uint32_t io_recv(struct ovl_dp *dp, int recv_fd);
+void io_tap_write(struct ovl_dp *dp, int tap_fd);
+
+#pragma GCC visibility pop
+
+#endif

@@ -1,0 +1,316 @@
+/* io.c: the syscalls, and nothing else: TAP reads, sendmmsg and UDP GSO sendmsg of the
+ * TX packets, recvmmsg with UDP GRO control messages, the TAP writes of the RX plan.
+ * Each counts what the kernel accepted or refused. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define UDP_GSO_MAX_SEGS 64     /* segments per UDP_SEGMENT send (the kernel's limit on older kernels) */
+#define UDP_GSO_MAX_BYTES 65000 /* UDP payload per UDP_SEGMENT send (under 64 KiB with the headers) */
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#define OVL_UDP_SEGMENT 103 /* <linux/udp.h> */
+#define OVL_UDP_GRO 104
+#define RX_CMSG CMSG_SPACE(sizeof(int))
+#define ENCAP_HDR (IPV4_HLEN + UDP_HLEN) /* where a UDP encapsulation's own header starts */
+
+struct ovl_io {
+    struct mmsghdr *tx_msg;                     /* batch * n_remotes */
+    struct iovec *tx_iov;                       /* 2 per tx message: outer header, inner frame */
+    struct iovec gso_iov[2 * UDP_GSO_MAX_SEGS]; /* one UDP_SEGMENT send */
+    union {
+        char buf[CMSG_SPACE(sizeof(uint16_t))];
+        struct cmsghdr align;
+    } gso_cmsg;
+    struct mmsghdr *rx_msg; /* batch */
+    struct iovec *rx_iov;
+    struct sockaddr_in *rx_addr;
+    char *rx_cmsg;                               /* batch * RX_CMSG bytes (udp_gro) */
+    struct sockaddr_in dst[OVL_MAX_REMOTES];     /* remote address, port 0 (raw socket) */
+    struct sockaddr_in udp_dst[OVL_MAX_REMOTES]; /* remote address and port (UDP GSO sockets) */
+};
+
+void io_free(struct ovl_io *io) {
+    if (!io)
+        return;
+    free(io->tx_msg);
+    free(io->tx_iov);
+    free(io->rx_msg);
+    free(io->rx_iov);
+    free(io->rx_addr);
+    free(io->rx_cmsg);
+    free(io);
+}
+
+int io_new(struct ovl_dp *dp) {
+    const struct ovl_config *c = &dp->cfg;
+    size_t nb = c->batch, nout = nb * c->n_remotes;
+    struct ovl_io *io = dp->io = calloc(1, sizeof(*dp->io));
+    if (!io)
+        return -1;
+    io->tx_msg = calloc(nout, sizeof(*io->tx_msg));
+    io->tx_iov = calloc(2 * nout, sizeof(*io->tx_iov));
+    io->rx_msg = calloc(nb, sizeof(*io->rx_msg));
+    io->rx_iov = calloc(nb, sizeof(*io->rx_iov));
+    io->rx_addr = calloc(nb, sizeof(*io->rx_addr));
+    io->rx_cmsg = calloc(nb, RX_CMSG);
+    if (!io->tx_msg || !io->tx_iov || !io->rx_msg || !io->rx_iov || !io->rx_addr || !io->rx_cmsg)
+        return -1;
+    for (uint32_t r = 0; r < c->n_remotes; r++) {
+        io->dst[r].sin_family = AF_INET;
+        io->dst[r].sin_addr.s_addr = c->remote_addr[r];
+        io->udp_dst[r] = io->dst[r];
+        io->udp_dst[r].sin_port = htons((uint16_t)c->port);
+    }
+    return 0;
+}
+
+static int again(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
+
+/* ---- TAP -> underlay ---- */
+
+/* Read up to a batch from the (non-blocking) TAP into tx_buf: the TX ring (plain TAP), or
+ * tap_data / tap_len (virtio header). Returns frames read; an error other than "nothing
+ * more to read" ends the batch and is left in dp->io_errno. */
+uint32_t io_tap_read(struct ovl_dp *dp, int tap_fd) {
+    const struct ovl_config *c = &dp->cfg;
+    uint32_t n = 0;
+    while (n < c->batch) {
+        uint8_t *slot = dp->tx_buf + (size_t)n * dp->tap_slot;
+        /* slot_size exceeds underlay_mtu, so a frame that fills the slot,
+         * even cut short, is too big anyway and gets dropped as such. */
+        ssize_t got = read(tap_fd, slot, dp->tap_slot);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            if (!again(errno))
+                dp->io_errno = errno;
+            break;
+        }
+        (c->vnet_hdr_len ? dp->tap_data : dp->tx_data)[n] = slot;
+        (c->vnet_hdr_len ? dp->tap_len : dp->tx_len)[n] = (uint32_t)got;
+        n++;
+    }
+    return n;
+}
+
+static void sent(struct ovl_dp *dp, const struct tx_out *o) {
+    dp->remotes[o->remote][OVL_REMOTE_TX_PACKETS]++;
+    dp->remotes[o->remote][OVL_REMOTE_TX_BYTES] += dp->tx_len[o->frame];
+}
+
+/* UDP encapsulations through the UDP sockets of dp->gso_fd (UDP_SEGMENT): runs of packets to
+ * the same remote, with the same encapsulation header, from the same socket (picked by the
+ * flow's source port) and of one size (the last may be shorter) leave in one sendmsg, which
+ * the kernel cuts into datagrams. The kernel builds the outer IPv4 and UDP headers (with a
+ * UDP checksum: it refuses GSO without); the encapsulation header is the one outer_push
+ * built. Returns the number of packets from m handled; 0 if the kernel cannot do it (then
+ * dp->gso_off). */
+static uint32_t send_gso_run(struct ovl_dp *dp, uint32_t m, uint32_t k) {
+    struct ovl_io *io = dp->io;
+    const struct tx_out *o = &dp->tx_out[m];
+    uint32_t ehl = o->hdr_len - ENCAP_HDR, seg = ehl + dp->tx_len[o->frame];
+    uint32_t fd_i = get16(o->hdr + IPV4_HLEN) % dp->n_gso_fd;
+    uint32_t j = m, total = 0;
+    while (j < k && j - m < UDP_GSO_MAX_SEGS) {
+        const struct tx_out *x = &dp->tx_out[j];
+        uint32_t len = ehl + dp->tx_len[x->frame];
+        if (j > m && (x->remote != o->remote || x->hdr_len != o->hdr_len ||
+                      get16(x->hdr + IPV4_HLEN) % dp->n_gso_fd != fd_i ||
+                      memcmp(x->hdr + ENCAP_HDR, o->hdr + ENCAP_HDR, ehl) || len > seg ||
+                      total + len > UDP_GSO_MAX_BYTES))
+            break;
+        struct iovec *iov = &io->gso_iov[2 * (j - m)];
+        iov[0].iov_base = (void *)(x->hdr + ENCAP_HDR);
+        iov[0].iov_len = ehl;
+        iov[1].iov_base = dp->tx_data[x->frame];
+        iov[1].iov_len = dp->tx_len[x->frame];
+        total += len;
+        j++;
+        if (len < seg) /* a shorter one ends the run */
+            break;
+    }
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_name = &io->udp_dst[o->remote];
+    msg.msg_namelen = sizeof(io->udp_dst[0]);
+    msg.msg_iov = io->gso_iov;
+    msg.msg_iovlen = 2 * (j - m);
+    if (j - m > 1) {
+        uint16_t size = (uint16_t)seg;
+        msg.msg_control = io->gso_cmsg.buf;
+        msg.msg_controllen = sizeof(io->gso_cmsg.buf);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_UDP;
+        cm->cmsg_type = OVL_UDP_SEGMENT;
+        cm->cmsg_len = CMSG_LEN(sizeof(size));
+        memcpy(CMSG_DATA(cm), &size, sizeof(size));
+    }
+    ssize_t w;
+    do
+        w = sendmsg(dp->gso_fd[fd_i], &msg, 0);
+    while (w < 0 && errno == EINTR);
+    if (w < 0 && errno == EIO && j - m > 1) { /* the egress device cannot: plain sends from now on */
+        dp->gso_off = 1;
+        return 0;
+    }
+    for (uint32_t x = m; x < j; x++) {
+        if (w < 0)
+            count_drop(dp, OVL_DROP_TX_ERROR);
+        else
+            sent(dp, &dp->tx_out[x]);
+    }
+    if (w >= 0 && j - m > 1)
+        dp->stats[OVL_STAT_TX_GSO]++;
+    return j - m;
+}
+
+/* Send tx_out[0..k) with sendmmsg, outer header + inner frame of each as two iovecs (the
+ * frame is never copied, also when flooded), or with UDP GSO. */
+void io_send(struct ovl_dp *dp, uint32_t k, int send_fd) {
+    struct ovl_io *io = dp->io;
+    if (dp->n_gso_fd && !dp->gso_off && dp->cfg.ops->udp) {
+        uint32_t m = 0;
+        while (m < k) {
+            uint32_t done = send_gso_run(dp, m, k);
+            if (!done)
+                break; /* GSO refused: the rest goes the plain way */
+            m += done;
+        }
+        if (m == k)
+            return;
+        memmove(dp->tx_out, dp->tx_out + m, (k - m) * sizeof(*dp->tx_out));
+        k -= m;
+    }
+    for (uint32_t m = 0; m < k; m++) {
+        const struct tx_out *o = &dp->tx_out[m];
+        struct iovec *iov = &io->tx_iov[2 * m];
+        iov[0].iov_base = (void *)o->hdr;
+        iov[0].iov_len = o->hdr_len;
+        iov[1].iov_base = dp->tx_data[o->frame];
+        iov[1].iov_len = dp->tx_len[o->frame];
+        memset(&io->tx_msg[m], 0, sizeof(io->tx_msg[m]));
+        io->tx_msg[m].msg_hdr.msg_name = &io->dst[o->remote];
+        io->tx_msg[m].msg_hdr.msg_namelen = sizeof(io->dst[0]);
+        io->tx_msg[m].msg_hdr.msg_iov = iov;
+        io->tx_msg[m].msg_hdr.msg_iovlen = 2;
+    }
+    /* sendmmsg stops at the first failing message and reports the messages
+     * before it; the next call then returns that message's error. Count it
+     * and go on with the one after. */
+    for (uint32_t m = 0; m < k;) {
+        int n = sendmmsg(send_fd, &io->tx_msg[m], k - m, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            count_drop(dp, OVL_DROP_TX_ERROR);
+            m++;
+            continue;
+        }
+        for (int s = 0; s < n; s++, m++)
+            sent(dp, &dp->tx_out[m]);
+    }
+}
+
+/* ---- underlay -> TAP ---- */
+
+/* UDP_GRO: the size of the datagrams coalesced in the buffer of h, or 0. */
+static uint32_t gro_size(struct msghdr *h) {
+    uint32_t gso = 0;
+    if (h->msg_flags & MSG_CTRUNC)
+        return 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(h); cm; cm = CMSG_NXTHDR(h, cm)) {
+        if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == OVL_UDP_GRO && cm->cmsg_len >= CMSG_LEN(sizeof(int))) {
+            int v;
+            memcpy(&v, CMSG_DATA(cm), sizeof(v));
+            gso = v > 0 ? (uint32_t)v : 0;
+        }
+    }
+    return gso;
+}
+
+/* recvmmsg up to a batch into rx_buf -> RX ring entries (a UDP_GRO buffer split into the
+ * datagrams it holds); returns the entries. An error other than "no more data" is left in
+ * dp->io_errno. */
+uint32_t io_recv(struct ovl_dp *dp, int recv_fd) {
+    const struct ovl_config *c = &dp->cfg;
+    struct ovl_io *io = dp->io;
+    for (uint32_t i = 0; i < c->batch; i++) {
+        io->rx_iov[i].iov_base = dp->rx_buf + (size_t)i * dp->rx_slot;
+        io->rx_iov[i].iov_len = dp->rx_slot;
+        memset(&io->rx_msg[i], 0, sizeof(io->rx_msg[i]));
+        io->rx_msg[i].msg_hdr.msg_name = &io->rx_addr[i];
+        io->rx_msg[i].msg_hdr.msg_namelen = sizeof(io->rx_addr[i]);
+        io->rx_msg[i].msg_hdr.msg_iov = &io->rx_iov[i];
+        io->rx_msg[i].msg_hdr.msg_iovlen = 1;
+        if (c->udp_gro) {
+            io->rx_msg[i].msg_hdr.msg_control = io->rx_cmsg + (size_t)i * RX_CMSG;
+            io->rx_msg[i].msg_hdr.msg_controllen = RX_CMSG;
+        }
+    }
+    int got;
+    do
+        got = recvmmsg(recv_fd, io->rx_msg, c->batch, MSG_DONTWAIT, NULL);
+    while (got < 0 && errno == EINTR);
+    if (got < 0) {
+        if (!again(errno))
+            dp->io_errno = errno;
+        return 0;
+    }
+    uint32_t n = 0;
+    for (int i = 0; i < got; i++) {
+        struct msghdr *h = &io->rx_msg[i].msg_hdr;
+        uint8_t *data = io->rx_iov[i].iov_base;
+        uint32_t len = io->rx_msg[i].msg_len;
+        uint32_t truncated = (h->msg_flags & MSG_TRUNC) != 0;
+        uint32_t src = h->msg_namelen >= sizeof(struct sockaddr_in) ? io->rx_addr[i].sin_addr.s_addr : 0;
+        uint32_t gso = c->udp_gro ? gro_size(h) : 0;
+        if (len > dp->rx_slot) /* never trust a length beyond the slot */
+            len = dp->rx_slot;
+        if (gso && len > gso)
+            dp->stats[OVL_STAT_RX_GRO]++;
+        uint32_t off = 0;
+        do { /* several datagrams of gso bytes (the last may be shorter) in one buffer */
+            uint32_t piece = gso && len - off > gso ? gso : len - off;
+            if (n == dp->rx_cap) { /* more datagrams than rx entries: the rest is lost */
+                count_drop(dp, OVL_DROP_RX_TRUNCATED);
+                break;
+            }
+            struct rx_entry *e = &dp->rx[n++];
+            e->data = data + off;
+            e->len = piece;
+            /* A datagram bigger than a ring slot (only a GRO slot can hold one) is
+             * too big for anything the underlay MTU allows: dropped as truncated, as without GRO. */
+            e->truncated = truncated || piece > c->slot_size;
+            e->src = src;
+            off += piece;
+        } while (off < len);
+    }
+    return n;
+}
+
+/* The writes of the RX plan (ovl_rx_plan) to the TAP, each counted when it is done. */
+void io_tap_write(struct ovl_dp *dp, int tap_fd) {
+    for (uint32_t i = 0; i < dp->n_wr; i++) {
+        const struct tap_write *w = &dp->wr[i];
+        const struct iovec *iov = &dp->wr_iov[w->iov];
+        ssize_t n;
+        if (w->segs > 1)
+            dp->stats[OVL_STAT_TAP_TX_GSO]++;
+        do
+            n = w->iovcnt == 1 ? write(tap_fd, iov->iov_base, iov->iov_len) : writev(tap_fd, iov, (int)w->iovcnt);
+        while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            dp->drops[OVL_DROP_RX_TAP_ERROR] += w->segs;
+            continue;
+        }
+        dp->stats[OVL_STAT_TAP_TX] += w->segs;
+        dp->remotes[w->remote][OVL_REMOTE_RX_PACKETS] += w->segs;
+        dp->remotes[w->remote][OVL_REMOTE_RX_BYTES] += w->bytes;
+    }
+    dp->n_wr = 0;
+}

@@ -1,0 +1,265 @@
+/* ovl.h: the public API of ovl-dp's C fast path, and the cffi cdef.
+ *
+ * "Python decides; C moves bytes." Python builds an opaque configuration with
+ * ovl_config_new() and its setters, creates a datapath context from it with
+ * ovl_dp_new(), and then makes one call per batch: ovl_from_tap() /
+ * ovl_from_tunnel() do the I/O (read / sendmmsg, recvmmsg / write) around the
+ * pure steps ovl_tx_process() / ovl_rx_process() (the packet logic) and, with
+ * TAP offloads, ovl_offload_frame() (TSO segmentation) and ovl_rx_plan() (the
+ * TAP writes, TCP segments coalesced). The Python wrapper runs exactly these
+ * steps on buffers of its own (ovl_tx_load / ovl_rx_load), so tests drive the
+ * code that the I/O path runs.
+ *
+ * Nothing of the context's layout is public: the types below are declared,
+ * never defined here. Counters leave C as uint64_t arrays in the order of the
+ * enums (the order of datapath/counters.py), FDB rows as parallel arrays.
+ *
+ * The behaviour is defined by the pure-Python reference (datapath/vxlan.py,
+ * gre.py, ipv4.py, ether.py, fdb.py, pypath.py); tests hold the two equal.
+ *
+ * The section between BEGIN CDEF and END CDEF is read verbatim by
+ * csrc/build.py as the cffi cdef, so it holds only plain declarations: no
+ * struct bodies, no includes, no macros but integer constants.
+ */
+#ifndef OVL_H
+#define OVL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* BEGIN CDEF */
+#define OVL_MAX_REMOTES 64
+#define OVL_MAX_OUTER 36 /* outer IPv4 + UDP + VXLAN; GRE with a key needs 28 */
+#define OVL_MAX_BATCH 1024
+#define OVL_MAX_SLOT 65600
+#define OVL_VLAN_COUNT 4096 /* 12-bit VLAN IDs; 0 = untagged */
+#define OVL_TAP_READ 65600 /* largest frame read from a TAP with offloads (64 KiB GSO + headers) */
+#define OVL_GSO_SOCKETS 16 /* at most this many UDP sockets for UDP GSO sends */
+#define OVL_VNET_HDR_LEN 10 /* struct virtio_net_hdr */
+#define OVL_VNET_F_NEEDS_CSUM 1
+#define OVL_VNET_F_DATA_VALID 2
+#define OVL_VNET_GSO_NONE 0
+#define OVL_VNET_GSO_TCPV4 1
+#define OVL_VNET_GSO_TCPV6 4
+#define OVL_VNET_GSO_ECN 0x80
+
+/* Encapsulations: the index of the one table of encapsulation functions (encap.c). */
+enum ovl_encap_id {
+    OVL_ENCAP_VXLAN = 0,
+    OVL_ENCAP_GRE = 1,
+    OVL_ENCAP_COUNT = 2
+};
+
+/* Drop reasons: the values of datapath.counters.Drop. */
+enum ovl_drop {
+    OVL_DROP_TX_RUNT = 1,
+    OVL_DROP_TX_TOO_BIG = 2,
+    OVL_DROP_TX_ERROR = 3,
+    OVL_DROP_RX_NOT_REMOTE = 4,
+    OVL_DROP_RX_TRUNCATED = 5,
+    OVL_DROP_RX_BAD_FLAGS = 6,
+    OVL_DROP_RX_BAD_VNI = 7,
+    OVL_DROP_RX_BAD_VERSION = 8,
+    OVL_DROP_RX_BAD_PROTO = 9,
+    OVL_DROP_RX_BAD_KEY = 10,
+    OVL_DROP_RX_BAD_CSUM = 11,
+    OVL_DROP_RX_BAD_SRC_MAC = 12,
+    OVL_DROP_RX_TAP_ERROR = 13,
+    OVL_DROP_TX_BAD_OFFLOAD = 14, /* virtio header or GSO super-frame we cannot handle */
+    OVL_DROP_COUNT = 15 /* size of the drops array; index 0 is unused */
+};
+
+/* Outcome of ovl_fdb_learn: the values of datapath.fdb.Learn. */
+enum ovl_learn {
+    OVL_LEARN_REFRESHED = 0,
+    OVL_LEARN_LEARNED = 1,
+    OVL_LEARN_MOVED = 2,
+    OVL_LEARN_STATIC = 3,
+    OVL_LEARN_FULL = 4
+};
+
+/* Datapath-wide counters: indices in the order of datapath.counters.STAT_FIELDS. */
+enum ovl_stat {
+    OVL_STAT_TAP_RX = 0,
+    OVL_STAT_TAP_TX = 1,
+    OVL_STAT_TX_UNICAST = 2,
+    OVL_STAT_TX_FLOODED = 3,
+    OVL_STAT_TAP_RX_GSO = 4, /* TCP super-frames read from the TAP (each counted in tap_rx per segment) */
+    OVL_STAT_TAP_TX_GSO = 5, /* super-frames written to the TAP (each counted in tap_tx per segment) */
+    OVL_STAT_TX_GSO = 6,     /* UDP_SEGMENT sends of several datagrams (each counted in tx_packets) */
+    OVL_STAT_RX_GRO = 7,     /* UDP_GRO buffers of several datagrams received */
+    OVL_STAT_COUNT = 8
+};
+
+/* Per-remote counters: indices in the order of datapath.counters.REMOTE_FIELDS. */
+enum ovl_remote_stat {
+    OVL_REMOTE_TX_PACKETS = 0,
+    OVL_REMOTE_TX_BYTES = 1,
+    OVL_REMOTE_TX_FLOOD = 2,
+    OVL_REMOTE_RX_PACKETS = 3,
+    OVL_REMOTE_RX_BYTES = 4,
+    OVL_REMOTE_COUNT = 5
+};
+
+/* FDB counters: indices in the order of datapath.counters.FDB_FIELDS. */
+enum ovl_fdb_stat {
+    OVL_FDB_LEARNS = 0,
+    OVL_FDB_MOVES = 1,
+    OVL_FDB_REFUSED_FULL = 2,
+    OVL_FDB_AGED = 3,
+    OVL_FDB_COUNT = 4
+};
+
+/* Which counters ovl_dp_counters copies out. */
+enum ovl_counters {
+    OVL_COUNTERS_STATS = 0,   /* OVL_STAT_COUNT values */
+    OVL_COUNTERS_DROPS = 1,   /* OVL_DROP_COUNT values, by drop reason */
+    OVL_COUNTERS_REMOTES = 2, /* OVL_REMOTE_COUNT values per remote, remote after remote */
+    OVL_COUNTERS_FDB = 3      /* OVL_FDB_COUNT values */
+};
+
+struct ovl_config; /* what ovl_dp_new needs; built with the ovl_config_* setters */
+struct ovl_fdb;    /* the MAC table */
+struct ovl_dp;     /* the datapath context: configuration, rings, counters, FDB */
+
+/* ---- pure functions ---- */
+
+/* ether.flow_hash: FNV-1a of the inner flow key (len >= 14; a shorter frame hashes to the offset basis). */
+uint32_t ovl_flow_hash(const uint8_t *frame, size_t len);
+/* ipv4.checksum: the Internet checksum of data, the one's complement sum starting at initial. */
+uint16_t ovl_checksum(const uint8_t *data, size_t len, uint64_t initial);
+/* The name of encapsulation id (DatapathConfig.mode), or NULL for an id without one. */
+const char *ovl_encap_name(uint32_t encap);
+
+/* ---- the configuration ---- */
+
+/* A configuration for encapsulation encap (enum ovl_encap_id) with nothing else set, or NULL for
+ * an unknown id or no memory. The setters only store (and refuse what does not fit the storage,
+ * returning -1); ovl_dp_new checks the whole. */
+struct ovl_config *ovl_config_new(uint32_t encap);
+/* Release c (a context made from it keeps its own copy). */
+void ovl_config_free(struct ovl_config *c);
+/* The tunnel id of untagged traffic (VNI, GRE key; 0 for GRE without a key) and whether the header
+ * carries it where the protocol makes it optional (GRE's K bit); outer IPv4 TTL. 0. */
+int ovl_config_set_tunnel(struct ovl_config *c, uint32_t id, uint32_t keyed, uint32_t ttl);
+/* Encapsulations in UDP: the destination port, and whether to compute the UDP checksum. 0. */
+int ovl_config_set_udp(struct ovl_config *c, uint32_t port, uint32_t udp_csum);
+/* Largest outer packet; frames / packets per batch; bytes per ring slot. 0. */
+int ovl_config_set_ring(struct ovl_config *c, uint32_t underlay_mtu, uint32_t batch, uint32_t slot_size);
+/* The MAC table: size cap, ageing in seconds (0 = never), hash seed. 0. */
+int ovl_config_set_fdb(struct ovl_config *c, uint32_t max_entries, double ageing, uint64_t seed);
+/* vnet_hdr_len: 0 for a plain TAP, 10 or 12 when a virtio_net_hdr leads every TAP read and write;
+ * rx_coalesce (with vnet_hdr_len): TCP segments of a batch go to the TAP as super-frames;
+ * udp_gro (encapsulations in UDP): the receiving socket has UDP_GRO on. 0. */
+int ovl_config_set_offloads(struct ovl_config *c, uint32_t vnet_hdr_len, uint32_t rx_coalesce, uint32_t udp_gro);
+/* Add a remote: its IPv4 address and the local address we send to it from (4 bytes each, network
+ * order). Returns its index, or -1 when OVL_MAX_REMOTES are there. */
+int ovl_config_add_remote(struct ovl_config *c, const uint8_t *addr, const uint8_t *local);
+/* Frames of VLAN vlan leave untagged in tunnel id tid and come back tagged. -1 for a VLAN
+ * beyond OVL_VLAN_COUNT or one already mapped. */
+int ovl_config_map_vlan(struct ovl_config *c, uint32_t vlan, uint32_t tid);
+/* DatapathConfig.outer_len: bytes of outer header in front of an untagged frame. */
+uint32_t ovl_outer_len(const struct ovl_config *c);
+
+/* ---- codecs (the functions the batch steps use, for one packet) ---- */
+
+/* vxlan.encap / gre.encap: the outer packet for frame to remote r, into out (cap bytes). Its
+ * length, or -drop (TX_ERROR: no such remote; TX_RUNT; TX_TOO_BIG: beyond 64 KiB or cap). */
+int ovl_encap(const struct ovl_config *c, uint32_t remote, const uint8_t *frame, size_t len, uint8_t *out,
+              size_t cap);
+/* vxlan.parse / gre.parse: offset of the inner frame and *tid, or -drop and *tid = 0. */
+int ovl_parse(const struct ovl_config *c, const uint8_t *pkt, size_t len, uint32_t *tid);
+/* vxlan.decap(pkt, vni) / gre.decap(pkt, key): ovl_parse accepting only the base tunnel id. */
+int ovl_decap(const struct ovl_config *c, const uint8_t *pkt, size_t len);
+/* One frame read from a TAP with its virtio_net_hdr (vnet, OVL_VNET_HDR_LEN bytes, native endian),
+ * as the TX batch cuts it: a TCP super-frame (gso_type TCPV4/TCPV6) into gso_size segments, each
+ * written into a slot of slot bytes at out; any other frame is its own one segment, at frame, a
+ * partial checksum (NEEDS_CSUM) completed in place. Segments from *seg on, at most room of them;
+ * their addresses go to segs, their lengths to lens; *seg is left where the next call goes on,
+ * 0 once the frame is done. Returns the number of segments (>= 1), or -drop: -OVL_DROP_TX_BAD_OFFLOAD,
+ * or -OVL_DROP_TX_TOO_BIG when a segment (headers + gso_size) does not fit a slot. */
+int ovl_offload_frame(const uint8_t *vnet, uint8_t *frame, uint32_t len, uint32_t *seg, uint8_t *out,
+                      uint32_t slot, uint8_t **segs, uint32_t *lens, uint32_t room);
+
+/* ---- the MAC table (fdb.Fdb) ---- */
+
+/* NULL if max_entries is not 1..2**28, ageing is negative or memory is short. */
+struct ovl_fdb *ovl_fdb_new(uint32_t max_entries, double ageing, uint64_t seed);
+/* Release a table of ovl_fdb_new (never the one of a context). */
+void ovl_fdb_free(struct ovl_fdb *fdb);
+/* Remote index of mac in vlan, or -1 (an expired entry is removed and counted as aged). */
+int32_t ovl_fdb_lookup(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan, double now);
+/* Record that mac was seen in vlan behind remote: enum ovl_learn. */
+int ovl_fdb_learn(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan, int32_t remote, double now);
+/* Pin mac in vlan to remote; 0, or -1 at the size cap. */
+int ovl_fdb_add_static(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan, int32_t remote);
+/* Forget mac in vlan; 1 if it was there. */
+int ovl_fdb_remove(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan);
+/* Remove every learned entry past its age; returns how many. */
+uint32_t ovl_fdb_expire(struct ovl_fdb *fdb, double now);
+/* Entries in the table (expired ones not yet swept included). */
+uint32_t ovl_fdb_count(const struct ovl_fdb *fdb);
+/* Up to cap entries as parallel arrays (macs: 6 bytes each; ages: seconds since last seen, 0 for
+ * static); returns how many. */
+uint32_t ovl_fdb_entries(const struct ovl_fdb *fdb, double now, uint8_t *macs, uint16_t *vlans, int32_t *remotes,
+                         uint8_t *statics, double *ages, uint32_t cap);
+/* The counters (enum ovl_fdb_stat), up to n of them; returns how many were copied. */
+uint32_t ovl_fdb_counters(const struct ovl_fdb *fdb, uint64_t *out, uint32_t n);
+
+/* ---- the datapath context ---- */
+
+/* A context for configuration c (copied), or NULL if c is out of range or memory is short. */
+struct ovl_dp *ovl_dp_new(const struct ovl_config *c);
+/* Release dp, its rings and its MAC table. */
+void ovl_dp_free(struct ovl_dp *dp);
+/* The context's MAC table (lives as long as dp). */
+struct ovl_fdb *ovl_dp_fdb(struct ovl_dp *dp);
+/* Encapsulations in UDP: the UDP sockets packets leave through with UDP_SEGMENT (picked by source
+ * port). Returns how many are used (0 for other encapsulations), -1 for more than OVL_GSO_SOCKETS. */
+int ovl_dp_set_gso_fds(struct ovl_dp *dp, const int32_t *fds, uint32_t n);
+/* Copies counters of one kind (enum ovl_counters) to out, at most n; returns how many. */
+uint32_t ovl_dp_counters(const struct ovl_dp *dp, uint32_t kind, uint64_t *out, uint32_t n);
+/* The errno of the last batch's failed read / receive (other than "no more data"), or 0. */
+int ovl_dp_io_errno(const struct ovl_dp *dp);
+/* 1 if TCP segments are coalesced on the way to the TAP (rx_coalesce with a virtio header). */
+int ovl_dp_coalescing(const struct ovl_dp *dp);
+
+/* ---- the batch steps, on buffers the caller loads ---- */
+
+/* TX ring entry i (< batch) := frame data (len bytes; ovl_tx_process strips a mapped VLAN's tag in
+ * place). 0, or -1 for i out of range. */
+int ovl_tx_load(struct ovl_dp *dp, uint32_t i, uint8_t *data, uint32_t len);
+/* PyForwarder.tx: TX ring entries 0..n -> packets to send; returns their number. */
+uint32_t ovl_tx_process(struct ovl_dp *dp, uint32_t n, double now);
+/* Packet m of the last ovl_tx_process: its remote to *remote, outer header + frame to out if its
+ * length fits cap. Returns that length, or -1 for m out of range. */
+int ovl_tx_packet(const struct ovl_dp *dp, uint32_t m, uint32_t *remote, uint8_t *out, uint32_t cap);
+/* RX ring entry i (< batch; 64 times that with udp_gro) := packet data (len bytes, as the socket delivered it; a VLAN tag may be
+ * inserted in place before the inner frame) from outer source src (4 bytes, network order); truncated:
+ * the socket cut it short. 0, or -1 for i out of range. */
+int ovl_rx_load(struct ovl_dp *dp, uint32_t i, uint8_t *data, uint32_t len, const uint8_t *src, uint32_t truncated);
+/* PyForwarder.rx: decapsulates, checks and learns RX ring entries 0..n; returns frames to deliver. */
+uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now);
+/* Entry i after ovl_rx_process: offset of the inner frame in its data, or -drop; *remote. */
+int ovl_rx_result(const struct ovl_dp *dp, uint32_t i, int32_t *remote);
+/* The TAP writes for entries 0..n after ovl_rx_process, in order: one per delivered frame, or with
+ * coalescing one per super-frame (the first segment's headers are rewritten in place). Returns their
+ * number; nothing is written and nothing counted until ovl_from_tunnel does it. */
+uint32_t ovl_rx_plan(struct ovl_dp *dp, uint32_t n);
+/* Write w of the last ovl_rx_plan: its virtio header to vnet (vnet_hdr_len bytes), its frame to out
+ * if it fits cap, its remote to *remote. Returns the frame's length, or -1 for w out of range. */
+int ovl_rx_plan_write(const struct ovl_dp *dp, uint32_t w, uint8_t *vnet, uint8_t *out, uint32_t cap,
+                      int32_t *remote);
+
+/* ---- one batch of I/O ---- */
+
+/* PyForwarder.from_tap: read up to a batch from the (non-blocking) TAP, segment (virtio header),
+ * process and send. Returns frames read; a read error other than EAGAIN ends the batch and is left
+ * for ovl_dp_io_errno. */
+int ovl_from_tap(struct ovl_dp *dp, int tap_fd, int send_fd, double now);
+/* PyForwarder.from_tunnel: recvmmsg up to a batch (UDP_GRO buffers split), process, write the plan
+ * to the TAP. Returns packets received. */
+int ovl_from_tunnel(struct ovl_dp *dp, int recv_fd, int tap_fd, double now);
+/* END CDEF */
+
+#endif
