@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
         if missing_ovs:
             print(f"note: {missing_ovs}; showing the scenario with Linux bridges instead", flush=True)
 
-    modes = ["gre", "vxlan"] if args.mode == "both" else [args.mode]
+    modes = {"both": ["gre", "vxlan"]}.get(args.mode, [args.mode])
     ok = True
     with sigterm_raises_interrupt():  # SIGTERM tears the lab down as Ctrl-C does
         for mode in modes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -177,3 +179,17 @@ def test_gre_parse_random(pkt: bytes, key: int | None) -> None:
 @pytest.mark.parametrize(("name", "packet", "key", "expect"), list(malformed_gre()), ids=lambda v: "")
 def test_gre_parse_malformed(name: str, packet: bytes, key: int | None, expect: int) -> None:
     assert fast.parse(gre_cfg(), packet) == gre.parse(packet), name
+
+
+@pytest.mark.parametrize("fill", [0x00, 0xFF, 0x80, 0x01])
+def test_checksum_word_at_a_time(fill: int) -> None:
+    """The 8-bytes-at-a-time sum: every length and alignment, carries of long runs of 0xFF, odd last bytes."""
+    from datapath.encap import ipv4
+
+    rnd = random.Random(fill)
+    for n in [*range(0, 70), 1499, 1500, 9000, 65535]:
+        for data in (bytes([fill]) * n, rnd.randbytes(n)):
+            for start in (0, 1, 3):
+                chunk = data[start:]
+                for initial in (0, 0xFFFF, 0x1FFFE, 6 + len(chunk)):
+                    assert fast.checksum(chunk, initial) == ipv4.checksum(chunk, initial), (n, start, initial)

@@ -19,8 +19,10 @@ from datapath.encap import lookup
 from datapath.engine import Engine
 from datapath.errors import SetupError
 from datapath.ether import format_mac
+from datapath.io import tap
 from tests.isolated import run_isolated
 from tests.netns.netutil import exists, ip
+from tests.offload_frames import _cfg as offload_cfg
 
 pytestmark = pytest.mark.netns
 
@@ -265,6 +267,67 @@ def test_describe_underlay(mode: str, path: str, text: str) -> None:
         try:
             assert eng.describe_underlay() == text
             assert eng.udp_gro == (mode == "vxlan" and path == "fast")
+        finally:
+            eng.close()
+
+    run_isolated(body)
+
+
+# -- which offloads the engine turns on -----------------------------------------------------
+
+SOL_UDP = 17
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_engine_picks_tap_flags_by_forwarder(fast_path: bool) -> None:
+    """The C path gets the virtio header and offloads; the Python path a plain TAP; tap_offloads=False too."""
+
+    def body() -> None:
+        from datapath.engine import Engine
+
+        for offloads in (True, False):
+            cfg = offload_cfg(
+                mode="gre", vni=None, tap_mtu=1462, tap_name="ovleng0", tap_offloads=offloads, fast=fast_path
+            )
+            eng = Engine(cfg)
+            try:
+                on = fast_path and offloads
+                assert eng.fast == fast_path
+                assert eng.tap.vnet_hdr_len == (10 if on else 0)
+                assert bool(eng.tap.offloads & tap.TUN_F_TSO4) == on
+                assert getattr(eng.forwarder, "tap_vnet", 0) == eng.tap.vnet_hdr_len
+            finally:
+                eng.close()
+
+    run_isolated(body)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("udp_gso", [False, True])
+def test_engine_underlay_offloads(udp_gso: bool) -> None:
+    """The engine turns UDP_GRO on for the C path (VXLAN) unless told not to, and opens the UDP GSO pool only
+    when asked."""
+
+    def body() -> None:
+        from datapath.engine import Engine
+
+        cfg = offload_cfg(tap_name="ovleng1", udp_gso=udp_gso)
+        eng = Engine(cfg)
+        try:
+            assert eng.udp_gro and len(eng.gso_socks) == (8 if udp_gso else 0)
+            assert ("udp_segment via 8" in eng.describe_underlay()) == udp_gso
+        finally:
+            eng.close()
+        eng = Engine(offload_cfg(tap_name="ovleng1", fast=False))
+        try:
+            assert not eng.udp_gro and not eng.gso_socks and eng.describe_underlay() == "none"
+        finally:
+            eng.close()
+        eng = Engine(offload_cfg(tap_name="ovleng1", tap_offloads=False))  # --offload off: no UDP_GRO either
+        try:
+            assert not eng.udp_gro and eng.describe_underlay().startswith("no udp_gro")
+            assert eng.recv_sock.getsockopt(SOL_UDP, 104) == 0
         finally:
             eng.close()
 
