@@ -14,13 +14,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from control.config import ConfigSource
 from datapath import fdb
-from datapath.config import BRIDGE_TYPES, OFFLOAD_POLICIES, Config, ConfigError, from_keys
+from datapath.config import BRIDGE_TYPES, OFFLOAD_POLICIES, ConfigError
 from datapath.encap import MODES
 from datapath.errors import SetupError
-from datapath.ether import parse_mac
+from datapath.ether import format_mac, parse_mac
 
 EXIT_USAGE = 2
+CONTROL_COMMANDS = ("show", "fdb", "remote", "reload")
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
 
@@ -56,8 +58,8 @@ def _ranged(name: str, lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
-def _mtu(text: str) -> int | None:
-    return None if text == "auto" else _number("MTU")(text)
+def _mtu(text: str) -> int | str:
+    return "auto" if text == "auto" else _number("MTU")(text)
 
 
 def _seconds(text: str) -> float:
@@ -88,13 +90,22 @@ def _vlan_map(text: str) -> tuple[int, int]:
 
 
 def _run_arguments(run: argparse.ArgumentParser) -> None:
-    """`ovl-dp run`'s options; each one's dest is the configuration key it sets (datapath.config)."""
-    run.add_argument("--mode", dest="tunnel.mode", required=True, choices=MODES, help="encapsulation")
+    """`ovl-dp run`'s options; each one's dest is the configuration key it sets (datapath.config).
+
+    Options that are not given stay out of the namespace (argument_default SUPPRESS), so that a
+    configuration file's value holds unless the command line names the key.
+    """
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration file: every option below as a key (tunnel.vni, fdb.static, ...); "
+        "options given here override it; `ovl-dp reload` and SIGHUP re-read it",
+    )
+    run.add_argument("--mode", dest="tunnel.mode", choices=MODES, help="encapsulation")
     run.add_argument(
         "--remote",
         dest="remotes",
         action="append",
-        required=True,
         metavar="IP",
         help="remote host's underlay IPv4 address; repeat for a full mesh (unknown/broadcast frames go to all)",
     )
@@ -121,14 +132,12 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--bridge",
         dest="bridge.name",
-        default="br-int",
         metavar="BRIDGE",
         help="bridge to plug the TAP into (default br-int)",
     )
     run.add_argument(
         "--bridge-type",
         dest="bridge.type",
-        default="auto",
         choices=BRIDGE_TYPES,
         help="auto (default): whatever BRIDGE is; linux; ovs; none: leave the TAP unattached",
     )
@@ -149,7 +158,6 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         "--vlan-map",
         dest="tunnel.vlan_map",
         action="append",
-        default=[],
         type=_vlan_map,
         metavar="VLAN=ID",
         help="carry frames tagged VLAN untagged in VNI (VXLAN) or key (GRE) ID, and back; one learning and "
@@ -161,14 +169,12 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         dest="tap.mtu",
         type=_mtu,
         metavar="MTU",
-        default="auto",
         help="TAP MTU; auto (default) = underlay MTU minus the overhead (VXLAN 50, GRE 38, +4 with key)",
     )
     run.add_argument(
         "--fdb-ageing",
         dest="fdb.ageing",
         type=_seconds,
-        default=fdb.DEFAULT_AGEING,
         metavar="SECONDS",
         help="learned entries expire after this (default 300; 0 = never)",
     )
@@ -176,7 +182,6 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         "--fdb-max",
         dest="fdb.max_entries",
         type=_number("--fdb-max"),
-        default=fdb.DEFAULT_MAX_ENTRIES,
         metavar="N",
         help=f"FDB size cap, static entries included (default {fdb.DEFAULT_MAX_ENTRIES})",
     )
@@ -184,7 +189,6 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         "--static",
         dest="fdb.static",
         action="append",
-        default=[],
         type=_static,
         metavar="MAC[@VLAN]=REMOTE",
         help="static FDB entry (in VLAN, default untagged): never ages, never moved by learning (repeatable)",
@@ -199,7 +203,6 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         "--offload",
         dest="offload.policy",
         choices=OFFLOAD_POLICIES,
-        default="auto",
         help="TAP offloads (C fast path): TSO super-frames from the bridge are segmented in C, received TCP "
         "segments coalesced into super-frames; auto (default): coalescing only towards a Linux bridge",
     )
@@ -218,6 +221,63 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
     )
 
 
+def _mac_vlan(text: str) -> tuple[bytes, int]:
+    """MAC or MAC@VLAN."""
+    mac, at, vlan_text = text.partition("@")
+    try:
+        raw = parse_mac(mac)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return raw, _number("VLAN")(vlan_text) if at else 0
+
+
+def _control_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """The commands that ask a running daemon over its control socket (control/ctl.py)."""
+    daemon = _Parser(add_help=False)
+    # SUPPRESS: a subcommand's own --tap must not reset one given before the subcommand.
+    daemon.add_argument("--tap", default=argparse.SUPPRESS, help="the daemon's TAP (needed when several run here)")
+    listing = _Parser(add_help=False)
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    where = " of the daemon running in this network namespace (ip netns exec HOST ... for another)"
+    sub.add_parser("show", parents=[daemon, listing], help="print a running daemon's counters",
+                   description="Print the counters" + where + ".")  # fmt: skip
+    fdb_cmd = sub.add_parser(
+        "fdb",
+        parents=[daemon, listing],
+        help="print or change a running daemon's MAC table",
+        description="Without a subcommand, print the MAC table" + where + ". add/del change static entries, "
+        "flush forgets entries (learned and static), all or those behind one remote.",
+    )
+    fdb_sub = fdb_cmd.add_subparsers(dest="fdb_op", parser_class=_Parser)
+    add = fdb_sub.add_parser("add", parents=[daemon], help="add a static entry: MAC[@VLAN] REMOTE")
+    add.add_argument("mac", type=_mac_vlan, metavar="MAC[@VLAN]")
+    add.add_argument("remote", metavar="REMOTE", help="one of the daemon's remotes")
+    delete = fdb_sub.add_parser("del", parents=[daemon], help="remove an entry: MAC[@VLAN]")
+    delete.add_argument("mac", type=_mac_vlan, metavar="MAC[@VLAN]")
+    flush = fdb_sub.add_parser("flush", parents=[daemon], help="forget entries (all, or --remote IP's)")
+    flush.add_argument("--remote", metavar="IP", help="only the entries behind this remote")
+    remote = sub.add_parser(
+        "remote",
+        parents=[daemon],
+        help="list, add or remove a running daemon's remotes",
+        description="Change the remotes" + where + " while traffic flows: a new remote joins flooding at "
+        "once, a removed one leaves it and the MACs learned behind it are forgotten.",
+    )
+    remote_sub = remote.add_subparsers(dest="remote_op", required=True, parser_class=_Parser)
+    for op, what in (("add", "add a remote"), ("del", "remove a remote")):
+        cmd = remote_sub.add_parser(op, parents=[daemon], help=what)
+        cmd.add_argument("addr", metavar="IP", help="the remote host's underlay address")
+    remote_sub.add_parser("list", parents=[daemon, listing], help="the remotes with their counters and liveness")
+    sub.add_parser(
+        "reload",
+        parents=[daemon],
+        help="re-read the daemon's configuration file and apply the differences",
+        description="Re-read the --config file" + where + " and apply what changed: remotes, static entries, "
+        "FDB ageing and size. A change that needs a restart (mode, VNI/key, port, TAP) is refused and the "
+        "daemon keeps its old settings. SIGHUP does the same.",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole `ovl-dp` argument parser."""
     p = _Parser(
@@ -229,20 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
+        argument_default=argparse.SUPPRESS,
         help="run the datapath (until SIGINT/SIGTERM)",
         description="Create a TAP, plug it into a bridge and carry its frames to the remotes in VXLAN or GRE, "
         "learning which remote each MAC lives behind. SIGUSR1 logs counters and the FDB.",
     )
     _run_arguments(run)
-    for name, what in (("show", "counters"), ("fdb", "the MAC table")):
-        cmd = sub.add_parser(
-            name,
-            help=f"print a running daemon's {what}",
-            description=f"Print {what} of a daemon "
-            "running in this network namespace (use ip netns exec HOST for another).",
-        )
-        cmd.add_argument("--tap", help="the daemon's TAP (needed when several run here)")
-        cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    _control_commands(sub)
 
     lab = sub.add_parser(
         "lab",
@@ -300,17 +353,34 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
     raise KeyError(name)
 
 
-def run_config(args: argparse.Namespace) -> Config:
-    """The validated configuration of `ovl-dp run ARGS` (ConfigError names the keys)."""
+def run_source(args: argparse.Namespace) -> ConfigSource:
+    """Where `ovl-dp run ARGS` takes its configuration from: --config FILE, and the options given over it."""
     keys = {k: v for k, v in vars(args).items() if "." in k or k == "remotes"}
-    return from_keys(keys)
+    config_file = getattr(args, "config", None)
+    return ConfigSource(keys, Path(config_file) if config_file else None)
+
+
+def _control_request(args: argparse.Namespace) -> tuple[str, dict[str, object]]:
+    """The control-socket request (command, arguments) of a control command line."""
+    if args.command == "fdb" and getattr(args, "fdb_op", None):
+        req: dict[str, object] = {"op": args.fdb_op}
+        if args.fdb_op in ("add", "del"):
+            req["mac"], req["vlan"] = format_mac(args.mac[0]), args.mac[1]
+        if args.fdb_op == "add":
+            req["remote"] = args.remote
+        if args.fdb_op == "flush":
+            req["remote"] = args.remote
+        return "fdb", req
+    if args.command == "remote":
+        return "remote", {"op": args.remote_op, **({"addr": args.addr} if args.remote_op != "list" else {})}
+    return args.command, {}
 
 
 def _query(args: argparse.Namespace) -> int:
     from control import ctl
-    from control.report import format_counters, format_fdb
+    from control.report import format_counters, format_fdb, format_remotes
 
-    tap = args.tap
+    tap = getattr(args, "tap", None)
     if tap is None:
         found = ctl.running()
         if not found:
@@ -318,24 +388,33 @@ def _query(args: argparse.Namespace) -> int:
         if len(found) > 1:
             raise SetupError(f"several daemons run here ({', '.join(found)}): pick one with --tap")
         tap = found[0]
+    cmd, req = _control_request(args)
     try:
-        result = ctl.request(tap, args.command)
+        result = ctl.request(tap, cmd, req)
     except OSError:
         raise SetupError(f"no ovl-dp daemon with TAP {tap} answers in this network namespace") from None
-    if args.json:
+    except RuntimeError as exc:
+        raise SetupError(str(exc)) from None
+    if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
-    elif args.command == "show":
+    elif cmd == "show":
         assert isinstance(result, dict)
         print(f"{result['tap']} ({result['mode']})\n{format_counters(result)}")
-    else:
+    elif cmd == "fdb" and not req:
         assert isinstance(result, list)
         print(format_fdb(result))
+    elif cmd == "remote" and req["op"] == "list":
+        assert isinstance(result, list)
+        print(format_remotes(result))
+    else:
+        print(result)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ovl-dp` console script."""
     parser = build_parser()
+    source: ConfigSource | None = None
     try:
         args = parser.parse_args(argv)
         logging.basicConfig(
@@ -343,21 +422,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s ovl-dp[%(process)d] %(levelname)s %(message)s",
             stream=sys.stderr,
         )
-        if args.command in ("show", "fdb"):
+        if args.command in CONTROL_COMMANDS:
             return _query(args)
-        cfg = run_config(args) if args.command == "run" else None
+        if args.command == "run":
+            source = run_source(args)
+            cfg = source.load()
         problem = _privilege_problem()
         if problem:
             raise SetupError(problem)
-        if cfg is None:
+        if args.command == "lab":
             from control.lab import demo as lab
 
             return lab.main(args)
         from control import daemon
 
-        return daemon.run(cfg)
+        return daemon.run(cfg, source)
     except ConfigError as exc:
-        print(f"ovl-dp: error: {exc.render(option_names(parser))} (see ovl-dp run --help)", file=sys.stderr)
+        names = source.names(option_names(parser)) if source is not None else option_names(parser)
+        print(f"ovl-dp: error: {exc.render(names)} (see ovl-dp run --help)", file=sys.stderr)
         return EXIT_USAGE
     except (UsageError, SetupError) as exc:
         print(f"ovl-dp: error: {exc}", file=sys.stderr)

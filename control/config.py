@@ -1,4 +1,4 @@
-"""Resolving a validated Config on this host: route lookups, path MTU, TAP MTU and identity.
+"""Where the configuration comes from (a TOML file under the command line), and resolving it on this host.
 
 :class:`datapath.config.Config` holds what the user asked for; what depends on
 the host (our address towards each remote, the path MTU, the automatic TAP MTU,
@@ -12,9 +12,12 @@ import dataclasses
 import hashlib
 import ipaddress
 import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from datapath.config import MIN_MTU, Config, Remote
+from datapath.config import GROUPS, MIN_MTU, Config, ConfigError, Remote, from_keys
 from datapath.errors import SetupError
 from datapath.io import underlay
 
@@ -88,3 +91,62 @@ def resolve(cfg: Config, bridge_kind: str = "none") -> Config:
             cfg.offload, rx_coalesce=cfg.offload.rx_coalesce if cfg.offload.rx_coalesce is not None else coalesce
         ),
     )
+
+
+# -- where the configuration comes from ---------------------------------------------------------
+
+# A file's tables: every group of datapath.config's Config; top-level keys: remotes, batch.
+FILE_GROUPS = frozenset(GROUPS)
+FILE_TOP_KEYS = frozenset({"remotes", "batch"})
+GROUP_KEYS = frozenset({f"{g}.{f.name}" for g, cls in GROUPS.items() for f in dataclasses.fields(cls)} | FILE_TOP_KEYS)
+
+
+def load_file(path: Path) -> dict[str, object]:
+    """The configuration keys of a TOML file ({"tunnel.vni": 5001, "remotes": [...], ...}).
+
+    ConfigError names an unknown table or a key outside one; SetupError says why the file cannot be read.
+    """
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise SetupError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SetupError(f"configuration file {path} is not valid TOML: {exc}") from None
+    keys: dict[str, object] = {}
+    for name, value in data.items():
+        if name in FILE_GROUPS and isinstance(value, dict):
+            keys.update((f"{name}.{k}", v) for k, v in value.items())
+        elif name in FILE_TOP_KEYS:
+            keys[name] = value
+        else:
+            raise ConfigError(f"{{{name}}} is not a configuration key (tables: {', '.join(sorted(FILE_GROUPS))})")
+    return keys
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """A daemon's configuration: an optional TOML file, with the keys given on the command line over it.
+
+    load() is called at start and again on every reload, so the file is re-read each time.
+    """
+
+    cli: Mapping[str, object] = field(default_factory=dict)
+    file: Path | None = None
+
+    def keys(self) -> dict[str, object]:
+        """The file's keys, then the command line's over them."""
+        return {**(load_file(self.file) if self.file else {}), **self.cli}
+
+    def load(self) -> Config:
+        """The validated (not yet resolved) configuration; ConfigError names the key."""
+        return from_keys(self.keys())
+
+    def names(self, options: Mapping[str, str]) -> dict[str, str]:
+        """How messages name each key: its option if given on the command line (or no file), else "KEY (in FILE)"."""
+        if self.file is None:
+            return dict(options)
+        given = set(self.cli)
+        named = {k: f"{k} (in {self.file})" for k in GROUP_KEYS}
+        named.update({k: v for k, v in options.items() if k in given})
+        return named

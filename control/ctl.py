@@ -1,23 +1,65 @@
-"""The control socket: `ovl-dp show` and `ovl-dp fdb` ask a running daemon.
+"""The control socket: `ovl-dp show`, `fdb`, `remote`, `reload` ask a running daemon.
 
 One abstract Unix socket per daemon, named ``@ovl-dp/<tap>``. Abstract
 sockets belong to the network namespace, like the TAP itself, so daemons in
 different namespaces (the lab's hosts) never collide, and ``ip netns exec
 HOST ovl-dp show`` finds the daemon of that host. Protocol: one JSON request
-line (``{"cmd": "show"}``), one JSON answer line.
+line (``{"cmd": "show"}``, or ``{"cmd": "remote", "args": {"op": "add", ...}}``),
+one JSON answer line (``{"ok": true, "result": ...}`` or ``{"ok": false,
+"error": "..."}``), then the daemon closes the connection.
+
+An abstract socket has no file permissions, so the daemon checks who is
+calling (SO_PEERCRED): root, or a process whose effective capabilities
+include CAP_NET_ADMIN; everyone else is refused, reads included. A request
+is at most :data:`MAX_REQUEST` bytes and must arrive within
+:data:`IDLE_TIMEOUT` seconds; at most :data:`MAX_CLIENTS` connections are
+served at once. Every refusal is counted (:class:`CtlStats`) and logged once
+per kind, never with a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import socket
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ovl-dp")
 
 PREFIX = "ovl-dp/"
 PROC_NET_UNIX = Path("/proc/net/unix")
-MAX_REQUEST = 4096
+MAX_REQUEST = 64 * 1024  # bytes in one request line
+MAX_ANSWER = 64 << 20  # what a client reads at most (an FDB of 1M entries fits)
+IDLE_TIMEOUT = 5.0  # seconds for a client to send its request line
+MAX_CLIENTS = 32  # connections served at once; more are refused
+CAP_NET_ADMIN = 12  # <linux/capability.h>
+SO_PEERCRED_FORMAT = "3i"  # struct ucred: pid, uid, gid
+
+Handler = Callable[[str, Mapping[str, Any]], object]
+
+
+class CtlError(Exception):
+    """A request the daemon refuses, with the one-line reason the client prints."""
+
+
+@dataclass
+class CtlStats:
+    """Counted control-socket events (the daemon exports them)."""
+
+    requests: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+    def refuse(self, reason: str, detail: str) -> None:
+        """Count a refusal; log the first of each reason."""
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        if self.refused[reason] == 1:
+            log.warning("control socket: refused a client (%s: %s); further ones are counted", reason, detail)
 
 
 def address(tap: str) -> str:
@@ -35,21 +77,97 @@ def running() -> list[str]:
     return sorted(set(names))
 
 
-async def serve(tap: str, handler: Callable[[str], object]) -> asyncio.AbstractServer:
-    """Answer requests for tap with handler(cmd) (JSON-able result) until the server is closed."""
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket."""
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize(SO_PEERCRED_FORMAT))
+    pid, uid, gid = struct.unpack(SO_PEERCRED_FORMAT, data)
+    return pid, uid, gid
+
+
+def _effective_caps(pid: int) -> int:
+    """The effective capability set of process pid (0 if it cannot be read, e.g. it has exited)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def may_control(pid: int, uid: int) -> bool:
+    """Whether a peer may use the control socket: uid 0, or CAP_NET_ADMIN in its effective set."""
+    return uid == 0 or bool(_effective_caps(pid) >> CAP_NET_ADMIN & 1)
+
+
+def _parse(line: bytes) -> tuple[str, dict[str, Any]]:
+    """(command, arguments) of a request line; ValueError says what is wrong."""
+    try:
+        req = json.loads(line)
+    except (ValueError, RecursionError):
+        raise ValueError("not a JSON line") from None
+    if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+        raise ValueError('expected {"cmd": NAME[, "args": {...}]}')
+    args = req.get("args", {})
+    if not isinstance(args, dict):
+        raise ValueError('"args" must be an object')
+    return req["cmd"], args
+
+
+async def serve(tap: str, handler: Handler, stats: CtlStats | None = None) -> asyncio.AbstractServer:
+    """Answer requests for tap with handler(cmd, args) (a JSON-able result, or CtlError) until closed."""
+    counted = stats if stats is not None else CtlStats()
+    clients = 0
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal clients
+        clients += 1
         try:
-            line = await reader.readline()
-            try:
-                cmd = str(json.loads(line[:MAX_REQUEST])["cmd"])
-                answer: object = {"ok": True, "result": handler(cmd)}
-            except (ValueError, KeyError, TypeError) as exc:
-                answer = {"ok": False, "error": f"bad request: {exc}"}
-            writer.write(json.dumps(answer).encode() + b"\n")
-            await writer.drain()
+            answer = await _answer(reader, writer, clients)
+            if answer is not None:
+                writer.write(json.dumps(answer).encode() + b"\n")
+                await asyncio.wait_for(writer.drain(), IDLE_TIMEOUT)
+        except (TimeoutError, OSError):
+            pass  # the client went away or does not read: nothing to answer
         finally:
+            clients -= 1
             writer.close()
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> dict[str, Any] | None:
+        sock = writer.get_extra_info("socket")
+        pid, uid, _ = peer_credentials(sock) if sock is not None else (0, -1, -1)
+        if not may_control(pid, uid):
+            counted.refuse("not privileged", f"uid {uid}")
+            return {"ok": False, "error": "permission denied: the control socket is for root or CAP_NET_ADMIN"}
+        if n > MAX_CLIENTS:
+            counted.refuse("too many clients", f"{n} connections")
+            return {"ok": False, "error": f"busy: more than {MAX_CLIENTS} control connections"}
+        try:
+            line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
+        except TimeoutError:
+            counted.refuse("idle", f"no request within {IDLE_TIMEOUT:g}s")
+            return {"ok": False, "error": f"no request within {IDLE_TIMEOUT:g}s"}
+        except (ValueError, asyncio.LimitOverrunError):  # the line is longer than the stream's limit
+            counted.refuse("too long", f"a request over {MAX_REQUEST} bytes")
+            return {"ok": False, "error": f"bad request: longer than {MAX_REQUEST} bytes"}
+        except asyncio.IncompleteReadError:
+            counted.refuse("cut short", "disconnected mid-request")
+            return None
+        if not line.endswith(b"\n"):
+            counted.refuse("cut short", "disconnected mid-request")
+            return None
+        try:
+            cmd, args = _parse(line)
+        except ValueError as exc:
+            counted.refuse("malformed", str(exc))
+            return {"ok": False, "error": f"bad request: {exc}"}
+        counted.requests += 1
+        try:
+            return {"ok": True, "result": handler(cmd, args)}
+        except CtlError as exc:
+            return {"ok": False, "error": str(exc)}
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -57,22 +175,28 @@ async def serve(tap: str, handler: Callable[[str], object]) -> asyncio.AbstractS
     except OSError as exc:
         sock.close()
         raise OSError(f"control socket @{PREFIX}{tap} is taken: another ovl-dp runs with this TAP ({exc})") from None
-    return await asyncio.start_unix_server(on_client, sock=sock)
+    return await asyncio.start_unix_server(on_client, sock=sock, limit=MAX_REQUEST)
 
 
-def request(tap: str, cmd: str, timeout: float = 5.0) -> object:
-    """Ask the daemon that owns tap; raises OSError if none answers, RuntimeError on a refusal."""
+def request(tap: str, cmd: str, args: Mapping[str, Any] | None = None, timeout: float = 10.0) -> object:
+    """Ask the daemon that owns tap; OSError if none answers, RuntimeError with its reason on a refusal."""
+    req: dict[str, Any] = {"cmd": cmd}
+    if args:
+        req["args"] = dict(args)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(address(tap))
-        sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        sock.sendall(json.dumps(req).encode() + b"\n")
         data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
+        while not data.endswith(b"\n") and len(data) < MAX_ANSWER:
+            chunk = sock.recv(1 << 20)
             if not chunk:
                 break
             data += chunk
-    answer = json.loads(data)
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        raise OSError("the daemon closed the control connection without an answer") from None
     if not answer.get("ok"):
         raise RuntimeError(answer.get("error", "refused"))
     return answer["result"]

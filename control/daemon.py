@@ -10,9 +10,12 @@ import signal
 import uvloop
 
 from control import bridge, config, ctl
+from control.config import ConfigSource
+from control.ctl import CtlError
 from control.procs import sigterm_raises_interrupt
 from control.report import format_counters, format_fdb
-from datapath.config import Config
+from control.service import Service
+from datapath.config import Config, ConfigError
 from datapath.engine import Engine
 from datapath.errors import SetupError
 from datapath.ether import format_mac
@@ -20,14 +23,17 @@ from datapath.ether import format_mac
 log = logging.getLogger("ovl-dp")
 
 
-def run(user_cfg: Config) -> int:
-    """Run the daemon until SIGINT/SIGTERM; SetupError for anything a user must fix."""
+def run(user_cfg: Config, source: ConfigSource | None = None) -> int:
+    """Run the daemon until SIGINT/SIGTERM; SetupError for anything a user must fix.
+
+    source: where user_cfg came from, re-read by `ovl-dp reload` and SIGHUP.
+    """
     # Until the loop owns the signals, SIGTERM unwinds like Ctrl-C, through the cleanup below.
     with sigterm_raises_interrupt():
-        return _run(user_cfg)
+        return _run(user_cfg, source)
 
 
-def _run(user_cfg: Config) -> int:
+def _run(user_cfg: Config, source: ConfigSource | None) -> int:
     b = user_cfg.bridge
     br = bridge.resolve(b.name, b.type, b.ovsdb, b.tag)
     cfg = config.resolve(user_cfg, br.kind)
@@ -54,7 +60,7 @@ def _run(user_cfg: Config) -> int:
             log.info("received TCP segments coalesced into super-frames: %s", "yes" if coalesce else "no")
         loop = uvloop.new_event_loop()
         try:
-            loop.run_until_complete(_serve(loop, engine, br))
+            loop.run_until_complete(_serve(loop, engine, br, Service(engine, source, br.kind, user_cfg)))
         finally:
             loop.close()
     finally:
@@ -67,26 +73,27 @@ def _run(user_cfg: Config) -> int:
     return 0
 
 
-async def _serve(loop: asyncio.AbstractEventLoop, engine: Engine, br: bridge.Bridge) -> None:
+async def _serve(loop: asyncio.AbstractEventLoop, engine: Engine, br: bridge.Bridge, service: Service) -> None:
     stop = asyncio.Event()
+    ctl_stats = ctl.CtlStats()
 
-    def answer(cmd: str) -> object:
-        if cmd == "show":
-            return {"tap": engine.tap.name, "mode": engine.cfg.tunnel.mode, **engine.snapshot().as_dict()}
-        if cmd == "fdb":
-            return engine.fdb_table()
-        raise ValueError(f"unknown command {cmd!r}")
+    def reload() -> None:
+        try:
+            service.reload()
+        except (CtlError, ConfigError, SetupError, ValueError) as exc:
+            log.warning("reload (SIGHUP) failed: %s", exc)
 
     def dump() -> None:
         log.info("counters:\n%s\n%s", format_counters(engine.snapshot().as_dict()), format_fdb(engine.fdb_table()))
 
     try:
-        server = await ctl.serve(engine.tap.name, answer)
+        server = await ctl.serve(engine.tap.name, service.handle, ctl_stats)
     except OSError as exc:
         raise SetupError(str(exc)) from None
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, dump)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     engine.start(loop)
     watch = asyncio.create_task(br.keep_attached(engine.tap.name))
     log.info("ready")
@@ -97,5 +104,5 @@ async def _serve(loop: asyncio.AbstractEventLoop, engine: Engine, br: bridge.Bri
         with contextlib.suppress(asyncio.CancelledError):
             await watch
         server.close()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
             loop.remove_signal_handler(sig)

@@ -31,3 +31,20 @@ def format_fdb(rows: Sequence[Mapping[str, Any]]) -> str:
         age = "-" if r["static"] else f"{r['age']:.1f}"
         out.append(f"{r.get('vlan', 0):>4}  {r['mac']:<17}  {r['remote']:<15}  {kind:<7}  {age}")
     return "\n".join(out)
+
+
+def format_remotes(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The remotes with their counters and the seconds since a packet last came from each."""
+    if not rows:
+        return "(no remotes)"
+    out = [
+        f"{'REMOTE':<15}  {'LOCAL':<15}  {'TX PKTS':>9}  {'TX BYTES':>12}  {'RX PKTS':>9}  {'RX BYTES':>12}  LAST RX"
+    ]
+    for r in rows:
+        age = r.get("last_rx_age")
+        last = "never" if age is None else f"{age:.1f}s ago"
+        out.append(
+            f"{r['remote']:<15}  {r.get('local') or '-':<15}  {r['tx_packets']:>9}  {r['tx_bytes']:>12}  "
+            f"{r['rx_packets']:>9}  {r['rx_bytes']:>12}  {last}"
+        )
+    return "\n".join(out)

@@ -256,7 +256,16 @@ class StaticEntry:
 
     @classmethod
     def from_value(cls, value: object) -> StaticEntry:
-        """A static entry from a (MAC, remote address[, VLAN]) sequence; the MAC as 6 bytes or text."""
+        """A static entry from a (MAC, remote address[, VLAN]) sequence, or the text "MAC[@VLAN]=REMOTE".
+
+        The MAC may be 6 bytes or text.
+        """
+        if isinstance(value, str):
+            left, sep, remote_text = value.partition("=")
+            mac_text, at, vlan_text = left.partition("@")
+            if not sep or (at and not vlan_text.isdigit()):
+                raise ConfigError(f"{{fdb.static}} {_lit(value)}: expected MAC=REMOTE or MAC@VLAN=REMOTE")
+            value = (mac_text, remote_text, *((int(vlan_text),) if at else ()))
         if not isinstance(value, list | tuple) or len(value) not in (2, 3):
             raise ConfigError("{fdb.static}: a static entry is (MAC, remote[, VLAN])")
         mac, remote, *vlan = value
@@ -512,6 +521,18 @@ def from_keys(values: Mapping[str, object]) -> Config:
             raise ConfigError(f"{_lit(path)} is not a configuration key")
     if "mode" not in groups["tunnel"]:
         raise ConfigError("{tunnel.mode} is required")
+    if groups["tap"].get("mtu") == "auto":
+        groups["tap"]["mtu"] = None
+    if isinstance(groups["tap"].get("mac"), str):
+        try:
+            groups["tap"]["mac"] = parse_mac(str(groups["tap"]["mac"]))
+        except ValueError as exc:
+            raise ConfigError(f"{{tap.mac}}: {exc}") from None
+    if isinstance(groups["tunnel"].get("vlan_map"), dict):  # a TOML table {"20" = 5020}
+        table: dict[str, object] = groups["tunnel"]["vlan_map"]  # type: ignore[assignment]
+        if not all(k.isdigit() for k in table):
+            raise ConfigError("{tunnel.vlan_map}: the table's keys are VLAN numbers")
+        groups["tunnel"]["vlan_map"] = [(int(k), v) for k, v in table.items()]
     if "vlan_map" in groups["tunnel"]:
         pairs = _sequence("tunnel.vlan_map", groups["tunnel"]["vlan_map"])
         groups["tunnel"]["vlan_map"] = tuple(tuple(_sequence("tunnel.vlan_map", p)) for p in pairs)
