@@ -123,10 +123,15 @@ async def serve(tap: str, handler: Handler, stats: CtlStats | None = None) -> as
         nonlocal clients
         clients += 1
         try:
-            answer = await _answer(reader, writer, clients)
+            answer, unread = await _answer(reader, writer, clients)
             if answer is not None:
                 writer.write(json.dumps(answer).encode() + b"\n")
                 await asyncio.wait_for(writer.drain(), IDLE_TIMEOUT)
+            if unread:
+                # A client refused before its request was read may still be sending it: closing with
+                # unread data would reset the connection (RST), and the client might lose the answer.
+                with contextlib.suppress(OSError, ValueError, asyncio.TimeoutError):
+                    await asyncio.wait_for(reader.read(MAX_REQUEST), 0.2)
         except (TimeoutError, OSError):
             pass  # the client went away or does not read: nothing to answer
         finally:
@@ -135,15 +140,22 @@ async def serve(tap: str, handler: Handler, stats: CtlStats | None = None) -> as
             with contextlib.suppress(OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
-    async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> dict[str, Any] | None:
+    async def _answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """The answer (None: none) and whether the request was left unread."""
         sock = writer.get_extra_info("socket")
         pid, uid, _ = peer_credentials(sock) if sock is not None else (0, -1, -1)
         if not may_control(pid, uid):
             counted.refuse("not privileged", f"uid {uid}")
-            return {"ok": False, "error": "permission denied: the control socket is for root or CAP_NET_ADMIN"}
+            return {"ok": False, "error": "permission denied: the control socket is for root or CAP_NET_ADMIN"}, True
         if n > MAX_CLIENTS:
             counted.refuse("too many clients", f"{n} connections")
-            return {"ok": False, "error": f"busy: more than {MAX_CLIENTS} control connections"}
+            return {"ok": False, "error": f"busy: more than {MAX_CLIENTS} control connections"}, True
+        return await _request(reader), False
+
+    async def _request(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+        """Read, check and handle one request line."""
         try:
             line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
         except TimeoutError:

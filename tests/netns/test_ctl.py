@@ -6,7 +6,7 @@ import asyncio
 import json
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pytest
 
@@ -20,7 +20,9 @@ def test_address() -> None:
     assert ctl.address("ovl-vxlan") == "\0ovl-dp/ovl-vxlan"
 
 
-def serve_in_thread(tap: str, handler: Callable[[str], object]) -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+def serve_in_thread(
+    tap: str, handler: Callable[[str, Mapping[str, object]], object]
+) -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
     """Run ctl.serve(tap, handler) on a loop in a thread; stop with loop.call_soon_threadsafe(loop.stop)."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
@@ -43,16 +45,16 @@ def test_serve_running_and_request() -> None:
     def body() -> None:
         assert ctl.running() == []
 
-        def answer(cmd: str) -> object:
+        def answer(cmd: str, args: Mapping[str, object]) -> object:
             if cmd == "show":
                 return {"tap": "t1", "n": 3}
-            raise ValueError(f"unknown command {cmd!r}")
+            raise ctl.CtlError(f"unknown command {cmd!r}")
 
         loop, thread = serve_in_thread("t1", answer)
         try:
             assert ctl.running() == ["t1"]
             assert ctl.request("t1", "show") == {"tap": "t1", "n": 3}
-            with pytest.raises(RuntimeError, match="bad request: unknown command 'nope'"):
+            with pytest.raises(RuntimeError, match="unknown command 'nope'"):
                 ctl.request("t1", "nope")
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:  # not JSON at all
                 raw.settimeout(30)
@@ -72,11 +74,11 @@ def test_serve_running_and_request() -> None:
 
 def test_a_taken_control_socket() -> None:
     def body() -> None:
-        loop, thread = serve_in_thread("t1", lambda cmd: cmd)
+        loop, thread = serve_in_thread("t1", lambda cmd, args: cmd)
         try:
             with pytest.raises(OSError, match="control socket @ovl-dp/t1 is taken: another ovl-dp runs with this TAP"):
-                asyncio.run(ctl.serve("t1", lambda cmd: cmd))
-            other, other_thread = serve_in_thread("t0", lambda cmd: cmd)
+                asyncio.run(ctl.serve("t1", lambda cmd, args: cmd))
+            other, other_thread = serve_in_thread("t0", lambda cmd, args: cmd)
             try:
                 assert ctl.running() == ["t0", "t1"]
             finally:

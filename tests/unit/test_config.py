@@ -338,7 +338,8 @@ def test_static_entry_from_value() -> None:
 @pytest.mark.parametrize(
     ("value", "needle"),
     [
-        ("02:00:00:00:00:01=192.0.2.2", "a static entry is (MAC, remote[, VLAN])"),
+        ("02:00:00:00:00:01", "expected MAC=REMOTE or MAC@VLAN=REMOTE"),
+        ("02:00:00:00:00:01@x=192.0.2.2", "expected MAC=REMOTE or MAC@VLAN=REMOTE"),
         ({"mac": "02:00:00:00:00:01"}, "a static entry is (MAC, remote[, VLAN])"),
         (("02:00:00:00:00:01",), "a static entry is (MAC, remote[, VLAN])"),
         (("02:00:00:00:00:01", R1, 1, 2), "a static entry is (MAC, remote[, VLAN])"),

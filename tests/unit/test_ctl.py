@@ -13,7 +13,7 @@ import itertools
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,13 +29,13 @@ def unique_tap() -> str:
     return f"t{os.getpid()}-{next(_names)}"
 
 
-def answer(cmd: str) -> object:
-    """A handler like the daemon's: two commands, ValueError for anything else."""
+def answer(cmd: str, args: Mapping[str, object]) -> object:
+    """A handler like the daemon's: two commands, CtlError for anything else."""
     if cmd == "show":
         return {"tap": "ovl-test", "stats": {"tx": 1}}
     if cmd == "fdb":
-        return [{"mac": "02:00:00:00:00:01", "remote": "192.0.2.2"}]
-    raise ValueError(f"unknown command {cmd!r}")
+        return [{"mac": "02:00:00:00:00:01", "remote": "192.0.2.2", **args}]
+    raise ctl.CtlError(f"unknown command {cmd!r}")
 
 
 def with_server(tap: str, body: Callable[[], Awaitable[T]]) -> T:
@@ -87,7 +87,7 @@ def test_unknown_command_is_refused_with_the_handlers_message() -> None:
     async def body() -> None:
         with pytest.raises(RuntimeError) as info:
             await asyncio.to_thread(ctl.request, tap, "reboot")
-        assert str(info.value) == "bad request: unknown command 'reboot'"
+        assert str(info.value) == "unknown command 'reboot'"
 
     with_server(tap, body)
 
@@ -111,11 +111,8 @@ def test_line_longer_than_max_request_is_cut_there_and_refused() -> None:
     assert answer["ok"] is False and answer["error"].startswith("bad request: ")
 
 
-def test_line_beyond_the_stream_limit_closes_the_connection_and_the_server_carries_on() -> None:
-    """A line longer than asyncio's stream limit (64 KiB) gets no answer; the next client is served.
-
-    (Today readline's ValueError escapes on_client, so asyncio logs it as an unhandled exception.)
-    """
+def test_line_beyond_the_stream_limit_is_refused_and_the_server_carries_on() -> None:
+    """A line longer than MAX_REQUEST (the stream's limit) gets a one-line refusal; the next client is served."""
     tap = unique_tap()
     huge = b"x" * (2**16 + 1024) + b"\n"
 
@@ -125,7 +122,8 @@ def test_line_beyond_the_stream_limit_closes_the_connection_and_the_server_carri
         return reply, after
 
     reply, after = with_server(tap, body)
-    assert reply == b""
+    answer = json.loads(reply)
+    assert answer == {"ok": False, "error": f"bad request: longer than {ctl.MAX_REQUEST} bytes"}
     assert after == {"tap": "ovl-test", "stats": {"tx": 1}}
 
 
@@ -168,3 +166,116 @@ def test_running_parses_proc_net_unix(monkeypatch: pytest.MonkeyPatch, tmp_path:
     )
     monkeypatch.setattr(ctl, "PROC_NET_UNIX", table)
     assert ctl.running() == ["ovl-gre", "ovl-vxlan"]
+
+
+# -- who may ask, and hostile clients ----------------------------------------------------------
+
+
+def _as_nobody(tap: str, data: bytes) -> bytes:
+    """raw_exchange from a forked child that runs as uid/gid 65534 (no capabilities); the answer it got."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to nobody, ask, write the answer to the pipe (no file is read after fork)
+        code = 0
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            os.write(w, raw_exchange(tap, data))
+        except BaseException as exc:
+            os.write(2, f"child: {exc!r}\n".encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return out
+
+
+def test_an_unprivileged_client_gets_nothing() -> None:
+    """SO_PEERCRED: uid 65534 without CAP_NET_ADMIN is refused, reads included, and the refusal is counted."""
+    tap = unique_tap()
+    stats = ctl.CtlStats()
+
+    async def main() -> tuple[bytes, object]:
+        server = await ctl.serve(tap, answer, stats)
+        try:
+            reply = await asyncio.to_thread(_as_nobody, tap, b'{"cmd": "show"}\n')
+            ok = await asyncio.to_thread(ctl.request, tap, "show")  # root still may
+            return reply, ok
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    reply, ok = asyncio.run(main())
+    assert json.loads(reply) == {
+        "ok": False,
+        "error": "permission denied: the control socket is for root or CAP_NET_ADMIN",
+    }
+    assert "ovl-test" not in reply.decode()
+    assert ok == {"tap": "ovl-test", "stats": {"tx": 1}}
+    assert stats.refused == {"not privileged": 1} and stats.requests == 1
+
+
+def test_may_control() -> None:
+    assert ctl.may_control(os.getpid(), 0)
+    assert ctl.may_control(os.getpid(), 1000)  # this process (root) has CAP_NET_ADMIN
+    assert not ctl.may_control(2**22 + 12345, 1000)  # no such process: no capabilities
+
+
+def _half_request(tap: str) -> bytes:
+    """Half a request line, then the client stops sending (EOF); what comes back."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(ctl.address(tap))
+        sock.sendall(b'{"cmd": "sh')
+        sock.shutdown(socket.SHUT_WR)
+        return sock.recv(4096)
+
+
+def test_idle_clients_time_out_and_many_clients_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that sends nothing is answered and closed after IDLE_TIMEOUT; beyond MAX_CLIENTS, refused."""
+    monkeypatch.setattr(ctl, "IDLE_TIMEOUT", 0.3)
+    monkeypatch.setattr(ctl, "MAX_CLIENTS", 4)
+    tap = unique_tap()
+    stats = ctl.CtlStats()
+
+    async def main() -> tuple[list[bytes], bytes, object]:
+        server = await ctl.serve(tap, answer, stats)
+        try:
+            idle = []
+            for _ in range(5):  # 5 silent clients: 4 wait for their timeout, the 5th is refused at once
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(ctl.address(tap))
+                idle.append(s)
+            await asyncio.sleep(0.1)
+            replies = []
+            for s in idle:
+                s.settimeout(5)
+                replies.append(await asyncio.to_thread(s.recv, 4096))
+                s.close()
+            cut = await asyncio.to_thread(_half_request, tap)
+            after = await asyncio.to_thread(ctl.request, tap, "show")
+            return replies, cut, after
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    replies, cut, after = asyncio.run(main())
+    errors = sorted(json.loads(r)["error"] for r in replies)
+    assert errors == ["busy: more than 4 control connections"] + ["no request within 0.3s"] * 4
+    assert cut == b""
+    assert after == {"tap": "ovl-test", "stats": {"tx": 1}}
+    assert stats.refused == {"too many clients": 1, "idle": 4, "cut short": 1}
+
+
+def test_args_reach_the_handler() -> None:
+    tap = unique_tap()
+    got = with_server(tap, lambda: asyncio.to_thread(ctl.request, tap, "fdb", {"op": "x"}))
+    assert got == [{"mac": "02:00:00:00:00:01", "remote": "192.0.2.2", "op": "x"}]
+    bad = with_server(tap, lambda: asyncio.to_thread(raw_exchange, tap, b'{"cmd": "fdb", "args": [1]}\n'))
+    assert json.loads(bad) == {"ok": False, "error": 'bad request: "args" must be an object'}
