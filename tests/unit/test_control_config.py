@@ -82,3 +82,91 @@ def test_tap_mac_is_always_local_unicast_and_nonzero(local: str, mode: str, tid:
 )
 def test_offload_flags(policy: str, kind: str, flags: tuple[bool, bool]) -> None:
     assert offload_flags(policy, kind) == flags
+
+
+# -- configuration files --------------------------------------------------------------------------
+
+EXAMPLE = """
+remotes = ["192.0.2.2", "192.0.2.3"]
+
+[tunnel]
+mode = "vxlan"
+vni = 5001
+vlan_map = { 20 = 5020 }
+
+[tap]
+name = "ovl-test"
+mtu = "auto"
+
+[fdb]
+ageing = 120
+max_entries = 1000
+static = ["02:00:00:00:00:0a=192.0.2.2", "02:00:00:00:00:0b@20=192.0.2.3"]
+
+[offload]
+policy = "off"
+"""
+
+
+def test_a_file_gives_every_key(tmp_path: Path) -> None:
+    from control.config import ConfigSource, load_file
+    from datapath.config import StaticEntry
+
+    f = tmp_path / "a.toml"
+    f.write_text(EXAMPLE)
+    keys = load_file(f)
+    assert keys["tunnel.vni"] == 5001 and keys["remotes"] == ["192.0.2.2", "192.0.2.3"]
+    cfg = ConfigSource({}, f).load()
+    assert cfg.tunnel.vlan_map == ((20, 5020),) and cfg.tap.name == "ovl-test" and cfg.tap.mtu is None
+    assert cfg.fdb.static == (
+        StaticEntry(bytes.fromhex("02000000000a"), "192.0.2.2"),
+        StaticEntry(bytes.fromhex("02000000000b"), "192.0.2.3", 20),
+    )
+    assert (cfg.fdb.ageing, cfg.fdb.max_entries, cfg.offload.policy) == (120, 1000, "off")
+
+
+def test_the_command_line_overrides_the_file(tmp_path: Path) -> None:
+    from control.config import ConfigSource
+
+    f = tmp_path / "a.toml"
+    f.write_text(EXAMPLE)
+    cfg = ConfigSource({"tunnel.vni": 7, "remotes": ["192.0.2.3", "192.0.2.2", "192.0.2.9"]}, f).load()
+    assert cfg.tunnel.vni == 7 and [r.addr for r in cfg.remotes] == ["192.0.2.3", "192.0.2.2", "192.0.2.9"]
+    assert cfg.fdb.ageing == 120  # from the file
+
+
+def test_file_errors_name_the_key_and_the_file(tmp_path: Path) -> None:
+    from control.cli import build_parser, option_names
+    from control.config import ConfigSource
+    from datapath.config import ConfigError
+
+    f = tmp_path / "bad.toml"
+    f.write_text(EXAMPLE.replace("vni = 5001", "vni = 99999999"))
+    source = ConfigSource({"tap.name": "x"}, f)
+    with pytest.raises(ConfigError) as info:
+        source.load()
+    names = source.names(option_names(build_parser()))
+    assert info.value.render(names) == f"tunnel.vni (in {f}): VNI 99999999 is out of range 0..16777215"
+    assert names["tap.name"] == "--tap"  # given on the command line
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[tunnel\nmode = 1", "is not valid TOML"),
+        ("[tunel]\nmode = 'gre'", "tunel is not a configuration key"),
+        ("mode = 'gre'", "mode is not a configuration key"),
+    ],
+)
+def test_bad_files(tmp_path: Path, text: str, needle: str) -> None:
+    from control.config import load_file
+    from datapath.config import ConfigError
+    from datapath.errors import SetupError
+
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises((ConfigError, SetupError)) as info:
+        load_file(f)
+    assert needle in str(info.value)
+    with pytest.raises(SetupError, match="cannot read configuration file"):
+        load_file(tmp_path / "missing.toml")
