@@ -170,3 +170,11 @@ def test_bad_files(tmp_path: Path, text: str, needle: str) -> None:
     assert needle in str(info.value)
     with pytest.raises(SetupError, match="cannot read configuration file"):
         load_file(tmp_path / "missing.toml")
+
+
+def test_the_shipped_example_file_loads() -> None:
+    from control.config import ConfigSource
+
+    example = Path(__file__).resolve().parents[2] / "control" / "examples" / "br-int.toml"
+    cfg = ConfigSource({}, example).load()
+    assert cfg.tunnel.mode == "vxlan" and cfg.tunnel.vni == 5001 and len(cfg.remotes) == 2
