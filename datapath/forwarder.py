@@ -28,18 +28,34 @@ log = logging.getLogger("ovl-dp")
 class FdbView(Protocol):
     """The part of a forwarder's MAC table the engine and the control plane use."""
 
-    def expire(self) -> int: ...
-    def entries(self) -> list[FdbEntry]: ...
+    def expire(self) -> int:
+        """Remove every learned entry past its age; how many."""
+        ...
+
+    def entries(self) -> list[FdbEntry]:
+        """All entries, unordered."""
+        ...
 
 
 class Forwarder(Protocol):
     """What both the C and the Python forwarder provide (see datapath.pypath)."""
 
     @property
-    def fdb(self) -> FdbView: ...
-    def from_tap(self, tap_fd: int, send_sock: socket.socket) -> int: ...
-    def from_tunnel(self, recv_sock: socket.socket, tap_fd: int) -> int: ...
-    def snapshot(self) -> Snapshot: ...
+    def fdb(self) -> FdbView:
+        """The MAC table."""
+        ...
+
+    def from_tap(self, tap_fd: int, send_sock: socket.socket) -> int:
+        """Read a batch from the TAP, encapsulate and send it; frames read."""
+        ...
+
+    def from_tunnel(self, recv_sock: socket.socket, tap_fd: int) -> int:
+        """Receive a batch from the underlay, decapsulate, learn, write to the TAP; packets received."""
+        ...
+
+    def snapshot(self) -> Snapshot:
+        """A copy of every counter."""
+        ...
 
 
 def fast_path_available() -> bool:
