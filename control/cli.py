@@ -216,6 +216,23 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         action="store_false",
         help="use the pure-Python datapath instead of C",
     )
+    run.add_argument(
+        "--metrics",
+        dest="metrics",
+        type=_metrics_address,
+        metavar="[ADDR:]PORT",
+        help="serve Prometheus /metrics and /healthz on ADDR:PORT (a bare PORT: 127.0.0.1; IPv6 as [::1]:PORT; "
+        "default: off)",
+    )
+
+
+def _metrics_address(text: str) -> tuple[str, int]:
+    from control.metrics import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return lab.main(args)
         from control import daemon
 
-        return daemon.run(cfg)
+        return daemon.run(cfg, metrics_at=args.metrics)
     except ConfigError as exc:
         print(f"ovl-dp: error: {exc.render(option_names(parser))} (see ovl-dp run --help)", file=sys.stderr)
         return EXIT_USAGE
