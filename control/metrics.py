@@ -393,6 +393,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "ovl-dp"
     sys_version = ""
     protocol_version = "HTTP/1.0"
+    default_request_version = "HTTP/1.0"  # never HTTP/0.9 answers without a status line
     timeout = CLIENT_DEADLINE  # per socket operation; the server's timer bounds the whole connection
 
     def setup(self) -> None:
@@ -400,6 +401,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile = _CappedReader(self.rfile, MAX_REQUEST_BYTES)  # type: ignore[assignment]
 
     def handle(self) -> None:
+        self.requestline, self.command, self.request_version = "", "", "HTTP/1.0"  # for a refused request line
         try:
             self.handle_one_request()
         except _TooLarge:
@@ -481,6 +483,10 @@ class _Server(ThreadingHTTPServer):
         # HTTPServer.server_bind would look the address up in DNS (getfqdn); a literal needs no name.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A handler that failed: one log line, never a traceback on stderr."""
+        log.debug("metrics: a request from %s failed", client_address, exc_info=True)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
