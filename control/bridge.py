@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -87,11 +88,14 @@ class Bridge:
         except ovs.OvsError as exc:
             log.warning("could not remove port %s from %s: %s", tap, self.name, exc)
 
-    async def keep_attached(self, tap: str, interval: float = OVS_WATCH_INTERVAL) -> None:
+    async def keep_attached(
+        self, tap: str, interval: float = OVS_WATCH_INTERVAL, report: Callable[[str], None] | None = None
+    ) -> None:
         """OVS only: every interval, re-add the port if its row is gone (an operator, a fresh database).
 
         A restarted ovs-vswitchd re-opens the TAP by itself from the port row; a
         port that OVS cannot open (ofport -1) is reported once, with OVS's error.
+        report, if given, gets the outcome of every check ("" when the port is fine).
         """
         if self.kind != "ovs":
             return
@@ -107,6 +111,8 @@ class Bridge:
             if problem and problem != reported:
                 log.warning("%s", problem)
             reported = problem
+            if report is not None:
+                report(problem)
 
     async def _check_port(self, vsctl_path: str, db: list[str], tap: str) -> str:
         """Re-add the port if its row is gone; returns what is wrong, or ''."""
@@ -150,6 +156,24 @@ def resolve(name: str, bridge_type: str, ovsdb: str | None = None, tag: int | No
             "or run with --bridge-type none)"
         )
     raise SetupError(f"{name} is not a Linux bridge (kind {kind or 'unknown'}); choose another --bridge")
+
+
+def linux_attachment_problem(bridge: str, tap: str) -> str:
+    """Why tap is not a port of Linux bridge bridge (its master), or "" when it is."""
+    try:
+        with IPRoute() as ipr:
+            br = ipr.link_lookup(ifname=bridge)
+            if not br:
+                return f"TAP {tap} is not attached: bridge {bridge} does not exist"
+            port = ipr.link_lookup(ifname=tap)
+            if not port:
+                return f"TAP {tap} does not exist"
+            master = ipr.get_links(port[0])[0].get_attr("IFLA_MASTER")
+    except (NetlinkError, OSError) as exc:
+        return f"cannot read whether {tap} is attached to bridge {bridge}: {exc}"
+    if master != br[0]:
+        return f"TAP {tap} is not attached to bridge {bridge}"
+    return ""
 
 
 def _attach_linux(bridge: str, tap: str) -> None:

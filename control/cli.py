@@ -219,6 +219,23 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         action="store_false",
         help="use the pure-Python datapath instead of C",
     )
+    run.add_argument(
+        "--metrics",
+        dest="metrics",
+        type=_metrics_address,
+        metavar="[ADDR:]PORT",
+        help="serve Prometheus /metrics and /healthz on ADDR:PORT (a bare PORT: 127.0.0.1; IPv6 as [::1]:PORT; "
+        "default: off)",
+    )
+
+
+def _metrics_address(text: str) -> tuple[str, int]:
+    from control.metrics import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _mac_vlan(text: str) -> tuple[bytes, int]:
@@ -436,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return lab.main(args)
         from control import daemon
 
-        return daemon.run(cfg, source)
+        return daemon.run(cfg, source, source.metrics_at(getattr(args, "metrics", None)))
     except ConfigError as exc:
         names = source.names(option_names(parser)) if source is not None else option_names(parser)
         print(f"ovl-dp: error: {exc.render(names)} (see ovl-dp run --help)", file=sys.stderr)

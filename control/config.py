@@ -97,7 +97,9 @@ def resolve(cfg: Config, bridge_kind: str = "none") -> Config:
 
 # A file's tables: every group of datapath.config's Config; top-level keys: remotes, batch.
 FILE_GROUPS = frozenset(GROUPS)
-FILE_TOP_KEYS = frozenset({"remotes", "batch"})
+FILE_TOP_KEYS = frozenset({"remotes", "batch", "metrics"})
+# Keys of the daemon itself rather than of its datapath (not part of datapath.config's Config).
+DAEMON_KEYS = frozenset({"metrics"})
 GROUP_KEYS = frozenset({f"{g}.{f.name}" for g, cls in GROUPS.items() for f in dataclasses.fields(cls)} | FILE_TOP_KEYS)
 
 
@@ -140,7 +142,21 @@ class ConfigSource:
 
     def load(self) -> Config:
         """The validated (not yet resolved) configuration; ConfigError names the key."""
-        return from_keys(self.keys())
+        return from_keys({k: v for k, v in self.keys().items() if k not in DAEMON_KEYS})
+
+    def metrics_at(self, given: tuple[str, int] | None) -> tuple[str, int] | None:
+        """Where to serve /metrics: the command line's --metrics, else the file's metrics key, else nowhere."""
+        if given is not None or self.file is None:
+            return given
+        value = load_file(self.file).get("metrics")
+        if value is None:
+            return None
+        from control.metrics import parse_listen
+
+        try:
+            return parse_listen(str(value))
+        except ValueError as exc:
+            raise ConfigError(f"{{metrics}}: {exc}") from None
 
     def names(self, options: Mapping[str, str]) -> dict[str, str]:
         """How messages name each key: its option if given on the command line (or no file), else "KEY (in FILE)"."""

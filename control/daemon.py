@@ -6,38 +6,49 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Mapping, Sequence
 
 import uvloop
 
-from control import bridge, config, ctl
+from control import bridge, config, ctl, metrics
 from control.config import ConfigSource
 from control.ctl import CtlError
 from control.procs import sigterm_raises_interrupt
 from control.report import format_counters, format_fdb
 from control.service import Service
 from datapath.config import Config, ConfigError
+from datapath.counters import Snapshot
 from datapath.engine import Engine
 from datapath.errors import SetupError
 from datapath.ether import format_mac
+from datapath.io.tap import offload_names
 
 log = logging.getLogger("ovl-dp")
 
 
-def run(user_cfg: Config, source: ConfigSource | None = None) -> int:
+def run(user_cfg: Config, source: ConfigSource | None = None, metrics_at: tuple[str, int] | None = None) -> int:
     """Run the daemon until SIGINT/SIGTERM; SetupError for anything a user must fix.
 
-    source: where user_cfg came from, re-read by `ovl-dp reload` and SIGHUP.
+    source: where user_cfg came from, re-read by `ovl-dp reload` and SIGHUP; metrics_at: (address, port)
+    to serve /metrics and /healthz on, None for none.
     """
     # Until the loop owns the signals, SIGTERM unwinds like Ctrl-C, through the cleanup below.
     with sigterm_raises_interrupt():
-        return _run(user_cfg, source)
+        return _run(user_cfg, source, metrics_at)
 
 
-def _run(user_cfg: Config, source: ConfigSource | None) -> int:
+def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, int] | None) -> int:
     b = user_cfg.bridge
     br = bridge.resolve(b.name, b.type, b.ovsdb, b.tag)
     cfg = config.resolve(user_cfg, br.kind)
-    engine = Engine(cfg)
+    # Metrics: bound before the TAP exists, so that a taken port fails before anything appears on the bridge.
+    http = metrics.MetricsServer(*metrics_at) if metrics_at else None
+    try:
+        engine = Engine(cfg)
+    except BaseException:
+        if http is not None:
+            http.close()
+        raise
     attached = False
     try:
         br.attach(engine.tap.name)
@@ -60,10 +71,13 @@ def _run(user_cfg: Config, source: ConfigSource | None) -> int:
             log.info("received TCP segments coalesced into super-frames: %s", "yes" if coalesce else "no")
         loop = uvloop.new_event_loop()
         try:
-            loop.run_until_complete(_serve(loop, engine, br, Service(engine, source, br.kind, user_cfg)))
+            service = Service(engine, source, br.kind, user_cfg)
+            loop.run_until_complete(_serve(loop, engine, br, service, http))
         finally:
             loop.close()
     finally:
+        if http is not None:
+            http.close()  # idempotent; _serve stops it first on the normal path
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log.info("exiting; counters:\n%s", format_counters(engine.snapshot().as_dict()))
@@ -73,7 +87,13 @@ def _run(user_cfg: Config, source: ConfigSource | None) -> int:
     return 0
 
 
-async def _serve(loop: asyncio.AbstractEventLoop, engine: Engine, br: bridge.Bridge, service: Service) -> None:
+async def _serve(
+    loop: asyncio.AbstractEventLoop,
+    engine: Engine,
+    br: bridge.Bridge,
+    service: Service,
+    http: metrics.MetricsServer | None = None,
+) -> None:
     stop = asyncio.Event()
     ctl_stats = ctl.CtlStats()
 
@@ -95,14 +115,88 @@ async def _serve(loop: asyncio.AbstractEventLoop, engine: Engine, br: bridge.Bri
     loop.add_signal_handler(signal.SIGUSR1, dump)
     loop.add_signal_handler(signal.SIGHUP, reload)
     engine.start(loop)
-    watch = asyncio.create_task(br.keep_attached(engine.tap.name))
+    source = MetricsAdapter(engine, br, loop)
+    source.heartbeat.start(loop)
+    watch = asyncio.create_task(br.keep_attached(engine.tap.name, report=source.ovs_report))
+    if http is not None:
+        http.start(source)
     log.info("ready")
     try:
         await stop.wait()
     finally:
+        if http is not None:
+            http.close()
+        source.heartbeat.stop()
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch
         server.close()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+class MetricsAdapter:
+    """The daemon's metrics.MetricsSource: the engine read on its loop, the bridge attachment, a loop heartbeat."""
+
+    def __init__(self, engine: Engine, br: bridge.Bridge, loop: asyncio.AbstractEventLoop) -> None:
+        self.tap = engine.tap.name
+        self.heartbeat = metrics.Heartbeat()
+        self._engine = engine
+        self._bridge = br
+        self._loop = loop
+        self._ovs_problem = ""
+        cfg = engine.cfg
+        self._info = {
+            "version": metrics.package_version(),
+            "mode": cfg.tunnel.mode,
+            "path": "c" if engine.fast else "python",
+            "bridge_type": br.kind,
+        }
+        tap = engine.tap
+        self._offloads = metrics.OffloadState(
+            fast_path=engine.fast,
+            vnet_hdr=tap.vnet_hdr_len > 0,
+            tun=frozenset(offload_names(tap.offloads).split()) - {"none"},
+            udp_gro=bool(engine.udp_gro),
+            udp_gso=bool(engine.gso_socks),
+            rx_coalesce=engine.fast and cfg.offload.coalesce and tap.vnet_hdr_len > 0,
+        )
+
+    def build_info(self) -> Mapping[str, str]:
+        """version, mode, path (c or python), bridge_type."""
+        return self._info
+
+    def snapshot(self) -> Snapshot:
+        """The engine's counters, read on the loop."""
+        return metrics.on_loop(self._loop, self._engine.snapshot)
+
+    def remote_rows(self) -> Sequence[Mapping[str, object]]:
+        """Per-remote rows, read on the loop."""
+        return metrics.on_loop(self._loop, self._remote_rows)
+
+    def _remote_rows(self) -> list[dict[str, object]]:
+        # The one place to switch once Engine.remote_rows() (dynamic remotes, with local and
+        # last_rx_age) has landed; until then the snapshot's rows, which lack those two.
+        rows = getattr(self._engine, "remote_rows", None)
+        if callable(rows):
+            return list(rows())
+        return [dict(r) for r in self._engine.snapshot().remotes]
+
+    def offloads(self) -> metrics.OffloadState:
+        """Fixed once the engine runs."""
+        return self._offloads
+
+    def ovs_report(self, problem: str) -> None:
+        """The OVS port watcher's latest finding ("" = the port is there and usable)."""
+        self._ovs_problem = problem
+
+    def health(self) -> str:
+        """Loop heartbeat first, then the TAP's place on its bridge; "" when both are fine."""
+        stalled = self.heartbeat.problem()
+        if stalled:
+            return stalled
+        if self._bridge.kind == "linux":
+            return bridge.linux_attachment_problem(self._bridge.name, self.tap)
+        if self._bridge.kind == "ovs":
+            return self._ovs_problem
+        return ""
