@@ -453,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return lab.main(args)
         from control import daemon
 
+        assert source is not None  # the run command made it
         return daemon.run(cfg, source, source.metrics_at(getattr(args, "metrics", None)))
     except ConfigError as exc:
         names = source.names(option_names(parser)) if source is not None else option_names(parser)
