@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from datapath import pypath
-from datapath.config import Config
+from datapath.config import Config, Remote
 from datapath.counters import Snapshot
 from datapath.fdb import FdbEntry
 
@@ -26,20 +26,33 @@ log = logging.getLogger("ovl-dp")
 
 
 class FdbView(Protocol):
-    """The part of a forwarder's MAC table the engine and the control plane use."""
+    """The part of a forwarder's MAC table the engine and the control plane use (rules in datapath.fdb)."""
 
     def expire(self) -> int: ...
     def entries(self) -> list[FdbEntry]: ...
+    def add_static(self, mac: bytes, remote: int, *, vlan: int = 0) -> None: ...
+    def remove(self, mac: bytes, *, vlan: int = 0) -> bool: ...
+    def flush(self, remote: int | None = None) -> int: ...
+    def set_limits(self, max_entries: int, ageing: float) -> None: ...
 
 
 class Forwarder(Protocol):
-    """What both the C and the Python forwarder provide (see datapath.pypath)."""
+    """What both the C and the Python forwarder provide (see datapath.pypath).
+
+    Remotes are slots (indices the FDB stores): ``add_remote`` takes the lowest free
+    one, ``remove_remote`` frees one and purges the FDB entries behind it, ``remotes``
+    lists those in use in slot order with the clock value of the last delivered
+    packet from each (None if none yet). Called between batches, never during one.
+    """
 
     @property
     def fdb(self) -> FdbView: ...
     def from_tap(self, tap_fd: int, send_sock: socket.socket) -> int: ...
     def from_tunnel(self, recv_sock: socket.socket, tap_fd: int) -> int: ...
     def snapshot(self) -> Snapshot: ...
+    def add_remote(self, remote: Remote) -> int: ...
+    def remove_remote(self, slot: int) -> int: ...
+    def remotes(self) -> list[tuple[int, Remote, float | None]]: ...
 
 
 def fast_path_available() -> bool:
