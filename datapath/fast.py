@@ -336,6 +336,7 @@ class FastForwarder:
         self.fdb = FastFdb._view(self._dp, lib.ovl_dp_fdb(self._dp), cfg.fdb.max_entries, cfg.fdb.ageing, clock)
         for mac, remote, vlan in cfg.static_entries:
             self.fdb.add_static(mac, remote, vlan=vlan)
+        self._slot_addr = {slot: r.addr for slot, r, _ in self.remotes()}
         self._remotes_changed()
         # Room for any packet or frame the rings hold (IPv4 total length, a super-frame).
         self._out = _raw_alloc("uint8_t[]", 1 << 17)
@@ -356,6 +357,7 @@ class FastForwarder:
             raise ValueError(f"at most {lib.OVL_MAX_REMOTES} remotes are supported")
         if slot < 0:
             raise MemoryError(f"cannot grow the TX rings for remote {remote.addr}")
+        self._slot_addr[slot] = remote.addr
         self._remotes_changed()
         return slot
 
@@ -367,6 +369,7 @@ class FastForwarder:
         n = int(lib.ovl_dp_remove_remote(self._dp, slot)) if 0 <= slot < lib.OVL_MAX_REMOTES else -1
         if n < 0:
             raise KeyError(f"no remote in slot {slot}")
+        del self._slot_addr[slot]
         self._remotes_changed()
         return n
 
@@ -389,12 +392,12 @@ class FastForwarder:
         ]
 
     def _remotes_changed(self) -> None:
-        rows = self.remotes()
-        self._slot_addrs = [(slot, r.addr) for slot, r, _ in rows]
-        self._src = {r.addr: r.addr_bytes for _, r, _ in rows}
+        """After a change: what snapshot() and rx() need of the remotes (_slot_addr: slot -> address)."""
+        self._slot_addrs = sorted(self._slot_addr.items())
+        self._src = {a: socket.inet_aton(a) for a in self._slot_addr.values()}
         # What rx() passes for a source that is not a remote: any address no remote has.
         taken = {int.from_bytes(a, sys.byteorder) for a in self._src.values()}
-        self._not_remote = min(set(range(len(rows) + 1)) - taken).to_bytes(4, sys.byteorder)
+        self._not_remote = min(set(range(len(taken) + 1)) - taken).to_bytes(4, sys.byteorder)
 
     def _chunks(self, items: Iterable[Any]) -> Iterable[Sequence[Any]]:
         items = list(items)
