@@ -17,7 +17,7 @@ uint32_t ovl_tx_process(struct ovl_dp *dp, uint32_t n, double now) {
     const struct ovl_config *c = &dp->cfg;
     uint32_t k = 0;
     if (n > c->batch)
-        n = c->batch; /* tx_out holds batch * n_remotes packets */
+        n = c->batch; /* tx_out holds batch * tx_slots packets, tx_slots >= n_remotes */
     for (uint32_t i = 0; i < n; i++) {
         dp->stats[OVL_STAT_TAP_RX]++;
         if (dp->tx_len[i] < ETH_HLEN) {
@@ -44,14 +44,17 @@ uint32_t ovl_tx_process(struct ovl_dp *dp, uint32_t n, double now) {
         tx_frame_sums(c, f, len, &tf); /* len >= ETH_HLEN: cannot fail */
         /* Multicast destinations are not looked up (a lookup may age an entry out). */
         int32_t r = (f[0] & 1) ? -1 : ovl_fdb_lookup(dp->fdb, f, vlan, now);
-        if (r >= 0 && (uint32_t)r < c->n_remotes) {
+        if (r >= 0 && (uint32_t)r < c->n_remotes && c->remote_used[r]) {
             dp->stats[OVL_STAT_TX_UNICAST]++;
             emit(dp, &k, i, (uint32_t)r, &tf);
             continue;
         }
-        /* Broadcast, multicast, unknown unicast: head-end replication. */
+        /* Broadcast, multicast, unknown unicast: head-end replication to the remotes in use
+         * (none at all: counted as flooded, nothing sent). */
         dp->stats[OVL_STAT_TX_FLOODED]++;
         for (uint32_t j = 0; j < c->n_remotes; j++) {
+            if (!c->remote_used[j])
+                continue;
             dp->remotes[j][OVL_REMOTE_TX_FLOOD]++;
             emit(dp, &k, i, j, &tf);
         }
@@ -68,15 +71,8 @@ uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now) {
         n = dp->rx_cap;
     for (uint32_t i = 0; i < n; i++) {
         struct rx_entry *e = &dp->rx[i];
-        int32_t r = -1;
+        int32_t r = remote_find(dp, e->src);
         e->remote = -1;
-        /* From the last: with a repeated address the reference's dict keeps the last index. */
-        for (uint32_t j = c->n_remotes; j-- > 0;) {
-            if (c->remote_addr[j] == e->src) {
-                r = (int32_t)j;
-                break;
-            }
-        }
         int res;
         uint32_t tid = 0;
         uint16_t vlan = 0, tag = 0;
@@ -115,6 +111,8 @@ uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now) {
             continue;
         }
         ovl_fdb_learn(dp->fdb, e->data + res + ETH_ALEN, vlan, r, now);
+        dp->last_rx[r] = now;
+        dp->rx_seen[r] = 1;
         e->remote = r;
         delivered++;
     }

@@ -40,6 +40,7 @@ UNITS = (
     "batch.c",
     "io.c",
     "dp.c",
+    "remotes.c",
 )
 CFLAGS = ["-O2", "-Wall", "-Wextra"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]

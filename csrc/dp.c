@@ -63,6 +63,7 @@ int ovl_config_add_remote(struct ovl_config *c, const uint8_t *addr, const uint8
         return -1;
     memcpy(&c->remote_addr[c->n_remotes], addr, 4); /* kept in network order */
     memcpy(&c->remote_local[c->n_remotes], local, 4);
+    c->remote_used[c->n_remotes] = 1;
     return (int)c->n_remotes++;
 }
 
@@ -101,7 +102,7 @@ void ovl_dp_free(struct ovl_dp *dp) {
 /* The configuration's ranges, as far as the context relies on them. */
 static int config_ok(const struct ovl_config *c) {
     uint32_t outer = ovl_outer_len(c);
-    return c->n_remotes >= 1 && c->n_remotes <= OVL_MAX_REMOTES && c->batch >= 1 && c->batch <= OVL_MAX_BATCH &&
+    return c->n_remotes <= OVL_MAX_REMOTES && c->batch >= 1 && c->batch <= OVL_MAX_BATCH &&
            c->slot_size >= outer + ETH_HLEN && c->slot_size <= OVL_MAX_SLOT &&
            /* a TAP read cut short at slot_size must fail the too-big check, never pass as a frame */
            c->slot_size + outer > c->underlay_mtu && c->underlay_mtu <= 0xFFFF && c->port <= 0xFFFF &&
@@ -120,15 +121,17 @@ struct ovl_dp *ovl_dp_new(const struct ovl_config *cfg) {
     c->udp_gro = c->udp_gro && c->ops->udp;
     c->rx_coalesce = c->rx_coalesce && c->vnet_hdr_len;
     dp->outer_len = ovl_outer_len(c);
-    for (uint32_t r = 0; r < c->n_remotes; r++)
-        outer_template(c, r, &dp->outer[r]);
+    if (remotes_init(dp) < 0) { /* a remote given twice */
+        free(dp);
+        return NULL;
+    }
     for (uint32_t k = 0; k < OVL_GSO_SOCKETS; k++)
         dp->gso_fd[k] = -1;
     size_t nb = c->batch;
     dp->fdb = ovl_fdb_new(c->fdb_max, c->fdb_ageing, c->fdb_seed);
     dp->tx_data = calloc(nb, sizeof(*dp->tx_data));
     dp->tx_len = calloc(nb, sizeof(*dp->tx_len));
-    dp->tx_out = calloc(nb * c->n_remotes, sizeof(*dp->tx_out));
+    dp->tx_out = calloc(nb * dp->tx_slots, sizeof(*dp->tx_out));
     dp->tap_slot = c->vnet_hdr_len ? c->vnet_hdr_len + OVL_TAP_READ : c->slot_size;
     dp->tx_buf = malloc(nb * dp->tap_slot);
     dp->rx_slot = c->udp_gro ? UDP_GRO_SLOT : c->slot_size;

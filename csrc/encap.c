@@ -97,7 +97,7 @@ int ip4_header_len(const uint8_t *p, size_t n) {
 int ovl_encap(const struct ovl_config *c, uint32_t r, const uint8_t *frame, size_t len, uint8_t *out, size_t cap) {
     struct tx_frame tf = {base_tunnel(c), 0, 0};
     uint32_t hlen = ovl_outer_len(c);
-    if (r >= c->n_remotes || r >= OVL_MAX_REMOTES)
+    if (r >= c->n_remotes || r >= OVL_MAX_REMOTES || !c->remote_used[r])
         return -OVL_DROP_TX_ERROR;
     int res = tx_frame_sums(c, frame, len, &tf);
     if (res < 0)

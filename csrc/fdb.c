@@ -36,15 +36,21 @@ static uint32_t mac_home(const struct ovl_fdb *f, const uint8_t *mac, uint16_t v
     return (uint32_t)k & f->mask;
 }
 
+/* Slots for a cap of max_entries: at most half full. */
+static uint32_t table_size(uint32_t max_entries) {
+    uint32_t cap = 16;
+    while (cap < 2 * max_entries)
+        cap <<= 1;
+    return cap;
+}
+
 struct ovl_fdb *ovl_fdb_new(uint32_t max_entries, double ageing, uint64_t seed) {
     if (max_entries < 1 || max_entries > (1u << 28) || !(ageing >= 0))
         return NULL;
     struct ovl_fdb *f = calloc(1, sizeof(*f));
     if (!f)
         return NULL;
-    uint32_t cap = 16;
-    while (cap < 2 * max_entries)
-        cap <<= 1;
+    uint32_t cap = table_size(max_entries);
     f->slots = calloc(cap, sizeof(*f->slots));
     if (!f->slots) {
         free(f);
@@ -187,6 +193,52 @@ uint32_t ovl_fdb_expire(struct ovl_fdb *f, double now) {
     }
     f->ctr[OVL_FDB_AGED] += n;
     return n;
+}
+
+uint32_t ovl_fdb_flush(struct ovl_fdb *f, int32_t remote) {
+    uint32_t n = 0;
+    if (remote < 0) {
+        n = f->count;
+        memset(f->slots, 0, ((size_t)f->mask + 1) * sizeof(*f->slots));
+        f->count = 0;
+        return n;
+    }
+    /* As ovl_fdb_expire: a slot that a delete refilled is looked at again. */
+    for (uint32_t i = 0; i <= f->mask;) {
+        if (f->slots[i].used && f->slots[i].remote == remote) {
+            fdb_delete(f, i);
+            n++;
+        } else {
+            i++;
+        }
+    }
+    return n;
+}
+
+int ovl_fdb_set_limits(struct ovl_fdb *f, uint32_t max_entries, double ageing) {
+    if (max_entries < 1 || max_entries > (1u << 28) || !(ageing >= 0))
+        return -1;
+    uint32_t cap = table_size(max_entries);
+    if (cap > f->mask + 1) { /* a bigger cap needs a bigger table: rehash (never shrunk) */
+        struct fdb_slot *old = f->slots, *slots = calloc(cap, sizeof(*slots));
+        if (!slots)
+            return -1;
+        uint32_t old_size = f->mask + 1;
+        f->slots = slots;
+        f->mask = cap - 1;
+        for (uint32_t i = 0; i < old_size; i++) {
+            if (!old[i].used)
+                continue;
+            uint32_t j = mac_home(f, old[i].mac, old[i].vlan);
+            while (f->slots[j].used)
+                j = (j + 1) & f->mask;
+            f->slots[j] = old[i];
+        }
+        free(old);
+    }
+    f->max = max_entries;
+    f->ageing = ageing;
+    return 0;
 }
 
 uint32_t ovl_fdb_count(const struct ovl_fdb *f) { return f->count; }

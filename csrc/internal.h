@@ -11,6 +11,7 @@
  *   batch.c        the batch logic (tx / rx process) and the two driver loops
  *   io.c           the syscalls: read, sendmmsg / UDP GSO sendmsg, recvmmsg / UDP GRO, write / writev
  *   dp.c           the configuration setters, context create / free, accessors for Python
+ *   remotes.c      the remote slots at run time: add / remove, the address -> slot hash, TX ring growth
  *
  * Every function reproduces a pure-Python reference (named in its comment) byte
  * for byte, including the order of checks, so that the same bad packet gets the
@@ -114,9 +115,12 @@ struct ovl_config {
     uint32_t fdb_max;
     double fdb_ageing; /* seconds, 0 = never */
     uint64_t fdb_seed; /* hash seed of the MAC table */
+    /* Remote slots [0, n_remotes): the highest slot in use + 1. A context adds and removes
+     * remotes at run time (remotes.c), leaving free slots (remote_used 0) that it reuses. */
     uint32_t n_remotes;
     uint32_t remote_addr[OVL_MAX_REMOTES];  /* network byte order */
     uint32_t remote_local[OVL_MAX_REMOTES]; /* network byte order */
+    uint8_t remote_used[OVL_MAX_REMOTES];
     uint32_t n_vlans;                       /* entries set in vlan_mapped */
     uint32_t vlan_tid[OVL_VLAN_COUNT];      /* VID -> tunnel id where vlan_mapped */
     uint8_t vlan_mapped[OVL_VLAN_COUNT];    /* 1..4094 only (ovl_dp_new checks) */
@@ -233,16 +237,23 @@ struct vlan_id; /* vlan.c */
 struct ovl_co;  /* offload.c: RX coalescing state */
 struct ovl_io;  /* io.c: mmsghdr / iovec / sockaddr arrays */
 
+/* Slots of the address -> remote slot hash (a power of two, at least twice OVL_MAX_REMOTES). */
+#define REMOTE_HASH 2048
+
 struct ovl_dp {
-    struct ovl_config cfg; /* udp_gro, rx_coalesce as in effect */
+    struct ovl_config cfg; /* udp_gro, rx_coalesce as in effect; the remote slots as they are now */
     uint32_t outer_len;
     int io_errno; /* set when a read / recv failed other than by "no more data" */
     uint64_t stats[OVL_STAT_COUNT];
     uint64_t drops[OVL_DROP_COUNT];
     uint64_t remotes[OVL_MAX_REMOTES][OVL_REMOTE_COUNT];
     struct ovl_outer outer[OVL_MAX_REMOTES]; /* header templates */
+    double last_rx[OVL_MAX_REMOTES];         /* now of the last batch that delivered a packet from it */
+    uint8_t rx_seen[OVL_MAX_REMOTES];        /* last_rx is set */
+    int16_t remote_hash[REMOTE_HASH];        /* address -> slot, linear probing, -1 = empty */
+    uint32_t tx_slots;                       /* remote slots the TX rings hold: >= n_remotes, >= 1 */
     struct ovl_fdb *fdb;
-    /* TX: batch entries (frame address and length), batch * n_remotes packets. */
+    /* TX: batch entries (frame address and length), batch * tx_slots packets. */
     uint8_t **tx_data;
     uint32_t *tx_len;
     struct tx_out *tx_out;
@@ -288,8 +299,14 @@ uint32_t tx_fill_offloaded(struct ovl_dp *dp, uint32_t n, struct tx_cursor *cur)
 int co_new(struct ovl_dp *dp);
 void co_free(struct ovl_co *co);
 
+/* remotes.c */
+int remotes_init(struct ovl_dp *dp);
+int32_t remote_find(const struct ovl_dp *dp, uint32_t addr);
+
 /* io.c */
 int io_new(struct ovl_dp *dp);
+int io_grow_tx(struct ovl_dp *dp, uint32_t slots);
+void io_set_remote(struct ovl_dp *dp, uint32_t r);
 void io_free(struct ovl_io *io);
 uint32_t io_tap_read(struct ovl_dp *dp, int tap_fd);
 void io_send(struct ovl_dp *dp, uint32_t k, int send_fd);

@@ -19,7 +19,7 @@
 #define ENCAP_HDR (IPV4_HLEN + UDP_HLEN) /* where a UDP encapsulation's own header starts */
 
 struct ovl_io {
-    struct mmsghdr *tx_msg;                     /* batch * n_remotes */
+    struct mmsghdr *tx_msg;                     /* batch * tx_slots */
     struct iovec *tx_iov;                       /* 2 per tx message: outer header, inner frame */
     struct iovec gso_iov[2 * UDP_GSO_MAX_SEGS]; /* one UDP_SEGMENT send */
     union {
@@ -48,7 +48,7 @@ void io_free(struct ovl_io *io) {
 
 int io_new(struct ovl_dp *dp) {
     const struct ovl_config *c = &dp->cfg;
-    size_t nb = c->batch, nout = nb * c->n_remotes;
+    size_t nb = c->batch, nout = nb * dp->tx_slots;
     struct ovl_io *io = dp->io = calloc(1, sizeof(*dp->io));
     if (!io)
         return -1;
@@ -60,12 +60,34 @@ int io_new(struct ovl_dp *dp) {
     io->rx_cmsg = calloc(nb, RX_CMSG);
     if (!io->tx_msg || !io->tx_iov || !io->rx_msg || !io->rx_iov || !io->rx_addr || !io->rx_cmsg)
         return -1;
-    for (uint32_t r = 0; r < c->n_remotes; r++) {
-        io->dst[r].sin_family = AF_INET;
-        io->dst[r].sin_addr.s_addr = c->remote_addr[r];
-        io->udp_dst[r] = io->dst[r];
-        io->udp_dst[r].sin_port = htons((uint16_t)c->port);
-    }
+    for (uint32_t r = 0; r < c->n_remotes; r++)
+        if (c->remote_used[r])
+            io_set_remote(dp, r);
+    return 0;
+}
+
+/* The destination addresses of remote slot r. */
+void io_set_remote(struct ovl_dp *dp, uint32_t r) {
+    struct ovl_io *io = dp->io;
+    memset(&io->dst[r], 0, sizeof(io->dst[r]));
+    io->dst[r].sin_family = AF_INET;
+    io->dst[r].sin_addr.s_addr = dp->cfg.remote_addr[r];
+    io->udp_dst[r] = io->dst[r];
+    io->udp_dst[r].sin_port = htons((uint16_t)dp->cfg.port);
+}
+
+/* The TX messages for batch * slots packets (remotes.c grows the rings); -1 if memory is short. */
+int io_grow_tx(struct ovl_dp *dp, uint32_t slots) {
+    struct ovl_io *io = dp->io;
+    size_t nout = (size_t)dp->cfg.batch * slots;
+    struct mmsghdr *msg = realloc(io->tx_msg, nout * sizeof(*msg));
+    if (!msg)
+        return -1;
+    io->tx_msg = msg;
+    struct iovec *iov = realloc(io->tx_iov, 2 * nout * sizeof(*iov));
+    if (!iov)
+        return -1;
+    io->tx_iov = iov;
     return 0;
 }
 

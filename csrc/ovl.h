@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 /* BEGIN CDEF */
-#define OVL_MAX_REMOTES 64
+#define OVL_MAX_REMOTES 1024 /* remote slots; a context's TX rings grow with the highest slot in use */
 #define OVL_MAX_OUTER 36 /* outer IPv4 + UDP + VXLAN; GRE with a key needs 28 */
 #define OVL_MAX_BATCH 1024
 #define OVL_MAX_SLOT 65600
@@ -110,11 +110,19 @@ enum ovl_fdb_stat {
     OVL_FDB_COUNT = 4
 };
 
+/* Why ovl_dp_add_remote refused a remote (its negative results). */
+enum ovl_add_error {
+    OVL_ADD_FULL = -1,      /* OVL_MAX_REMOTES slots in use */
+    OVL_ADD_DUPLICATE = -2, /* a remote with that address is there */
+    OVL_ADD_NOMEM = -3      /* the TX rings could not grow */
+};
+
 /* Which counters ovl_dp_counters copies out. */
 enum ovl_counters {
     OVL_COUNTERS_STATS = 0,   /* OVL_STAT_COUNT values */
     OVL_COUNTERS_DROPS = 1,   /* OVL_DROP_COUNT values, by drop reason */
-    OVL_COUNTERS_REMOTES = 2, /* OVL_REMOTE_COUNT values per remote, remote after remote */
+    OVL_COUNTERS_REMOTES = 2, /* OVL_REMOTE_COUNT values per remote slot, slot after slot up to the highest in use
+                               * (a free slot's values are 0) */
     OVL_COUNTERS_FDB = 3      /* OVL_FDB_COUNT values */
 };
 
@@ -153,7 +161,7 @@ int ovl_config_set_fdb(struct ovl_config *c, uint32_t max_entries, double ageing
  * udp_gro (encapsulations in UDP): the receiving socket has UDP_GRO on. 0. */
 int ovl_config_set_offloads(struct ovl_config *c, uint32_t vnet_hdr_len, uint32_t rx_coalesce, uint32_t udp_gro);
 /* Add a remote: its IPv4 address and the local address we send to it from (4 bytes each, network
- * order). Returns its index, or -1 when OVL_MAX_REMOTES are there. */
+ * order). Returns its index (its slot in a context), or -1 when OVL_MAX_REMOTES are there. */
 int ovl_config_add_remote(struct ovl_config *c, const uint8_t *addr, const uint8_t *local);
 /* Frames of VLAN vlan leave untagged in tunnel id tid and come back tagged. -1 for a VLAN
  * beyond OVL_VLAN_COUNT or one already mapped. */
@@ -199,6 +207,13 @@ int ovl_fdb_remove(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan);
 uint32_t ovl_fdb_expire(struct ovl_fdb *fdb, double now);
 /* Entries in the table (expired ones not yet swept included). */
 uint32_t ovl_fdb_count(const struct ovl_fdb *fdb);
+/* Remove every entry (learned and static) behind remote, or every entry at all for remote < 0;
+ * returns how many (not counted as aged). */
+uint32_t ovl_fdb_flush(struct ovl_fdb *fdb, int32_t remote);
+/* New size cap and ageing, at once (the same ranges as ovl_fdb_new; a table with more entries than
+ * the new cap keeps them all and refuses new ones until it is below the cap). 0, or -1 (out of
+ * range, or no memory to grow the table: nothing changed). */
+int ovl_fdb_set_limits(struct ovl_fdb *fdb, uint32_t max_entries, double ageing);
 /* Up to cap entries as parallel arrays (macs: 6 bytes each; ages: seconds since last seen, 0 for
  * static); returns how many. */
 uint32_t ovl_fdb_entries(const struct ovl_fdb *fdb, double now, uint8_t *macs, uint16_t *vlans, int32_t *remotes,
@@ -208,12 +223,26 @@ uint32_t ovl_fdb_counters(const struct ovl_fdb *fdb, uint64_t *out, uint32_t n);
 
 /* ---- the datapath context ---- */
 
-/* A context for configuration c (copied), or NULL if c is out of range or memory is short. */
+/* A context for configuration c (copied), or NULL if c is out of range (a remote given twice
+ * included; no remote at all is allowed) or memory is short. */
 struct ovl_dp *ovl_dp_new(const struct ovl_config *c);
 /* Release dp, its rings and its MAC table. */
 void ovl_dp_free(struct ovl_dp *dp);
 /* The context's MAC table (lives as long as dp). */
 struct ovl_fdb *ovl_dp_fdb(struct ovl_dp *dp);
+/* Add a remote while the context runs: its address and the local address we send to it from
+ * (4 bytes each, network order). It takes the lowest free slot, with zeroed counters and no packet
+ * received yet, and is flooded to from the next batch on. Returns the slot, or enum ovl_add_error. */
+int ovl_dp_add_remote(struct ovl_dp *dp, const uint8_t *addr, const uint8_t *local);
+/* Remove the remote in slot r: no longer flooded to, its packets dropped as rx_not_remote, and every
+ * FDB entry behind it (learned and static) purged. Returns the number of entries purged, or -1 for a
+ * free slot. Other remotes keep their slots. */
+int ovl_dp_remove_remote(struct ovl_dp *dp, uint32_t r);
+/* The remotes in use, in slot order, up to cap of them, as parallel arrays: slot, address and local
+ * address (4 bytes each, network order), and the now of the last batch that received a packet from
+ * it (delivered, not dropped) with seen = 1, or seen = 0 if none yet. Returns how many. */
+uint32_t ovl_dp_remotes(const struct ovl_dp *dp, uint32_t *slots, uint8_t *addrs, uint8_t *locals, double *last_rx,
+                        uint8_t *seen, uint32_t cap);
 /* Encapsulations in UDP: the UDP sockets packets leave through with UDP_SEGMENT (picked by source
  * port). Returns how many are used (0 for other encapsulations), -1 for more than OVL_GSO_SOCKETS. */
 int ovl_dp_set_gso_fds(struct ovl_dp *dp, const int32_t *fds, uint32_t n);

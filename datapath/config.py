@@ -32,7 +32,7 @@ from datapath.encap.ipv4 import DEFAULT_TTL
 from datapath.ether import ETH_ALEN, ETH_HLEN, VLAN_HLEN, format_mac, parse_mac
 from datapath.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
 
-MAX_REMOTES = 64  # OVL_MAX_REMOTES in C
+MAX_REMOTES = 1024  # OVL_MAX_REMOTES in C
 DEFAULT_BATCH = 64
 MAX_BATCH = 1024  # OVL_MAX_BATCH in C
 # VLANs that vlan_map can map to a tunnel id: 1..4094 (0 and 4095 are reserved by 802.1Q).

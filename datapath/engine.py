@@ -13,6 +13,14 @@ and the sockets (:mod:`datapath.io.underlay`, the receiving one chosen by the
 encapsulation) and registers their fds with the asyncio (uvloop) loop; the
 control plane starts and stops it and reads :meth:`Engine.snapshot` and
 :meth:`Engine.fdb_table`.
+
+At run time the control plane changes the remotes (:meth:`Engine.add_remote`,
+:meth:`Engine.remove_remote`; the current set is :meth:`Engine.remotes`, not
+``cfg.remotes``, which is the set the engine started with) and the FDB
+(:meth:`Engine.fdb_add`, :meth:`Engine.fdb_del`, :meth:`Engine.fdb_flush`,
+:meth:`Engine.set_fdb_limits`). These run on the loop's thread between two
+batches, so no frame to another remote is lost; the set may become empty (floods
+then go nowhere and tunnel packets are dropped as ``rx_not_remote``).
 """
 
 from __future__ import annotations
@@ -21,13 +29,13 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from datapath.config import Config
-from datapath.counters import Snapshot
+from datapath.config import MAX_REMOTES, Config, ConfigError, FdbConfig, Remote, check_address
+from datapath.counters import REMOTE_FIELDS, Snapshot
 from datapath.errors import SetupError
-from datapath.ether import format_mac
-from datapath.fdb import FdbFull
+from datapath.ether import ETH_ALEN, format_mac
+from datapath.fdb import FdbFull, check_vlan
 from datapath.forwarder import Forwarder, fast_path_available, make_forwarder
 from datapath.io import underlay
 from datapath.io.tap import Tap
@@ -41,14 +49,16 @@ ERROR_LOG_INTERVAL = 10.0
 class Engine:
     """Owns the TAP, the tunnel sockets and the forwarder; runs them on an asyncio loop."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, clock: Callable[[], float] = time.monotonic) -> None:
+        """cfg: the resolved start configuration; clock: the forwarder's (FDB ages, last receive times)."""
         if not cfg.is_resolved() or cfg.tap.mac is None or cfg.tap.name is None:
             raise ValueError("the engine needs a resolved configuration (control.config.resolve)")
         self.cfg = cfg
+        self._clock = clock
         encap = cfg.encap
         fast = cfg.offload.fast_path and fast_path_available()
         # Check the configuration before anything is opened (the C side may refuse it).
-        _forwarder(cfg, fast)
+        _forwarder(cfg, fast, clock)
         # Sockets first: a port in use should fail before a TAP appears on the bridge.
         self.recv_sock = encap.open_recv_socket(cfg.bind)
         try:
@@ -72,7 +82,7 @@ class Engine:
             if udp_offloads and cfg.offload.udp_gso:
                 self.gso_socks = underlay.open_gso_sockets(cfg.bind, cfg.tunnel.ttl)
             self.forwarder = _forwarder(
-                cfg, fast, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks
+                cfg, fast, clock, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks
             )
         except Exception:
             self._close_io()
@@ -149,25 +159,118 @@ class Engine:
 
     def fdb_table(self) -> list[dict[str, object]]:
         """The MAC table with remote addresses, sorted by VLAN (0 = untagged) and MAC."""
-        remotes = self.cfg.remotes
+        addr = {slot: r.addr for slot, r, _ in self.forwarder.remotes()}
         rows = sorted(self.forwarder.fdb.entries(), key=lambda e: (e.vlan, e.mac))
         return [
             {
                 "vlan": e.vlan,
                 "mac": format_mac(e.mac),
-                "remote": remotes[e.remote].addr,
+                "remote": addr[e.remote],
                 "static": e.static,
                 "age": round(e.age, 1),
             }
             for e in rows
+            if e.remote in addr  # always, as removing a remote purges its entries
         ]
+
+    # -- changes at run time (the control plane's calls) ---------------------------------
+
+    def remotes(self) -> tuple[Remote, ...]:
+        """The current remotes, in slot order."""
+        return tuple(r for _, r, _ in self.forwarder.remotes())
+
+    def _slot(self, addr: str) -> int:
+        addr = check_address("remotes", addr)
+        for slot, r, _ in self.forwarder.remotes():
+            if r.addr == addr:
+                return slot
+        raise KeyError(f"{addr} is not a remote")
+
+    def add_remote(self, remote: Remote) -> None:
+        """Add a resolved remote (addr and local set): flooded to from the next batch on.
+
+        ConfigError for an unresolved remote, one already there, or a full table
+        (MAX_REMOTES). Whether the address is this host's own is for the control plane to check.
+        """
+        remote.local_bytes  # noqa: B018 -- ConfigError if not resolved
+        current = self.remotes()
+        if any(r.addr == remote.addr for r in current):
+            raise ConfigError(f"{{remotes}} {remote.addr} is already a remote")
+        if len(current) >= MAX_REMOTES:
+            raise ConfigError(f"{{remotes}}: at most {MAX_REMOTES} remotes are supported")
+        slot = self.forwarder.add_remote(remote)
+        log.info("remote %s added (from %s, slot %d)", remote.addr, remote.local, slot)
+
+    def remove_remote(self, addr: str) -> int:
+        """Remove a remote: no longer flooded to, its packets dropped, its FDB entries (learned and
+        static) purged; returns how many entries went. KeyError for an address that is not a remote."""
+        slot = self._slot(addr)
+        purged = self.forwarder.remove_remote(slot)
+        log.info("remote %s removed (%d FDB entries purged)", addr, purged)
+        return purged
+
+    def remote_rows(self) -> list[dict[str, object]]:
+        """Per current remote, in slot order: remote, local, the per-remote counters, and
+        last_rx_age (seconds since the last packet delivered from it, None if none yet)."""
+        now = self._clock()
+        counters = {str(row["remote"]): row for row in self.forwarder.snapshot().remotes}
+        rows: list[dict[str, object]] = []
+        for _, r, last in self.forwarder.remotes():
+            ctr = counters[r.addr]
+            rows.append(
+                {
+                    "remote": r.addr,
+                    "local": r.local,
+                    **{f: ctr[f] for f in REMOTE_FIELDS},
+                    "last_rx_age": None if last is None else round(max(0.0, now - last), 3),
+                }
+            )
+        return rows
+
+    def fdb_add(self, mac: bytes, remote: str, vlan: int = 0) -> None:
+        """A static entry: mac in vlan lives behind remote (replaces a learned entry).
+
+        ValueError for a bad MAC or VLAN, KeyError for an address that is not a remote,
+        FdbFull at the size cap.
+        """
+        if len(mac) != ETH_ALEN:
+            raise ValueError(f"a MAC address is {ETH_ALEN} bytes, not {len(mac)}")
+        check_vlan(vlan)
+        self.forwarder.fdb.add_static(bytes(mac), self._slot(remote), vlan=vlan)
+
+    def fdb_del(self, mac: bytes, vlan: int = 0) -> bool:
+        """Forget mac in vlan (static or learned); True if it was there."""
+        if len(mac) != ETH_ALEN:
+            raise ValueError(f"a MAC address is {ETH_ALEN} bytes, not {len(mac)}")
+        return self.forwarder.fdb.remove(bytes(mac), vlan=check_vlan(vlan))
+
+    def fdb_flush(self, remote: str | None = None) -> int:
+        """Remove every FDB entry (learned and static), or those behind remote; returns how many.
+
+        KeyError for an address that is not a remote.
+        """
+        return self.forwarder.fdb.flush(None if remote is None else self._slot(remote))
+
+    def set_fdb_limits(self, max_entries: int, ageing: float) -> None:
+        """The FDB's size cap and ageing at run time (ConfigError naming fdb.max_entries / fdb.ageing).
+
+        A new ageing applies to the entries there; a cap below the current count keeps them
+        all and refuses learning until the count is below it.
+        """
+        FdbConfig(max_entries=max_entries, ageing=ageing)  # the ranges of the configuration
+        self.forwarder.fdb.set_limits(max_entries, float(ageing))
 
 
 def _forwarder(
-    cfg: Config, fast: bool, tap_vnet: int = 0, udp_gro: bool = False, gso_socks: Sequence[socket.socket] = ()
+    cfg: Config,
+    fast: bool,
+    clock: Callable[[], float] = time.monotonic,
+    tap_vnet: int = 0,
+    udp_gro: bool = False,
+    gso_socks: Sequence[socket.socket] = (),
 ) -> Forwarder:
     """make_forwarder, with a full table of static entries reported as a setup problem."""
     try:
-        return make_forwarder(cfg, fast, tap_vnet=tap_vnet, udp_gro=udp_gro, gso_socks=gso_socks)
+        return make_forwarder(cfg, fast, clock, tap_vnet=tap_vnet, udp_gro=udp_gro, gso_socks=gso_socks)
     except FdbFull as exc:
         raise SetupError(f"the static FDB entries do not fit the FDB ({exc}): raise the FDB size") from None

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from datapath.config import Config
+from datapath.config import Config, Remote
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
 from datapath.ether import ETH_HLEN
 from datapath.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEntry, FdbFull, Learn, check_limits, check_vlan
@@ -270,6 +270,18 @@ class FastFdb:
         """Remove every learned entry past its age; returns how many."""
         return int(lib.ovl_fdb_expire(self._fdb, self._clock()))
 
+    def flush(self, remote: int | None = None) -> int:
+        """Remove every entry (learned and static) behind remote, or all of them; returns how many."""
+        return int(lib.ovl_fdb_flush(self._fdb, -1 if remote is None else _remote(remote)))
+
+    def set_limits(self, max_entries: int, ageing: float) -> None:
+        """A new size cap and ageing time (rules in datapath.fdb); ValueError out of range (C: cap up to 2**28)."""
+        check_limits(max_entries, ageing)
+        if lib.ovl_fdb_set_limits(self._fdb, max_entries, ageing) < 0:
+            raise ValueError(f"cannot set the FDB to {max_entries} entries (at most 2**28, or no memory)")
+        self.max_entries = max_entries
+        self.ageing = ageing
+
     def entries(self) -> list[FdbEntry]:
         """All entries (expired ones not yet swept included), unordered."""
         now = self._clock()
@@ -336,13 +348,68 @@ class FastForwarder:
         self.fdb = FastFdb._view(self._dp, lib.ovl_dp_fdb(self._dp), cfg.fdb.max_entries, cfg.fdb.ageing, clock)
         for mac, remote, vlan in cfg.static_entries:
             self.fdb.add_static(mac, remote, vlan=vlan)
-        self._src = {r.addr: r.addr_bytes for r in cfg.remotes}
-        # What rx() passes for a source that is not a remote: any address no remote has.
-        taken = {int.from_bytes(a, sys.byteorder) for a in self._src.values()}
-        self._not_remote = min(set(range(len(cfg.remotes) + 1)) - taken).to_bytes(4, sys.byteorder)
+        self._slot_addr = {slot: r.addr for slot, r, _ in self.remotes()}
+        self._remotes_changed()
         # Room for any packet or frame the rings hold (IPv4 total length, a super-frame).
         self._out = _raw_alloc("uint8_t[]", 1 << 17)
         self._vnet = ffi.new("uint8_t[]", 16)
+
+    # -- the remotes (slots; see datapath.pypath) ------------------------------------
+
+    def add_remote(self, remote: Remote) -> int:
+        """Add a resolved remote in the lowest free slot; returns the slot.
+
+        ValueError for an address already there or a full table (OVL_MAX_REMOTES).
+        """
+        local = remote.local_bytes  # ConfigError if not resolved
+        slot = int(lib.ovl_dp_add_remote(self._dp, remote.addr_bytes, local))
+        if slot == lib.OVL_ADD_DUPLICATE:
+            raise ValueError(f"remote {remote.addr} is already there")
+        if slot == lib.OVL_ADD_FULL:
+            raise ValueError(f"at most {lib.OVL_MAX_REMOTES} remotes are supported")
+        if slot < 0:
+            raise MemoryError(f"cannot grow the TX rings for remote {remote.addr}")
+        self._slot_addr[slot] = remote.addr
+        self._remotes_changed()
+        return slot
+
+    def remove_remote(self, slot: int) -> int:
+        """Remove the remote in slot and the FDB entries behind it; returns how many entries went.
+
+        KeyError for a free slot.
+        """
+        n = int(lib.ovl_dp_remove_remote(self._dp, slot)) if 0 <= slot < lib.OVL_MAX_REMOTES else -1
+        if n < 0:
+            raise KeyError(f"no remote in slot {slot}")
+        del self._slot_addr[slot]
+        self._remotes_changed()
+        return n
+
+    def remotes(self) -> list[tuple[int, Remote, float | None]]:
+        """The remotes in use, in slot order: (slot, remote, clock at its last delivered packet or None)."""
+        cap = lib.OVL_MAX_REMOTES
+        slots = ffi.new("uint32_t[]", cap)
+        addrs = ffi.new("uint8_t[]", 4 * cap)
+        locals_ = ffi.new("uint8_t[]", 4 * cap)
+        last = ffi.new("double[]", cap)
+        seen = ffi.new("uint8_t[]", cap)
+        n = lib.ovl_dp_remotes(self._dp, slots, addrs, locals_, last, seen, cap)
+
+        def addr(arr: Any, i: int) -> str:
+            return socket.inet_ntoa(ffi.buffer(arr + 4 * i, 4)[:])
+
+        return [
+            (int(slots[i]), Remote(addr(addrs, i), addr(locals_, i)), float(last[i]) if seen[i] else None)
+            for i in range(n)
+        ]
+
+    def _remotes_changed(self) -> None:
+        """After a change: what snapshot() and rx() need of the remotes (_slot_addr: slot -> address)."""
+        self._slot_addrs = sorted(self._slot_addr.items())
+        self._src = {a: socket.inet_aton(a) for a in self._slot_addr.values()}
+        # What rx() passes for a source that is not a remote: any address no remote has.
+        taken = {int.from_bytes(a, sys.byteorder) for a in self._src.values()}
+        self._not_remote = min(set(range(len(taken) + 1)) - taken).to_bytes(4, sys.byteorder)
 
     def _chunks(self, items: Iterable[Any]) -> Iterable[Sequence[Any]]:
         items = list(items)
@@ -438,13 +505,13 @@ class FastForwarder:
         stats = self._counters(lib.OVL_COUNTERS_STATS, len(STAT_FIELDS))
         drops = self._counters(lib.OVL_COUNTERS_DROPS, lib.OVL_DROP_COUNT)
         width = len(REMOTE_FIELDS)
-        per_remote = self._counters(lib.OVL_COUNTERS_REMOTES, len(self.cfg.remotes) * width)
+        per_remote = self._counters(lib.OVL_COUNTERS_REMOTES, lib.OVL_MAX_REMOTES * width)
         return Snapshot(
             stats=dict(zip(STAT_FIELDS, stats, strict=True)),
             drops={drop_name(d): drops[d] for d in Drop},
             remotes=[
-                {"remote": r.addr, **dict(zip(REMOTE_FIELDS, per_remote[i * width : (i + 1) * width], strict=True))}
-                for i, r in enumerate(self.cfg.remotes)
+                {"remote": addr, **dict(zip(REMOTE_FIELDS, per_remote[i * width : (i + 1) * width], strict=True))}
+                for i, addr in self._slot_addrs
             ],
             fdb=self.fdb.stats(),
         )

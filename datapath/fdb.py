@@ -12,6 +12,12 @@ operation sequences.
 - Static entries never age, are never moved by learning and are never evicted.
 - The table holds at most ``max_entries`` entries, static included; learning
   beyond the cap is refused and counted, the frame is still delivered.
+- Cap and ageing can change at run time (:meth:`Fdb.set_limits`): a new ageing
+  applies to the entries already there; a cap below the current count keeps
+  every entry, and refuses learning (and static entries for new keys) until the
+  count is below the cap again, as at the cap.
+- :meth:`Fdb.flush` removes every entry, or every entry behind one remote,
+  learned and static alike (when a remote goes away); not counted as aged.
 """
 
 from __future__ import annotations
@@ -141,6 +147,23 @@ class Fdb:
     def remove(self, mac: bytes, *, vlan: int = 0) -> bool:
         """Forget mac in vlan (static or learned); True if it was there."""
         return self._table.pop((check_vlan(vlan), bytes(mac)), None) is not None
+
+    def flush(self, remote: int | None = None) -> int:
+        """Remove every entry (learned and static) behind remote, or all of them; returns how many."""
+        if remote is None:
+            n = len(self._table)
+            self._table.clear()
+            return n
+        gone = [key for key, slot in self._table.items() if slot.remote == remote]
+        for key in gone:
+            del self._table[key]
+        return len(gone)
+
+    def set_limits(self, max_entries: int, ageing: float) -> None:
+        """A new size cap and ageing time (see the module docstring for a cap below the count)."""
+        check_limits(max_entries, ageing)
+        self.max_entries = max_entries
+        self.ageing = ageing
 
     def expire(self) -> int:
         """Remove every learned entry past its age; returns how many."""

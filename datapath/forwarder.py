@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from datapath import pypath
-from datapath.config import Config
+from datapath.config import Config, Remote
 from datapath.counters import Snapshot
 from datapath.fdb import FdbEntry
 
@@ -26,7 +26,7 @@ log = logging.getLogger("ovl-dp")
 
 
 class FdbView(Protocol):
-    """The part of a forwarder's MAC table the engine and the control plane use."""
+    """The part of a forwarder's MAC table the engine and the control plane use (rules in datapath.fdb)."""
 
     def expire(self) -> int:
         """Remove every learned entry past its age; how many."""
@@ -36,9 +36,31 @@ class FdbView(Protocol):
         """All entries, unordered."""
         ...
 
+    def add_static(self, mac: bytes, remote: int, *, vlan: int = 0) -> None:
+        """Pin mac in vlan to remote slot; FdbFull at the cap."""
+        ...
+
+    def remove(self, mac: bytes, *, vlan: int = 0) -> bool:
+        """Forget mac in vlan; whether it was there."""
+        ...
+
+    def flush(self, remote: int | None = None) -> int:
+        """Forget every entry (or those behind one remote slot); how many."""
+        ...
+
+    def set_limits(self, max_entries: int, ageing: float) -> None:
+        """A new size cap and ageing time."""
+        ...
+
 
 class Forwarder(Protocol):
-    """What both the C and the Python forwarder provide (see datapath.pypath)."""
+    """What both the C and the Python forwarder provide (see datapath.pypath).
+
+    Remotes are slots (indices the FDB stores): ``add_remote`` takes the lowest free
+    one, ``remove_remote`` frees one and purges the FDB entries behind it, ``remotes``
+    lists those in use in slot order with the clock value of the last delivered
+    packet from each (None if none yet). Called between batches, never during one.
+    """
 
     @property
     def fdb(self) -> FdbView:
@@ -55,6 +77,18 @@ class Forwarder(Protocol):
 
     def snapshot(self) -> Snapshot:
         """A copy of every counter."""
+        ...
+
+    def add_remote(self, remote: Remote) -> int:
+        """Add a resolved remote in the lowest free slot; its slot."""
+        ...
+
+    def remove_remote(self, slot: int) -> int:
+        """Free a slot, dropping it from flooding and purging the FDB entries behind it; how many."""
+        ...
+
+    def remotes(self) -> list[tuple[int, Remote, float | None]]:
+        """(slot, remote, clock of its last delivered packet or None) for the slots in use, in slot order."""
         ...
 
 

@@ -5,7 +5,17 @@ It has the same interface as :class:`datapath.fast.FastForwarder`:
 - ``tx(frames)`` and ``rx(packets)`` are the packet logic without I/O
   (classify, encapsulate, flood / validate, learn, decapsulate);
 - ``from_tap`` and ``from_tunnel`` do one batch of I/O around them;
-- ``snapshot()`` copies the counters, ``fdb`` is the MAC table.
+- ``snapshot()`` copies the counters, ``fdb`` is the MAC table;
+- ``add_remote``, ``remove_remote`` and ``remotes`` change and show the remotes
+  while traffic flows.
+
+Remotes are slots: ``cfg.remotes`` fill slots 0, 1, ... at the start; a remote
+added later takes the lowest free slot (with zeroed counters), a removed one
+frees its slot and takes the FDB entries behind it along (learned and static),
+and every other remote keeps its slot, so the indices the FDB holds stay
+valid. Floods go to the remotes in use, in slot order; with none at all a
+flooded frame is counted (``tx_flooded``) and sent nowhere, and every tunnel
+packet is dropped as ``rx_not_remote``.
 
 VLANs (``cfg.tunnel.vlan_map``): a frame from the TAP whose 802.1Q VID is mapped
 loses its tag and travels in the mapped VNI / GRE key; any other frame
@@ -24,7 +34,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 
-from datapath.config import Config
+from datapath.config import MAX_REMOTES, Config, Remote
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
 from datapath.ether import ETH_HLEN, insert_vlan, is_multicast, is_valid_source, strip_vlan, vlan_id
 from datapath.fdb import Fdb
@@ -41,17 +51,68 @@ class PyForwarder:
             raise ValueError("the datapath needs a resolved configuration (control.config.resolve)")
         self.cfg = cfg
         self.fdb = Fdb(cfg.fdb.max_entries, cfg.fdb.ageing, clock)
-        for mac, remote, vlan in cfg.static_entries:
-            self.fdb.add_static(mac, remote, vlan=vlan)
-        self._by_addr = {r.addr: i for i, r in enumerate(cfg.remotes)}
+        self._clock = clock
         self._stats = dict.fromkeys(STAT_FIELDS, 0)
         self._drops = [0] * (max(Drop) + 1)
-        self._remote_ctr = [dict.fromkeys(REMOTE_FIELDS, 0) for _ in cfg.remotes]
+        # Per remote slot (None: a free slot): the remote, its counters, (local, remote) address
+        # bytes, the clock at its last delivered packet (None: none yet).
+        self._slots: list[Remote | None] = []
+        self._remote_ctr: list[dict[str, int]] = []
+        self._ends: list[tuple[bytes, bytes]] = []
+        self._last_rx: list[float | None] = []
+        self._by_addr: dict[str, int] = {}
+        for r in cfg.remotes:
+            self.add_remote(r)
         # VLAN <-> tunnel id for mapped VLANs; everything else is the base id.
         self._id_of_vlan = dict(cfg.tunnel.vlan_map)
         self._vlan_of_id = {tid: vlan for vlan, tid in cfg.tunnel.vlan_map}
         self._encap = cfg.encap
-        self._ends = [(r.local_bytes, r.addr_bytes) for r in cfg.remotes]
+        for mac, remote, vlan in cfg.static_entries:
+            self.fdb.add_static(mac, remote, vlan=vlan)
+
+    # -- the remotes ----------------------------------------------------------
+
+    def add_remote(self, remote: Remote) -> int:
+        """Add a resolved remote in the lowest free slot; returns the slot.
+
+        ValueError for an address already there or a full table (MAX_REMOTES).
+        """
+        ends = (remote.local_bytes, remote.addr_bytes)  # ConfigError if not resolved
+        if remote.addr in self._by_addr:
+            raise ValueError(f"remote {remote.addr} is already there")
+        slot = next((i for i, r in enumerate(self._slots) if r is None), len(self._slots))
+        if slot >= MAX_REMOTES:
+            raise ValueError(f"at most {MAX_REMOTES} remotes are supported")
+        if slot == len(self._slots):
+            self._slots.append(None)
+            self._remote_ctr.append({})
+            self._ends.append(ends)
+            self._last_rx.append(None)
+        self._slots[slot] = remote
+        self._remote_ctr[slot] = dict.fromkeys(REMOTE_FIELDS, 0)
+        self._ends[slot] = ends
+        self._last_rx[slot] = None
+        self._by_addr[remote.addr] = slot
+        return slot
+
+    def remove_remote(self, slot: int) -> int:
+        """Remove the remote in slot and the FDB entries behind it; returns how many entries went.
+
+        KeyError for a free slot.
+        """
+        remote = self._slots[slot] if 0 <= slot < len(self._slots) else None
+        if remote is None:
+            raise KeyError(f"no remote in slot {slot}")
+        self._slots[slot] = None
+        del self._by_addr[remote.addr]
+        return self.fdb.flush(slot)
+
+    def remotes(self) -> list[tuple[int, Remote, float | None]]:
+        """The remotes in use, in slot order: (slot, remote, clock at its last delivered packet or None)."""
+        return [(i, r, self._last_rx[i]) for i, r in enumerate(self._slots) if r is not None]
+
+    def _in_use(self, slot: int) -> bool:
+        return 0 <= slot < len(self._slots) and self._slots[slot] is not None
 
     def _build(self, frame: bytes, remote: int, tid: int | None) -> bytes:
         src, dst = self._ends[remote]
@@ -84,13 +145,15 @@ class PyForwarder:
                 self._drop(Drop.TX_TOO_BIG)
                 continue
             remote = None if is_multicast(frame) else self.fdb.lookup(frame[:6], vlan=vlan)
-            if remote is not None:
+            if remote is not None and self._in_use(remote):
                 self._stats["tx_unicast"] += 1
                 out.append((remote, self._build(send, remote, tid), len(send)))
                 continue
             # Broadcast, multicast, unknown unicast: head-end replication to every remote.
             self._stats["tx_flooded"] += 1
-            for i in range(len(self.cfg.remotes)):
+            for i, r in enumerate(self._slots):
+                if r is None:
+                    continue
                 self._remote_ctr[i]["tx_flood"] += 1
                 out.append((i, self._build(send, i, tid), len(send)))
         return out
@@ -120,6 +183,7 @@ class PyForwarder:
                 self._drop(Drop.RX_BAD_SRC_MAC)
                 continue
             self.fdb.learn(frame[6:12], remote, vlan=vlan)
+            self._last_rx[remote] = self._clock()
             out.append((remote, frame))
         return out
 
@@ -145,13 +209,18 @@ class PyForwarder:
     def _send(self, packets: list[tuple[int, bytes, int]], send_sock: socket.socket) -> None:
         for remote, pkt, inner_len in packets:
             try:
-                send_sock.sendto(pkt, (self.cfg.remotes[remote].addr, 0))
+                send_sock.sendto(pkt, (self._addr_of(remote), 0))
             except OSError:
                 self._drop(Drop.TX_ERROR)
                 continue
             ctr = self._remote_ctr[remote]
             ctr["tx_packets"] += 1
             ctr["tx_bytes"] += inner_len
+
+    def _addr_of(self, slot: int) -> str:
+        remote = self._slots[slot]
+        assert remote is not None  # packets of a batch go to remotes in use
+        return remote.addr
 
     def from_tunnel(self, recv_sock: socket.socket, tap_fd: int) -> int:
         """Receive up to one batch from the underlay and write the inner frames to the TAP."""
@@ -182,6 +251,6 @@ class PyForwarder:
         return Snapshot(
             stats=dict(self._stats),
             drops={drop_name(d): self._drops[d] for d in Drop},
-            remotes=[{"remote": r.addr, **self._remote_ctr[i]} for i, r in enumerate(self.cfg.remotes)],
+            remotes=[{"remote": r.addr, **self._remote_ctr[i]} for i, r, _ in self.remotes()],
             fdb={k: fdb[k] for k in (*FDB_FIELDS, "entries")},
         )

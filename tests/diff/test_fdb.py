@@ -166,6 +166,75 @@ def test_same_mac_in_two_vlans(impl: type[Fdb]) -> None:
     assert fdb.stats() == {"learns": 3, "moves": 2, "refused_full": 1, "aged": 1, "entries": 1}
 
 
+def test_flush_all_or_behind_one_remote(impl: type[Fdb]) -> None:
+    clock = Clock()
+    fdb = impl(10, 300.0, clock)
+    for i in range(6):
+        fdb.learn(mac(i), i % 3, vlan=i % 2)
+    fdb.add_static(mac(7), 1)
+    fdb.add_static(mac(8), 2, vlan=5)
+    assert fdb.flush(1) == 3  # mac 1, mac 4 and the static mac 7
+    assert sorted(e.mac for e in fdb.entries() if e.remote == 1) == []
+    assert fdb.flush(1) == 0 and fdb.flush(9) == 0
+    assert len(fdb) == 5
+    assert fdb.flush() == 5 and len(fdb) == 0 and fdb.entries() == []
+    assert fdb.flush() == 0
+    # Not counted as aged; the table works as before.
+    assert fdb.stats() == {"learns": 6, "moves": 0, "refused_full": 0, "aged": 0, "entries": 0}
+    assert fdb.learn(mac(1), 2) is Learn.LEARNED and fdb.lookup(mac(1)) == 2
+
+
+def test_set_limits_lower_cap_keeps_entries(impl: type[Fdb]) -> None:
+    """A cap below the count keeps every entry and refuses new ones until the count is below it."""
+    clock = Clock()
+    fdb = impl(8, 300.0, clock)
+    for i in range(6):
+        fdb.learn(mac(i), 0)
+    fdb.set_limits(3, 300.0)
+    assert fdb.max_entries == 3 and len(fdb) == 6
+    assert fdb.learn(mac(1), 2) is Learn.MOVED  # known entries still move and refresh
+    assert fdb.learn(mac(20), 0) is Learn.FULL
+    with pytest.raises(FdbFull):
+        fdb.add_static(mac(21), 0)
+    fdb.add_static(mac(2), 1)  # an existing key may become static
+    for i in (0, 3, 4):
+        assert fdb.remove(mac(i))
+    assert len(fdb) == 3 and fdb.learn(mac(20), 0) is Learn.FULL  # at the cap: still refused
+    assert fdb.remove(mac(5)) and fdb.learn(mac(20), 0) is Learn.LEARNED
+    assert fdb.stats()["refused_full"] == 2
+
+
+def test_set_limits_raise_cap_and_change_ageing(impl: type[Fdb]) -> None:
+    clock = Clock()
+    fdb = impl(4, 300.0, clock)
+    for i in range(4):
+        fdb.learn(mac(i), i)
+    assert fdb.learn(mac(10), 0) is Learn.FULL
+    fdb.set_limits(100, 5.0)  # C: the table grows (rehash); the ageing applies to what is there
+    assert [fdb.lookup(mac(i)) for i in range(4)] == [0, 1, 2, 3]
+    for i in range(10, 60):
+        assert fdb.learn(mac(i), 1) is Learn.LEARNED
+    assert len(fdb) == 54
+    clock.now += 5.0
+    assert fdb.expire() == 54
+    fdb.learn(mac(1), 0)
+    fdb.set_limits(100, 0.0)  # never
+    clock.now += 1e5
+    assert fdb.lookup(mac(1)) == 0
+    for bad in ((0, 1.0), (5, -1.0)):
+        with pytest.raises(ValueError):
+            fdb.set_limits(*bad)
+    assert fdb.max_entries == 100 and fdb.ageing == 0.0  # unchanged by a refusal
+
+
+def test_fast_fdb_set_limits_beyond_c() -> None:
+    fdb = fast.FastFdb(4, 1.0, Clock())
+    with pytest.raises(ValueError, match="2\\*\\*28"):
+        fdb.set_limits((1 << 28) + 1, 1.0)
+    assert fdb.max_entries == 4
+    assert fast.lib.ovl_fdb_set_limits(fdb._fdb, 5, float("nan")) == -1
+
+
 def test_fast_fdb_checks_what_c_cannot_hold() -> None:
     fdb = fast.FastFdb(4, 1.0, Clock())
     with pytest.raises(ValueError):
@@ -217,6 +286,15 @@ class FdbPair(RuleBasedStateMachine):
     def expire(self) -> None:
         assert self.c.expire() == self.py.expire()
 
+    @rule(r=st.none() | remotes)
+    def flush(self, r: int | None) -> None:
+        assert self.c.flush(r) == self.py.flush(r)
+
+    @rule(max_entries=st.sampled_from([1, 2, 3, 5, 8, 40, 100]), ageing=st.sampled_from([0.0, 1.0, 2.5, 300.0]))
+    def set_limits(self, max_entries: int, ageing: float) -> None:
+        self.c.set_limits(max_entries, ageing)
+        self.py.set_limits(max_entries, ageing)
+
     @rule(dt=st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.5, 1000.0]))
     def tick(self, dt: float) -> None:
         self.clock.now += dt
@@ -258,6 +336,12 @@ def test_churn_against_reference(seed: int) -> None:
             assert full[0] == full[1], step
         elif op < 0.96:
             assert c.expire() == py.expire(), step
+        elif op < 0.962:
+            assert c.flush(r) == py.flush(r), step
+        elif op < 0.9625:
+            cap, ageing = rnd.choice([(300, 50.0), (150, 50.0), (1000, 50.0), (300, 20.0)])
+            c.set_limits(cap, ageing)
+            py.set_limits(cap, ageing)
         else:
             clock.now += rnd.random() * 3
         if step % 1000 == 0:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datapath import ether, fast
-from datapath.config import Config, Remote
+from datapath.config import MAX_REMOTES, Config, Remote
 from datapath.counters import Drop
 from datapath.encap import gre, ipv4, vxlan
 from datapath.fdb import FdbEntry, FdbFull
@@ -146,16 +147,17 @@ def tx_frame(rnd: random.Random, cfg: Config) -> bytes:
     return frame
 
 
-def encap(cfg: Config, i: int, frame: bytes, tid: int | None = None) -> bytes:
-    """What remote i sends us, as the receiving socket hands it over; in the base id unless tid is given."""
-    r = cfg.remotes[i]
+def encap(cfg: Config, i: int | Remote, frame: bytes, tid: int | None = None) -> bytes:
+    """What remote i (cfg.remotes[i], or a Remote) sends us, as the receiving socket hands it over; in the base
+    id unless tid is given."""
+    r = cfg.remotes[i] if isinstance(i, int) else i
     if cfg.tunnel.mode == "vxlan":
         vni = cfg.base_id if tid is None else tid
         return vxlan.encap(frame, vni=vni, src=r.addr_bytes, dst=r.local_bytes, dport=cfg.encap.port)[28:]
     return gre.encap(frame, key=cfg.tunnel.key if tid is None else tid, src=r.addr_bytes, dst=r.local_bytes)
 
 
-def gre_with_checksum(cfg: Config, i: int, frame: bytes, good: bool) -> bytes:
+def gre_with_checksum(cfg: Config, i: int | Remote, frame: bytes, good: bool) -> bytes:
     """A GRE packet with the C bit (as other implementations may send), its checksum right or wrong."""
     flags = gre.GRE_CSUM | (gre.GRE_KEY if cfg.tunnel.key is not None else 0)
     body = struct.pack("!HHHH", flags, gre.ETH_P_TEB, 0, 0)
@@ -163,18 +165,19 @@ def gre_with_checksum(cfg: Config, i: int, frame: bytes, good: bool) -> bytes:
     body += frame
     csum = ipv4.checksum(body) if good else 0x1234
     body = body[:4] + struct.pack("!H", csum) + body[6:]
-    r = cfg.remotes[i]
+    r = cfg.remotes[i] if isinstance(i, int) else i
     return ipv4.build_header(r.addr_bytes, r.local_bytes, ipv4.IPPROTO_GRE, len(body)) + body
 
 
-def rx_packet(rnd: random.Random, cfg: Config) -> tuple[bytes, str]:
-    i = rnd.randrange(len(cfg.remotes))
+def rx_packet(rnd: random.Random, cfg: Config, pool: Sequence[Remote] = ()) -> tuple[bytes, str]:
+    """A packet from one of cfg.remotes, or from one of pool if given (remotes now and gone)."""
+    i: int | Remote = rnd.choice(pool) if pool else rnd.randrange(len(cfg.remotes))
     src_mac = rnd.choice([*FAR, *FAR, *FAR, MCAST, BCAST, ZERO])
     frame = rnd.choice([BCAST, *LOCAL]) + src_mac + tag(rnd) + payload(rnd)
     # The base id, a mapped id, an unknown id, or (GRE) no key field at all.
     tid = rnd.choice([None, None, rnd.randrange(1 << 24), *(t for _, t in cfg.tunnel.vlan_map)])
     if cfg.tunnel.mode == "gre" and rnd.random() < 0.1:
-        r = cfg.remotes[i]
+        r = cfg.remotes[i] if isinstance(i, int) else i
         pkt = gre.encap(frame, key=None, src=r.addr_bytes, dst=r.local_bytes)
     else:
         pkt = encap(cfg, i, frame, tid)
@@ -195,7 +198,7 @@ def rx_packet(rnd: random.Random, cfg: Config) -> tuple[bytes, str]:
         pkt = bytes(b)
     elif kind < 0.3 and cfg.tunnel.mode == "gre":
         pkt = gre_with_checksum(cfg, i, frame, good=rnd.random() < 0.5)
-    src = STRANGER if rnd.random() < 0.07 else cfg.remotes[i].addr
+    src = STRANGER if rnd.random() < 0.07 else (cfg.remotes[i] if isinstance(i, int) else i).addr
     return pkt, src
 
 
@@ -206,6 +209,7 @@ def table(fwd: fast.FastForwarder | PyForwarder) -> list[FdbEntry]:
 def assert_same(fp: fast.FastForwarder, pp: PyForwarder) -> None:
     assert fp.snapshot() == pp.snapshot()
     assert table(fp) == table(pp)
+    assert fp.remotes() == pp.remotes()
 
 
 def run_scenario(cfg: Config, seed: int, batches: int = 40) -> None:
@@ -244,6 +248,132 @@ def run_scenario(cfg: Config, seed: int, batches: int = 40) -> None:
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_random_batches(name: str, seed: int) -> None:
     run_scenario(CONFIGS[name], seed)
+
+
+# Remotes that come and go: the configs' own (10.0.i.2) and more.
+POOL = (*(Remote(f"10.0.{i}.2", f"10.0.{i}.1") for i in range(8)), Remote("10.7.0.9", "10.0.0.5"))
+
+
+def both(fp: fast.FastForwarder, pp: PyForwarder, op: str, *args: object) -> object:
+    """The same call on both forwarders (or their FDBs): the same result, or the same exception type."""
+    out = []
+    for fwd in (fp, pp):
+        target = fwd.fdb if op in ("flush", "set_limits", "add_static") else fwd
+        try:
+            out.append(("ok", getattr(target, op)(*args)))
+        except (ValueError, KeyError, FdbFull) as exc:
+            out.append(("raised", type(exc)))
+    assert out[0] == out[1], (op, args, out)
+    return out[0][1]
+
+
+def run_churn(cfg: Config, seed: int, batches: int = 60) -> None:
+    """Random batches while remotes are added and removed, the FDB flushed and its limits changed."""
+    rnd = random.Random(seed)
+    clock = Clock()
+    fp, pp = fast.FastForwarder(cfg, clock), PyForwarder(cfg, clock)
+    ever: list[Remote] = list(cfg.remotes)
+    for b in range(batches):
+        op = rnd.random()
+        live = [r for _, r, _ in pp.remotes()]
+        if op < 0.15:
+            r = rnd.choice(POOL)
+            both(fp, pp, "add_remote", r)  # a duplicate raises ValueError in both
+            ever = [*ever, r] if r not in ever else ever
+        elif op < 0.3 and live:
+            slot = rnd.choice(pp.remotes())[0]
+            both(fp, pp, "remove_remote", slot)
+        elif op < 0.33:
+            both(fp, pp, "remove_remote", rnd.randrange(12))  # often a free slot: KeyError
+        elif op < 0.38:
+            both(fp, pp, "flush", rnd.choice([None, *range(len(POOL))]))
+        elif op < 0.42:
+            both(fp, pp, "set_limits", rnd.choice([1, 3, 5, 64, 4096]), rnd.choice([0.0, 2.0, 300.0]))
+        elif op < 0.47:  # a static entry, maybe behind a free slot (then floods, as unknown)
+            both(fp, pp, "add_static", rnd.choice(FAR), rnd.randrange(len(POOL)))
+        if rnd.random() < 0.5:
+            frames = [tx_frame(rnd, cfg) for _ in range(rnd.randrange(0, 2 * cfg.batch + 2))]
+            assert fp.tx(frames) == pp.tx(frames), (seed, b)
+        else:
+            packets = [rx_packet(rnd, cfg, ever) for _ in range(rnd.randrange(0, 2 * cfg.batch + 2))]
+            assert fp.rx(packets) == pp.rx(packets), (seed, b)
+        if rnd.random() < 0.1:
+            assert fp.fdb.expire() == pp.fdb.expire()
+        clock.now += rnd.choice([0.0, 0.0, 0.5, 1.0, 2.5])
+        assert_same(fp, pp)
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("name", ["vxlan", "vxlan_csum_smallbatch_cap", "gre_key_one_remote", "vxlan_vlans_csum"])
+def test_random_batches_with_remote_churn(name: str, seed: int) -> None:
+    run_churn(CONFIGS[name], seed)
+
+
+@pytest.mark.parametrize("name", ["vxlan", "gre"])
+def test_remote_add_remove_rules(name: str) -> None:
+    """Slots: lowest free reused with zeroed counters, others stay; removal purges learned and static entries."""
+    cfg = CONFIGS[name]  # three remotes, 10.0.0.2 .. 10.0.2.2
+    clock = Clock()
+    for fwd in (fast.FastForwarder(cfg, clock), PyForwarder(cfg, clock)):
+        flood = BCAST + LOCAL[0] + b"\x08\x06" + bytes(46)
+        assert [r for r, _ in fwd.tx([flood])] == [0, 1, 2]
+        reply = LOCAL[0] + FAR[1] + b"\x08\x06" + bytes(28)
+        fwd.rx([(encap(cfg, 1, reply), cfg.remotes[1].addr)])
+        fwd.fdb.add_static(FAR[2], 1, vlan=5)
+        fwd.fdb.add_static(FAR[3], 2)
+        assert [last for _, _, last in fwd.remotes()] == [None, clock.now, None]
+        clock.now += 1
+        assert fwd.remove_remote(1) == 2  # FAR[1] learned, FAR[2] static
+        assert sorted(e.mac for e in fwd.fdb.entries()) == [FAR[3]]
+        assert [s for s, _, _ in fwd.remotes()] == [0, 2]
+        assert [r for r, _ in fwd.tx([flood])] == [0, 2]  # gone from the flood at once
+        assert fwd.rx([(encap(cfg, 1, reply), cfg.remotes[1].addr)]) == []  # and its packets dropped
+        assert fwd.snapshot().drops["rx_not_remote"] == 1
+        with pytest.raises(KeyError):
+            fwd.remove_remote(1)
+        with pytest.raises(ValueError, match="already there"):
+            fwd.add_remote(cfg.remotes[0])
+        new = Remote("10.5.0.2", "10.5.0.1")
+        assert fwd.add_remote(new) == 1  # the lowest free slot
+        snap = fwd.snapshot()
+        assert [row["remote"] for row in snap.remotes] == ["10.0.0.2", "10.5.0.2", "10.0.2.2"]
+        assert [v for k, v in snap.remotes[1].items() if k != "remote"] == [0] * 5  # it had a flood and a packet
+        assert fwd.remotes()[1] == (1, new, None)
+        assert fwd.add_remote(Remote("10.6.0.2", "10.6.0.1")) == 3
+        assert [r for r, _ in fwd.tx([flood])] == [0, 1, 2, 3]
+        # Every remote gone: floods go nowhere, tunnel packets are not from a remote.
+        for slot in (0, 1, 2, 3):
+            fwd.remove_remote(slot)
+        assert fwd.remotes() == [] and fwd.tx([flood]) == [] and fwd.snapshot().remotes == []
+        assert fwd.rx([(encap(cfg, 0, reply), cfg.remotes[0].addr)]) == []
+        snap = fwd.snapshot()
+        assert snap.stats["tx_flooded"] == 4 and snap.drops["rx_not_remote"] == 2
+        assert fwd.add_remote(cfg.remotes[2]) == 0
+
+
+def test_remote_table_limits() -> None:
+    """MAX_REMOTES remotes fit (the TX rings grow as slots fill); one more is refused; a flood reaches all."""
+    cfg = datapath_config(mode="vxlan", remotes=remotes(1), underlay_mtu=1500, tap_mtu=1450, batch=4)
+    clock = Clock()
+    fp, pp = fast.FastForwarder(cfg, clock), PyForwarder(cfg, clock)
+    assert fast.lib.OVL_MAX_REMOTES == MAX_REMOTES >= 1024
+    many = [Remote(f"10.{1 + i // 250}.{i % 250}.2", "10.0.0.1") for i in range(MAX_REMOTES - 1)]
+    for i, r in enumerate(many):
+        assert fp.add_remote(r) == pp.add_remote(r) == i + 1
+    for fwd in (fp, pp):
+        with pytest.raises(ValueError, match=f"at most {MAX_REMOTES} remotes"):
+            fwd.add_remote(Remote("10.99.0.2", "10.0.0.1"))
+    frames = [BCAST + LOCAL[i] + b"\x08\x06" + bytes(46) for i in range(4)]  # a full batch of floods
+    out = fp.tx(frames)
+    assert len(out) == 4 * MAX_REMOTES and out == pp.tx(frames)
+    reply = LOCAL[0] + FAR[0] + b"\x08\x06" + bytes(28)
+    last = many[-1]
+    packets = [(encap(cfg, last, reply), last.addr)]
+    assert fp.rx(packets) == pp.rx(packets) == [(MAX_REMOTES - 1, reply)]
+    assert fp.remove_remote(500) == 0 and fp.add_remote(Remote("10.99.0.2", "10.0.0.1")) == 500
+    pp.remove_remote(500)
+    pp.add_remote(Remote("10.99.0.2", "10.0.0.1"))
+    assert_same(fp, pp)
 
 
 def test_scenarios_exercise_every_counter() -> None:

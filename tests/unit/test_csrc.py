@@ -187,9 +187,14 @@ def test_config_setters() -> None:
     assert lib.ovl_config_set_fdb(c, 100, 300.0, 1) == 0
     assert lib.ovl_config_set_offloads(c, 10, 1, 1) == 0
     assert lib.ovl_outer_len(c) == 36
-    assert not _accepts(c)  # no remote yet
+    assert _accepts(c)  # no remote yet: a context that floods to no one (remotes come at run time)
+    twice = ffi.gc(lib.ovl_config_new(lib.OVL_ENCAP_VXLAN), lib.ovl_config_free)
+    lib.ovl_config_set_ring(twice, 1500, 64, 2048)
+    for _ in range(2):
+        lib.ovl_config_add_remote(twice, b"\x0a\0\0\2", b"\x0a\0\0\1")
+    assert not _accepts(twice)  # a remote given twice
     for i in range(config.MAX_REMOTES):
-        assert lib.ovl_config_add_remote(c, bytes([10, 0, i, 2]), bytes([10, 0, i, 1])) == i
+        assert lib.ovl_config_add_remote(c, bytes([10, i >> 8, i & 0xFF, 2]), bytes([10, 0, 0, 1])) == i
     assert lib.ovl_config_add_remote(c, b"\1\1\1\1", b"\2\2\2\2") == -1
     assert _accepts(c)
     for bad in (
