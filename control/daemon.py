@@ -9,7 +9,7 @@ import signal
 
 import uvloop
 
-from control import bridge, config, ctl
+from control import bridge, config, ctl, logs, notify
 from control.procs import sigterm_raises_interrupt
 from control.report import format_counters, format_fdb
 from datapath.config import Config
@@ -32,6 +32,7 @@ def _run(user_cfg: Config) -> int:
     br = bridge.resolve(b.name, b.type, b.ovsdb, b.tag)
     cfg = config.resolve(user_cfg, br.kind)
     engine = Engine(cfg)
+    logs.set_tap(engine.tap.name)  # JSON log records name the TAP from here on
     attached = False
     try:
         br.attach(engine.tap.name)
@@ -48,6 +49,17 @@ def _run(user_cfg: Config) -> int:
             br.kind + (f" tag {br.tag}" if br.tag is not None else ""),
             ", ".join(r.addr for r in cfg.remotes),
             "C fast" if engine.fast else "pure-Python",
+            extra={
+                "event": "start",
+                "mode": cfg.tunnel.mode,
+                "mac": format_mac(engine.tap.mac),
+                "mtu": cfg.tap_mtu,
+                "underlay_mtu": cfg.underlay_mtu,
+                "bridge": br.name if br.kind != "none" else None,
+                "bridge_type": br.kind,
+                "remotes": [r.addr for r in cfg.remotes],
+                "fast_path": engine.fast,
+            },
         )
         if engine.fast:
             coalesce = cfg.offload.coalesce and engine.tap.vnet_hdr_len > 0
@@ -89,10 +101,20 @@ async def _serve(loop: asyncio.AbstractEventLoop, engine: Engine, br: bridge.Bri
     loop.add_signal_handler(signal.SIGUSR1, dump)
     engine.start(loop)
     watch = asyncio.create_task(br.keep_attached(engine.tap.name))
-    log.info("ready")
+    log.info("ready", extra={"event": "ready"})
+    notify.ready(
+        f"{engine.tap.name}: {engine.cfg.tunnel.mode} to {len(engine.cfg.remotes)} remote(s), bridge {br.kind}"
+    )
+    interval = notify.watchdog_interval()
+    pinger = asyncio.create_task(notify.keep_alive(interval)) if interval else None
     try:
         await stop.wait()
     finally:
+        notify.stopping()
+        if pinger is not None:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinger
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch
