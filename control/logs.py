@@ -68,9 +68,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+class _Handler(logging.StreamHandler):
+    """A StreamHandler to the given stream, or to whatever sys.stderr is at the time of each record."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        super().__init__(stream)
+        self._fixed = stream
+
+    @property
+    def stream(self) -> TextIO:
+        """The stream records go to."""
+        return self._fixed or sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        self._fixed = value
+
+
 def setup(verbose: bool = False, fmt: str = "text", stream: TextIO | None = None) -> None:
-    """Configure the root logger once: level from -v, the text or JSON format, to stderr."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """Configure the root logger (again): level from -v, the text or JSON format, to stderr or stream."""
+    handler = _Handler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     handler.set_name(_HANDLER)
     root = logging.getLogger()
