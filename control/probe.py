@@ -380,9 +380,9 @@ def _child(w: int) -> None:
 
 
 def namespace_rows(caps: int | None) -> list[Row]:
-    """The namespace checks, or rows saying why they could not run."""
+    """The netns.private row (how the checks ran), then the namespace checks or rows saying why they could not run."""
     if caps is not None and not caps >> CAP_SYS_ADMIN & 1:
-        return [Row(c, UNKNOWN, NEEDS_ROOT) for c in NAMESPACE_CHECKS]
+        return [Row("netns.private", NO, NEEDS_ROOT)] + [Row(c, UNKNOWN, NEEDS_ROOT) for c in NAMESPACE_CHECKS]
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -408,7 +408,10 @@ def namespace_rows(caps: int | None) -> list[Row]:
         os.close(r)
         os.waitpid(pid, 0)
     if timed_out:
-        return [Row(c, UNKNOWN, f"the namespace checks took over {CHILD_TIMEOUT:.0f} s") for c in NAMESPACE_CHECKS]
+        why = f"the namespace checks took over {CHILD_TIMEOUT:.0f} s"
+        return [Row("netns.private", NO, f"child PID {pid} killed: {why}")] + [
+            Row(c, UNKNOWN, why) for c in NAMESPACE_CHECKS
+        ]
     try:
         out = json.loads(b"".join(chunks))
     except ValueError:
@@ -417,8 +420,14 @@ def namespace_rows(caps: int | None) -> list[Row]:
         reason = str(out["error"])
         if "EPERM" in reason:
             reason = f"{NEEDS_ROOT}: {reason}"
-        return [Row(c, UNKNOWN, reason) for c in NAMESPACE_CHECKS]
-    return [Row(**row) for row in out["rows"]]
+        return [Row("netns.private", NO, reason)] + [Row(c, UNKNOWN, reason) for c in NAMESPACE_CHECKS]
+    done = Row(
+        "netns.private",
+        YES,
+        f"child PID {pid} unshared a network namespace for the kernel.* and tap.* checks; "
+        "it has exited, and the namespace with it",
+    )
+    return [done] + [Row(**row) for row in out["rows"]]
 
 
 # ---------------------------------------------------------------------------- recommendations

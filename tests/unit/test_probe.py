@@ -47,7 +47,8 @@ def test_capabilities_from_capeff() -> None:
 
 
 def test_without_cap_sys_admin_the_namespace_rows_say_needs_root() -> None:
-    got = probe.namespace_rows(0x3000)  # NET_ADMIN and NET_RAW, no SYS_ADMIN: nothing is forked
+    first, *got = probe.namespace_rows(0x3000)  # NET_ADMIN and NET_RAW, no SYS_ADMIN: nothing is forked
+    assert first == Row("netns.private", NO, probe.NEEDS_ROOT)
     assert [r.check for r in got] == list(probe.NAMESPACE_CHECKS)
     assert all(r.result == UNKNOWN and r.detail == probe.NEEDS_ROOT for r in got)
 
