@@ -31,8 +31,8 @@ def _run(user_cfg: Config) -> int:
     b = user_cfg.bridge
     br = bridge.resolve(b.name, b.type, b.ovsdb, b.tag)
     cfg = config.resolve(user_cfg, br.kind)
+    logs.set_tap(cfg.tap.name)  # JSON log records name the TAP from here on
     engine = Engine(cfg)
-    logs.set_tap(engine.tap.name)  # JSON log records name the TAP from here on
     attached = False
     try:
         br.attach(engine.tap.name)
