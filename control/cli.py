@@ -7,13 +7,15 @@ Exit codes: 0 success, 1 runtime failure (e.g. the lab's ping failed),
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
-import logging
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from control import logs
 from control.config import ConfigSource
 from datapath import fdb
 from datapath.config import BRIDGE_TYPES, OFFLOAD_POLICIES, ConfigError
@@ -29,6 +31,32 @@ CAP_NET_RAW = 13
 
 class UsageError(Exception):
     """A bad argument, reported as one line with exit code 2."""
+
+
+class _VersionShown(Exception):
+    """--version was printed; main() returns 0."""
+
+
+def version() -> str:
+    """The installed package's version, or pyproject.toml's when running from a checkout that is not installed."""
+    try:
+        return importlib.metadata.version("ovl-dp")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        with (Path(__file__).resolve().parents[1] / "pyproject.toml").open("rb") as f:
+            return str(tomllib.load(f)["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(f"ovl-dp {version()}")
+        raise _VersionShown
 
 
 class _Parser(argparse.ArgumentParser):
@@ -302,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Userspace L2 tunnel datapath: a TAP port on a bridge, carried to remote hosts in VXLAN or GRE.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--log-format", choices=logs.FORMATS, default="text", help="text (default) or json: one object per line"
+    )
+    p.add_argument("--version", action=_VersionAction, help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser(
@@ -313,6 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _run_arguments(run)
     _control_commands(sub)
+
+    probe = sub.add_parser(
+        "probe",
+        help="what this kernel and host can do for L2 tunnels",
+        description="Try what this kernel can do for L2 tunnels (kernel vxlan/gretap/geneve, openvswitch, TAP "
+        "virtio offloads, UDP GSO/GRO, raw sockets, Open vSwitch), in a private network namespace that is "
+        "gone afterwards, and recommend per mode the kernel's own port or ovl-dp with which options.",
+    )
+    probe.add_argument("--json", action="store_true", help="a JSON list of {check, result, detail}")
 
     lab = sub.add_parser(
         "lab",
@@ -434,13 +475,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     source: ConfigSource | None = None
     try:
         args = parser.parse_args(argv)
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose else logging.INFO,
-            format="%(asctime)s ovl-dp[%(process)d] %(levelname)s %(message)s",
-            stream=sys.stderr,
-        )
+        logs.setup(args.verbose, args.log_format)
         if args.command in CONTROL_COMMANDS:
             return _query(args)
+        if args.command == "probe":
+            from control import probe
+
+            return probe.main(args.json)
         if args.command == "run":
             source = run_source(args)
             cfg = source.load()
@@ -462,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, SetupError) as exc:
         print(f"ovl-dp: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except _VersionShown:
+        return 0
     except KeyboardInterrupt:
         return 130
 

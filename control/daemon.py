@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import uvloop
 
-from control import bridge, config, ctl, metrics
+from control import bridge, config, ctl, logs, metrics, notify
 from control.config import ConfigSource
 from control.ctl import CtlError
 from control.procs import sigterm_raises_interrupt
@@ -41,6 +41,7 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
     b = user_cfg.bridge
     br = bridge.resolve(b.name, b.type, b.ovsdb, b.tag)
     cfg = config.resolve(user_cfg, br.kind)
+    logs.set_tap(cfg.tap.name)  # JSON log records name the TAP from here on
     # Metrics: bound before the TAP exists, so that a taken port fails before anything appears on the bridge.
     http = metrics.MetricsServer(*metrics_at) if metrics_at else None
     try:
@@ -65,6 +66,17 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
             br.kind + (f" tag {br.tag}" if br.tag is not None else ""),
             ", ".join(r.addr for r in cfg.remotes),
             "C fast" if engine.fast else "pure-Python",
+            extra={
+                "event": "start",
+                "mode": cfg.tunnel.mode,
+                "mac": format_mac(engine.tap.mac),
+                "mtu": cfg.tap_mtu,
+                "underlay_mtu": cfg.underlay_mtu,
+                "bridge": br.name if br.kind != "none" else None,
+                "bridge_type": br.kind,
+                "remotes": [r.addr for r in cfg.remotes],
+                "fast_path": engine.fast,
+            },
         )
         if engine.fast:
             coalesce = cfg.offload.coalesce and engine.tap.vnet_hdr_len > 0
@@ -120,10 +132,18 @@ async def _serve(
     watch = asyncio.create_task(br.keep_attached(engine.tap.name, report=source.ovs_report))
     if http is not None:
         http.start(source)
-    log.info("ready")
+    log.info("ready", extra={"event": "ready"})
+    notify.ready(f"{engine.tap.name}: {engine.cfg.tunnel.mode} to {len(engine.remotes())} remote(s), bridge {br.kind}")
+    interval = notify.watchdog_interval()
+    pinger = asyncio.create_task(notify.keep_alive(interval)) if interval else None
     try:
         await stop.wait()
     finally:
+        notify.stopping()
+        if pinger is not None:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinger
         if http is not None:
             http.close()
         source.heartbeat.stop()

@@ -1,0 +1,97 @@
+"""Logging for `ovl-dp`: the text format (the default) or one JSON object per line.
+
+A JSON record has ``time`` (RFC 3339, UTC, milliseconds), ``level``, ``message``,
+``tap`` once the daemon knows its TAP (set_tap), every field the call passed with
+``extra=`` (e.g. ``log.info("ready", extra={"event": "ready", "bridge": "br-int"})``),
+and ``exception`` (the formatted traceback) when there is one. json.dumps escapes
+newlines, so a multi-line message stays one line.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from typing import Any, TextIO
+
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s ovl-dp[%(process)d] %(levelname)s %(message)s"
+
+# Attributes every LogRecord has; anything else on a record came from extra=.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+_context: dict[str, Any] = {}
+_HANDLER = "ovl-dp"
+
+
+def set_tap(name: str | None) -> None:
+    """Name the TAP in every JSON record from now on (None: no longer)."""
+    if name is None:
+        _context.pop("tap", None)
+    else:
+        _context["tap"] = name
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as a single-line JSON object."""
+        when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        out: dict[str, Any] = {
+            "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        out.update(_context)
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = _jsonable(value)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exception"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+class _Handler(logging.StreamHandler):
+    """A StreamHandler to the given stream, or to whatever sys.stderr is at the time of each record."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        super().__init__(stream)
+        self._fixed = stream
+
+    @property
+    def stream(self) -> TextIO:
+        """The stream records go to."""
+        return self._fixed or sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        self._fixed = value
+
+
+def setup(verbose: bool = False, fmt: str = "text", stream: TextIO | None = None) -> None:
+    """Configure the root logger (again): level from -v, the text or JSON format, to stderr or stream."""
+    handler = _Handler(stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.set_name(_HANDLER)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER]:  # ours from an earlier call only
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
