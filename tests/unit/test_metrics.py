@@ -206,8 +206,9 @@ def test_cli_bad_metrics_value_is_one_line_exit_2(capsys: pytest.CaptureFixture[
 
 def test_cli_metrics_is_off_by_default() -> None:
     args = cli.build_parser().parse_args(["run", "--mode", "gre", "--remote", "192.0.2.2"])
-    assert args.metrics is None
-    cli.run_config(args)  # not a datapath configuration key: the datapath's config never sees it
+    source = cli.run_source(args)
+    assert source.metrics_at(getattr(args, "metrics", None)) is None
+    source.load()  # not a datapath configuration key: the datapath's config never sees it
 
 
 # -- the HTTP server ---------------------------------------------------------------------------
