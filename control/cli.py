@@ -464,6 +464,9 @@ def _query(args: argparse.Namespace) -> int:
     elif cmd == "remote" and req["op"] == "list":
         assert isinstance(result, list)
         print(format_remotes(result))
+    elif cmd == "reload":
+        assert isinstance(result, dict)
+        print(f"reloaded {result['file']}: {'; '.join(result['applied']) or 'nothing changed'}")
     else:
         print(result)
     return 0
