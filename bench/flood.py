@@ -15,6 +15,9 @@ It reports; it never passes or fails.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
+import pickle
 import resource
 import socket
 import subprocess
@@ -22,16 +25,21 @@ import time
 from typing import Any
 
 from datapath import fast
-from datapath.config import Remote
-from tests.configs import datapath_config  # the compact config builder the tests use
+from datapath.config import Config, Remote, TapConfig, TunnelConfig
 
 FRAME = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x06" + bytes(96)
 BATCH = 64
+CLONE_NEWNET = 0x40000000
 
 
 def forwarder(n: int) -> fast.FastForwarder:
     remotes = tuple(Remote(f"10.{1 + i // 250}.{i % 250}.2", "10.0.0.1") for i in range(n))
-    cfg = datapath_config(mode="vxlan", remotes=remotes, underlay_mtu=1500, tap_mtu=1450, batch=BATCH)
+    cfg = Config(
+        tunnel=TunnelConfig("vxlan", underlay_mtu=1500),
+        remotes=remotes,
+        tap=TapConfig(name="ovl-flood", mtu=1450, mac=b"\x02\0\0\0\0\1"),
+        batch=BATCH,
+    )
     return fast.FastForwarder(cfg)
 
 
@@ -88,16 +96,12 @@ def time_io(n: int, seconds: float = 1.0) -> float:
 def in_namespace(fn: Any) -> Any:
     """Run fn() after unshare(CLONE_NEWNET) in a forked child, 10.0.0.0/9 routed out of a veth to a MAC no one has
     (the peer drops the frames as meant for another host: no ARP, no forwarding)."""
-    import os
-    import pickle
-
-    from tests.isolated import unshare_net
-
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            unshare_net()
+            if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
             for cmd in (
                 "ip link set lo up",
                 "ip link add v0 type veth peer name v1",
