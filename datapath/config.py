@@ -363,7 +363,11 @@ class BridgeConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """Everything `ovl-dp run` needs; see the module docstring. Remote indices are positions in remotes."""
+    """Everything `ovl-dp run` needs; see the module docstring.
+
+    Remote indices start as positions in remotes; at run time the datapath adds and removes
+    remotes in slots of its own (datapath.pypath), and this stays the set it started with.
+    """
 
     tunnel: TunnelConfig
     remotes: tuple[Remote, ...]

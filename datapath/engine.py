@@ -192,7 +192,8 @@ class Engine:
         ConfigError for an unresolved remote, one already there, or a full table
         (MAX_REMOTES). Whether the address is this host's own is for the control plane to check.
         """
-        remote.local_bytes  # noqa: B018 -- ConfigError if not resolved
+        if remote.local is None:
+            raise ConfigError(f"{{tunnel.local}} towards remote {remote.addr} is not resolved yet")
         current = self.remotes()
         if any(r.addr == remote.addr for r in current):
             raise ConfigError(f"{{remotes}} {remote.addr} is already a remote")

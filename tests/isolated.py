@@ -39,11 +39,26 @@ def _setup_namespace() -> None:
                 f.write("1")
 
 
-def _child(body: Callable[[], None], w: int) -> None:
+def enter_netns(name: str) -> None:
+    """Join the named network namespace (/run/netns/NAME, as `ip netns add` makes it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({name}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _child(body: Callable[[], None], w: int, netns: str | None) -> None:
     status, report = 1, b""
     try:
-        unshare_net()
-        _setup_namespace()
+        if netns is None:
+            unshare_net()
+            _setup_namespace()
+        else:
+            enter_netns(netns)
         body()
         status = 0
     except BaseException:
@@ -57,13 +72,14 @@ def _child(body: Callable[[], None], w: int) -> None:
             os._exit(status)  # never return into pytest in the child
 
 
-def run_isolated(body: Callable[[], None], timeout: float = 60.0) -> None:
-    """Run body() in a child in a new network namespace; fail the calling test with the child's traceback."""
+def run_isolated(body: Callable[[], None], timeout: float = 60.0, netns: str | None = None) -> None:
+    """Run body() in a child in a new network namespace (or in the existing one named netns, e.g. a lab
+    host's); fail the calling test with the child's traceback."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(r)
-        _child(body, w)
+        _child(body, w, netns)
     os.close(w)
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout

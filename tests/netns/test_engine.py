@@ -14,11 +14,13 @@ from collections.abc import Callable
 import pytest
 
 from datapath import fast
-from datapath.config import Config, FdbConfig, OffloadConfig, Remote, StaticEntry, TapConfig, TunnelConfig
+from datapath.config import Config, ConfigError, FdbConfig, OffloadConfig, Remote, StaticEntry, TapConfig, TunnelConfig
+from datapath.counters import REMOTE_FIELDS
 from datapath.encap import lookup
 from datapath.engine import Engine
 from datapath.errors import SetupError
 from datapath.ether import format_mac
+from datapath.fdb import FdbFull
 from datapath.io import tap
 from tests.isolated import run_isolated
 from tests.netns.netutil import exists, ip
@@ -332,3 +334,89 @@ def test_engine_underlay_offloads(udp_gso: bool) -> None:
             eng.close()
 
     run_isolated(body)
+
+
+# -- the runtime API the control plane calls ---------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_runtime_remote_and_fdb_calls(path: str) -> None:
+    """Engine.add_remote / remove_remote / remotes / remote_rows / fdb_add / fdb_del / fdb_flush /
+    set_fdb_limits: results, refusals with messages, rows that name addresses across holes in the slots."""
+    skip_without_c(path)
+    other = "10.9.0.3"
+
+    def body() -> None:
+        underlay()
+        ip("addr", "add", f"{other}/32", "dev", "lo")
+        clock = [100.0]
+        eng = Engine(engine_cfg("vxlan", path, statics=(StaticEntry(MAC_S, REMOTE, 0),)), clock=lambda: clock[0])
+        try:
+            assert eng.remotes() == (Remote(REMOTE, LOCAL),) and eng.cfg.remotes == eng.remotes()
+            with pytest.raises(ConfigError, match=f"remotes {REMOTE} is already a remote"):
+                eng.add_remote(Remote(REMOTE, LOCAL))
+            with pytest.raises(ConfigError, match="not resolved"):
+                eng.add_remote(Remote(other))
+            eng.add_remote(Remote(other, LOCAL))
+            assert [r.addr for r in eng.remotes()] == [REMOTE, other]
+            rows = eng.remote_rows()
+            assert [set(r) for r in rows] == [
+                {"remote", "local", "tx_packets", "tx_bytes", "tx_flood", "rx_packets", "rx_bytes", "last_rx_age"}
+            ] * 2
+            assert rows[1] == {"remote": other, "local": LOCAL, **dict.fromkeys(REMOTE_FIELDS, 0), "last_rx_age": None}
+
+            eng.fdb_add(MAC_B, other, vlan=7)
+            with pytest.raises(KeyError, match=r"10\.9\.0\.4 is not a remote"):
+                eng.fdb_add(MAC_A, "10.9.0.4")
+            with pytest.raises(ValueError, match="6 bytes"):
+                eng.fdb_add(b"\x02", other)
+            with pytest.raises(ValueError, match="VLAN 4096"):
+                eng.fdb_add(MAC_A, other, vlan=4096)
+            eng.set_fdb_limits(2, 300.0)
+            with pytest.raises(FdbFull):
+                eng.fdb_add(MAC_A, other)
+            with pytest.raises(ConfigError, match=r"fdb\.max_entries"):
+                eng.set_fdb_limits(0, 300.0)
+            with pytest.raises(ConfigError, match=r"fdb\.ageing"):
+                eng.set_fdb_limits(10, -1.0)
+            eng.set_fdb_limits(10, 60.0)
+            eng.fdb_add(MAC_A, other)
+            assert [(r["mac"], r["remote"], r["vlan"]) for r in eng.fdb_table()] == [
+                (format_mac(MAC_S), REMOTE, 0),
+                (format_mac(MAC_A), other, 0),
+                (format_mac(MAC_B), other, 7),
+            ]
+            assert eng.fdb_del(MAC_A) and not eng.fdb_del(MAC_A) and not eng.fdb_del(MAC_B)
+
+            # A hole in slot 0: rows and tables still name addresses.
+            assert eng.remove_remote(REMOTE) == 1  # the static entry behind it
+            with pytest.raises(KeyError, match=f"{REMOTE} is not a remote"):
+                eng.remove_remote(REMOTE)
+            assert [r["remote"] for r in eng.remote_rows()] == [other]
+            assert [r["remote"] for r in eng.snapshot().remotes] == [other]
+            assert [(r["mac"], r["remote"]) for r in eng.fdb_table()] == [(format_mac(MAC_B), other)]
+            with pytest.raises(KeyError):
+                eng.fdb_flush(REMOTE)
+            assert eng.fdb_flush(other) == 1 and eng.fdb_flush() == 0
+
+            # Liveness: seconds since the last packet delivered from a remote.
+            eng.add_remote(Remote(REMOTE, LOCAL))  # back, in slot 0
+            loop = asyncio.new_event_loop()
+            try:
+                eng.start(loop)
+                send_from_remote(eng.cfg, frame(MAC_A, MAC_B))
+                run_until(loop, lambda: row_of(eng, REMOTE)["last_rx_age"] is not None)
+                clock[0] += 2.5
+                assert row_of(eng, REMOTE)["last_rx_age"] == 2.5 and row_of(eng, REMOTE)["rx_packets"] == 1
+                assert row_of(eng, other)["last_rx_age"] is None
+            finally:
+                eng.close()
+                loop.close()
+        finally:
+            eng.close()
+
+    run_isolated(body)
+
+
+def row_of(eng: Engine, addr: str) -> dict[str, object]:
+    return next(r for r in eng.remote_rows() if r["remote"] == addr)

@@ -247,6 +247,52 @@ def test_context_accessors() -> None:
 
 
 @needs_module
+def test_remote_slot_calls() -> None:
+    """ovl_dp_add_remote / ovl_dp_remove_remote / ovl_dp_remotes at their edges, and the counters of a slot table
+    with holes (up to the highest slot in use)."""
+    lib, ffi = fast.lib, fast.ffi
+    assert (lib.OVL_ADD_FULL, lib.OVL_ADD_DUPLICATE, lib.OVL_ADD_NOMEM) == (-1, -2, -3)
+    dp = fast.FastForwarder(cfg())._dp  # one remote, 10.0.0.2, in slot 0
+    assert lib.ovl_dp_add_remote(dp, b"\x0a\0\0\2", b"\x0a\0\0\1") == lib.OVL_ADD_DUPLICATE
+    assert [lib.ovl_dp_add_remote(dp, bytes([10, 0, i, 2]), b"\x0a\0\0\1") for i in (1, 2, 3)] == [1, 2, 3]
+    for bad in (4, lib.OVL_MAX_REMOTES, 0xFFFFFFFF):
+        assert lib.ovl_dp_remove_remote(dp, bad) == -1
+    assert lib.ovl_dp_remove_remote(dp, 1) == 0 and lib.ovl_dp_remove_remote(dp, 1) == -1
+    out = ffi.new("uint64_t[]", 64)
+    assert lib.ovl_dp_counters(dp, lib.OVL_COUNTERS_REMOTES, out, 64) == 4 * len(REMOTE_FIELDS)
+    assert lib.ovl_dp_remove_remote(dp, 3) == 0  # the highest: the table shrinks to the next in use
+    assert lib.ovl_dp_counters(dp, lib.OVL_COUNTERS_REMOTES, out, 64) == 3 * len(REMOTE_FIELDS)
+    slots = ffi.new("uint32_t[]", 4)
+    addrs, locals_ = ffi.new("uint8_t[]", 16), ffi.new("uint8_t[]", 16)
+    last, seen = ffi.new("double[]", 4), ffi.new("uint8_t[]", 4)
+    assert lib.ovl_dp_remotes(dp, slots, addrs, locals_, last, seen, 1) == 1  # at most cap
+    assert lib.ovl_dp_remotes(dp, slots, addrs, locals_, last, seen, 4) == 2
+    assert list(slots)[:2] == [0, 2] and bytes(ffi.buffer(addrs, 8)) == b"\x0a\0\0\2\x0a\0\2\2"
+    assert list(seen)[:2] == [0, 0]
+    assert lib.ovl_dp_add_remote(dp, b"\x0a\0\x09\2", b"\x0a\0\0\1") == 1  # the lowest free slot
+    # A context made with no remote at all: floods to no one, and takes remotes later.
+    empty = fast.FastForwarder(cfg(remotes=(Remote("10.0.0.2", "10.0.0.1"),)))
+    empty.remove_remote(0)
+    assert empty.tx([b"\xff" * 6 + b"\x02" + bytes(5) + b"\x08\x06" + bytes(46)]) == []
+    assert lib.ovl_dp_counters(empty._dp, lib.OVL_COUNTERS_REMOTES, out, 64) == 0
+    assert empty.add_remote(Remote("10.0.3.2", "10.0.3.1")) == 0
+
+
+@needs_module
+def test_fdb_flush_and_limits_calls() -> None:
+    lib = fast.lib
+    fdb = fast.FastFdb(4, 10.0)
+    for i in range(4):
+        fdb.learn(bytes([2, 0, 0, 0, 0, i]), i % 2)
+    assert lib.ovl_fdb_flush(fdb._fdb, 7) == 0 and lib.ovl_fdb_flush(fdb._fdb, 1) == 2
+    assert lib.ovl_fdb_flush(fdb._fdb, -1) == 2 and lib.ovl_fdb_count(fdb._fdb) == 0
+    assert lib.ovl_fdb_set_limits(fdb._fdb, 0, 1.0) == -1
+    assert lib.ovl_fdb_set_limits(fdb._fdb, (1 << 28) + 1, 1.0) == -1
+    assert lib.ovl_fdb_set_limits(fdb._fdb, 5, -1.0) == -1
+    assert lib.ovl_fdb_set_limits(fdb._fdb, 1000, 0.0) == 0
+
+
+@needs_module
 def test_gso_sockets_only_for_udp_encapsulations() -> None:
     lib, ffi = fast.lib, fast.ffi
     fds = ffi.new("int32_t[]", [5, 6, 7])
