@@ -46,6 +46,19 @@ def local_addresses() -> set[str]:
         return {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET)}
 
 
+def is_local_address(addr: str) -> bool:
+    """Whether addr is an address of this network namespace: a socket can bind to it.
+
+    (Usable from inside a running event loop, where pyroute2's IPRoute is not.)
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((addr, 0))
+        except OSError:
+            return False
+    return True
+
+
 def offload_flags(policy: str, bridge_kind: str) -> tuple[bool, bool]:
     """(TAP offloads, RX coalescing) for an offload policy and the kind of bridge the TAP is on.
 

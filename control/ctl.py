@@ -180,6 +180,9 @@ async def serve(tap: str, handler: Handler, stats: CtlStats | None = None) -> as
             return {"ok": True, "result": handler(cmd, args)}
         except CtlError as exc:
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug in a handler: answer and log it, never drop the client silently
+            log.error("control request %r failed: %s: %s", cmd, type(exc).__name__, exc)
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -101,7 +101,7 @@ class Service:
         addr = check_address("remotes", addr)
         if any(r.addr == addr for r in self.engine.remotes()):
             raise ValueError(f"remote {addr} is there already")
-        if addr in host.local_addresses() or ipaddress.IPv4Address(addr).is_loopback:
+        if host.is_local_address(addr) or ipaddress.IPv4Address(addr).is_loopback:
             raise ValueError(f"remote {addr} is an address of this host: a tunnel needs another host")
         local = self.engine.cfg.tunnel.local
         if local is None:
@@ -161,7 +161,7 @@ class Service:
         new_addrs = [r.addr for r in new.remotes]
         # Check every new remote before changing anything (an address of ours, no route).
         for addr in new_addrs:
-            if addr not in old_addrs and (addr in host.local_addresses() or ipaddress.IPv4Address(addr).is_loopback):
+            if addr not in old_addrs and (host.is_local_address(addr) or ipaddress.IPv4Address(addr).is_loopback):
                 raise ValueError(f"reload refused: remote {addr} is an address of this host")
         for addr in new_addrs:
             if addr not in old_addrs:

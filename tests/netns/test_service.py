@@ -56,13 +56,21 @@ def test_remotes_added_and_removed_under_traffic_and_a_config_file_reloaded() ->
         assert set(remotes(lab, 1)) == {lab.underlay_ip(2)}
         assert remotes(lab, 1)[lab.underlay_ip(2)]["last_rx_age"] is not None
 
-        # Traffic to host 2 while host 3 joins and leaves host 1's mesh.
+        # Traffic to host 2 while host 3 joins (ovl-dp remote add) and leaves (the file reloaded without it).
+        baseline = lab.iperf3(1, 2, 2, "-b", "200M")
         results: dict[str, Any] = {}
 
         def traffic() -> None:
             results["ping"] = lab.ping(1, 2, count=200, interval=0.01, check=False)
             results["iperf"] = lab.iperf3(1, 2, 3, "-b", "200M")
 
+        def gap() -> int:
+            """Packets host 1 sent to host 2 that host 2 has not received (yet)."""
+            sent_now = remotes(lab, 1)[lab.underlay_ip(2)]["tx_packets"]
+            return int(sent_now) - int(remotes(lab, 2)[lab.underlay_ip(1)]["rx_packets"])
+
+        settled = wait_until("the baseline's packets to settle", lambda: (g := gap()) == gap() and (g,), timeout=10)
+        lost_before = settled[0]  # what the underlay dropped under the baseline's load, if anything
         t = threading.Thread(target=traffic)
         before = remotes(lab, 1)[lab.underlay_ip(2)]
         t.start()
@@ -72,10 +80,13 @@ def test_remotes_added_and_removed_under_traffic_and_a_config_file_reloaded() ->
             assert set(remotes(lab, 1)) == {lab.underlay_ip(2), lab.underlay_ip(3)}
             fdb = json.loads(cli(lab, 1, "fdb", "--json").stdout)
             assert any(r["remote"] == lab.underlay_ip(3) for r in fdb)
-            out = cli(lab, 1, "remote", "del", lab.underlay_ip(3)).stdout
-            assert "removed" in out
+            out = cli(lab, 1, "reload").stdout  # the file still names host 2 only
+            assert f"remote {lab.underlay_ip(3)} removed" in out, out
         finally:
             t.join(60)
+        retrans = [r.get("end", {}).get("sum_sent", {}).get("retransmits", -1) for r in (baseline, results["iperf"])]
+        print(f"iperf3 retransmits: {retrans[0]} without changes, {retrans[1]} while a remote joined and left")
+        assert 0 <= retrans[1] <= max(100, 5 * retrans[0]), retrans  # no retransmission storm
         assert results["ping"]["loss"] == 0, results
         assert results["iperf"].get("end", {}).get("sum_received", {}).get("bytes", 0) > 0, results["iperf"]
         fdb = json.loads(cli(lab, 1, "fdb", "--json").stdout)
@@ -89,7 +100,15 @@ def test_remotes_added_and_removed_under_traffic_and_a_config_file_reloaded() ->
         snap1 = json.loads(cli(lab, 1, "show", "--json").stdout)
         snap2 = json.loads(cli(lab, 2, "show", "--json").stdout)
         assert snap1["drops"]["tx_error"] == 0 and snap2["drops"]["rx_truncated"] == 0
-        assert got["rx_packets"] == after["tx_packets"], (got, after)
+        # (background chatter may be in flight while the two are read: read both until nothing is missing
+        # beyond what the baseline lost)
+        wait_until(
+            "host 2 to have received every packet host 1 sent it during the change",
+            lambda: gap() == lost_before,
+            timeout=10,
+            interval=0.2,
+            detail=lambda: f"gap {gap()}, {lost_before} lost before; {got}, {after}",
+        )
 
         # Reload: host 3 back in the file with a static entry behind it -> applied.
         write_config(conf, [lab.underlay_ip(2), lab.underlay_ip(3)], (f"{STATIC_MAC}={lab.underlay_ip(3)}",))
@@ -139,8 +158,12 @@ def test_control_commands_refuse_bad_requests_with_one_line() -> None:
         assert row and row[0]["vlan"] == 20 and row[0]["static"]
         assert "removed" in cli(lab, 1, "fdb", "del", f"{STATIC_MAC}@20").stdout
         lab.ping(1, 2, count=2)
-        assert "flushed" in cli(lab, 1, "fdb", "flush", "--remote", peer).stdout
-        assert json.loads(cli(lab, 1, "fdb", "--json").stdout) == []
+        before = json.loads(cli(lab, 1, "fdb", "--json").stdout)
+        assert before and all(r["remote"] == peer for r in before)
+        out = cli(lab, 1, "fdb", "flush", "--remote", peer).stdout
+        assert f"{len(before)} FDB entries flushed" in out or "FDB entries flushed" in out, out
+        # Whatever is there now was learned again after the flush (the containers keep talking).
+        assert all(r["age"] < 2.0 for r in json.loads(cli(lab, 1, "fdb", "--json").stdout))
         # An unprivileged client (uid 65534, the system's Python: nothing of the checkout is read) gets nothing.
         client = (
             "import json, socket; s = socket.socket(socket.AF_UNIX); s.connect('\\0ovl-dp/ovl-gre'); "
