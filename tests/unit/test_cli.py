@@ -94,3 +94,36 @@ def test_lab_without_open_vswitch(monkeypatch: pytest.MonkeyPatch, capsys: pytes
     assert cli.main(["lab", "--mode", "gre"]) == 1  # the fake demo "failed"
     out = capsys.readouterr().out
     assert ran == ["linux"] and "showing the scenario with Linux bridges instead" in out
+
+
+def test_a_real_unprivileged_user_gets_the_one_line_error() -> None:
+    """uid 65534 (no capabilities at all) running `ovl-dp run`: one line naming CAP_NET_ADMIN, exit 2.
+
+    Run in a forked child after the CLI is imported, so it does not depend on whether uid 65534 could read
+    the checkout (a clone in root's home is mode 700); as root, the fork drops to nobody itself.
+    """
+    import os
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to become uid 65534")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            os.close(r)
+            sys.stderr = open(w, "w", closefd=False)  # noqa: SIM115 (flushed below; the child ends with _exit)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            code = cli.main(["run", "--mode", "gre", "--remote", "192.0.2.2", "--bridge-type", "none"])
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        err = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == cli.EXIT_USAGE, err
+    assert err.count("\n") == 1 and err.startswith("ovl-dp: error: needs CAP_NET_ADMIN and CAP_NET_RAW"), err
