@@ -14,8 +14,7 @@ import ipaddress
 import socket
 from pathlib import Path
 
-from datapath.config import MIN_MTU, Config, Remote
-from datapath.errors import SetupError
+from datapath.config import MIN_MTU, Config, ConfigError, Remote
 from datapath.io import underlay
 
 MACHINE_ID = Path("/etc/machine-id")
@@ -63,19 +62,19 @@ def resolve(cfg: Config, bridge_kind: str = "none") -> Config:
     own = local_addresses()
     local = cfg.tunnel.local
     if local is not None and local not in own:
-        raise SetupError(f"--local {local} is not an address of this host")
+        raise ConfigError(f"{{tunnel.local}} {local} is not an address of this host")
     remotes = []
     path_mtus = []
     for r in cfg.remotes:
         if r.addr in own or ipaddress.IPv4Address(r.addr).is_loopback:
-            raise SetupError(f"remote {r.addr} is an address of this host: a tunnel needs another host")
+            raise ConfigError(f"{{remotes}} {r.addr} is an address of this host: a tunnel needs another host")
         src, mtu = underlay.route_to(r.addr)
         remotes.append(Remote(r.addr, local or src))
         path_mtus.append(mtu)
     underlay_mtu = cfg.tunnel.underlay_mtu or min(path_mtus)
     tap_mtu = cfg.tap.mtu if cfg.tap.mtu is not None else underlay_mtu - cfg.overhead
     if tap_mtu < MIN_MTU:
-        raise SetupError(f"TAP MTU {tap_mtu} is below {MIN_MTU} (underlay MTU {underlay_mtu})")
+        raise ConfigError(f"{{tap.mtu}}: TAP MTU {tap_mtu} is below {MIN_MTU} (underlay MTU {underlay_mtu})")
     assert cfg.tap.name is not None  # Config names the TAP
     mac = cfg.tap.mac or tap_mac(remotes[0].local or "", cfg.tunnel.mode, cfg.base_id, cfg.tap.name)
     _, coalesce = offload_flags(cfg.offload.policy, bridge_kind)

@@ -19,7 +19,7 @@ struct tunnel_id base_tunnel(const struct ovl_config *c) {
     return t;
 }
 
-/* DatapathConfig.outer_len: with the base id. */
+/* Config.outer_len: with the base id. */
 uint32_t ovl_outer_len(const struct ovl_config *c) { return c->ops->outer_len(c->keyed); }
 
 int tx_frame_sums(const struct ovl_config *c, const uint8_t *f, size_t len, struct tx_frame *tf) {

@@ -153,7 +153,7 @@ struct ovl_outer {
 
 /* One encapsulation: one of these per encap_*.c, chosen only through encap_ops(). */
 struct ovl_encap_ops {
-    const char *name;  /* DatapathConfig.mode */
+    const char *name;  /* Encap.name (datapath/encap) */
     uint8_t ip_proto;  /* outer IPv4 protocol */
     uint8_t udp;       /* in UDP to cfg.port: source port from the flow hash (the frame needs an
                         * Ethernet header), UDP checksum, UDP GSO / GRO sockets */

@@ -14,8 +14,8 @@
  * never defined here. Counters leave C as uint64_t arrays in the order of the
  * enums (the order of datapath/counters.py), FDB rows as parallel arrays.
  *
- * The behaviour is defined by the pure-Python reference (datapath/vxlan.py,
- * gre.py, ipv4.py, ether.py, fdb.py, pypath.py); tests hold the two equal.
+ * The behaviour is defined by the pure-Python reference (datapath/encap/vxlan.py,
+ * gre.py, ipv4.py, datapath/ether.py, fdb.py, pypath.py); tests hold the two equal.
  *
  * The section between BEGIN CDEF and END CDEF is read verbatim by
  * csrc/build.py as the cffi cdef, so it holds only plain declarations: no
@@ -136,7 +136,7 @@ struct ovl_dp;     /* the datapath context: configuration, rings, counters, FDB 
 uint32_t ovl_flow_hash(const uint8_t *frame, size_t len);
 /* ipv4.checksum: the Internet checksum of data, the one's complement sum starting at initial. */
 uint16_t ovl_checksum(const uint8_t *data, size_t len, uint64_t initial);
-/* The name of encapsulation id (DatapathConfig.mode), or NULL for an id without one. */
+/* The name of encapsulation id (an Encap name, datapath/encap), or NULL for an id without one. */
 const char *ovl_encap_name(uint32_t encap);
 
 /* ---- the configuration ---- */
@@ -166,7 +166,7 @@ int ovl_config_add_remote(struct ovl_config *c, const uint8_t *addr, const uint8
 /* Frames of VLAN vlan leave untagged in tunnel id tid and come back tagged. -1 for a VLAN
  * beyond OVL_VLAN_COUNT or one already mapped. */
 int ovl_config_map_vlan(struct ovl_config *c, uint32_t vlan, uint32_t tid);
-/* DatapathConfig.outer_len: bytes of outer header in front of an untagged frame. */
+/* Config.outer_len: bytes of outer header in front of an untagged frame. */
 uint32_t ovl_outer_len(const struct ovl_config *c);
 
 /* ---- codecs (the functions the batch steps use, for one packet) ---- */

@@ -1,4 +1,4 @@
-/* vlan.c: the VLAN map (ether.vlan_id, DatapathConfig.vlan_map / _check_vlan_map).
+/* vlan.c: the VLAN map (ether.vlan_id, TunnelConfig.vlan_map / _check_vlan_map).
  * Frames of a mapped VLAN leave untagged in their own tunnel id (VNI or GRE key); the
  * receive side looks the id up in a table sorted by id. */
 #include "internal.h"
@@ -39,7 +39,7 @@ uint16_t vlan_of_id(const struct ovl_dp *dp, uint32_t tid) {
     return 0;
 }
 
-/* DatapathConfig._check_vlan_map, as far as the C side relies on it (VLANs 1..4094, ids
+/* TunnelConfig._check_vlan_map, as far as the C side relies on it (VLANs 1..4094, ids
  * distinct, in the encapsulation's range and not the base id); builds dp->vlan_of_id. 0 or -1. */
 int vlan_map_init(struct ovl_dp *dp) {
     const struct ovl_config *c = &dp->cfg;

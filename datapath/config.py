@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from datapath.encap import MODES, Encap, lookup
 from datapath.encap.ipv4 import DEFAULT_TTL
-from datapath.ether import ETH_ALEN, ETH_HLEN, VLAN_HLEN, VLAN_ID_MAX, format_mac, parse_mac
+from datapath.ether import ETH_ALEN, ETH_HLEN, VLAN_HLEN, format_mac, parse_mac
 from datapath.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
 
 MAX_REMOTES = 1024  # OVL_MAX_REMOTES in C
@@ -251,8 +251,9 @@ class StaticEntry:
         if self.mac[0] & 1 or not any(self.mac):
             raise ConfigError(f"{{fdb.static}} {format_mac(self.mac)}: must be a unicast, nonzero MAC")
         object.__setattr__(self, "remote", check_address("fdb.static", self.remote))
-        if type(self.vlan) is not int or not 0 <= self.vlan <= VLAN_ID_MAX:
-            raise ConfigError(f"{{fdb.static}}: a static entry's VLAN must be 0..{VLAN_ID_MAX} (0 = untagged)")
+        # 4095 is reserved by 802.1Q: no frame on a bridge carries it.
+        if type(self.vlan) is not int or not 0 <= self.vlan <= MAP_VLAN_MAX:
+            raise ConfigError(f"{{fdb.static}}: a static entry's VLAN must be 0..{MAP_VLAN_MAX} (0 = untagged)")
 
     @classmethod
     def from_value(cls, value: object) -> StaticEntry:
@@ -383,7 +384,9 @@ class Config:
                 raise ConfigError(f"{{remotes}} {r.addr} equals {{tunnel.local}}: a tunnel needs another host")
         for s in self.fdb.static:
             if s.remote not in seen:
-                raise ConfigError(f"{{fdb.static}} {format_mac(s.mac)}: {s.remote} is not one of the {{remotes}}")
+                raise ConfigError(
+                    f"{{fdb.static}} {format_mac(s.mac)}: {s.remote} is not one of the remotes ({{remotes}})"
+                )
         t = self.tunnel
         if not self.encap.udp and (t.port is not None or t.udp_csum or self.offload.udp_gso):
             udp_modes = " or ".join(m for m in MODES if lookup(m).udp)

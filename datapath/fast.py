@@ -61,14 +61,26 @@ def _require() -> None:
         raise RuntimeError("the C fast path is not built: run `pip install -e .` or `python csrc/build.py`")
 
 
-# The C encapsulation id of each Config.mode (the one lookup of the mode here).
-_ENCAP_IDS: dict[str, str] = {"vxlan": "OVL_ENCAP_VXLAN", "gre": "OVL_ENCAP_GRE"}
-
-
 def encap_id(mode: str) -> int:
-    """The C side's id (enum ovl_encap_id) of encapsulation mode."""
+    """The C side's id (enum ovl_encap_id) of encapsulation mode: its entry in csrc/encap.c's table.
+
+    KeyError if the C side has no encapsulation of that name.
+    """
+    return _encap_ids()[mode]
+
+
+@lru_cache(maxsize=1)
+def _encap_ids() -> dict[str, int]:
     _require()
-    return int(getattr(lib, _ENCAP_IDS[mode]))
+    names = (lib.ovl_encap_name(i) for i in range(lib.OVL_ENCAP_COUNT))
+    return {ffi.string(n).decode(): i for i, n in enumerate(names) if n != ffi.NULL}
+
+
+def _fits(n: int, cap: int) -> int:
+    """n, a length the C side reports for a buffer of cap bytes; RuntimeError if it did not fit or failed."""
+    if not 0 <= n <= cap:
+        raise RuntimeError(f"the C fast path reported {n} bytes for a buffer of {cap}")
+    return n
 
 
 def _check(ret: int) -> None:
@@ -417,7 +429,7 @@ class FastForwarder:
                 lib.ovl_tx_load(dp, i, buf, len(buf))
             k = lib.ovl_tx_process(dp, len(bufs), self._clock())
             for m in range(k):
-                n = lib.ovl_tx_packet(dp, m, remote, self._out, len(self._out))
+                n = _fits(lib.ovl_tx_packet(dp, m, remote, self._out, len(self._out)), len(self._out))
                 out.append((int(remote[0]), bytes(ffi.buffer(self._out, n))))
         return out
 
@@ -452,7 +464,9 @@ class FastForwarder:
         for chunk in self._chunks(packets):
             bufs = self._rx_load(chunk)
             for w in range(lib.ovl_rx_plan(self._dp, len(bufs))):
-                n = lib.ovl_rx_plan_write(self._dp, w, self._vnet, self._out, len(self._out), remote)
+                n = _fits(
+                    lib.ovl_rx_plan_write(self._dp, w, self._vnet, self._out, len(self._out), remote), len(self._out)
+                )
                 vnet = bytes(ffi.buffer(self._vnet, self.tap_vnet))
                 out.append((vnet, bytes(ffi.buffer(self._out, n)), int(remote[0])))
         return out

@@ -122,6 +122,7 @@ class Tap:
         return f"virtio header {self.vnet_hdr_len} bytes, offloads: {offload_names(self.offloads)}"
 
     def fileno(self) -> int:
+        """The TAP's file descriptor (non-blocking)."""
         return int(self._dev.fileno())
 
     def close(self) -> None:

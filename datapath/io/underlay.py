@@ -45,17 +45,17 @@ def _grow_buffer(sock: socket.socket, option: int) -> None:
 
 
 def _raw(proto: int, what: str) -> socket.socket:
+    """A raw IPv4 socket of proto; what names it in the error ("GRE": "a raw GRE socket")."""
     try:
         return socket.socket(socket.AF_INET, socket.SOCK_RAW, proto)
     except PermissionError:
-        raise SetupError(
-            f"cannot open a raw {what} socket: permission denied (run as root or with CAP_NET_RAW)"
-        ) from None
+        kind = f"raw {what} socket" if what else "raw socket"
+        raise SetupError(f"cannot open a {kind}: permission denied (run as root or with CAP_NET_RAW)") from None
 
 
 def open_send_socket() -> socket.socket:
     """Raw IPv4 socket that sends packets whose IPv4 header we built."""
-    sock = _raw(socket.IPPROTO_RAW, "IP")
+    sock = _raw(socket.IPPROTO_RAW, "")
     _grow_buffer(sock, socket.SO_SNDBUF)
     return sock
 

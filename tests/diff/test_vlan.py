@@ -242,8 +242,8 @@ def test_config_refuses(kw: dict[str, object], msg: str) -> None:
 
 
 def test_config_accepts_and_normalises() -> None:
-    cfg = cfg_with(vni=0, vlan_map=tuple((v, v) for v in range(1, 4095)), statics=((FAR, 1), (FAR, 0, 4095)))
-    assert cfg.static_entries == ((FAR, 1, 0), (FAR, 0, 4095))
+    cfg = cfg_with(vni=0, vlan_map=tuple((v, v) for v in range(1, 4095)), statics=((FAR, 1), (FAR, 0, 4094)))
+    assert cfg.static_entries == ((FAR, 1, 0), (FAR, 0, 4094))
     assert cfg_with(mode="gre", key=5, vlan_map=((10, 0),)).base_id == 5
     assert cfg_with(mode="gre", vlan_map=((10, 5),)).base_id == 0
     gre_cfg = cfg_with(mode="gre", tap_mtu=1462, vlan_map=((10, 5),))

@@ -13,12 +13,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from control.procs import stop_process, wait_until
 from tests.isolated import run_isolated
 from tests.netns.netutil import exists, veth
 
@@ -59,24 +59,16 @@ class Daemon:
         return Path(self.log.name).read_text()
 
     def wait_for(self, what: Callable[[str], bool], description: str) -> None:
-        deadline = time.monotonic() + WAIT
-        while not what(self.output()):
+        def probe() -> bool:
             if self.proc.poll() is not None:
                 pytest.fail(f"daemon exited ({self.proc.returncode}) before {description}:\n{self.output()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {description} after {WAIT} s:\n{self.output()}")
-            time.sleep(0.05)
+            return what(self.output())
+
+        wait_until(description, probe, timeout=WAIT, interval=0.05, detail=self.output)
 
     def stop(self) -> int:
         """SIGTERM, and its exit code; SIGKILL (by PID) if it does not exit."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(WAIT)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
+        return stop_process(self.proc, WAIT)
 
 
 def run_args(mode: str, path: str, *more: str) -> tuple[str, ...]:
@@ -162,7 +154,7 @@ def test_show_without_a_daemon() -> None:
     ("args", "message"),
     [
         (run_args("vxlan", "fast", "--local", "10.1.0.9"),
-         "ovl-dp: error: --local 10.1.0.9 is not an address of this host"),
+         "ovl-dp: error: --local 10.1.0.9 is not an address of this host (see ovl-dp run --help)"),
         (("--bridge-type", "none", "--mode", "gre", "--remote", "10.7.0.1", "--tap", TAP),
          "ovl-dp: error: no route to remote 10.7.0.1: Network is unreachable"),
         (run_args("vxlan", "fast", "--port", "4799"),

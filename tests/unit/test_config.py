@@ -318,15 +318,15 @@ def test_tap_mac_refused(mac: bytes) -> None:
 
 
 def test_static_entry_checks() -> None:
-    s = StaticEntry(MAC, R1, 4095)
-    assert (s.mac, s.remote, s.vlan) == (MAC, R1, 4095)
+    s = StaticEntry(MAC, R1, 4094)
+    assert (s.mac, s.remote, s.vlan) == (MAC, R1, 4094)
     assert "MAC is 6 bytes" in str(error(StaticEntry, MAC[:5], R1))
     assert "MAC is 6 bytes" in str(error(StaticEntry, "02:00:00:00:00:01", R1))
     assert "ff:ff:ff:ff:ff:ff: must be a unicast, nonzero MAC" in str(error(StaticEntry, b"\xff" * 6, R1))
     assert "00:00:00:00:00:00: must be a unicast" in str(error(StaticEntry, bytes(6), R1))
     assert error(StaticEntry, MAC, "not-an-ip").keys == ["fdb.static"]
-    for vlan in (-1, 4096):
-        assert "VLAN must be 0..4095 (0 = untagged)" in str(error(StaticEntry, MAC, R1, vlan))
+    for vlan in (-1, 4095, 4096):  # 4095 is reserved by 802.1Q
+        assert "VLAN must be 0..4094 (0 = untagged)" in str(error(StaticEntry, MAC, R1, vlan))
 
 
 def test_static_entry_from_value() -> None:
@@ -426,7 +426,7 @@ def test_remotes_distinct_and_not_local() -> None:
 def test_static_remote_must_be_a_remote() -> None:
     fdb = FdbConfig(static=(StaticEntry(MAC, R2),))
     e = error(cfg, remotes=(R1,), fdb=fdb)
-    assert str(e) == f"fdb.static 02:00:00:00:00:01: {R2} is not one of the remotes"
+    assert str(e) == f"fdb.static 02:00:00:00:00:01: {R2} is not one of the remotes (remotes)"
     assert cfg(remotes=(R1, R2), fdb=fdb).fdb.static == fdb.static
 
 

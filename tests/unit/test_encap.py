@@ -1,7 +1,7 @@
 """datapath/encap/: the Encap type, its two subclasses and the lookup table.
 
 The module-level codecs (vxlan.encap/parse/decap, gre.encap/parse/decap) are
-held against scapy in tests/test_codec.py; here the classes are tested: their
+held against scapy in tests/unit/test_codec.py; here the classes are tested: their
 lengths per mode and for a mapped VLAN, that build() is the codec with the
 tunnel's settings, parse/decap with the tunnel's id, describe(), the table,
 and the receiving socket.

@@ -33,7 +33,7 @@ def test_mypy() -> None:
 def test_datapath_never_imports_control() -> None:
     offenders = [
         str(p.relative_to(ROOT))
-        for p in (ROOT / "datapath").glob("*.py")
+        for p in (ROOT / "datapath").rglob("*.py")
         if any(line.lstrip().startswith(("import control", "from control")) for line in p.read_text().splitlines())
     ]
     assert not offenders

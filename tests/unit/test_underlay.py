@@ -189,5 +189,5 @@ def test_raw_socket_without_privileges(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SetupError) as info:
         underlay.open_raw_socket(LO, 47, "GRE")
     assert str(info.value) == "cannot open a raw GRE socket: permission denied (run as root or with CAP_NET_RAW)"
-    with pytest.raises(SetupError, match="cannot open a raw IP socket: permission denied"):
+    with pytest.raises(SetupError, match="cannot open a raw socket: permission denied"):
         underlay.open_send_socket()
