@@ -31,7 +31,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
-from datapath.config import MAX_REMOTES, Config, ConfigError, FdbConfig, Remote, check_address
+from datapath.config import MAP_VLAN_MAX, MAX_REMOTES, Config, ConfigError, FdbConfig, Remote, check_address
 from datapath.counters import REMOTE_FIELDS, Snapshot
 from datapath.errors import SetupError
 from datapath.ether import ETH_ALEN, format_mac
@@ -236,7 +236,8 @@ class Engine:
         """
         if len(mac) != ETH_ALEN:
             raise ValueError(f"a MAC address is {ETH_ALEN} bytes, not {len(mac)}")
-        check_vlan(vlan)
+        if not 0 <= vlan <= MAP_VLAN_MAX:  # as fdb.static: 4095 is reserved by 802.1Q
+            raise ValueError(f"a static entry's VLAN must be 0..{MAP_VLAN_MAX} (0 = untagged), not {vlan}")
         self.forwarder.fdb.add_static(bytes(mac), self._slot(remote), vlan=vlan)
 
     def fdb_del(self, mac: bytes, vlan: int = 0) -> bool:

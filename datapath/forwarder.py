@@ -37,7 +37,7 @@ class FdbView(Protocol):
         ...
 
     def add_static(self, mac: bytes, remote: int, *, vlan: int = 0) -> None:
-        """Pin mac in vlan to remote slot; FdbFull at the cap."""
+        """Pin mac in vlan to remote (slot); FdbFull at the cap."""
         ...
 
     def remove(self, mac: bytes, *, vlan: int = 0) -> bool:
@@ -45,11 +45,11 @@ class FdbView(Protocol):
         ...
 
     def flush(self, remote: int | None = None) -> int:
-        """Forget every entry (or those behind one remote slot); how many."""
+        """Remove every entry (learned and static) behind remote, or all; how many."""
         ...
 
     def set_limits(self, max_entries: int, ageing: float) -> None:
-        """A new size cap and ageing time."""
+        """A new size cap and ageing (a cap below the count keeps the entries, refuses new ones)."""
         ...
 
 
@@ -76,19 +76,19 @@ class Forwarder(Protocol):
         ...
 
     def snapshot(self) -> Snapshot:
-        """A copy of every counter."""
+        """A copy of every counter (per remote: those in use, in slot order)."""
         ...
 
     def add_remote(self, remote: Remote) -> int:
-        """Add a resolved remote in the lowest free slot; its slot."""
+        """Add a resolved remote in the lowest free slot; the slot (ValueError: already there, or full)."""
         ...
 
     def remove_remote(self, slot: int) -> int:
-        """Free a slot, dropping it from flooding and purging the FDB entries behind it; how many."""
+        """Remove the remote in slot and purge the FDB entries behind it; how many (KeyError: a free slot)."""
         ...
 
     def remotes(self) -> list[tuple[int, Remote, float | None]]:
-        """(slot, remote, clock of its last delivered packet or None) for the slots in use, in slot order."""
+        """(slot, remote, clock at its last delivered packet or None) of the remotes in use, in slot order."""
         ...
 
 

@@ -370,8 +370,9 @@ def test_runtime_remote_and_fdb_calls(path: str) -> None:
                 eng.fdb_add(MAC_A, "10.9.0.4")
             with pytest.raises(ValueError, match="6 bytes"):
                 eng.fdb_add(b"\x02", other)
-            with pytest.raises(ValueError, match="VLAN 4096"):
-                eng.fdb_add(MAC_A, other, vlan=4096)
+            for vlan in (4095, 4096, -1):
+                with pytest.raises(ValueError, match=f"VLAN must be 0..4094 .*, not {vlan}"):
+                    eng.fdb_add(MAC_A, other, vlan=vlan)
             eng.set_fdb_limits(2, 300.0)
             with pytest.raises(FdbFull):
                 eng.fdb_add(MAC_A, other)
