@@ -32,6 +32,11 @@ def serve_in_thread(
         ready.set()
         loop.run_forever()
         server.close()
+        # Let the connections' handlers finish (they close their sockets), then the server.
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.run_until_complete(server.wait_closed())
         loop.close()
 
