@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
 import struct
 from collections.abc import Callable, Mapping
@@ -84,20 +85,48 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
-def _effective_caps(pid: int) -> int:
-    """The effective capability set of process pid (0 if it cannot be read, e.g. it has exited)."""
+def _same_user_namespace(pid: int) -> bool:
+    """Whether process pid lives in this process's user namespace.
+
+    Capabilities are relative to a user namespace: a process that made its own
+    (unshare -Ur) has a full CapEff there and none here, so only capabilities held in
+    our namespace count.
+    """
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    except (OSError, ValueError):
-        pass
-    return 0
+        theirs, ours = os.stat(f"/proc/{pid}/ns/user"), os.stat("/proc/self/ns/user")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def _effective_caps(pid: int, uid: int) -> int:
+    """The effective capability set of process pid, if it still is the peer we were told of; else 0.
+
+    Every uid of its Uid: line (real, effective, saved, fs) must be the SO_PEERCRED uid, so a
+    process that has since become another (a setuid program after exec) does not count.
+    """
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0
+    fields = {k: v.split() for k, _, v in (line.partition(":") for line in status)}
+    try:
+        if any(int(u) != uid for u in fields.get("Uid", ["-1"])):
+            return 0
+        return int(fields.get("CapEff", ["0"])[0], 16)
+    except ValueError:
+        return 0
 
 
 def may_control(pid: int, uid: int) -> bool:
-    """Whether a peer may use the control socket: uid 0, or CAP_NET_ADMIN in its effective set."""
-    return uid == 0 or bool(_effective_caps(pid) >> CAP_NET_ADMIN & 1)
+    """Whether a peer may use the control socket: uid 0, or CAP_NET_ADMIN held in our user namespace.
+
+    (SO_PEERCRED's uid is already mapped into our user namespace: root of a private user namespace is not
+    uid 0 here.)
+    """
+    if uid == 0:
+        return True
+    return _same_user_namespace(pid) and bool(_effective_caps(pid, uid) >> CAP_NET_ADMIN & 1)
 
 
 def _parse(line: bytes) -> tuple[str, dict[str, Any]]:
@@ -149,9 +178,9 @@ async def serve(tap: str, handler: Handler, stats: CtlStats | None = None) -> as
         if not may_control(pid, uid):
             counted.refuse("not privileged", f"uid {uid}")
             return {"ok": False, "error": "permission denied: the control socket is for root or CAP_NET_ADMIN"}, True
-        if n > MAX_CLIENTS:
+        if n > MAX_CLIENTS:  # answered and closed at once, unread: a flood of connections costs little
             counted.refuse("too many clients", f"{n} connections")
-            return {"ok": False, "error": f"busy: more than {MAX_CLIENTS} control connections"}, True
+            return {"ok": False, "error": f"busy: more than {MAX_CLIENTS} control connections"}, False
         return await _request(reader), False
 
     async def _request(reader: asyncio.StreamReader) -> dict[str, Any] | None:

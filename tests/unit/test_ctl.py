@@ -223,8 +223,35 @@ def test_an_unprivileged_client_gets_nothing() -> None:
 
 def test_may_control() -> None:
     assert ctl.may_control(os.getpid(), 0)
-    assert ctl.may_control(os.getpid(), 1000)  # this process (root) has CAP_NET_ADMIN
+    assert not ctl.may_control(os.getpid(), 1000)  # this process is not uid 1000: a stale or wrong pid
     assert not ctl.may_control(2**22 + 12345, 1000)  # no such process: no capabilities
+
+
+def test_root_of_a_private_user_namespace_is_refused() -> None:
+    """uid 65534 in a user namespace of its own (unshare -Ur) has every capability there, none here: refused."""
+    import shutil
+    import subprocess
+
+    if not (shutil.which("unshare") and shutil.which("setpriv") and os.path.exists("/usr/bin/python3")):
+        pytest.skip("needs unshare, setpriv and /usr/bin/python3")
+    tap = unique_tap()
+    client = (
+        "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(chr(0) + sys.argv[1]); "
+        "s.sendall(b'{\"cmd\": \"show\"}\\n'); print(s.makefile().readline())"
+    )
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "unshare", "-Ur",
+           "/usr/bin/python3", "-c", client, ctl.address(tap)[1:]]  # fmt: skip
+
+    def ask() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+
+    res = with_server(tap, lambda: asyncio.to_thread(ask))
+    if res.returncode != 0 and "unshare" in res.stderr:
+        pytest.skip(f"unprivileged user namespaces are not available here: {res.stderr.strip()}")
+    assert json.loads(res.stdout) == {
+        "ok": False,
+        "error": "permission denied: the control socket is for root or CAP_NET_ADMIN",
+    }, res.stderr
 
 
 def _half_request(tap: str) -> bytes:
