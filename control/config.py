@@ -47,16 +47,20 @@ def local_addresses() -> set[str]:
 
 
 def is_local_address(addr: str) -> bool:
-    """Whether addr is an address of this network namespace: a socket can bind to it.
+    """Whether addr is an address of this network namespace: the kernel routes to it from itself.
 
-    (Usable from inside a running event loop, where pyroute2's IPRoute is not.)
+    (A route lookup, as `ip route get` shows `local`: a UDP socket connected to addr has it as its own
+    source. Usable inside a running event loop, where pyroute2's IPRoute is not; unlike a bind test it
+    is not fooled by net.ipv4.ip_nonlocal_bind.)
     """
+    if ipaddress.IPv4Address(addr).is_loopback:
+        return True
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
-            probe.bind((addr, 0))
+            probe.connect((addr, 9))  # discard port; nothing is sent
         except OSError:
             return False
-    return True
+        return bool(probe.getsockname()[0] == addr)
 
 
 def offload_flags(policy: str, bridge_kind: str) -> tuple[bool, bool]:

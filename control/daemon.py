@@ -16,7 +16,7 @@ from control.ctl import CtlError
 from control.procs import sigterm_raises_interrupt
 from control.report import format_counters, format_fdb
 from control.service import Service
-from datapath.config import Config, ConfigError
+from datapath.config import Config
 from datapath.counters import Snapshot
 from datapath.engine import Engine
 from datapath.errors import SetupError
@@ -107,19 +107,20 @@ async def _serve(
     http: metrics.MetricsServer | None = None,
 ) -> None:
     stop = asyncio.Event()
-    ctl_stats = ctl.CtlStats()
 
     def reload() -> None:
-        try:
-            service.reload()
-        except (CtlError, ConfigError, SetupError, ValueError) as exc:
+        try:  # through the control handler, which turns every failure into one message
+            service.handle("reload", {})
+        except CtlError as exc:
             log.warning("reload (SIGHUP) failed: %s", exc)
+        except Exception as exc:  # nothing a reload does may end the daemon or print a traceback
+            log.error("reload (SIGHUP) failed: %s: %s", type(exc).__name__, exc)
 
     def dump() -> None:
         log.info("counters:\n%s\n%s", format_counters(engine.snapshot().as_dict()), format_fdb(engine.fdb_table()))
 
     try:
-        server = await ctl.serve(engine.tap.name, service.handle, ctl_stats)
+        server = await ctl.serve(engine.tap.name, service.handle, service.ctl_stats)
     except OSError as exc:
         raise SetupError(str(exc)) from None
     loop.add_signal_handler(signal.SIGINT, stop.set)

@@ -12,14 +12,13 @@ and the daemon keeps its old settings.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from control import config as host
-from control.ctl import CtlError
-from datapath.config import Config, ConfigError, Remote, StaticEntry, check_address
+from control.ctl import CtlError, CtlStats
+from datapath.config import MAX_REMOTES, Config, ConfigError, Remote, StaticEntry, check_address
 from datapath.engine import Engine
 from datapath.errors import SetupError
 from datapath.ether import format_mac, parse_mac
@@ -55,6 +54,8 @@ class Service:
         self.bridge_kind = bridge_kind
         self.user_cfg = user_cfg  # as loaded, before resolution: what a reload is compared with
         self.reloads = 0
+        self.reload_failures = 0
+        self.ctl_stats = CtlStats()  # what the control socket counted (shown by `ovl-dp show`)
         self._handlers: dict[str, Callable[[Mapping[str, Any]], object]] = {
             "show": lambda a: self.show(),
             "fdb": self._fdb,
@@ -77,7 +78,13 @@ class Service:
     def show(self) -> dict[str, object]:
         """Counters, as `ovl-dp show` prints them."""
         e = self.engine
-        return {"tap": e.tap.name, "mode": e.cfg.tunnel.mode, **e.snapshot().as_dict()}
+        control = {
+            "requests": self.ctl_stats.requests,
+            "refused": dict(self.ctl_stats.refused),
+            "reloads": self.reloads,
+            "reload_failures": self.reload_failures,
+        }
+        return {"tap": e.tap.name, "mode": e.cfg.tunnel.mode, **e.snapshot().as_dict(), "control": control}
 
     # -- remotes -------------------------------------------------------------------------------
 
@@ -89,25 +96,38 @@ class Service:
         if not isinstance(addr, str):
             raise ValueError("remote: an address is needed")
         if op == "add":
-            self.add_remote(addr)
-            return f"remote {check_address('remotes', addr)} added"
+            note = self.add_remote(addr)
+            return f"remote {check_address('remotes', addr)} added{note}"
         if op == "del":
             purged = self.engine.remove_remote(check_address("remotes", addr))
+            log.info("remote %s removed", addr, extra={"event": "remote_removed", "remote": addr, "purged": purged})
             return f"remote {addr} removed ({purged} FDB entries behind it forgotten)"
         raise ValueError(f"remote: unknown operation {op!r} (add, del, list)")
 
-    def add_remote(self, addr: str) -> None:
-        """Resolve addr on this host (not our own address, a route to it) and add it to the engine."""
+    def add_remote(self, addr: str) -> str:
+        """Resolve addr on this host (not our own address, a route to it) and add it; a note for the answer."""
+        addr, local, mtu = self._resolve_new(addr)
+        self.engine.add_remote(Remote(addr, local))
+        log.info("remote %s added (local %s)", addr, local, extra={"event": "remote_added", "remote": addr})
+        if mtu is not None and mtu < self.engine.cfg.underlay_mtu:
+            warn = (
+                f"the path MTU towards {addr} is {mtu}, below the underlay MTU {self.engine.cfg.underlay_mtu} "
+                "the TAP MTU was derived from: larger frames to it will be dropped (tx_too_big / tx_error)"
+            )
+            log.warning("%s", warn)
+            return f"; warning: {warn}"
+        return ""
+
+    def _resolve_new(self, addr: str) -> tuple[str, str, int | None]:
+        """(address, local address, path MTU or None) for a remote to add; ValueError/SetupError if it cannot be."""
         addr = check_address("remotes", addr)
         if any(r.addr == addr for r in self.engine.remotes()):
             raise ValueError(f"remote {addr} is there already")
-        if host.is_local_address(addr) or ipaddress.IPv4Address(addr).is_loopback:
+        if host.is_local_address(addr):
             raise ValueError(f"remote {addr} is an address of this host: a tunnel needs another host")
         local = self.engine.cfg.tunnel.local
-        if local is None:
-            local, _mtu = host.underlay.route_to(addr)
-        self.engine.add_remote(Remote(addr, local))
-        log.info("remote %s added (local %s)", addr, local)
+        src, mtu = host.underlay.route_to(addr)
+        return addr, local or src, mtu
 
     # -- the FDB -------------------------------------------------------------------------------
 
@@ -136,10 +156,19 @@ class Service:
     # -- reload --------------------------------------------------------------------------------
 
     def reload(self) -> dict[str, object]:
-        """Re-read the configuration and apply its differences; ConfigError/ValueError if it cannot."""
+        """Re-read the configuration and make the daemon run it where that needs no restart.
+
+        Everything is checked before anything changes (keys that need a restart, the new remotes'
+        addresses and routes, the number of remotes); then remotes and static entries become the
+        file's (the running sets are compared, as `wg syncconf` does) and the FDB limits are set.
+        If a step still fails half-way, the error says what was applied before it.
+        """
         if self.source is None or self.source.file is None:
             raise ValueError("reload: the daemon was not started with --config FILE")
-        new = self.source.load()
+        try:
+            new = self.source.load()
+        except ConfigError as exc:
+            raise ValueError(f"reload refused: {exc.render(self.source.names({}))}") from None
         changed = _changed(self.user_cfg, new)
         needs_restart = [k for k in changed if k not in LIVE_KEYS]
         if needs_restart:
@@ -147,41 +176,66 @@ class Service:
                 f"reload refused: {', '.join(needs_restart)} changed, which needs a restart; "
                 "the daemon keeps its old settings"
             )
-        applied = self._apply(new)
+        plan = self._plan(new)
+        done: list[str] = []
+        try:
+            self._apply(new, plan, done)
+        except Exception as exc:
+            self.reload_failures += 1
+            log.error("reload of %s failed after: %s", self.source.file, "; ".join(done) or "nothing")
+            raise ValueError(
+                f"reload failed at {type(exc).__name__}: {exc}; applied before: {'; '.join(done) or 'nothing'}"
+            ) from None
         self.user_cfg = new
         self.reloads += 1
-        log.info("reloaded %s: %s", self.source.file, applied or "nothing changed")
-        return {"file": str(self.source.file), "applied": applied}
+        log.info("reloaded %s: %s", self.source.file, "; ".join(done) or "nothing changed",
+                 extra={"event": "reloaded", "applied": done})  # fmt: skip
+        return {"file": str(self.source.file), "applied": done}
 
-    def _apply(self, new: Config) -> list[str]:
-        """Make the engine run new's remotes, static entries and FDB limits; what was done."""
-        done: list[str] = []
+    def _static_rows(self) -> dict[tuple[bytes, int], str]:
+        """The static entries the FDB holds now: (MAC, VLAN) -> remote address."""
+        return {
+            (parse_mac(str(r["mac"])), int(str(r["vlan"]))): str(r["remote"])
+            for r in self.engine.fdb_table()
+            if r["static"]
+        }
+
+    def _plan(self, new: Config) -> dict[str, tuple[str, str, int | None]]:
+        """The new remotes resolved (address -> (address, local, MTU)); ValueError before anything changes."""
+        live = [r.addr for r in self.engine.remotes()]
+        wanted = [r.addr for r in new.remotes]
+        if len(wanted) > MAX_REMOTES:
+            raise ValueError(f"reload refused: {len(wanted)} remotes, at most {MAX_REMOTES}")
+        plan = {}
+        for addr in wanted:
+            if addr not in live:
+                try:
+                    plan[addr] = self._resolve_new(addr)
+                except (ValueError, SetupError) as exc:
+                    raise ValueError(f"reload refused: {exc}") from None
+        return plan
+
+    def _apply(self, new: Config, plan: Mapping[str, tuple[str, str, int | None]], done: list[str]) -> None:
+        """Make the engine run new's remotes, static entries and FDB limits, noting each step in done."""
         e = self.engine
-        old_addrs = [r.addr for r in e.remotes()]
-        new_addrs = [r.addr for r in new.remotes]
-        # Check every new remote before changing anything (an address of ours, no route).
-        for addr in new_addrs:
-            if addr not in old_addrs and (host.is_local_address(addr) or ipaddress.IPv4Address(addr).is_loopback):
-                raise ValueError(f"reload refused: remote {addr} is an address of this host")
-        for addr in new_addrs:
-            if addr not in old_addrs:
-                self.add_remote(addr)
-                done.append(f"remote {addr} added")
-        old_static = {(s.mac, s.vlan): s.remote for s in self.user_cfg.fdb.static}
+        wanted = {r.addr for r in new.remotes}
+        for addr, local, _mtu in plan.values():
+            e.add_remote(Remote(addr, local))
+            done.append(f"remote {addr} added")
+        for r in e.remotes():
+            if r.addr not in wanted:
+                purged = e.remove_remote(r.addr)
+                done.append(f"remote {r.addr} removed ({purged} FDB entries)")
+        live_static = self._static_rows()
         new_static = {(s.mac, s.vlan): s.remote for s in new.fdb.static}
-        for (mac, vlan), remote in old_static.items():
+        for (mac, vlan), remote in live_static.items():
             if new_static.get((mac, vlan)) != remote:
                 e.fdb_del(mac, vlan=vlan)
                 done.append(f"static {format_mac(mac)}@{vlan} removed")
-        for addr in old_addrs:
-            if addr not in new_addrs:
-                purged = e.remove_remote(addr)
-                done.append(f"remote {addr} removed ({purged} FDB entries)")
         if (new.fdb.max_entries, new.fdb.ageing) != (self.user_cfg.fdb.max_entries, self.user_cfg.fdb.ageing):
             e.set_fdb_limits(new.fdb.max_entries, new.fdb.ageing)
             done.append(f"FDB size {new.fdb.max_entries}, ageing {new.fdb.ageing:g}s")
         for (mac, vlan), remote in new_static.items():
-            if old_static.get((mac, vlan)) != remote:
+            if live_static.get((mac, vlan)) != remote:
                 e.fdb_add(mac, remote, vlan=vlan)
                 done.append(f"static {format_mac(mac)}@{vlan} -> {remote} added")
-        return done

@@ -117,6 +117,22 @@ def test_remotes_added_and_removed_under_traffic_and_a_config_file_reloaded() ->
         assert set(remotes(lab, 1)) == {lab.underlay_ip(2), lab.underlay_ip(3)}
         fdb = json.loads(cli(lab, 1, "fdb", "--json").stdout)
         assert any(r["mac"] == STATIC_MAC and r["static"] and r["remote"] == lab.underlay_ip(3) for r in fdb), fdb
+        # The file's static entries are the running ones: one deleted by hand comes back on reload.
+        cli(lab, 1, "fdb", "del", STATIC_MAC)
+        assert f"static {STATIC_MAC}@0 -> {lab.underlay_ip(3)} added" in cli(lab, 1, "reload").stdout
+        # Checked before anything changes: a new remote without a route, a bad key (named with the file).
+        write_config(
+            conf, [lab.underlay_ip(2), lab.underlay_ip(3), "10.99.0.1"], (f"{STATIC_MAC}={lab.underlay_ip(3)}",)
+        )
+        res = cli(lab, 1, "reload", check=False)
+        assert res.returncode == 2 and "no route to remote 10.99.0.1" in res.stderr, res.stderr
+        assert set(remotes(lab, 1)) == {lab.underlay_ip(2), lab.underlay_ip(3)}  # host 3 still there
+        conf.write_text(conf.read_text().replace("ageing = 300", "ageing = -1"))
+        res = cli(lab, 1, "reload", check=False)
+        assert res.returncode == 2 and f"fdb.ageing (in {conf})" in res.stderr, res.stderr
+        lab.daemons[1].proc.send_signal(signal.SIGHUP)  # the same bad file by SIGHUP: logged, the daemon lives
+        wait_until("the failed SIGHUP reload logged", lambda: "reload (SIGHUP) failed" in lab.daemons[1].output())
+        assert "Traceback" not in lab.daemons[1].output()
         # SIGHUP with host 3 gone again.
         write_config(conf, [lab.underlay_ip(2)])
         lab.daemons[1].proc.send_signal(signal.SIGHUP)

@@ -237,7 +237,7 @@ def test_root_of_a_private_user_namespace_is_refused() -> None:
     tap = unique_tap()
     client = (
         "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(chr(0) + sys.argv[1]); "
-        "s.sendall(b'{\"cmd\": \"show\"}\\n'); print(s.makefile().readline())"
+        's.sendall(b\'{"cmd": "show"}\\n\'); print(s.makefile().readline())'
     )
     cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "unshare", "-Ur",
            "/usr/bin/python3", "-c", client, ctl.address(tap)[1:]]  # fmt: skip
