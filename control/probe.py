@@ -31,19 +31,17 @@ import errno
 import fcntl
 import json
 import os
-import select
 import shutil
-import signal
 import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from control.procs import collect_child
 from datapath.io import tap as taplib
 from datapath.io import underlay
 
@@ -389,31 +387,14 @@ def namespace_rows(caps: int | None) -> list[Row]:
         os.close(r)
         _child(w)
     os.close(w)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + CHILD_TIMEOUT
-    timed_out = False
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                os.kill(pid, signal.SIGKILL)
-                break
-            if select.select([r], [], [], left)[0]:
-                chunk = os.read(r, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
+    output, timed_out, _ = collect_child(pid, r, CHILD_TIMEOUT)
     if timed_out:
         why = f"the namespace checks took over {CHILD_TIMEOUT:.0f} s"
         return [Row("netns.private", NO, f"child PID {pid} killed: {why}")] + [
             Row(c, UNKNOWN, why) for c in NAMESPACE_CHECKS
         ]
     try:
-        out = json.loads(b"".join(chunks))
+        out = json.loads(output)
     except ValueError:
         out = {"error": "the namespace child died without a report"}
     if "error" in out:

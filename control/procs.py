@@ -11,6 +11,8 @@ Shared by the daemon's control plane, the lab (control.lab), the benchmark and t
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import signal
 import subprocess
 import time
@@ -78,3 +80,29 @@ def sigterm_raises_interrupt() -> Iterator[None]:
     finally:
         # None: the previous handler was not installed from Python; the default is the nearest we can restore.
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def collect_child(pid: int, fd: int, timeout: float) -> tuple[bytes, bool, int]:
+    """What a forked child writes to fd until it closes it, within timeout; then reap the child.
+
+    Returns (output, timed out, wait status); a child past the timeout is killed (by its PID). fd is closed.
+    """
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                os.kill(pid, signal.SIGKILL)
+                break
+            if select.select([fd], [], [], left)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    return b"".join(chunks), timed_out, status

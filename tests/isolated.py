@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-import select
-import signal
 import subprocess
-import time
 import traceback
 from collections.abc import Callable
 
 import pytest
+
+from control.procs import collect_child
 
 CLONE_NEWNET = 0x40000000
 
@@ -81,25 +80,8 @@ def run_isolated(body: Callable[[], None], timeout: float = 60.0, netns: str | N
         os.close(r)
         _child(body, w, netns)
     os.close(w)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    timed_out = False
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                os.kill(pid, signal.SIGKILL)
-                break
-            if select.select([r], [], [], left)[0]:
-                chunk = os.read(r, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    finally:
-        os.close(r)
-        _, status = os.waitpid(pid, 0)
-    report = b"".join(chunks).decode(errors="replace")
+    output, timed_out, status = collect_child(pid, r, timeout)
+    report = output.decode(errors="replace")
     if timed_out:
         pytest.fail(f"isolated test timed out after {timeout} s\n{report}", pytrace=False)
     code = os.waitstatus_to_exitcode(status)
