@@ -258,11 +258,19 @@ class DatapathCollector:
             "Seconds since the last packet received from the remote (absent: none yet, or not known)",
             labels=["tap", "remote"],
         )
+        stamp = GaugeMetricFamily(
+            "ovl_dp_remote_last_rx_timestamp_seconds",
+            "Unix time of the last packet received from the remote (absent: none yet, or not known)",
+            labels=["tap", "remote"],
+        )
+        now = time.time()
         for r in rows:
             last = r.get("last_rx_age")
             if isinstance(last, int | float):
                 age.add_metric([tap, str(r["remote"])], float(last))
+                stamp.add_metric([tap, str(r["remote"])], now - float(last))
         yield age
+        yield stamp
 
         fast = GaugeMetricFamily(
             "ovl_dp_fast_path_enabled", "1 when the C fast path forwards, 0 for the pure-Python path", labels=["tap"]

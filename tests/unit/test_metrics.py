@@ -106,6 +106,9 @@ def test_every_metric_has_its_type_labels_and_value() -> None:
     assert kind == "gauge"
     # Only the remote that was heard from has an age; "never" is an absent series.
     assert [(s.labels, s.value) for s in samples] == [({"tap": TAP, "remote": "192.0.2.2"}, 1.5)]
+    kind, samples = fams["ovl_dp_remote_last_rx_timestamp_seconds"]
+    assert kind == "gauge" and [s.labels for s in samples] == [{"tap": TAP, "remote": "192.0.2.2"}]
+    assert abs(samples[0].value - (time.time() - 1.5)) < 60  # the same moment, as Unix time
 
 
 def test_offload_state_and_build_info() -> None:
