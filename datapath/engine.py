@@ -29,14 +29,13 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from datapath.config import MAP_VLAN_MAX, MAX_REMOTES, Config, ConfigError, FdbConfig, Remote, check_address
 from datapath.counters import REMOTE_FIELDS, Snapshot
-from datapath.errors import SetupError
 from datapath.ether import ETH_ALEN, format_mac
-from datapath.fdb import FdbFull, check_vlan
-from datapath.forwarder import Forwarder, fast_path_available, make_forwarder
+from datapath.fdb import check_vlan
+from datapath.forwarder import fast_path_available, make_forwarder
 from datapath.io import underlay
 from datapath.io.tap import Tap
 
@@ -58,7 +57,7 @@ class Engine:
         encap = cfg.encap
         fast = cfg.offload.fast_path and fast_path_available()
         # Check the configuration before anything is opened (the C side may refuse it).
-        _forwarder(cfg, fast, clock)
+        make_forwarder(cfg, fast, clock)
         # Sockets first: a port in use should fail before a TAP appears on the bridge.
         self.recv_sock = encap.open_recv_socket(cfg.bind)
         try:
@@ -81,7 +80,7 @@ class Engine:
             self.udp_gro = udp_offloads and cfg.offload.udp_gro and underlay.enable_udp_gro(self.recv_sock)
             if udp_offloads and cfg.offload.udp_gso:
                 self.gso_socks = underlay.open_gso_sockets(cfg.bind, cfg.tunnel.ttl)
-            self.forwarder = _forwarder(
+            self.forwarder = make_forwarder(
                 cfg, fast, clock, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks
             )
         except Exception:
@@ -261,18 +260,3 @@ class Engine:
         """
         FdbConfig(max_entries=max_entries, ageing=ageing)  # the ranges of the configuration
         self.forwarder.fdb.set_limits(max_entries, float(ageing))
-
-
-def _forwarder(
-    cfg: Config,
-    fast: bool,
-    clock: Callable[[], float] = time.monotonic,
-    tap_vnet: int = 0,
-    udp_gro: bool = False,
-    gso_socks: Sequence[socket.socket] = (),
-) -> Forwarder:
-    """make_forwarder, with a full table of static entries reported as a setup problem."""
-    try:
-        return make_forwarder(cfg, fast, clock, tap_vnet=tap_vnet, udp_gro=udp_gro, gso_socks=gso_socks)
-    except FdbFull as exc:
-        raise SetupError(f"the static FDB entries do not fit the FDB ({exc}): raise the FDB size") from None

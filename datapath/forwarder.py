@@ -20,7 +20,8 @@ from typing import Protocol
 from datapath import pypath
 from datapath.config import Config, Remote
 from datapath.counters import Snapshot
-from datapath.fdb import FdbEntry
+from datapath.errors import SetupError
+from datapath.fdb import FdbEntry, FdbFull
 
 log = logging.getLogger("ovl-dp")
 
@@ -110,13 +111,17 @@ def make_forwarder(
     """The C forwarder if asked for and built, else the Python reference.
 
     tap_vnet: the TAP's virtio header length; udp_gro, gso_socks: underlay offloads (C only).
+    SetupError if the static FDB entries do not fit the FDB.
     """
-    if fast:
-        from datapath import fast as fastpath
+    try:
+        if fast:
+            from datapath import fast as fastpath
 
-        if fastpath.available():
-            return fastpath.FastForwarder(cfg, clock, tap_vnet=tap_vnet, udp_gro=udp_gro, gso_socks=gso_socks)
-        log.warning("C fast path is not built (pip install -e . compiles it); using the pure-Python path")
-    if tap_vnet or udp_gro or gso_socks:
-        raise ValueError("the pure-Python forwarder needs a plain TAP and plain sockets")
-    return pypath.PyForwarder(cfg, clock)
+            if fastpath.available():
+                return fastpath.FastForwarder(cfg, clock, tap_vnet=tap_vnet, udp_gro=udp_gro, gso_socks=gso_socks)
+            log.warning("C fast path is not built (pip install -e . compiles it); using the pure-Python path")
+        if tap_vnet or udp_gro or gso_socks:
+            raise ValueError("the pure-Python forwarder needs a plain TAP and plain sockets")
+        return pypath.PyForwarder(cfg, clock)
+    except FdbFull as exc:
+        raise SetupError(f"the static FDB entries do not fit the FDB ({exc}): raise the FDB size") from None
