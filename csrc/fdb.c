@@ -170,6 +170,32 @@ int ovl_fdb_add_static(struct ovl_fdb *f, const uint8_t *mac, uint16_t vlan, int
     return 0;
 }
 
+/* Fdb.restore: a learned entry carried over from another table (a takeover), last seen age seconds
+ * before now. 1 entered; 0 left out (a static entry holds the key, a live entry seen more recently
+ * holds it, or the entry is already past its age); -1 at the size cap. Not counted as a learn. */
+int ovl_fdb_restore(struct ovl_fdb *f, const uint8_t *mac, uint16_t vlan, int32_t remote, double age, double now) {
+    if (!(age >= 0))
+        return 0;
+    if (f->ageing > 0 && age >= f->ageing)
+        return 0;
+    double last_seen = now - age;
+    int64_t i = fdb_get_live(f, mac, vlan, now);
+    struct fdb_slot *s;
+    if (i >= 0) {
+        s = &f->slots[i];
+        if (s->is_static || s->last_seen >= last_seen)
+            return 0;
+    } else {
+        if (f->count >= f->max)
+            return -1;
+        s = fdb_insert(f, mac, vlan);
+        s->is_static = 0;
+    }
+    s->remote = remote;
+    s->last_seen = last_seen;
+    return 1;
+}
+
 int ovl_fdb_remove(struct ovl_fdb *f, const uint8_t *mac, uint16_t vlan) {
     int64_t i = fdb_find(f, mac, vlan);
     if (i < 0)

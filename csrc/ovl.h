@@ -201,6 +201,10 @@ int32_t ovl_fdb_lookup(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan, d
 int ovl_fdb_learn(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan, int32_t remote, double now);
 /* Pin mac in vlan to remote; 0, or -1 at the size cap. */
 int ovl_fdb_add_static(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan, int32_t remote);
+/* A learned entry carried over from another table (a takeover), last seen age seconds before now:
+ * 1 entered, 0 left out (a static entry or a more recently seen one holds the key, or age is past
+ * the ageing time or negative/NaN), -1 at the size cap. Not counted as a learn. */
+int ovl_fdb_restore(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan, int32_t remote, double age, double now);
 /* Forget mac in vlan; 1 if it was there. */
 int ovl_fdb_remove(struct ovl_fdb *fdb, const uint8_t *mac, uint16_t vlan);
 /* Remove every learned entry past its age; returns how many. */

@@ -262,6 +262,14 @@ class FastFdb:
         if lib.ovl_fdb_add_static(self._fdb, _mac(mac), check_vlan(vlan), _remote(remote)) < 0:
             raise FdbFull(f"FDB full ({self.max_entries} entries)")
 
+    def restore(self, mac: bytes, remote: int, *, vlan: int = 0, age: float = 0.0) -> bool:
+        """A learned entry carried over from another table, last seen age seconds ago (rules in
+        datapath.fdb); True if entered, False if left out. Raises FdbFull at the cap."""
+        r = lib.ovl_fdb_restore(self._fdb, _mac(mac), check_vlan(vlan), _remote(remote), float(age), self._clock())
+        if r < 0:
+            raise FdbFull(f"FDB full ({self.max_entries} entries)")
+        return bool(r)
+
     def remove(self, mac: bytes, *, vlan: int = 0) -> bool:
         """Forget mac in vlan (static or learned); True if it was there."""
         return bool(lib.ovl_fdb_remove(self._fdb, _mac(mac), check_vlan(vlan)))

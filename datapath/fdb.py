@@ -16,6 +16,11 @@ operation sequences.
   applies to the entries already there; a cap below the current count keeps
   every entry, and refuses learning (and static entries for new keys) until the
   count is below the cap again, as at the cap.
+- :meth:`Fdb.restore` enters a learned entry carried over from another table
+  (a takeover, ``ovl-dp run --takeover``) with the age it had there: it ages
+  from that age on, and is not counted as a learn. A static entry, or a live
+  entry seen more recently, keeps the key; an entry already past the ageing
+  time is left out; at the cap it is refused (FdbFull).
 - :meth:`Fdb.flush` removes every entry, or every entry behind one remote,
   learned and static alike (when a remote goes away); not counted as aged.
 """
@@ -143,6 +148,25 @@ class Fdb:
         if key not in self._table and len(self._table) >= self.max_entries:
             raise FdbFull(f"FDB full ({self.max_entries} entries)")
         self._table[key] = _Slot(remote, True, 0.0)
+
+    def restore(self, mac: bytes, remote: int, *, vlan: int = 0, age: float = 0.0) -> bool:
+        """A learned entry carried over from another table, last seen age seconds ago (see the module
+        docstring); True if entered, False if left out. Raises FdbFull at the cap."""
+        now = self._clock()
+        key = (check_vlan(vlan), bytes(mac))
+        if not age >= 0 or (self.ageing > 0 and age >= self.ageing):
+            return False
+        last_seen = now - age
+        slot = self._get_live(key, now)
+        if slot is not None:
+            if slot.static or slot.last_seen >= last_seen:
+                return False
+            slot.remote, slot.last_seen = remote, last_seen
+            return True
+        if len(self._table) >= self.max_entries:
+            raise FdbFull(f"FDB full ({self.max_entries} entries)")
+        self._table[key] = _Slot(remote, False, last_seen)
+        return True
 
     def remove(self, mac: bytes, *, vlan: int = 0) -> bool:
         """Forget mac in vlan (static or learned); True if it was there."""

@@ -41,6 +41,10 @@ class FdbView(Protocol):
         """Pin mac in vlan to remote (slot); FdbFull at the cap."""
         ...
 
+    def restore(self, mac: bytes, remote: int, *, vlan: int = 0, age: float = 0.0) -> bool:
+        """A learned entry carried over (a takeover), last seen age seconds ago; whether it went in (FdbFull)."""
+        ...
+
     def remove(self, mac: bytes, *, vlan: int = 0) -> bool:
         """Forget mac in vlan; whether it was there."""
         ...

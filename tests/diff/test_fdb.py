@@ -184,6 +184,37 @@ def test_flush_all_or_behind_one_remote(impl: type[Fdb]) -> None:
     assert fdb.learn(mac(1), 2) is Learn.LEARNED and fdb.lookup(mac(1)) == 2
 
 
+def test_restore_keeps_the_age(impl: type[Fdb]) -> None:
+    """A takeover's import: entries come in with the age they had, then age on from there."""
+    clock = Clock()
+    fdb = impl(3, 10.0, clock)
+    assert fdb.restore(mac(1), 2, age=7.5)
+    assert fdb.restore(mac(1), 1, vlan=20, age=0.0)
+    assert table(fdb) == [FdbEntry(mac(1), 2, False, 7.5), FdbEntry(mac(1), 1, False, 0.0, 20)]
+    clock.now += 2.5  # 10 s since mac 1 was last seen: expired, as if it had stayed in one table
+    assert fdb.lookup(mac(1)) is None and fdb.lookup(mac(1), vlan=20) == 1
+    assert not fdb.restore(mac(2), 0, age=10.0)  # already past its age: left out
+    assert not fdb.restore(mac(2), 0, age=-1.0) and not fdb.restore(mac(2), 0, age=float("nan"))
+    # An entry seen more recently here keeps the key; an older one is replaced.
+    fdb.learn(mac(3), 0)
+    assert not fdb.restore(mac(3), 1, age=1.0)
+    clock.now += 3
+    assert fdb.restore(mac(3), 1, age=1.0)
+    assert fdb.lookup(mac(3)) == 1
+    # A static entry is never replaced; at the cap a new key is refused.
+    fdb.add_static(mac(4), 0)
+    assert not fdb.restore(mac(4), 1, age=0.5)
+    assert len(fdb) == 3
+    with pytest.raises(FdbFull):
+        fdb.restore(mac(5), 0, age=0.5)
+    # Not learns, not moves; the only aged entry is mac 1.
+    assert fdb.stats() == {"learns": 1, "moves": 0, "refused_full": 0, "aged": 1, "entries": 3}
+    never = impl(3, 0.0, clock)  # ageing 0: any age goes in, and never expires
+    assert never.restore(mac(1), 0, age=1e6)
+    clock.now += 1e6
+    assert never.lookup(mac(1)) == 0
+
+
 def test_set_limits_lower_cap_keeps_entries(impl: type[Fdb]) -> None:
     """A cap below the count keeps every entry and refuses new ones until the count is below it."""
     clock = Clock()
@@ -276,6 +307,16 @@ class FdbPair(RuleBasedStateMachine):
                 outcome.append("ok")
             except FdbFull:
                 outcome.append("full")
+        assert outcome[0] == outcome[1]
+
+    @rule(m=macs, r=remotes, v=vlans, age=st.sampled_from([0.0, 0.5, 1.0, 2.5, 1000.0]))
+    def restore(self, m: bytes, r: int, v: int, age: float) -> None:
+        outcome = []
+        for fdb in (self.py, self.c):
+            try:
+                outcome.append(fdb.restore(m, r, vlan=v, age=age))
+            except FdbFull:
+                outcome.append(None)
         assert outcome[0] == outcome[1]
 
     @rule(m=macs, v=vlans)
