@@ -12,6 +12,11 @@ over partial checksums (TUN_F_CSUM) and TCP super-frames (TSO4, TSO6,
 TSO_ECN), trying smaller sets when one is refused. Anything refused falls
 back, in the end to the plain TAP; ``vnet_hdr_len`` and ``offloads`` say
 what is on.
+
+:meth:`Tap.adopt` takes over the fd of a TAP another process opened (``ovl-dp
+run --takeover``, the fd received over SCM_RIGHTS): what the other process
+claims (name, virtio header, MAC, MTU) is checked against the kernel
+(TUNGETIFF, TUNGETVNETHDRSZ, SIOCGIFHWADDR, SIOCGIFMTU) before it is used.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import struct
 
 import pytun
@@ -32,6 +38,13 @@ IFNAMSIZ = 16  # including the terminating NUL
 TUNGETFEATURES = 0x800454CF
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
+TUNGETIFF = 0x800454D2
+TUNGETVNETHDRSZ = 0x800454D7
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+SIOCGIFMTU = 0x8921
+SIOCGIFHWADDR = 0x8927
+IFREQ_SIZE = 40
 IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
@@ -76,20 +89,68 @@ class Tap:
             raise SetupError(
                 f"{TUN_DEVICE} does not exist: load the tun module (modprobe tun) or give the container it"
             )
+        self._dev: pytun.TunTapDevice | None = None
         self.vnet_hdr_len = 0  # bytes of virtio_net_hdr in front of every read and write
         self.offloads = 0  # TUN_F_* the kernel accepted
-        self._dev = self._open(name, offloads and bool(tun_features() & IFF_VNET_HDR))
+        dev = self._open(name, offloads and bool(tun_features() & IFF_VNET_HDR))
         try:
-            self._dev.hwaddr = mac
-            self._dev.mtu = mtu
-            self._dev.up()
+            dev.hwaddr = mac
+            dev.mtu = mtu
+            dev.up()
         except pytun.Error as exc:
-            self._dev.close()
+            dev.close()
             raise SetupError(f"cannot configure TAP {name} (MAC, MTU {mtu}, up): {exc}") from None
-        os.set_blocking(self._dev.fileno(), False)
-        self.name: str = self._dev.name
+        os.set_blocking(dev.fileno(), False)
+        self._dev = dev
+        self._fd = int(dev.fileno())
+        self.name: str = dev.name
         self.mac = mac
         self.mtu = mtu
+
+    @classmethod
+    def adopt(cls, fd: int, name: str, mac: bytes, mtu: int, vnet_hdr_len: int, offloads: int) -> Tap:
+        """The TAP behind fd (opened by another process), once the kernel confirms what is claimed.
+
+        name, mac, mtu, vnet_hdr_len: what the other process says; offloads: the TUN_F_* flags it set
+        (there is no getter: they are set again, which changes nothing when they are the same).
+        SetupError, naming the difference, if the fd is not that TAP; fd is not closed then.
+        """
+        try:
+            ifr = fcntl.ioctl(fd, TUNGETIFF, bytes(IFREQ_SIZE))
+        except OSError as exc:
+            raise SetupError(f"the received TAP fd is not a TUN/TAP device (TUNGETIFF: {exc.strerror})") from None
+        got_name = ifr[:IFNAMSIZ].split(b"\0", 1)[0].decode(errors="replace")
+        (flags,) = struct.unpack_from("H", ifr, IFNAMSIZ)
+        problems = []
+        if got_name != name:
+            problems.append(f"it is {got_name!r}, not {name!r}")
+        if flags & (IFF_TAP | IFF_NO_PI) != IFF_TAP | IFF_NO_PI:
+            problems.append(f"flags 0x{flags:x} are not IFF_TAP | IFF_NO_PI")
+        hdr = 0
+        if flags & IFF_VNET_HDR:
+            hdr = int(struct.unpack("i", fcntl.ioctl(fd, TUNGETVNETHDRSZ, bytes(4)))[0])
+        if hdr != vnet_hdr_len:
+            problems.append(f"its virtio header is {hdr} bytes, not {vnet_hdr_len}")
+        if not problems:
+            got_mac, got_mtu = _link_facts(name)
+            if got_mac != mac:
+                problems.append(f"its MAC is {got_mac.hex(':')}, not {mac.hex(':')}")
+            if got_mtu != mtu:
+                problems.append(f"its MTU is {got_mtu}, not {mtu}")
+        if not problems and offloads:
+            try:
+                fcntl.ioctl(fd, TUNSETOFFLOAD, offloads)
+            except OSError as exc:
+                problems.append(f"offloads {offload_names(offloads)} refused ({exc.strerror})")
+        if problems:
+            raise SetupError(f"the received TAP fd does not match TAP {name}: {'; '.join(problems)}")
+        tap = cls.__new__(cls)
+        tap._dev = None
+        tap._fd = fd
+        tap.vnet_hdr_len, tap.offloads = vnet_hdr_len, offloads
+        tap.name, tap.mac, tap.mtu = name, mac, mtu
+        os.set_blocking(fd, False)
+        return tap
 
     def _open(self, name: str, vnet_hdr: bool) -> pytun.TunTapDevice:
         flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
@@ -123,11 +184,25 @@ class Tap:
 
     def fileno(self) -> int:
         """The TAP's file descriptor (non-blocking)."""
-        return int(self._dev.fileno())
+        return self._fd
 
     def close(self) -> None:
-        """Close the fd; the kernel then deletes the interface (it is not persistent)."""
-        self._dev.close()
+        """Close the fd; the kernel then deletes the interface (it is not persistent) once no process
+        holds an fd of it (after a takeover the new process does)."""
+        if self._dev is not None:
+            self._dev.close()
+        elif self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
+
+
+def _link_facts(name: str) -> tuple[bytes, int]:
+    """(MAC, MTU) of interface name in this network namespace (SIOCGIFHWADDR, SIOCGIFMTU)."""
+    req = struct.pack(f"{IFNAMSIZ}s", name.encode()).ljust(IFREQ_SIZE, b"\0")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        hw = fcntl.ioctl(sock.fileno(), SIOCGIFHWADDR, req)
+        mtu = fcntl.ioctl(sock.fileno(), SIOCGIFMTU, req)
+    return bytes(hw[IFNAMSIZ + 2 : IFNAMSIZ + 8]), int(struct.unpack_from("i", mtu, IFNAMSIZ)[0])
 
 
 def _explain_open_error(name: str, exc: pytun.Error) -> str:

@@ -124,3 +124,36 @@ def test_missing_tun_device(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SetupError, match="does not exist: load the tun module"):
         Tap("never0", MAC, 1500)
     assert tun_features() == 0
+
+
+@pytest.mark.parametrize("offloads", [False, True])
+def test_adopt_checks_what_another_process_claims(offloads: bool) -> None:
+    """Tap.adopt (the takeover's receiving end) on a dup of a TAP's fd: the same device, or a clear error."""
+
+    def body() -> None:
+        t = Tap("ovlt5", MAC, 1400, offloads=offloads)
+        try:
+            good = dict(name="ovlt5", mac=MAC, mtu=1400, vnet_hdr_len=t.vnet_hdr_len, offloads=t.offloads)
+            for bad, needle in [
+                ({"name": "ovlt6"}, "not 'ovlt6'"),
+                ({"vnet_hdr_len": 12}, "virtio header"),
+                ({"mac": b"\x02\x00\x00\x00\x00\x01"}, "its MAC is 02:11:22:33:44:55"),
+                ({"mtu": 1500}, "its MTU is 1400"),
+            ]:
+                fd = os.dup(t.fileno())
+                with pytest.raises(SetupError, match=needle):
+                    Tap.adopt(fd, **{**good, **bad})  # type: ignore[arg-type]
+                os.close(fd)  # adopt leaves a refused fd to the caller
+            with open("/dev/null", "rb") as f, pytest.raises(SetupError, match="not a TUN/TAP device"):
+                Tap.adopt(f.fileno(), **good)  # type: ignore[arg-type]
+            other = Tap.adopt(os.dup(t.fileno()), **good)  # type: ignore[arg-type]
+            assert other.fileno() != t.fileno() and not os.get_blocking(other.fileno())
+            assert other.vnet_hdr_len == t.vnet_hdr_len and other.offloads == t.offloads
+            t.close()  # the first holder goes: the TAP stays while the adopted fd is open
+            assert exists("ovlt5") and is_up("ovlt5")
+            other.close()
+            assert not exists("ovlt5")
+        finally:
+            t.close()
+
+    run_isolated(body)
