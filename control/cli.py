@@ -129,6 +129,12 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         help="TOML configuration file: every option below as a key (tunnel.vni, fdb.static, ...); "
         "options given here override it; `ovl-dp reload` and SIGHUP re-read it",
     )
+    run.add_argument(
+        "--takeover",
+        action="store_true",
+        help="take over the TAP, sockets and FDB of the daemon running with this TAP (same options): "
+        "it exits once this one forwards, and no frame is lost (an upgrade); SIGUSR2 to a daemon does the same",
+    )
     run.add_argument("--mode", dest="tunnel.mode", choices=MODES, help="encapsulation")
     run.add_argument(
         "--remote",
@@ -498,7 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from control import daemon
 
         assert source is not None  # the run command made it
-        return daemon.run(cfg, source, source.metrics_at(getattr(args, "metrics", None)))
+        metrics_at = source.metrics_at(getattr(args, "metrics", None))
+        return daemon.run(cfg, source, metrics_at, take_over=getattr(args, "takeover", False))
     except ConfigError as exc:
         names = source.names(option_names(parser)) if source is not None else option_names(parser)
         print(f"ovl-dp: error: {exc.render(names)} (see ovl-dp run --help)", file=sys.stderr)

@@ -26,7 +26,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,8 @@ CAP_NET_ADMIN = 12  # <linux/capability.h>
 SO_PEERCRED_FORMAT = "3i"  # struct ucred: pid, uid, gid
 
 Handler = Callable[[str, Mapping[str, Any]], object]
+# A request that keeps its connection (a takeover): it answers on it itself; CtlError refuses it with one line.
+Session = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Mapping[str, Any]], Awaitable[None]]
 
 
 class CtlError(Exception):
@@ -61,6 +63,9 @@ class CtlStats:
         self.refused[reason] = self.refused.get(reason, 0) + 1
         if self.refused[reason] == 1:
             log.warning("control socket: refused a client (%s: %s); further ones are counted", reason, detail)
+
+
+_SESSION: dict[str, Any] = {}  # _request's answer for a session that answered on its connection itself
 
 
 def address(tap: str) -> str:
@@ -143,8 +148,18 @@ def _parse(line: bytes) -> tuple[str, dict[str, Any]]:
     return req["cmd"], args
 
 
-async def serve(tap: str, handler: Handler, stats: CtlStats | None = None) -> asyncio.AbstractServer:
-    """Answer requests for tap with handler(cmd, args) (a JSON-able result, or CtlError) until closed."""
+async def serve(
+    tap: str,
+    handler: Handler,
+    stats: CtlStats | None = None,
+    sessions: Mapping[str, Session] | None = None,
+    listening: socket.socket | None = None,
+) -> asyncio.AbstractServer:
+    """Answer requests for tap with handler(cmd, args) (a JSON-able result, or CtlError) until closed.
+
+    sessions: commands that keep the connection (after the same checks); listening: a socket already
+    bound and listening at tap's address (handed over by a takeover) instead of a new one.
+    """
     counted = stats if stats is not None else CtlStats()
     clients = 0
 
@@ -153,6 +168,8 @@ async def serve(tap: str, handler: Handler, stats: CtlStats | None = None) -> as
         clients += 1
         try:
             answer, unread = await _answer(reader, writer, clients)
+            if answer is _SESSION:
+                return
             if answer is not None:
                 writer.write(json.dumps(answer).encode() + b"\n")
                 await asyncio.wait_for(writer.drain(), IDLE_TIMEOUT)
@@ -181,9 +198,9 @@ async def serve(tap: str, handler: Handler, stats: CtlStats | None = None) -> as
         if n > MAX_CLIENTS:  # answered and closed at once, unread: a flood of connections costs little
             counted.refuse("too many clients", f"{n} connections")
             return {"ok": False, "error": f"busy: more than {MAX_CLIENTS} control connections"}, False
-        return await _request(reader), False
+        return await _request(reader, writer), False
 
-    async def _request(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> dict[str, Any] | None:
         """Read, check and handle one request line."""
         try:
             line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
@@ -205,7 +222,11 @@ async def serve(tap: str, handler: Handler, stats: CtlStats | None = None) -> as
             counted.refuse("malformed", str(exc))
             return {"ok": False, "error": f"bad request: {exc}"}
         counted.requests += 1
+        session = (sessions or {}).get(cmd)
         try:
+            if session is not None:
+                await session(reader, writer, args)
+                return _SESSION
             return {"ok": True, "result": handler(cmd, args)}
         except CtlError as exc:
             return {"ok": False, "error": str(exc)}
@@ -213,6 +234,8 @@ async def serve(tap: str, handler: Handler, stats: CtlStats | None = None) -> as
             log.error("control request %r failed: %s: %s", cmd, type(exc).__name__, exc)
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
+    if listening is not None:
+        return await asyncio.start_unix_server(on_client, sock=listening, limit=MAX_REQUEST)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(address(tap))

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import uvloop
 
-from control import bridge, config, ctl, logs, metrics, notify
+from control import bridge, config, ctl, logs, metrics, notify, takeover
 from control.config import ConfigSource
 from control.ctl import CtlError
 from control.procs import sigterm_raises_interrupt
@@ -26,34 +30,54 @@ from datapath.io.tap import offload_names
 log = logging.getLogger("ovl-dp")
 
 
-def run(user_cfg: Config, source: ConfigSource | None = None, metrics_at: tuple[str, int] | None = None) -> int:
-    """Run the daemon until SIGINT/SIGTERM; SetupError for anything a user must fix.
+def run(
+    user_cfg: Config,
+    source: ConfigSource | None = None,
+    metrics_at: tuple[str, int] | None = None,
+    take_over: bool = False,
+) -> int:
+    """Run the daemon until SIGINT/SIGTERM (or until a new daemon took over); SetupError for anything a
+    user must fix.
 
     source: where user_cfg came from, re-read by `ovl-dp reload` and SIGHUP; metrics_at: (address, port)
-    to serve /metrics and /healthz on, None for none.
+    to serve /metrics and /healthz on, None for none; take_over: take the TAP, sockets and FDB of the
+    daemon running with this TAP (control/takeover.py) instead of creating them.
     """
     # Until the loop owns the signals, SIGTERM unwinds like Ctrl-C, through the cleanup below.
     with sigterm_raises_interrupt():
-        return _run(user_cfg, source, metrics_at)
+        return _run(user_cfg, source, metrics_at, take_over)
 
 
-def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, int] | None) -> int:
+@dataclass
+class _Outcome:
+    """How a run ends: whether the TAP is ours to take off the bridge, and to whom it was handed."""
+
+    attached: bool = False
+    handed_to: int | None = None
+
+
+def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, int] | None, take_over: bool) -> int:
     b = user_cfg.bridge
     br = bridge.resolve(b.name, b.type, b.ovsdb, b.tag)
     cfg = config.resolve(user_cfg, br.kind)
+    assert cfg.tap.name is not None  # Config names the TAP
     logs.set_tap(cfg.tap.name)  # JSON log records name the TAP from here on
-    # Metrics: bound before the TAP exists, so that a taken port fails before anything appears on the bridge.
-    http = metrics.MetricsServer(*metrics_at) if metrics_at else None
+    offer = takeover.request(cfg.tap.name, takeover.identity(user_cfg)) if take_over else None
     try:
-        engine = Engine(cfg)
-    except BaseException:
-        if http is not None:
-            http.close()
+        engine, http, listening, cfg = _open(cfg, metrics_at, offer)
+    except BaseException as exc:
+        if offer is not None:
+            takeover.abandon(offer, str(exc) or type(exc).__name__)
         raise
-    attached = False
+    out = _Outcome()
     try:
-        br.attach(engine.tap.name)
-        attached = True
+        if offer is None:
+            br.attach(engine.tap.name)
+        else:  # the TAP is on the bridge already, and must stay there: nothing is (re-)attached
+            problem = bridge.linux_attachment_problem(br.name, engine.tap.name) if br.kind == "linux" else ""
+            if problem:
+                log.warning("takeover: %s", problem)
+        out.attached = True
         log.info(
             "%s %s: tap %s mac %s mtu %d (underlay %d) bridge %s (%s) remotes %s; %s path",
             cfg.tunnel.mode,
@@ -84,19 +108,67 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
         loop = uvloop.new_event_loop()
         try:
             service = Service(engine, source, br.kind, user_cfg)
-            loop.run_until_complete(_serve(loop, engine, br, service, http))
+            loop.run_until_complete(_serve(loop, engine, br, service, http, metrics_at, offer, listening, out))
         finally:
             loop.close()
     finally:
+        if offer is not None:
+            offer.close()
         if http is not None:
             http.close()  # idempotent; _serve stops it first on the normal path
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        log.info("exiting; counters:\n%s", format_counters(engine.snapshot().as_dict()))
-        if attached:
+        if out.handed_to is not None:
+            log.info("handed over to PID %d; exiting; counters:\n%s", out.handed_to,
+                     format_counters(engine.snapshot().as_dict()))  # fmt: skip
+        else:
+            log.info("exiting; counters:\n%s", format_counters(engine.snapshot().as_dict()))
+        if out.attached and out.handed_to is None:
             br.detach(engine.tap.name)
-        engine.close()
+        engine.close()  # after a handover the new daemon still holds the TAP: it stays, on its bridge
     return 0
+
+
+def _open(
+    cfg: Config, metrics_at: tuple[str, int] | None, offer: takeover.Offer | None
+) -> tuple[Engine, metrics.MetricsServer | None, socket.socket | None, Config]:
+    """The engine, the metrics server and the control socket's listening socket (None: bind one), and the
+    configuration the engine runs: new ones, or those a takeover's offer handed over."""
+    if offer is None:
+        # Metrics: bound before the TAP exists, so that a taken port fails before anything appears on the bridge.
+        http = metrics.MetricsServer(*metrics_at) if metrics_at else None
+        try:
+            return Engine(cfg), http, None, cfg
+        except BaseException:
+            if http is not None:
+                http.close()
+            raise
+    cfg = takeover.configure(cfg, offer.state)
+    assert cfg.tap.name is not None
+    engine = Engine(cfg, inherited=offer.inherited())
+    listening: socket.socket | None = None
+    try:
+        counts = engine.fdb_import(takeover.parse_fdb(offer.state["fdb"]))
+        log.info("takeover from PID %d: FDB %s", offer.pid, ", ".join(f"{k} {v}" for k, v in counts.items()))
+        fd = offer.take("ctl")
+        if fd is not None:
+            listening = socket.socket(fileno=fd)
+            if listening.family != socket.AF_UNIX or listening.getsockname() != ctl.address(cfg.tap.name).encode():
+                raise SetupError(f"takeover: the control socket handed over is not @{ctl.PREFIX}{cfg.tap.name}")
+        fd = offer.take("metrics")
+        theirs = offer.state.get("metrics")
+        if fd is not None and metrics_at is not None and theirs is not None and tuple(theirs) == metrics_at:
+            http = metrics.MetricsServer(*metrics_at, listening=socket.socket(fileno=fd))
+        else:
+            if fd is not None:
+                os.close(fd)  # this daemon serves its metrics elsewhere, or not at all
+            http = metrics.MetricsServer(*metrics_at) if metrics_at else None
+    except BaseException:
+        if listening is not None:
+            listening.close()
+        engine.close()
+        raise
+    return engine, http, listening, cfg
 
 
 async def _serve(
@@ -105,8 +177,13 @@ async def _serve(
     br: bridge.Bridge,
     service: Service,
     http: metrics.MetricsServer | None = None,
+    metrics_at: tuple[str, int] | None = None,
+    offer: takeover.Offer | None = None,
+    listening: socket.socket | None = None,
+    out: _Outcome | None = None,
 ) -> None:
     stop = asyncio.Event()
+    out = out if out is not None else _Outcome()
 
     def reload() -> None:
         try:  # through the control handler, which turns every failure into one message
@@ -119,28 +196,53 @@ async def _serve(
     def dump() -> None:
         log.info("counters:\n%s\n%s", format_counters(engine.snapshot().as_dict()), format_fdb(engine.fdb_table()))
 
+    def handed_over(pid: int) -> None:
+        out.handed_to = pid
+        stop.set()
+
+    def extra_fds() -> dict[str, int]:
+        fds = {"ctl": int(server.sockets[0].fileno())}  # type: ignore[attr-defined]  # (asyncio.Server's)
+        if http is not None:
+            fds["metrics"] = http.fileno()
+        return fds
+
+    giver = takeover.Giver(engine, service.user_cfg, metrics_at, extra_fds, handed_over)
+    service.giver = giver
+
+    def spawn() -> None:
+        takeover.spawn(giver)
+
     try:
-        server = await ctl.serve(engine.tap.name, service.handle, service.ctl_stats)
+        server = await ctl.serve(
+            engine.tap.name, service.handle, service.ctl_stats, {"takeover": giver.session}, listening
+        )
     except OSError as exc:
         raise SetupError(str(exc)) from None
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, dump)
+    loop.add_signal_handler(signal.SIGUSR2, spawn)
     loop.add_signal_handler(signal.SIGHUP, reload)
     engine.start(loop)
+    if offer is not None:
+        await _confirm(loop, engine, service, offer, out)
     source = MetricsAdapter(engine, br, loop)
     source.heartbeat.start(loop)
     watch = asyncio.create_task(br.keep_attached(engine.tap.name, report=source.ovs_report))
     if http is not None:
         http.start(source)
     log.info("ready", extra={"event": "ready"})
-    notify.ready(f"{engine.tap.name}: {engine.cfg.tunnel.mode} to {len(engine.remotes())} remote(s), bridge {br.kind}")
+    if offer is None:
+        notify.ready(
+            f"{engine.tap.name}: {engine.cfg.tunnel.mode} to {len(engine.remotes())} remote(s), bridge {br.kind}"
+        )
     interval = notify.watchdog_interval()
     pinger = asyncio.create_task(notify.keep_alive(interval)) if interval else None
     try:
         await stop.wait()
     finally:
-        notify.stopping()
+        if out.handed_to is None:
+            notify.stopping()  # (after a handover the new daemon is the service's main process)
         if pinger is not None:
             pinger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -152,8 +254,37 @@ async def _serve(
         with contextlib.suppress(asyncio.CancelledError):
             await watch
         server.close()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+async def _confirm(
+    loop: asyncio.AbstractEventLoop, engine: Engine, service: Service, offer: takeover.Offer, out: _Outcome
+) -> None:
+    """The new daemon forwards: tell the old one, which stops; take its last FDB entries and counters.
+
+    If the old one does not answer and still runs (it gave up waiting), this one stops reading and
+    exits with an error, leaving the bridge as it is; if it is gone, this one carries on alone.
+    """
+    try:
+        final = await loop.run_in_executor(None, takeover.confirm, offer)
+    except OSError as exc:
+        if await loop.run_in_executor(None, takeover.wait_gone, offer.pid, 2.0):
+            log.warning("takeover: the old daemon (PID %d) exited without its last word (%s); forwarding alone",
+                        offer.pid, exc)  # fmt: skip
+            final = {}
+        else:
+            engine.stop_reading()
+            out.attached = False  # the TAP is the old daemon's again
+            raise SetupError(
+                f"takeover: the old daemon (PID {offer.pid}) did not stop ({exc}); it keeps running, this one exits"
+            ) from None
+    counts = engine.fdb_import(takeover.parse_fdb(final.get("fdb", [])))
+    service.takeover = {"from_pid": offer.pid, "at": time.time(), "previous": final.get("counters")}
+    log.info("took over from PID %d (FDB entries newer in its last word: %d)", offer.pid, counts["learned"],
+             extra={"event": "took_over", "pid": offer.pid})  # fmt: skip
+    notify.status(f"{engine.tap.name}: took over from PID {offer.pid}")
+    offer.close()
 
 
 class MetricsAdapter:

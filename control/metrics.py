@@ -480,12 +480,17 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, addr: str, port: int) -> None:
+    def __init__(self, addr: str, port: int, listening: socket.socket | None = None) -> None:
         self.address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
         self.render: Callable[[], bytes] = lambda: b""
         self.health: Callable[[], str] = lambda: "starting"
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
-        super().__init__((addr, port), _Handler)
+        super().__init__((addr, port), _Handler, bind_and_activate=listening is None)
+        if listening is not None:  # bound and listening already (a takeover handed it over)
+            self.socket.close()
+            self.socket = listening
+            self.server_address = listening.getsockname()
+            self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind would look the address up in DNS (getfqdn); a literal needs no name.
@@ -526,10 +531,11 @@ def _cut(sock: socket.socket) -> None:
 class MetricsServer:
     """/metrics and /healthz on one address; bound at construction (errors are SetupError), served from start()."""
 
-    def __init__(self, addr: str, port: int) -> None:
+    def __init__(self, addr: str, port: int, listening: socket.socket | None = None) -> None:
+        """listening: a socket bound to addr:port and listening already (handed over by a takeover)."""
         where = format_listen(addr, port)
         try:
-            self._server = _Server(addr, port)
+            self._server = _Server(addr, port, listening)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise SetupError(f"--metrics {where}: port {port} is already in use on {addr}") from None
@@ -540,6 +546,10 @@ class MetricsServer:
         self.port = int(self._server.server_address[1])
         self._thread: threading.Thread | None = None
         self._closed = False
+
+    def fileno(self) -> int:
+        """The listening socket's fd (handed to a new daemon by a takeover)."""
+        return int(self._server.socket.fileno())
 
     def start(self, source: MetricsSource) -> None:
         """Serve source's metrics and health from a thread of its own."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -56,6 +57,8 @@ class Service:
         self.reloads = 0
         self.reload_failures = 0
         self.ctl_stats = CtlStats()  # what the control socket counted (shown by `ovl-dp show`)
+        self.giver: Any = None  # the daemon's control.takeover.Giver: no changes while it hands over
+        self.takeover: dict[str, object] = {}  # set when this daemon took over from another (shown by show)
         self._handlers: dict[str, Callable[[Mapping[str, Any]], object]] = {
             "show": lambda a: self.show(),
             "fdb": self._fdb,
@@ -67,7 +70,10 @@ class Service:
         """Answer one control request; CtlError with a one-line message for anything refused."""
         handler = self._handlers.get(cmd)
         if handler is None:
-            raise CtlError(f"unknown command {cmd!r} (one of {', '.join(self._handlers)})")
+            raise CtlError(f"unknown command {cmd!r} (one of {', '.join(self._handlers)}, takeover)")
+        changes = cmd == "reload" or (cmd in ("remote", "fdb") and args.get("op") not in (None, "list"))
+        if changes and self.giver is not None and self.giver.busy:
+            raise CtlError(f"{cmd} refused: a takeover is under way (ask the new daemon once it runs)")
         try:
             return handler(args)
         except (ConfigError, SetupError, ValueError, KeyError, FdbFull) as exc:
@@ -84,7 +90,15 @@ class Service:
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
         }
-        return {"tap": e.tap.name, "mode": e.cfg.tunnel.mode, **e.snapshot().as_dict(), "control": control}
+        if self.giver is not None:
+            control["takeovers_refused"] = self.giver.stats.refused
+            control["takeovers_abandoned"] = self.giver.stats.abandoned
+        shown: dict[str, object] = {"tap": e.tap.name, "mode": e.cfg.tunnel.mode, "pid": os.getpid()}
+        shown.update(e.snapshot().as_dict())
+        shown["control"] = control
+        if self.takeover:
+            shown["takeover"] = self.takeover
+        return shown
 
     # -- remotes -------------------------------------------------------------------------------
 

@@ -21,20 +21,32 @@ At run time the control plane changes the remotes (:meth:`Engine.add_remote`,
 :meth:`Engine.set_fdb_limits`). These run on the loop's thread between two
 batches, so no frame to another remote is lost; the set may become empty (floods
 then go nowhere and tunnel packets are dropped as ``rx_not_remote``).
+
+A takeover (``ovl-dp run --takeover``, control/takeover.py) builds an engine on
+the fds of a running one (:class:`Inherited`: the TAP and the sockets, checked
+against the configuration before use) instead of opening its own, and loads the
+other engine's FDB with its ages (:meth:`Engine.fdb_export`,
+:meth:`Engine.fdb_import`); the old engine stops reading at once
+(:meth:`Engine.stop_reading`) and closes its copies of the fds, which leaves the
+TAP in place as long as the new process holds it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from datapath.config import MAP_VLAN_MAX, MAX_REMOTES, Config, ConfigError, FdbConfig, Remote, check_address
 from datapath.counters import REMOTE_FIELDS, Snapshot
+from datapath.errors import SetupError
 from datapath.ether import ETH_ALEN, format_mac
-from datapath.fdb import check_vlan
+from datapath.fdb import FdbFull, check_vlan
 from datapath.forwarder import fast_path_available, make_forwarder
 from datapath.io import underlay
 from datapath.io.tap import Tap
@@ -45,19 +57,70 @@ AGEING_SWEEP_INTERVAL = 1.0
 ERROR_LOG_INTERVAL = 10.0
 
 
+@dataclass
+class Inherited:
+    """The fds of a running engine handed to a new one (a takeover), with what the old one says of them.
+
+    The new engine checks every claim against the kernel before it uses an fd, and owns (closes)
+    all of them from the moment it is given them, also when a check fails.
+    """
+
+    tap_fd: int
+    vnet_hdr_len: int  # the TAP's virtio header (0: plain TAP)
+    tap_offloads: int  # TUN_F_* set on it
+    recv_fd: int
+    send_fd: int
+    gso_fds: list[int] = field(default_factory=list)
+    udp_gro: bool = False  # UDP_GRO is on on the receiving socket
+    fast: bool = True  # the old engine ran the C path
+
+    def fds(self) -> list[int]:
+        """Every fd, once."""
+        return [self.tap_fd, self.recv_fd, self.send_fd, *self.gso_fds]
+
+
 class Engine:
     """Owns the TAP, the tunnel sockets and the forwarder; runs them on an asyncio loop."""
 
-    def __init__(self, cfg: Config, clock: Callable[[], float] = time.monotonic) -> None:
-        """cfg: the resolved start configuration; clock: the forwarder's (FDB ages, last receive times)."""
+    def __init__(
+        self, cfg: Config, clock: Callable[[], float] = time.monotonic, inherited: Inherited | None = None
+    ) -> None:
+        """cfg: the resolved start configuration; clock: the forwarder's (FDB ages, last receive times);
+        inherited: the fds of a running engine to use instead of opening new ones (a takeover)."""
         if not cfg.is_resolved() or cfg.tap.mac is None or cfg.tap.name is None:
+            if inherited is not None:
+                _close_fds(inherited.fds())
             raise ValueError("the engine needs a resolved configuration (control.config.resolve)")
         self.cfg = cfg
         self._clock = clock
-        encap = cfg.encap
         fast = cfg.offload.fast_path and fast_path_available()
+        self.gso_socks: list[socket.socket] = []
+        if inherited is not None:
+            self._adopt_io(cfg, fast, inherited)
+        else:
+            self._open_io(cfg, fast)
+        try:
+            self.forwarder = make_forwarder(
+                cfg, fast, clock, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks
+            )
+        except Exception:
+            self._close_io()
+            raise
+        self.fast = fast
+        self.inherited = inherited is not None
+        log.info("tap %s: %s", self.tap.name, self.tap.describe())
+        log.info("underlay offloads: %s", self.describe_underlay())
+        self.io_errors = 0
+        self._last_error_log = -ERROR_LOG_INTERVAL
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def _open_io(self, cfg: Config, fast: bool) -> None:
+        """Open the sockets and create the TAP (recv_sock, send_sock, tap, gso_socks, udp_gro)."""
+        encap = cfg.encap
+        assert cfg.tap.name is not None and cfg.tap.mac is not None
         # Check the configuration before anything is opened (the C side may refuse it).
-        make_forwarder(cfg, fast, clock)
+        make_forwarder(cfg, fast, self._clock)
         # Sockets first: a port in use should fail before a TAP appears on the bridge.
         self.recv_sock = encap.open_recv_socket(cfg.bind)
         try:
@@ -74,25 +137,67 @@ class Engine:
             raise
         # Underlay offloads (UDP encapsulations, C path): UDP_GRO on the receiving socket
         # (where the kernel has it); UDP_SEGMENT sends through a pool of UDP sockets (opt-in).
-        self.gso_socks: list[socket.socket] = []
         udp_offloads = fast and encap.udp
         try:
             self.udp_gro = udp_offloads and cfg.offload.udp_gro and underlay.enable_udp_gro(self.recv_sock)
             if udp_offloads and cfg.offload.udp_gso:
                 self.gso_socks = underlay.open_gso_sockets(cfg.bind, cfg.tunnel.ttl)
-            self.forwarder = make_forwarder(
-                cfg, fast, clock, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks
-            )
         except Exception:
             self._close_io()
             raise
-        self.fast = fast
-        log.info("tap %s: %s", self.tap.name, self.tap.describe())
-        log.info("underlay offloads: %s", self.describe_underlay())
-        self.io_errors = 0
-        self._last_error_log = -ERROR_LOG_INTERVAL
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._sweeper: asyncio.TimerHandle | None = None
+
+    def _adopt_io(self, cfg: Config, fast: bool, inh: Inherited) -> None:
+        """Take over a running engine's fds, each checked against cfg first (SetupError says what differs)."""
+        assert cfg.tap.name is not None and cfg.tap.mac is not None
+        fds = inh.fds()
+        encap = cfg.encap
+        made: list[socket.socket] = []  # detached on failure, so that each fd is closed once
+        try:
+            if fast != inh.fast:
+                ours = "the C fast path" if fast else "the pure-Python path (C module not built, or --no-fast-path)"
+                theirs = "C fast" if inh.fast else "pure-Python"
+                raise SetupError(f"the running daemon runs the {theirs} path, this one would run {ours}")
+            make_forwarder(cfg, fast, self._clock)
+            udp_offloads = fast and encap.udp
+            if inh.udp_gro and not (udp_offloads and cfg.offload.udp_gro):
+                raise SetupError("the running daemon's receiving socket has UDP_GRO on; this configuration has not")
+            if bool(inh.gso_fds) != (udp_offloads and cfg.offload.udp_gso):
+                raise SetupError("offload.udp_gso differs from the running daemon's")
+            recv = underlay.adopt_socket(inh.recv_fd, made)
+            send = underlay.adopt_socket(inh.send_fd, made)
+            gso = [underlay.adopt_socket(fd, made) for fd in inh.gso_fds]
+            if encap.udp:
+                underlay.check_socket(recv, "receiving", socket.SOCK_DGRAM, socket.IPPROTO_UDP, (cfg.bind, encap.port))
+            else:
+                underlay.check_socket(recv, "receiving", socket.SOCK_RAW, encap.ip_proto, (cfg.bind, None))
+            underlay.check_socket(send, "sending", socket.SOCK_RAW, socket.IPPROTO_RAW, None)
+            for sock in gso:
+                underlay.check_socket(sock, "UDP GSO", socket.SOCK_DGRAM, socket.IPPROTO_UDP, (cfg.bind, None))
+            if inh.udp_gro and underlay.udp_gro_on(recv) is False:
+                raise SetupError("the running daemon says UDP_GRO is on on its receiving socket; the kernel says not")
+            tap = Tap.adopt(inh.tap_fd, cfg.tap.name, cfg.tap.mac, cfg.tap_mtu, inh.vnet_hdr_len, inh.tap_offloads)
+        except BaseException:
+            for sock in made:
+                sock.detach()
+            _close_fds(fds)
+            raise
+        for sock in (recv, send, *gso):
+            sock.setblocking(False)
+        self.recv_sock, self.send_sock, self.gso_socks, self.tap = recv, send, gso, tap
+        self.udp_gro = inh.udp_gro
+
+    def inherit(self) -> Inherited:
+        """This engine's fds and what they are, for a takeover (the fds stay this engine's)."""
+        return Inherited(
+            tap_fd=self.tap.fileno(),
+            vnet_hdr_len=self.tap.vnet_hdr_len,
+            tap_offloads=self.tap.offloads,
+            recv_fd=self.recv_sock.fileno(),
+            send_fd=self.send_sock.fileno(),
+            gso_fds=[s.fileno() for s in self.gso_socks],
+            udp_gro=bool(self.udp_gro),
+            fast=self.fast,
+        )
 
     def describe_underlay(self) -> str:
         """UDP_GRO on receive, UDP_SEGMENT on send (UDP encapsulations only)."""
@@ -135,14 +240,23 @@ class Engine:
         assert self._loop is not None
         self._sweeper = self._loop.call_later(AGEING_SWEEP_INTERVAL, self._sweep)
 
-    def close(self) -> None:
-        """Unregister, close the sockets and the TAP (which removes it from the bridge)."""
+    def stop_reading(self) -> None:
+        """Unregister the fds and the ageing timer: nothing is read from here on (idempotent).
+
+        Every frame already read has been forwarded (a batch runs to its end before the loop gets
+        here); what is still queued in the kernel is left to whoever else reads the fds.
+        """
         if self._loop is not None:
             self._loop.remove_reader(self.tap.fileno())
             self._loop.remove_reader(self.recv_sock.fileno())
             if self._sweeper is not None:
                 self._sweeper.cancel()
             self._loop = None
+
+    def close(self) -> None:
+        """Unregister, close the sockets and the TAP (which removes it from the bridge, unless another
+        process still holds an fd of it, as after a takeover)."""
+        self.stop_reading()
         self._close_io()
 
     def _close_io(self) -> None:
@@ -171,6 +285,37 @@ class Engine:
             for e in rows
             if e.remote in addr  # always, as removing a remote purges its entries
         ]
+
+    def fdb_export(self) -> list[tuple[bytes, int, str, bool, float]]:
+        """Every FDB entry as (MAC, VLAN, remote address, static, age in seconds, not rounded): a takeover's."""
+        addr = {slot: r.addr for slot, r, _ in self.forwarder.remotes()}
+        entries = self.forwarder.fdb.entries()
+        return [(e.mac, e.vlan, addr[e.remote], e.static, e.age) for e in entries if e.remote in addr]
+
+    def fdb_import(self, rows: Iterable[tuple[bytes, int, str, bool, float]]) -> dict[str, int]:
+        """Load another engine's fdb_export rows: static entries as static, learned ones with their age.
+
+        Returns counts: static, learned, left_out (a remote that is not one here, a bad row, past its
+        age, a newer entry here), full (refused at the size cap).
+        """
+        slot = {r.addr: s for s, r, _ in self.forwarder.remotes()}
+        counts = dict.fromkeys(("static", "learned", "left_out", "full"), 0)
+        fdb = self.forwarder.fdb
+        for mac, vlan, remote, static, age in rows:
+            if remote not in slot or len(mac) != ETH_ALEN or not 0 <= vlan <= MAP_VLAN_MAX:
+                counts["left_out"] += 1
+                continue
+            try:
+                if static:
+                    fdb.add_static(mac, slot[remote], vlan=vlan)
+                    counts["static"] += 1
+                elif fdb.restore(mac, slot[remote], vlan=vlan, age=age):
+                    counts["learned"] += 1
+                else:
+                    counts["left_out"] += 1
+            except FdbFull:
+                counts["full"] += 1
+        return counts
 
     # -- changes at run time (the control plane's calls) ---------------------------------
 
@@ -260,3 +405,10 @@ class Engine:
         """
         FdbConfig(max_entries=max_entries, ageing=ageing)  # the ranges of the configuration
         self.forwarder.fdb.set_limits(max_entries, float(ageing))
+
+
+def _close_fds(fds: Iterable[int]) -> None:
+    """Close each fd, those already closed (by a socket object that took it) included."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)

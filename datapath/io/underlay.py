@@ -130,3 +130,43 @@ def open_gso_sockets(bind: str, ttl: int, count: int = UDP_GSO_SOCKETS) -> list[
             sock.close()
         return []
     return socks
+
+
+# -- sockets received from another process (a takeover) ------------------------------------------
+
+
+def adopt_socket(fd: int, made: list[socket.socket]) -> socket.socket:
+    """A socket object on fd (family, type and protocol asked of the kernel), appended to made.
+
+    SetupError if fd is not a socket.
+    """
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise SetupError(f"a received fd is not a socket ({exc.strerror})") from None
+    made.append(sock)
+    return sock
+
+
+def check_socket(sock: socket.socket, what: str, kind: int, proto: int, bound: tuple[str, int | None] | None) -> None:
+    """SetupError unless sock is an AF_INET socket of kind and proto bound to bound (address, port or
+    None for any; bound None: not checked)."""
+    problems = []
+    if sock.family != socket.AF_INET or sock.type != kind or sock.proto != proto:
+        problems.append(f"it is ({sock.family!r}, {sock.type!r}, protocol {sock.proto}), not (AF_INET, "
+                        f"{socket.SocketKind(kind)!r}, protocol {proto})")  # fmt: skip
+    elif bound is not None:
+        addr, port = sock.getsockname()[:2]
+        if addr != bound[0] or (bound[1] is not None and port != bound[1]):
+            want = f"{bound[0]}:{bound[1] if bound[1] is not None else '*'}"
+            problems.append(f"it is bound to {addr}:{port}, not {want}")
+    if problems:
+        raise SetupError(f"the received {what} socket does not match this configuration: {problems[0]}")
+
+
+def udp_gro_on(sock: socket.socket) -> bool | None:
+    """Whether UDP_GRO is on on sock; None where the kernel cannot say."""
+    try:
+        return bool(sock.getsockopt(SOL_UDP, UDP_GRO))
+    except OSError:
+        return None
