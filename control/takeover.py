@@ -72,6 +72,10 @@ def identity(cfg: Config) -> dict[str, str]:
         obj = getattr(cfg, group)
         for f in dataclasses.fields(obj):
             keys[f"{group}.{f.name}"] = repr(getattr(obj, f.name))
+    encap = cfg.encap  # defaults filled in: --vni 0 is the default VNI, --port 4789 the default port
+    if encap.udp:
+        keys["tunnel.port"] = repr(encap.port)
+        keys[f"tunnel.{encap.id_key}"] = repr(cfg.base_id)
     return keys
 
 
