@@ -172,7 +172,8 @@ class Giver:
         self.extra_fds = extra_fds
         self.handed_over = handed_over
         self.handover_timeout = handover_timeout
-        self.busy = False
+        self.busy = False  # a takeover is under way (or done)
+        self.done = False
         self.stats = GiverStats()
 
     async def session(
@@ -210,7 +211,7 @@ class Giver:
             log.info("takeover: handing the TAP, %d fds and %d FDB entries to PID %d", len(fds), len(state["fdb"]), pid,
                      extra={"event": "takeover_offer", "pid": pid})  # fmt: skip
             try:
-                buf = await loop.run_in_executor(None, self._offer, conn, fds, state)
+                buf = await loop.run_in_executor(None, send_offer, conn, fds, state, self.handover_timeout)
             except OSError as exc:
                 self._abandoned(pid, f"{exc}")
                 return
@@ -219,7 +220,7 @@ class Giver:
             stopped = {"step": "stopped", "pid": os.getpid(), "counters": self.engine.snapshot().as_dict(),
                        "fdb": fdb_rows(self.engine)}  # fmt: skip
             try:
-                await loop.run_in_executor(None, self._finish, conn, buf, stopped)
+                await loop.run_in_executor(None, send_stopped, conn, buf, stopped)
             except OSError as exc:
                 self.engine.start(loop)  # the new one went away during the handover: forward again
                 self._abandoned(pid, f"after it said it was forwarding: {exc}; reading again")
@@ -228,10 +229,11 @@ class Giver:
                 "takeover: PID %d forwards now; this daemon exits", pid, extra={"event": "handed_over", "pid": pid}
             )
             notify.notify(f"MAINPID={pid}", f"STATUS=handed over to PID {pid}")
+            self.done = True  # busy for good: nothing changes in a daemon that is on its way out
             self.handed_over(pid)
         finally:
             conn.close()
-            self.busy = False
+            self.busy = self.done
 
     def _fds(self) -> dict[str, int]:
         inh = self.engine.inherit()
@@ -240,37 +242,41 @@ class Giver:
         fds.update(self.extra_fds())
         return fds
 
-    def _offer(self, conn: socket.socket, fds: dict[str, int], state: dict[str, Any]) -> bytearray:
-        """Send the fds and the state; wait for "forwarding". OSError if the new one fails or is silent."""
-        body = json.dumps(state).encode()
-        header = _line({"ok": True, "result": {"protocol": PROTOCOL, "fds": list(fds), "state_bytes": len(body)}})
-        conn.settimeout(STEP_TIMEOUT)
-        socket.send_fds(conn, [header], list(fds.values()))
-        conn.sendall(body)
-        conn.settimeout(self.handover_timeout)
-        buf = bytearray()
-        try:
-            msg = _read_line(conn, buf, "waiting for the new daemon to be forwarding")
-        except TimeoutError:
-            raise OSError(f"not forwarding within {self.handover_timeout:g}s") from None
-        if msg.get("step") != "forwarding":
-            raise OSError(f"the new daemon gave up: {msg.get('error', msg)}")
-        return buf
-
-    def _finish(self, conn: socket.socket, buf: bytearray, stopped: dict[str, Any]) -> None:
-        conn.settimeout(STEP_TIMEOUT)
-        conn.sendall(_line(stopped))
-        try:
-            msg = _read_line(conn, buf, "waiting for the new daemon's last word")
-        except TimeoutError:
-            raise OSError(f"no confirmation within {STEP_TIMEOUT:g}s") from None
-        if msg.get("step") != "done":
-            raise OSError(f"unexpected message {msg!r}")
-
     def _abandoned(self, pid: int, why: str) -> None:
         self.stats.abandoned += 1
         log.warning("takeover by PID %d abandoned: %s; this daemon keeps forwarding", pid, why,
                     extra={"event": "takeover_abandoned", "pid": pid})  # fmt: skip
+
+
+def send_offer(conn: socket.socket, fds: dict[str, int], state: dict[str, Any], timeout: float) -> bytearray:
+    """Send the fds and the state on conn (blocking); wait up to timeout for "forwarding"; what was read
+    after it. OSError if the new daemon fails, goes away or is silent."""
+    body = json.dumps(state).encode()
+    header = _line({"ok": True, "result": {"protocol": PROTOCOL, "fds": list(fds), "state_bytes": len(body)}})
+    conn.settimeout(STEP_TIMEOUT)
+    socket.send_fds(conn, [header], list(fds.values()))
+    conn.sendall(body)
+    conn.settimeout(timeout)
+    buf = bytearray()
+    try:
+        msg = _read_line(conn, buf, "waiting for the new daemon to be forwarding")
+    except TimeoutError:
+        raise OSError(f"not forwarding within {timeout:g}s") from None
+    if msg.get("step") != "forwarding":
+        raise OSError(f"the new daemon gave up: {msg.get('error', msg)}")
+    return buf
+
+
+def send_stopped(conn: socket.socket, buf: bytearray, stopped: dict[str, Any]) -> None:
+    """Send "stopped" (with the last counters and FDB); OSError unless "done" comes back."""
+    conn.settimeout(STEP_TIMEOUT)
+    conn.sendall(_line(stopped))
+    try:
+        msg = _read_line(conn, buf, "waiting for the new daemon's last word")
+    except TimeoutError:
+        raise OSError(f"no confirmation within {STEP_TIMEOUT:g}s") from None
+    if msg.get("step") != "done":
+        raise OSError(f"unexpected message {msg!r}")
 
 
 # -- the new daemon's side ------------------------------------------------------------------------

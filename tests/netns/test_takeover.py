@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -299,3 +301,73 @@ def test_failed_takeovers_leave_the_old_daemon_forwarding() -> None:
         assert old.proc.wait(20) == 0
         assert show(lab, 1)["pid"] != old.proc.pid and new.proc.poll() is None
         assert lab.ping(1, 2, count=3)["loss"] == 0
+
+
+def test_sigusr2_under_a_systemd_stand_in_moves_the_main_pid() -> None:
+    """As ovl-dp@.service runs it (two capabilities, NotifyAccess=main, a watchdog): SIGUSR2 to the main
+    process starts its successor; the old one announces MAINPID=<new> and never STOPPING=1, the new one
+    pings the watchdog, and SIGTERM to it ends the service with STOPPING=1. Senders are told by SO_PASSCRED."""
+    from tests.isolated import run_isolated
+    from tests.netns.netutil import exists, ip, link, veth
+    from tests.netns.test_daemon_notify import AS_THE_UNIT, ROOT
+
+    def datagrams(sock: socket.socket, until: float) -> list[tuple[int, bytes]]:
+        out = []
+        while (left := until - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except TimeoutError:
+                break
+            pid = next((struct.unpack("3i", d)[0] for lvl, t, d in anc if t == socket.SCM_CREDENTIALS), -1)
+            out.append((pid, data))
+        return out
+
+    def until_field(sock: socket.socket, field: bytes, seen: list[tuple[int, bytes]]) -> tuple[int, bytes]:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for pid, data in datagrams(sock, time.monotonic() + 0.2):
+                seen.append((pid, data))
+                if any(f.startswith(field) for f in data.split(b"\n")):
+                    return pid, data
+        raise AssertionError(f"no {field!r}: {seen}")
+
+    def body() -> None:
+        veth("10.1.0.1/24")
+        ip("link", "add", "br0", "type", "bridge")
+        ip("link", "set", "br0", "up")
+        name = f"ovl-dp-test-takeover-{os.getpid()}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, open(os.devnull, "wb") as null:
+            sock.bind("\0" + name)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            env = {**os.environ, "NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "400000"}
+            daemon = [sys.executable, "-m", "control.cli", "run", "--mode", "vxlan", "--remote", "10.1.0.2",
+                      "--tap", "ovlq0", "--bridge", "br0", "--bridge-type", "linux"]  # fmt: skip
+            cmd = [*AS_THE_UNIT, "sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh", *daemon]
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=null, stderr=null)
+            seen: list[tuple[int, bytes]] = []
+            new_pid = 0
+            try:
+                assert until_field(sock, b"READY=1", seen)[0] == proc.pid
+                proc.send_signal(signal.SIGUSR2)
+                sender, data = until_field(sock, b"MAINPID=", seen)
+                assert sender == proc.pid, seen  # the main process names its successor
+                new_pid = int(next(f for f in data.split(b"\n") if f.startswith(b"MAINPID="))[8:])
+                assert proc.wait(30) == 0
+                assert not any(b"STOPPING=1" in d for p, d in seen), seen
+                row = link("ovlq0")
+                assert row is not None and row.get("master") == "br0", row
+                pings = [p for p, d in datagrams(sock, time.monotonic() + 1.5) if d == b"WATCHDOG=1"]
+                assert pings and set(pings) == {new_pid}, pings  # the successor keeps the watchdog fed
+                os.kill(new_pid, signal.SIGTERM)
+                assert until_field(sock, b"STOPPING=1", seen)[0] == new_pid
+                wait_until("the successor to exit", lambda: not os.path.exists(f"/proc/{new_pid}"), timeout=30)
+                assert not exists("ovlq0")
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                if new_pid and os.path.exists(f"/proc/{new_pid}"):
+                    os.kill(new_pid, signal.SIGKILL)
+
+    run_isolated(body, timeout=120)
