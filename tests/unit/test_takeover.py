@@ -1,0 +1,222 @@
+"""control/takeover.py: what must match, the state's rows, the successor's command line, and the wire
+protocol itself (SCM_RIGHTS, the steps, failures) between two ends of a real Unix socket."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+from control import takeover
+from datapath.config import Config, FdbConfig, Remote, StaticEntry, TapConfig, TunnelConfig
+from datapath.errors import SetupError
+
+
+def cfg(**tunnel: Any) -> Config:
+    return Config(TunnelConfig(**{"mode": "vxlan", **tunnel}), (Remote("192.0.2.2"),))
+
+
+def test_identity_fills_in_defaults_and_names_what_differs() -> None:
+    base = takeover.identity(cfg())
+    assert takeover.differences(base, takeover.identity(cfg(vni=0, port=4789))) == []
+    diff = takeover.differences(base, takeover.identity(cfg(vni=7)))
+    assert diff == ["tunnel.vni (running 0, new 7)"]
+    gre = takeover.identity(Config(TunnelConfig("gre"), (Remote("192.0.2.2"),)))
+    assert "tunnel.mode (running 'vxlan', new 'gre')" in takeover.differences(base, gre)
+    assert "tap.name (running 'ovl-vxlan', new 'ovl-gre')" in takeover.differences(base, gre)
+    # What may differ: remotes, FDB limits, batch.
+    other = dataclasses.replace(cfg(), remotes=(Remote("192.0.2.9"),), fdb=FdbConfig(max_entries=9), batch=8)
+    assert takeover.differences(base, takeover.identity(other)) == []
+    # A key only one side knows (another version) counts only if it is one that must be there.
+    assert takeover.differences({**base, "tap.future": "1"}, base) == []
+    missing = {k: v for k, v in base.items() if k != "tap.name"}
+    assert takeover.differences(base, missing) == ["tap.name (missing)"]
+
+
+def test_configure_runs_what_the_old_daemon_runs() -> None:
+    mine = dataclasses.replace(
+        cfg(underlay_mtu=1500),
+        remotes=(Remote("192.0.2.2", "192.0.2.1"),),
+        tap=TapConfig(name="ovl-vxlan", mtu=1450, mac=b"\x02\x00\x00\x00\x00\x01"),
+        fdb=FdbConfig(static=(StaticEntry(b"\x02\x00\x00\x00\x00\x09", "192.0.2.2"),)),
+    )
+    state = {"tap": {"mac": "02:00:00:00:00:02", "mtu": 1400}, "underlay_mtu": 1450,
+             "remotes": [["192.0.2.3", "192.0.2.1"], ["192.0.2.4", "192.0.2.1"]]}  # fmt: skip
+    run = takeover.configure(mine, state)
+    assert run.tap.mac == b"\x02\x00\x00\x00\x00\x02" and run.tap.mtu == 1400 and run.underlay_mtu == 1450
+    assert [r.addr for r in run.remotes] == ["192.0.2.3", "192.0.2.4"]
+    assert run.fdb.static == ()  # they come with the FDB
+    assert run.is_resolved()
+    # No remote left in the old daemon (all removed at run time): the configuration's, removed later.
+    assert takeover.configure(mine, {**state, "remotes": []}).remotes == mine.remotes
+
+
+def test_parse_fdb_leaves_bad_rows_out() -> None:
+    rows = [["02:00:00:00:00:01", 20, "192.0.2.2", False, 12.5], ["zz", 0, "192.0.2.2", True, 0], [1, 2], None]
+    assert takeover.parse_fdb(rows) == [(b"\x02\x00\x00\x00\x00\x01", 20, "192.0.2.2", False, 12.5)]  # type: ignore[arg-type]
+
+
+def test_successor_command_is_this_one_with_takeover_once() -> None:
+    argv = ["python3", "-m", "control.cli", "--log-format", "json", "run", "--config", "/etc/x.toml"]
+    cmd = takeover.successor_command(argv)
+    assert cmd[1:] == [*argv[1:], "--takeover"] and os.path.isabs(cmd[0])
+    assert takeover.successor_command([*argv, "--takeover"]).count("--takeover") == 1
+
+
+def _pipe_fds() -> tuple[list[int], list[int]]:
+    """Two pipes: (read ends kept here, write ends to hand over)."""
+    a, b = os.pipe(), os.pipe()
+    return [a[0], b[0]], [a[1], b[1]]
+
+
+def _serve_one(listener: socket.socket, steps: list[str], fds: dict[str, int], state: dict[str, Any],
+               out: dict[str, Any]) -> None:  # fmt: skip
+    """The old daemon's side for one connection: read the request, then the steps asked for."""
+    conn, _ = listener.accept()
+    with conn:
+        buf = bytearray()
+        out["request"] = takeover._read_line(conn, buf, "request")
+        try:
+            if "refuse" in steps:
+                conn.sendall(b'{"ok": false, "error": "takeover refused: tunnel.vni differs"}\n')
+                return
+            rest = takeover.send_offer(conn, fds, state, timeout=5)
+            out["offered"] = True
+            takeover.send_stopped(conn, rest, {"step": "stopped", "counters": {"n": 1}, "fdb": []})
+            out["done"] = True
+        except OSError as exc:
+            out["error"] = str(exc)
+
+
+@pytest.fixture
+def listener() -> Any:
+    """A control socket at a name of this test's own (abstract: no file; unique per process)."""
+    tap = f"tk{os.getpid() % 100000}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(f"\0ovl-dp/{tap}")
+    sock.listen(1)
+    yield tap, sock
+    sock.close()
+
+
+def _run_old(listener: tuple[str, socket.socket], steps: list[str], fds: dict[str, int], state: dict[str, Any]
+             ) -> tuple[threading.Thread, dict[str, Any]]:  # fmt: skip
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=_serve_one, args=(listener[1], steps, fds, state, out))
+    t.start()
+    return t, out
+
+
+def test_the_fds_and_the_state_cross_and_the_steps_follow(listener: tuple[str, socket.socket]) -> None:
+    keep, give = _pipe_fds()
+    state = {"protocol": 1, "fdb": [["02:00:00:00:00:01", 0, "192.0.2.2", False, 3.0]] * 20000}  # ~1 MB
+    t, out = _run_old(listener, [], {"tap": give[0], "recv": give[1]}, state)
+    try:
+        offer = takeover.request(listener[0], {"tap.name": "'x'"})
+        assert out["request"]["cmd"] == "takeover" and out["request"]["args"]["identity"] == {"tap.name": "'x'"}
+        assert offer.pid == os.getpid() and offer.state == state and sorted(offer.fds) == ["recv", "tap"]
+        # The fds are the same pipes: what is written into the received ones comes out of ours.
+        for name, r in zip(("tap", "recv"), keep, strict=True):
+            fd = offer.take(name)
+            assert fd is not None and fd not in give
+            os.write(fd, name.encode())
+            os.close(fd)
+            assert os.read(r, 16) == name.encode()
+        final = takeover.confirm(offer)
+        assert final["step"] == "stopped" and final["counters"] == {"n": 1}
+        offer.close()
+        t.join(10)
+        assert out.get("done"), out
+    finally:
+        for fd in keep + give:
+            os.close(fd)
+
+
+def test_a_refusal_is_one_clear_error(listener: tuple[str, socket.socket]) -> None:
+    t, _ = _run_old(listener, ["refuse"], {}, {})
+    with pytest.raises(SetupError, match=r"takeover refused: tunnel.vni differs \(running daemon: PID \d+\)"):
+        takeover.request(listener[0], {})
+    t.join(10)
+
+
+def test_a_new_daemon_that_goes_away_or_gives_up_is_noticed(listener: tuple[str, socket.socket]) -> None:
+    keep, give = _pipe_fds()
+    try:
+        t, out = _run_old(listener, [], {"tap": give[0]}, {"protocol": 1})
+        offer = takeover.request(listener[0], {})
+        offer.close()  # gone after it got the fds, before "forwarding"
+        t.join(10)
+        assert "closed the connection" in out["error"] and "offered" not in out, out
+        t, out = _run_old(listener, [], {"tap": give[0]}, {"protocol": 1})
+        takeover.abandon(takeover.request(listener[0], {}), "the TAP fd does not match")
+        t.join(10)
+        assert "gave up: the TAP fd does not match" in out["error"], out
+        # It said it was forwarding, then went away before "done": the old one hears of it (and reads again).
+        t, out = _run_old(listener, [], {"tap": give[0]}, {"protocol": 1})
+        offer = takeover.request(listener[0], {})
+        offer.conn.sendall(json.dumps({"step": "forwarding"}).encode() + b"\n")
+        offer.close()
+        t.join(10)
+        assert out.get("offered") and "done" not in out and "error" in out, out
+    finally:
+        for fd in keep + give:
+            os.close(fd)
+
+
+def test_no_daemon_no_takeover() -> None:
+    with pytest.raises(SetupError, match="no ovl-dp daemon with TAP tk-none-here runs in this network namespace"):
+        takeover.request("tk-none-here", {})
+
+
+def test_ctl_sessions_keep_their_connection_and_a_listener_can_be_handed_in() -> None:
+    """control/ctl.py's hooks for the takeover: a session command answers on the connection itself (CtlError:
+    one line), other commands go to the handler; a listening socket given to serve() is served."""
+    import asyncio
+
+    from control import ctl
+
+    tap = f"tks{os.getpid() % 100000}"
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, args: Any) -> None:
+        if args.get("no"):
+            raise ctl.CtlError("takeover refused: no")
+        writer.write(b"first\n")
+        line = await reader.readline()  # the conversation goes on
+        writer.write(b"got " + line)
+        await writer.drain()
+
+    def exchange(data: bytes) -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(ctl.address(tap))
+            sock.sendall(data)
+            out = b""
+            while chunk := sock.recv(4096):
+                out += chunk
+            return out
+
+    async def main() -> list[bytes]:
+        listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listening.bind(ctl.address(tap))
+        listening.listen(8)
+        server = await ctl.serve(tap, lambda cmd, args: {"cmd": cmd}, None, {"tk": session}, listening)
+        try:
+            loop = asyncio.get_running_loop()
+            return [
+                await loop.run_in_executor(None, exchange, b'{"cmd": "tk"}\nhello\n'),
+                await loop.run_in_executor(None, exchange, b'{"cmd": "tk", "args": {"no": 1}}\n'),
+                await loop.run_in_executor(None, exchange, b'{"cmd": "show"}\n'),
+            ]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    talk, refused, show = asyncio.run(main())
+    assert talk == b"first\ngot hello\n"
+    assert json.loads(refused) == {"ok": False, "error": "takeover refused: no"}
+    assert json.loads(show) == {"ok": True, "result": {"cmd": "show"}}
