@@ -31,12 +31,14 @@ from control import ovs
 from control.lab.hosts import SEED_TAG, Lab, container_mtu
 from control.lab.shell import sh
 from control.procs import wait_until
+from tests.netns.test_metrics import scrape
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("no_leftovers")]
 
 RATE = "200M"  # iperf3's pace: the 2-core machine keeps up with it in both modes
 OVS_RATE = "50M"  # OVS's userspace datapath drops by itself at 200M on it (thousands of retransmits either way)
 SECONDS = 6
+METRICS_PORT = 9100  # on each host namespace's own loopback
 
 
 def cli(lab: Lab, i: int, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -248,7 +250,7 @@ def test_takeover_under_iperf3_loses_no_frame(mode: str, bridge: str, how: str) 
 def test_failed_takeovers_leave_the_old_daemon_forwarding() -> None:
     with Lab(2) as lab:
         lab.build(container_mtu("vxlan"))
-        lab.start_mesh("vxlan")
+        lab.start_mesh("vxlan", "--metrics", str(METRICS_PORT))
         old = lab.daemons[1]
         peer = lab.underlay_ip(2)
         assert lab.ping(1, 2, count=2)["loss"] == 0
@@ -296,10 +298,34 @@ def test_failed_takeovers_leave_the_old_daemon_forwarding() -> None:
         s = show(lab, 1)
         assert s["control"]["takeovers_refused"] == 3 and s["control"]["takeovers_abandoned"] == 2, s["control"]
         assert "Traceback" not in old.output()
-        # Still a working daemon: a real takeover now succeeds.
-        new = lab.start(1, "--mode", "vxlan", "--remote", peer, "--takeover")
-        assert old.proc.wait(20) == 0
+        # Still a working daemon: a real takeover now succeeds, and /healthz answers all along (the metrics
+        # listening socket is handed over, never closed or bound again).
+        statuses: list[int | str] = []
+        polling = threading.Event()
+
+        def poll_health() -> None:
+            while not polling.is_set():
+                try:
+                    statuses.append(scrape(lab.host(1), "/healthz", METRICS_PORT)[0])
+                except Exception as exc:
+                    statuses.append(str(exc)[:200])
+                time.sleep(0.05)
+
+        poller = threading.Thread(target=poll_health)
+        poller.start()
+        try:
+            new = lab.start(1, "--mode", "vxlan", "--remote", peer, "--metrics", str(METRICS_PORT), "--takeover")
+            assert old.proc.wait(20) == 0
+            time.sleep(0.5)
+        finally:
+            polling.set()
+            poller.join(30)
+        print(f"/healthz during the takeover: {len(statuses)} answers, {set(statuses)}")
+        assert statuses and all(st == 200 for st in statuses), statuses
         assert show(lab, 1)["pid"] != old.proc.pid and new.proc.poll() is None
+        status, body = scrape(lab.host(1), "/metrics", METRICS_PORT)
+        assert status == 200 and "ovl_dp_build_info" in body
+        assert "metrics on http://127.0.0.1:" in new.output() and "error" not in new.output().lower()
         assert lab.ping(1, 2, count=3)["loss"] == 0
 
 
