@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -127,6 +128,16 @@ def kill_later(pids: list[int]) -> None:
         wait_until(f"PID {pid} to exit", lambda p=pid: not os.path.exists(f"/proc/{p}"), timeout=10)
 
 
+def handover_in_log(text: str) -> float:
+    """Milliseconds from the old daemon's "handing the TAP" line to its "forwards now" line."""
+    stamps = {}
+    for line in text.splitlines():
+        for key in ("takeover: handing the TAP", "forwards now"):
+            if key in line:
+                stamps[key] = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return (stamps["forwards now"] - stamps["takeover: handing the TAP"]).total_seconds() * 1000
+
+
 def tap_drops(lab: Lab, tap: str) -> tuple[int, int]:
     """(tx, rx) frames the kernel dropped at host 1's TAP: tx are frames the bridge sent that no reader took."""
     stats = json.loads(sh("ip", "-n", lab.host(1), "-j", "-s", "link", "show", "dev", tap).stdout)[0]["stats64"]
@@ -205,7 +216,8 @@ def test_takeover_under_iperf3_loses_no_frame(mode: str, bridge: str, how: str) 
             after = show(lab, 1)
             if how == "sigusr2":
                 successors.append(int(after["pid"]))
-            print(f"\n{mode}/{bridge}/{how}: takeover command to old daemon's exit {handover * 1000:.0f} ms")
+            print(f"\n{mode}/{bridge}/{how}: takeover command to old daemon's exit {handover * 1000:.0f} ms, "
+                  f"offer to handed over (old daemon's log) {handover_in_log(old.output()):.0f} ms")  # fmt: skip
             # The new daemon answers; it took over from the old one.
             assert after["pid"] != old_pid and after["takeover"]["from_pid"] == old_pid, after.get("takeover")
             out = old.output()
