@@ -7,6 +7,7 @@ and the remote's (10.9.0.2), where the test's own socket reads what the engine s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from datapath import fast
 from datapath.config import Config, ConfigError, FdbConfig, OffloadConfig, Remote, StaticEntry, TapConfig, TunnelConfig
 from datapath.counters import REMOTE_FIELDS
 from datapath.encap import lookup
-from datapath.engine import Engine
+from datapath.engine import Engine, Inherited
 from datapath.errors import SetupError
 from datapath.ether import format_mac
 from datapath.fdb import FdbFull
@@ -421,3 +422,89 @@ def test_runtime_remote_and_fdb_calls(path: str) -> None:
 
 def row_of(eng: Engine, addr: str) -> dict[str, object]:
     return next(r for r in eng.remote_rows() if r["remote"] == addr)
+
+
+def _dups(inh: Inherited) -> Inherited:
+    """inh with every fd duplicated (what SCM_RIGHTS gives the receiving process)."""
+    return dataclasses.replace(
+        inh,
+        tap_fd=os.dup(inh.tap_fd),
+        recv_fd=os.dup(inh.recv_fd),
+        send_fd=os.dup(inh.send_fd),
+        gso_fds=[os.dup(fd) for fd in inh.gso_fds],
+    )
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("mode", MODES)
+def test_an_engine_built_on_anothers_fds_forwards_with_its_fdb(mode: str, path: str) -> None:
+    """The takeover's engine half: fds checked against the configuration (refused ones closed), the FDB
+    carried over with its ages, the first engine closed without the TAP going away."""
+    skip_without_c(path)
+
+    def body() -> None:
+        underlay()
+        cfg = engine_cfg(mode, path, statics=(StaticEntry(MAC_S, REMOTE, 0),))
+        old = Engine(cfg)
+        reader = remote_reader(mode)
+        pkt = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        loop = asyncio.new_event_loop()
+        new: Engine | None = None
+        try:
+            pkt.bind((TAP, 0))
+            pkt.setblocking(False)
+            old.start(loop)
+            send_from_remote(cfg, frame(MAC_A, MAC_B, b"learn me"))
+            run_until(loop, lambda: any(r["mac"] == format_mac(MAC_B) for r in old.fdb_table()))
+            # Configurations that cannot share the fds: refused, every received fd closed.
+            fds = len(os.listdir("/proc/self/fd"))
+            other_path = "python" if path == "fast" else "fast"
+            bad = [
+                (dataclasses.replace(cfg, tap=TapConfig(name=TAP, mtu=1300, mac=TAP_MAC)), "its MTU is 1400"),
+                (dataclasses.replace(cfg, tap=TapConfig(name="ovle9", mtu=1400, mac=TAP_MAC)), "not 'ovle9'"),
+            ]
+            if mode == "vxlan":
+                tunnel = dataclasses.replace(cfg.tunnel, port=PORT + 1)
+                bad.append(
+                    (dataclasses.replace(cfg, tunnel=tunnel), f"bound to {LOCAL}:{PORT}, not {LOCAL}:{PORT + 1}")
+                )
+            if fast.available():
+                bad.append((engine_cfg(mode, other_path), "path"))
+            for wrong, needle in bad:
+                with pytest.raises(SetupError, match=needle):
+                    Engine(wrong, inherited=_dups(old.inherit()))
+                assert len(os.listdir("/proc/self/fd")) == fds, needle
+            # The right one: it gets the FDB with the ages, then the old engine stops and closes.
+            new = Engine(dataclasses.replace(cfg, fdb=FdbConfig()), inherited=_dups(old.inherit()))
+            assert new.inherited and new.tap.vnet_hdr_len == old.tap.vnet_hdr_len and new.fast == old.fast
+            counts = new.fdb_import(old.fdb_export())
+            assert counts == {"static": 1, "learned": 1, "left_out": 0, "full": 0}
+            ages = {r["mac"]: (r["static"], r["age"]) for r in new.fdb_table()}
+            assert ages[format_mac(MAC_S)] == (True, 0.0) and ages[format_mac(MAC_B)][0] is False
+            old_age = {r["mac"]: r["age"] for r in old.fdb_table()}[format_mac(MAC_B)]
+            assert ages[format_mac(MAC_B)][1] >= old_age  # aged on from there, not learned anew
+            assert new.snapshot().fdb["learns"] == 0
+            new.start(loop)
+            old.stop_reading()
+            old.close()
+            assert exists(TAP)  # the new engine holds it
+            # Both ways through the new engine; MAC_B is known: the frame to it goes unicast.
+            out = frame(MAC_B, MAC_A, b"to the known MAC")
+            pkt.send(out)
+            got = loop.run_until_complete(asyncio.wait_for(loop.sock_recv(reader, 65536), WAIT))
+            off, _ = lookup(mode)(VNI if mode == "vxlan" else KEY).parse(got)
+            assert got[off:] == out
+            snap = new.snapshot()
+            assert snap.stats["tx_unicast"] == 1 and snap.stats["tx_flooded"] == 0, snap.stats
+            send_from_remote(cfg, frame(MAC_A, MAC_B, b"back"))
+            run_until(loop, lambda: new is not None and new.snapshot().stats["tap_tx"] >= 1)
+        finally:
+            old.close()
+            if new is not None:
+                new.close()
+            loop.close()
+            reader.close()
+            pkt.close()
+        assert not exists(TAP)
+
+    run_isolated(body)
