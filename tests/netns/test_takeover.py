@@ -39,6 +39,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("no_leftovers")]
 RATE = "200M"  # iperf3's pace: the 2-core machine keeps up with it in both modes
 OVS_RATE = "50M"  # OVS's userspace datapath drops by itself at 200M on it (thousands of retransmits either way)
 SECONDS = 6
+STATIC_MAC = "02:00:00:00:99:01"
 METRICS_PORT = 9100  # on each host namespace's own loopback
 
 
@@ -323,6 +324,10 @@ def test_failed_takeovers_leave_the_old_daemon_forwarding() -> None:
                     statuses.append(str(exc)[:200])
                 time.sleep(0.05)
 
+        # Changed at run time: a remote added (the configuration still names host 2 only) and a static entry.
+        extra = "192.0.2.77"
+        cli(lab, 1, "remote", "add", extra)
+        cli(lab, 1, "fdb", "add", f"{STATIC_MAC}@20", extra)
         poller = threading.Thread(target=poll_health)
         poller.start()
         try:
@@ -338,6 +343,11 @@ def test_failed_takeovers_leave_the_old_daemon_forwarding() -> None:
         status, body = scrape(lab.host(1), "/metrics", METRICS_PORT)
         assert status == 200 and "ovl_dp_build_info" in body
         assert "metrics on http://127.0.0.1:" in new.output() and "error" not in new.output().lower()
+        # The running remotes and static entries went over, not the configuration's.
+        rows = json.loads(cli(lab, 1, "remote", "list", "--json").stdout)
+        assert [r["remote"] for r in rows] == [peer, extra], rows
+        fdb = [r for r in lab.ovl(1, "fdb") if r["mac"] == STATIC_MAC]
+        assert fdb and fdb[0]["static"] and fdb[0]["vlan"] == 20 and fdb[0]["remote"] == extra, fdb
         assert lab.ping(1, 2, count=3)["loss"] == 0
 
 
@@ -409,3 +419,38 @@ def test_sigusr2_under_a_systemd_stand_in_moves_the_main_pid() -> None:
                     os.kill(new_pid, signal.SIGKILL)
 
     run_isolated(body, timeout=120)
+
+
+def test_a_takeover_process_killed_at_any_moment_never_leaves_the_tap_unserved() -> None:
+    """The real `ovl-dp run --takeover` SIGKILLed after growing delays (before it connects, while it builds
+    its engine, around the handover): either the old daemon still forwards, or it handed over and exited 0
+    (and then the kill hit the new one: a new daemon is started for the next round). Never an old daemon
+    that stopped without a new one having said it forwards."""
+    with Lab(2) as lab:
+        lab.build(container_mtu("gre"))
+        lab.start_mesh("gre")
+        peer = lab.underlay_ip(2)
+        args = ("--mode", "gre", "--remote", peer)
+        outcomes: dict[str, int] = {"old kept forwarding": 0, "handed over before the kill": 0}
+        for delay in (0.0, 0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.8):
+            old = lab.daemons[1]
+            new = lab.start(1, *args, "--takeover", wait=False)
+            time.sleep(delay)
+            new.proc.kill()  # by PID: our own child (ip netns exec execs the daemon)
+            new.proc.wait()
+            lab.daemons[1] = old
+            try:
+                old.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                # Still running: it must be forwarding (it may still be noticing the failure).
+                wait_until("the old daemon to forward", lambda: lab.ping(1, 2, count=1, check=False)["loss"] == 0,
+                           timeout=20, interval=0)  # fmt: skip
+                assert old.proc.poll() is None, old.output()
+                outcomes["old kept forwarding"] += 1
+                continue
+            assert old.proc.returncode == 0 and "handed over to PID" in old.output(), old.output()
+            outcomes["handed over before the kill"] += 1
+            lab.start(1, *args)  # the TAP went with the killed successor: a fresh daemon for the next round
+        print(f"\nkilled takeovers: {outcomes}")
+        assert "Traceback" not in "".join(d.output() for d in lab.daemons.values())
+        assert outcomes["old kept forwarding"] > 0
