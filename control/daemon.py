@@ -225,7 +225,13 @@ async def _serve(
     loop.add_signal_handler(signal.SIGHUP, reload)
     engine.start(loop)
     if offer is not None:
-        await _confirm(loop, engine, service, offer, out)
+        try:
+            await _confirm(loop, engine, service, offer, out)
+        except BaseException:
+            server.close()
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            raise
     source = MetricsAdapter(engine, br, loop)
     source.heartbeat.start(loop)
     watch = asyncio.create_task(br.keep_attached(engine.tap.name, report=source.ovs_report))
