@@ -75,7 +75,14 @@ def gaps(lab: Lab) -> tuple[int, int]:
 
 def settled_gaps(lab: Lab) -> tuple[int, int]:
     """gaps() once two readings agree (nothing in flight)."""
-    return wait_until("the counters to settle", lambda: (g := gaps(lab)) == gaps(lab) and g, timeout=15, interval=0.2)
+
+    def same_twice() -> tuple[int, int] | None:
+        g = gaps(lab)
+        return g if g == gaps(lab) else None
+
+    found = wait_until("the counters to settle", same_twice, timeout=15, interval=0.2)
+    assert found is not None
+    return found
 
 
 class AttachmentWatch:
@@ -126,7 +133,8 @@ def kill_later(pids: list[int]) -> None:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             continue
-        wait_until(f"PID {pid} to exit", lambda p=pid: not os.path.exists(f"/proc/{p}"), timeout=10)
+        gone = f"/proc/{pid}"
+        wait_until(f"PID {pid} to exit", lambda: not os.path.exists(gone), timeout=10)  # noqa: B023
 
 
 def handover_in_log(text: str) -> float:
@@ -304,7 +312,7 @@ def test_failed_takeovers_leave_the_old_daemon_forwarding() -> None:
             assert line.startswith("fds") and "'tap'" in line and "'ctl'" in line, line
             proc.kill()
             proc.wait()
-            wait_until(f"the old daemon to note the failure ({step})", lambda n=needle: n in old.output(), timeout=15,
+            wait_until(f"the old daemon to note the failure ({step})", lambda: needle in old.output(), timeout=15,  # noqa: B023
                        detail=old.output)  # fmt: skip
             assert old.proc.poll() is None
             assert lab.ping(1, 2, count=3)["loss"] == 0, old.output()
@@ -454,3 +462,61 @@ def test_a_takeover_process_killed_at_any_moment_never_leaves_the_tap_unserved()
         print(f"\nkilled takeovers: {outcomes}")
         assert "Traceback" not in "".join(d.output() for d in lab.daemons.values())
         assert outcomes["old kept forwarding"] > 0
+
+
+# The old side played by a script (real Engine, real offer), so that it can fail at a step of the test's
+# choosing: after the new daemon said it forwards, it stays silent (and alive), or it exits.
+OLD_SIDE = """
+import json, os, socket, sys, time
+from control import bridge, config, ctl, takeover
+from datapath.engine import Engine
+behaviour, peer = sys.argv[1], sys.argv[2]
+user = config.ConfigSource({"tunnel.mode": "vxlan", "remotes": [peer]}).load()
+br = bridge.resolve("br-int", "auto")
+engine = Engine(config.resolve(user, br.kind))
+br.attach(engine.tap.name)
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(ctl.address(engine.tap.name))
+listener.listen(4)
+print("listening", flush=True)
+conn, _ = listener.accept()
+takeover._read_line(conn, bytearray(), "request")
+inh = engine.inherit()
+fds = {"tap": inh.tap_fd, "recv": inh.recv_fd, "send": inh.send_fd, "ctl": listener.fileno()}
+takeover.send_offer(conn, fds, takeover.export_state(engine, None), 30)
+print("forwarding said", flush=True)
+if behaviour == "exit":
+    os._exit(0)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("behaviour", ["silent", "exit"])
+def test_an_old_daemon_that_does_not_answer_forwarding(behaviour: str) -> None:
+    """silent: the new daemon stops reading and exits 2 (the old one is alive: two must never forward);
+    exit: the old one is gone, the new one forwards alone."""
+    with Lab(2) as lab:
+        lab.build(container_mtu("vxlan"))
+        lab.start(2, "--mode", "vxlan", "--remote", lab.underlay_ip(1))
+        peer = lab.underlay_ip(2)
+        fake = subprocess.Popen(
+            ["ip", "netns", "exec", lab.host(1), sys.executable, "-c", OLD_SIDE, behaviour, peer],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        lab.procs.append(fake)  # type: ignore[arg-type]  # (stopped by PID with the lab)
+        assert fake.stdout is not None and fake.stdout.readline().strip() == "listening"
+        new = lab.start(1, "--mode", "vxlan", "--remote", peer, "--takeover", wait=False)
+        assert fake.stdout.readline().strip() == "forwarding said"
+        if behaviour == "silent":
+            code = new.proc.wait(60)
+            out = new.output()
+            assert code == 2, out
+            assert "did not stop" in out and "it keeps running, this one exits" in out, out
+            assert fake.poll() is None and "Traceback" not in out
+            sh("ip", "-n", lab.host(1), "link", "show", "ovl-vxlan")  # the TAP is the old side's still
+        else:
+            lab.wait_ready(new)
+            assert "exited without its last word" in new.output() and "forwarding alone" in new.output()
+            assert fake.wait(10) == 0
+            assert lab.ping(1, 2, count=3)["loss"] == 0
+            assert show(lab, 1)["pid"] == new.proc.pid

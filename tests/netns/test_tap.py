@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -133,20 +134,23 @@ def test_adopt_checks_what_another_process_claims(offloads: bool) -> None:
     def body() -> None:
         t = Tap("ovlt5", MAC, 1400, offloads=offloads)
         try:
-            good = dict(name="ovlt5", mac=MAC, mtu=1400, vnet_hdr_len=t.vnet_hdr_len, offloads=t.offloads)
-            for bad, needle in [
+            good: dict[str, Any] = dict(
+                name="ovlt5", mac=MAC, mtu=1400, vnet_hdr_len=t.vnet_hdr_len, offloads=t.offloads
+            )
+            cases: list[tuple[dict[str, Any], str]] = [
                 ({"name": "ovlt6"}, "not 'ovlt6'"),
                 ({"vnet_hdr_len": 12}, "virtio header"),
                 ({"mac": b"\x02\x00\x00\x00\x00\x01"}, "its MAC is 02:11:22:33:44:55"),
                 ({"mtu": 1500}, "its MTU is 1400"),
-            ]:
+            ]
+            for bad, needle in cases:
                 fd = os.dup(t.fileno())
                 with pytest.raises(SetupError, match=needle):
-                    Tap.adopt(fd, **{**good, **bad})  # type: ignore[arg-type]
+                    Tap.adopt(fd, **{**good, **bad})
                 os.close(fd)  # adopt leaves a refused fd to the caller
             with open("/dev/null", "rb") as f, pytest.raises(SetupError, match="not a TUN/TAP device"):
-                Tap.adopt(f.fileno(), **good)  # type: ignore[arg-type]
-            other = Tap.adopt(os.dup(t.fileno()), **good)  # type: ignore[arg-type]
+                Tap.adopt(f.fileno(), **good)
+            other = Tap.adopt(os.dup(t.fileno()), **good)
             assert other.fileno() != t.fileno() and not os.get_blocking(other.fileno())
             assert other.vnet_hdr_len == t.vnet_hdr_len and other.offloads == t.offloads
             t.close()  # the first holder goes: the TAP stays while the adopted fd is open
