@@ -508,3 +508,31 @@ def test_an_engine_built_on_anothers_fds_forwards_with_its_fdb(mode: str, path: 
         assert not exists(TAP)
 
     run_isolated(body)
+
+
+def test_the_udp_gso_pool_is_handed_over_too() -> None:
+    skip_without_c("fast")
+
+    def body() -> None:
+        underlay()
+        base = engine_cfg("vxlan", "fast")
+        cfg = dataclasses.replace(base, offload=OffloadConfig(udp_gso=True))
+        old = Engine(cfg)
+        try:
+            if not old.gso_socks:
+                pytest.skip("this kernel refuses UDP_SEGMENT")
+            fds = len(os.listdir("/proc/self/fd"))
+            with pytest.raises(SetupError, match=r"offload\.udp_gso differs"):
+                Engine(base, inherited=_dups(old.inherit()))
+            assert len(os.listdir("/proc/self/fd")) == fds
+            new = Engine(cfg, inherited=_dups(old.inherit()))
+            try:
+                ports = sorted(s.getsockname()[1] for s in new.gso_socks)
+                assert ports == sorted(s.getsockname()[1] for s in old.gso_socks)
+                assert new.udp_gro == old.udp_gro and new.describe_underlay() == old.describe_underlay()
+            finally:
+                new.close()
+        finally:
+            old.close()
+
+    run_isolated(body)
