@@ -464,6 +464,10 @@ def _query(args: argparse.Namespace) -> int:
     elif cmd == "show":
         assert isinstance(result, dict)
         print(f"{result['tap']} ({result['mode']})\n{format_counters(result)}")
+        took = result.get("takeover")
+        if isinstance(took, dict):  # counters since the takeover; the predecessor's final ones in --json
+            print(f"takeover: PID {result.get('pid')} took over from PID {took.get('from_pid')} "
+                  "(counters since then; its final ones: show --json, takeover.previous)")  # fmt: skip
     elif cmd == "fdb" and not req:
         assert isinstance(result, list)
         print(format_fdb(result))

@@ -351,6 +351,8 @@ def test_failed_takeovers_leave_the_old_daemon_forwarding() -> None:
         status, body = scrape(lab.host(1), "/metrics", METRICS_PORT)
         assert status == 200 and "ovl_dp_build_info" in body
         assert "metrics on http://127.0.0.1:" in new.output() and "error" not in new.output().lower()
+        text = cli(lab, 1, "show").stdout
+        assert f"took over from PID {old.proc.pid}" in text, text
         # The running remotes and static entries went over, not the configuration's.
         rows = json.loads(cli(lab, 1, "remote", "list", "--json").stdout)
         assert [r["remote"] for r in rows] == [peer, extra], rows
