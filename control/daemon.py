@@ -288,7 +288,7 @@ async def _confirm(
     counts = engine.fdb_import(takeover.parse_fdb(final.get("fdb", [])))
     service.takeover = {"from_pid": offer.pid, "at": time.time(), "previous": final.get("counters")}
     log.info("took over from PID %d (FDB entries newer in its last word: %d)", offer.pid, counts["learned"],
-             extra={"event": "took_over", "pid": offer.pid})  # fmt: skip
+             extra={"event": "took_over", "peer_pid": offer.pid})  # fmt: skip
     notify.status(f"{engine.tap.name}: took over from PID {offer.pid}")
     offer.close()
 

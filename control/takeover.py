@@ -209,7 +209,7 @@ class Giver:
             state = export_state(self.engine, self.metrics_at)
             fds = self._fds()
             log.info("takeover: handing the TAP, %d fds and %d FDB entries to PID %d", len(fds), len(state["fdb"]), pid,
-                     extra={"event": "takeover_offer", "pid": pid})  # fmt: skip
+                     extra={"event": "takeover_offer", "peer_pid": pid})  # fmt: skip
             try:
                 buf = await loop.run_in_executor(None, send_offer, conn, fds, state, self.handover_timeout)
             except OSError as exc:
@@ -226,7 +226,7 @@ class Giver:
                 self._abandoned(pid, f"after it said it was forwarding: {exc}; reading again")
                 return
             log.info(
-                "takeover: PID %d forwards now; this daemon exits", pid, extra={"event": "handed_over", "pid": pid}
+                "takeover: PID %d forwards now; this daemon exits", pid, extra={"event": "handed_over", "peer_pid": pid}
             )
             notify.notify(f"MAINPID={pid}", f"STATUS=handed over to PID {pid}")
             self.done = True  # busy for good: nothing changes in a daemon that is on its way out
@@ -245,7 +245,7 @@ class Giver:
     def _abandoned(self, pid: int, why: str) -> None:
         self.stats.abandoned += 1
         log.warning("takeover by PID %d abandoned: %s; this daemon keeps forwarding", pid, why,
-                    extra={"event": "takeover_abandoned", "pid": pid})  # fmt: skip
+                    extra={"event": "takeover_abandoned", "peer_pid": pid})  # fmt: skip
 
 
 def send_offer(conn: socket.socket, fds: dict[str, int], state: dict[str, Any], timeout: float) -> bytearray:
@@ -476,7 +476,7 @@ def spawn(giver: Giver) -> subprocess.Popen[bytes] | None:
         log.error("SIGUSR2: cannot start %s: %s", args[0], exc.strerror or exc)
         return None
     log.info("SIGUSR2: started PID %d to take over: %s", proc.pid, " ".join(args),
-             extra={"event": "takeover_spawned", "pid": proc.pid})  # fmt: skip
+             extra={"event": "takeover_spawned", "peer_pid": proc.pid})  # fmt: skip
 
     def reap() -> None:
         code = proc.wait()
