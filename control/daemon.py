@@ -247,6 +247,12 @@ async def _serve(
     try:
         await stop.wait()
     finally:
+        if giver.busy and out.handed_to is None:
+            # Stopped while a new daemon holds our fds: it may forward already, so the TAP stays on the
+            # bridge (a stale OVS row, if it gives up too, is replaced at the next start).
+            log.warning("stopping while a takeover is under way: the TAP is left on the bridge")
+            out.attached = False
+            await giver.cancel()
         if out.handed_to is None:
             notify.stopping()  # (after a handover the new daemon is the service's main process)
         if pinger is not None:

@@ -175,6 +175,8 @@ class Giver:
         self.busy = False  # a takeover is under way (or done)
         self.done = False
         self.stats = GiverStats()
+        self._conn: socket.socket | None = None
+        self._task: asyncio.Task[Any] | None = None
 
     async def session(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, args: Mapping[str, Any]
@@ -200,6 +202,7 @@ class Giver:
         loop = asyncio.get_running_loop()
         self.busy = True
         conn = socket.socket(fileno=os.dup(raw.fileno()))
+        self._conn, self._task = conn, asyncio.current_task()
         try:
             # The conversation goes on on conn, in a thread: the stream must not read what comes next.
             # (uvloop's transports do not derive from asyncio.ReadTransport, hence no isinstance.)
@@ -232,8 +235,19 @@ class Giver:
             self.done = True  # busy for good: nothing changes in a daemon that is on its way out
             self.handed_over(pid)
         finally:
+            self._conn = None
             conn.close()
             self.busy = self.done
+
+    async def cancel(self, timeout: float = 2.0) -> None:
+        """The daemon stops (SIGTERM): end a conversation under way (its thread returns at once) and let it
+        finish, up to timeout seconds."""
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.shutdown(socket.SHUT_RDWR)
+        task = self._task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            await asyncio.wait([task], timeout=timeout)
 
     def _fds(self) -> dict[str, int]:
         inh = self.engine.inherit()

@@ -359,6 +359,19 @@ def test_failed_takeovers_leave_the_old_daemon_forwarding() -> None:
         fdb = [r for r in lab.ovl(1, "fdb") if r["mac"] == STATIC_MAC]
         assert fdb and fdb[0]["static"] and fdb[0]["vlan"] == 20 and fdb[0]["remote"] == extra, fdb
         assert lab.ping(1, 2, count=3)["loss"] == 0
+        # SIGTERM while a new process holds the fds and has not said it forwards: the daemon stops at once,
+        # and leaves the TAP on the bridge (the new one may forward already).
+        proc = client("fds")
+        assert proc.stdout is not None and proc.stdout.readline().startswith("fds")
+        t0 = time.monotonic()
+        new.proc.send_signal(signal.SIGTERM)
+        assert new.proc.wait(20) == 0
+        print(f"SIGTERM during a takeover: exited after {(time.monotonic() - t0) * 1000:.0f} ms")
+        proc.kill()
+        proc.wait()
+        out = new.output()
+        assert "stopping while a takeover is under way" in out and "Traceback" not in out, out
+        assert "Task was destroyed" not in out and "Exception" not in out, out
 
 
 def test_sigusr2_under_a_systemd_stand_in_moves_the_main_pid() -> None:
