@@ -13,9 +13,11 @@ import uvloop
 from control import bridge, config, ctl, logs, metrics, notify
 from control.config import ConfigSource
 from control.ctl import CtlError
+from control.keeper import Keeper
 from control.procs import sigterm_raises_interrupt
 from control.report import format_counters, format_fdb
 from control.service import Service
+from control.watch import Watcher
 from datapath.config import Config
 from datapath.counters import Snapshot
 from datapath.engine import Engine
@@ -127,8 +129,27 @@ async def _serve(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, dump)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    fatal: list[str] = []
+
+    def die(message: str) -> None:  # the TAP cannot be had back: end, so that a supervisor restarts us
+        log.error("%s; exiting", message, extra={"event": "fatal"})
+        fatal.append(message)
+        stop.set()
+
+    keeper = Keeper(engine, br, die)
+    try:
+        watcher = Watcher()
+    except OSError as exc:
+        server.close()
+        raise SetupError(f"cannot listen to rtnetlink events: {exc}") from None
+    watcher.add(keeper.on_event)
     engine.start(loop)
+    watcher.start(loop)
+    keeper.start(loop)
+    service.watch_report = lambda: {**keeper.counters(), "netlink_resyncs": watcher.resyncs, "problem": keeper.problem}
     source = MetricsAdapter(engine, br, loop)
+    source.keeper = keeper
+    source.watcher = watcher
     source.heartbeat.start(loop)
     watch = asyncio.create_task(br.keep_attached(engine.tap.name, report=source.ovs_report))
     if http is not None:
@@ -148,12 +169,16 @@ async def _serve(
         if http is not None:
             http.close()
         source.heartbeat.stop()
+        watcher.close()
+        await keeper.stop()
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch
         server.close()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+    if fatal:
+        raise SetupError(fatal[0])
 
 
 class MetricsAdapter:
@@ -166,6 +191,8 @@ class MetricsAdapter:
         self._bridge = br
         self._loop = loop
         self._ovs_problem = ""
+        self.keeper: Keeper | None = None  # set once the daemon watches links
+        self.watcher: Watcher | None = None
         cfg = engine.cfg
         self._info = {
             "version": metrics.package_version(),
@@ -207,6 +234,13 @@ class MetricsAdapter:
         """Fixed once the engine runs."""
         return self._offloads
 
+    def watch_counters(self) -> Mapping[str, int]:
+        """What the link watcher repaired: tap_recreated, tap_reattached, bridge_lost, netlink_resyncs."""
+        counts = dict(self.keeper.counters()) if self.keeper is not None else {}
+        if self.watcher is not None:
+            counts["netlink_resyncs"] = self.watcher.resyncs
+        return counts
+
     def ovs_report(self, problem: str) -> None:
         """The OVS port watcher's latest finding ("" = the port is there and usable)."""
         self._ovs_problem = problem
@@ -216,6 +250,8 @@ class MetricsAdapter:
         stalled = self.heartbeat.problem()
         if stalled:
             return stalled
+        if self.keeper is not None and self.keeper.problem:
+            return self.keeper.problem
         if self._bridge.kind == "linux":
             return bridge.linux_attachment_problem(self._bridge.name, self.tap)
         if self._bridge.kind == "ovs":

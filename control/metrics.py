@@ -201,6 +201,13 @@ FDB_METRICS: dict[str, tuple[str, str]] = {
     "refused_full": ("ovl_dp_fdb_refused_full", "Learns refused because the FDB was full (the frame is delivered)"),
     "aged": ("ovl_dp_fdb_aged", "Learned entries expired"),
 }
+# What the daemon's link watcher repaired (an optional watch_counters() of the source): key -> (name, help).
+WATCH_METRICS: dict[str, tuple[str, str]] = {
+    "tap_recreated": ("ovl_dp_tap_recreated", "Times the TAP was re-created after its device was deleted"),
+    "tap_reattached": ("ovl_dp_tap_reattached", "Times the TAP was plugged back into its Linux bridge"),
+    "bridge_lost": ("ovl_dp_bridge_lost", "Times the Linux bridge of the TAP disappeared"),
+    "netlink_resyncs": ("ovl_dp_netlink_resyncs", "Times rtnetlink events were lost (ENOBUFS) and the state re-read"),
+}
 REMOTE_METRICS: dict[str, tuple[str, str]] = {
     "tx_packets": ("ovl_dp_remote_tx_packets", "Packets sent to the remote"),
     "tx_bytes": ("ovl_dp_remote_tx_bytes", "Bytes of inner frames sent to the remote"),
@@ -293,6 +300,13 @@ class DatapathCollector:
         for label in OFFLOAD_LABELS:
             offload.add_metric([tap, label], int(state[label]))
         yield offload
+
+        watch = getattr(src, "watch_counters", None)  # optional: sources without a link watcher lack it
+        if callable(watch):
+            counts = watch()
+            for key, (name, text) in WATCH_METRICS.items():
+                if key in counts:
+                    yield _counter(name, text, ["tap"], [([tap], counts[key])])
 
 
 def _counter(name: str, text: str, labels: list[str], samples: list[tuple[list[str], Any]]) -> CounterMetricFamily:

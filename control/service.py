@@ -56,6 +56,8 @@ class Service:
         self.reloads = 0
         self.reload_failures = 0
         self.ctl_stats = CtlStats()  # what the control socket counted (shown by `ovl-dp show`)
+        # The link watcher's counters and current problem (shown by `ovl-dp show`), once the daemon runs it.
+        self.watch_report: Callable[[], Mapping[str, object]] | None = None
         self._handlers: dict[str, Callable[[Mapping[str, Any]], object]] = {
             "show": lambda a: self.show(),
             "fdb": self._fdb,
@@ -84,7 +86,11 @@ class Service:
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
         }
-        return {"tap": e.tap.name, "mode": e.cfg.tunnel.mode, **e.snapshot().as_dict(), "control": control}
+        shown: dict[str, object] = {"tap": e.tap.name, "mode": e.cfg.tunnel.mode, **e.snapshot().as_dict()}
+        shown["control"] = control
+        if self.watch_report is not None:
+            shown["watch"] = dict(self.watch_report())
+        return shown
 
     # -- remotes -------------------------------------------------------------------------------
 
