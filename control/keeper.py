@@ -200,7 +200,7 @@ class Keeper:
                     "bridge %s is gone: TAP %s is on no bridge until %s exists again", br, tap, br,
                     extra={"event": "bridge_lost", "bridge": br},
                 )  # fmt: skip
-            self.problem = f"bridge {br} does not exist: TAP {tap} is not attached"
+            self.problem = f"TAP {tap} is not attached: bridge {br} does not exist"  # as linux_attachment_problem
             return ", not attached (no bridge)" if recreated else ""
         self._bridge_index = bridge_index
         if master == bridge_index:
