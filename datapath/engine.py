@@ -32,7 +32,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from datapath.config import MAP_VLAN_MAX, MAX_REMOTES, Config, ConfigError, FdbConfig, Remote, check_address
+from datapath.config import MAP_VLAN_MAX, MAX_REMOTES, MIN_MTU, Config, ConfigError, FdbConfig, Remote, check_address
 from datapath.counters import REMOTE_FIELDS, Snapshot
 from datapath.errors import SetupError
 from datapath.ether import ETH_ALEN, format_mac
@@ -256,6 +256,21 @@ class Engine:
         purged = self.forwarder.remove_remote(slot)
         log.info("remote %s removed (%d FDB entries purged)", addr, purged)
         return purged
+
+    def set_remote_local(self, addr: str, local: str) -> None:
+        """Send to remote addr from local from now on (the underlay's address or route changed); its
+        FDB entries, counters and last receive stay. KeyError for an address that is not a remote."""
+        self.forwarder.set_remote_local(self._slot(addr), check_address("tunnel.local", local))
+
+    def set_tap_mtu(self, mtu: int) -> None:
+        """Give the TAP another MTU (the underlay's changed and the TAP's was derived from it).
+
+        Not above the MTU the engine started with: the datapath's buffers are sized for that
+        (ValueError); SetupError if the kernel refuses it.
+        """
+        if not MIN_MTU <= mtu <= self.cfg.tap_mtu:
+            raise ValueError(f"TAP MTU {mtu} outside {MIN_MTU}..{self.cfg.tap_mtu} (the MTU it started with)")
+        self.tap.set_mtu(mtu)
 
     def remote_rows(self) -> list[dict[str, object]]:
         """Per current remote, in slot order: remote, local, the per-remote counters, and

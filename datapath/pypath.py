@@ -107,6 +107,15 @@ class PyForwarder:
         del self._by_addr[remote.addr]
         return self.fdb.flush(slot)
 
+    def set_remote_local(self, slot: int, local: str) -> None:
+        """Send to the remote in slot from local from now on; FDB entries and counters stay (KeyError: a free slot)."""
+        remote = self._slots[slot] if 0 <= slot < len(self._slots) else None
+        if remote is None:
+            raise KeyError(f"no remote in slot {slot}")
+        moved = Remote(remote.addr, local)
+        self._slots[slot] = moved
+        self._ends[slot] = (moved.local_bytes, moved.addr_bytes)
+
     def remotes(self) -> list[tuple[int, Remote, float | None]]:
         """The remotes in use, in slot order: (slot, remote, clock at its last delivered packet or None)."""
         return [(i, r, self._last_rx[i]) for i, r in enumerate(self._slots) if r is not None]

@@ -121,6 +121,14 @@ class Tap:
             return "plain TAP (no virtio header, no offloads)"
         return f"virtio header {self.vnet_hdr_len} bytes, offloads: {offload_names(self.offloads)}"
 
+    def set_mtu(self, mtu: int) -> None:
+        """Change the device's MTU (SIOCSIFMTU); SetupError if the kernel refuses it."""
+        try:
+            self._dev.mtu = mtu
+        except pytun.Error as exc:
+            raise SetupError(f"cannot set the MTU of TAP {self.name} to {mtu}: {exc}") from None
+        self.mtu = mtu
+
     def fileno(self) -> int:
         """The TAP's file descriptor (non-blocking)."""
         return int(self._dev.fileno())
