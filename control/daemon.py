@@ -14,6 +14,7 @@ from control import bridge, config, ctl, logs, metrics, notify
 from control.config import ConfigSource
 from control.ctl import CtlError
 from control.keeper import Keeper
+from control.paths import PathKeeper
 from control.procs import sigterm_raises_interrupt
 from control.report import format_counters, format_fdb
 from control.service import Service
@@ -142,14 +143,16 @@ async def _serve(
     except OSError as exc:
         server.close()
         raise SetupError(f"cannot listen to rtnetlink events: {exc}") from None
+    paths = PathKeeper(engine, service.user_cfg)
     watcher.add(keeper.on_event)
+    watcher.add(paths.on_event)
     engine.start(loop)
     watcher.start(loop)
     keeper.start(loop)
-    service.watch_report = lambda: {**keeper.counters(), "netlink_resyncs": watcher.resyncs, "problem": keeper.problem}
+    paths.start(loop)
     source = MetricsAdapter(engine, br, loop)
-    source.keeper = keeper
-    source.watcher = watcher
+    source.keeper, source.paths, source.watcher = keeper, paths, watcher
+    service.watch_report = source.watch_report
     source.heartbeat.start(loop)
     watch = asyncio.create_task(br.keep_attached(engine.tap.name, report=source.ovs_report))
     if http is not None:
@@ -170,6 +173,7 @@ async def _serve(
             http.close()
         source.heartbeat.stop()
         watcher.close()
+        paths.stop()
         await keeper.stop()
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -192,6 +196,7 @@ class MetricsAdapter:
         self._loop = loop
         self._ovs_problem = ""
         self.keeper: Keeper | None = None  # set once the daemon watches links
+        self.paths: PathKeeper | None = None
         self.watcher: Watcher | None = None
         cfg = engine.cfg
         self._info = {
@@ -235,11 +240,19 @@ class MetricsAdapter:
         return self._offloads
 
     def watch_counters(self) -> Mapping[str, int]:
-        """What the link watcher repaired: tap_recreated, tap_reattached, bridge_lost, netlink_resyncs."""
+        """What the link watcher repaired: tap_recreated, tap_reattached, bridge_lost, local_changes,
+        mtu_changes, netlink_resyncs."""
         counts = dict(self.keeper.counters()) if self.keeper is not None else {}
+        if self.paths is not None:
+            counts.update(self.paths.counters())
         if self.watcher is not None:
             counts["netlink_resyncs"] = self.watcher.resyncs
         return counts
+
+    def watch_report(self) -> dict[str, object]:
+        """watch_counters, and problem: what is wrong with the TAP, its bridge or the paths ("" = nothing)."""
+        problems = [p.problem for p in (self.keeper, self.paths) if p is not None and p.problem]
+        return {**self.watch_counters(), "problem": "; ".join(problems)}
 
     def ovs_report(self, problem: str) -> None:
         """The OVS port watcher's latest finding ("" = the port is there and usable)."""
@@ -252,6 +265,8 @@ class MetricsAdapter:
             return stalled
         if self.keeper is not None and self.keeper.problem:
             return self.keeper.problem
+        if self.paths is not None and self.paths.problem:
+            return self.paths.problem
         if self._bridge.kind == "linux":
             return bridge.linux_attachment_problem(self._bridge.name, self.tap)
         if self._bridge.kind == "ovs":

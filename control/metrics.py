@@ -206,6 +206,8 @@ WATCH_METRICS: dict[str, tuple[str, str]] = {
     "tap_recreated": ("ovl_dp_tap_recreated", "Times the TAP was re-created after its device was deleted"),
     "tap_reattached": ("ovl_dp_tap_reattached", "Times the TAP was plugged back into its Linux bridge"),
     "bridge_lost": ("ovl_dp_bridge_lost", "Times the Linux bridge of the TAP disappeared"),
+    "local_changes": ("ovl_dp_local_changes", "Times a remote's local address changed with the underlay"),
+    "mtu_changes": ("ovl_dp_tap_mtu_changes", "Times the automatic TAP MTU followed the underlay MTU"),
     "netlink_resyncs": ("ovl_dp_netlink_resyncs", "Times rtnetlink events were lost (ENOBUFS) and the state re-read"),
 }
 REMOTE_METRICS: dict[str, tuple[str, str]] = {

@@ -14,6 +14,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -236,3 +237,81 @@ def test_kill_9_and_restart_on_ovs_carries_traffic_again(mode: str) -> None:
         assert lab.ping(2, 1, count=3)["loss"] == 0
         assert lab.stop(lab.daemons[1]) == 0
         assert tap not in o.vsctl("list-ports", "br-int").split()
+
+
+def logged_at(lab: Lab, i: int, needle: str) -> float:
+    """The Unix time of the daemon's first log line containing needle (its timestamp, in ms)."""
+    for line in lab.daemons[i].output().splitlines():
+        if needle in line:
+            stamp = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})", line)
+            assert stamp, line
+            return time.mktime(time.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")) + int(stamp.group(2)) / 1000
+    raise AssertionError(f"{needle!r} not in the log:\n{lab.daemons[i].output()}")
+
+
+def lab_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "control.cli", *args]
+
+
+def remotes_of(lab: Lab, i: int) -> dict[str, str]:
+    res = sh("ip", "netns", "exec", lab.host(i), *lab_cli("remote", "list", "--json"))
+    return {str(r["remote"]): str(r["local"]) for r in json.loads(res.stdout)}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_underlay_address_changed_is_followed(mode: str) -> None:
+    with build("linux", mode) as lab:
+        lab.start_mesh(mode)
+        h1, new = lab.host(1), "192.0.2.11"
+        sh("ip", "netns", "exec", lab.host(2), *lab_cli("remote", "add", new))  # host 2 accepts the new address
+        assert lab.ping(1, 2, count=3)["loss"] == 0
+        clock = PingClock(lab, 1, 2)
+        clock.wait_reply_after(0)
+        sh("ip", "-n", h1, "addr", "del", "192.0.2.1/24", "dev", "ul0")
+        t0 = time.time()
+        sh("ip", "-n", h1, "addr", "add", f"{new}/24", "dev", "ul0")
+        wait_until("the new local address", lambda: remotes_of(lab, 1) == {lab.underlay_ip(2): new}, WAIT, 0.05)
+        applied = logged_at(lab, 1, "is now reached from") - t0
+        clock.wait_reply_after(time.time())
+        gap, missing = clock.stop()
+        report(f"underlay address changed ({mode})", gap, missing,
+               f"; new local address in use {applied * 1000:.0f} ms after `ip addr add` (log time, ms)")  # fmt: skip
+        w = watch_of(lab, 1)
+        assert (w["local_changes"], w["problem"]) == (1, ""), w
+        assert lab.ping(1, 2, count=3)["loss"] == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_underlay_mtu_change_moves_an_automatic_tap_mtu(mode: str) -> None:
+    tap = f"ovl-{mode}"
+    with build("linux", mode) as lab:
+        lab.start_mesh(mode)
+        h1 = lab.host(1)
+        start = int(link_json(lab, 1, tap)["mtu"])  # type: ignore[call-overload]
+        t0 = time.time()
+        sh("ip", "-n", h1, "link", "set", "ul0", "mtu", "1400")
+        wait_until("the TAP MTU to follow", lambda: link_json(lab, 1, tap)["mtu"] == start - 100, WAIT, 0.05)
+        applied = logged_at(lab, 1, f"MTU now {start - 100}") - t0
+        print(f"\nRECOVERY underlay MTU 1500 -> 1400 ({mode}): TAP MTU {start} -> {start - 100} "
+              f"{applied * 1000:.0f} ms after `ip link set ul0 mtu 1400` (log time, ms)")  # fmt: skip
+        assert lab.ping(1, 2, count=3)["loss"] == 0  # small frames still cross
+        sh("ip", "-n", h1, "link", "set", "ul0", "mtu", "1500")
+        wait_until("the TAP MTU back", lambda: link_json(lab, 1, tap)["mtu"] == start, WAIT, 0.05)
+        w = watch_of(lab, 1)
+        assert (w["mtu_changes"], w["problem"]) == (2, ""), w
+
+
+def test_hand_set_tap_mtu_that_no_longer_fits_is_reported() -> None:
+    with build("linux", "vxlan") as lab:
+        h1 = lab.host(1)
+        lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--mtu", "1450", "--metrics", str(METRICS_PORT))
+        sh("ip", "-n", h1, "link", "set", "ul0", "mtu", "1400")
+        reason = ("TAP MTU 1450 (set by hand) does not fit the underlay MTU 1400: at most 1350; "
+                  "larger frames are dropped (tx_too_big / tx_error)")  # fmt: skip
+        wait_until("show to report the MTU", lambda: watch_of(lab, 1)["problem"] == reason, WAIT, 0.05)
+        assert scrape(h1, "/healthz", METRICS_PORT) == (503, reason + "\n")
+        assert link_json(lab, 1, "ovl-vxlan")["mtu"] == 1450  # set by hand: not changed
+        sh("ip", "-n", h1, "link", "set", "ul0", "mtu", "1500")
+        wait_until("the problem to clear", lambda: watch_of(lab, 1)["problem"] == "", WAIT, 0.05)
+        assert scrape(h1, "/healthz", METRICS_PORT) == (200, "ok\n")
+        assert lab.daemons[1].output().count("does not fit the underlay MTU") == 1
