@@ -116,7 +116,9 @@ def test_deleted_tap_is_recreated_and_plugged_back(bridge: str, mode: str) -> No
         sh("ip", "-n", lab.host(1), "link", "del", tap)
         clock.wait_reply_after(t0 + 0.5)
         gap, missing = clock.stop()
-        report(f"TAP deleted ({bridge}, {mode})", gap, missing)
+        took = re.search(r"re-created it .* in (\d+) ms", lab.daemons[1].output())
+        report(f"TAP deleted ({bridge}, {mode})", gap, missing,
+               f"; the daemon logged the TAP back {took.group(1) if took else '?'} ms after noticing")  # fmt: skip
         after = link_json(lab, 1, tap)
         for key in ("address", "mtu"):
             assert after[key] == before[key], key
