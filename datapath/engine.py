@@ -21,6 +21,11 @@ At run time the control plane changes the remotes (:meth:`Engine.add_remote`,
 :meth:`Engine.set_fdb_limits`). These run on the loop's thread between two
 batches, so no frame to another remote is lost; the set may become empty (floods
 then go nowhere and tunnel packets are dropped as ``rx_not_remote``).
+
+What the host changes under it, the control plane follows with
+:meth:`Engine.set_remote_local` (the underlay's address moved), :meth:`Engine.set_tap_mtu`
+(the underlay MTU moved) and :meth:`Engine.replace_tap` (the TAP was deleted: a read
+that says so unregisters the dead fd and calls ``on_tap_lost`` once).
 """
 
 from __future__ import annotations
