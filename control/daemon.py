@@ -82,6 +82,7 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
             coalesce = cfg.offload.coalesce and engine.tap.vnet_hdr_len > 0
             log.info("received TCP segments coalesced into super-frames: %s", "yes" if coalesce else "no")
         loop = uvloop.new_event_loop()
+        loop.set_exception_handler(logs.LoopErrors(log))  # never a traceback from the loop in the log
         try:
             service = Service(engine, source, br.kind, user_cfg)
             loop.run_until_complete(_serve(loop, engine, br, service, http))
