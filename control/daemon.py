@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import uvloop
 
@@ -129,7 +130,7 @@ async def _serve(
     loop.add_signal_handler(signal.SIGUSR1, dump)
     loop.add_signal_handler(signal.SIGHUP, reload)
     engine.start(loop)
-    source = MetricsAdapter(engine, br, loop)
+    source = MetricsAdapter(engine, br, loop, service)
     source.heartbeat.start(loop)
     watch = asyncio.create_task(br.keep_attached(engine.tap.name, report=source.ovs_report))
     if http is not None:
@@ -160,8 +161,11 @@ async def _serve(
 class MetricsAdapter:
     """The daemon's metrics.MetricsSource: the engine read on its loop, the bridge attachment, a loop heartbeat."""
 
-    def __init__(self, engine: Engine, br: bridge.Bridge, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, engine: Engine, br: bridge.Bridge, loop: asyncio.AbstractEventLoop, service: Service | None = None
+    ) -> None:
         self.tap = engine.tap.name
+        self._service = service
         self.heartbeat = metrics.Heartbeat()
         self._engine = engine
         self._bridge = br
@@ -207,6 +211,12 @@ class MetricsAdapter:
     def offloads(self) -> metrics.OffloadState:
         """Fixed once the engine runs."""
         return self._offloads
+
+    def control(self) -> Mapping[str, Any]:
+        """The control plane's counts, read on the loop (none without a service)."""
+        if self._service is None:
+            return {"requests": 0, "refused": {}, "reloads": 0, "reload_failures": 0}
+        return metrics.on_loop(self._loop, self._service.control)
 
     def ovs_report(self, problem: str) -> None:
         """The OVS port watcher's latest finding ("" = the port is there and usable)."""

@@ -78,13 +78,16 @@ class Service:
     def show(self) -> dict[str, object]:
         """Counters, as `ovl-dp show` prints them."""
         e = self.engine
-        control = {
+        return {"tap": e.tap.name, "mode": e.cfg.tunnel.mode, **e.snapshot().as_dict(), "control": self.control()}
+
+    def control(self) -> dict[str, Any]:
+        """The control plane's counts: requests answered, clients refused by reason, reloads and failed ones."""
+        return {
             "requests": self.ctl_stats.requests,
             "refused": dict(self.ctl_stats.refused),
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
         }
-        return {"tap": e.tap.name, "mode": e.cfg.tunnel.mode, **e.snapshot().as_dict(), "control": control}
 
     # -- remotes -------------------------------------------------------------------------------
 
