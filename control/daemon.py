@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import uvloop
 
@@ -85,6 +86,7 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
             coalesce = cfg.offload.coalesce and engine.tap.vnet_hdr_len > 0
             log.info("received TCP segments coalesced into super-frames: %s", "yes" if coalesce else "no")
         loop = uvloop.new_event_loop()
+        loop.set_exception_handler(logs.LoopErrors(log))  # never a traceback from the loop in the log
         try:
             service = Service(engine, source, br.kind, user_cfg)
             loop.run_until_complete(_serve(loop, engine, br, service, http))
@@ -150,7 +152,7 @@ async def _serve(
     watcher.start(loop)
     keeper.start(loop)
     paths.start(loop)
-    source = MetricsAdapter(engine, br, loop)
+    source = MetricsAdapter(engine, br, loop, service)
     source.keeper, source.paths, source.watcher = keeper, paths, watcher
     service.watch_report = source.watch_report
     source.heartbeat.start(loop)
@@ -188,8 +190,11 @@ async def _serve(
 class MetricsAdapter:
     """The daemon's metrics.MetricsSource: the engine read on its loop, the bridge attachment, a loop heartbeat."""
 
-    def __init__(self, engine: Engine, br: bridge.Bridge, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, engine: Engine, br: bridge.Bridge, loop: asyncio.AbstractEventLoop, service: Service | None = None
+    ) -> None:
         self.tap = engine.tap.name
+        self._service = service
         self.heartbeat = metrics.Heartbeat()
         self._engine = engine
         self._bridge = br
@@ -238,6 +243,12 @@ class MetricsAdapter:
     def offloads(self) -> metrics.OffloadState:
         """Fixed once the engine runs."""
         return self._offloads
+
+    def control(self) -> Mapping[str, Any]:
+        """The control plane's counts, read on the loop (none without a service)."""
+        if self._service is None:
+            return {"requests": 0, "refused": {}, "reloads": 0, "reload_failures": 0}
+        return metrics.on_loop(self._loop, self._service.control)
 
     def watch_counters(self) -> Mapping[str, int]:
         """What the link watcher repaired: tap_recreated, tap_reattached, bridge_lost, local_changes,

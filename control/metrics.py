@@ -68,6 +68,8 @@ class OffloadState:
 
 
 TUN_OFFLOADS = ("csum", "tso4", "tso6", "tso_ecn")
+# The refusal reasons of control.ctl, exported at 0 before the first one happens.
+CONTROL_REFUSALS = ("not privileged", "too many clients", "idle", "too long", "cut short", "malformed")
 
 
 class MetricsSource(Protocol):
@@ -101,6 +103,10 @@ class MetricsSource(Protocol):
 
     def health(self) -> str:
         """Why the daemon is unhealthy, or "" when it is healthy."""
+        ...
+
+    def control(self) -> Mapping[str, Any]:
+        """The control plane's counts: requests, refused (reason -> count), reloads, reload_failures."""
         ...
 
 
@@ -302,6 +308,23 @@ class DatapathCollector:
         for label in OFFLOAD_LABELS:
             offload.add_metric([tap, label], int(state[label]))
         yield offload
+
+        ctl = src.control()
+        yield _counter(
+            "ovl_dp_control_requests", "Control-socket requests answered", ["tap"], [([tap], ctl["requests"])]
+        )
+        refused = dict(ctl["refused"])
+        yield _counter(
+            "ovl_dp_control_refused",
+            "Control-socket clients refused, by reason (not privileged, too long, malformed, cut short, idle, "
+            "too many clients)",
+            ["tap", "reason"],
+            [([tap, reason], refused.get(reason, 0)) for reason in sorted({*CONTROL_REFUSALS, *refused})],
+        )
+        yield _counter("ovl_dp_reloads", "Reloads applied (ovl-dp reload, SIGHUP)", ["tap"], [([tap], ctl["reloads"])])
+        yield _counter(
+            "ovl_dp_reload_failures", "Reloads refused or failed", ["tap"], [([tap], ctl["reload_failures"])]
+        )
 
         watch = getattr(src, "watch_counters", None)  # optional: sources without a link watcher lack it
         if callable(watch):

@@ -80,17 +80,20 @@ class Service:
     def show(self) -> dict[str, object]:
         """Counters, as `ovl-dp show` prints them."""
         e = self.engine
-        control = {
+        shown: dict[str, object] = {"tap": e.tap.name, "mode": e.cfg.tunnel.mode, **e.snapshot().as_dict()}
+        shown["control"] = self.control()
+        if self.watch_report is not None:
+            shown["watch"] = dict(self.watch_report())
+        return shown
+
+    def control(self) -> dict[str, Any]:
+        """The control plane's counts: requests answered, clients refused by reason, reloads and failed ones."""
+        return {
             "requests": self.ctl_stats.requests,
             "refused": dict(self.ctl_stats.refused),
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
         }
-        shown: dict[str, object] = {"tap": e.tap.name, "mode": e.cfg.tunnel.mode, **e.snapshot().as_dict()}
-        shown["control"] = control
-        if self.watch_report is not None:
-            shown["watch"] = dict(self.watch_report())
-        return shown
 
     # -- remotes -------------------------------------------------------------------------------
 

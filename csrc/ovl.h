@@ -66,7 +66,8 @@ enum ovl_drop {
     OVL_DROP_RX_BAD_SRC_MAC = 12,
     OVL_DROP_RX_TAP_ERROR = 13,
     OVL_DROP_TX_BAD_OFFLOAD = 14, /* virtio header or GSO super-frame we cannot handle */
-    OVL_DROP_COUNT = 15 /* size of the drops array; index 0 is unused */
+    OVL_DROP_TX_FULL = 15,        /* the underlay send buffer or device queue was full (EAGAIN, ENOBUFS) */
+    OVL_DROP_COUNT = 16 /* size of the drops array; index 0 is unused */
 };
 
 /* Outcome of ovl_fdb_learn: the values of datapath.fdb.Learn. */

@@ -29,6 +29,7 @@ packets, counters and FDB.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -216,11 +217,18 @@ class PyForwarder:
         return len(frames)
 
     def _send(self, packets: list[tuple[int, bytes, int]], send_sock: socket.socket) -> None:
-        for remote, pkt, inner_len in packets:
+        # As the C path: never wait for the underlay. A full send buffer is the socket's, so
+        # the rest of the batch goes with the packet that found it full; ENOBUFS (a full
+        # device queue) drops that packet only.
+        for i, (remote, pkt, inner_len) in enumerate(packets):
             try:
-                send_sock.sendto(pkt, (self._addr_of(remote), 0))
-            except OSError:
-                self._drop(Drop.TX_ERROR)
+                send_sock.sendto(pkt, socket.MSG_DONTWAIT, (self._addr_of(remote), 0))
+            except BlockingIOError:
+                for _ in packets[i:]:
+                    self._drop(Drop.TX_FULL)
+                return
+            except OSError as exc:
+                self._drop(Drop.TX_FULL if exc.errno == errno.ENOBUFS else Drop.TX_ERROR)
                 continue
             ctr = self._remote_ctr[remote]
             ctr["tx_packets"] += 1
