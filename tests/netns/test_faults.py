@@ -101,12 +101,19 @@ def build(bridge: str, mode: str) -> Lab:
     return lab
 
 
-@pytest.mark.parametrize("bridge", BRIDGES)
-@pytest.mark.parametrize("mode", MODES)
-def test_deleted_tap_is_recreated_and_plugged_back(bridge: str, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("bridge", "mode", "path"),
+    [
+        *[("linux", m, "fast") for m in MODES],
+        *[pytest.param("ovs", m, "fast", marks=needs_ovs) for m in MODES],
+        ("linux", "vxlan", "python"),
+    ],
+)  # fmt: skip
+def test_deleted_tap_is_recreated_and_plugged_back(bridge: str, mode: str, path: str) -> None:
     tap = f"ovl-{mode}"
+    extra = ("--no-fast-path",) if path == "python" else ()
     with build(bridge, mode) as lab:
-        lab.start(1, "--mode", mode, "--remote", lab.underlay_ip(2), "--metrics", str(METRICS_PORT))
+        lab.start(1, "--mode", mode, "--remote", lab.underlay_ip(2), "--metrics", str(METRICS_PORT), *extra)
         lab.start(2, "--mode", mode, "--remote", lab.underlay_ip(1))
         assert lab.ping(1, 2, count=3)["loss"] == 0
         before = link_json(lab, 1, tap)
@@ -117,7 +124,7 @@ def test_deleted_tap_is_recreated_and_plugged_back(bridge: str, mode: str) -> No
         clock.wait_reply_after(t0 + 0.5)
         gap, missing = clock.stop()
         took = re.search(r"re-created it .* in (\d+) ms", lab.daemons[1].output())
-        report(f"TAP deleted ({bridge}, {mode})", gap, missing,
+        report(f"TAP deleted ({bridge}, {mode}, {path} path)", gap, missing,
                f"; the daemon logged the TAP back {took.group(1) if took else '?'} ms after noticing")  # fmt: skip
         after = link_json(lab, 1, tap)
         for key in ("address", "mtu"):
