@@ -5,6 +5,14 @@ Open vSwitch: the TAP is added as a port (``--may-exist``: idempotent),
 a trunk unless a tag makes it an access port; it is deleted again on exit,
 and re-added while ovl-dp runs if the port disappears or ovs-vswitchd comes
 back without it (see :meth:`Bridge.keep_attached`).
+
+A port row of our TAP's name that is there before our TAP exists (a previous
+ovl-dp killed with SIGKILL, or our TAP deleted and re-created) is stale:
+ovs-vswitchd keeps its handle on the deleted device ("error receiving Ethernet
+packet on ovl-vxlan: Network is down") even though the row's ``ifindex`` column
+follows the new device, and ``--may-exist add-port`` changes nothing. Such a
+row is deleted and the port added again, in two transactions
+(:meth:`Bridge.replace_port`); then OVS opens the new device.
 """
 
 from __future__ import annotations
@@ -64,11 +72,34 @@ class Bridge:
     tag: int | None = None
 
     def attach(self, tap: str) -> None:
-        """Make tap a port of the bridge."""
+        """Make tap (just created) a port of the bridge; on OVS a row left from before it is replaced."""
         if self.kind == "linux":
             _attach_linux(self.name, tap)
         elif self.kind == "ovs":
-            self._ovs_add(tap)
+            if self._ovs_has_row(tap):
+                log.info(
+                    "Open vSwitch still has a port %s from before (a previous ovl-dp that did not exit cleanly?): "
+                    "replacing it so that OVS opens the new TAP", tap,
+                    extra={"event": "ovs_stale_port", "port": tap},
+                )  # fmt: skip
+                self.replace_port(tap)
+            else:
+                self._ovs_add(tap)
+
+    def _ovs_has_row(self, tap: str) -> bool:
+        try:
+            return bool(ovs.vsctl(self.ovsdb, "--if-exists", "get", "interface", tap, "name").strip())
+        except ovs.OvsError as exc:
+            raise SetupError(f"cannot read port {tap} of Open vSwitch bridge {self.name}: {exc}") from None
+
+    def replace_port(self, tap: str) -> None:
+        """OVS: delete tap's port (wherever it is) and add it again, in two transactions, so that
+        ovs-vswitchd closes its handle on the old device and opens the one now named tap."""
+        try:
+            ovs.vsctl(self.ovsdb, "--if-exists", "del-port", tap)
+        except ovs.OvsError as exc:
+            raise SetupError(f"cannot remove the stale port {tap} from Open vSwitch: {exc}") from None
+        self._ovs_add(tap)
 
     def _ovs_add(self, tap: str) -> None:
         args = ["--may-exist", "add-port", self.name, tap]
@@ -176,6 +207,16 @@ def linux_attachment_problem(bridge: str, tap: str) -> str:
     return ""
 
 
+def linux_port_state(bridge: str, tap: str) -> tuple[int | None, int | None, int]:
+    """(bridge's ifindex or None, tap's ifindex or None, tap's master ifindex or 0); NetlinkError/OSError
+    if it cannot be read. Not on a running asyncio loop (pyroute2's IPRoute runs a loop of its own)."""
+    with IPRoute() as ipr:
+        br = ipr.link_lookup(ifname=bridge)
+        port = ipr.link_lookup(ifname=tap)
+        master = ipr.get_links(port[0])[0].get_attr("IFLA_MASTER") if port else None
+    return (br[0] if br else None), (port[0] if port else None), int(master or 0)
+
+
 def _attach_linux(bridge: str, tap: str) -> None:
     with IPRoute() as ipr:
         try:
@@ -183,6 +224,8 @@ def _attach_linux(bridge: str, tap: str) -> None:
             port = ipr.link_lookup(ifname=tap)
             if not br:
                 raise SetupError(f"bridge {bridge} disappeared before the TAP could be attached")
+            if not port:
+                raise SetupError(f"TAP {tap} disappeared before it could be attached to bridge {bridge}")
             ipr.link("set", index=port[0], master=br[0])
         except NetlinkError as exc:
             raise SetupError(f"cannot attach {tap} to bridge {bridge}: {exc}") from None

@@ -11,15 +11,19 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import uvloop
 
 from control import bridge, config, ctl, logs, metrics, notify, takeover
 from control.config import ConfigSource
 from control.ctl import CtlError
+from control.keeper import Keeper
+from control.paths import PathKeeper
 from control.procs import sigterm_raises_interrupt
 from control.report import format_counters, format_fdb
 from control.service import Service
+from control.watch import Watcher
 from datapath.config import Config
 from datapath.counters import Snapshot
 from datapath.engine import Engine
@@ -106,6 +110,7 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
             coalesce = cfg.offload.coalesce and engine.tap.vnet_hdr_len > 0
             log.info("received TCP segments coalesced into super-frames: %s", "yes" if coalesce else "no")
         loop = uvloop.new_event_loop()
+        loop.set_exception_handler(logs.LoopErrors(log))  # never a traceback from the loop in the log
         try:
             service = Service(engine, source, br.kind, user_cfg)
             loop.run_until_complete(_serve(loop, engine, br, service, http, metrics_at, offer, listening, out))
@@ -223,16 +228,38 @@ async def _serve(
     loop.add_signal_handler(signal.SIGUSR1, dump)
     loop.add_signal_handler(signal.SIGUSR2, spawn)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    fatal: list[str] = []
+
+    def die(message: str) -> None:  # the TAP cannot be had back: end, so that a supervisor restarts us
+        log.error("%s; exiting", message, extra={"event": "fatal"})
+        fatal.append(message)
+        stop.set()
+
+    keeper = Keeper(engine, br, die)
+    try:
+        watcher = Watcher()
+    except OSError as exc:
+        server.close()
+        raise SetupError(f"cannot listen to rtnetlink events: {exc}") from None
+    paths = PathKeeper(engine, service.user_cfg)
+    watcher.add(keeper.on_event)
+    watcher.add(paths.on_event)
     engine.start(loop)
     if offer is not None:
         try:
             await _confirm(loop, engine, service, offer, out)
         except BaseException:
+            watcher.close()
             server.close()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             raise
-    source = MetricsAdapter(engine, br, loop)
+    watcher.start(loop)
+    keeper.start(loop)
+    paths.start(loop)
+    source = MetricsAdapter(engine, br, loop, service)
+    source.keeper, source.paths, source.watcher = keeper, paths, watcher
+    service.watch_report = source.watch_report
     source.heartbeat.start(loop)
     watch = asyncio.create_task(br.keep_attached(engine.tap.name, report=source.ovs_report))
     if http is not None:
@@ -262,12 +289,17 @@ async def _serve(
         if http is not None:
             http.close()
         source.heartbeat.stop()
+        watcher.close()
+        paths.stop()
+        await keeper.stop()
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch
         server.close()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+    if fatal:
+        raise SetupError(fatal[0])
 
 
 async def _confirm(
@@ -302,13 +334,19 @@ async def _confirm(
 class MetricsAdapter:
     """The daemon's metrics.MetricsSource: the engine read on its loop, the bridge attachment, a loop heartbeat."""
 
-    def __init__(self, engine: Engine, br: bridge.Bridge, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, engine: Engine, br: bridge.Bridge, loop: asyncio.AbstractEventLoop, service: Service | None = None
+    ) -> None:
         self.tap = engine.tap.name
+        self._service = service
         self.heartbeat = metrics.Heartbeat()
         self._engine = engine
         self._bridge = br
         self._loop = loop
         self._ovs_problem = ""
+        self.keeper: Keeper | None = None  # set once the daemon watches links
+        self.paths: PathKeeper | None = None
+        self.watcher: Watcher | None = None
         cfg = engine.cfg
         self._info = {
             "version": metrics.package_version(),
@@ -350,6 +388,27 @@ class MetricsAdapter:
         """Fixed once the engine runs."""
         return self._offloads
 
+    def control(self) -> Mapping[str, Any]:
+        """The control plane's counts, read on the loop (none without a service)."""
+        if self._service is None:
+            return {"requests": 0, "refused": {}, "reloads": 0, "reload_failures": 0}
+        return metrics.on_loop(self._loop, self._service.control)
+
+    def watch_counters(self) -> Mapping[str, int]:
+        """What the link watcher repaired: tap_recreated, tap_reattached, bridge_lost, local_changes,
+        mtu_changes, netlink_resyncs."""
+        counts = dict(self.keeper.counters()) if self.keeper is not None else {}
+        if self.paths is not None:
+            counts.update(self.paths.counters())
+        if self.watcher is not None:
+            counts["netlink_resyncs"] = self.watcher.resyncs
+        return counts
+
+    def watch_report(self) -> dict[str, object]:
+        """watch_counters, and problem: what is wrong with the TAP, its bridge or the paths ("" = nothing)."""
+        problems = [p.problem for p in (self.keeper, self.paths) if p is not None and p.problem]
+        return {**self.watch_counters(), "problem": "; ".join(problems)}
+
     def ovs_report(self, problem: str) -> None:
         """The OVS port watcher's latest finding ("" = the port is there and usable)."""
         self._ovs_problem = problem
@@ -359,6 +418,10 @@ class MetricsAdapter:
         stalled = self.heartbeat.problem()
         if stalled:
             return stalled
+        if self.keeper is not None and self.keeper.problem:
+            return self.keeper.problem
+        if self.paths is not None and self.paths.problem:
+            return self.paths.problem
         if self._bridge.kind == "linux":
             return bridge.linux_attachment_problem(self._bridge.name, self.tap)
         if self._bridge.kind == "ovs":

@@ -9,10 +9,13 @@ newlines, so a multi-line message stays one line.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 FORMATS = ("text", "json")
@@ -95,3 +98,37 @@ def setup(verbose: bool = False, fmt: str = "text", stream: TextIO | None = None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+class LoopErrors:
+    """An asyncio exception handler for the daemon's loop: one log line per kind of error, no traceback.
+
+    Whatever reaches the loop's handler (an accept that failed with EMFILE under a connection
+    flood, a callback that raised) is logged as one warning naming the error, then counted
+    quietly for ``interval`` seconds, so that a hostile client cannot fill the log; the
+    daemon carries on. ``count`` is how many reached it.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.count = 0
+        self._log = logger
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The handler (loop.set_exception_handler(LoopErrors(log)))."""
+        self.count += 1
+        exc = context.get("exception")
+        what = str(context.get("message") or "error on the event loop")
+        detail = f"{type(exc).__name__}: {exc}" if exc is not None else ""
+        key = f"{what}|{type(exc).__name__ if exc is not None else ''}"
+        now = self._clock()
+        if now - self._last.get(key, -self._interval) < self._interval:
+            self._quiet[key] = self._quiet.get(key, 0) + 1
+            return
+        self._last[key] = now
+        quiet = self._quiet.pop(key, 0)
+        more = f" ({quiet} more like it not logged)" if quiet else ""
+        self._log.warning("%s%s%s", what, f": {detail}" if detail else "", more)

@@ -68,6 +68,8 @@ class OffloadState:
 
 
 TUN_OFFLOADS = ("csum", "tso4", "tso6", "tso_ecn")
+# The refusal reasons of control.ctl, exported at 0 before the first one happens.
+CONTROL_REFUSALS = ("not privileged", "too many clients", "idle", "too long", "cut short", "malformed")
 
 
 class MetricsSource(Protocol):
@@ -101,6 +103,10 @@ class MetricsSource(Protocol):
 
     def health(self) -> str:
         """Why the daemon is unhealthy, or "" when it is healthy."""
+        ...
+
+    def control(self) -> Mapping[str, Any]:
+        """The control plane's counts: requests, refused (reason -> count), reloads, reload_failures."""
         ...
 
 
@@ -201,6 +207,15 @@ FDB_METRICS: dict[str, tuple[str, str]] = {
     "refused_full": ("ovl_dp_fdb_refused_full", "Learns refused because the FDB was full (the frame is delivered)"),
     "aged": ("ovl_dp_fdb_aged", "Learned entries expired"),
 }
+# What the daemon's link watcher repaired (an optional watch_counters() of the source): key -> (name, help).
+WATCH_METRICS: dict[str, tuple[str, str]] = {
+    "tap_recreated": ("ovl_dp_tap_recreated", "Times the TAP was re-created after its device was deleted"),
+    "tap_reattached": ("ovl_dp_tap_reattached", "Times the TAP was plugged back into its Linux bridge"),
+    "bridge_lost": ("ovl_dp_bridge_lost", "Times the Linux bridge of the TAP disappeared"),
+    "local_changes": ("ovl_dp_local_changes", "Times a remote's local address changed with the underlay"),
+    "mtu_changes": ("ovl_dp_tap_mtu_changes", "Times the automatic TAP MTU followed the underlay MTU"),
+    "netlink_resyncs": ("ovl_dp_netlink_resyncs", "Times rtnetlink events were lost (ENOBUFS) and the state re-read"),
+}
 REMOTE_METRICS: dict[str, tuple[str, str]] = {
     "tx_packets": ("ovl_dp_remote_tx_packets", "Packets sent to the remote"),
     "tx_bytes": ("ovl_dp_remote_tx_bytes", "Bytes of inner frames sent to the remote"),
@@ -293,6 +308,30 @@ class DatapathCollector:
         for label in OFFLOAD_LABELS:
             offload.add_metric([tap, label], int(state[label]))
         yield offload
+
+        ctl = src.control()
+        yield _counter(
+            "ovl_dp_control_requests", "Control-socket requests answered", ["tap"], [([tap], ctl["requests"])]
+        )
+        refused = dict(ctl["refused"])
+        yield _counter(
+            "ovl_dp_control_refused",
+            "Control-socket clients refused, by reason (not privileged, too long, malformed, cut short, idle, "
+            "too many clients)",
+            ["tap", "reason"],
+            [([tap, reason], refused.get(reason, 0)) for reason in sorted({*CONTROL_REFUSALS, *refused})],
+        )
+        yield _counter("ovl_dp_reloads", "Reloads applied (ovl-dp reload, SIGHUP)", ["tap"], [([tap], ctl["reloads"])])
+        yield _counter(
+            "ovl_dp_reload_failures", "Reloads refused or failed", ["tap"], [([tap], ctl["reload_failures"])]
+        )
+
+        watch = getattr(src, "watch_counters", None)  # optional: sources without a link watcher lack it
+        if callable(watch):
+            counts = watch()
+            for key, (name, text) in WATCH_METRICS.items():
+                if key in counts:
+                    yield _counter(name, text, ["tap"], [([tap], counts[key])])
 
 
 def _counter(name: str, text: str, labels: list[str], samples: list[tuple[list[str], Any]]) -> CounterMetricFamily:

@@ -18,6 +18,10 @@ def format_counters(snap: Mapping[str, Any]) -> str:
     for r in snap["remotes"]:
         fields = "  ".join(f"{k}={v}" for k, v in r.items() if k != "remote")
         lines.append(f"remote {r['remote']:<15} {fields}")
+    watch = snap.get("watch")
+    if watch:
+        lines.append("watch:    " + "  ".join(f"{k}={v}" for k, v in watch.items() if k != "problem"))
+        lines.append(f"problem:  {watch.get('problem') or 'none'}")
     return "\n".join(lines)
 
 

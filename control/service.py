@@ -59,6 +59,8 @@ class Service:
         self.ctl_stats = CtlStats()  # what the control socket counted (shown by `ovl-dp show`)
         self.giver: Any = None  # the daemon's control.takeover.Giver: no changes while it hands over
         self.takeover: dict[str, object] = {}  # set when this daemon took over from another (shown by show)
+        # The link watcher's counters and current problem (shown by `ovl-dp show`), once the daemon runs it.
+        self.watch_report: Callable[[], Mapping[str, object]] | None = None
         self._handlers: dict[str, Callable[[Mapping[str, Any]], object]] = {
             "show": lambda a: self.show(),
             "fdb": self._fdb,
@@ -84,21 +86,27 @@ class Service:
     def show(self) -> dict[str, object]:
         """Counters, as `ovl-dp show` prints them."""
         e = self.engine
-        control = {
+        shown: dict[str, object] = {"tap": e.tap.name, "mode": e.cfg.tunnel.mode, "pid": os.getpid()}
+        shown.update(e.snapshot().as_dict())
+        shown["control"] = self.control()
+        if self.watch_report is not None:
+            shown["watch"] = dict(self.watch_report())
+        if self.takeover:
+            shown["takeover"] = self.takeover
+        return shown
+
+    def control(self) -> dict[str, Any]:
+        """The control plane's counts: requests answered, clients refused by reason, reloads and failed ones."""
+        counts: dict[str, Any] = {
             "requests": self.ctl_stats.requests,
             "refused": dict(self.ctl_stats.refused),
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
         }
         if self.giver is not None:
-            control["takeovers_refused"] = self.giver.stats.refused
-            control["takeovers_abandoned"] = self.giver.stats.abandoned
-        shown: dict[str, object] = {"tap": e.tap.name, "mode": e.cfg.tunnel.mode, "pid": os.getpid()}
-        shown.update(e.snapshot().as_dict())
-        shown["control"] = control
-        if self.takeover:
-            shown["takeover"] = self.takeover
-        return shown
+            counts["takeovers_refused"] = self.giver.stats.refused
+            counts["takeovers_abandoned"] = self.giver.stats.abandoned
+        return counts
 
     # -- remotes -------------------------------------------------------------------------------
 

@@ -93,6 +93,10 @@ int io_grow_tx(struct ovl_dp *dp, uint32_t slots) {
 
 static int again(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
+/* Sends never wait (MSG_DONTWAIT): a full socket buffer (EAGAIN) or device queue (ENOBUFS)
+ * is back-pressure, counted as tx_full; anything else the kernel refuses is tx_error. */
+static int send_drop_reason(int err) { return again(err) || err == ENOBUFS ? OVL_DROP_TX_FULL : OVL_DROP_TX_ERROR; }
+
 /* ---- TAP -> underlay ---- */
 
 /* Read up to a batch from the (non-blocking) TAP into tx_buf: the TX ring (plain TAP), or
@@ -174,15 +178,16 @@ static uint32_t send_gso_run(struct ovl_dp *dp, uint32_t m, uint32_t k) {
     }
     ssize_t w;
     do
-        w = sendmsg(dp->gso_fd[fd_i], &msg, 0);
+        w = sendmsg(dp->gso_fd[fd_i], &msg, MSG_DONTWAIT);
     while (w < 0 && errno == EINTR);
     if (w < 0 && errno == EIO && j - m > 1) { /* the egress device cannot: plain sends from now on */
         dp->gso_off = 1;
         return 0;
     }
+    int reason = w < 0 ? send_drop_reason(errno) : 0;
     for (uint32_t x = m; x < j; x++) {
         if (w < 0)
-            count_drop(dp, OVL_DROP_TX_ERROR);
+            count_drop(dp, reason);
         else
             sent(dp, &dp->tx_out[x]);
     }
@@ -223,13 +228,19 @@ void io_send(struct ovl_dp *dp, uint32_t k, int send_fd) {
     }
     /* sendmmsg stops at the first failing message and reports the messages
      * before it; the next call then returns that message's error. Count it
-     * and go on with the one after. */
+     * and go on with the one after; a full send buffer (EAGAIN) is the whole
+     * socket's, so the rest of the batch is dropped with it rather than tried
+     * one by one. */
     for (uint32_t m = 0; m < k;) {
-        int n = sendmmsg(send_fd, &io->tx_msg[m], k - m, 0);
+        int n = sendmmsg(send_fd, &io->tx_msg[m], k - m, MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            count_drop(dp, OVL_DROP_TX_ERROR);
+            if (again(errno)) {
+                dp->drops[OVL_DROP_TX_FULL] += k - m;
+                break;
+            }
+            count_drop(dp, send_drop_reason(errno));
             m++;
             continue;
         }

@@ -66,7 +66,8 @@ enum ovl_drop {
     OVL_DROP_RX_BAD_SRC_MAC = 12,
     OVL_DROP_RX_TAP_ERROR = 13,
     OVL_DROP_TX_BAD_OFFLOAD = 14, /* virtio header or GSO super-frame we cannot handle */
-    OVL_DROP_COUNT = 15 /* size of the drops array; index 0 is unused */
+    OVL_DROP_TX_FULL = 15,        /* the underlay send buffer or device queue was full (EAGAIN, ENOBUFS) */
+    OVL_DROP_COUNT = 16 /* size of the drops array; index 0 is unused */
 };
 
 /* Outcome of ovl_fdb_learn: the values of datapath.fdb.Learn. */
@@ -242,6 +243,10 @@ int ovl_dp_add_remote(struct ovl_dp *dp, const uint8_t *addr, const uint8_t *loc
  * FDB entry behind it (learned and static) purged. Returns the number of entries purged, or -1 for a
  * free slot. Other remotes keep their slots. */
 int ovl_dp_remove_remote(struct ovl_dp *dp, uint32_t r);
+/* Change the local address we send to the remote in slot r from (4 bytes, network order; the
+ * underlay's address changed): its outer header is rebuilt, its counters, last receive and FDB
+ * entries stay. Returns 0, or -1 for a free slot. */
+int ovl_dp_set_remote_local(struct ovl_dp *dp, uint32_t r, const uint8_t *local);
 /* The remotes in use, in slot order, up to cap of them, as parallel arrays: slot, address and local
  * address (4 bytes each, network order), and the now of the last batch that received a packet from
  * it (delivered, not dropped) with seen = 1, or seen = 0 if none yet. Returns how many. */

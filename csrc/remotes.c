@@ -108,6 +108,15 @@ int ovl_dp_remove_remote(struct ovl_dp *dp, uint32_t r) {
     return (int)ovl_fdb_flush(dp->fdb, (int32_t)r);
 }
 
+int ovl_dp_set_remote_local(struct ovl_dp *dp, uint32_t r, const uint8_t *local) {
+    struct ovl_config *c = &dp->cfg;
+    if (r >= c->n_remotes || !c->remote_used[r])
+        return -1;
+    memcpy(&c->remote_local[r], local, 4);
+    outer_template(c, r, &dp->outer[r]);
+    return 0;
+}
+
 uint32_t ovl_dp_remotes(const struct ovl_dp *dp, uint32_t *slots, uint8_t *addrs, uint8_t *locals, double *last_rx,
                         uint8_t *seen, uint32_t cap) {
     const struct ovl_config *c = &dp->cfg;

@@ -28,6 +28,7 @@ class Drop(IntEnum):
     RX_BAD_SRC_MAC = 12  # inner source MAC is multicast or zero
     RX_TAP_ERROR = 13  # writing the inner frame to the TAP failed
     TX_BAD_OFFLOAD = 14  # frame from the TAP with a virtio header or GSO super-frame we cannot handle
+    TX_FULL = 15  # the underlay socket's send buffer or device queue was full: dropped, never waited for
 
 
 # Per-remote counters, in the order of enum ovl_remote_stat.

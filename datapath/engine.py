@@ -22,6 +22,11 @@ At run time the control plane changes the remotes (:meth:`Engine.add_remote`,
 batches, so no frame to another remote is lost; the set may become empty (floods
 then go nowhere and tunnel packets are dropped as ``rx_not_remote``).
 
+What the host changes under it, the control plane follows with
+:meth:`Engine.set_remote_local` (the underlay's address moved), :meth:`Engine.set_tap_mtu`
+(the underlay MTU moved) and :meth:`Engine.replace_tap` (the TAP was deleted: a read
+that says so unregisters the dead fd and calls ``on_tap_lost`` once).
+
 A takeover (``ovl-dp run --takeover``, control/takeover.py) builds an engine on
 the fds of a running one (:class:`Inherited`: the TAP and the sockets, checked
 against the configuration before use) instead of opening its own, and loads the
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -42,7 +48,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from datapath.config import MAP_VLAN_MAX, MAX_REMOTES, Config, ConfigError, FdbConfig, Remote, check_address
+from datapath.config import MAP_VLAN_MAX, MAX_REMOTES, MIN_MTU, Config, ConfigError, FdbConfig, Remote, check_address
 from datapath.counters import REMOTE_FIELDS, Snapshot
 from datapath.errors import SetupError
 from datapath.ether import ETH_ALEN, format_mac
@@ -55,6 +61,8 @@ log = logging.getLogger("ovl-dp")
 
 AGEING_SWEEP_INTERVAL = 1.0
 ERROR_LOG_INTERVAL = 10.0
+# A read of the TAP failing with one of these: the device is gone (deleted under us), not a passing error.
+TAP_GONE_ERRNOS = frozenset({errno.EBADFD, errno.ENODEV, errno.EIO, errno.ENXIO})
 
 
 @dataclass
@@ -111,6 +119,10 @@ class Engine:
         log.info("tap %s: %s", self.tap.name, self.tap.describe())
         log.info("underlay offloads: %s", self.describe_underlay())
         self.io_errors = 0
+        self.tap_recreated = 0  # times replace_tap() opened the TAP again
+        # Called (once per TAP) when a read says the device is gone; its reader is unregistered first.
+        self.on_tap_lost: Callable[[OSError], None] | None = None
+        self._tap_lost = False
         self._last_error_log = -ERROR_LOG_INTERVAL
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -219,7 +231,46 @@ class Engine:
         try:
             self.forwarder.from_tap(self.tap.fileno(), self.send_sock)
         except OSError as exc:
-            self._io_error("reading the TAP", exc)
+            if exc.errno in TAP_GONE_ERRNOS and self.on_tap_lost is not None:
+                self._lose_tap(exc)
+            else:
+                self._io_error("reading the TAP", exc)
+
+    def _lose_tap(self, exc: OSError) -> None:
+        # The fd stays readable (EPOLLERR) for ever: stop reading it, and tell the control plane once.
+        self.io_errors += 1
+        if self._loop is not None:
+            self._loop.remove_reader(self.tap.fileno())
+        if not self._tap_lost:
+            self._tap_lost = True
+            assert self.on_tap_lost is not None
+            self.on_tap_lost(exc)
+
+    def replace_tap(self) -> None:
+        """Close the TAP and open it again: same name, MAC, MTU, virtio header and offloads.
+
+        For a TAP whose device went away (deleted under the daemon). The new fd is registered
+        with the loop if the engine runs; the FDB, remotes and counters stay. SetupError if it
+        cannot be opened (the name taken by another kind of device, no /dev/net/tun), or if the
+        kernel now refuses the virtio header or offloads the forwarder was built for; the
+        engine then has no usable TAP and the daemon must end.
+        """
+        old = self.tap
+        if self._loop is not None and old.fileno() >= 0:
+            self._loop.remove_reader(old.fileno())
+        old.close()
+        new = Tap(old.name, old.mac, old.mtu, offloads=self.fast and self.cfg.offload.tap)
+        if (new.vnet_hdr_len, new.offloads) != (old.vnet_hdr_len, old.offloads):
+            new.close()
+            raise SetupError(
+                f"TAP {old.name} re-opened without what the datapath was built for ({old.describe()}); "
+                f"the kernel now gives: {new.describe()}"
+            )
+        self.tap = new
+        self.tap_recreated += 1
+        self._tap_lost = False
+        if self._loop is not None:
+            self._loop.add_reader(new.fileno(), self._on_tap)
 
     def _on_tunnel(self) -> None:
         try:
@@ -247,7 +298,8 @@ class Engine:
         here); what is still queued in the kernel is left to whoever else reads the fds.
         """
         if self._loop is not None:
-            self._loop.remove_reader(self.tap.fileno())
+            if self.tap.fileno() >= 0:  # -1: closed by a replace_tap that failed
+                self._loop.remove_reader(self.tap.fileno())
             self._loop.remove_reader(self.recv_sock.fileno())
             if self._sweeper is not None:
                 self._sweeper.cancel()
@@ -353,6 +405,21 @@ class Engine:
         purged = self.forwarder.remove_remote(slot)
         log.info("remote %s removed (%d FDB entries purged)", addr, purged)
         return purged
+
+    def set_remote_local(self, addr: str, local: str) -> None:
+        """Send to remote addr from local from now on (the underlay's address or route changed); its
+        FDB entries, counters and last receive stay. KeyError for an address that is not a remote."""
+        self.forwarder.set_remote_local(self._slot(addr), check_address("tunnel.local", local))
+
+    def set_tap_mtu(self, mtu: int) -> None:
+        """Give the TAP another MTU (the underlay's changed and the TAP's was derived from it).
+
+        Not above the MTU the engine started with: the datapath's buffers are sized for that
+        (ValueError); SetupError if the kernel refuses it.
+        """
+        if not MIN_MTU <= mtu <= self.cfg.tap_mtu:
+            raise ValueError(f"TAP MTU {mtu} outside {MIN_MTU}..{self.cfg.tap_mtu} (the MTU it started with)")
+        self.tap.set_mtu(mtu)
 
     def remote_rows(self) -> list[dict[str, object]]:
         """Per current remote, in slot order: remote, local, the per-remote counters, and

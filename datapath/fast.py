@@ -393,6 +393,12 @@ class FastForwarder:
         self._remotes_changed()
         return n
 
+    def set_remote_local(self, slot: int, local: str) -> None:
+        """Send to the remote in slot from local from now on; FDB entries and counters stay (KeyError: a free slot)."""
+        in_range = 0 <= slot < lib.OVL_MAX_REMOTES
+        if not in_range or lib.ovl_dp_set_remote_local(self._dp, slot, socket.inet_aton(local)) != 0:
+            raise KeyError(f"no remote in slot {slot}")
+
     def remotes(self) -> list[tuple[int, Remote, float | None]]:
         """The remotes in use, in slot order: (slot, remote, clock at its last delivered packet or None)."""
         cap = lib.OVL_MAX_REMOTES

@@ -92,6 +92,11 @@ class Forwarder(Protocol):
         """Remove the remote in slot and purge the FDB entries behind it; how many (KeyError: a free slot)."""
         ...
 
+    def set_remote_local(self, slot: int, local: str) -> None:
+        """Send to the remote in slot from local (the underlay's address changed); its FDB entries and
+        counters stay. KeyError for a free slot."""
+        ...
+
     def remotes(self) -> list[tuple[int, Remote, float | None]]:
         """(slot, remote, clock at its last delivered packet or None) of the remotes in use, in slot order."""
         ...

@@ -29,6 +29,7 @@ packets, counters and FDB.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -106,6 +107,15 @@ class PyForwarder:
         self._slots[slot] = None
         del self._by_addr[remote.addr]
         return self.fdb.flush(slot)
+
+    def set_remote_local(self, slot: int, local: str) -> None:
+        """Send to the remote in slot from local from now on; FDB entries and counters stay (KeyError: a free slot)."""
+        remote = self._slots[slot] if 0 <= slot < len(self._slots) else None
+        if remote is None:
+            raise KeyError(f"no remote in slot {slot}")
+        moved = Remote(remote.addr, local)
+        self._slots[slot] = moved
+        self._ends[slot] = (moved.local_bytes, moved.addr_bytes)
 
     def remotes(self) -> list[tuple[int, Remote, float | None]]:
         """The remotes in use, in slot order: (slot, remote, clock at its last delivered packet or None)."""
@@ -207,11 +217,18 @@ class PyForwarder:
         return len(frames)
 
     def _send(self, packets: list[tuple[int, bytes, int]], send_sock: socket.socket) -> None:
-        for remote, pkt, inner_len in packets:
+        # As the C path: never wait for the underlay. A full send buffer is the socket's, so
+        # the rest of the batch goes with the packet that found it full; ENOBUFS (a full
+        # device queue) drops that packet only.
+        for i, (remote, pkt, inner_len) in enumerate(packets):
             try:
-                send_sock.sendto(pkt, (self._addr_of(remote), 0))
-            except OSError:
-                self._drop(Drop.TX_ERROR)
+                send_sock.sendto(pkt, socket.MSG_DONTWAIT, (self._addr_of(remote), 0))
+            except BlockingIOError:
+                for _ in packets[i:]:
+                    self._drop(Drop.TX_FULL)
+                return
+            except OSError as exc:
+                self._drop(Drop.TX_FULL if exc.errno == errno.ENOBUFS else Drop.TX_ERROR)
                 continue
             ctr = self._remote_ctr[remote]
             ctr["tx_packets"] += 1

@@ -43,6 +43,7 @@ TUNGETVNETHDRSZ = 0x800454D7
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 SIOCGIFMTU = 0x8921
+SIOCSIFMTU = 0x8922
 SIOCGIFHWADDR = 0x8927
 IFREQ_SIZE = 40
 IFF_VNET_HDR = 0x4000
@@ -181,6 +182,19 @@ class Tap:
         if not self.vnet_hdr_len:
             return "plain TAP (no virtio header, no offloads)"
         return f"virtio header {self.vnet_hdr_len} bytes, offloads: {offload_names(self.offloads)}"
+
+    def set_mtu(self, mtu: int) -> None:
+        """Change the device's MTU (SIOCSIFMTU); SetupError if the kernel refuses it."""
+        try:
+            if self._dev is not None:
+                self._dev.mtu = mtu
+            else:  # an adopted TAP (a takeover): by name, as pytun does
+                req = struct.pack(f"{IFNAMSIZ}si", self.name.encode(), mtu).ljust(IFREQ_SIZE, b"\0")
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    fcntl.ioctl(sock.fileno(), SIOCSIFMTU, req)
+        except (pytun.Error, OSError) as exc:
+            raise SetupError(f"cannot set the MTU of TAP {self.name} to {mtu}: {exc}") from None
+        self.mtu = mtu
 
     def fileno(self) -> int:
         """The TAP's file descriptor (non-blocking)."""

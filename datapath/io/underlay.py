@@ -54,9 +54,13 @@ def _raw(proto: int, what: str) -> socket.socket:
 
 
 def open_send_socket() -> socket.socket:
-    """Raw IPv4 socket that sends packets whose IPv4 header we built."""
+    """Non-blocking raw IPv4 socket that sends packets whose IPv4 header we built.
+
+    Non-blocking: a full send buffer must never stall the loop (the datapath counts it as tx_full).
+    """
     sock = _raw(socket.IPPROTO_RAW, "")
     _grow_buffer(sock, socket.SO_SNDBUF)
+    sock.setblocking(False)
     return sock
 
 
@@ -116,6 +120,7 @@ def open_gso_sockets(bind: str, ttl: int, count: int = UDP_GSO_SOCKETS) -> list[
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
             _grow_buffer(sock, socket.SO_SNDBUF)
+            sock.setblocking(False)  # the C path sends with MSG_DONTWAIT anyway; never a stalled loop
             for port in range(SRC_PORT_MIN + i * span, SRC_PORT_MIN + (i + 1) * span):
                 try:
                     sock.bind((bind, port))

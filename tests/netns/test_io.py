@@ -15,6 +15,7 @@ import os
 import select
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -170,7 +171,7 @@ class Rig:
         return out
 
 
-def in_namespace(case: str, impl: str, body: Callable[[Rig, Forwarder], None]) -> None:
+def in_namespace(case: str, impl: str, body: Callable[[Rig, Forwarder], None], timeout: float = 60.0) -> None:
     def run() -> None:
         cfg = make_cfg(case)
         rig = Rig(cfg)
@@ -179,7 +180,7 @@ def in_namespace(case: str, impl: str, body: Callable[[Rig, Forwarder], None]) -
         finally:
             rig.close()
 
-    run_isolated(run)
+    run_isolated(run, timeout=timeout)
 
 
 params = pytest.mark.parametrize(("case", "impl"), [(c, i) for c in CASES for i in IMPLS])
@@ -355,3 +356,33 @@ def test_isolated_reports_child_failures() -> None:
 
     with pytest.raises(pytest.fail.Exception, match="boom from the child"):
         run_isolated(body)
+
+
+@params
+def test_a_full_send_buffer_is_a_counted_drop_never_a_wait(case: str, impl: str) -> None:
+    """Back-pressure: a send socket whose buffer stays full (a tiny buffer in front of an 8 kbit/s
+    qdisc) costs counted tx_full drops; the batch never waits, even on a blocking socket.
+
+    Waiting for that qdisc would take about a minute for these frames: the test's own timeout
+    (20 s) fails a datapath that blocks.
+    """
+    if impl == "fast" and not fast.available():
+        pytest.skip("C fast path not built")
+
+    def body(rig: Rig, fwd: Forwarder) -> None:
+        subprocess.run(
+            ["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "8kbit", "burst", "1600", "limit", "3000000"],
+            check=True,
+        )  # fmt: skip
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as slow:
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # blocking, as a careless caller's
+            frames = [frame(i, size=1400) for i in range(40)]
+            for chunk in (frames[:20], frames[20:]):
+                rig.inject(chunk)
+                assert sum(rig.pump_tap(fwd, len(chunk), send=slow)) == len(chunk)
+        snap = fwd.snapshot()
+        sent, full = snap.remotes[0]["tx_packets"], snap.drops["tx_full"]
+        assert snap.stats["tap_rx"] == 40 and snap.drops["tx_error"] == 0, snap
+        assert full > 0 and sent + full == 40, snap
+
+    in_namespace(case, impl, body, timeout=20.0)

@@ -258,6 +258,9 @@ def test_remote_slot_calls() -> None:
     for bad in (4, lib.OVL_MAX_REMOTES, 0xFFFFFFFF):
         assert lib.ovl_dp_remove_remote(dp, bad) == -1
     assert lib.ovl_dp_remove_remote(dp, 1) == 0 and lib.ovl_dp_remove_remote(dp, 1) == -1
+    for bad in (1, 4, lib.OVL_MAX_REMOTES, 0xFFFFFFFF):  # a free slot, beyond the table, beyond any table
+        assert lib.ovl_dp_set_remote_local(dp, bad, b"\x0a\0\0\x07") == -1
+    assert lib.ovl_dp_set_remote_local(dp, 2, b"\x0a\0\0\x07") == 0
     out = ffi.new("uint64_t[]", 64)
     assert lib.ovl_dp_counters(dp, lib.OVL_COUNTERS_REMOTES, out, 64) == 4 * len(REMOTE_FIELDS)
     assert lib.ovl_dp_remove_remote(dp, 3) == 0  # the highest: the table shrinks to the next in use
@@ -268,6 +271,7 @@ def test_remote_slot_calls() -> None:
     assert lib.ovl_dp_remotes(dp, slots, addrs, locals_, last, seen, 1) == 1  # at most cap
     assert lib.ovl_dp_remotes(dp, slots, addrs, locals_, last, seen, 4) == 2
     assert list(slots)[:2] == [0, 2] and bytes(ffi.buffer(addrs, 8)) == b"\x0a\0\0\2\x0a\0\2\2"
+    assert bytes(ffi.buffer(locals_, 8)) == b"\x0a\0\0\1\x0a\0\0\x07"  # slot 2's local changed
     assert list(seen)[:2] == [0, 0]
     assert lib.ovl_dp_add_remote(dp, b"\x0a\0\x09\2", b"\x0a\0\0\1") == 1  # the lowest free slot
     # A context made with no remote at all: floods to no one, and takes remotes later.

@@ -13,6 +13,8 @@ import itertools
 import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -306,3 +308,57 @@ def test_args_reach_the_handler() -> None:
     assert got == [{"mac": "02:00:00:00:00:01", "remote": "192.0.2.2", "op": "x"}]
     bad = with_server(tap, lambda: asyncio.to_thread(raw_exchange, tap, b'{"cmd": "fdb", "args": [1]}\n'))
     assert json.loads(bad) == {"ok": False, "error": 'bad request: "args" must be an object'}
+
+
+# In a child process (its fd limit is lowered): 20 clients wait in the listen backlog while
+# the server may open only 2 more fds; then the limit is restored and one more request is made.
+_FD_FLOOD = """
+import asyncio, json, logging, os, resource, socket, sys
+import uvloop
+from control import ctl, logs
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+tap = sys.argv[1]
+
+async def main():
+    server = await ctl.serve(tap, lambda cmd, args: {"cmd": cmd})
+    clients = []
+    for _ in range(20):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.setblocking(False)
+        c.connect(ctl.address(tap))
+        clients.append(c)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 2, hard))
+    await asyncio.sleep(1.5)
+    for c in clients:
+        c.close()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    await asyncio.sleep(1.5)  # asyncio retries accepting after a pause
+    print(json.dumps(await asyncio.to_thread(ctl.request, tap, "show")))
+    server.close()
+
+loop = uvloop.new_event_loop()
+errors = logs.LoopErrors(logging.getLogger("ovl-dp"))
+loop.set_exception_handler(errors)
+loop.run_until_complete(main())
+print(errors.count)
+"""
+
+
+def test_a_connection_flood_beyond_the_fd_limit_is_one_line_not_a_traceback() -> None:
+    """Accepting fails with EMFILE (libuv then sheds the pending connections): at most a line per kind
+    of error, no traceback, and the control socket serves again once fds are free."""
+    res = subprocess.run(
+        [sys.executable, "-c", _FD_FLOOD, unique_tap()],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    *_, answer, count = res.stdout.splitlines()
+    assert json.loads(answer) == {"cmd": "show"}
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) <= 3, res.stderr  # one per kind of error at most
+    print(f"loop errors: {count}; logged: {lines}")

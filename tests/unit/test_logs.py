@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import io
 import json
@@ -127,3 +128,34 @@ def test_version_falls_back_to_pyproject(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(cli.importlib.metadata, "version", missing)
     assert cli.version() == pyproject_version()
+
+
+def test_loop_errors_are_one_line_each_then_counted(logger: tuple[logging.Logger, io.StringIO]) -> None:
+    """What reaches the loop's exception handler: one warning per kind without a traceback, the same
+    kind again within the interval only counted, and said when it is next logged."""
+    log, out = logger
+    now = [100.0]
+    errors = logs.LoopErrors(log, interval=10.0, clock=lambda: now[0])
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(errors)
+
+    def boom() -> None:
+        raise OSError(24, "Too many open files")
+
+    try:
+        for _ in range(5):
+            loop.call_soon(boom)
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.call_exception_handler({"message": "socket.accept() out of system resource"})
+        now[0] += 11
+        loop.call_soon(boom)
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+    got = records(out)
+    assert errors.count == 7
+    assert [r["level"] for r in got] == ["warning"] * 3, got
+    assert all("exception" not in r for r in got), got
+    assert "OSError: [Errno 24] Too many open files" in str(got[0]["message"])
+    assert got[1]["message"] == "socket.accept() out of system resource"
+    assert str(got[2]["message"]).endswith("(4 more like it not logged)"), got[2]

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -44,6 +45,8 @@ class FakeSource:
         )  # fmt: skip
         self.problem = ""
         self.stalled = False
+        self.ctl: dict[str, Any] = {"requests": 12, "refused": {"idle": 3, "odd new reason": 1}, "reloads": 2,
+                                    "reload_failures": 1}  # fmt: skip
 
     def build_info(self) -> Mapping[str, str]:
         return {"version": "9.9.9", "mode": "vxlan", "path": "c", "bridge_type": "linux"}
@@ -62,6 +65,9 @@ class FakeSource:
 
     def health(self) -> str:
         return self.problem
+
+    def control(self) -> Mapping[str, Any]:
+        return self.ctl
 
 
 def families(source: FakeSource) -> dict[str, tuple[str, list[Sample]]]:
@@ -125,6 +131,18 @@ def test_offload_state_and_build_info() -> None:
     assert [s.name for s in samples] == ["ovl_dp_build_info"]
     assert samples[0].labels == {"tap": TAP, "version": "9.9.9", "mode": "vxlan", "path": "c", "bridge_type": "linux"}
     assert samples[0].value == 1
+
+
+def test_control_socket_and_reload_counts() -> None:
+    """Every refusal reason is exported (0 until it happens), and a reason the collector does not know too."""
+    fams = families(FakeSource())
+    assert value(fams["ovl_dp_control_requests"][1], tap=TAP) == 12
+    kind, samples = fams["ovl_dp_control_refused"]
+    assert kind == "counter"
+    refused = {s.labels["reason"]: s.value for s in samples}
+    assert refused == {**dict.fromkeys(metrics.CONTROL_REFUSALS, 0), "idle": 3, "odd new reason": 1}
+    assert value(fams["ovl_dp_reloads"][1], tap=TAP) == 2
+    assert value(fams["ovl_dp_reload_failures"][1], tap=TAP) == 1
 
 
 def test_rows_without_last_rx_age_and_new_counters() -> None:

@@ -55,3 +55,10 @@ def test_fdb_table_learned_static_and_untagged() -> None:
         "  20  02:00:00:00:00:01  192.0.2.2        learned  1.3",
         "   0  02:00:00:00:00:02  192.0.2.3        static   -",
     ]
+
+
+def test_counters_with_the_link_watchers_report() -> None:
+    snap = {**snapshot(), "watch": {"tap_recreated": 1, "bridge_lost": 0, "problem": ""}}
+    assert format_counters(snap).splitlines()[-2:] == ["watch:    tap_recreated=1  bridge_lost=0", "problem:  none"]
+    snap["watch"]["problem"] = "TAP t is not attached: bridge b does not exist"
+    assert format_counters(snap).splitlines()[-1] == "problem:  TAP t is not attached: bridge b does not exist"
