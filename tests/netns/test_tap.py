@@ -153,6 +153,8 @@ def test_adopt_checks_what_another_process_claims(offloads: bool) -> None:
             other = Tap.adopt(os.dup(t.fileno()), **good)
             assert other.fileno() != t.fileno() and not os.get_blocking(other.fileno())
             assert other.vnet_hdr_len == t.vnet_hdr_len and other.offloads == t.offloads
+            other.set_mtu(1300)  # by name, without pytun's device object
+            assert other.mtu == 1300 and mtu_of("ovlt5") == 1300
             t.close()  # the first holder goes: the TAP stays while the adopted fd is open
             assert exists("ovlt5") and is_up("ovlt5")
             other.close()
