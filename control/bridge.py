@@ -192,17 +192,14 @@ def resolve(name: str, bridge_type: str, ovsdb: str | None = None, tag: int | No
 def linux_attachment_problem(bridge: str, tap: str) -> str:
     """Why tap is not a port of Linux bridge bridge (its master), or "" when it is."""
     try:
-        with IPRoute() as ipr:
-            br = ipr.link_lookup(ifname=bridge)
-            if not br:
-                return f"TAP {tap} is not attached: bridge {bridge} does not exist"
-            port = ipr.link_lookup(ifname=tap)
-            if not port:
-                return f"TAP {tap} does not exist"
-            master = ipr.get_links(port[0])[0].get_attr("IFLA_MASTER")
+        br, port, master = linux_port_state(bridge, tap)
     except (NetlinkError, OSError) as exc:
         return f"cannot read whether {tap} is attached to bridge {bridge}: {exc}"
-    if master != br[0]:
+    if br is None:
+        return f"TAP {tap} is not attached: bridge {bridge} does not exist"
+    if port is None:
+        return f"TAP {tap} does not exist"
+    if master != br:
         return f"TAP {tap} is not attached to bridge {bridge}"
     return ""
 
