@@ -12,7 +12,9 @@ ovs-vswitchd keeps its handle on the deleted device ("error receiving Ethernet
 packet on ovl-vxlan: Network is down") even though the row's ``ifindex`` column
 follows the new device, and ``--may-exist add-port`` changes nothing. Such a
 row is deleted and the port added again, in two transactions
-(:meth:`Bridge.replace_port`); then OVS opens the new device.
+(:meth:`Bridge.replace_port`); then OVS opens the new device. The new port asks
+for the old one's OpenFlow port number (``ofport_request``), so that flows naming
+it (``in_port=``, ``output:``) still match after a crash-restart.
 """
 
 from __future__ import annotations
@@ -76,35 +78,43 @@ class Bridge:
         if self.kind == "linux":
             _attach_linux(self.name, tap)
         elif self.kind == "ovs":
-            if self._ovs_has_row(tap):
+            ofport = self._ovs_ofport(tap)
+            if ofport is not None:
                 log.info(
                     "Open vSwitch still has a port %s from before (a previous ovl-dp that did not exit cleanly?): "
                     "replacing it so that OVS opens the new TAP", tap,
                     extra={"event": "ovs_stale_port", "port": tap},
                 )  # fmt: skip
-                self.replace_port(tap)
+                self.replace_port(tap, ofport)
             else:
                 self._ovs_add(tap)
 
-    def _ovs_has_row(self, tap: str) -> bool:
+    def _ovs_ofport(self, tap: str, what: str = "read port") -> str | None:
+        """The ofport column of tap's interface row ("[]" before OVS assigned one), None for no row."""
         try:
-            return bool(ovs.vsctl(self.ovsdb, "--if-exists", "get", "interface", tap, "name").strip())
+            out = ovs.vsctl(self.ovsdb, "--if-exists", "get", "interface", tap, "ofport").strip()
         except ovs.OvsError as exc:
-            raise SetupError(f"cannot read port {tap} of Open vSwitch bridge {self.name}: {exc}") from None
+            raise SetupError(f"cannot {what} {tap} of Open vSwitch bridge {self.name}: {exc}") from None
+        return out or None
 
-    def replace_port(self, tap: str) -> None:
+    def replace_port(self, tap: str, ofport: str | None = None) -> None:
         """OVS: delete tap's port (wherever it is) and add it again, in two transactions, so that
-        ovs-vswitchd closes its handle on the old device and opens the one now named tap."""
+        ovs-vswitchd closes its handle on the old device and opens the one now named tap. The new
+        port asks for the old one's OpenFlow port number (ofport, read here when not given)."""
+        if ofport is None:
+            ofport = self._ovs_ofport(tap, what="remove the stale port")
         try:
             ovs.vsctl(self.ovsdb, "--if-exists", "del-port", tap)
         except ovs.OvsError as exc:
             raise SetupError(f"cannot remove the stale port {tap} from Open vSwitch: {exc}") from None
-        self._ovs_add(tap)
+        self._ovs_add(tap, ofport_request=int(ofport) if ofport and ofport.isdigit() and int(ofport) > 0 else None)
 
-    def _ovs_add(self, tap: str) -> None:
+    def _ovs_add(self, tap: str, ofport_request: int | None = None) -> None:
         args = ["--may-exist", "add-port", self.name, tap]
         if self.tag is not None:
             args.append(f"tag={self.tag}")
+        if ofport_request is not None:
+            args += ["--", "set", "interface", tap, f"ofport_request={ofport_request}"]
         try:
             ovs.vsctl(self.ovsdb, *args)
         except ovs.OvsError as exc:
@@ -192,17 +202,14 @@ def resolve(name: str, bridge_type: str, ovsdb: str | None = None, tag: int | No
 def linux_attachment_problem(bridge: str, tap: str) -> str:
     """Why tap is not a port of Linux bridge bridge (its master), or "" when it is."""
     try:
-        with IPRoute() as ipr:
-            br = ipr.link_lookup(ifname=bridge)
-            if not br:
-                return f"TAP {tap} is not attached: bridge {bridge} does not exist"
-            port = ipr.link_lookup(ifname=tap)
-            if not port:
-                return f"TAP {tap} does not exist"
-            master = ipr.get_links(port[0])[0].get_attr("IFLA_MASTER")
+        br, port, master = linux_port_state(bridge, tap)
     except (NetlinkError, OSError) as exc:
         return f"cannot read whether {tap} is attached to bridge {bridge}: {exc}"
-    if master != br[0]:
+    if br is None:
+        return f"TAP {tap} is not attached: bridge {bridge} does not exist"
+    if port is None:
+        return f"TAP {tap} does not exist"
+    if master != br:
         return f"TAP {tap} is not attached to bridge {bridge}"
     return ""
 

@@ -15,6 +15,11 @@ Faults, and what the :class:`Keeper` does about each:
 - The Linux bridge deleted: logged once, reported by :attr:`Keeper.problem`
   (``ovl-dp show``, /healthz); created again: the TAP is attached to it.
 
+A repair that fails (the Open vSwitch database unreachable while the port is
+replaced, an attachment refused) is reported and tried again every
+RETRY_INTERVAL seconds until it succeeds: no event announces that the database
+answers again, and until then the TAP carries nothing.
+
 Events only trigger a reconciliation: the state is read again (in a worker
 thread, pyroute2's IPRoute cannot run on the daemon's loop) and whatever differs
 from what it should be is repaired; so lost events (ENOBUFS, the watcher's
@@ -37,6 +42,8 @@ from datapath.engine import Engine
 from datapath.errors import SetupError
 
 log = logging.getLogger("ovl-dp")
+
+RETRY_INTERVAL = 1.0  # seconds between tries of a repair that failed
 
 
 def _ifindex(name: str) -> int:
@@ -64,9 +71,11 @@ class Keeper:
         self._tap_gone = ""  # why the TAP must be re-created ("" = it is fine)
         self._gone_at = 0.0
         self._bridge_missing = False
-        self._attach_problem = ""
+        self._ovs_stale = False  # our OVS port row still points at a deleted TAP: replace it
+        self._failed = ""  # the last failed repair, logged once until it changes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._retry: asyncio.TimerHandle | None = None
         self._again = False
         self._dead = False
         engine.on_tap_lost = self._fd_lost
@@ -128,6 +137,9 @@ class Keeper:
     async def stop(self) -> None:
         """Cancel a reconciliation under way (the daemon is stopping)."""
         self._dead = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -140,10 +152,22 @@ class Keeper:
             self._again = False
             try:
                 await self._step()
-            except Exception as exc:  # the keeper must outlive any one failed repair; events bring it back
-                log.error("repairing TAP %s failed: %s: %s", self.tap, type(exc).__name__, exc)
+            except Exception as exc:  # the keeper must outlive any one failed repair: tried again
+                self._repair_failed(f"repairing TAP {self.tap} failed: {type(exc).__name__}: {exc}")
             if not self._again:
                 return
+
+    def _repair_failed(self, text: str) -> None:
+        """Log text (once until it changes) and try again in RETRY_INTERVAL seconds."""
+        if text != self._failed:
+            log.error("%s", text)
+            self._failed = text
+        if self._loop is not None and self._retry is None and not self._dead:
+            self._retry = self._loop.call_later(RETRY_INTERVAL, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self.kick()
 
     async def _step(self) -> None:
         why = self._tap_gone
@@ -160,8 +184,9 @@ class Keeper:
             self._tap_gone = ""
         if self.bridge.kind == "linux":
             plugged = await self._check_linux(recreated=bool(why))
-        elif self.bridge.kind == "ovs" and why:
-            plugged = await self._replace_ovs_port()
+        elif self.bridge.kind == "ovs" and (why or self._ovs_stale):
+            self._ovs_stale = True
+            plugged = await self._replace_ovs_port(retried=not why)
         else:
             plugged = ""
         if why:
@@ -173,14 +198,20 @@ class Keeper:
                 extra={"event": "tap_recreated", "reason": why, "count": self.tap_recreated},
             )  # fmt: skip
 
-    async def _replace_ovs_port(self) -> str:
+    async def _replace_ovs_port(self, retried: bool) -> str:
         try:
             await asyncio.to_thread(self.bridge.replace_port, self.tap)
         except SetupError as exc:
             self.problem = str(exc)
-            log.error("%s", exc)
-            return f", but not back on Open vSwitch bridge {self.bridge.name}"
-        self.problem = ""
+            self._repair_failed(str(exc))
+            return f", but not back on Open vSwitch bridge {self.bridge.name} (trying again)"
+        self._ovs_stale = False
+        self.problem = self._failed = ""
+        if retried:
+            log.warning(
+                "TAP %s: its port on Open vSwitch bridge %s replaced at last", self.tap, self.bridge.name,
+                extra={"event": "ovs_port_replaced", "bridge": self.bridge.name},
+            )  # fmt: skip
         return f" and replaced its port on Open vSwitch bridge {self.bridge.name}"
 
     async def _check_linux(self, recreated: bool) -> str:
@@ -205,17 +236,15 @@ class Keeper:
         self._bridge_index = bridge_index
         if master == bridge_index:
             self._bridge_missing = False
-            self.problem = self._attach_problem = ""
+            self.problem = self._failed = ""
             return ""
         try:
             await asyncio.to_thread(self.bridge.attach, tap)
         except SetupError as exc:
             self.problem = str(exc)
-            if str(exc) != self._attach_problem:
-                log.error("%s", exc)
-                self._attach_problem = str(exc)
+            self._repair_failed(str(exc))
             return ""
-        self.problem = self._attach_problem = ""
+        self.problem = self._failed = ""
         if recreated:
             self._bridge_missing = False
             return f" and attached it to bridge {br}"

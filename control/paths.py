@@ -147,7 +147,10 @@ class PathKeeper:
             return [f"the underlay MTU {self.underlay_mtu} leaves less than a {MIN_MTU}-byte TAP MTU"]
         target = min(fits, e.cfg.tap_mtu)
         if target != current:
-            e.set_tap_mtu(target)
+            try:
+                e.set_tap_mtu(target)
+            except SetupError as exc:  # reported like any other problem (once, show, /healthz); tried at the next event
+                return [f"{exc} (the underlay MTU is now {self.underlay_mtu})"]
             self.mtu_changes += 1
             more = f" (the underlay allows {fits}: a restart uses it)" if fits > target else ""
             log.warning(

@@ -11,8 +11,9 @@ inside a running one ("this event loop is already running").
 Each message becomes a small frozen event (:class:`LinkEvent`,
 :class:`AddrEvent`, :class:`RouteEvent`) handed to every handler. When the
 kernel had to drop events because the socket buffer was full (``ENOBUFS`` on
-receive), the handlers get :data:`RESYNC` instead: events were lost, re-read the
-state. A handler that raises is logged (rate-limited, no traceback) and counted;
+receive), or a datagram was larger than the read (``MSG_TRUNC``: pyroute2 would
+silently decode nothing of it), the handlers get :data:`RESYNC` instead: events
+were lost, re-read the state. A handler that raises is logged (rate-limited, no traceback) and counted;
 the watcher carries on with the next handler and the next message.
 """
 
@@ -42,7 +43,7 @@ RT_TABLE_MAIN = 254
 RT_TABLE_LOCAL = 255
 
 RCVBUF = 1 << 20  # bytes; a burst beyond it is an ENOBUFS (then a resync), never a stuck watcher
-RECV_SIZE = 1 << 16
+RECV_SIZE = 1 << 16  # bytes per read; a longer datagram is cut (MSG_TRUNC): a resync
 READS_PER_WAKE = 64  # then back to the loop: a storm of events never starves the packets
 ERROR_LOG_INTERVAL = 10.0
 
@@ -164,7 +165,7 @@ def route_covers(ev: RouteEvent, addr: str) -> bool:
 class Watcher:
     """The rtnetlink event socket on a loop, handing every event to its handlers."""
 
-    def __init__(self, groups: int = GROUPS, rcvbuf: int = RCVBUF) -> None:
+    def __init__(self, groups: int = GROUPS, rcvbuf: int = RCVBUF, recv_size: int = RECV_SIZE) -> None:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -174,6 +175,7 @@ class Watcher:
             sock.close()
             raise
         self.sock = sock
+        self.recv_size = recv_size
         self.handlers: list[Handler] = []
         self.events = 0  # events handed out
         self.resyncs = 0  # ENOBUFS seen (events lost)
@@ -195,7 +197,7 @@ class Watcher:
         """Read what is there (up to READS_PER_WAKE datagrams) and dispatch it."""
         for _ in range(READS_PER_WAKE):
             try:
-                data = self.sock.recv(RECV_SIZE)
+                data, _, flags, _ = self.sock.recvmsg(self.recv_size)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -207,6 +209,11 @@ class Watcher:
                 self.recv_errors += 1
                 self._complain(f"reading netlink events failed: {exc.strerror or exc}")
                 return
+            if flags & socket.MSG_TRUNC:  # the rest of the datagram is gone: treat it as lost events
+                self.resyncs += 1
+                self._complain(f"a netlink message longer than {self.recv_size} bytes was cut: re-reading the state")
+                self.dispatch([RESYNC])
+                continue
             try:
                 events: list[Event] = list(decode(data))
             except Exception as exc:  # a message pyroute2 cannot parse: treat it as lost events

@@ -117,6 +117,7 @@ def test_deleted_tap_is_recreated_and_plugged_back(bridge: str, mode: str, path:
         lab.start(2, "--mode", mode, "--remote", lab.underlay_ip(1))
         assert lab.ping(1, 2, count=3)["loss"] == 0
         before = link_json(lab, 1, tap)
+        ofport = lab.ovs[1].vsctl("get", "interface", tap, "ofport").strip() if bridge == "ovs" else ""
         clock = PingClock(lab, 1, 2)
         clock.wait_reply_after(0)
         t0 = time.time()
@@ -136,6 +137,7 @@ def test_deleted_tap_is_recreated_and_plugged_back(bridge: str, mode: str, path:
             assert master_of(lab, 1, tap) == "br-int"
         else:
             assert tap in lab.ovs[1].vsctl("list-ports", "br-int").split()
+            assert lab.ovs[1].vsctl("get", "interface", tap, "ofport").strip() == ofport  # the same OpenFlow port
         assert lab.ping(1, 2, count=5)["loss"] == 0
         w = watch_of(lab, 1)
         assert (w["tap_recreated"], w["problem"]) == (1, ""), w
@@ -241,11 +243,45 @@ def test_kill_9_and_restart_on_ovs_carries_traffic_again(mode: str) -> None:
               f"start, first ping reply {(back - ready) * 1000:.0f} ms after ready")  # fmt: skip
         log = lab.daemons[1].output()
         assert "replacing it so that OVS opens the new TAP" in log, log
-        assert o.vsctl("get", "interface", tap, "ofport").strip() != ofport  # a new port: OVS opened the new device
+        # A new port (OVS opened the new device: the pings) with the old OpenFlow port number, which flows may name.
+        assert o.vsctl("get", "interface", tap, "ofport").strip() == ofport
         assert lab.ping(1, 2, count=5)["loss"] == 0
         assert lab.ping(2, 1, count=3)["loss"] == 0
         assert lab.stop(lab.daemons[1]) == 0
         assert tap not in o.vsctl("list-ports", "br-int").split()
+
+
+@needs_ovs
+def test_ovs_port_replaced_once_the_database_answers_again() -> None:
+    # The TAP is deleted while the OVS database does not answer ovs-vsctl: the port cannot be replaced then,
+    # and no rtnetlink event says when the database is back; the daemon keeps trying until it is.
+    tap = "ovl-vxlan"
+    with build("ovs", "vxlan") as lab:
+        lab.start_mesh("vxlan")
+        assert lab.ping(1, 2, count=3)["loss"] == 0
+        sock = lab.ovs[1].rundir / "db.sock"
+        away = sock.with_name("db.sock.away")
+        sock.rename(away)  # ovs-vswitchd keeps its connection; a new ovs-vsctl finds no database
+        try:
+            sh("ip", "-n", lab.host(1), "link", "del", tap)
+            failed = "cannot remove the stale port"
+            wait_until("the failed replacement logged", lambda: failed in lab.daemons[1].output(), WAIT, 0.05)
+            w = watch_of(lab, 1)
+            assert w["tap_recreated"] == 1 and failed in str(w["problem"]), w
+        finally:
+            away.rename(sock)
+        clock = PingClock(lab, 1, 2)
+        t0 = time.time()
+        back = clock.wait_reply_after(t0)
+        clock.stop()
+        print(f"\nRECOVERY OVS port replaced once the database answers again: first ping reply "
+              f"{(back - t0) * 1000:.0f} ms after the database is reachable")  # fmt: skip
+        wait_until("the problem to clear", lambda: watch_of(lab, 1)["problem"] == "", WAIT, 0.05)
+        log = lab.daemons[1].output()
+        assert log.count("cannot remove the stale port") == 1, log  # logged once, not at every try
+        assert "replaced at last" in log and "Traceback" not in log, log
+        assert lab.ping(1, 2, count=3)["loss"] == 0
+        assert lab.stop(lab.daemons[1]) == 0
 
 
 def logged_at(lab: Lab, i: int, needle: str) -> float:

@@ -100,3 +100,23 @@ def test_hand_set_tap_mtu_and_local_are_reported_not_changed() -> None:
             engine.close()
 
     run_isolated(body)
+
+
+def test_a_tap_mtu_the_kernel_refuses_is_reported_not_raised() -> None:
+    def body() -> None:
+        veth("10.9.0.1/24")
+        given = user_cfg("gre")
+        engine = Engine(host.resolve(given))
+        paths = PathKeeper(engine, given)
+        try:
+            ip("link", "del", TAP)  # the device is gone (the keeper would re-create it): SIOCSIFMTU fails
+            ip("link", "set", "u0", "mtu", "1400")
+            paths.resolve()
+            assert paths.problem.startswith(f"cannot set the MTU of TAP {TAP} to {1400 - engine.cfg.overhead}"), (
+                paths.problem
+            )
+            assert paths.mtu_changes == 0 and paths.underlay_mtu == 1400
+        finally:
+            engine.close()
+
+    run_isolated(body)

@@ -83,3 +83,19 @@ def test_lost_events_become_one_resync_then_events_flow_again() -> None:
             w.close()
 
     run_isolated(body)
+
+
+def test_a_datagram_longer_than_the_read_is_a_resync() -> None:
+    def body() -> None:
+        w = Watcher(recv_size=64)  # an RTM_NEWLINK of a veth is several hundred bytes
+        seen: list[Event] = []
+        w.add(seen.append)
+        try:
+            ip("link", "add", "t0", "type", "veth", "peer", "name", "t1")
+            w.on_readable()
+            assert seen and all(isinstance(e, Resync) for e in seen), seen
+            assert w.resyncs == len(seen)
+        finally:
+            w.close()
+
+    run_isolated(body)
