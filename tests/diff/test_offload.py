@@ -287,3 +287,22 @@ def test_rx_plan_without_coalescing(tap_vnet: int) -> None:
         fwd = fast.FastForwarder(_cfg(rx_coalesce=coalesce), tap_vnet=tap_vnet)
         assert fwd.rx_plan(packets) == [(bytes(tap_vnet), f, 0) for f in segs]
         assert fwd.snapshot().drops["rx_bad_vni"] == 1
+
+
+@pytest.mark.parametrize("bits", [0x01, 0x02, 0x0E], ids=["ae", "reserved_low", "reserved_all"])
+def test_rx_plan_keeps_tcp_header_bits(bits: int) -> None:
+    """A segment whose TCP byte 12 differs in its low bits (AccECN's AE, the reserved bits) from the segment before
+    is not merged into it: a super-frame carries its first segment's header, so the bits would be lost (found by the
+    rx_plan fuzzer, tests/fuzz/corpus/rx_plan/crash-fd05dc96...)."""
+    segs = segment_stream(5, 1000)
+    p = Ether(segs[2])
+    raw = bytearray(bytes(p))
+    l4 = len(raw) - 1000 - 20
+    raw[l4 + 12] |= bits
+    p = Ether(bytes(raw))
+    del p[TCP].chksum
+    segs[2] = bytes(p)
+    assert segs[2][l4 + 12] & 0x0F == bits
+    plan, _ = _plan(segs, rx_coalesce=True)
+    assert [s for v, f, _ in plan for s in _resegment(v, f)] == segs
+    assert len(plan) == 3  # [0, 1], [2], [3, 4]
