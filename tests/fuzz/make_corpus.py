@@ -102,9 +102,13 @@ def corpus() -> dict[str, dict[str, bytes]]:
     rx["mixed"] = b"\0" + b"".join(record(i % 3, vxlan_payload(fr, BASE)) for i, fr in enumerate(f.values()))
     rx["mapped"] = b"\0" + record(0, vxlan_payload(f["udp4"], MAPPED)) + record(1, vxlan_payload(f["tcp6"], MAPPED + 2))
     rx["bad"] = b"\0" + b"".join(
-        (record(0, vxlan_payload(f["udp4"], BASE, flags=0)), record(0, vxlan_payload(f["udp4"], 7)),
-         record(3, vxlan_payload(f["udp4"], BASE)), record(4, vxlan_payload(f["udp4"], BASE)),
-         record(0, vxlan_payload(f["udp4"], BASE)[:20]))  # fmt: skip
+        (
+            record(0, vxlan_payload(f["udp4"], BASE, flags=0)),
+            record(0, vxlan_payload(f["udp4"], 7)),
+            record(3, vxlan_payload(f["udp4"], BASE)),
+            record(4, vxlan_payload(f["udp4"], BASE)),
+            record(0, vxlan_payload(f["udp4"], BASE)[:20]),
+        )
     )
     rx["base0"] = b"\1" + record(0, vxlan_payload(f["arp"], 0)) + record(2, vxlan_payload(f["vlan10"], 0))
 
@@ -112,17 +116,27 @@ def corpus() -> dict[str, dict[str, bytes]]:
     g = out["rx_gre"]
     g["keyed"] = b"\0" + b"".join(record(i % 3, gre_packet(fr, key=BASE)) for i, fr in enumerate(f.values()))
     g["options"] = b"\0" + b"".join(
-        (record(0, gre_packet(f["tcp4"], key=BASE, csum=True)), record(1, gre_packet(f["tcp4"], key=BASE, seq=True)),
-         record(2, gre_packet(f["vlan5"], key=MAPPED + 1, csum=True, seq=True)),
-         record(0, gre_packet(f["udp4"], key=BASE, options=True)))  # fmt: skip
+        (
+            record(0, gre_packet(f["tcp4"], key=BASE, csum=True)),
+            record(1, gre_packet(f["tcp4"], key=BASE, seq=True)),
+            record(2, gre_packet(f["vlan5"], key=MAPPED + 1, csum=True, seq=True)),
+            record(0, gre_packet(f["udp4"], key=BASE, options=True)),
+        )
     )
     g["bad"] = b"\0" + b"".join(
-        (record(0, gre_packet(f["udp4"], key=BASE, version=1)), record(0, gre_packet(f["udp4"], key=BASE, proto=0x0800)),
-         record(0, gre_packet(f["udp4"], key=9)), record(0, gre_packet(f["udp4"], key=None)),
-         record(0, gre_packet(f["udp4"], key=BASE, csum=True)[:-1] + b"\xff"),
-         record(3, gre_packet(f["udp4"], key=BASE)), record(0, gre_packet(f["udp4"], key=BASE)[:30]))  # fmt: skip
+        (
+            record(0, gre_packet(f["udp4"], key=BASE, version=1)),
+            record(0, gre_packet(f["udp4"], key=BASE, proto=0x0800)),
+            record(0, gre_packet(f["udp4"], key=9)),
+            record(0, gre_packet(f["udp4"], key=None)),
+            record(0, gre_packet(f["udp4"], key=BASE, csum=True)[:-1] + b"\xff"),
+            record(3, gre_packet(f["udp4"], key=BASE)),
+            record(0, gre_packet(f["udp4"], key=BASE)[:30]),
+        )
     )
-    g["unkeyed"] = b"\1" + record(0, gre_packet(f["arp"], key=None)) + record(1, gre_packet(f["tcp6"], key=None, csum=True))
+    g["unkeyed"] = (
+        b"\1" + record(0, gre_packet(f["arp"], key=None)) + record(1, gre_packet(f["tcp6"], key=None, csum=True))
+    )
 
     # rx_plan: a context byte (virtio header of 10 or 12), then records of inner frames.
     p = out["rx_plan"]
@@ -132,7 +146,7 @@ def corpus() -> dict[str, dict[str, bytes]]:
         "tagged": segment_stream(3, 500, tags=(Dot1Q(vlan=5),)),
     }.items():
         p[name] = b"\0" + b"".join(record(0, s) for s in stream)
-    two = zip(segment_stream(3, 600), segment_stream(3, 600, sport=41000))
+    two = zip(segment_stream(3, 600), segment_stream(3, 600, sport=41000), strict=True)
     p["two-flows"] = b"\1" + b"".join(record(0, a) + record(0, b) for a, b in two)
     short = segment_stream(3, 700)
     p["fix-mapped"] = b"\0" + b"".join(record(4 | 8, s) for s in short) + record(1, f["udp4"])
@@ -154,9 +168,12 @@ def corpus() -> dict[str, dict[str, bytes]]:
     t = out["tap_tx"]
     sfm, l4m = super_frame(b"m" * 4000, tags=(Dot1Q(vlan=10),))
     t["vxlan"] = b"\0" + b"".join(
-        (record(0, vnet(NEEDS_CSUM, GSO_TCPV4, hdrs4, 1400, l4, 16) + sf4),
-         record(0, vnet(NEEDS_CSUM, GSO_NONE, 0, 0, 34, 6) + partial(udp, 34, 6, 17)),
-         record(0, vnet() + f["arp"]), record(0, vnet(NEEDS_CSUM, GSO_TCPV4, l4m + 20, 1400, l4m, 16) + sfm))  # fmt: skip
+        (
+            record(0, vnet(NEEDS_CSUM, GSO_TCPV4, hdrs4, 1400, l4, 16) + sf4),
+            record(0, vnet(NEEDS_CSUM, GSO_NONE, 0, 0, 34, 6) + partial(udp, 34, 6, 17)),
+            record(0, vnet() + f["arp"]),
+            record(0, vnet(NEEDS_CSUM, GSO_TCPV4, l4m + 20, 1400, l4m, 16) + sfm),
+        )
     )
     t["gre-vnet12"] = b"\3" + record(0, vnet(NEEDS_CSUM, GSO_TCPV6, l46 + 32, 1300, l46, 16) + b"\0\0" + sf6)
     t["many"] = b"\2" + b"".join(record(0, vnet() + fr) for fr in f.values())
