@@ -27,6 +27,7 @@ from scapy.packet import Packet, Raw
 from datapath import fast
 from datapath.counters import Drop
 from datapath.encap import vxlan
+from tests.configs import examples
 from tests.offload_frames import (
     DST_MAC,
     GSO_ECN,
@@ -94,7 +95,7 @@ def test_hdr_len_is_not_trusted() -> None:
     flags=st.sampled_from(["A", "PA", "FA", "FPA", "CA", "CEPA", "SA"]),
     seq=st.integers(0, 2**32 - 1),
 )
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_super_frames(size: int, mss: int, v6: bool, opts: bool, tagged: bool, flags: str, seq: int) -> None:
     if size // mss > 2000:
         mss = size // 2000 + 1
