@@ -5,9 +5,10 @@
  *
  * Input: a meta byte (bit 0: VXLAN with UDP checksums, or GRE with a key), then the frame.
  *
- * Checked: frame_vlan against the harness's reading of the tag; the outer header's tunnel
- * id is the mapped VLAN's, or the base id; the outer IPv4 (and UDP) checksums verify;
- * the peer delivers exactly the frame sent, the tag of a mapped VLAN back with its VID
+ * Checked: frame_vlan against the harness's reading of the tag; a frame in the base id is
+ * encapsulated by ovl_encap (the codec entry point) byte for byte as by the batch; the outer
+ * header's tunnel id is the mapped VLAN's, or the base id; the outer IPv4 (and UDP) checksums
+ * verify; the peer delivers exactly the frame sent, the tag of a mapped VLAN back with its VID
  * (its priority bits are not carried, as in the Python reference), unless the source MAC
  * is one no frame may have. */
 #include "fuzz_common.h"
@@ -16,7 +17,7 @@
 #define MTU 9000
 
 static struct ovl_dp *tx[2], *rx[2];
-static uint8_t out[SLOT + 64];
+static uint8_t out[SLOT + 64], enc[SLOT + 64];
 
 static void init(void) {
     for (int i = 0; i < 2; i++) {
@@ -52,6 +53,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
         int plen = ovl_tx_packet(a, m, &remote, out, sizeof(out));
         CHECK(plen > 0 && plen <= MTU && remote < FUZZ_REMOTES);
         CHECK(ref_sum(out, IPV4_HLEN, 0) == 0xFFFF && get16(out + 2) == (uint32_t)plen);
+        if (!k) /* the base id: what the one-packet codec makes */
+            CHECK(ovl_encap(&a->cfg, remote, orig, len, enc, sizeof(enc)) == plen && !memcmp(enc, out, (size_t)plen));
         const uint8_t *p = out;
         uint32_t l = (uint32_t)plen;
         if (!gre) { /* the socket delivers the UDP payload; the UDP checksum verifies first */

@@ -69,7 +69,16 @@ FOCUS: dict[str, tuple[str, ...]] = {
     ),
     "offload": _TSO,
     "tap_tx": ("tx_fill_offloaded", *_TSO, *_TX),
-    "vlan": (*_TX, "ovl_rx_process", "ovl_rx_result", "vlan_of_id", "vxlan_parse", "gre_parse"),
+    "vlan": (
+        *_TX,
+        "ovl_encap",
+        "outer_template",
+        "ovl_rx_process",
+        "ovl_rx_result",
+        "vlan_of_id",
+        "vxlan_parse",
+        "gre_parse",
+    ),
 }
 SANITIZE = ("-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer")
 CFLAGS = ("-g", "-O1", "-Wall", "-Wextra", "-Wno-gnu-variable-sized-type-not-at-end")
