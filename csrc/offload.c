@@ -333,8 +333,9 @@ static int co_fits(const struct co_flow *c, const struct co_seg *s, int32_t remo
     if (a->v6 ? memcmp(x + a->l3, y + s->l3, 4) || x[a->l3 + 7] != y[s->l3 + 7] /* class, label; hop limit */
               : x[a->l3 + 1] != y[s->l3 + 1] || x[a->l3 + 6] != y[s->l3 + 6] || x[a->l3 + 8] != y[s->l3 + 8])
         return 0; /* TOS, DF, TTL */
-    /* ack, data offset (equal hdrs), window; options */
-    return !memcmp(x + a->l4 + 8, y + s->l4 + 8, 4) && !memcmp(x + a->l4 + 14, y + s->l4 + 14, 2) &&
+    /* ack; data offset with the reserved bits and AccECN's AE (the super-frame keeps the first
+     * segment's: tcp_gro_receive compares the whole word but CWR, FIN and PSH); window; options */
+    return !memcmp(x + a->l4 + 8, y + s->l4 + 8, 5) && !memcmp(x + a->l4 + 14, y + s->l4 + 14, 2) &&
            !memcmp(x + a->l4 + TCP_HLEN, y + s->l4 + TCP_HLEN, a->hdrs - a->l4 - TCP_HLEN);
 }
 

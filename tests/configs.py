@@ -10,6 +10,7 @@ tap_offloads, rx_coalesce, udp_gso, fast.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from datapath.config import (
@@ -24,6 +25,12 @@ from datapath.config import (
 from datapath.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
 
 DEFAULT_MAC = b"\x02\x00\x00\x00\x00\x01"
+
+
+def examples(n: int) -> int:
+    """Hypothesis max_examples for a long property test: n, scaled by OVL_HYPOTHESIS_SCALE (tests/sanitize runs
+    the tests under ASan with fewer; never below 10)."""
+    return max(10, round(n * float(os.environ.get("OVL_HYPOTHESIS_SCALE", "1"))))
 
 
 def _by_address(entry: tuple[Any, ...], remotes: tuple[Remote, ...]) -> tuple[Any, ...]:

@@ -14,6 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from datapath import fast
 from datapath.fdb import Fdb, FdbEntry, FdbFull, Learn
+from tests.configs import examples
 
 pytestmark = pytest.mark.skipif(not fast.available(), reason="C fast path not built")
 
@@ -348,7 +349,7 @@ class FdbPair(RuleBasedStateMachine):
 
 
 TestFdbPair = FdbPair.TestCase
-TestFdbPair.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+TestFdbPair.settings = settings(max_examples=examples(300), stateful_step_count=60, deadline=None)
 
 
 @pytest.mark.parametrize("seed", range(4))

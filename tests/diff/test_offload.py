@@ -27,6 +27,7 @@ from scapy.packet import Packet, Raw
 from datapath import fast
 from datapath.counters import Drop
 from datapath.encap import vxlan
+from tests.configs import examples
 from tests.offload_frames import (
     DST_MAC,
     GSO_ECN,
@@ -94,7 +95,7 @@ def test_hdr_len_is_not_trusted() -> None:
     flags=st.sampled_from(["A", "PA", "FA", "FPA", "CA", "CEPA", "SA"]),
     seq=st.integers(0, 2**32 - 1),
 )
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_super_frames(size: int, mss: int, v6: bool, opts: bool, tagged: bool, flags: str, seq: int) -> None:
     if size // mss > 2000:
         mss = size // 2000 + 1
@@ -287,3 +288,22 @@ def test_rx_plan_without_coalescing(tap_vnet: int) -> None:
         fwd = fast.FastForwarder(_cfg(rx_coalesce=coalesce), tap_vnet=tap_vnet)
         assert fwd.rx_plan(packets) == [(bytes(tap_vnet), f, 0) for f in segs]
         assert fwd.snapshot().drops["rx_bad_vni"] == 1
+
+
+@pytest.mark.parametrize("bits", [0x01, 0x02, 0x0E], ids=["ae", "reserved_low", "reserved_all"])
+def test_rx_plan_keeps_tcp_header_bits(bits: int) -> None:
+    """A segment whose TCP byte 12 differs in its low bits (AccECN's AE, the reserved bits) from the segment before
+    is not merged into it: a super-frame carries its first segment's header, so the bits would be lost (found by the
+    rx_plan fuzzer, tests/fuzz/corpus/rx_plan/crash-fd05dc96...)."""
+    segs = segment_stream(5, 1000)
+    p = Ether(segs[2])
+    raw = bytearray(bytes(p))
+    l4 = len(raw) - 1000 - 20
+    raw[l4 + 12] |= bits
+    p = Ether(bytes(raw))
+    del p[TCP].chksum
+    segs[2] = bytes(p)
+    assert segs[2][l4 + 12] & 0x0F == bits
+    plan, _ = _plan(segs, rx_coalesce=True)
+    assert [s for v, f, _ in plan for s in _resegment(v, f)] == segs
+    assert len(plan) == 3  # [0, 1], [2], [3, 4]
