@@ -22,10 +22,7 @@ struct ovl_io {
     struct mmsghdr *tx_msg;                     /* batch * tx_slots */
     struct iovec *tx_iov;                       /* 2 per tx message: outer header, inner frame */
     struct iovec gso_iov[2 * UDP_GSO_MAX_SEGS]; /* one UDP_SEGMENT send */
-    union {
-        char buf[CMSG_SPACE(sizeof(uint16_t))];
-        struct cmsghdr align;
-    } gso_cmsg;
+    _Alignas(struct cmsghdr) char gso_cmsg[CMSG_SPACE(sizeof(uint16_t))]; /* the UDP_SEGMENT size */
     struct mmsghdr *rx_msg; /* batch */
     struct iovec *rx_iov;
     struct sockaddr_in *rx_addr;
@@ -168,8 +165,8 @@ static uint32_t send_gso_run(struct ovl_dp *dp, uint32_t m, uint32_t k) {
     msg.msg_iovlen = 2 * (j - m);
     if (j - m > 1) {
         uint16_t size = (uint16_t)seg;
-        msg.msg_control = io->gso_cmsg.buf;
-        msg.msg_controllen = sizeof(io->gso_cmsg.buf);
+        msg.msg_control = io->gso_cmsg;
+        msg.msg_controllen = sizeof(io->gso_cmsg);
         struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
         cm->cmsg_level = SOL_UDP;
         cm->cmsg_type = OVL_UDP_SEGMENT;

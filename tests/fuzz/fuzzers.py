@@ -81,7 +81,7 @@ FOCUS: dict[str, tuple[str, ...]] = {
     ),
 }
 SANITIZE = ("-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer")
-CFLAGS = ("-g", "-O1", "-Wall", "-Wextra", "-Wno-gnu-variable-sized-type-not-at-end")
+CFLAGS = ("-g", "-O1", "-Wall", "-Wextra")
 COVERAGE = ("-fprofile-instr-generate", "-fcoverage-mapping")
 # What a run that found something prints (besides a non-zero exit).
 REPORTS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer",
