@@ -343,23 +343,37 @@ def _close_all(fds: list[int]) -> None:
             os.close(fd)
 
 
+def trusted(uid: int) -> bool:
+    """Whether a control socket bound by uid may hand us fds: root's, or this process's own user's.
+
+    SO_PEERCRED names whoever called listen() on it, and a takeover hands the listening socket on, so
+    its PID may be a daemon long gone (the PID comes with the state instead); its uid stays true.
+    """
+    return uid in (0, os.geteuid())
+
+
 def request(tap: str, ident: Mapping[str, str], timeout: float = STEP_TIMEOUT) -> Offer:
-    """Ask the daemon that owns tap for its fds and state; SetupError says why not."""
+    """Ask the daemon that owns tap for its fds and state; SetupError says why not (every fd received closed)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fds: list[int] = []
     try:
         sock.settimeout(timeout)
         try:
             sock.connect(ctl.address(tap))
         except OSError:
             raise SetupError(f"--takeover: no ovl-dp daemon with TAP {tap} runs in this network namespace") from None
-        pid = ctl.peer_credentials(sock)[0]
+        uid = ctl.peer_credentials(sock)[1]
+        if not trusted(uid):
+            raise SetupError(
+                f"--takeover: the control socket @{ctl.PREFIX}{tap} is held by uid {uid}, neither root nor this"
+                " user: nothing is taken from it"
+            )
         sock.sendall(_line({"cmd": "takeover", "args": {"protocol": PROTOCOL, "identity": dict(ident)}}))
-        buf, fds = bytearray(), []
+        buf = bytearray()
         while b"\n" not in buf:
             data, got, flags, _ = socket.recv_fds(sock, 65536, MAX_FDS)
             fds += got
             if flags & socket.MSG_CTRUNC:
-                _close_all(fds)
                 raise SetupError("--takeover: the running daemon's fds did not fit (MSG_CTRUNC)")
             if not data:
                 break
@@ -368,27 +382,38 @@ def request(tap: str, ident: Mapping[str, str], timeout: float = STEP_TIMEOUT) -
         try:
             answer = json.loads(line)
         except ValueError:
-            _close_all(fds)
-            raise SetupError(f"--takeover: the daemon (PID {pid}) closed the connection without an answer") from None
+            answer = None
+        if not isinstance(answer, dict):
+            raise SetupError("--takeover: the running daemon closed the connection without an answer")
         if not answer.get("ok"):
-            _close_all(fds)
-            raise SetupError(f"{answer.get('error', 'refused')} (running daemon: PID {pid})")
-        result = answer["result"]
-        names = result.get("fds", [])
-        if len(names) != len(fds) or result.get("protocol") != PROTOCOL:
-            _close_all(fds)
-            raise SetupError(f"--takeover: the daemon (PID {pid}) sent {len(fds)} fds for {len(names)} names")
+            raise SetupError(str(answer.get("error", "refused")))
+        result = answer.get("result")
+        result = result if isinstance(result, dict) else {}
+        names, size = result.get("fds"), result.get("state_bytes")
+        if (not isinstance(names, list) or len(names) != len(fds) or not isinstance(size, int)
+                or result.get("protocol") != PROTOCOL):  # fmt: skip
+            raise SetupError(f"--takeover: the running daemon sent {len(fds)} fds and an answer not understood")
         body = bytearray(rest)
-        while len(body) < result["state_bytes"]:
+        while len(body) < size:
             chunk = sock.recv(1 << 20)
             if not chunk:
-                _close_all(fds)
-                raise SetupError(f"--takeover: the daemon (PID {pid}) closed the connection mid-state")
+                raise SetupError("--takeover: the running daemon closed the connection mid-state")
             body += chunk
-        extra = body[result["state_bytes"] :]
-        state = json.loads(bytes(body[: result["state_bytes"]]))
+        extra = body[size:]
+        try:
+            state = json.loads(bytes(body[:size]))
+        except ValueError:
+            state = None
+        pid = state.get("pid") if isinstance(state, dict) else None
+        if not isinstance(pid, int) or pid <= 0:
+            raise SetupError("--takeover: the running daemon's state is not understood")
+    except OSError as exc:
+        sock.close()
+        _close_all(fds)
+        raise SetupError(f"--takeover: the conversation with the running daemon failed: {exc}") from None
     except BaseException:
         sock.close()
+        _close_all(fds)
         raise
     return Offer(sock, pid, dict(zip(names, fds, strict=True)), state, bytearray(extra))
 
