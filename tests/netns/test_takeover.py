@@ -359,6 +359,15 @@ def test_failed_takeovers_leave_the_old_daemon_forwarding() -> None:
         fdb = [r for r in lab.ovl(1, "fdb") if r["mac"] == STATIC_MAC]
         assert fdb and fdb[0]["static"] and fdb[0]["vlan"] == 20 and fdb[0]["remote"] == extra, fdb
         assert lab.ping(1, 2, count=3)["loss"] == 0
+        # A second takeover: the control socket's listen() was done by the first daemon, which is gone
+        # (SO_PEERCRED names it); the newest must still name, and wait for, the one it takes over from.
+        newer = lab.start(1, "--mode", "vxlan", "--remote", peer, "--metrics", str(METRICS_PORT), "--takeover")
+        assert new.proc.wait(20) == 0
+        after = show(lab, 1)
+        assert after["pid"] == newer.proc.pid and after["takeover"]["from_pid"] == new.proc.pid, after
+        assert f"took over from PID {new.proc.pid}" in newer.output(), newer.output()
+        assert lab.ping(1, 2, count=3)["loss"] == 0
+        new = newer
         # SIGTERM while a new process holds the fds and has not said it forwards: the daemon stops at once,
         # and leaves the TAP on the bridge (the new one may forward already).
         proc = client("fds")
