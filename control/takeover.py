@@ -346,8 +346,8 @@ def _close_all(fds: list[int]) -> None:
 def trusted(uid: int) -> bool:
     """Whether a control socket bound by uid may hand us fds: root's, or this process's own user's.
 
-    SO_PEERCRED names whoever called listen() on it, and a takeover hands the listening socket on, so
-    its PID may be a daemon long gone (the PID comes with the state instead); its uid stays true.
+    SO_PEERCRED names whoever last called listen() on it (a listening socket handed on keeps the
+    old daemon's until the new one listens again), so the PID comes with the state instead.
     """
     return uid in (0, os.geteuid())
 

@@ -251,8 +251,8 @@ def _open_fds() -> set[str]:
 
 
 def test_a_handed_over_listener_names_the_serving_daemon_by_its_state() -> None:
-    # After one takeover the control socket's listen() was done by a daemon that is gone: SO_PEERCRED
-    # names that one. The PID the new daemon waits for and reports must be the one serving.
+    # A listening socket whose last listen() ran in another process: SO_PEERCRED names that one. The PID
+    # the new daemon waits for and reports is the serving one's, from its state.
     tap = f"tl{os.getpid() % 100000}"
     gone, sock = _listen_elsewhere(tap)
     keep, give = _pipe_fds()
