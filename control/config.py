@@ -60,7 +60,32 @@ def is_local_address(addr: str) -> bool:
             probe.connect((addr, 9))  # discard port; nothing is sent
         except OSError:
             return False
-        return bool(probe.getsockname()[0] == addr)
+        if probe.getsockname()[0] == addr:
+            return True
+    # A secondary address's local route has the primary as its source: ask the local table itself.
+    return addr in local_table_addresses()
+
+
+def local_table_addresses(fib_trie: str = "/proc/net/fib_trie") -> set[str]:
+    """The IPv4 addresses with a host LOCAL route in this network namespace (primaries and secondaries).
+
+    Read from /proc/net/fib_trie (the namespace of the reading thread): a ``|-- A.B.C.D`` line followed by
+    ``/32 host LOCAL``. An empty set if the file cannot be read.
+    """
+    try:
+        with open(fib_trie) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    found: set[str] = set()
+    leaf = ""
+    for line in lines:
+        text = line.strip()
+        if text.startswith("|-- "):
+            leaf = text[4:]
+        elif leaf and text.startswith("/32 host LOCAL"):
+            found.add(leaf)
+    return found
 
 
 def offload_flags(policy: str, bridge_kind: str) -> tuple[bool, bool]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
-from control.config import local_addresses, resolve, tap_mac
+from control.config import is_local_address, local_addresses, local_table_addresses, resolve, tap_mac
 from datapath.config import Config, ConfigError, OffloadConfig, Remote, TapConfig, TunnelConfig
 from datapath.errors import SetupError
 from tests.isolated import run_isolated
@@ -33,6 +34,25 @@ def test_local_addresses() -> None:
         assert local_addresses() == {"127.0.0.1", "10.1.0.1", "10.5.0.1"}
 
     run_isolated(body)
+
+
+def test_is_local_address_knows_secondary_addresses() -> None:
+    """A secondary address's local route has the primary as source (a connected socket says 10.1.0.1):
+    the local table still names it ours (reload and `remote add` refuse our own addresses by this)."""
+
+    def body() -> None:
+        host()
+        ip("addr", "add", "10.1.0.11/24", "dev", "u0")  # secondary
+        assert local_table_addresses() >= {"127.0.0.1", "10.1.0.1", "10.1.0.11"}
+        assert is_local_address("10.1.0.1") and is_local_address("10.1.0.11") and is_local_address("127.0.0.5")
+        assert not is_local_address("10.1.0.2") and not is_local_address("10.1.0.12")
+        assert not is_local_address("10.9.9.9")  # no route at all
+
+    run_isolated(body)
+
+
+def test_local_table_addresses_without_the_file(tmp_path: Path) -> None:
+    assert local_table_addresses(str(tmp_path / "absent")) == set()
 
 
 @pytest.mark.parametrize(("mode", "overhead"), [("vxlan", 50), ("gre", 38)])
