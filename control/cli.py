@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from control import logs
 from control.config import ConfigSource
 from datapath import fdb
-from datapath.config import BRIDGE_TYPES, OFFLOAD_POLICIES, ConfigError
+from datapath.config import BRIDGE_TYPES, INJECT_POLICIES, OFFLOAD_POLICIES, ConfigError
 from datapath.encap import MODES
 from datapath.errors import SetupError
 from datapath.ether import format_mac, parse_mac
@@ -246,6 +246,15 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="VXLAN, C path: send many datagrams per call (UDP_SEGMENT) through a pool of 8 UDP sockets; "
         "several times faster, but sends outer UDP checksums and takes the source port from the pool's 8",
+    )
+    run.add_argument(
+        "--inject",
+        dest="offload.inject",
+        choices=INJECT_POLICIES,
+        help="VXLAN, C path with TAP offloads: auto (default) sends TCP super-frames whole through an injection "
+        "TAP <tap>-inj so that the kernel segments them (Linux 6.17+; sets that device up with a 169.254.255.x/32 "
+        "address, accept_local, forwarding, rp_filter=2, and a FORWARD accept rule if the firewall drops by "
+        "default; all undone on exit); off: segment them in C",
     )
     run.add_argument(
         "--no-fast-path",

@@ -15,7 +15,7 @@ from typing import Any
 
 import uvloop
 
-from control import bridge, config, ctl, logs, metrics, notify, takeover
+from control import bridge, config, ctl, inject, logs, metrics, notify, takeover
 from control.config import ConfigSource
 from control.ctl import CtlError
 from control.keeper import Keeper
@@ -74,7 +74,9 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
             takeover.abandon(offer, str(exc) or type(exc).__name__)
         raise
     out = _Outcome()
+    host: inject.HostSetup | None = None
     try:
+        host = _set_up_inject(engine)
         if offer is None:
             br.attach(engine.tap.name)
         else:  # the TAP is on the bridge already, and must stay there: nothing is (re-)attached
@@ -131,7 +133,31 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
         if out.attached and out.handed_to is None:
             br.detach(engine.tap.name)
         engine.close()  # after a handover the new daemon still holds the TAP: it stays, on its bridge
+        if host is not None:
+            host.undo()  # the injection TAP's firewall rules (its own settings went with the device)
     return 0
+
+
+def _set_up_inject(engine: Engine) -> inject.HostSetup | None:
+    """The host settings for the engine's injection TAP, then the injection on; None when it is not used.
+
+    A host that cannot be set up closes the TAP: super-frames are then segmented in C (logged).
+    """
+    tap = engine.inject_tap
+    if tap is not None:
+        try:
+            host = inject.configure(tap.name, engine.cfg.encap.port)
+        except SetupError as exc:
+            engine.drop_inject(f"not used: {exc}")
+            log.warning("injection TAP %s: %s; TCP super-frames are segmented in C", tap.name, exc)
+        else:
+            log.info("host changes: %s", "; ".join(host.changes), extra={"event": "host_changes"})
+            engine.enable_inject()
+            log.info("TX of TCP super-frames: %s", engine.describe_tx())
+            return host
+    if engine.fast and engine.tap.vnet_hdr_len:
+        log.info("TX of TCP super-frames: %s", engine.describe_tx())
+    return None
 
 
 def _open(

@@ -15,6 +15,11 @@ def format_counters(snap: Mapping[str, Any]) -> str:
     ]
     drops = {k: v for k, v in snap["drops"].items() if v}
     lines.append("drops:    " + ("  ".join(f"{k}={v}" for k, v in drops.items()) if drops else "none"))
+    inject = snap.get("inject")
+    if inject is not None:
+        lines.append("inject:   " + "  ".join(f"{k}={v}" for k, v in inject.items()))
+    if snap.get("tx_path"):
+        lines.append(f"tx path:  {snap['tx_path']}")
     for r in snap["remotes"]:
         fields = "  ".join(f"{k}={v}" for k, v in r.items() if k != "remote")
         lines.append(f"remote {r['remote']:<15} {fields}")

@@ -88,6 +88,9 @@ class Service:
         e = self.engine
         shown: dict[str, object] = {"tap": e.tap.name, "mode": e.cfg.tunnel.mode, "pid": os.getpid()}
         shown.update(e.snapshot().as_dict())
+        describe_tx = getattr(e, "describe_tx", None)
+        if callable(describe_tx):
+            shown["tx_path"] = describe_tx()
         shown["control"] = self.control()
         if self.watch_report is not None:
             shown["watch"] = dict(self.watch_report())

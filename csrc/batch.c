@@ -130,6 +130,11 @@ int ovl_from_tap(struct ovl_dp *dp, int tap_fd, int send_fd, double now) {
     /* Pure step, process, send; until every frame read is used up. */
     struct tx_cursor cur = {0, 0};
     while (cur.frame < n) {
+        /* A super-frame the injection TAP takes whole (inject.c; tx_fill_offloaded stops in front of one) */
+        if (dp->inj && cur.seg == 0 && inject_take(dp, cur.frame, now)) {
+            cur.frame++;
+            continue;
+        }
         uint32_t m = tx_fill_offloaded(dp, n, &cur);
         if (m)
             io_send(dp, ovl_tx_process(dp, m, now), send_fd);

@@ -96,6 +96,7 @@ void ovl_dp_free(struct ovl_dp *dp) {
     free(dp->wr_iov);
     co_free(dp->co);
     io_free(dp->io);
+    inject_free(dp->inj);
     free(dp);
 }
 

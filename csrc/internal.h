@@ -12,6 +12,7 @@
  *   io.c           the syscalls: read, sendmmsg / UDP GSO sendmsg, recvmmsg / UDP GRO, write / writev
  *   dp.c           the configuration setters, context create / free, accessors for Python
  *   remotes.c      the remote slots at run time: add / remove, the address -> slot hash, TX ring growth
+ *   inject.c       VXLAN TX through an injection TAP: super-frames written whole, the kernel segments
  *
  * Every function reproduces a pure-Python reference (named in its comment) byte
  * for byte, including the order of checks, so that the same bad packet gets the
@@ -279,6 +280,7 @@ struct ovl_dp {
     uint32_t n_gso_fd; /* UDP encapsulations: sockets for UDP_SEGMENT sends (0 = raw socket only) */
     uint32_t gso_off;  /* set when a GSO send failed with EIO: raw socket from then on */
     int32_t gso_fd[OVL_GSO_SOCKETS];
+    struct ovl_inject *inj; /* inject.c: VXLAN super-frames through the injection TAP (NULL: off) */
 };
 
 static inline void count_drop(struct ovl_dp *dp, int reason) { dp->drops[reason]++; }
@@ -312,6 +314,15 @@ uint32_t io_tap_read(struct ovl_dp *dp, int tap_fd);
 void io_send(struct ovl_dp *dp, uint32_t k, int send_fd);
 uint32_t io_recv(struct ovl_dp *dp, int recv_fd);
 void io_tap_write(struct ovl_dp *dp, int tap_fd);
+
+/* inject.c */
+struct ovl_inject;
+void inject_free(struct ovl_inject *j);
+/* Would TAP read buf (len bytes, virtio header first) go through the injection TAP? */
+int inject_wanted(const struct ovl_dp *dp, const uint8_t *buf, uint32_t len);
+/* Send TAP read i (tap_data / tap_len) through the injection TAP: 1 done (sent, or dropped and
+ * counted), 0 the old path takes it (unchanged). */
+int inject_take(struct ovl_dp *dp, uint32_t i, double now);
 
 #pragma GCC visibility pop
 

@@ -193,6 +193,8 @@ uint32_t tx_fill_offloaded(struct ovl_dp *dp, uint32_t n, struct tx_cursor *cur)
         uint8_t *buf = dp->tap_data[cur->frame];
         uint32_t len = dp->tap_len[cur->frame];
         int fresh = cur->seg == 0, k;
+        if (fresh && m && dp->inj && inject_wanted(dp, buf, len))
+            break; /* the ring goes out first, then the injection takes this one (ovl_from_tap) */
         if (fresh && len < vlen)
             k = -OVL_DROP_TX_BAD_OFFLOAD;
         else if (fresh && len >= dp->tap_slot) /* may have been cut by the read: too big anyway */

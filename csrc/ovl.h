@@ -298,6 +298,43 @@ int ovl_from_tap(struct ovl_dp *dp, int tap_fd, int send_fd, double now);
 /* PyForwarder.from_tunnel: recvmmsg up to a batch (UDP_GRO buffers split), process, write the plan
  * to the TAP. Returns packets received. */
 int ovl_from_tunnel(struct ovl_dp *dp, int recv_fd, int tap_fd, double now);
+/* ---- VXLAN TX through an injection TAP (csrc/inject.c; issue 10, the injection part) ----
+ * TCP super-frames read from the bridge TAP go to remotes as ONE write each to a second TAP
+ * (24-byte virtio header, TUN_F_UDP_TUNNEL_GSO), outer headers in front: the kernel routes
+ * and segments them. Everything else, and what does not fit, goes the old way. */
+
+/* Counters of the injection: indices in the order of datapath.counters.INJECT_FIELDS. */
+enum ovl_inject_stat {
+    OVL_INJ_WRITES = 0,            /* writes to the injection TAP the kernel took */
+    OVL_INJ_FRAMES = 1,            /* super-frames read from the bridge TAP and sent that way */
+    OVL_INJ_SEGMENTS = 2,          /* segments those writes carry (the kernel cuts them) */
+    OVL_INJ_FALLBACK_TOO_BIG = 3,  /* outer IPv4 length would pass 65,535: segmented by us */
+    OVL_INJ_FALLBACK_MTU = 4,      /* gso_size + headers would not fit the underlay MTU: segmented by us */
+    OVL_INJ_FALLBACK_OTHER = 5,    /* a super-frame we cannot describe to the kernel (no NEEDS_CSUM...) */
+    OVL_INJ_FALLBACK_OFF = 6,      /* super-frames segmented by us after the kernel refused a write */
+    OVL_INJ_ERRORS = 7,            /* failed writes (a full queue, or the refusal that turned it off) */
+    OVL_INJ_DRAINED = 8,           /* frames the kernel sent to the injection TAP, read and dropped */
+    OVL_INJ_COUNT = 9
+};
+
+/* Turn the injection on (VXLAN with a virtio header on the bridge TAP only; -1 otherwise or no memory):
+ * fd the injection TAP (-1: headers are built, nothing written), mac its MAC (6 bytes), udp_tunnel_csum
+ * 1 if it has TUN_F_UDP_TUNNEL_GSO_CSUM (outer UDP checksums completed by the kernel). Clears a refusal. */
+int ovl_dp_set_inject(struct ovl_dp *dp, int32_t fd, const uint8_t *mac, uint32_t udp_tunnel_csum);
+/* 1 while super-frames go through the injection TAP (set, with an fd, and not refused). */
+int ovl_dp_injecting(const struct ovl_dp *dp);
+/* The errno of the write the kernel refused (the path is off since), or 0. */
+int ovl_dp_inject_errno(const struct ovl_dp *dp);
+/* The counters (enum ovl_inject_stat), up to n; returns how many (all 0 without injection). */
+uint32_t ovl_dp_inject_counters(const struct ovl_dp *dp, uint64_t *out, uint32_t n);
+/* Read and drop (count) whatever the kernel queued on the injection TAP; returns how many frames. */
+int ovl_inject_drain(struct ovl_dp *dp);
+/* What the injection writes for the super-frame (vnet: the bridge TAP's OVL_VNET_HDR_LEN-byte virtio
+ * header, native endian; frame: len bytes) to remote r: the 24-byte virtio header, outer Ethernet,
+ * outer IPv4/UDP/VXLAN and the inner frame (a mapped VLAN's tag stripped), into out (cap bytes).
+ * Its length, or -reason (enum ovl_inject_stat: OVL_INJ_FALLBACK_*) when it would go the old way. */
+int ovl_inject_header(struct ovl_dp *dp, uint32_t r, const uint8_t *vnet, const uint8_t *frame, uint32_t len,
+                      uint8_t *out, uint32_t cap);
 /* END CDEF */
 
 #endif

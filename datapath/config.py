@@ -46,6 +46,7 @@ MAX_FDB = 1 << 20
 IFNAMSIZ = 16  # <linux/if.h>, including the terminating NUL
 BRIDGE_TYPES = ("auto", "linux", "ovs", "none")
 OFFLOAD_POLICIES = ("auto", "on", "off")
+INJECT_POLICIES = ("auto", "off")
 
 # {key} is a placeholder for a configuration key; {{ and }} are literal braces (as in str.format).
 _KEY = re.compile(r"\{\{|\}\}|\{([A-Za-z0-9_.-]+)\}")
@@ -304,15 +305,21 @@ class OffloadConfig:
     towards a Linux bridge (the control plane resolves ``rx_coalesce``), UDP_GRO is
     on; on: coalescing towards any bridge; off: none of it. udp_gso: VXLAN sends
     through a pool of UDP_SEGMENT sockets (opt-in: it implies outer UDP checksums
-    and takes the source port from the pool).
+    and takes the source port from the pool). inject (``--inject``) auto: VXLAN TCP
+    super-frames leave whole through an injection TAP and the kernel segments them
+    (C path with TAP offloads, Linux 6.17+, not with udp_gso; falls back when refused);
+    off: they are segmented in C as before.
     """
 
     policy: str = "auto"
     udp_gso: bool = False
     fast_path: bool = True
     rx_coalesce: bool | None = None  # None: as the policy says (auto: resolved from the bridge kind)
+    inject: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.inject not in INJECT_POLICIES:
+            raise ConfigError(f"{{offload.inject}} {_lit(self.inject)} is not one of {', '.join(INJECT_POLICIES)}")
         if self.policy not in OFFLOAD_POLICIES:
             raise ConfigError(f"{{offload.policy}} {_lit(self.policy)} is not one of {', '.join(OFFLOAD_POLICIES)}")
         _check_type("offload.udp_gso", self.udp_gso, (bool,), "true or false")

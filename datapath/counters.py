@@ -49,6 +49,22 @@ STAT_FIELDS: tuple[str, ...] = (
     "rx_gro",
 )
 
+# VXLAN TX through the injection TAP (C path), in the order of enum ovl_inject_stat:
+# writes / frames / segments sent that way; super-frames segmented by us instead (fallback_*:
+# outer IPv4 length past 65,535, gso_size too big for the underlay MTU, not describable, the
+# kernel refused a write earlier); failed writes; frames the kernel sent to that TAP (dropped).
+INJECT_FIELDS: tuple[str, ...] = (
+    "writes",
+    "frames",
+    "segments",
+    "fallback_too_big",
+    "fallback_mtu",
+    "fallback_other",
+    "fallback_off",
+    "errors",
+    "drained",
+)
+
 # FDB counters, in the order of enum ovl_fdb_stat.
 FDB_FIELDS: tuple[str, ...] = ("learns", "moves", "refused_full", "aged")
 
@@ -67,15 +83,20 @@ class Snapshot:
         drops: dict[str, int],
         remotes: list[dict[str, int | str]],
         fdb: dict[str, int],
+        inject: dict[str, int] | None = None,
     ) -> None:
         self.stats = stats
         self.drops = drops
         self.remotes = remotes
         self.fdb = fdb
+        self.inject = inject  # INJECT_FIELDS while the injection TAP is set up, else None
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-ready form."""
-        return {"stats": self.stats, "drops": self.drops, "remotes": self.remotes, "fdb": self.fdb}
+        """JSON-ready form (``inject`` only when the injection TAP is set up)."""
+        d: dict[str, object] = {"stats": self.stats, "drops": self.drops, "remotes": self.remotes, "fdb": self.fdb}
+        if self.inject is not None:
+            d["inject"] = self.inject
+        return d
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Snapshot) and self.as_dict() == other.as_dict()

@@ -55,6 +55,7 @@ from datapath.ether import ETH_ALEN, format_mac
 from datapath.fdb import FdbFull, check_vlan
 from datapath.forwarder import fast_path_available, make_forwarder
 from datapath.io import underlay
+from datapath.io.inject import InjectRefused, InjectTap, open_inject_tap
 from datapath.io.tap import Tap
 
 log = logging.getLogger("ovl-dp")
@@ -116,6 +117,13 @@ class Engine:
             raise
         self.fast = fast
         self.inherited = inherited is not None
+        # VXLAN TX through an injection TAP: opened here, used once the control plane set the host up
+        # (enable_inject); inject_note says why not when it is not.
+        self.inject_tap: InjectTap | None = None
+        self.inject_note = ""
+        self._injecting = False
+        self._inject_set = False  # enable_inject was called: the fd is read (drained) while the engine runs
+        self._open_inject()
         log.info("tap %s: %s", self.tap.name, self.tap.describe())
         log.info("underlay offloads: %s", self.describe_underlay())
         self.io_errors = 0
@@ -211,6 +219,63 @@ class Engine:
             fast=self.fast,
         )
 
+    def _open_inject(self) -> None:
+        cfg = self.cfg
+        if cfg.offload.inject == "off":
+            self.inject_note = "off (--inject off)"
+        elif not self.fast or cfg.encap.name != "vxlan" or not self.tap.vnet_hdr_len:
+            self.inject_note = "not used (VXLAN with the C path and TAP offloads only)"
+        elif self.gso_socks:
+            self.inject_note = "not used with --udp-gso"
+        else:
+            try:
+                self.inject_tap = open_inject_tap(self.tap.name, cfg.encap.udp_csum)
+            except InjectRefused as exc:
+                self.inject_note = f"refused by the kernel: {exc}"
+
+    def enable_inject(self) -> None:
+        """Send TCP super-frames through the injection TAP from now on (the host is set up for it)."""
+        tap = self.inject_tap
+        if tap is None:
+            return
+        self.forwarder.set_inject(tap.fileno(), tap.mac, tap.udp_tunnel_csum)  # type: ignore[attr-defined]
+        self._injecting = True
+        self._inject_set = True
+        if self._loop is not None:
+            self._loop.add_reader(tap.fileno(), self._on_inject)
+
+    def drop_inject(self, why: str) -> None:
+        """Close the injection TAP (before enable_inject): the super-frames are segmented in C."""
+        if self.inject_tap is not None:
+            self.inject_tap.close()
+        self.inject_tap = None
+        self.inject_note = why
+
+    def describe_tx(self) -> str:
+        """How TCP super-frames from the TAP leave: through the injection TAP, or segmented here, and why."""
+        if self._inject_set and self.inject_tap is not None:
+            if not self.forwarder.injecting():  # type: ignore[attr-defined]
+                return f"segmented in C (the injection TAP {self.inject_tap.name} refused a write: {self.inject_note})"
+            return f"kernel segmentation through {self.inject_tap.describe()}"
+        if not self.fast or not self.tap.vnet_hdr_len:
+            return "one frame at a time (no TAP offloads)"
+        return f"segmented in C; injection TAP {self.inject_note or 'not set up'}"
+
+    def _on_inject(self) -> None:
+        self.forwarder.inject_drain()  # type: ignore[attr-defined]
+
+    def _check_inject(self) -> None:
+        # The kernel refused a write: the C side went back to segmenting; say so once.
+        if self._injecting and not self.forwarder.injecting():  # type: ignore[attr-defined]
+            self._injecting = False
+            err = self.forwarder.inject_errno()  # type: ignore[attr-defined]
+            self.inject_note = f"{errno.errorcode.get(err, err)} ({os.strerror(err)})"
+            log.warning(
+                "the injection TAP %s refused a write: %s; TCP super-frames are segmented in C from now on",
+                self.inject_tap.name if self.inject_tap else "?",
+                self.inject_note,
+            )
+
     def describe_underlay(self) -> str:
         """UDP_GRO on receive, UDP_SEGMENT on send (UDP encapsulations only)."""
         if not self.cfg.encap.udp or not self.fast:
@@ -225,11 +290,15 @@ class Engine:
         self._loop = loop
         loop.add_reader(self.tap.fileno(), self._on_tap)
         loop.add_reader(self.recv_sock.fileno(), self._on_tunnel)
+        if self._inject_set and self.inject_tap is not None:
+            loop.add_reader(self.inject_tap.fileno(), self._on_inject)
         self._sweeper = loop.call_later(AGEING_SWEEP_INTERVAL, self._sweep)
 
     def _on_tap(self) -> None:
         try:
             self.forwarder.from_tap(self.tap.fileno(), self.send_sock)
+            if self._injecting:
+                self._check_inject()
         except OSError as exc:
             if exc.errno in TAP_GONE_ERRNOS and self.on_tap_lost is not None:
                 self._lose_tap(exc)
@@ -301,6 +370,8 @@ class Engine:
             if self.tap.fileno() >= 0:  # -1: closed by a replace_tap that failed
                 self._loop.remove_reader(self.tap.fileno())
             self._loop.remove_reader(self.recv_sock.fileno())
+            if self._inject_set and self.inject_tap is not None:
+                self._loop.remove_reader(self.inject_tap.fileno())
             if self._sweeper is not None:
                 self._sweeper.cancel()
             self._loop = None
@@ -317,6 +388,8 @@ class Engine:
         for sock in self.gso_socks:
             sock.close()
         self.tap.close()
+        if getattr(self, "inject_tap", None) is not None:
+            self.inject_tap.close()  # type: ignore[union-attr]
 
     def snapshot(self) -> Snapshot:
         """All counters."""

@@ -32,7 +32,7 @@ from functools import lru_cache
 from typing import Any
 
 from datapath.config import Config, Remote
-from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
+from datapath.counters import FDB_FIELDS, INJECT_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
 from datapath.ether import ETH_HLEN
 from datapath.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEntry, FdbFull, Learn, check_limits, check_vlan
 from datapath.io.tap import VNET_HDR_LEN
@@ -361,6 +361,45 @@ class FastForwarder:
         # Room for any packet or frame the rings hold (IPv4 total length, a super-frame).
         self._out = _raw_alloc("uint8_t[]", 1 << 17)
         self._vnet = ffi.new("uint8_t[]", 16)
+        self._inject = False  # set_inject was called
+
+    # -- VXLAN TX through the injection TAP (csrc/inject.c) -----------------------------
+
+    def set_inject(self, fd: int, mac: bytes, udp_tunnel_csum: bool) -> None:
+        """Send TCP super-frames to remotes through the injection TAP fd (MAC mac), the kernel segmenting.
+
+        fd -1: headers are built (inject_header) but nothing is written. udp_tunnel_csum: the TAP
+        has TUN_F_UDP_TUNNEL_GSO_CSUM (outer UDP checksums). ValueError if the C side cannot
+        (not VXLAN, no virtio header on the bridge TAP).
+        """
+        if lib.ovl_dp_set_inject(self._dp, fd, _mac(mac), bool(udp_tunnel_csum)) < 0:
+            raise ValueError("the injection TAP needs VXLAN and a bridge TAP with a virtio header")
+        self._inject = True
+
+    def injecting(self) -> bool:
+        """True while super-frames go through the injection TAP (set, and not refused by the kernel)."""
+        return bool(lib.ovl_dp_injecting(self._dp))
+
+    def inject_errno(self) -> int:
+        """The errno of the injection write the kernel refused (the path is off since), or 0."""
+        return int(lib.ovl_dp_inject_errno(self._dp))
+
+    def inject_drain(self) -> int:
+        """Read and drop (count as drained) what the kernel queued on the injection TAP; returns how many."""
+        return int(lib.ovl_inject_drain(self._dp))
+
+    def inject_header(self, remote: int, vnet: bytes, frame: bytes) -> bytes:
+        """What the injection writes for super-frame (its virtio header vnet, 10 bytes) to remote slot remote:
+        24-byte virtio header + outer Ethernet + IPv4/UDP/VXLAN + the inner frame. ValueError with the
+        fallback reason (an INJECT_FIELDS name) when the frame would be segmented by us instead."""
+        if len(vnet) != VNET_HDR_LEN:
+            raise ValueError(f"a virtio_net_hdr is {VNET_HDR_LEN} bytes")
+        cap = len(frame) + 128
+        out = _raw_alloc("uint8_t[]", cap)
+        n = int(lib.ovl_inject_header(self._dp, remote, bytes(vnet), bytes(frame), len(frame), out, cap))
+        if n < 0:
+            raise ValueError(f"not injected: {INJECT_FIELDS[-n]}")
+        return bytes(ffi.buffer(out, n))
 
     # -- the remotes (slots; see datapath.pypath) ------------------------------------
 
@@ -528,4 +567,10 @@ class FastForwarder:
                 for i, addr in self._slot_addrs
             ],
             fdb=self.fdb.stats(),
+            inject=dict(zip(INJECT_FIELDS, self._counters_inject(), strict=True)) if self._inject else None,
         )
+
+    def _counters_inject(self) -> list[int]:
+        buf = ffi.new("uint64_t[]", len(INJECT_FIELDS))
+        got = lib.ovl_dp_inject_counters(self._dp, buf, len(INJECT_FIELDS))
+        return [int(buf[i]) for i in range(got)]

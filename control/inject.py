@@ -1,0 +1,197 @@
+"""What the host needs so that the injection TAP's frames are forwarded to the underlay.
+
+The C path writes VXLAN super-frames into the injection TAP (datapath/io/inject.py) as if
+they came in from a wire; the kernel must route them out of the underlay. On the TAP
+device only (no global setting), checked one by one on Linux 6.18 (notes/issue10-research.md):
+
+- no IPv6 on it (``disable_ipv6``, ``addr_gen_mode`` none: no link-local address, no
+  router solicitations), set before the link goes up;
+- ``net.ipv4.conf.<inj>.accept_local=1`` (the outer source is one of our own addresses),
+  ``forwarding=1``, ``rp_filter=2`` plus a /32 address (strict or no-address reverse-path
+  filtering drops the frames), the address from 169.254.255.0/24 (RFC 3927 keeps that /24
+  out of autoconfiguration, so no neighbour on a link has it) and none the host has;
+- the link up;
+- and only where the host's firewall drops forwarded packets by default (an nftables
+  ``forward`` hook chain with policy drop, as Docker makes; iptables-legacy's FORWARD with
+  policy DROP), an accept rule ``iifname <inj> udp dport <port>`` inserted at the top of
+  that chain.
+
+Every change is logged (``host changes: ...``). The device's settings vanish with the
+device when the engine closes it; the firewall rules are deleted (by handle) by
+:meth:`HostSetup.undo`, which the daemon calls on every way out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import shutil
+import subprocess
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+
+from datapath.errors import SetupError
+
+log = logging.getLogger("ovl-dp")
+
+ADDR_NET = ipaddress.IPv4Network("169.254.255.0/24")
+METADATA = ipaddress.IPv4Address("169.254.169.254")  # cloud metadata: never ours
+SYSCTLS = (("accept_local", "1"), ("forwarding", "1"), ("rp_filter", "2"))
+PROC_SYS = "/proc/sys/net"
+NFT_TIMEOUT = 10.0
+
+
+@dataclass
+class HostSetup:
+    """The changes made for one injection TAP, and how to undo those that outlive it."""
+
+    device: str
+    address: str = ""
+    changes: list[str] = field(default_factory=list)
+    _undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+
+    def undo(self) -> None:
+        """Delete the firewall rules (the device's own settings go with the device); idempotent, never raises."""
+        while self._undo:
+            what, action = self._undo.pop()
+            try:
+                action()
+                log.info("host change undone: %s", what)
+            except (OSError, subprocess.SubprocessError, SetupError) as exc:
+                log.warning("could not undo host change %s: %s", what, exc)
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as exc:
+        raise SetupError(f"cannot set {path} to {value}: {exc.strerror}") from None
+
+
+def host_addresses() -> set[ipaddress.IPv4Address]:
+    """Every IPv4 address on an interface of this network namespace."""
+    with IPRoute() as ipr:
+        return {ipaddress.IPv4Address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}
+
+
+def pick_address(device: str, taken: set[ipaddress.IPv4Address]) -> ipaddress.IPv4Address:
+    """A /32 for the injection TAP from 169.254.255.1..254 that is not in taken (and not the metadata address).
+
+    Starts at a place derived from the device name, so that two daemons rarely try the same one.
+    """
+    hosts = [a for a in ADDR_NET.hosts() if a != METADATA]
+    start = zlib.crc32(device.encode()) % len(hosts)
+    for k in range(len(hosts)):
+        a = hosts[(start + k) % len(hosts)]
+        if a not in taken:
+            return a
+    raise SetupError(f"no free address in {ADDR_NET} for the injection TAP {device}")
+
+
+def forward_drop_chains(nft: str | None = None) -> list[tuple[str, str, str]]:
+    """(family, table, chain) of every nftables base chain on the forward hook with policy drop (ip, inet)."""
+    nft = nft or shutil.which("nft")
+    if not nft:
+        return []
+    out = _run([nft, "-j", "list", "chains"])
+    chains = []
+    for item in json.loads(out).get("nftables", []):
+        c = item.get("chain")
+        if c and c.get("hook") == "forward" and c.get("policy") == "drop" and c.get("family") in ("ip", "inet"):
+            chains.append((c["family"], c["table"], c["name"]))
+    return chains
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=NFT_TIMEOUT, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SetupError(f"{' '.join(argv)}: {exc}") from None
+    if p.returncode != 0:
+        raise SetupError(f"{' '.join(argv)}: {p.stderr.strip() or f'exit status {p.returncode}'}")
+    return p.stdout
+
+
+def _nft_accept(setup: HostSetup, nft: str, family: str, table: str, chain: str, port: int) -> None:
+    out = _run([nft, "--echo", "--handle", "-j", "insert", "rule", family, table, chain,
+                "iifname", setup.device, "udp", "dport", str(port), "accept"])  # fmt: skip
+    handle = None
+    for item in json.loads(out).get("nftables", []):
+        rule = item.get("insert", {}).get("rule")
+        if rule:
+            handle = rule.get("handle")
+    if handle is None:
+        raise SetupError(f"nft did not say the handle of the rule it inserted in {family} {table} {chain}")
+    what = f'nft rule "iifname {setup.device} udp dport {port} accept" in {family} {table} {chain} (handle {handle})'
+    setup.changes.append(what)
+    setup._undo.append((what, lambda: _nft_delete(nft, family, table, chain, int(handle))))
+
+
+def _nft_delete(nft: str, family: str, table: str, chain: str, handle: int) -> None:
+    _run([nft, "delete", "rule", family, table, chain, "handle", str(handle)])
+
+
+def _iptables_legacy(setup: HostSetup, port: int) -> None:
+    """iptables-legacy (not seen by nft): an accept rule if its FORWARD policy is DROP."""
+    ipt = shutil.which("iptables-legacy")
+    if not ipt:
+        return
+    if "-P FORWARD DROP" not in _run([ipt, "-w", "-S", "FORWARD"]).splitlines():
+        return
+    spec = ["FORWARD", "-i", setup.device, "-p", "udp", "--dport", str(port), "-j", "ACCEPT"]
+    _run([ipt, "-w", "-I", *spec])
+    what = f'iptables-legacy rule "-I {" ".join(spec)}"'
+    setup.changes.append(what)
+
+    def delete() -> None:
+        _run([ipt, "-w", "-D", *spec])
+
+    setup._undo.append((what, delete))
+
+
+def configure(device: str, port: int) -> HostSetup:
+    """Set the host up for the injection TAP device (down, just created) carrying VXLAN to UDP port.
+
+    Returns what was changed (logged by the caller); SetupError (after undoing what it did) if a
+    step fails: the daemon then closes the TAP and keeps the old path.
+    """
+    setup = HostSetup(device)
+    try:
+        v6 = f"{PROC_SYS}/ipv6/conf/{device}"
+        try:
+            _write_sysctl(f"{v6}/addr_gen_mode", "1")
+            _write_sysctl(f"{v6}/disable_ipv6", "1")
+            setup.changes.append(f"no IPv6 on {device}")
+        except SetupError:
+            pass  # no IPv6 in this kernel or namespace: nothing to turn off
+        for name, value in SYSCTLS:
+            _write_sysctl(f"{PROC_SYS}/ipv4/conf/{device}/{name}", value)
+            setup.changes.append(f"net.ipv4.conf.{device}.{name}={value}")
+        addr = pick_address(device, host_addresses())
+        with IPRoute() as ipr:
+            links = ipr.link_lookup(ifname=device)
+            if not links:
+                raise SetupError(f"the injection TAP {device} is gone")
+            ipr.addr("add", index=links[0], address=str(addr), prefixlen=32)
+            setup.address = str(addr)
+            setup.changes.append(f"address {addr}/32 on {device}")
+            ipr.link("set", index=links[0], state="up")
+            setup.changes.append(f"{device} up")
+        nft = shutil.which("nft")
+        if nft:
+            for family, table, chain in forward_drop_chains(nft):
+                _nft_accept(setup, nft, family, table, chain, port)
+        _iptables_legacy(setup, port)
+    except BaseException as exc:
+        setup.undo()
+        if isinstance(exc, SetupError):
+            raise
+        if isinstance(exc, OSError | ValueError):  # pyroute2's NetlinkError is an OSError
+            raise SetupError(f"cannot set up the injection TAP {device}: {exc}") from None
+        raise
+    return setup
