@@ -410,6 +410,10 @@ class MetricsAdapter:
             return list(rows())
         return [dict(r) for r in self._engine.snapshot().remotes]
 
+    def injecting(self) -> bool:
+        """TCP super-frames leave through the injection TAP now (read on the loop)."""
+        return metrics.on_loop(self._loop, self._engine.injecting)
+
     def offloads(self) -> metrics.OffloadState:
         """Fixed once the engine runs."""
         return self._offloads

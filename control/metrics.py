@@ -326,6 +326,24 @@ class DatapathCollector:
             "ovl_dp_reload_failures", "Reloads refused or failed", ["tap"], [([tap], ctl["reload_failures"])]
         )
 
+        if snap.inject is not None:  # the injection TAP is set up (VXLAN, C path, Linux 6.17+)
+            yield _counter(
+                "ovl_dp_inject",
+                "VXLAN TX through the injection TAP: writes, frames, segments sent that way; super-frames segmented "
+                "in C instead (fallback_*); failed writes; frames the kernel sent to that TAP (drained)",
+                ["tap", "counter"],
+                [([tap, key], value) for key, value in snap.inject.items()],
+            )
+        injecting = getattr(src, "injecting", None)  # optional, as watch_counters
+        if callable(injecting):
+            gauge = GaugeMetricFamily(
+                "ovl_dp_inject_enabled",
+                "1 while TCP super-frames leave whole through the injection TAP (the kernel segments them)",
+                labels=["tap"],
+            )
+            gauge.add_metric([tap], int(bool(injecting())))
+            yield gauge
+
         watch = getattr(src, "watch_counters", None)  # optional: sources without a link watcher lack it
         if callable(watch):
             counts = watch()

@@ -251,6 +251,10 @@ class Engine:
         self.inject_tap = None
         self.inject_note = why
 
+    def injecting(self) -> bool:
+        """True while TCP super-frames leave whole through the injection TAP."""
+        return self._inject_set and bool(self.forwarder.injecting())  # type: ignore[attr-defined]
+
     def describe_tx(self) -> str:
         """How TCP super-frames from the TAP leave: through the injection TAP, or segmented here, and why."""
         if self._inject_set and self.inject_tap is not None:

@@ -1,0 +1,258 @@
+"""VXLAN TX through the injection TAP, with the real kernel doing the segmentation.
+
+Lab of two hosts (control.lab.hosts): ovl-dp VXLAN on host 1 (C path, TAP offloads, --inject
+auto), the kernel's vxlan device or ovl-dp on host 2. What is checked:
+
+- traffic (ping, iperf3 TCP) with the kernel's vxlan device, the super-frames written to the
+  injection TAP (show: inject counters, tx_path);
+- with host 1's underlay veth made NIC-like (``ethtool -K ul0 tx off``: the kernel segments in
+  software before the wire), every VXLAN packet captured on the wire is a valid one: a full
+  IPv4 header checksum, UDP checksum 0 (or valid with --udp-csum), valid inner TCP checksum,
+  within the underlay MTU, and every packet of a TCP flow with that flow's one source port;
+- ovl-dp <-> ovl-dp over such a wire;
+- a host whose nftables forward chain drops by default: the accept rule is inserted, traffic
+  flows, and the rule is gone after the daemon exited (the chain and its policy stay);
+- the host changes are undone on exit: the injection TAP is gone;
+- the fallbacks: --inject off; a kernel that refuses the TAP's offloads (Engine, isolated);
+  a write the kernel refuses at run time (the injection TAP taken down: EIO), after which
+  super-frames are segmented in C and traffic goes on.
+
+Between two ovl-dp over a plain veth (no `tx off`), the super-packets cross the veth whole;
+the receiving ovl-dp needs to accept them (issue 10, RX of super-packets).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+
+from control.lab.hosts import Lab, container_mtu
+from control.lab.peers import kernel_vxlan
+from control.lab.shell import nsexec, sh
+from datapath import fast
+from tests.interop_util import Capture, iperf_bytes
+from tests.isolated import run_isolated
+
+pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("no_leftovers")]
+needs_module = pytest.mark.skipif(not fast.available(), reason="C fast path not built")
+
+VNI = 5001
+PORT = 8472
+INJ = "ovl-vxlan-inj"  # the injection TAP of the default TAP ovl-vxlan
+MIN_TRANSFER = 1_000_000
+# Host 1's underlay veth as a NIC without tunnel offloads: the kernel segments before the wire.
+NIC_LIKE = ("tx", "off", "tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off")
+
+
+def sum16(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def check_wire(frames: list[bytes], udp_csum: bool, mtu: int = 1500) -> dict[tuple[str, int, str, int], set[int]]:
+    """Every captured VXLAN packet is valid (checksums, size); returns inner TCP flow -> outer source ports."""
+    flows: dict[tuple[str, int, str, int], set[int]] = {}
+    for raw in frames:
+        pkt = Ether(raw)
+        ip, udp = pkt[IP], pkt[UDP]
+        assert ip.len <= mtu, ip.len
+        assert sum16(bytes(ip)[: ip.ihl * 4]) == 0xFFFF, "outer IPv4 header checksum"
+        if udp_csum:
+            assert udp.chksum != 0
+            seg = bytes(udp)[: udp.len]
+            pseudo = bytes(ip)[12:20] + struct.pack("!HH", 17, udp.len)
+            assert sum16(pseudo + seg) == 0xFFFF, "outer UDP checksum"
+        else:
+            assert udp.chksum == 0
+        inner = pkt[VXLAN].payload
+        if IP in inner and TCP in inner:
+            iip = inner[IP]
+            l4 = bytes(iip)[iip.ihl * 4 : iip.len]
+            pseudo = bytes(iip)[12:20] + struct.pack("!HH", 6, len(l4))
+            assert sum16(pseudo + l4) == 0xFFFF, "inner TCP checksum"
+            key = (iip.src, iip[TCP].sport, iip.dst, iip[TCP].dport)
+            flows.setdefault(key, set()).add(udp.sport)
+    return flows
+
+
+def expected_sport(src: str, sport: int, dst: str, dport: int) -> int:
+    """The outer source port ovl-dp gives flow (udp_flow_src_port's scaling of the flow hash)."""
+    frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=src, dst=dst)
+                  / TCP(sport=sport, dport=dport))  # fmt: skip
+    h = fast.flow_hash(frame)
+    return 32768 + ((h * (61000 - 32768)) >> 32)
+
+
+def host_nstat(lab: Lab, i: int) -> dict[str, int]:
+    res = sh("ip", "netns", "exec", lab.host(i), "nstat", "-a", "-z", "-j", check=False)
+    return {k: int(v) for k, v in json.loads(res.stdout).get("kernel", {}).items()} if res.stdout else {}
+
+
+def link_exists(lab: Lab, i: int, name: str) -> bool:
+    return sh("ip", "-n", lab.host(i), "link", "show", name, check=False).returncode == 0
+
+
+@needs_module
+@pytest.mark.parametrize("udp_csum", [False, True], ids=["csum0", "udp-csum"])
+def test_with_the_kernels_vxlan_device(udp_csum: bool) -> None:
+    with Lab(2) as lab:
+        lab.build(container_mtu("vxlan"))
+        extra = ("--udp-csum",) if udp_csum else ()
+        d = lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), "--port", str(PORT),
+                      *extra)  # fmt: skip
+        kernel_vxlan(lab, 2, 1, VNI, PORT)
+        nsexec(lab.host(2), "ethtool", "-K", "ul0", "tx", "off")  # the kernel's own sends: NIC-like
+        assert f"host changes: no IPv6 on {INJ}" in d.output()
+        assert f"net.ipv4.conf.{INJ}.accept_local=1" in d.output()
+        addr = sh("ip", "-n", lab.host(1), "-4", "-o", "addr", "show", "dev", INJ).stdout
+        assert "169.254.255." in addr and "/32" in addr, addr
+        assert "inet6" not in sh("ip", "-n", lab.host(1), "addr", "show", "dev", INJ).stdout
+        assert lab.ping(1, 2, count=3)["loss"] == 0
+        assert iperf_bytes(lab, 1, 2) > MIN_TRANSFER  # the veth carries the super-packets whole
+        assert iperf_bytes(lab, 2, 1) > MIN_TRANSFER
+
+        # A NIC-like wire: the kernel cuts them before the wire; every packet on it is valid.
+        nsexec(lab.host(1), "ethtool", "-K", "ul0", *NIC_LIKE)
+        cap = Capture(lab, lab.host(2), "ul0", f"udp dst port {PORT} and src host {lab.underlay_ip(1)}", "wire")
+        assert iperf_bytes(lab, 1, 2) > MIN_TRANSFER
+        frames = cap.stop()
+        flows = check_wire(frames, udp_csum)
+        data = [k for k in flows if k[3] == 5201]
+        assert data, f"no iperf3 data flow among {len(frames)} packets"
+        for key in data:  # every packet of a flow (injected or not) with the flow's one source port
+            assert flows[key] == {expected_sport(*key)}, (key, flows[key])
+        snap = lab.ovl(1, "show")
+        print("wire:", len(frames), "packets;", "inject:", snap["inject"], "nstat:",
+              {k: v for k, v in host_nstat(lab, 1).items() if k in ("IpForwDatagrams", "IpInAddrErrors",
+               "TcpExtIPReversePathFilter", "IpOutNoRoutes", "IcmpOutDestUnreachs")})  # fmt: skip
+        assert snap["inject"]["writes"] > 0 and snap["inject"]["segments"] > snap["inject"]["writes"]
+        assert snap["inject"]["errors"] == 0 and snap["inject"]["fallback_off"] == 0
+        assert "kernel segmentation" in snap["tx_path"], snap["tx_path"]
+        assert not {k: v for k, v in snap["drops"].items() if v}, snap["drops"]
+        assert lab.stop(d) == 0
+        assert not link_exists(lab, 1, INJ)  # its address and sysctls went with it
+
+
+@needs_module
+def test_between_two_ovl_dp_over_a_nic_like_wire() -> None:
+    with Lab(2) as lab:
+        lab.build(container_mtu("vxlan"))
+        lab.start_mesh("vxlan")
+        for i in (1, 2):
+            nsexec(lab.host(i), "ethtool", "-K", "ul0", *NIC_LIKE)
+        assert lab.ping(1, 2, count=3)["loss"] == 0
+        assert iperf_bytes(lab, 1, 2) > MIN_TRANSFER
+        assert iperf_bytes(lab, 2, 1) > MIN_TRANSFER
+        for i in (1, 2):
+            snap = lab.ovl(i, "show")
+            assert snap["inject"]["writes"] > 0, snap
+            assert not {k: v for k, v in snap["drops"].items() if v}, snap["drops"]
+        for i in (1, 2):
+            assert lab.stop(lab.daemons[i]) == 0
+            assert not link_exists(lab, i, INJ)
+
+
+def nft(lab: Lab, *args: str) -> str:
+    return sh("ip", "netns", "exec", lab.host(1), "nft", *args).stdout
+
+
+@needs_module
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/nft"), reason="nftables not installed")
+def test_a_forward_chain_that_drops_by_default() -> None:
+    with Lab(2) as lab:
+        lab.build(container_mtu("vxlan"))
+        nft(lab, "add", "table", "inet", "hostfw")
+        nft(lab, "add", "chain", "inet", "hostfw", "forward", "{ type filter hook forward priority 0; policy drop; }")
+        # The host lets its own bridge's traffic through (br_netfilter hands bridged frames to this hook),
+        # as Docker does for its bridges; the tunnel's forwarded packets are ovl-dp's to open.
+        nft(lab, "add", "rule", "inet", "hostfw", "forward", "iifname", "br-int", "oifname", "br-int", "accept")
+        d = lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), "--port", str(PORT))
+        kernel_vxlan(lab, 2, 1, VNI, PORT)
+        nsexec(lab.host(2), "ethtool", "-K", "ul0", "tx", "off")
+        rules = nft(lab, "-a", "list", "chain", "inet", "hostfw", "forward")
+        assert f'iifname "{INJ}" udp dport {PORT} accept' in rules, rules
+        assert "nft rule" in d.output() and "inet hostfw forward" in d.output()
+        assert iperf_bytes(lab, 1, 2) > MIN_TRANSFER
+        snap = lab.ovl(1, "show")
+        assert snap["inject"]["writes"] > 0 and "kernel segmentation" in snap["tx_path"]
+        assert lab.stop(d) == 0
+        rules = nft(lab, "-a", "list", "chain", "inet", "hostfw", "forward")
+        assert INJ not in rules and "policy drop" in rules, rules
+        assert "host change undone: nft rule" in d.output()
+        assert not link_exists(lab, 1, INJ)
+
+
+@needs_module
+def test_without_a_filter_no_rule_is_added() -> None:
+    with Lab(2) as lab:
+        lab.build(container_mtu("vxlan"))
+        nft(lab, "add", "table", "inet", "hostfw")  # policy accept: nothing to open
+        nft(lab, "add", "chain", "inet", "hostfw", "forward", "{ type filter hook forward priority 0; policy accept; }")
+        d = lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2))
+        assert INJ not in nft(lab, "list", "ruleset") and "nft rule" not in d.output()
+        assert lab.stop(d) == 0
+
+
+@needs_module
+def test_inject_off_and_a_refused_write() -> None:
+    """--inject off keeps the C segmentation; a write the kernel refuses (TAP down: EIO) falls back for good."""
+    with Lab(2) as lab:
+        lab.build(container_mtu("vxlan"))
+        d = lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), "--port", str(PORT),
+                      "--inject", "off")  # fmt: skip
+        kernel_vxlan(lab, 2, 1, VNI, PORT)
+        nsexec(lab.host(2), "ethtool", "-K", "ul0", "tx", "off")
+        assert iperf_bytes(lab, 1, 2) > MIN_TRANSFER
+        snap = lab.ovl(1, "show")
+        assert "inject" not in snap and "--inject off" in snap["tx_path"], snap
+        assert snap["stats"]["tap_rx_gso"] > 0  # super-frames, segmented in C
+        assert not link_exists(lab, 1, INJ) and "host changes" not in d.output()
+        assert lab.stop(d) == 0
+
+        d = lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), "--port", str(PORT))
+        assert iperf_bytes(lab, 1, 2) > MIN_TRANSFER
+        sh("ip", "-n", lab.host(1), "link", "set", INJ, "down")  # every write now fails with EIO
+        assert iperf_bytes(lab, 1, 2) > MIN_TRANSFER  # segmented in C again
+        snap = lab.ovl(1, "show")
+        inj = snap["inject"]
+        assert inj["errors"] >= 1 and inj["fallback_off"] > 0, inj
+        assert "refused a write" in snap["tx_path"] and "EIO" in snap["tx_path"], snap["tx_path"]
+        assert d.output().count("refused a write") == 1, d.output()
+        assert lab.stop(d) == 0
+        assert "Traceback" not in d.output()
+
+
+@needs_module
+def test_a_kernel_that_refuses_the_offloads() -> None:
+    """The Engine keeps today's path when TUNSETOFFLOAD is refused (an offload bit no kernel has), and says why."""
+
+    def body() -> None:
+        from datapath.config import Remote
+        from datapath.engine import Engine
+        from datapath.io import inject
+        from tests.configs import datapath_config
+
+        inject.BASE_OFFLOADS |= 0x8000  # no TUN_F_ bit of that value: EINVAL
+        cfg = datapath_config(mode="vxlan", remotes=(Remote("127.0.0.1", "127.0.0.1"),), underlay_mtu=1500,
+                              tap_mtu=1450, tap_name="t-refuse")  # fmt: skip
+        engine = Engine(cfg)
+        try:
+            assert engine.inject_tap is None, engine.inject_tap
+            assert "refused by the kernel" in engine.inject_note and "TUNSETOFFLOAD" in engine.inject_note
+            assert "segmented in C" in engine.describe_tx()
+            assert not engine.injecting() and engine.snapshot().inject is None
+            assert not os.path.exists("/sys/class/net/t-refuse-inj")  # nothing left of the attempt
+        finally:
+            engine.close()
+
+    run_isolated(body)

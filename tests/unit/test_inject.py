@@ -1,0 +1,186 @@
+"""The injection TAP's writes (csrc/inject.c) against scapy's dissection, and the pure helpers around it.
+
+FastForwarder.inject_header runs the function the TX path runs for one super-frame and one
+remote: the 24-byte virtio header (struct virtio_net_hdr_v1_hash_tunnel), outer Ethernet,
+outer IPv4 / UDP / VXLAN, the inner frame. The kernel side of it is in
+tests/netns/test_inject.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Dot1Q, Ether
+from scapy.layers.vxlan import VXLAN
+
+from control.inject import ADDR_NET, METADATA, pick_address
+from datapath import fast
+from datapath.config import Remote
+from datapath.counters import INJECT_FIELDS
+from datapath.io.inject import inject_names
+from tests.configs import datapath_config
+from tests.offload_frames import GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, NEEDS_CSUM, _sum16, super_frame, vnet
+
+needs_module = pytest.mark.skipif(not fast.available(), reason="C fast path not built")
+
+INJ_MAC = bytes.fromhex("0a0000000042")
+LOCAL, REMOTE = "10.9.0.1", "10.9.0.2"
+MSS = 1398
+
+
+def forwarder(udp_csum: bool = False, **kw: object) -> fast.FastForwarder:
+    fields: dict[str, object] = {"mode": "vxlan", "remotes": (Remote(REMOTE, LOCAL),), "underlay_mtu": 1500,
+                                 "tap_mtu": 1450, "vni": 42, "udp_csum": udp_csum, **kw}  # fmt: skip
+    cfg = datapath_config(**fields)  # type: ignore[arg-type]
+    fwd = fast.FastForwarder(cfg, tap_vnet=10)
+    fwd.set_inject(-1, INJ_MAC, udp_csum)
+    return fwd
+
+
+def tso(frame: bytes, l4: int, mss: int = MSS, gso: int = GSO_TCPV4, flags: int = NEEDS_CSUM) -> bytes:
+    hdrs = l4 + (frame[l4 + 12] >> 4) * 4
+    return vnet(flags, gso, hdrs, mss, l4, 16)
+
+
+def tunnel_fields(out: bytes) -> dict[str, int]:
+    flags, gso_type, hdr_len, gso_size, start, off, nbuf = struct.unpack_from("=BBHHHHH", out)
+    outer_th, inner_nh = struct.unpack_from("<HH", out, 20)
+    return {"flags": flags, "gso_type": gso_type, "hdr_len": hdr_len, "gso_size": gso_size, "csum_start": start,
+            "csum_offset": off, "num_buffers": nbuf, "outer_th": outer_th, "inner_nh": inner_nh,
+            "hash": int.from_bytes(out[10:20], "little")}  # fmt: skip
+
+
+@needs_module
+def test_counter_enum_in_python_order() -> None:
+    for i, name in enumerate(INJECT_FIELDS):
+        assert getattr(fast.lib, "OVL_INJ_" + name.upper()) == i, name
+    assert fast.lib.OVL_INJ_COUNT == len(INJECT_FIELDS)
+
+
+@needs_module
+@pytest.mark.parametrize("udp_csum", [False, True], ids=["csum0", "csum"])
+def test_header_of_a_tcpv4_super_frame(udp_csum: bool) -> None:
+    fwd = forwarder(udp_csum)
+    frame, l4 = super_frame(bytes(range(256)) * 80)  # 20,480 bytes of payload: 15 segments
+    out = fwd.inject_header(0, tso(frame, l4), frame)
+    v = tunnel_fields(out)
+    shift = 14 + 20 + 8 + 8
+    assert v == {"flags": NEEDS_CSUM | (8 if udp_csum else 0), "gso_type": GSO_TCPV4 | 0x20,
+                 "hdr_len": shift + l4 + 20, "gso_size": MSS, "csum_start": shift + l4, "csum_offset": 16,
+                 "num_buffers": 0, "outer_th": 34, "inner_nh": shift + 14, "hash": 0}  # fmt: skip
+    pkt = Ether(out[24:])
+    assert pkt.dst == INJ_MAC.hex(":") and pkt.src != pkt.dst and pkt.type == 0x0800
+    ip, udp = pkt[IP], pkt[UDP]
+    assert (ip.src, ip.dst, ip.ttl, ip.flags, ip.len) == (LOCAL, REMOTE, 65, "DF", len(out) - 24 - 14)
+    again = IP(bytes(ip))
+    del again.chksum
+    assert IP(bytes(again)).chksum == ip.chksum  # a full IPv4 header checksum
+    # The source port is the flow's: the one the per-segment path puts on every segment.
+    plain = IP(fast.encap(fwd.cfg, 0, frame))
+    assert udp.sport == plain[UDP].sport and udp.dport == 4789 and udp.len == ip.len - 20
+    if udp_csum:  # the pseudo-header seed, which the kernel completes per segment
+        seed = _sum16(ipaddress.ip_address(LOCAL).packed + ipaddress.ip_address(REMOTE).packed
+                      + struct.pack("!HH", 17, udp.len))  # fmt: skip
+        assert udp.chksum == seed
+    else:
+        assert udp.chksum == 0
+    assert pkt[VXLAN].vni == 42 and pkt[VXLAN].flags == 0x08
+    assert out[24 + shift :] == frame  # the inner frame untouched: its TCP checksum field keeps the seed
+
+
+@needs_module
+def test_ecn_and_tcpv6_keep_their_gso_type() -> None:
+    fwd = forwarder()
+    frame, l4 = super_frame(b"x" * 9000)
+    assert tunnel_fields(fwd.inject_header(0, tso(frame, l4, gso=GSO_TCPV4 | GSO_ECN), frame))["gso_type"] == 0xA1
+    frame6, l4 = super_frame(b"y" * 9000, v6=True)
+    v = tunnel_fields(fwd.inject_header(0, tso(frame6, l4, mss=1378, gso=GSO_TCPV6), frame6))
+    assert (v["gso_type"], v["inner_nh"], v["csum_start"]) == (GSO_TCPV6 | 0x20, 64, 50 + 14 + 40)
+
+
+@needs_module
+def test_an_inner_tag_stays_and_moves_the_offsets() -> None:
+    """A trunk's 802.1Q tag (an unmapped VLAN) crosses inside the tunnel: inner_nh behind it."""
+    fwd = forwarder()
+    frame, l4 = super_frame(b"z" * 9000, tags=(Dot1Q(vlan=20),))
+    out = fwd.inject_header(0, tso(frame, l4, mss=1394), frame)
+    v = tunnel_fields(out)
+    assert (v["inner_nh"], v["csum_start"]) == (50 + 18, 50 + 18 + 20)
+    assert out[24 + 50 :] == frame
+
+
+@needs_module
+def test_a_mapped_vlan_leaves_untagged_in_its_vni() -> None:
+    fwd = forwarder(vlan_map=((20, 5020),))
+    frame, l4 = super_frame(b"z" * 9000, tags=(Dot1Q(vlan=20),))
+    out = fwd.inject_header(0, tso(frame, l4), frame)
+    v = tunnel_fields(out)
+    assert (v["inner_nh"], v["csum_start"], v["hdr_len"]) == (64, 50 + l4 - 4, 50 + l4 - 4 + 20)
+    assert Ether(out[24:])[VXLAN].vni == 5020
+    assert out[24 + 50 :] == frame[:12] + frame[16:]
+
+
+@needs_module
+def test_what_goes_the_old_way() -> None:
+    fwd = forwarder()
+    frame, l4 = super_frame(b"a" * 9000)
+    with pytest.raises(ValueError, match="fallback_other"):
+        fwd.inject_header(0, tso(frame, l4, flags=0), frame)  # no partial checksum
+    with pytest.raises(ValueError, match="fallback_other"):
+        fwd.inject_header(0, tso(frame, l4, gso=GSO_NONE), frame)  # not a super-frame
+    with pytest.raises(ValueError, match="fallback_other"):
+        fwd.inject_header(0, tso(frame, l4, mss=0), frame)
+    with pytest.raises(ValueError, match="fallback_other"):
+        fwd.inject_header(1, tso(frame, l4), frame)  # no such remote
+    # 36 outer + 14 + 20 + 20 + 1411 = 1501 > 1500: segments the underlay would not take
+    with pytest.raises(ValueError, match="fallback_mtu"):
+        fwd.inject_header(0, tso(frame, l4, mss=1411), frame)
+    assert fwd.inject_header(0, tso(frame, l4, mss=1410), frame)
+    # Outer IPv4 length 36 + frame: at most 65,535.
+    big, l4 = super_frame(b"b" * (65535 - 36 - 54))
+    assert len(fwd.inject_header(0, tso(big, l4), big)) == 24 + 14 + 65535
+    bigger, l4 = super_frame(b"b" * (65535 - 36 - 54 + 1))
+    with pytest.raises(ValueError, match="fallback_too_big"):
+        fwd.inject_header(0, tso(bigger, l4), bigger)
+
+
+@needs_module
+def test_only_vxlan_with_a_virtio_header() -> None:
+    gre = fast.FastForwarder(
+        datapath_config(mode="gre", remotes=(Remote(REMOTE, LOCAL),), underlay_mtu=1500, tap_mtu=1462), tap_vnet=10
+    )
+    with pytest.raises(ValueError):
+        gre.set_inject(-1, INJ_MAC, False)
+    plain = fast.FastForwarder(
+        datapath_config(mode="vxlan", remotes=(Remote(REMOTE, LOCAL),), underlay_mtu=1500, tap_mtu=1450)
+    )
+    with pytest.raises(ValueError):
+        plain.set_inject(-1, INJ_MAC, False)
+    assert plain.snapshot().inject is None
+    fwd = forwarder()
+    assert not fwd.injecting()  # headers only: no fd
+    assert fwd.snapshot().inject == dict.fromkeys(INJECT_FIELDS, 0)
+    assert fwd.inject_drain() == 0 and fwd.inject_errno() == 0
+
+
+def test_injection_tap_names() -> None:
+    names = inject_names("ovl-vxlan")
+    assert names[0] == "ovl-vxlan-inj" and len(set(names)) == len(names)
+    long = inject_names("a-very-long-tap")  # 15 characters, the most a name has
+    assert all(len(n) <= 15 for n in long) and len(set(long)) == len(long)
+    assert long[0] == "a-very-long-inj" and long[1] == "a-very-lon-inj1"
+
+
+def test_address_choice() -> None:
+    first = pick_address("ovl-vxlan-inj", set())
+    assert first in ADDR_NET and first != METADATA and first not in (ADDR_NET[0], ADDR_NET[-1])
+    assert pick_address("ovl-vxlan-inj", set()) == first  # the same device name, the same first choice
+    taken = {first}
+    second = pick_address("ovl-vxlan-inj", taken)
+    assert second != first and second in ADDR_NET
+    everything = set(ADDR_NET.hosts())
+    with pytest.raises(Exception, match="no free address"):
+        pick_address("x", everything)
