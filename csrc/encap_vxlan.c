@@ -40,6 +40,7 @@ const struct ovl_encap_ops encap_vxlan = {
     .name = "vxlan",
     .ip_proto = IPPROTO_UDP,
     .udp = 1,
+    .udp_tunnel = 1,
     .id_max = 0xFFFFFF,
     .bad_id = OVL_DROP_RX_BAD_VNI,
     .outer_len = vxlan_outer_len,

@@ -62,7 +62,7 @@ void inject_free(struct ovl_inject *j) {
 }
 
 int ovl_dp_set_inject(struct ovl_dp *dp, int32_t fd, const uint8_t *mac, uint32_t udp_tunnel_csum) {
-    if (!dp->cfg.ops->udp || dp->cfg.encap != OVL_ENCAP_VXLAN || !dp->cfg.vnet_hdr_len)
+    if (!dp->cfg.ops->udp_tunnel || !dp->cfg.vnet_hdr_len)
         return -1;
     if (!dp->inj) {
         dp->inj = calloc(1, sizeof(*dp->inj));

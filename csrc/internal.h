@@ -158,6 +158,7 @@ struct ovl_encap_ops {
     uint8_t ip_proto;  /* outer IPv4 protocol */
     uint8_t udp;       /* in UDP to cfg.port: source port from the flow hash (the frame needs an
                         * Ethernet header), UDP checksum, UDP GSO / GRO sockets */
+    uint8_t udp_tunnel; /* the kernel's UDP tunnel GSO segments it (an injection TAP may carry it: inject.c) */
     uint32_t id_max;   /* largest tunnel id */
     int bad_id;        /* drop reason of a packet whose tunnel id is not ours */
     /* Bytes of outer header (IPv4 included) in front of the inner frame. */

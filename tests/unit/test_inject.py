@@ -57,7 +57,7 @@ def tunnel_fields(out: bytes) -> dict[str, int]:
 def test_counter_enum_in_python_order() -> None:
     for i, name in enumerate(INJECT_FIELDS):
         assert getattr(fast.lib, "OVL_INJ_" + name.upper()) == i, name
-    assert fast.lib.OVL_INJ_COUNT == len(INJECT_FIELDS)
+    assert len(INJECT_FIELDS) == fast.lib.OVL_INJ_COUNT
 
 
 @needs_module
