@@ -38,8 +38,9 @@ from scapy.layers.vxlan import VXLAN
 from control.lab.hosts import Lab, container_mtu
 from control.lab.peers import kernel_vxlan
 from control.lab.shell import nsexec, sh
+from control.procs import wait_until
 from datapath import fast
-from tests.interop_util import Capture, iperf_bytes
+from tests.interop_util import Capture, iperf_bytes, send_frames
 from tests.isolated import run_isolated
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("no_leftovers")]
@@ -172,6 +173,9 @@ def test_with_the_kernels_vxlan_device(udp_csum: bool) -> None:
         assert snap["inject"]["writes"] > 0 and snap["inject"]["segments"] > snap["inject"]["writes"]
         assert snap["inject"]["errors"] == 0 and snap["inject"]["fallback_off"] == 0
         assert "kernel segmentation" in snap["tx_path"], snap["tx_path"]
+        # What the kernel sends out of the injection TAP (here: frames sent on it with AF_PACKET) is read and counted.
+        send_frames(lab.host(1), INJ, [bytes(Ether(dst="ff:ff:ff:ff:ff:ff", type=0x88B5) / (b"x" * 50))], count=3)
+        assert wait_until("the frames to be drained", lambda: lab.ovl(1, "show")["inject"]["drained"] >= 3)
         assert not {k: v for k, v in snap["drops"].items() if v}, snap["drops"]
         assert lab.stop(d) == 0
         assert not link_exists(lab, 1, INJ)  # its address and sysctls went with it
