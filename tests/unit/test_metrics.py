@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from control import cli, metrics
-from datapath.counters import FDB_FIELDS, STAT_FIELDS, Snapshot
+from datapath.counters import FDB_FIELDS, INJECT_FIELDS, STAT_FIELDS, Snapshot
 from datapath.errors import SetupError
 
 TAP = "ovl-test"
@@ -157,8 +157,8 @@ def test_rows_without_last_rx_age_and_new_counters() -> None:
     assert value(fams["ovl_dp_tx_new_thing"][1], tap=TAP) == 3
 
 
-def test_all_names_follow_the_conventions() -> None:
-    text = metrics.render(FakeSource()).decode()
+def test_all_names_follow_the_conventions(source: FakeSource | None = None) -> None:
+    text = metrics.render(source or FakeSource()).decode()
     for fam in text_string_to_metric_families(text):
         assert fam.name.startswith("ovl_dp_"), fam.name
         assert fam.name == fam.name.lower()
@@ -170,9 +170,9 @@ def test_all_names_follow_the_conventions() -> None:
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
-def test_promtool_check_metrics_is_clean() -> None:
+def test_promtool_check_metrics_is_clean(source: FakeSource | None = None) -> None:
     res = subprocess.run(
-        ["promtool", "check", "metrics"], input=metrics.render(FakeSource()), capture_output=True, timeout=60
+        ["promtool", "check", "metrics"], input=metrics.render(source or FakeSource()), capture_output=True, timeout=60
     )
     assert res.returncode == 0 and not res.stdout.strip() and not res.stderr.strip(), res
 
@@ -427,3 +427,35 @@ def test_heartbeat() -> None:
     assert hb.problem() == ""
     hb.last -= 100
     assert hb.problem().startswith("loop stalled: no heartbeat for 10")
+
+
+class InjectingSource(FakeSource):
+    """A source whose datapath has the injection TAP set up (VXLAN TX, csrc/inject.c)."""
+
+    def __init__(self, injecting: bool) -> None:
+        super().__init__()
+        self.inject = {name: 30 + i for i, name in enumerate(INJECT_FIELDS)}
+        self._injecting = injecting
+
+    def snapshot(self) -> Snapshot:
+        snap = super().snapshot()
+        snap.inject = dict(self.inject)
+        return snap
+
+    def injecting(self) -> bool:
+        return self._injecting
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_injection_counters_and_state(on: bool) -> None:
+    fams = families(InjectingSource(on))
+    kind, samples = fams["ovl_dp_inject"]
+    assert kind == "counter"
+    for i, name in enumerate(INJECT_FIELDS):
+        assert value(samples, tap=TAP, counter=name) == 30 + i
+    assert value(fams["ovl_dp_inject_enabled"][1], tap=TAP) == int(on)
+    plain = families(FakeSource())  # no injection TAP: neither family
+    assert "ovl_dp_inject" not in plain and "ovl_dp_inject_enabled" not in plain
+    test_all_names_follow_the_conventions(InjectingSource(on))
+    if shutil.which("promtool") is not None:
+        test_promtool_check_metrics_is_clean(InjectingSource(on))
