@@ -254,6 +254,19 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         help="use the pure-Python datapath instead of C",
     )
     run.add_argument(
+        "--no-dp-thread",
+        dest="offload.dp_thread",
+        action="store_false",
+        help="C path: run the batches from the asyncio loop instead of a data-path thread of their own",
+    )
+    run.add_argument(
+        "--cpu",
+        dest="offload.cpu",
+        type=int,
+        metavar="N",
+        help="pin the data-path thread to CPU N (default: not pinned)",
+    )
+    run.add_argument(
         "--metrics",
         dest="metrics",
         type=_metrics_address,

@@ -298,6 +298,48 @@ int ovl_from_tap(struct ovl_dp *dp, int tap_fd, int send_fd, double now);
 /* PyForwarder.from_tunnel: recvmmsg up to a batch (UDP_GRO buffers split), process, write the plan
  * to the TAP. Returns packets received. */
 int ovl_from_tunnel(struct ovl_dp *dp, int recv_fd, int tap_fd, double now);
+/* ---- the data path in a thread of its own (issue 10, C data-path thread: csrc/loop.c) ---- */
+
+/* What ovl_runner_run returns. */
+enum ovl_run_result {
+    OVL_RUN_STOPPED = 0,    /* ovl_runner_stop was called */
+    OVL_RUN_TAP_ERROR = 1,  /* a TAP read failed (not EAGAIN): *err; the frames read before it were forwarded */
+    OVL_RUN_RECV_ERROR = 2, /* a receive from the underlay failed: *err */
+    OVL_RUN_FAILED = 3      /* poll() failed, or another thread is inside ovl_runner_run (EBUSY): *err */
+};
+
+/* Bits of ovl_runner_state. */
+enum ovl_runner_bits {
+    OVL_RUNNER_ACTIVE = 1, /* a thread is inside ovl_runner_run */
+    OVL_RUNNER_PARKED = 2, /* ... and is parked between two batches */
+    OVL_RUNNER_STOP = 4,   /* a stop is requested (until ovl_runner_rearm) */
+    OVL_RUNNER_PAUSED = 8  /* at least one pause is not yet resumed */
+};
+
+struct ovl_runner; /* the loop's control state: a mutex, a condition, an eventfd */
+
+/* A runner, or NULL (no memory, no eventfd). */
+struct ovl_runner *ovl_runner_new(void);
+/* Release r (no thread may be inside ovl_runner_run). */
+void ovl_runner_free(struct ovl_runner *r);
+/* The blocking data-path loop on context dp: poll() on tap_fd (< 0: not read), recv_fd and r's
+ * eventfd; one batch of ovl_from_tap / ovl_from_tunnel per readiness (clock: CLOCK_MONOTONIC).
+ * Parks between batches while a pause is requested. Returns enum ovl_run_result, the errno in *err
+ * (0 for OVL_RUN_STOPPED). One thread at a time per runner. */
+int ovl_runner_run(struct ovl_runner *r, struct ovl_dp *dp, int tap_fd, int recv_fd, int send_fd, int32_t *err);
+/* Stop the world: returns once the loop is parked between two batches, or at once when no thread
+ * is inside ovl_runner_run (one entering parks before its first batch). Nests; any thread but the
+ * loop's. Until the matching ovl_runner_resume the caller may use the context. */
+void ovl_runner_pause(struct ovl_runner *r);
+/* End one pause; the loop goes on when the last one ends. 0, or -1 if no pause was pending. */
+int ovl_runner_resume(struct ovl_runner *r);
+/* Ask the loop to return OVL_RUN_STOPPED after its current batch (also from a pause); every later
+ * ovl_runner_run returns at once until ovl_runner_rearm. */
+void ovl_runner_stop(struct ovl_runner *r);
+/* Clear a stop before a new run: 0, or -1 while a thread is inside ovl_runner_run. */
+int ovl_runner_rearm(struct ovl_runner *r);
+/* enum ovl_runner_bits of r now (for tests and diagnostics). */
+uint32_t ovl_runner_state(struct ovl_runner *r);
 /* END CDEF */
 
 #endif

@@ -43,6 +43,7 @@ MIN_MTU = 68  # the IPv4 minimum (RFC 791)
 MAX_MTU = 65000
 MAX_AGEING = 10**6
 MAX_FDB = 1 << 20
+MAX_CPU = 8191  # CONFIG_NR_CPUS at most
 IFNAMSIZ = 16  # <linux/if.h>, including the terminating NUL
 BRIDGE_TYPES = ("auto", "linux", "ovs", "none")
 OFFLOAD_POLICIES = ("auto", "on", "off")
@@ -304,13 +305,17 @@ class OffloadConfig:
     towards a Linux bridge (the control plane resolves ``rx_coalesce``), UDP_GRO is
     on; on: coalescing towards any bridge; off: none of it. udp_gso: VXLAN sends
     through a pool of UDP_SEGMENT sockets (opt-in: it implies outer UDP checksums
-    and takes the source port from the pool).
+    and takes the source port from the pool). dp_thread (C path): the data path runs in a
+    thread of its own (csrc/loop.c), Python only for control; false: batches run from the
+    asyncio loop. cpu: pin that thread to this CPU (default: not pinned).
     """
 
     policy: str = "auto"
     udp_gso: bool = False
     fast_path: bool = True
     rx_coalesce: bool | None = None  # None: as the policy says (auto: resolved from the bridge kind)
+    dp_thread: bool = True
+    cpu: int | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in OFFLOAD_POLICIES:
@@ -319,6 +324,11 @@ class OffloadConfig:
         _check_type("offload.fast_path", self.fast_path, (bool,), "true or false")
         if self.rx_coalesce is not None:
             _check_type("offload.rx_coalesce", self.rx_coalesce, (bool,), "true or false")
+        _check_type("offload.dp_thread", self.dp_thread, (bool,), "true or false")
+        if self.cpu is not None:
+            _check_range("offload.cpu", "a CPU number", self.cpu, 0, MAX_CPU)
+            if not (self.fast_path and self.dp_thread):
+                raise ConfigError("{offload.cpu} pins the data-path thread: it needs the C fast path and its thread")
         if self.udp_gso and (not self.fast_path or self.policy == "off"):
             raise ConfigError("{offload.udp_gso} needs the C fast path with offloads on")
 
