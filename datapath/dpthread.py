@@ -68,7 +68,13 @@ class DataPathThread:
         """Start the loop; from here on the forwarder's calls pause it (OSError: no runner)."""
         self._fwd.runner_start()
         self._started = True
-        self._thread.start()
+        self._thread.start()  # returns once the thread runs: native_id is set
+        if self.cpu is not None:
+            try:
+                assert self._thread.native_id is not None
+                os.sched_setaffinity(self._thread.native_id, {self.cpu})
+            except OSError as exc:  # no such CPU, or not in our cpuset: it runs unpinned
+                self.affinity_error = exc
 
     @property
     def alive(self) -> bool:
@@ -87,11 +93,6 @@ class DataPathThread:
 
     def _body(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _SYNCHRONOUS)
-        if self.cpu is not None:
-            try:
-                os.sched_setaffinity(0, {self.cpu})  # 0: this thread
-            except OSError as refused:
-                self.affinity_error = refused
         tap_fd, recv_fd, send_fd = self._fds
         lib = fast.lib
         while True:

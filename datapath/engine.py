@@ -238,7 +238,11 @@ class Engine:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the data-path thread, or register the fds with loop; packets flow from here on."""
         self._loop = loop
-        if not (self.threaded and self._start_thread()):
+        if self.threaded and self._start_thread():
+            th = self._thread
+            pin = f", pinned to CPU {th.cpu}" if th is not None and th.cpu is not None and not th.affinity_error else ""
+            log.info("data path: a C thread of its own%s", pin)
+        else:
             loop.add_reader(self.tap.fileno(), self._on_tap)
             loop.add_reader(self.recv_sock.fileno(), self._on_tunnel)
         self._sweeper = loop.call_later(AGEING_SWEEP_INTERVAL, self._sweep)
@@ -262,6 +266,8 @@ class Engine:
             log.warning("data-path thread not started (%s): the batches run on the event loop", exc)
             return False
         self._thread = th
+        if th.affinity_error is not None:
+            log.warning("data-path thread not pinned to CPU %s: %s", th.cpu, th.affinity_error.strerror)
         return True
 
     def _stop_thread(self) -> None:

@@ -175,9 +175,10 @@ def test_a_pause_stops_the_world_under_traffic(rig: Rig) -> None:
     other_sent = [0]
 
     def flood() -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx, socket.socket(
-            socket.AF_INET, socket.SOCK_DGRAM
-        ) as tx2:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx2,
+        ):
             tx2.bind((OTHER, 0))
             n = 0
             while not stop.is_set():
