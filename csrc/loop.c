@@ -23,6 +23,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -99,6 +100,7 @@ int ovl_runner_run(struct ovl_runner *r, struct ovl_dp *dp, int tap_fd, int recv
     }
     r->active = 1;
     pthread_mutex_unlock(&r->mu);
+    prctl(PR_SET_NAME, "ovl-dp data"); /* this thread's name in top -H, ps -L, perf */
     /* poll() leaves out an entry with a negative fd: tap_fd -1 = the TAP is not read. */
     struct pollfd pfd[3] = {{r->efd, POLLIN, 0}, {tap_fd, POLLIN, 0}, {recv_fd, POLLIN, 0}};
     int ret = OVL_RUN_STOPPED;

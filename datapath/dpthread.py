@@ -81,6 +81,11 @@ class DataPathThread:
         """The thread runs (started and not yet ended)."""
         return self._thread.is_alive()
 
+    @property
+    def native_id(self) -> int | None:
+        """The thread's kernel id (its /proc/self/task entry; named "ovl-dp data" while in the loop)."""
+        return self._thread.native_id
+
     def stop(self) -> None:
         """Stop after the current batch and join (idempotent): every frame read has been forwarded."""
         if not self._started:

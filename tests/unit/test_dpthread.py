@@ -148,6 +148,8 @@ def test_frames_flow_through_the_thread_both_ways(rig: Rig) -> None:
     rig.from_remote(inner(1))
     assert read_frame(rig.peer) == inner(1)
     assert [(e.mac, e.remote) for e in rig.fwd.fdb.entries()] == [(MAC_B, 0)]
+    with open(f"/proc/self/task/{th.native_id}/comm") as f:
+        assert f.read().strip() == "ovl-dp data"  # named by the loop (top -H, perf)
     # A frame into the TAP towards MAC_B (learned behind remote 0 = 127.0.0.1): out and back in.
     out = MAC_B + MAC_A + b"\x08\x00" + b"tap-side".ljust(46, b"\0")
     rig.peer.send(out)
