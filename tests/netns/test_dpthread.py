@@ -193,8 +193,8 @@ def test_start_again_after_stop_reading() -> None:
             for _ in range(3):
                 eng.start(loop)
                 assert len(dp_threads()) == 1
+                n = eng.snapshot().stats["tap_tx"]  # before the send: the thread may be quicker than the next line
                 send_from_remote(cfg, frame(MAC_A, MAC_B))
-                n = eng.snapshot().stats["tap_tx"]
                 run_until(loop, lambda n=n: eng.snapshot().stats["tap_tx"] > n)
                 eng.stop_reading()
                 assert dp_threads() == []
