@@ -17,6 +17,11 @@ ring slot is cut by recvmmsg and dropped as truncated (Python reads 64 KiB).
 
 :func:`available` says whether the module is built (``pip install -e .``
 or ``python csrc/build.py``).
+
+While a data-path thread runs the C loop on a forwarder's context
+(:mod:`datapath.dpthread`), every method of the forwarder and of its FDB view parks that
+thread between two batches for the call (:meth:`FastForwarder.paused`), so the C side
+needs no locks; without a thread that costs one attribute test.
 """
 
 from __future__ import annotations
