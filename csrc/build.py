@@ -41,6 +41,7 @@ UNITS = (
     "io.c",
     "dp.c",
     "remotes.c",
+    "rx_super.c",
 )
 CFLAGS = ["-O2", "-Wall", "-Wextra"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]

@@ -311,12 +311,14 @@ class OffloadConfig:
     udp_gso: bool = False
     fast_path: bool = True
     rx_coalesce: bool | None = None  # None: as the policy says (auto: resolved from the bridge kind)
+    rx_super: bool = True  # C path: receive tunnel super-packets (64 KiB datagrams) whole (csrc/rx_super.c)
 
     def __post_init__(self) -> None:
         if self.policy not in OFFLOAD_POLICIES:
             raise ConfigError(f"{{offload.policy}} {_lit(self.policy)} is not one of {', '.join(OFFLOAD_POLICIES)}")
         _check_type("offload.udp_gso", self.udp_gso, (bool,), "true or false")
         _check_type("offload.fast_path", self.fast_path, (bool,), "true or false")
+        _check_type("offload.rx_super", self.rx_super, (bool,), "true or false")
         if self.rx_coalesce is not None:
             _check_type("offload.rx_coalesce", self.rx_coalesce, (bool,), "true or false")
         if self.udp_gso and (not self.fast_path or self.policy == "off"):

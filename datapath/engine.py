@@ -109,8 +109,9 @@ class Engine:
             self._open_io(cfg, fast)
         try:
             self.forwarder = make_forwarder(
-                cfg, fast, clock, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks
-            )
+                cfg, fast, clock, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks,
+                rx_super=fast and cfg.offload.rx_super,
+            )  # fmt: skip
         except Exception:
             self._close_io()
             raise
@@ -420,6 +421,9 @@ class Engine:
         if not MIN_MTU <= mtu <= self.cfg.tap_mtu:
             raise ValueError(f"TAP MTU {mtu} outside {MIN_MTU}..{self.cfg.tap_mtu} (the MTU it started with)")
         self.tap.set_mtu(mtu)
+        set_rx_mtu = getattr(self.forwarder, "set_tap_mtu", None)
+        if set_rx_mtu is not None:  # the C path cuts received super-packets for the TAP's MTU
+            set_rx_mtu(mtu)
 
     def remote_rows(self) -> list[dict[str, object]]:
         """Per current remote, in slot order: remote, local, the per-remote counters, and

@@ -333,11 +333,14 @@ class FastForwarder:
         tap_vnet: int = 0,
         udp_gro: bool = False,
         gso_socks: Sequence[socket.socket] = (),
+        rx_super: bool = False,
     ) -> None:
         """tap_vnet: the TAP's virtio header length (10, see datapath.io.tap), 0 for a plain TAP.
 
         udp_gro: the receiving socket has UDP_GRO on (VXLAN). gso_socks: UDP sockets
         (underlay.open_gso_sockets) that VXLAN packets leave through with UDP_SEGMENT.
+        rx_super: receive super-packets whole (64 KiB receive slots; csrc/rx_super.c), their
+        segments sized for cfg.tap_mtu.
         """
         _require()
         self.cfg = cfg
@@ -353,6 +356,9 @@ class FastForwarder:
         self._gso_socks = list(gso_socks)  # the fds stay open as long as the C side uses them
         fds = ffi.new("int32_t[]", [s.fileno() for s in self._gso_socks] or [-1])
         lib.ovl_dp_set_gso_fds(self._dp, fds, len(self._gso_socks))
+        self.rx_super = rx_super
+        if rx_super:
+            self.set_tap_mtu(cfg.tap_mtu)
         self.fdb = FastFdb._view(self._dp, lib.ovl_dp_fdb(self._dp), cfg.fdb.max_entries, cfg.fdb.ageing, clock)
         for mac, remote, vlan in cfg.static_entries:
             self.fdb.add_static(mac, remote, vlan=vlan)
@@ -361,6 +367,11 @@ class FastForwarder:
         # Room for any packet or frame the rings hold (IPv4 total length, a super-frame).
         self._out = _raw_alloc("uint8_t[]", 1 << 17)
         self._vnet = ffi.new("uint8_t[]", 16)
+
+    def set_tap_mtu(self, mtu: int) -> None:
+        """The TAP's MTU changed: super-packets are cut / labelled for it (no-op without rx_super)."""
+        if self.rx_super and lib.ovl_dp_set_rx_super(self._dp, mtu) < 0:
+            raise ValueError(f"TAP MTU {mtu} out of range for receiving super-packets (or no memory)")
 
     # -- the remotes (slots; see datapath.pypath) ------------------------------------
 
