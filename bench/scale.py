@@ -9,7 +9,8 @@ options (but ``--fdb-max`` room for the MACs). Phases, measured in this order on
   macs     MACs learned for real: container 2 sends frames from N distinct source MACs (AF_PACKET,
            to container 1's MAC), host 2's ovl-dp tunnels them, host 1's learns each behind host 2
            (checked: its FDB holds them); then measured with the table full
-  remotes  the FDB flushed (control socket), then R - 1 more remotes added on host 1 over the control
+  base again  the FDB flushed (control socket): base once more, for the noise between phases
+  remotes  then R - 1 more remotes added on host 1 over the control
            socket (``remote add``, as the CLI sends it), addresses 10.200.x.y routed in host 1's
            namespace to a veth whose peer holds no address (a static neighbour no one has: the copies
            leave ovl-dp and the kernel's send path, and are dropped at the far end of that veth)
@@ -36,7 +37,6 @@ from control.lab.hosts import Lab, container_mtu
 from control.lab.shell import mac_of, nsexec, sh
 
 SINK_NET = "10.200."
-FDB_MAX = 262144
 
 # Frames from N source MACs to dst, out of eth0: written by a child in the container's namespace.
 SEND_MACS = """
@@ -66,11 +66,16 @@ with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
 
 # R - 1 remotes added over the control socket of the daemon in this namespace.
 ADD_REMOTES = """
-import sys
+import sys, time
 from control import ctl
 tap, n = ctl.running()[0], int(sys.argv[1])
+took = []
 for i in range(n):
+    t = time.monotonic()
     ctl.request(tap, "remote", {"op": "add", "addr": f"10.200.{i // 250}.{i % 250 + 1}"})
+    took.append(time.monotonic() - t)
+k = max(n // 10, 1)
+print(f"{sum(took[:k]) / k * 1e3:.1f} {sum(took[-k:]) / k * 1e3:.1f}")
 """
 
 FLUSH_FDB = """
@@ -139,6 +144,9 @@ def measure(lab: Lab, phase: str, seconds: int, floods: int) -> dict[str, Any]:
     row["h1_h2"] = gbits(lab, 1, 2, seconds)
     row["h2_h1"] = gbits(lab, 2, 1, seconds)
     row.update(flood_cost(lab, floods))
+    t0, c0 = time.monotonic(), cpu_ns(pid)
+    time.sleep(2.0)
+    row["idle_ms_per_s"] = (cpu_ns(pid) - c0) / (time.monotonic() - t0) / 1e6  # timers, control plane
     snap = lab.ovl(1, "show")
     row["fdb"] = snap["fdb"]["entries"]
     row["remotes"] = len(snap["remotes"])
@@ -147,16 +155,18 @@ def measure(lab: Lab, phase: str, seconds: int, floods: int) -> dict[str, Any]:
     return row
 
 
-def learn_macs(lab: Lab, n: int) -> float:
-    """Container 2 sends frames from n source MACs to container 1; seconds until host 1's FDB holds them."""
+def learn_macs(lab: Lab, n: int) -> tuple[float, list[int]]:
+    """Container 2 sends frames from n source MACs to container 1; (seconds, host 1's FDB entries after each pass)."""
     dst = mac_of(lab.container(1), "eth0").replace(":", "")
     t0 = time.monotonic()
-    for _ in range(3):  # a frame lost on the way (a full TAP queue) is sent again in the next pass
-        nsexec(lab.container(2), sys.executable, "-c", SEND_MACS, dst, str(n))
+    passes = []
+    for _ in range(4):  # a frame lost on the way (a full TAP queue) is sent again in the next pass
+        nsexec(lab.container(2), sys.executable, "-c", SEND_MACS, dst, str(n), timeout=600)
         time.sleep(0.5)
-        if lab.ovl(1, "show")["fdb"]["entries"] >= n:
+        passes.append(int(lab.ovl(1, "show")["fdb"]["entries"]))
+        if passes[-1] >= n:
             break
-    return time.monotonic() - t0
+    return time.monotonic() - t0, passes
 
 
 def sink_routes(lab: Lab) -> None:
@@ -175,34 +185,41 @@ def run_round(seconds: int, macs: int, remotes: int, floods: int) -> list[dict[s
     with Lab(2) as lab:
         lab.build(container_mtu("vxlan"))
         sink_routes(lab)
-        lab.start_mesh("vxlan", "--fdb-max", str(FDB_MAX))
+        lab.start_mesh("vxlan", "--fdb-max", str(macs + 1024))
         lab.ping(1, 2, count=3)
         rows.append(measure(lab, "base", seconds, floods))
-        took = learn_macs(lab, macs)
+        took, passes = learn_macs(lab, macs)
         row = measure(lab, f"{macs} MACs", seconds, floods)
-        row["learn_s"] = took
+        row["learn_s"], row["learn_passes"] = took, passes
+        row["h1_fdb"] = lab.ovl(1, "show")["fdb"]
+        row["h2_drops"] = {k: v for k, v in lab.ovl(2, "show")["drops"].items() if v}
         rows.append(row)
         nsexec(lab.host(1), sys.executable, "-c", FLUSH_FDB)
+        # The same lab again with the FDB flushed: what "base" measures, for the noise between phases.
+        rows.append(measure(lab, "base again", seconds, floods))
         t0 = time.monotonic()
-        nsexec(lab.host(1), sys.executable, "-c", ADD_REMOTES, str(remotes - 1))
+        first, last = nsexec(
+            lab.host(1), sys.executable, "-c", ADD_REMOTES, str(remotes - 1), timeout=900
+        ).stdout.split()
         took = time.monotonic() - t0
         lab.ping(1, 2, count=3)
         # Fewer floods with many remotes: each is `remotes` copies.
         row = measure(lab, f"{remotes} remotes", seconds, max(floods // 10, 200))
-        row["add_s"] = took
+        row["add_s"], row["add_ms_first_last_tenth"] = round(took, 1), (float(first), float(last))
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| phase | FDB entries | remotes | TCP h1→h2 Gbit/s | TCP h2→h1 Gbit/s | flood CPU µs/frame | ns/copy "
-            "| copies per flood | RSS MB (peak) |")  # fmt: skip
-    out = [head, "|" + "---|" * 9]
+            "| copies per flood | idle CPU ms/s | RSS MB (peak) |")  # fmt: skip
+    out = [head, "|" + "---|" * 10]
     for r in rows:
         per = r["copies"] / max(r["flooded"], 1)
         out.append(
             f"| {r['phase']} | {r['fdb']} | {r['remotes']} | {r['h1_h2']:.2f} | {r['h2_h1']:.2f} "
-            f"| {r['us_per_frame']:.1f} | {r['ns_per_copy']:.0f} | {per:.0f} | {r['rss_mb']:.1f} ({r['hwm_mb']:.1f}) |"
+            f"| {r['us_per_frame']:.1f} | {r['ns_per_copy']:.0f} | {per:.0f} | {r['idle_ms_per_s']:.1f} "
+            f"| {r['rss_mb']:.1f} ({r['hwm_mb']:.1f}) |"
         )
     return "\n".join(out)
 
@@ -224,7 +241,8 @@ def main() -> None:
         got = run_round(args.seconds, args.macs, args.remotes, args.floods)
         for r in got:
             r["round"] = k + 1
-            extra = {x: round(r[x], 2) for x in ("learn_s", "add_s") if x in r}
+            keys = ("learn_s", "learn_passes", "h1_fdb", "h2_drops", "add_s", "add_ms_first_last_tenth")
+            extra = {x: r[x] for x in keys if x in r}
             print(f"round {k + 1}: {r['phase']}: drops in the flood {r['drops']} {extra}", flush=True)
         rows += got
     print(table(rows))
