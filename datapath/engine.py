@@ -119,6 +119,9 @@ class Engine:
         self.inherited = inherited is not None
         log.info("tap %s: %s", self.tap.name, self.tap.describe())
         log.info("underlay offloads: %s", self.describe_underlay())
+        if getattr(self.forwarder, "rx_super", False):
+            how = "as one TSO write" if self.forwarder.coalescing() else "cut into segments here"  # type: ignore[attr-defined]
+            log.info("super-packets received whole (64 KiB receive slots), to the TAP %s", how)
         self.io_errors = 0
         self.tap_recreated = 0  # times replace_tap() opened the TAP again
         # Called (once per TAP) when a read says the device is gone; its reader is unregistered first.

@@ -369,6 +369,10 @@ class FastForwarder:
         self._out = _raw_alloc("uint8_t[]", 1 << 17)
         self._vnet = ffi.new("uint8_t[]", 16)
 
+    def coalescing(self) -> bool:
+        """True if received TCP segments (and super-packets) go to the TAP as super-frames (rx_coalesce)."""
+        return bool(lib.ovl_dp_coalescing(self._dp))
+
     def set_tap_mtu(self, mtu: int) -> None:
         """The TAP's MTU changed: super-packets are cut / labelled for it (no-op without rx_super)."""
         if self.rx_super and lib.ovl_dp_set_rx_super(self._dp, mtu) < 0:
