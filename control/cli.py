@@ -248,6 +248,13 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         "several times faster, but sends outer UDP checksums and takes the source port from the pool's 8",
     )
     run.add_argument(
+        "--no-rx-super",
+        dest="offload.rx_super",
+        action="store_false",
+        help="C path: do not receive tunnel super-packets (64 KiB datagrams of a peer whose kernel did not "
+        "segment them, e.g. over veth) whole; they are then dropped as truncated",
+    )
+    run.add_argument(
         "--no-fast-path",
         dest="offload.fast_path",
         action="store_false",

@@ -67,7 +67,9 @@ enum ovl_drop {
     OVL_DROP_RX_TAP_ERROR = 13,
     OVL_DROP_TX_BAD_OFFLOAD = 14, /* virtio header or GSO super-frame we cannot handle */
     OVL_DROP_TX_FULL = 15,        /* the underlay send buffer or device queue was full (EAGAIN, ENOBUFS) */
-    OVL_DROP_COUNT = 16 /* size of the drops array; index 0 is unused */
+    OVL_DROP_RX_BAD_SUPER = 16,   /* a received inner frame beyond the TAP MTU and a ring slot that is no TCP
+                                   * super-packet we can pass on (not TCP, lengths or checksum wrong) */
+    OVL_DROP_COUNT = 17 /* size of the drops array; index 0 is unused */
 };
 
 /* Outcome of ovl_fdb_learn: the values of datapath.fdb.Learn. */
@@ -89,7 +91,9 @@ enum ovl_stat {
     OVL_STAT_TAP_TX_GSO = 5, /* super-frames written to the TAP (each counted in tap_tx per segment) */
     OVL_STAT_TX_GSO = 6,     /* UDP_SEGMENT sends of several datagrams (each counted in tx_packets) */
     OVL_STAT_RX_GRO = 7,     /* UDP_GRO buffers of several datagrams received */
-    OVL_STAT_COUNT = 8
+    OVL_STAT_RX_SUPER = 8,       /* super-packets received whole and written to the TAP as one TSO frame */
+    OVL_STAT_RX_SUPER_SPLIT = 9, /* super-packets received whole and cut into segments here */
+    OVL_STAT_COUNT = 10
 };
 
 /* Per-remote counters: indices in the order of datapath.counters.REMOTE_FIELDS. */
@@ -340,6 +344,16 @@ void ovl_runner_stop(struct ovl_runner *r);
 int ovl_runner_rearm(struct ovl_runner *r);
 /* enum ovl_runner_bits of r now (for tests and diagnostics). */
 uint32_t ovl_runner_state(struct ovl_runner *r);
+/* ---- issue 10, super-packets received whole (rx_super.c) ---- */
+
+/* Receive super-packets whole: a peer whose kernel lets its vxlan (or gretap) device's GSO packets
+ * cross a virtual hop unsegmented (veth) sends datagrams of up to 64 KiB, whose inner frame is a TCP
+ * packet beyond the TAP's MTU with only the pseudo-header seed as checksum. With tap_mtu (the TAP's
+ * MTU, 256..65535) the receive slots grow to 64 KiB and such a packet goes to the TAP as one TSO
+ * write where the TAP takes them (rx_coalesce with a virtio header), else cut into segments of at
+ * most tap_mtu with full checksums; 0 turns it off (a datagram beyond a ring slot is dropped as
+ * truncated). Between batches only. 0, or -1 (MTU out of range, no memory: nothing changed). */
+int ovl_dp_set_rx_super(struct ovl_dp *dp, uint32_t tap_mtu);
 /* END CDEF */
 
 #endif

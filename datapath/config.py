@@ -316,12 +316,14 @@ class OffloadConfig:
     rx_coalesce: bool | None = None  # None: as the policy says (auto: resolved from the bridge kind)
     dp_thread: bool = True
     cpu: int | None = None
+    rx_super: bool = True  # C path: receive tunnel super-packets (64 KiB datagrams) whole (csrc/rx_super.c)
 
     def __post_init__(self) -> None:
         if self.policy not in OFFLOAD_POLICIES:
             raise ConfigError(f"{{offload.policy}} {_lit(self.policy)} is not one of {', '.join(OFFLOAD_POLICIES)}")
         _check_type("offload.udp_gso", self.udp_gso, (bool,), "true or false")
         _check_type("offload.fast_path", self.fast_path, (bool,), "true or false")
+        _check_type("offload.rx_super", self.rx_super, (bool,), "true or false")
         if self.rx_coalesce is not None:
             _check_type("offload.rx_coalesce", self.rx_coalesce, (bool,), "true or false")
         _check_type("offload.dp_thread", self.dp_thread, (bool,), "true or false")

@@ -117,8 +117,9 @@ class Engine:
             self._open_io(cfg, fast)
         try:
             self.forwarder = make_forwarder(
-                cfg, fast, clock, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks
-            )
+                cfg, fast, clock, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks,
+                rx_super=fast and cfg.offload.rx_super,
+            )  # fmt: skip
         except Exception:
             self._close_io()
             raise
@@ -126,6 +127,9 @@ class Engine:
         self.inherited = inherited is not None
         log.info("tap %s: %s", self.tap.name, self.tap.describe())
         log.info("underlay offloads: %s", self.describe_underlay())
+        if getattr(self.forwarder, "rx_super", False):
+            how = "as one TSO write" if self.forwarder.coalescing() else "cut into segments here"  # type: ignore[attr-defined]
+            log.info("super-packets received whole (64 KiB receive slots), to the TAP %s", how)
         self.io_errors = 0
         self.tap_recreated = 0  # times replace_tap() opened the TAP again
         # Called (once per TAP) when a read says the device is gone; its reader is unregistered first.
@@ -506,6 +510,9 @@ class Engine:
         if not MIN_MTU <= mtu <= self.cfg.tap_mtu:
             raise ValueError(f"TAP MTU {mtu} outside {MIN_MTU}..{self.cfg.tap_mtu} (the MTU it started with)")
         self.tap.set_mtu(mtu)
+        set_rx_mtu = getattr(self.forwarder, "set_tap_mtu", None)
+        if set_rx_mtu is not None:  # the C path cuts received super-packets for the TAP's MTU
+            set_rx_mtu(mtu)
 
     def remote_rows(self) -> list[dict[str, object]]:
         """Per current remote, in slot order: remote, local, the per-remote counters, and
