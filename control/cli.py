@@ -257,10 +257,30 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         "default; all undone on exit); off: segment them in C",
     )
     run.add_argument(
+        "--no-rx-super",
+        dest="offload.rx_super",
+        action="store_false",
+        help="C path: do not receive tunnel super-packets (64 KiB datagrams of a peer whose kernel did not "
+        "segment them, e.g. over veth) whole; they are then dropped as truncated",
+    )
+    run.add_argument(
         "--no-fast-path",
         dest="offload.fast_path",
         action="store_false",
         help="use the pure-Python datapath instead of C",
+    )
+    run.add_argument(
+        "--no-dp-thread",
+        dest="offload.dp_thread",
+        action="store_false",
+        help="C path: run the batches from the asyncio loop instead of a data-path thread of their own",
+    )
+    run.add_argument(
+        "--cpu",
+        dest="offload.cpu",
+        type=int,
+        metavar="N",
+        help="pin the data-path thread to CPU N (default: not pinned)",
     )
     run.add_argument(
         "--metrics",

@@ -200,6 +200,8 @@ STAT_METRICS: dict[str, tuple[str, str]] = {
     "tap_tx_gso": ("ovl_dp_tap_tx_gso_frames", "TCP super-frames written to the TAP (received segments coalesced)"),
     "tx_gso": ("ovl_dp_tx_gso_sends", "UDP_SEGMENT sends carrying several VXLAN datagrams"),
     "rx_gro": ("ovl_dp_rx_gro_receives", "UDP_GRO receives holding several VXLAN datagrams"),
+    "rx_super": ("ovl_dp_rx_super_packets", "Super-packets received whole and written to the TAP as one TSO frame"),
+    "rx_super_split": ("ovl_dp_rx_super_split_packets", "Super-packets received whole and cut into segments"),
 }
 FDB_METRICS: dict[str, tuple[str, str]] = {
     "learns": ("ovl_dp_fdb_learns", "MAC addresses learned"),

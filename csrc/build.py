@@ -42,6 +42,8 @@ UNITS = (
     "dp.c",
     "remotes.c",
     "inject.c",
+    "loop.c",
+    "rx_super.c",
 )
 CFLAGS = ["-O2", "-Wall", "-Wextra"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]

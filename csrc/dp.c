@@ -95,6 +95,7 @@ void ovl_dp_free(struct ovl_dp *dp) {
     free(dp->wr);
     free(dp->wr_iov);
     co_free(dp->co);
+    rx_super_free(dp->sup);
     io_free(dp->io);
     inject_free(dp->inj);
     free(dp);

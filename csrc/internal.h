@@ -13,6 +13,8 @@
  *   dp.c           the configuration setters, context create / free, accessors for Python
  *   remotes.c      the remote slots at run time: add / remove, the address -> slot hash, TX ring growth
  *   inject.c       VXLAN TX through an injection TAP: super-frames written whole, the kernel segments
+ *   rx_super.c     super-packets received whole (64 KiB datagrams): one TSO write or our own segments;
+ *                  partial (seed) checksums of received frames
  *
  * Every function reproduces a pure-Python reference (named in its comment) byte
  * for byte, including the order of checks, so that the same bad packet gets the
@@ -282,6 +284,7 @@ struct ovl_dp {
     uint32_t gso_off;  /* set when a GSO send failed with EIO: raw socket from then on */
     int32_t gso_fd[OVL_GSO_SOCKETS];
     struct ovl_inject *inj; /* inject.c: VXLAN super-frames through the injection TAP (NULL: off) */
+    struct rx_super *sup; /* super-packets received whole (ovl_dp_set_rx_super), or NULL */
 };
 
 static inline void count_drop(struct ovl_dp *dp, int reason) { dp->drops[reason]++; }
@@ -301,6 +304,48 @@ uint16_t vlan_of_id(const struct ovl_dp *dp, uint32_t tid);
 uint32_t tx_fill_offloaded(struct ovl_dp *dp, uint32_t n, struct tx_cursor *cur);
 int co_new(struct ovl_dp *dp);
 void co_free(struct ovl_co *co);
+
+/* ---- shared by offload.c and rx_super.c (issue 10: super-packets received whole) ---- */
+
+/* struct virtio_net_hdr, native endian as the TAP reads and writes it. */
+struct vnet_hdr {
+    uint8_t flags;
+    uint8_t gso_type;
+    uint16_t hdr_len;
+    uint16_t gso_size;
+    uint16_t csum_start;
+    uint16_t csum_offset;
+};
+
+/* A TCP super-frame, parsed once (tso_prepare) and cut segment by segment. */
+struct tso {
+    const uint8_t *f;
+    uint32_t len;
+    uint32_t l3, l4, hdrs; /* offsets of the IP header, the TCP header, the payload */
+    uint32_t mss, nseg;
+    uint32_t v6;
+    uint32_t seq;
+    uint16_t ipid;
+};
+
+/* v into p (VNET_HDR_MAX bytes, the rest zeroed). */
+void vnet_write(uint8_t *p, const struct vnet_hdr *v);
+/* Offset of the network header behind up to two VLAN tags, and its EtherType; 0 if cut short. */
+uint32_t l3_offset(const uint8_t *f, size_t len, uint16_t *type);
+/* t := the super-frame f of len bytes as v (gso_type, gso_size) describes it; 0 or -drop. */
+int tso_prepare(struct tso *t, const struct vnet_hdr *v, const uint8_t *f, size_t len);
+uint32_t tso_seg_hdr(const struct tso *t, uint32_t i, uint8_t *out);
+/* The RX plan: a new write (virtio header vnet, or the write's own w->vnet for NULL), an iovec of it. */
+struct tap_write *plan_add(struct ovl_dp *dp, const uint8_t *vnet, int32_t remote);
+void plan_iov(struct ovl_dp *dp, struct tap_write *w, const void *base, size_t len);
+void co_end(struct ovl_dp *dp, uint8_t *f, uint32_t len);
+
+/* rx_super.c */
+struct rx_super;
+void rx_super_free(struct rx_super *s);
+void rx_super_begin(struct ovl_dp *dp);
+int rx_super_take(struct ovl_dp *dp, uint32_t i, uint8_t *f, uint32_t len);
+void rx_csum_fix(const struct ovl_dp *dp, uint8_t *f, uint32_t len, uint8_t *vnet);
 
 /* remotes.c */
 int remotes_init(struct ovl_dp *dp);

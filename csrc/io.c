@@ -313,9 +313,9 @@ uint32_t io_recv(struct ovl_dp *dp, int recv_fd) {
             struct rx_entry *e = &dp->rx[n++];
             e->data = data + off;
             e->len = piece;
-            /* A datagram bigger than a ring slot (only a GRO slot can hold one) is
-             * too big for anything the underlay MTU allows: dropped as truncated, as without GRO. */
-            e->truncated = truncated || piece > c->slot_size;
+            /* A datagram bigger than a ring slot is too big for anything the underlay MTU
+             * allows: dropped as truncated, unless super-packets are received whole (rx_super.c). */
+            e->truncated = truncated || (piece > c->slot_size && !dp->sup);
             e->src = src;
             off += piece;
         } while (off < len);

@@ -17,15 +17,6 @@
 #include <limits.h>
 #include <stdlib.h>
 
-struct vnet_hdr {
-    uint8_t flags;
-    uint8_t gso_type;
-    uint16_t hdr_len;
-    uint16_t gso_size;
-    uint16_t csum_start;
-    uint16_t csum_offset;
-};
-
 static void vnet_read(const uint8_t *p, struct vnet_hdr *v) {
     v->flags = p[0];
     v->gso_type = p[1];
@@ -35,7 +26,7 @@ static void vnet_read(const uint8_t *p, struct vnet_hdr *v) {
     memcpy(&v->csum_offset, p + 8, 2);
 }
 
-static void vnet_write(uint8_t *p, const struct vnet_hdr *v) {
+void vnet_write(uint8_t *p, const struct vnet_hdr *v) {
     memset(p, 0, VNET_HDR_MAX);
     p[0] = v->flags;
     p[1] = v->gso_type;
@@ -45,19 +36,8 @@ static void vnet_write(uint8_t *p, const struct vnet_hdr *v) {
     memcpy(p + 8, &v->csum_offset, 2);
 }
 
-/* A TCP super-frame, parsed once and cut segment by segment. */
-struct tso {
-    const uint8_t *f;
-    uint32_t len;
-    uint32_t l3, l4, hdrs; /* offsets of the IP header, the TCP header, the payload */
-    uint32_t mss, nseg;
-    uint32_t v6;
-    uint32_t seq;
-    uint16_t ipid;
-};
-
 /* Offset of the network header behind up to two VLAN tags, and its EtherType; 0 if cut short. */
-static uint32_t l3_offset(const uint8_t *f, size_t len, uint16_t *type) {
+uint32_t l3_offset(const uint8_t *f, size_t len, uint16_t *type) {
     uint32_t off = 12;
     if (len < ETH_HLEN)
         return 0;
@@ -71,7 +51,7 @@ static uint32_t l3_offset(const uint8_t *f, size_t len, uint16_t *type) {
     return off + 2;
 }
 
-static int tso_prepare(struct tso *t, const struct vnet_hdr *v, const uint8_t *f, size_t len) {
+int tso_prepare(struct tso *t, const struct vnet_hdr *v, const uint8_t *f, size_t len) {
     uint16_t type = 0;
     uint8_t gso = v->gso_type & (uint8_t)~OVL_VNET_GSO_ECN;
     uint32_t l3 = l3_offset(f, len, &type);
@@ -109,13 +89,14 @@ static int tso_prepare(struct tso *t, const struct vnet_hdr *v, const uint8_t *f
     return 0;
 }
 
-/* Segment i of t into out (room for hdrs + mss bytes); returns its length. */
-static uint32_t tso_write(const struct tso *t, uint32_t i, uint8_t *out) {
+/* The headers of segment i of t into out (hdrs bytes), its TCP checksum summed over them and
+ * over its payload where it lies in the super-frame (t->f + hdrs + i * mss); returns the
+ * payload's length. The RX path writes them with that payload as a second iovec (rx_super.c). */
+uint32_t tso_seg_hdr(const struct tso *t, uint32_t i, uint8_t *out) {
     uint32_t off = t->hdrs + i * t->mss;
     uint32_t plen = t->len - off < t->mss ? t->len - off : t->mss;
     uint32_t seglen = t->hdrs + plen;
     memcpy(out, t->f, t->hdrs);
-    memcpy(out + t->hdrs, t->f + off, plen);
     uint8_t *ip = out + t->l3, *tcp = out + t->l4;
     if (t->v6) {
         put16(ip + 4, seglen - t->l3 - IPV6_HLEN);
@@ -132,9 +113,17 @@ static uint32_t tso_write(const struct tso *t, uint32_t i, uint8_t *out) {
     if (i > 0)
         tcp[13] &= (uint8_t)~TCP_CWR;
     put16(tcp + 16, 0);
-    uint32_t l4len = seglen - t->l4;
-    put16(tcp + 16, fold(tcp_pseudo_sum(ip, t->v6, l4len) + sum16(tcp, l4len)));
-    return seglen;
+    /* The TCP header is a multiple of 4 bytes long: its sum and the payload's add up. */
+    uint32_t doff = t->hdrs - t->l4;
+    put16(tcp + 16, fold(tcp_pseudo_sum(ip, t->v6, doff + plen) + sum16(tcp, doff) + sum16(t->f + off, plen)));
+    return plen;
+}
+
+/* Segment i of t into out (room for hdrs + mss bytes); returns its length. */
+static uint32_t tso_write(const struct tso *t, uint32_t i, uint8_t *out) {
+    uint32_t plen = tso_seg_hdr(t, i, out);
+    memcpy(out + t->hdrs, t->f + t->hdrs + i * t->mss, plen);
+    return t->hdrs + plen;
 }
 
 /* Finish a partial checksum in place (skb_checksum_help): the field already holds the
@@ -306,9 +295,16 @@ static int co_parse(uint8_t *f, uint32_t len, struct co_seg *s) {
     s->hdrs = s->l4 + doff;
     s->payload = len - s->hdrs;
     /* A segment with a bad checksum is delivered as it is, for the receiver to drop:
-     * merged, its checksum would be recomputed and the damage hidden. */
+     * merged, its checksum would be recomputed and the damage hidden. One whose checksum
+     * holds only the pseudo-header seed is partial (its sender's kernel left the checksum
+     * to offload and it crossed a virtual hop: notes/udp-tunnel-gso.md): a super-frame's
+     * partial checksum covers it. */
     uint32_t l4len = len - s->l4;
-    return fold(tcp_pseudo_sum(f + l3, s->v6, l4len) + sum16(f + s->l4, l4len)) == 0 ? 2 : 1;
+    uint64_t ps = tcp_pseudo_sum(f + l3, s->v6, l4len);
+    uint16_t seed = (uint16_t)~fold(ps);
+    if (get16(f + s->l4 + 16) == seed)
+        return 2;
+    return fold(ps + sum16(f + s->l4, l4len)) == 0 ? 2 : 1;
 }
 
 /* Same flow: addresses and ports (and IP version). */
@@ -341,9 +337,7 @@ static int co_fits(const struct co_flow *c, const struct co_seg *s, int32_t remo
            !memcmp(x + a->l4 + TCP_HLEN, y + s->l4 + TCP_HLEN, a->hdrs - a->l4 - TCP_HLEN);
 }
 
-static const uint8_t no_offload[VNET_HDR_MAX]; /* a zeroed virtio header: a complete frame, nothing to offload */
-
-static void plan_iov(struct ovl_dp *dp, struct tap_write *w, const void *base, size_t len) {
+void plan_iov(struct ovl_dp *dp, struct tap_write *w, const void *base, size_t len) {
     struct iovec *v = &dp->wr_iov[w->iov + w->iovcnt++];
     v->iov_base = (void *)base;
     v->iov_len = len;
@@ -351,7 +345,7 @@ static void plan_iov(struct ovl_dp *dp, struct tap_write *w, const void *base, s
 }
 
 /* A new write of the plan; with a virtio header (vnet, or w's own when NULL) as its first iovec. */
-static struct tap_write *plan_add(struct ovl_dp *dp, const uint8_t *vnet, int32_t remote) {
+struct tap_write *plan_add(struct ovl_dp *dp, const uint8_t *vnet, int32_t remote) {
     struct tap_write *w = &dp->wr[dp->n_wr++];
     w->iov = dp->n_wr_iov;
     w->iovcnt = 0;
@@ -363,9 +357,10 @@ static struct tap_write *plan_add(struct ovl_dp *dp, const uint8_t *vnet, int32_
     return w;
 }
 
-/* One frame as one write. */
+/* One frame as one write (a partial checksum passed on or completed: rx_csum_fix). */
 static void plan_frame(struct ovl_dp *dp, uint8_t *f, uint32_t len, int32_t remote) {
-    struct tap_write *w = plan_add(dp, no_offload, remote);
+    struct tap_write *w = plan_add(dp, NULL, remote);
+    rx_csum_fix(dp, f, len, w->vnet);
     plan_iov(dp, w, f, len);
     w->segs = 1;
     w->bytes = len;
@@ -393,7 +388,8 @@ static void co_flush(struct ovl_dp *dp, struct co_flow *c) {
         w = plan_add(dp, NULL, c->remote);
         vnet_write(w->vnet, &v);
     } else {
-        w = plan_add(dp, no_offload, c->remote);
+        w = plan_add(dp, NULL, c->remote);
+        rx_csum_fix(dp, a->f, a->len, w->vnet);
     }
     plan_iov(dp, w, a->f, a->len);
     for (uint32_t k = 1, i = dp->co->next[c->head]; k < c->n; k++, i = dp->co->next[i]) {
@@ -461,17 +457,35 @@ static void co_step(struct ovl_dp *dp, uint32_t i, uint8_t *f, uint32_t len) {
     plan_frame(dp, f, len, remote);
 }
 
+/* Frame f of len bytes is taken out of the coalescing flows (rx_super.c plans it whole): the
+ * super-frame of its flow, if one is open, is planned first, so that the flow keeps its order. */
+void co_end(struct ovl_dp *dp, uint8_t *f, uint32_t len) {
+    struct co_seg s;
+    if (!dp->co || !co_parse(f, len, &s))
+        return;
+    for (int k = 0; k < CO_FLOWS; k++) {
+        struct co_flow *x = &dp->co->flow[k];
+        if (x->used && co_same_flow(&x->first, &s)) {
+            co_flush(dp, x);
+            return;
+        }
+    }
+}
+
 uint32_t ovl_rx_plan(struct ovl_dp *dp, uint32_t n) {
     if (n > dp->n_rx)
         n = dp->n_rx; /* only entries that ovl_rx_process has just checked */
     dp->n_rx = 0;
     dp->n_wr = dp->n_wr_iov = 0;
+    rx_super_begin(dp);
     for (uint32_t i = 0; i < n; i++) {
         const struct rx_entry *e = &dp->rx[i];
         if (e->result < 0)
             continue;
         uint8_t *f = e->data + e->result;
         uint32_t len = e->len - (uint32_t)e->result;
+        if (rx_super_take(dp, i, f, len)) /* beyond the TAP's MTU: planned (or dropped) whole */
+            continue;
         if (dp->co)
             co_step(dp, i, f, len);
         else

@@ -67,7 +67,9 @@ enum ovl_drop {
     OVL_DROP_RX_TAP_ERROR = 13,
     OVL_DROP_TX_BAD_OFFLOAD = 14, /* virtio header or GSO super-frame we cannot handle */
     OVL_DROP_TX_FULL = 15,        /* the underlay send buffer or device queue was full (EAGAIN, ENOBUFS) */
-    OVL_DROP_COUNT = 16 /* size of the drops array; index 0 is unused */
+    OVL_DROP_RX_BAD_SUPER = 16,   /* a received inner frame beyond the TAP MTU and a ring slot that is no TCP
+                                   * super-packet we can pass on (not TCP, lengths or checksum wrong) */
+    OVL_DROP_COUNT = 17 /* size of the drops array; index 0 is unused */
 };
 
 /* Outcome of ovl_fdb_learn: the values of datapath.fdb.Learn. */
@@ -89,7 +91,9 @@ enum ovl_stat {
     OVL_STAT_TAP_TX_GSO = 5, /* super-frames written to the TAP (each counted in tap_tx per segment) */
     OVL_STAT_TX_GSO = 6,     /* UDP_SEGMENT sends of several datagrams (each counted in tx_packets) */
     OVL_STAT_RX_GRO = 7,     /* UDP_GRO buffers of several datagrams received */
-    OVL_STAT_COUNT = 8
+    OVL_STAT_RX_SUPER = 8,       /* super-packets received whole and written to the TAP as one TSO frame */
+    OVL_STAT_RX_SUPER_SPLIT = 9, /* super-packets received whole and cut into segments here */
+    OVL_STAT_COUNT = 10
 };
 
 /* Per-remote counters: indices in the order of datapath.counters.REMOTE_FIELDS. */
@@ -335,6 +339,58 @@ int ovl_inject_drain(struct ovl_dp *dp);
  * Its length, or -reason (enum ovl_inject_stat: OVL_INJ_FALLBACK_*) when it would go the old way. */
 int ovl_inject_header(struct ovl_dp *dp, uint32_t r, const uint8_t *vnet, const uint8_t *frame, uint32_t len,
                       uint8_t *out, uint32_t cap);
+/* ---- the data path in a thread of its own (issue 10, C data-path thread: csrc/loop.c) ---- */
+
+/* What ovl_runner_run returns. */
+enum ovl_run_result {
+    OVL_RUN_STOPPED = 0,    /* ovl_runner_stop was called */
+    OVL_RUN_TAP_ERROR = 1,  /* a TAP read failed (not EAGAIN): *err; the frames read before it were forwarded */
+    OVL_RUN_RECV_ERROR = 2, /* a receive from the underlay failed: *err */
+    OVL_RUN_FAILED = 3      /* poll() failed, or another thread is inside ovl_runner_run (EBUSY): *err */
+};
+
+/* Bits of ovl_runner_state. */
+enum ovl_runner_bits {
+    OVL_RUNNER_ACTIVE = 1, /* a thread is inside ovl_runner_run */
+    OVL_RUNNER_PARKED = 2, /* ... and is parked between two batches */
+    OVL_RUNNER_STOP = 4,   /* a stop is requested (until ovl_runner_rearm) */
+    OVL_RUNNER_PAUSED = 8  /* at least one pause is not yet resumed */
+};
+
+struct ovl_runner; /* the loop's control state: a mutex, a condition, an eventfd */
+
+/* A runner, or NULL (no memory, no eventfd). */
+struct ovl_runner *ovl_runner_new(void);
+/* Release r (no thread may be inside ovl_runner_run). */
+void ovl_runner_free(struct ovl_runner *r);
+/* The blocking data-path loop on context dp: poll() on tap_fd (< 0: not read), recv_fd and r's
+ * eventfd; one batch of ovl_from_tap / ovl_from_tunnel per readiness (clock: CLOCK_MONOTONIC).
+ * Parks between batches while a pause is requested. Returns enum ovl_run_result, the errno in *err
+ * (0 for OVL_RUN_STOPPED). One thread at a time per runner. */
+int ovl_runner_run(struct ovl_runner *r, struct ovl_dp *dp, int tap_fd, int recv_fd, int send_fd, int32_t *err);
+/* Stop the world: returns once the loop is parked between two batches, or at once when no thread
+ * is inside ovl_runner_run (one entering parks before its first batch). Nests; any thread but the
+ * loop's. Until the matching ovl_runner_resume the caller may use the context. */
+void ovl_runner_pause(struct ovl_runner *r);
+/* End one pause; the loop goes on when the last one ends. 0, or -1 if no pause was pending. */
+int ovl_runner_resume(struct ovl_runner *r);
+/* Ask the loop to return OVL_RUN_STOPPED after its current batch (also from a pause); every later
+ * ovl_runner_run returns at once until ovl_runner_rearm. */
+void ovl_runner_stop(struct ovl_runner *r);
+/* Clear a stop before a new run: 0, or -1 while a thread is inside ovl_runner_run. */
+int ovl_runner_rearm(struct ovl_runner *r);
+/* enum ovl_runner_bits of r now (for tests and diagnostics). */
+uint32_t ovl_runner_state(struct ovl_runner *r);
+/* ---- issue 10, super-packets received whole (rx_super.c) ---- */
+
+/* Receive super-packets whole: a peer whose kernel lets its vxlan (or gretap) device's GSO packets
+ * cross a virtual hop unsegmented (veth) sends datagrams of up to 64 KiB, whose inner frame is a TCP
+ * packet beyond the TAP's MTU with only the pseudo-header seed as checksum. With tap_mtu (the TAP's
+ * MTU, 256..65535) the receive slots grow to 64 KiB and such a packet goes to the TAP as one TSO
+ * write where the TAP takes them (rx_coalesce with a virtio header), else cut into segments of at
+ * most tap_mtu with full checksums; 0 turns it off (a datagram beyond a ring slot is dropped as
+ * truncated). Between batches only. 0, or -1 (MTU out of range, no memory: nothing changed). */
+int ovl_dp_set_rx_super(struct ovl_dp *dp, uint32_t tap_mtu);
 /* END CDEF */
 
 #endif

@@ -43,6 +43,7 @@ MIN_MTU = 68  # the IPv4 minimum (RFC 791)
 MAX_MTU = 65000
 MAX_AGEING = 10**6
 MAX_FDB = 1 << 20
+MAX_CPU = 8191  # CONFIG_NR_CPUS at most
 IFNAMSIZ = 16  # <linux/if.h>, including the terminating NUL
 BRIDGE_TYPES = ("auto", "linux", "ovs", "none")
 OFFLOAD_POLICIES = ("auto", "on", "off")
@@ -309,6 +310,9 @@ class OffloadConfig:
     super-frames leave whole through an injection TAP and the kernel segments them
     (C path with TAP offloads, Linux 6.17+, not with udp_gso; falls back when refused);
     off: they are segmented in C as before.
+    and takes the source port from the pool). dp_thread (C path): the data path runs in a
+    thread of its own (csrc/loop.c), Python only for control; false: batches run from the
+    asyncio loop. cpu: pin that thread to this CPU (default: not pinned).
     """
 
     policy: str = "auto"
@@ -316,6 +320,9 @@ class OffloadConfig:
     fast_path: bool = True
     rx_coalesce: bool | None = None  # None: as the policy says (auto: resolved from the bridge kind)
     inject: str = "auto"
+    dp_thread: bool = True
+    cpu: int | None = None
+    rx_super: bool = True  # C path: receive tunnel super-packets (64 KiB datagrams) whole (csrc/rx_super.c)
 
     def __post_init__(self) -> None:
         if self.inject not in INJECT_POLICIES:
@@ -324,8 +331,14 @@ class OffloadConfig:
             raise ConfigError(f"{{offload.policy}} {_lit(self.policy)} is not one of {', '.join(OFFLOAD_POLICIES)}")
         _check_type("offload.udp_gso", self.udp_gso, (bool,), "true or false")
         _check_type("offload.fast_path", self.fast_path, (bool,), "true or false")
+        _check_type("offload.rx_super", self.rx_super, (bool,), "true or false")
         if self.rx_coalesce is not None:
             _check_type("offload.rx_coalesce", self.rx_coalesce, (bool,), "true or false")
+        _check_type("offload.dp_thread", self.dp_thread, (bool,), "true or false")
+        if self.cpu is not None:
+            _check_range("offload.cpu", "a CPU number", self.cpu, 0, MAX_CPU)
+            if not (self.fast_path and self.dp_thread):
+                raise ConfigError("{offload.cpu} pins the data-path thread: it needs the C fast path and its thread")
         if self.udp_gso and (not self.fast_path or self.policy == "off"):
             raise ConfigError("{offload.udp_gso} needs the C fast path with offloads on")
 

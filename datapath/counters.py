@@ -29,6 +29,7 @@ class Drop(IntEnum):
     RX_TAP_ERROR = 13  # writing the inner frame to the TAP failed
     TX_BAD_OFFLOAD = 14  # frame from the TAP with a virtio header or GSO super-frame we cannot handle
     TX_FULL = 15  # the underlay socket's send buffer or device queue was full: dropped, never waited for
+    RX_BAD_SUPER = 16  # inner frame beyond the TAP MTU and a ring slot, not a TCP super-packet we can pass on
 
 
 # Per-remote counters, in the order of enum ovl_remote_stat.
@@ -38,6 +39,8 @@ REMOTE_FIELDS: tuple[str, ...] = ("tx_packets", "tx_bytes", "tx_flood", "rx_pack
 # tap_rx / tap_tx count frames as segments; tap_rx_gso / tap_tx_gso count the TCP
 # super-frames among them (read and segmented / coalesced and written; C path with offloads).
 # tx_gso: UDP_SEGMENT sends carrying several VXLAN datagrams; rx_gro: UDP_GRO buffers holding several.
+# rx_super / rx_super_split: super-packets received whole (inner TCP beyond the TAP MTU, C path) and
+# written as one TSO frame / cut into segments here (csrc/rx_super.c).
 STAT_FIELDS: tuple[str, ...] = (
     "tap_rx",
     "tap_tx",
@@ -47,6 +50,8 @@ STAT_FIELDS: tuple[str, ...] = (
     "tap_tx_gso",
     "tx_gso",
     "rx_gro",
+    "rx_super",
+    "rx_super_split",
 )
 
 # VXLAN TX through the injection TAP (C path), in the order of enum ovl_inject_stat:

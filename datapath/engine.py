@@ -34,6 +34,12 @@ other engine's FDB with its ages (:meth:`Engine.fdb_export`,
 :meth:`Engine.fdb_import`); the old engine stops reading at once
 (:meth:`Engine.stop_reading`) and closes its copies of the fds, which leaves the
 TAP in place as long as the new process holds it.
+
+With the C path the batches run by default in a thread of their own
+(:mod:`datapath.dpthread`, ``offload.dp_thread``): the loop's thread keeps the control
+plane, and every call above parks the data-path thread between two batches while it
+reads or changes the context (:meth:`datapath.fast.FastForwarder.paused`); a read
+error comes back to the loop through ``call_soon_threadsafe``, so the handling is the same.
 """
 
 from __future__ import annotations
@@ -50,8 +56,10 @@ from dataclasses import dataclass, field
 
 from datapath.config import MAP_VLAN_MAX, MAX_REMOTES, MIN_MTU, Config, ConfigError, FdbConfig, Remote, check_address
 from datapath.counters import REMOTE_FIELDS, Snapshot
+from datapath.dpthread import LOOP, TAP, DataPathThread
 from datapath.errors import SetupError
 from datapath.ether import ETH_ALEN, format_mac
+from datapath.fast import FastForwarder
 from datapath.fdb import FdbFull, check_vlan
 from datapath.forwarder import fast_path_available, make_forwarder
 from datapath.io import underlay
@@ -110,8 +118,9 @@ class Engine:
             self._open_io(cfg, fast)
         try:
             self.forwarder = make_forwarder(
-                cfg, fast, clock, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks
-            )
+                cfg, fast, clock, tap_vnet=self.tap.vnet_hdr_len, udp_gro=self.udp_gro, gso_socks=self.gso_socks,
+                rx_super=fast and cfg.offload.rx_super,
+            )  # fmt: skip
         except Exception:
             self._close_io()
             raise
@@ -126,6 +135,9 @@ class Engine:
         self._open_inject()
         log.info("tap %s: %s", self.tap.name, self.tap.describe())
         log.info("underlay offloads: %s", self.describe_underlay())
+        if getattr(self.forwarder, "rx_super", False):
+            how = "as one TSO write" if self.forwarder.coalescing() else "cut into segments here"  # type: ignore[attr-defined]
+            log.info("super-packets received whole (64 KiB receive slots), to the TAP %s", how)
         self.io_errors = 0
         self.tap_recreated = 0  # times replace_tap() opened the TAP again
         # Called (once per TAP) when a read says the device is gone; its reader is unregistered first.
@@ -134,6 +146,13 @@ class Engine:
         self._last_error_log = -ERROR_LOG_INTERVAL
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._thread: DataPathThread | None = None  # the C data-path thread while it runs
+
+    @property
+    def threaded(self) -> bool:
+        """The data path would run in a thread of its own: C path, offload.dp_thread, and the
+        clock the C loop reads (CLOCK_MONOTONIC = time.monotonic; another clock keeps the loop)."""
+        return self.fast and self.cfg.offload.dp_thread and self._clock is time.monotonic
 
     def _open_io(self, cfg: Config, fast: bool) -> None:
         """Open the sockets and create the TAP (recv_sock, send_sock, tap, gso_socks, udp_gro)."""
@@ -290,13 +309,71 @@ class Engine:
         return f"{'udp_gro' if self.udp_gro else 'no udp_gro'}, {gso}"
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Register the fds with loop; packets flow from here on."""
+        """Start the data-path thread, or register the fds with loop; packets flow from here on."""
         self._loop = loop
-        loop.add_reader(self.tap.fileno(), self._on_tap)
-        loop.add_reader(self.recv_sock.fileno(), self._on_tunnel)
+        if self.threaded and self._start_thread():
+            th = self._thread
+            pin = f", pinned to CPU {th.cpu}" if th is not None and th.cpu is not None and not th.affinity_error else ""
+            log.info("data path: a C thread of its own%s", pin)
+        else:
+            loop.add_reader(self.tap.fileno(), self._on_tap)
+            loop.add_reader(self.recv_sock.fileno(), self._on_tunnel)
         if self._inject_set and self.inject_tap is not None:
             loop.add_reader(self.inject_tap.fileno(), self._on_inject)
         self._sweeper = loop.call_later(AGEING_SWEEP_INTERVAL, self._sweep)
+
+    def _start_thread(self) -> bool:
+        """The C loop in a thread over the current TAP (not read if lost); False if it cannot start."""
+        assert isinstance(self.forwarder, FastForwarder)
+        tap_fd = -1 if self._tap_lost else self.tap.fileno()
+        th = DataPathThread(
+            self.forwarder,
+            tap_fd,
+            self.recv_sock.fileno(),
+            self.send_sock.fileno(),
+            lambda kind, exc: self._from_thread(th, kind, exc),
+            tap_gone=TAP_GONE_ERRNOS,
+            cpu=self.cfg.offload.cpu,
+        )
+        try:
+            th.start()
+        except (OSError, RuntimeError) as exc:
+            log.warning("data-path thread not started (%s): the batches run on the event loop", exc)
+            return False
+        self._thread = th
+        if th.affinity_error is not None:
+            log.warning("data-path thread not pinned to CPU %s: %s", th.cpu, th.affinity_error.strerror)
+        return True
+
+    def _stop_thread(self) -> None:
+        if self._thread is not None:
+            self._thread.stop()
+            self._thread = None
+
+    def _from_thread(self, th: DataPathThread, kind: str, exc: OSError) -> None:
+        # In the data-path thread: hand the error to the loop.
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+                loop.call_soon_threadsafe(self._thread_error, th, kind, exc)
+
+    def _thread_error(self, th: DataPathThread, kind: str, exc: OSError) -> None:
+        if th is not self._thread:  # from a thread already stopped (replace_tap, stop_reading)
+            return
+        if kind == TAP:
+            if exc.errno in TAP_GONE_ERRNOS and self.on_tap_lost is not None:
+                self._lose_tap(exc)
+            else:
+                self._io_error("reading the TAP", exc)
+        elif kind == LOOP:  # poll() failed: the thread ended; go on from the event loop
+            log.error("data-path thread failed (%s): the batches run on the event loop from now on", exc)
+            self._stop_thread()
+            if self._loop is not None:
+                if not self._tap_lost:
+                    self._loop.add_reader(self.tap.fileno(), self._on_tap)
+                self._loop.add_reader(self.recv_sock.fileno(), self._on_tunnel)
+        else:
+            self._io_error("receiving from the underlay", exc)
 
     def _on_tap(self) -> None:
         try:
@@ -329,6 +406,8 @@ class Engine:
         engine then has no usable TAP and the daemon must end.
         """
         old = self.tap
+        threaded = self._thread is not None
+        self._stop_thread()  # joined: nothing reads or writes the old fd any more
         if self._loop is not None and old.fileno() >= 0:
             self._loop.remove_reader(old.fileno())
         old.close()
@@ -342,8 +421,17 @@ class Engine:
         self.tap = new
         self.tap_recreated += 1
         self._tap_lost = False
+        if threaded:
+            if self._start_thread():
+                return
+            self._loop_reads_tunnel()
         if self._loop is not None:
             self._loop.add_reader(new.fileno(), self._on_tap)
+
+    def _loop_reads_tunnel(self) -> None:
+        # The thread did not come back: the loop takes the receiving socket too.
+        if self._loop is not None:
+            self._loop.add_reader(self.recv_sock.fileno(), self._on_tunnel)
 
     def _on_tunnel(self) -> None:
         try:
@@ -361,6 +449,8 @@ class Engine:
 
     def _sweep(self) -> None:
         self.forwarder.fdb.expire()
+        if self._injecting:  # (with the data-path thread, _on_tap does not run on the loop)
+            self._check_inject()
         assert self._loop is not None
         self._sweeper = self._loop.call_later(AGEING_SWEEP_INTERVAL, self._sweep)
 
@@ -368,8 +458,10 @@ class Engine:
         """Unregister the fds and the ageing timer: nothing is read from here on (idempotent).
 
         Every frame already read has been forwarded (a batch runs to its end before the loop gets
-        here); what is still queued in the kernel is left to whoever else reads the fds.
+        here, or before the data-path thread stops: it is joined); what is still queued in the
+        kernel is left to whoever else reads the fds.
         """
+        self._stop_thread()
         if self._loop is not None:
             if self.tap.fileno() >= 0:  # -1: closed by a replace_tap that failed
                 self._loop.remove_reader(self.tap.fileno())
@@ -497,6 +589,9 @@ class Engine:
         if not MIN_MTU <= mtu <= self.cfg.tap_mtu:
             raise ValueError(f"TAP MTU {mtu} outside {MIN_MTU}..{self.cfg.tap_mtu} (the MTU it started with)")
         self.tap.set_mtu(mtu)
+        set_rx_mtu = getattr(self.forwarder, "set_tap_mtu", None)
+        if set_rx_mtu is not None:  # the C path cuts received super-packets for the TAP's MTU
+            set_rx_mtu(mtu)
 
     def remote_rows(self) -> list[dict[str, object]]:
         """Per current remote, in slot order: remote, local, the per-remote counters, and

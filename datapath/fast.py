@@ -17,6 +17,11 @@ ring slot is cut by recvmmsg and dropped as truncated (Python reads 64 KiB).
 
 :func:`available` says whether the module is built (``pip install -e .``
 or ``python csrc/build.py``).
+
+While a data-path thread runs the C loop on a forwarder's context
+(:mod:`datapath.dpthread`), every method of the forwarder and of its FDB view parks that
+thread between two batches for the call (:meth:`FastForwarder.paused`), so the C side
+needs no locks; without a thread that costs one attribute test.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
+from types import TracebackType
 from typing import Any
 
 from datapath.config import Config, Remote
@@ -200,6 +206,39 @@ def offload_frame(vnet: bytes | bytearray | memoryview, frame: bytes | bytearray
             return segs
 
 
+# -- stop the world (the data-path thread, csrc/loop.c) ---------------------------------------
+
+
+class Paused:
+    """``with fwd.paused():`` -- the data-path thread (if one runs) is parked between two batches
+    until the block ends, so the block may read and change the C context (ovl_runner_pause).
+
+    Nests (the C side counts), may be entered from any thread but the data-path thread's, and
+    costs one attribute test when no thread runs. The runner is taken when the object is made,
+    so a block resumes what it paused even if the thread is stopped inside it.
+    """
+
+    __slots__ = ("_runner",)
+
+    def __init__(self, runner: Any) -> None:
+        self._runner = runner
+
+    def __enter__(self) -> None:
+        if self._runner is not None:
+            lib.ovl_runner_pause(self._runner)
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if self._runner is not None:
+            lib.ovl_runner_resume(self._runner)
+
+
+_NOT_PAUSED = Paused(None)
+
+
+def _no_pause() -> Paused:
+    return _NOT_PAUSED
+
+
 # -- the MAC table --------------------------------------------------------------------
 
 
@@ -230,76 +269,105 @@ class FastFdb:
         ptr = lib.ovl_fdb_new(max_entries, ageing, int.from_bytes(os.urandom(8), "little"))
         if ptr == ffi.NULL:
             raise MemoryError(f"cannot allocate an FDB of {max_entries} entries")
-        self._init(ffi.gc(ptr, lib.ovl_fdb_free), ptr, max_entries, ageing, clock)
+        self._init(ffi.gc(ptr, lib.ovl_fdb_free), ptr, max_entries, ageing, clock, _no_pause)
 
-    def _init(self, owner: Any, ptr: Any, max_entries: int, ageing: float, clock: Callable[[], float]) -> None:
+    def _init(
+        self,
+        owner: Any,
+        ptr: Any,
+        max_entries: int,
+        ageing: float,
+        clock: Callable[[], float],
+        paused: Callable[[], Paused],
+    ) -> None:
         self._owner = owner  # keeps the memory behind ptr alive
         self._fdb = ptr
         self.max_entries = max_entries
         self.ageing = ageing
         self._clock = clock
+        self._paused = paused  # a forwarder's table: every call parks its data-path thread
 
     @classmethod
-    def _view(cls, owner: Any, ptr: Any, max_entries: int, ageing: float, clock: Callable[[], float]) -> FastFdb:
+    def _view(
+        cls,
+        owner: Any,
+        ptr: Any,
+        max_entries: int,
+        ageing: float,
+        clock: Callable[[], float],
+        paused: Callable[[], Paused],
+    ) -> FastFdb:
         view = cls.__new__(cls)
-        view._init(owner, ptr, max_entries, ageing, clock)
+        view._init(owner, ptr, max_entries, ageing, clock, paused)
         return view
 
     def __len__(self) -> int:
-        return int(lib.ovl_fdb_count(self._fdb))
+        with self._paused():
+            return int(lib.ovl_fdb_count(self._fdb))
 
     def lookup(self, mac: bytes, *, vlan: int = 0) -> int | None:
         """Remote index for mac in vlan, or None if unknown (an expired entry is removed here)."""
-        r = lib.ovl_fdb_lookup(self._fdb, _mac(mac), check_vlan(vlan), self._clock())
+        with self._paused():
+            r = lib.ovl_fdb_lookup(self._fdb, _mac(mac), check_vlan(vlan), self._clock())
         return None if r < 0 else int(r)
 
     def learn(self, mac: bytes, remote: int, *, vlan: int = 0) -> Learn:
         """Record that mac was seen in vlan behind remote."""
-        return Learn(lib.ovl_fdb_learn(self._fdb, _mac(mac), check_vlan(vlan), _remote(remote), self._clock()))
+        with self._paused():
+            return Learn(lib.ovl_fdb_learn(self._fdb, _mac(mac), check_vlan(vlan), _remote(remote), self._clock()))
 
     def add_static(self, mac: bytes, remote: int, *, vlan: int = 0) -> None:
         """Pin mac in vlan to remote; replaces a learned entry. Raises FdbFull at the cap."""
-        if lib.ovl_fdb_add_static(self._fdb, _mac(mac), check_vlan(vlan), _remote(remote)) < 0:
+        with self._paused():
+            r = lib.ovl_fdb_add_static(self._fdb, _mac(mac), check_vlan(vlan), _remote(remote))
+        if r < 0:
             raise FdbFull(f"FDB full ({self.max_entries} entries)")
 
     def restore(self, mac: bytes, remote: int, *, vlan: int = 0, age: float = 0.0) -> bool:
         """A learned entry carried over from another table, last seen age seconds ago (rules in
         datapath.fdb); True if entered, False if left out. Raises FdbFull at the cap."""
-        r = lib.ovl_fdb_restore(self._fdb, _mac(mac), check_vlan(vlan), _remote(remote), float(age), self._clock())
+        with self._paused():
+            r = lib.ovl_fdb_restore(self._fdb, _mac(mac), check_vlan(vlan), _remote(remote), float(age), self._clock())
         if r < 0:
             raise FdbFull(f"FDB full ({self.max_entries} entries)")
         return bool(r)
 
     def remove(self, mac: bytes, *, vlan: int = 0) -> bool:
         """Forget mac in vlan (static or learned); True if it was there."""
-        return bool(lib.ovl_fdb_remove(self._fdb, _mac(mac), check_vlan(vlan)))
+        with self._paused():
+            return bool(lib.ovl_fdb_remove(self._fdb, _mac(mac), check_vlan(vlan)))
 
     def expire(self) -> int:
         """Remove every learned entry past its age; returns how many."""
-        return int(lib.ovl_fdb_expire(self._fdb, self._clock()))
+        with self._paused():
+            return int(lib.ovl_fdb_expire(self._fdb, self._clock()))
 
     def flush(self, remote: int | None = None) -> int:
         """Remove every entry (learned and static) behind remote, or all of them; returns how many."""
-        return int(lib.ovl_fdb_flush(self._fdb, -1 if remote is None else _remote(remote)))
+        with self._paused():
+            return int(lib.ovl_fdb_flush(self._fdb, -1 if remote is None else _remote(remote)))
 
     def set_limits(self, max_entries: int, ageing: float) -> None:
         """A new size cap and ageing time (rules in datapath.fdb); ValueError out of range (C: cap up to 2**28)."""
         check_limits(max_entries, ageing)
-        if lib.ovl_fdb_set_limits(self._fdb, max_entries, ageing) < 0:
+        with self._paused():
+            r = lib.ovl_fdb_set_limits(self._fdb, max_entries, ageing)
+        if r < 0:
             raise ValueError(f"cannot set the FDB to {max_entries} entries (at most 2**28, or no memory)")
         self.max_entries = max_entries
         self.ageing = ageing
 
     def entries(self) -> list[FdbEntry]:
         """All entries (expired ones not yet swept included), unordered."""
-        now = self._clock()
-        cap = max(len(self), 1)
-        macs = ffi.new("uint8_t[]", 6 * cap)
-        vlans = ffi.new("uint16_t[]", cap)
-        remotes = ffi.new("int32_t[]", cap)
-        statics = ffi.new("uint8_t[]", cap)
-        ages = ffi.new("double[]", cap)
-        n = lib.ovl_fdb_entries(self._fdb, now, macs, vlans, remotes, statics, ages, cap)
+        with self._paused():  # the count and the rows of one moment
+            now = self._clock()
+            cap = max(int(lib.ovl_fdb_count(self._fdb)), 1)
+            macs = ffi.new("uint8_t[]", 6 * cap)
+            vlans = ffi.new("uint16_t[]", cap)
+            remotes = ffi.new("int32_t[]", cap)
+            statics = ffi.new("uint8_t[]", cap)
+            ages = ffi.new("double[]", cap)
+            n = lib.ovl_fdb_entries(self._fdb, now, macs, vlans, remotes, statics, ages, cap)
         return [
             FdbEntry(
                 bytes(ffi.buffer(macs + 6 * i, 6)), int(remotes[i]), bool(statics[i]), float(ages[i]), int(vlans[i])
@@ -310,8 +378,10 @@ class FastFdb:
     def stats(self) -> dict[str, int]:
         """Counters: learns, moves, refused_full, aged; plus the current entry count."""
         ctr = ffi.new("uint64_t[]", len(FDB_FIELDS))
-        lib.ovl_fdb_counters(self._fdb, ctr, len(FDB_FIELDS))
-        return {**{f: int(ctr[i]) for i, f in enumerate(FDB_FIELDS)}, "entries": len(self)}
+        with self._paused():
+            lib.ovl_fdb_counters(self._fdb, ctr, len(FDB_FIELDS))
+            entries = int(lib.ovl_fdb_count(self._fdb))
+        return {**{f: int(ctr[i]) for i, f in enumerate(FDB_FIELDS)}, "entries": entries}
 
 
 # -- the forwarder ----------------------------------------------------------------------
@@ -333,11 +403,14 @@ class FastForwarder:
         tap_vnet: int = 0,
         udp_gro: bool = False,
         gso_socks: Sequence[socket.socket] = (),
+        rx_super: bool = False,
     ) -> None:
         """tap_vnet: the TAP's virtio header length (10, see datapath.io.tap), 0 for a plain TAP.
 
         udp_gro: the receiving socket has UDP_GRO on (VXLAN). gso_socks: UDP sockets
         (underlay.open_gso_sockets) that VXLAN packets leave through with UDP_SEGMENT.
+        rx_super: receive super-packets whole (64 KiB receive slots; csrc/rx_super.c), their
+        segments sized for cfg.tap_mtu.
         """
         _require()
         self.cfg = cfg
@@ -350,10 +423,18 @@ class FastForwarder:
         if ptr == ffi.NULL:
             raise ValueError("configuration out of range for the C fast path (batch, MTU, FDB size, VLAN map)")
         self._dp = ffi.gc(ptr, lib.ovl_dp_free)
+        self._runner: Any = None  # struct ovl_runner, made by the first runner_start
+        self._running: Any = None  # the runner while a data-path thread may use the context
         self._gso_socks = list(gso_socks)  # the fds stay open as long as the C side uses them
         fds = ffi.new("int32_t[]", [s.fileno() for s in self._gso_socks] or [-1])
         lib.ovl_dp_set_gso_fds(self._dp, fds, len(self._gso_socks))
-        self.fdb = FastFdb._view(self._dp, lib.ovl_dp_fdb(self._dp), cfg.fdb.max_entries, cfg.fdb.ageing, clock)
+        self.rx_super = rx_super
+        if rx_super:
+            self.set_tap_mtu(cfg.tap_mtu)
+        self.fdb = FastFdb._view(
+            self._dp, lib.ovl_dp_fdb(self._dp), cfg.fdb.max_entries, cfg.fdb.ageing, clock, self.paused
+        )
+        self._remote_memo: dict[bytes, Remote] = {}  # remotes(): address + local bytes -> Remote
         for mac, remote, vlan in cfg.static_entries:
             self.fdb.add_static(mac, remote, vlan=vlan)
         self._slot_addr = {slot: r.addr for slot, r, _ in self.remotes()}
@@ -401,6 +482,19 @@ class FastForwarder:
             raise ValueError(f"not injected: {INJECT_FIELDS[-n]}")
         return bytes(ffi.buffer(out, n))
 
+    def coalescing(self) -> bool:
+        """True if received TCP segments (and super-packets) go to the TAP as super-frames (rx_coalesce)."""
+        return bool(lib.ovl_dp_coalescing(self._dp))
+
+    def set_tap_mtu(self, mtu: int) -> None:
+        """The TAP's MTU changed: super-packets are cut / labelled for it (no-op without rx_super)."""
+        if not self.rx_super:
+            return
+        with self.paused():
+            failed = lib.ovl_dp_set_rx_super(self._dp, mtu) < 0
+        if failed:
+            raise ValueError(f"TAP MTU {mtu} out of range for receiving super-packets (or no memory)")
+
     # -- the remotes (slots; see datapath.pypath) ------------------------------------
 
     def add_remote(self, remote: Remote) -> int:
@@ -409,7 +503,8 @@ class FastForwarder:
         ValueError for an address already there or a full table (OVL_MAX_REMOTES).
         """
         local = remote.local_bytes  # ConfigError if not resolved
-        slot = int(lib.ovl_dp_add_remote(self._dp, remote.addr_bytes, local))
+        with self.paused():
+            slot = int(lib.ovl_dp_add_remote(self._dp, remote.addr_bytes, local))
         if slot == lib.OVL_ADD_DUPLICATE:
             raise ValueError(f"remote {remote.addr} is already there")
         if slot == lib.OVL_ADD_FULL:
@@ -425,7 +520,8 @@ class FastForwarder:
 
         KeyError for a free slot.
         """
-        n = int(lib.ovl_dp_remove_remote(self._dp, slot)) if 0 <= slot < lib.OVL_MAX_REMOTES else -1
+        with self.paused():
+            n = int(lib.ovl_dp_remove_remote(self._dp, slot)) if 0 <= slot < lib.OVL_MAX_REMOTES else -1
         if n < 0:
             raise KeyError(f"no remote in slot {slot}")
         del self._slot_addr[slot]
@@ -434,8 +530,11 @@ class FastForwarder:
 
     def set_remote_local(self, slot: int, local: str) -> None:
         """Send to the remote in slot from local from now on; FDB entries and counters stay (KeyError: a free slot)."""
-        in_range = 0 <= slot < lib.OVL_MAX_REMOTES
-        if not in_range or lib.ovl_dp_set_remote_local(self._dp, slot, socket.inet_aton(local)) != 0:
+        if not 0 <= slot < lib.OVL_MAX_REMOTES:
+            raise KeyError(f"no remote in slot {slot}")
+        with self.paused():
+            r = lib.ovl_dp_set_remote_local(self._dp, slot, socket.inet_aton(local))
+        if r != 0:
             raise KeyError(f"no remote in slot {slot}")
 
     def remotes(self) -> list[tuple[int, Remote, float | None]]:
@@ -446,15 +545,20 @@ class FastForwarder:
         locals_ = ffi.new("uint8_t[]", 4 * cap)
         last = ffi.new("double[]", cap)
         seen = ffi.new("uint8_t[]", cap)
-        n = lib.ovl_dp_remotes(self._dp, slots, addrs, locals_, last, seen, cap)
-
-        def addr(arr: Any, i: int) -> str:
-            return socket.inet_ntoa(ffi.buffer(arr + 4 * i, 4)[:])
-
-        return [
-            (int(slots[i]), Remote(addr(addrs, i), addr(locals_, i)), float(last[i]) if seen[i] else None)
-            for i in range(n)
-        ]
+        with self.paused():
+            n = lib.ovl_dp_remotes(self._dp, slots, addrs, locals_, last, seen, cap)
+        raw_addrs, raw_locals = ffi.buffer(addrs, 4 * n)[:], ffi.buffer(locals_, 4 * n)[:]
+        # Remote objects by their 8 address bytes: building one validates both addresses (ipaddress),
+        # about 40 µs, which with 1,000 remotes made every call (remote add, show, a metrics scrape)
+        # cost 40 ms on the loop's thread. Only the remotes of this call are kept.
+        memo, self._remote_memo = self._remote_memo, {}
+        out = []
+        for i in range(n):
+            a, lo = raw_addrs[4 * i : 4 * i + 4], raw_locals[4 * i : 4 * i + 4]
+            r = memo.get(a + lo) or Remote(socket.inet_ntoa(a), socket.inet_ntoa(lo))
+            self._remote_memo[a + lo] = r
+            out.append((int(slots[i]), r, float(last[i]) if seen[i] else None))
+        return out
 
     def _remotes_changed(self) -> None:
         """After a change: what snapshot() and rx() need of the remotes (_slot_addr: slot -> address)."""
@@ -478,12 +582,13 @@ class FastForwarder:
         remote = ffi.new("uint32_t *")
         for chunk in self._chunks(frames):
             bufs = [ffi.from_buffer("uint8_t[]", bytearray(f)) for f in chunk]  # alive until the results are read
-            for i, buf in enumerate(bufs):
-                lib.ovl_tx_load(dp, i, buf, len(buf))
-            k = lib.ovl_tx_process(dp, len(bufs), self._clock())
-            for m in range(k):
-                n = _fits(lib.ovl_tx_packet(dp, m, remote, self._out, len(self._out)), len(self._out))
-                out.append((int(remote[0]), bytes(ffi.buffer(self._out, n))))
+            with self.paused():
+                for i, buf in enumerate(bufs):
+                    lib.ovl_tx_load(dp, i, buf, len(buf))
+                k = lib.ovl_tx_process(dp, len(bufs), self._clock())
+                for m in range(k):
+                    n = _fits(lib.ovl_tx_packet(dp, m, remote, self._out, len(self._out)), len(self._out))
+                    out.append((int(remote[0]), bytes(ffi.buffer(self._out, n))))
         return out
 
     def _rx_load(self, chunk: Sequence[tuple[bytes, str]]) -> list[Any]:
@@ -498,11 +603,12 @@ class FastForwarder:
         out: list[tuple[int, bytes]] = []
         remote = ffi.new("int32_t *")
         for chunk in self._chunks(packets):
-            bufs = self._rx_load(chunk)
-            for i, buf in enumerate(bufs):
-                off = lib.ovl_rx_result(self._dp, i, remote)
-                if off >= 0:
-                    out.append((int(remote[0]), bytes(ffi.buffer(buf)[off:])))
+            with self.paused():
+                bufs = self._rx_load(chunk)
+                for i, buf in enumerate(bufs):
+                    off = lib.ovl_rx_result(self._dp, i, remote)
+                    if off >= 0:
+                        out.append((int(remote[0]), bytes(ffi.buffer(buf)[off:])))
         return out
 
     def rx_plan(self, packets: Iterable[tuple[bytes, str]]) -> list[tuple[bytes, bytes, int]]:
@@ -515,13 +621,15 @@ class FastForwarder:
         out: list[tuple[bytes, bytes, int]] = []
         remote = ffi.new("int32_t *")
         for chunk in self._chunks(packets):
-            bufs = self._rx_load(chunk)
-            for w in range(lib.ovl_rx_plan(self._dp, len(bufs))):
-                n = _fits(
-                    lib.ovl_rx_plan_write(self._dp, w, self._vnet, self._out, len(self._out), remote), len(self._out)
-                )
-                vnet = bytes(ffi.buffer(self._vnet, self.tap_vnet))
-                out.append((vnet, bytes(ffi.buffer(self._out, n)), int(remote[0])))
+            with self.paused():
+                bufs = self._rx_load(chunk)
+                for w in range(lib.ovl_rx_plan(self._dp, len(bufs))):
+                    n = _fits(
+                        lib.ovl_rx_plan_write(self._dp, w, self._vnet, self._out, len(self._out), remote),
+                        len(self._out),
+                    )
+                    vnet = bytes(ffi.buffer(self._vnet, self.tap_vnet))
+                    out.append((vnet, bytes(ffi.buffer(self._out, n)), int(remote[0])))
         return out
 
     # -- one batch of I/O -----------------------------------------------------------
@@ -536,29 +644,75 @@ class FastForwarder:
 
         A read error other than EAGAIN raises OSError, after the frames read before it were sent.
         """
-        n = int(lib.ovl_from_tap(self._dp, tap_fd, send_sock.fileno(), self._clock()))
-        self._check_io()
+        with self.paused():
+            n = int(lib.ovl_from_tap(self._dp, tap_fd, send_sock.fileno(), self._clock()))
+            self._check_io()
         return n
 
     def from_tunnel(self, recv_sock: socket.socket, tap_fd: int) -> int:
         """Receive up to one batch from the underlay and write the inner frames to the TAP."""
-        n = int(lib.ovl_from_tunnel(self._dp, recv_sock.fileno(), tap_fd, self._clock()))
-        self._check_io()
+        with self.paused():
+            n = int(lib.ovl_from_tunnel(self._dp, recv_sock.fileno(), tap_fd, self._clock()))
+            self._check_io()
         return n
+
+    # -- the data-path thread (csrc/loop.c; datapath/dpthread.py runs it) ----------------------
+
+    def paused(self) -> Paused:
+        """A context manager that parks the data-path thread, if one runs, for the block (see Paused)."""
+        return Paused(self._running)
+
+    def runner_start(self) -> None:
+        """Before a data-path thread starts: make the runner (once) and clear an old stop; from here
+        on every call of this object goes through a pause. MemoryError/OSError if it cannot be made."""
+        if self._runner is None:
+            r = lib.ovl_runner_new()
+            if r == ffi.NULL:
+                raise OSError(ffi.errno, f"cannot make the data-path runner (eventfd): {os.strerror(ffi.errno)}")
+            self._runner = ffi.gc(r, lib.ovl_runner_free)
+        if lib.ovl_runner_rearm(self._runner) != 0:
+            raise RuntimeError("a data-path thread still runs on this forwarder")
+        self._running = self._runner
+
+    def run(self, tap_fd: int, recv_fd: int, send_fd: int) -> tuple[int, int]:
+        """The blocking loop (ovl_runner_run; the GIL is released): (enum ovl_run_result, errno).
+
+        Only from the one data-path thread, between runner_start and runner_end; tap_fd < 0: the TAP
+        is not read (only written to).
+        """
+        err = ffi.new("int32_t *")
+        rc = int(lib.ovl_runner_run(self._running, self._dp, tap_fd, recv_fd, send_fd, err))
+        return rc, int(err[0])
+
+    def runner_stop(self) -> None:
+        """Ask the loop to return after its current batch (also while paused); a no-op without a runner."""
+        if self._running is not None:
+            lib.ovl_runner_stop(self._running)
+
+    def runner_end(self) -> None:
+        """After the data-path thread has been joined: calls no longer pause."""
+        self._running = None
+
+    def runner_state(self) -> int:
+        """enum ovl_runner_bits of the runner now (0 before the first runner_start)."""
+        return 0 if self._runner is None else int(lib.ovl_runner_state(self._runner))
 
     # -- observation -------------------------------------------------------------------
 
     def _counters(self, kind: int, n: int) -> list[int]:
         buf = ffi.new("uint64_t[]", max(n, 1))
-        got = lib.ovl_dp_counters(self._dp, kind, buf, n)
+        with self.paused():
+            got = lib.ovl_dp_counters(self._dp, kind, buf, n)
         return [int(buf[i]) for i in range(got)]
 
     def snapshot(self) -> Snapshot:
-        """A copy of all counters."""
-        stats = self._counters(lib.OVL_COUNTERS_STATS, len(STAT_FIELDS))
-        drops = self._counters(lib.OVL_COUNTERS_DROPS, lib.OVL_DROP_COUNT)
+        """A copy of all counters, of one moment (one pause)."""
         width = len(REMOTE_FIELDS)
-        per_remote = self._counters(lib.OVL_COUNTERS_REMOTES, lib.OVL_MAX_REMOTES * width)
+        with self.paused():
+            stats = self._counters(lib.OVL_COUNTERS_STATS, len(STAT_FIELDS))
+            drops = self._counters(lib.OVL_COUNTERS_DROPS, lib.OVL_DROP_COUNT)
+            per_remote = self._counters(lib.OVL_COUNTERS_REMOTES, lib.OVL_MAX_REMOTES * width)
+            fdb = self.fdb.stats()
         return Snapshot(
             stats=dict(zip(STAT_FIELDS, stats, strict=True)),
             drops={drop_name(d): drops[d] for d in Drop},
@@ -566,7 +720,7 @@ class FastForwarder:
                 {"remote": addr, **dict(zip(REMOTE_FIELDS, per_remote[i * width : (i + 1) * width], strict=True))}
                 for i, addr in self._slot_addrs
             ],
-            fdb=self.fdb.stats(),
+            fdb=fdb,
             inject=dict(zip(INJECT_FIELDS, self._counters_inject(), strict=True)) if self._inject else None,
         )
 

@@ -116,10 +116,12 @@ def make_forwarder(
     tap_vnet: int = 0,
     udp_gro: bool = False,
     gso_socks: Sequence[socket.socket] = (),
+    rx_super: bool = False,
 ) -> Forwarder:
     """The C forwarder if asked for and built, else the Python reference.
 
-    tap_vnet: the TAP's virtio header length; udp_gro, gso_socks: underlay offloads (C only).
+    tap_vnet: the TAP's virtio header length; udp_gro, gso_socks: underlay offloads (C only);
+    rx_super: receive super-packets whole (C only; the Python path reads 64 KiB and passes them on).
     SetupError if the static FDB entries do not fit the FDB.
     """
     try:
@@ -127,7 +129,9 @@ def make_forwarder(
             from datapath import fast as fastpath
 
             if fastpath.available():
-                return fastpath.FastForwarder(cfg, clock, tap_vnet=tap_vnet, udp_gro=udp_gro, gso_socks=gso_socks)
+                return fastpath.FastForwarder(
+                    cfg, clock, tap_vnet=tap_vnet, udp_gro=udp_gro, gso_socks=gso_socks, rx_super=rx_super
+                )
             log.warning("C fast path is not built (pip install -e . compiles it); using the pure-Python path")
         if tap_vnet or udp_gro or gso_socks:
             raise ValueError("the pure-Python forwarder needs a plain TAP and plain sockets")

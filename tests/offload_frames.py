@@ -179,14 +179,14 @@ def _resegment(v: bytes, frame: bytes) -> list[bytes]:
         return [frame]
     assert flags == NEEDS_CSUM and off == 16
     l3 = l3_offset(frame)
-    assert start == l3 + (40 if gso == GSO_TCPV6 else 20)
+    assert start == l3 + (40 if gso & ~GSO_ECN == GSO_TCPV6 else 20)
     assert hdr_len == start + (frame[start + 12] >> 4) * 4
     # The checksum field holds the pseudo-header sum: completing it gives a valid checksum.
     [full] = fast.offload_frame(vnet(NEEDS_CSUM, GSO_NONE, 0, 0, start, off), frame)
     again = Ether(full)
     del again[TCP].chksum
     assert bytes(again) == full
-    if gso == GSO_TCPV4:
+    if gso & ~GSO_ECN == GSO_TCPV4:
         again = Ether(full)
         del again[IP].chksum
         assert bytes(again) == full and again[IP].len == len(full) - l3

@@ -430,7 +430,8 @@ def test_scenarios_exercise_every_counter() -> None:
             for group in ("stats", "drops", "fdb"):
                 for k, v in snap[group].items():  # type: ignore[attr-defined]
                     seen[f"{name}.{k}"] = seen.get(f"{name}.{k}", 0) + v
-    io_only = {"tap_tx", "tx_error", "tx_full", "rx_tap_error", "rx_truncated", "tx_bad_offload", "entries"}
+    io_only = {"tap_tx", "tx_error", "tx_full", "rx_tap_error", "rx_truncated", "tx_bad_offload", "entries",
+               "rx_bad_super"}  # rx_bad_super: the RX plan (tests/diff/test_rx_super.py)  # fmt: skip
     reached = {k.split(".", 1)[1] for k, v in seen.items() if v}
     wanted = {
         "tap_rx",
@@ -497,6 +498,8 @@ def test_learn_then_unicast(name: str) -> None:
             "tap_tx_gso": 0,
             "tx_gso": 0,
             "rx_gro": 0,
+            "rx_super": 0,
+            "rx_super_split": 0,
         }
         assert snap.drops["rx_not_remote"] == 1 and snap.fdb["learns"] == 1
         assert [r["tx_flood"] for r in snap.remotes] == [1, 1, 1]

@@ -5,10 +5,13 @@
  * whose data is an inner Ethernet frame; the harness puts a VXLAN header in front (meta
  * bits 3-4: the base VNI, or that of mapped VLAN 1..3, so that a tag is inserted). Meta
  * bits 0-1 pick the source; with bit 2 the harness sets the frame's IP length and TCP
- * checksum right (a fuzzer does not find checksums), so segments can be coalesced.
+ * checksum right (a fuzzer does not find checksums), so segments can be coalesced; bit 5
+ * makes that checksum the pseudo-header seed instead (a kernel peer over veth).
  *
  * Checked: the plan carries every delivered frame exactly once: a write without offload is
- * one frame byte for byte; a super-frame (NEEDS_CSUM, TCPV4/TCPV6) has a partial checksum
+ * one frame byte for byte; one with NEEDS_CSUM alone (a TCP / UDP checksum that was only the
+ * pseudo-header seed, rx_super.c) is one frame byte for byte whose checksum then completes to
+ * a valid one; a super-frame (NEEDS_CSUM, TCPV4/TCPV6) has a partial checksum
  * that completes to a valid one, and cut again by ovl_offload_frame (the TX step) gives back
  * its segments, equal to the delivered ones but for the fields a coalesced stream does not
  * keep (IPv4 id and header checksum, TCP checksum's encoding, urgent pointer). */
@@ -31,8 +34,9 @@ static void init(void) {
     CHECK(ovl_dp_coalescing(ctx[0]) && ovl_dp_coalescing(ctx[1]));
 }
 
-/* Set the IP length (and IPv4 header checksum) and the TCP checksum of a TCP frame. */
-static void fix_tcp(uint8_t *f, uint32_t len) {
+/* Set the IP length (and IPv4 header checksum) and the TCP checksum of a TCP frame (seed: only the
+ * pseudo-header sum, as a kernel sender leaves it to offload). */
+static void fix_tcp(uint8_t *f, uint32_t len, int seed) {
     uint16_t type = 0;
     uint32_t l3 = ref_l3(f, len, &type), l4;
     int v6;
@@ -61,6 +65,10 @@ static void fix_tcp(uint8_t *f, uint32_t len) {
     uint32_t l4len = len - l4;
     put16(f + l4 + 16, 0);
     uint32_t s = v6 ? ref_sum(f + l3 + 8, 32, 0) : ref_sum(f + l3 + 12, 8, 0);
+    if (seed) {
+        put16(f + l4 + 16, ref_sum(NULL, 0, s + IPPROTO_TCP + (l4len >> 16) + (l4len & 0xFFFF)));
+        return;
+    }
     s = ref_sum(f + l4, l4len, s + IPPROTO_TCP + (l4len >> 16) + (l4len & 0xFFFF));
     put16(f + l4 + 16, (uint16_t)~s);
 }
@@ -99,6 +107,31 @@ static int take(struct delivered *d, uint32_t nd, const uint8_t *seg, uint32_t l
     return 0;
 }
 
+/* A frame with NEEDS_CSUM and no GSO: csum_start is its TCP / UDP header, the frame ends with its IP
+ * packet, and completing the checksum as the kernel does (sum from csum_start to the end) gives a valid one. */
+static void check_partial(const uint8_t *vnet, const uint8_t *f, uint32_t len) {
+    uint16_t hdr_len, gso_size, start, off, type = 0;
+    memcpy(&hdr_len, vnet + 2, 2);
+    memcpy(&gso_size, vnet + 4, 2);
+    memcpy(&start, vnet + 6, 2);
+    memcpy(&off, vnet + 8, 2);
+    CHECK(hdr_len == 0 && gso_size == 0 && (off == 16 || off == 6));
+    uint32_t l3 = ref_l3(f, len, &type);
+    CHECK(l3 && (type == ETH_P_IP || type == ETH_P_IPV6));
+    int v6 = type == ETH_P_IPV6;
+    CHECK(len >= l3 + (v6 ? IPV6_HLEN : IPV4_HLEN));
+    uint32_t l4 = v6 ? l3 + IPV6_HLEN : l3 + (uint32_t)(f[l3] & 0x0F) * 4;
+    uint8_t proto = v6 ? f[l3 + 6] : f[l3 + 9];
+    CHECK(start == l4 && off == (proto == IPPROTO_TCP ? 16 : 6) && (proto == IPPROTO_TCP || proto == IPPROTO_UDP));
+    CHECK(len == l3 + (v6 ? IPV6_HLEN + get16(f + l3 + 4) : get16(f + l3 + 2)) && start + off + 2u <= len);
+    uint8_t *full = dup_exact(f, len);
+    put16(full + start + off, (uint16_t)~ref_sum(full + start, len - start, 0));
+    uint32_t l4len = len - l4;
+    uint32_t s = v6 ? ref_sum(full + l3 + 8, 32, 0) : ref_sum(full + l3 + 12, 8, 0);
+    CHECK(ref_sum(full + l4, l4len, s + proto + (l4len >> 16) + (l4len & 0xFFFF)) == 0xFFFF);
+    free(full);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
     static double now;
     if (!ctx[0])
@@ -123,7 +156,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
         put32(b + 4, vni << 8);
         memcpy(b + VXLAN_HLEN, r.p, r.len);
         if (r.meta & 4)
-            fix_tcp(b + VXLAN_HLEN, r.len);
+            fix_tcp(b + VXLAN_HLEN, r.len, (r.meta >> 5) & 1);
         bufs[n] = b;
         lens[n] = len;
         CHECK(ovl_rx_load(dp, n, b, len, src, 0) == 0);
@@ -153,8 +186,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
         for (uint32_t j = OVL_VNET_HDR_LEN; j < vlen; j++)
             CHECK(vnet[j] == 0); /* num_buffers of the mergeable header */
         if (vnet[1] == OVL_VNET_GSO_NONE) {
-            for (uint32_t j = 0; j < OVL_VNET_HDR_LEN; j++)
-                CHECK(vnet[j] == 0);
+            if (vnet[0] == OVL_VNET_F_NEEDS_CSUM)
+                check_partial(vnet, out, (uint32_t)len);
+            else
+                for (uint32_t j = 0; j < OVL_VNET_HDR_LEN; j++)
+                    CHECK(vnet[j] == 0);
             CHECK(take(d, nd, out, (uint32_t)len, remote, 0, 0, 0, 0));
             segs_total++;
             continue;

@@ -95,7 +95,8 @@ def gre_packet(frame: bytes, *, key: int | None, csum: bool = False, seq: bool =
 def corpus() -> dict[str, dict[str, bytes]]:
     """Seeds by target and name."""
     f = frames()
-    out: dict[str, dict[str, bytes]] = {t: {} for t in ("rx_vxlan", "rx_gre", "rx_plan", "offload", "tap_tx", "vlan")}
+    targets = ("rx_vxlan", "rx_gre", "rx_plan", "rx_super", "offload", "tap_tx", "vlan")
+    out: dict[str, dict[str, bytes]] = {t: {} for t in targets}
 
     # rx_vxlan: a context byte, then records of UDP payloads.
     rx = out["rx_vxlan"]
@@ -150,6 +151,24 @@ def corpus() -> dict[str, dict[str, bytes]]:
     p["two-flows"] = b"\1" + b"".join(record(0, a) + record(0, b) for a, b in two)
     short = segment_stream(3, 700)
     p["fix-mapped"] = b"\0" + b"".join(record(4 | 8, s) for s in short) + record(1, f["udp4"])
+
+    # rx_super: a context byte (bit 0 plain TAP, bit 1 lengths and checksums fixed, bit 2 full checksum), the TAP
+    # MTU - 256 (2 bytes), one inner frame: super-packets as a kernel peer sends them, and a few that are not.
+    r = out["rx_super"]
+    mtu = struct.pack("!H", 1450 - 256)
+    for name, (frame, _) in {
+        "v4": super_frame(bytes(range(256)) * 40),
+        "v6-opts": super_frame(bytes(range(200)) * 30, v6=True, opts=True),
+        "tagged-cwr": super_frame(b"t" * 9000, tags=(Dot1Q(vlan=10),), flags="CEA"),
+        "qinq-fin": super_frame(b"q" * 4000, tags=(Dot1AD(vlan=5), Dot1Q(vlan=20)), flags="FPA"),
+    }.items():
+        r[name] = b"\2" + mtu + frame
+        r[name + "-plain"] = b"\3" + mtu + frame
+    big, _ = super_frame(bytes(60000), opts=True)
+    r["big-full-csum"] = b"\6" + struct.pack("!H", 9000 - 256) + big
+    r["small-seed"] = b"\2" + mtu + segment_stream(1, 100)[0]
+    udp_big = Ether(src=A, dst=B) / IP(src="10.1.0.1", dst="10.1.0.2") / UDP() / Raw(bytes(5000))
+    r["udp-big"] = b"\1" + mtu + bytes(udp_big)
 
     # offload: meta (room, slot), 10-byte virtio header, frame.
     o = out["offload"]

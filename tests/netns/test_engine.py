@@ -64,12 +64,13 @@ def engine_cfg(mode: str, path: str, statics: tuple[StaticEntry, ...] = ()) -> C
         remotes=(Remote(REMOTE, LOCAL),),
         tap=TapConfig(name=TAP, mtu=1400, mac=TAP_MAC),
         fdb=FdbConfig(static=statics),
-        offload=OffloadConfig(fast_path=path == "fast"),
+        # "fast-loop": the C path with its batches run from the asyncio loop (--no-dp-thread).
+        offload=OffloadConfig(fast_path=path != "python", dp_thread=path != "fast-loop"),
     )
 
 
 def skip_without_c(path: str) -> None:
-    if path == "fast" and not fast.available():
+    if path != "python" and not fast.available():
         pytest.skip("C fast path not built (python3 csrc/build.py)")
 
 

@@ -209,6 +209,8 @@ def test_tap_to_tunnel_and_back(case: str, impl: str) -> None:
             "tap_tx_gso": 0,
             "tx_gso": 0,
             "rx_gro": 0,
+            "rx_super": 0,
+            "rx_super_split": 0,
         }
         r = snap.remotes[0]
         assert (r["tx_packets"], r["tx_bytes"], r["tx_flood"]) == (6, sum(map(len, frames)), 6)

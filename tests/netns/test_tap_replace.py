@@ -39,7 +39,7 @@ LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", [*PATHS, "fast-loop"])  # fast: the data-path thread; fast-loop: without
 def test_deleted_tap_is_noticed_once_and_replaced(path: str, loop_kind: str) -> None:
     skip_without_c(path)
 

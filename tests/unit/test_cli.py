@@ -49,6 +49,8 @@ def test_bad_arguments(capsys: pytest.CaptureFixture[str], argv: list[str], need
         (["run", "--mode", "gre", "--remote", "192.0.2.2", "--udp-gso"], "are for --mode vxlan"),
         (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--udp-gso", "--no-fast-path"], "needs the C fast path"),
         (["run", "--mode", "gre", "--remote", "192.0.2.2", "--remote", "192.0.2.2"], "given twice"),
+        (["run", "--mode", "gre", "--remote", "192.0.2.2", "--cpu", "0", "--no-dp-thread"], "its thread"),
+        (["run", "--mode", "gre", "--remote", "192.0.2.2", "--cpu", "0", "--no-fast-path"], "its thread"),
         (["run", "--mode", "gre", "--remote", "192.0.2.2", "--local", "192.0.2.2"], "equals --local"),
     ],
 )

@@ -376,6 +376,18 @@ def test_offload_policy_and_udp_gso() -> None:
         assert e.keys == ["offload.udp_gso"] and "needs the C fast path with offloads on" in str(e)
 
 
+def test_offload_dp_thread_and_cpu() -> None:
+    """The data-path thread is on by default; cpu pins it, so it needs the thread and the C path."""
+    assert OffloadConfig().dp_thread and OffloadConfig().cpu is None
+    assert OffloadConfig(cpu=1).cpu == 1 and not OffloadConfig(dp_thread=False).dp_thread
+    assert error(OffloadConfig, dp_thread=1).keys == ["offload.dp_thread"]
+    for bad in (-1, 8192, True, "1"):
+        assert error(OffloadConfig, cpu=bad).keys == ["offload.cpu"]
+    for kw in ({"fast_path": False}, {"dp_thread": False}):
+        e = error(OffloadConfig, cpu=0, **kw)
+        assert e.keys == ["offload.cpu"] and "needs the C fast path and its thread" in str(e)
+
+
 @pytest.mark.parametrize(
     ("policy", "rx_coalesce", "tap", "coalesce"),
     [

@@ -96,7 +96,7 @@ def test_cdef_shows_no_struct_internals() -> None:
     """The public API declares its types opaque: no struct or union body anywhere in the cdef."""
     section = load_build().cdef_source()
     assert not re.search(r"\b(struct|union)\s+\w*\s*\{", section)
-    assert set(re.findall(r"\bstruct\s+(\w+)\s*;", section)) == {"ovl_dp", "ovl_fdb", "ovl_config"}
+    assert set(re.findall(r"\bstruct\s+(\w+)\s*;", section)) == {"ovl_dp", "ovl_fdb", "ovl_config", "ovl_runner"}
 
 
 @needs_module
