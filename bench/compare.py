@@ -389,7 +389,16 @@ def main(argv: list[str] | None = None) -> int:
     meta |= {"loadavg_start": load_start, "loadavg_end": os.getloadavg()}  # other work on the machine skews figures
     report = {
         "meta": meta,
-        "datapaths": {n: {"label": labels[n], "mtu": mtus[n], "note": DATAPATHS[n].note} for n in names},
+        "datapaths": {
+            n: {
+                "label": labels[n],
+                "mtu": mtus[n],
+                "note": DATAPATHS[n].note,
+                "versus": DATAPATHS[n].versus,
+                "ovs_config": dict(DATAPATHS[n].ovs_config),
+            }
+            for n in names
+        },
         "skipped": skipped,
         "metrics": {m.key: {"header": m.header, "better": m.better, "ratio": m.ratio} for m in METRICS},
         "summary": summary,

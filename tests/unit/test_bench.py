@@ -358,3 +358,34 @@ def test_main_rotates_and_reports(
     assert [r["round"] for r in report["runs"][k]] == [1, 2, 3] and report["meta"]["rounds"] == 3
     if "--png" in args:
         assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_main_reports_ovl_dp_on_ovs_against_ovs_native(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--only ovl-dp-vxlan-ovs runs OVS's own VXLAN too; the second table and the JSON give the ratio to it."""
+    import dataclasses
+
+    import bench.compare as compare
+
+    for name in ("ovs-vxlan", "ovl-dp-vxlan-ovs"):  # as if OVS were installed here
+        monkeypatch.setitem(compare.DATAPATHS, name, dataclasses.replace(compare.DATAPATHS[name], missing=lambda: None))
+    gbps = {REFERENCE: 10.0, "ovs-vxlan": 0.8, "ovl-dp-vxlan-ovs": 1.0}
+    calls: list[str] = []
+
+    def fake_measure(dp: Any, seconds: int, say: Any, ping_count: int) -> dict[str, Any]:
+        calls.append(dp.name)
+        return {"ok": True, "error": None, "mtu": 1450, "metrics": {"tcp1_gbps": gbps[dp.name]}, "errors": {}}
+
+    monkeypatch.setattr(compare, "measure", fake_measure)
+    monkeypatch.setattr(compare.os, "geteuid", lambda: 0)
+    out_json = tmp_path / "r.json"
+    assert compare.main(["--rounds", "1", "--only", "ovl-dp-vxlan-ovs", "--json", str(out_json)]) == 0
+    assert calls == [REFERENCE, "ovl-dp-vxlan-ovs", "ovs-vxlan"]
+    out = capsys.readouterr().out
+    assert "each against the tunnel it replaces" in out
+    assert "| ovl-dp VXLAN on OVS br-int | OVS userspace VXLAN |" in out and f"{TIMES}1.25" in out
+    report = json.loads(out_json.read_text())
+    assert report["summary"]["ovl-dp-vxlan-ovs"]["versus_ratio"]["tcp1_gbps"] == pytest.approx(1.25)
+    assert report["summary"]["ovl-dp-vxlan-ovs"]["ratio"]["tcp1_gbps"] == pytest.approx(0.1)
+    assert report["datapaths"]["ovl-dp-vxlan-ovs"]["versus"] == "ovs-vxlan"
