@@ -15,7 +15,7 @@ from typing import Any
 
 import uvloop
 
-from control import bridge, config, ctl, logs, metrics, notify, takeover
+from control import bridge, config, ctl, logs, metrics, notify, ovs, takeover
 from control.config import ConfigSource
 from control.ctl import CtlError
 from control.keeper import Keeper
@@ -63,7 +63,8 @@ class _Outcome:
 def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, int] | None, take_over: bool) -> int:
     b = user_cfg.bridge
     br = bridge.resolve(b.name, b.type, b.ovsdb, b.tag)
-    cfg = config.resolve(user_cfg, br.kind)
+    ovs_tso = br.kind == "ovs" and ovs.userspace_tso(br.ovsdb)  # OVS carries super-frames: coalesce towards it
+    cfg = config.resolve(user_cfg, br.kind, ovs_tso)
     assert cfg.tap.name is not None  # Config names the TAP
     logs.set_tap(cfg.tap.name)  # JSON log records name the TAP from here on
     offer = takeover.request(cfg.tap.name, takeover.identity(user_cfg)) if take_over else None
@@ -108,7 +109,14 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
         )
         if engine.fast:
             coalesce = cfg.offload.coalesce and engine.tap.vnet_hdr_len > 0
-            log.info("received TCP segments coalesced into super-frames: %s", "yes" if coalesce else "no")
+            why = ""
+            if br.kind == "ovs" and cfg.offload.policy == "auto" and user_cfg.offload.rx_coalesce is None:
+                why = (
+                    " (Open vSwitch has other_config:userspace-tso-enable=true)"
+                    if ovs_tso
+                    else " (Open vSwitch without other_config:userspace-tso-enable=true cannot carry them)"
+                )
+            log.info("received TCP segments coalesced into super-frames: %s%s", "yes" if coalesce else "no", why)
         loop = uvloop.new_event_loop()
         loop.set_exception_handler(logs.LoopErrors(log))  # never a traceback from the loop in the log
         try:

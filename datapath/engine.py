@@ -161,7 +161,9 @@ class Engine:
             raise
         try:
             # The TAP's flags follow the forwarder: only the C path handles a virtio header.
-            self.tap = Tap(cfg.tap.name, cfg.tap.mac, cfg.tap_mtu, offloads=fast and cfg.offload.tap)
+            self.tap = Tap(
+                cfg.tap.name, cfg.tap.mac, cfg.tap_mtu, offloads=fast and cfg.offload.tap, qdisc=cfg.tap.qdisc
+            )
         except Exception:
             self.recv_sock.close()
             self.send_sock.close()
@@ -338,7 +340,7 @@ class Engine:
         if self._loop is not None and old.fileno() >= 0:
             self._loop.remove_reader(old.fileno())
         old.close()
-        new = Tap(old.name, old.mac, old.mtu, offloads=self.fast and self.cfg.offload.tap)
+        new = Tap(old.name, old.mac, old.mtu, offloads=self.fast and self.cfg.offload.tap, qdisc=self.cfg.tap.qdisc)
         if (new.vnet_hdr_len, new.offloads) != (old.vnet_hdr_len, old.offloads):
             new.close()
             raise SetupError(
