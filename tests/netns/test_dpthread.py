@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from datapath import fast
 from datapath.config import Config, Remote
 from datapath.engine import Engine
 from datapath.ether import format_mac
@@ -198,6 +199,44 @@ def test_start_again_after_stop_reading() -> None:
                 run_until(loop, lambda n=n: eng.snapshot().stats["tap_tx"] > n)
                 eng.stop_reading()
                 assert dp_threads() == []
+        finally:
+            eng.close()
+            loop.close()
+
+    run_isolated(body)
+
+
+def test_fdb_import_stops_the_world_once() -> None:
+    """A takeover's FDB (up to the size cap, on the loop after start) enters under one pause: the
+    thread is parked once for all rows, not once per row (each a wake-up and two context switches)."""
+    skip_without_c("fast")
+
+    def body() -> None:
+        underlay()
+        cfg = engine_cfg("vxlan", "fast")
+        eng = Engine(cfg)
+        loop = asyncio.new_event_loop()
+        stops = [0]  # pauses that had to park a running loop (none was held already)
+        real_enter = fast.Paused.__enter__
+
+        def counting_enter(self: fast.Paused) -> None:
+            runner = self._runner  # the runner this block pauses
+            if runner is not None and not fast.lib.ovl_runner_state(runner) & fast.lib.OVL_RUNNER_PAUSED:
+                stops[0] += 1
+            real_enter(self)
+
+        try:
+            eng.start(loop)
+            assert len(dp_threads()) == 1
+            rows = [(bytes([2, 0, 0, 0, 1, i]), 0, REMOTE, False, 1.0) for i in range(50)]
+            fast.Paused.__enter__ = counting_enter  # type: ignore[method-assign]
+            try:
+                counts = eng.fdb_import(rows)
+            finally:
+                fast.Paused.__enter__ = real_enter  # type: ignore[method-assign]
+            assert counts["learned"] == 50
+            print(f"fdb_import of 50 rows: the data-path thread parked {stops[0]} time(s)")
+            assert stops[0] == 1, stops[0]
         finally:
             eng.close()
             loop.close()
