@@ -442,6 +442,10 @@ class Engine:
         Returns counts: static, learned, left_out (a remote that is not one here, a bad row, past its
         age, a newer entry here), full (refused at the size cap).
         """
+        with self.paused():  # one stop of the data-path thread for all rows, not one per row
+            return self._fdb_import(rows)
+
+    def _fdb_import(self, rows: Iterable[tuple[bytes, int, str, bool, float]]) -> dict[str, int]:
         slot = {r.addr: s for s, r, _ in self.forwarder.remotes()}
         counts = dict.fromkeys(("static", "learned", "left_out", "full"), 0)
         fdb = self.forwarder.fdb
@@ -462,6 +466,13 @@ class Engine:
         return counts
 
     # -- changes at run time (the control plane's calls) ---------------------------------
+
+    def paused(self) -> contextlib.AbstractContextManager[None]:
+        """``with engine.paused():`` -- no batch runs during the block, so several calls apply as one
+        change (the data-path thread parked once; on the loop's path nothing runs between them anyway)."""
+        if isinstance(self.forwarder, FastForwarder):
+            return self.forwarder.paused()
+        return contextlib.nullcontext()
 
     def remotes(self) -> tuple[Remote, ...]:
         """The current remotes, in slot order."""
