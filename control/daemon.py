@@ -131,14 +131,19 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
             http.close()  # idempotent; _serve stops it first on the normal path
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if out.handed_to is not None:
-            log.info("handed over to PID %d; exiting; counters:\n%s", out.handed_to,
-                     format_counters(engine.snapshot().as_dict()))  # fmt: skip
-        else:
-            log.info("exiting; counters:\n%s", format_counters(engine.snapshot().as_dict()))
-        if out.attached and out.handed_to is None:
-            br.detach(engine.tap.name)
-        engine.close()  # after a handover the new daemon still holds the TAP: it stays, on its bridge
+        try:
+            if out.handed_to is not None:
+                log.info("handed over to PID %d; exiting; counters:\n%s", out.handed_to,
+                         format_counters(engine.snapshot().as_dict()))  # fmt: skip
+            else:
+                log.info("exiting; counters:\n%s", format_counters(engine.snapshot().as_dict()))
+            if out.attached and out.handed_to is None:
+                br.detach(engine.tap.name)
+        finally:
+            # Always: it also stops and joins the data-path thread, without which the interpreter
+            # would wait for it at exit. After a handover the new daemon still holds the TAP: it
+            # stays, on its bridge.
+            engine.close()
     return 0
 
 
