@@ -8,7 +8,9 @@
 For each round and each datapath available here — ovl-dp VXLAN (as it is, and
 with its opt-in ``--udp-gso``) and GRE, the kernel's own VXLAN device (the
 reference), Open vSwitch userspace native VXLAN and GRE ports (when OVS is
-installed; both hosts OVS), tinc 1.0 in switch mode (when ``tincd`` is
+installed; both hosts OVS), ovl-dp VXLAN and GRE with its TAP a port of OVS
+br-int on both hosts (the seed scenario; each also compared with OVS's own
+tunnel of the same mode, which runs with it), tinc 1.0 in switch mode (when ``tincd`` is
 installed) — the two-host lab of control.lab.hosts is built from scratch, the
 datapath brought up (peers from control.lab.peers), and measured between the two
 containers:
@@ -53,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.parse import iperf_tcp, iperf_udp, ping_summary, proc_cpu_ticks, proc_vmhwm_kb
-from bench.report import METRICS, REFERENCE, TIMES, summarize, table
+from bench.report import METRICS, REFERENCE, TIMES, summarize, table, versus_table
 from control import ovs
 from control.lab import peers
 from control.lab.hosts import Lab
@@ -85,6 +87,8 @@ class Datapath:
     missing: Callable[[], str | None] = _nothing_missing
     note: str = ""
     default: bool = True
+    versus: str | None = None  # a second reference: the datapath this one replaces (ratios in the table too)
+    ovs_config: tuple[tuple[str, str], ...] = ()  # other_config of both hosts' Open vSwitch, set before it starts
 
 
 def _kernel_vxlan(lab: Lab) -> list[int]:
@@ -97,7 +101,8 @@ def _ovl(mode: str, *options: str) -> Callable[[Lab], list[int]]:
     def start(lab: Lab) -> list[int]:
         extra = ("--vni", str(VNI)) if mode == "vxlan" else ()
         lab.start_mesh(mode, *extra, *options)
-        return [d.proc.pid for d in lab.daemons.values()]
+        # On OVS br-int the frames cross ovs-vswitchd too: its CPU is part of the cost, as for OVS's own tunnels.
+        return [d.proc.pid for d in lab.daemons.values()] + [o.vswitchd.pid for o in lab.ovs.values()]
 
     return start
 
@@ -124,6 +129,16 @@ def _tinc(lab: Lab) -> list[int]:
 
 
 OVS_NOTE = "both hosts Open vSwitch (userspace datapath), containers with tx checksum offload off"
+OVL_OVS_NOTE = (
+    "the seed scenario: ovl-dp's TAP a port of Open vSwitch br-int (userspace datapath) on both hosts, the "
+    "underlay a plain interface; containers with tx checksum offload off"
+)
+OVS_TSO = (("userspace-tso-enable", "true"),)
+OVS_TSO_NOTE = (
+    "; both hosts' OVS started with other_config:userspace-tso-enable=true (set by the benchmark, for OVS's "
+    "native tunnels and ovl-dp alike)"
+)
+OVL_TSO_NOTE = OVS_TSO_NOTE + ": ovl-dp sees it and hands OVS coalesced TCP super-frames"
 DATAPATHS: dict[str, Datapath] = {
     d.name: d
     for d in (
@@ -133,6 +148,21 @@ DATAPATHS: dict[str, Datapath] = {
         Datapath("ovl-dp-vxlan-udp-gso", "ovl-dp VXLAN --udp-gso", _ovl("vxlan", "--udp-gso")),
         Datapath("ovs-vxlan", "OVS userspace VXLAN", _ovs_native("vxlan"), "ovs", missing=ovs.installed, note=OVS_NOTE),
         Datapath("ovs-gre", "OVS userspace GRE", _ovs_native("gre"), "ovs", missing=ovs.installed, note=OVS_NOTE),
+        Datapath("ovl-dp-vxlan-ovs", "ovl-dp VXLAN on OVS br-int", _ovl("vxlan"), "ovs", missing=ovs.installed,
+                 note=OVL_OVS_NOTE, versus="ovs-vxlan"),
+        Datapath("ovl-dp-gre-ovs", "ovl-dp GRE on OVS br-int", _ovl("gre"), "ovs", missing=ovs.installed,
+                 note=OVL_OVS_NOTE, versus="ovs-gre"),
+        # The same two pairs with Open vSwitch's userspace TSO on both hosts (OVS native and ovl-dp alike):
+        Datapath("ovs-vxlan-tso", "OVS userspace VXLAN, OVS TSO", _ovs_native("vxlan"), "ovs", missing=ovs.installed,
+                 note=OVS_NOTE + OVS_TSO_NOTE, default=False, ovs_config=OVS_TSO),
+        Datapath("ovl-dp-vxlan-ovs-tso", "ovl-dp VXLAN on OVS br-int, OVS TSO", _ovl("vxlan"), "ovs",
+                 missing=ovs.installed, note=OVL_OVS_NOTE + OVL_TSO_NOTE, versus="ovs-vxlan-tso", default=False,
+                 ovs_config=OVS_TSO),
+        Datapath("ovs-gre-tso", "OVS userspace GRE, OVS TSO", _ovs_native("gre"), "ovs", missing=ovs.installed,
+                 note=OVS_NOTE + OVS_TSO_NOTE, default=False, ovs_config=OVS_TSO),
+        Datapath("ovl-dp-gre-ovs-tso", "ovl-dp GRE on OVS br-int, OVS TSO", _ovl("gre"), "ovs",
+                 missing=ovs.installed, note=OVL_OVS_NOTE + OVL_TSO_NOTE, versus="ovs-gre-tso", default=False,
+                 ovs_config=OVS_TSO),
         Datapath("tinc-switch", "tinc 1.0 switch mode", _tinc, missing=peers.tinc_installed,
                  note="tincd defaults (UDP, blowfish-CBC, SHA1); container MTU lowered to the path MTU tinc discovers "
                       "(it carries longer frames over TCP)"),
@@ -187,7 +217,10 @@ def measure(dp: Datapath, seconds: int, say: Callable[[str], None], ping_count: 
     try:
         with Lab(2) as lab:
             say("building the lab")
-            lab.build(dp.mtu, bridge=dp.bridge)
+            if dp.ovs_config:
+                lab.build(dp.mtu, bridge=dp.bridge, ovs_config=dict(dp.ovs_config))
+            else:
+                lab.build(dp.mtu, bridge=dp.bridge)
             pids = dp.start(lab)
             _wait_connected(lab)
             rnd["ok"] = True
@@ -269,10 +302,11 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _select(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
-    """The datapaths to run (reference first) and those skipped, with why."""
+    """The datapaths to run (reference first; each one's versus with it) and those skipped, with why."""
     wanted = args.only or [n for n, d in DATAPATHS.items() if d.default]
     names, skipped = [], {}
-    for name in dict.fromkeys([REFERENCE, *wanted]):
+    with_versus = [m for n in wanted for m in (n, DATAPATHS[n].versus) if m is not None]
+    for name in dict.fromkeys([REFERENCE, *with_versus]):
         missing = DATAPATHS[name].missing()
         if missing:
             skipped[name] = missing
@@ -296,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name, d in DATAPATHS.items():
             status = d.missing() or ("available" if d.default else "available, only with --only")
-            print(f"{name:<24} {d.label:<30} {status}")
+            print(f"{name:<24} {d.label:<38} {status}")
         return 0
     if os.geteuid() != 0:
         print("bench: needs root (it builds network namespaces)", file=sys.stderr)
@@ -334,12 +368,15 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         print("\ninterrupted: reporting the rounds completed so far", file=sys.stderr)
 
-    summary = summarize(runs)
+    summary = summarize(runs, versus={n: v for n in names if (v := DATAPATHS[n].versus) is not None})
     labels = {n: DATAPATHS[n].label for n in names}
     mtus = {n: "/".join(sorted({str(r["mtu"]) for r in runs[n] if "mtu" in r})) or str(DATAPATHS[n].mtu) for n in names}
     done = min((len(v) for v in runs.values()), default=0)
     print(f"\nmedians of {done} interleaved round(s), iperf3 {args.seconds} s per test; {TIMES}: ratio to kernel VXLAN")
     print(table(summary, labels, mtus))
+    if text := versus_table(summary, labels):
+        print(f"\neach against the tunnel it replaces, same run ({TIMES}: ratio of the medians)")
+        print(text)
     notes = [f"{n}: {DATAPATHS[n].note}" for n in names if DATAPATHS[n].note]
     notes += [f"{n}: skipped ({why})" for n, why in skipped.items()]
     for name, s in summary.items():
@@ -352,7 +389,16 @@ def main(argv: list[str] | None = None) -> int:
     meta |= {"loadavg_start": load_start, "loadavg_end": os.getloadavg()}  # other work on the machine skews figures
     report = {
         "meta": meta,
-        "datapaths": {n: {"label": labels[n], "mtu": mtus[n], "note": DATAPATHS[n].note} for n in names},
+        "datapaths": {
+            n: {
+                "label": labels[n],
+                "mtu": mtus[n],
+                "note": DATAPATHS[n].note,
+                "versus": DATAPATHS[n].versus,
+                "ovs_config": dict(DATAPATHS[n].ovs_config),
+            }
+            for n in names
+        },
         "skipped": skipped,
         "metrics": {m.key: {"header": m.header, "better": m.better, "ratio": m.ratio} for m in METRICS},
         "summary": summary,

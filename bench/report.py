@@ -55,15 +55,27 @@ def ratios(med: Mapping[str, float], ref: Mapping[str, float]) -> dict[str, floa
     return {k: v / ref[k] for k, v in med.items() if k in ref and ref[k] != 0}
 
 
-def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]], reference: str = REFERENCE) -> dict[str, Any]:
-    """Per datapath: medians, ratios to the reference's medians, rounds ok / failed (with the errors)."""
+def summarize(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    reference: str = REFERENCE,
+    versus: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Per datapath: medians, ratios to the reference's medians, rounds ok / failed (with the errors).
+
+    versus: datapath -> a second reference of its own (what it replaces, e.g. ovl-dp on OVS br-int -> OVS's
+    native tunnel of the same mode); when that one ran, the entry gets ``versus`` (its name) and
+    ``versus_ratio`` (medians / its medians).
+    """
     med = {name: medians(rounds) for name, rounds in runs.items()}
     ref = med.get(reference, {})
     out: dict[str, Any] = {}
     for name, rounds in runs.items():
+        other = (versus or {}).get(name)
+        extra = {"versus": other, "versus_ratio": ratios(med[name], med[other])} if other in med else {}
         out[name] = {
             "median": med[name],
             "ratio": ratios(med[name], ref),
+            **extra,
             "rounds_ok": sum(1 for r in rounds if r.get("ok")),
             "rounds": len(rounds),
             "failures": [
@@ -110,4 +122,34 @@ def table(
         return "| " + " | ".join(parts) + " |"
 
     rule = "|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(head), rule, *(line(r) for r in rows)])
+
+
+def versus_table(
+    summary: Mapping[str, Mapping[str, Any]],
+    labels: Mapping[str, str] | None = None,
+    metrics: Sequence[Metric] = METRICS,
+) -> str:
+    """A Markdown table of the datapaths that have a second reference (summarize's versus): per metric the
+    ratio of their median to that reference's median; '' when no datapath has one."""
+    labels = labels or {}
+    shown = [m for m in metrics if m.ratio]
+    head = ["datapath", "versus", *(m.header for m in shown)]
+    rows = []
+    for name, s in summary.items():
+        other = s.get("versus")
+        if other is None:
+            continue
+        r = s.get("versus_ratio", {})
+        cells = [f"{TIMES}{r[m.key]:.2f}" if m.key in r else "-" for m in shown]
+        rows.append([labels.get(name, name), labels.get(other, other), *cells])
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return "| " + " | ".join(parts) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i >= 2 else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
     return "\n".join([line(head), rule, *(line(r) for r in rows)])

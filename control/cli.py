@@ -199,6 +199,13 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--tap", dest="tap.name", metavar="NAME", help="TAP name (default ovl-vxlan / ovl-gre)")
     run.add_argument(
+        "--tap-qdisc",
+        dest="tap.qdisc",
+        choices=("noqueue", "keep"),
+        help="the TAP's root qdisc: noqueue (default; the TAP never queues, so a qdisc only costs) or keep the "
+        "kernel's default",
+    )
+    run.add_argument(
         "--mtu",
         dest="tap.mtu",
         type=_mtu,

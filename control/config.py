@@ -88,23 +88,28 @@ def local_table_addresses(fib_trie: str = "/proc/net/fib_trie") -> set[str]:
     return found
 
 
-def offload_flags(policy: str, bridge_kind: str) -> tuple[bool, bool]:
+def offload_flags(policy: str, bridge_kind: str, ovs_tso: bool = False) -> tuple[bool, bool]:
     """(TAP offloads, RX coalescing) for an offload policy and the kind of bridge the TAP is on.
 
     auto: the TAP takes TSO super-frames and partial checksums everywhere (that only
     changes what ovl-dp reads), and received TCP segments are coalesced into
-    super-frames only towards a Linux bridge: Open vSwitch's userspace datapath, and
-    whatever a user plugs an unattached TAP into, may not cope with 64 KiB frames.
+    super-frames towards a Linux bridge, and towards Open vSwitch only when its
+    userspace datapath carries TSO (ovs_tso: ``other_config:userspace-tso-enable``,
+    control.ovs.userspace_tso); without it OVS drops 64 KiB frames, and whatever a
+    user plugs an unattached TAP into may not cope with them either.
     """
     if policy == "off":
         return False, False
     if policy == "on":
         return True, True
-    return True, bridge_kind == "linux"
+    return True, bridge_kind == "linux" or (bridge_kind == "ovs" and ovs_tso)
 
 
-def resolve(cfg: Config, bridge_kind: str = "none") -> Config:
-    """cfg with routes, MTUs and the TAP identity filled in; SetupError on anything wrong with the host."""
+def resolve(cfg: Config, bridge_kind: str = "none", ovs_tso: bool = False) -> Config:
+    """cfg with routes, MTUs and the TAP identity filled in; SetupError on anything wrong with the host.
+
+    ovs_tso: the TAP goes on an Open vSwitch bridge whose datapath carries TSO (see offload_flags).
+    """
     own = local_addresses()
     local = cfg.tunnel.local
     if local is not None and local not in own:
@@ -123,7 +128,7 @@ def resolve(cfg: Config, bridge_kind: str = "none") -> Config:
         raise ConfigError(f"{{tap.mtu}}: TAP MTU {tap_mtu} is below {MIN_MTU} (underlay MTU {underlay_mtu})")
     assert cfg.tap.name is not None  # Config names the TAP
     mac = cfg.tap.mac or tap_mac(remotes[0].local or "", cfg.tunnel.mode, cfg.base_id, cfg.tap.name)
-    _, coalesce = offload_flags(cfg.offload.policy, bridge_kind)
+    _, coalesce = offload_flags(cfg.offload.policy, bridge_kind, ovs_tso)
     return dataclasses.replace(
         cfg,
         tunnel=dataclasses.replace(cfg.tunnel, underlay_mtu=underlay_mtu),

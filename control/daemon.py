@@ -15,7 +15,7 @@ from typing import Any
 
 import uvloop
 
-from control import bridge, config, ctl, inject, logs, metrics, notify, takeover
+from control import bridge, config, ctl, inject, logs, metrics, notify, ovs, takeover
 from control.config import ConfigSource
 from control.ctl import CtlError
 from control.keeper import Keeper
@@ -63,7 +63,8 @@ class _Outcome:
 def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, int] | None, take_over: bool) -> int:
     b = user_cfg.bridge
     br = bridge.resolve(b.name, b.type, b.ovsdb, b.tag)
-    cfg = config.resolve(user_cfg, br.kind)
+    ovs_tso = br.kind == "ovs" and ovs.userspace_tso(br.ovsdb)  # OVS carries super-frames: coalesce towards it
+    cfg = config.resolve(user_cfg, br.kind, ovs_tso)
     assert cfg.tap.name is not None  # Config names the TAP
     logs.set_tap(cfg.tap.name)  # JSON log records name the TAP from here on
     offer = takeover.request(cfg.tap.name, takeover.identity(user_cfg)) if take_over else None
@@ -110,7 +111,14 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
         )
         if engine.fast:
             coalesce = cfg.offload.coalesce and engine.tap.vnet_hdr_len > 0
-            log.info("received TCP segments coalesced into super-frames: %s", "yes" if coalesce else "no")
+            why = ""
+            if br.kind == "ovs" and cfg.offload.policy == "auto" and user_cfg.offload.rx_coalesce is None:
+                why = (
+                    " (Open vSwitch has other_config:userspace-tso-enable=true)"
+                    if ovs_tso
+                    else " (Open vSwitch without other_config:userspace-tso-enable=true cannot carry them)"
+                )
+            log.info("received TCP segments coalesced into super-frames: %s%s", "yes" if coalesce else "no", why)
         loop = uvloop.new_event_loop()
         loop.set_exception_handler(logs.LoopErrors(log))  # never a traceback from the loop in the log
         try:
@@ -125,16 +133,23 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
             http.close()  # idempotent; _serve stops it first on the normal path
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if out.handed_to is not None:
-            log.info("handed over to PID %d; exiting; counters:\n%s", out.handed_to,
-                     format_counters(engine.snapshot().as_dict()))  # fmt: skip
-        else:
-            log.info("exiting; counters:\n%s", format_counters(engine.snapshot().as_dict()))
-        if out.attached and out.handed_to is None:
-            br.detach(engine.tap.name)
-        engine.close()  # after a handover the new daemon still holds the TAP: it stays, on its bridge
-        if host is not None:
-            host.undo()  # the injection TAP's firewall rules (its own settings went with the device)
+        try:
+            if out.handed_to is not None:
+                log.info("handed over to PID %d; exiting; counters:\n%s", out.handed_to,
+                         format_counters(engine.snapshot().as_dict()))  # fmt: skip
+            else:
+                log.info("exiting; counters:\n%s", format_counters(engine.snapshot().as_dict()))
+            if out.attached and out.handed_to is None:
+                br.detach(engine.tap.name)
+        finally:
+            # Always: it also stops and joins the data-path thread, without which the interpreter
+            # would wait for it at exit. After a handover the new daemon still holds the TAP: it
+            # stays, on its bridge.
+            try:
+                engine.close()
+            finally:
+                if host is not None:
+                    host.undo()  # the injection TAP's firewall rules (its own settings went with the device)
     return 0
 
 

@@ -54,3 +54,19 @@ def vsctl(db: str | None, *args: str, timeout: int = VSCTL_TIMEOUT) -> str:
     if res.returncode != 0:
         raise OvsError(res.stderr.strip() or f"ovs-vsctl {' '.join(args)} failed ({res.returncode})")
     return res.stdout
+
+
+def userspace_tso(db: str | None) -> bool:
+    """Whether the database asks ovs-vswitchd for userspace TSO (``other_config:userspace-tso-enable=true``).
+
+    With it (OVS 2.13 and later; ovs-vswitchd reads it at start) the userspace
+    datapath reads and writes its Linux ports with virtio headers: a TCP super-frame
+    ovl-dp writes to its TAP crosses br-int whole and reaches a container's veth as
+    one GSO packet. Without it OVS would drop such a frame as too big. False when
+    the key is missing or the database cannot be read.
+    """
+    try:
+        out = vsctl(db, "--if-exists", "get", "Open_vSwitch", ".", "other_config:userspace-tso-enable", timeout=3)
+    except OvsError:
+        return False
+    return out.strip().strip('"').lower() == "true"

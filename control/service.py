@@ -204,7 +204,8 @@ class Service:
         plan = self._plan(new)
         done: list[str] = []
         try:
-            self._apply(new, plan, done)
+            with self.engine.paused():  # one change for the data path (its thread parked once)
+                self._apply(new, plan, done)
         except Exception as exc:
             self.reload_failures += 1
             log.error("reload of %s failed after: %s", self.source.file, "; ".join(done) or "nothing")

@@ -46,6 +46,7 @@ MAX_FDB = 1 << 20
 MAX_CPU = 8191  # CONFIG_NR_CPUS at most
 IFNAMSIZ = 16  # <linux/if.h>, including the terminating NUL
 BRIDGE_TYPES = ("auto", "linux", "ovs", "none")
+TAP_QDISCS = ("noqueue", "keep")
 OFFLOAD_POLICIES = ("auto", "on", "off")
 INJECT_POLICIES = ("auto", "off")
 
@@ -220,8 +221,11 @@ class TapConfig:
     name: str | None = None  # default ovl-<mode>
     mtu: int | None = None  # None: underlay MTU minus the encapsulation overhead (resolved)
     mac: bytes | None = None  # None: derived from host and tunnel (resolved)
+    qdisc: str = "noqueue"  # the TAP's root qdisc: noqueue (datapath.io.qdisc), or keep the kernel's default
 
     def __post_init__(self) -> None:
+        if self.qdisc not in TAP_QDISCS:
+            raise ConfigError(f"{{tap.qdisc}} {_lit(self.qdisc)} is not one of {', '.join(TAP_QDISCS)}")
         n = self.name
         # The kernel's dev_valid_name(): 1..IFNAMSIZ-1 bytes, not "." or "..", no '/', ':' or white space.
         if n is not None and (

@@ -169,7 +169,9 @@ class Engine:
             raise
         try:
             # The TAP's flags follow the forwarder: only the C path handles a virtio header.
-            self.tap = Tap(cfg.tap.name, cfg.tap.mac, cfg.tap_mtu, offloads=fast and cfg.offload.tap)
+            self.tap = Tap(
+                cfg.tap.name, cfg.tap.mac, cfg.tap_mtu, offloads=fast and cfg.offload.tap, qdisc=cfg.tap.qdisc
+            )
         except Exception:
             self.recv_sock.close()
             self.send_sock.close()
@@ -411,7 +413,7 @@ class Engine:
         if self._loop is not None and old.fileno() >= 0:
             self._loop.remove_reader(old.fileno())
         old.close()
-        new = Tap(old.name, old.mac, old.mtu, offloads=self.fast and self.cfg.offload.tap)
+        new = Tap(old.name, old.mac, old.mtu, offloads=self.fast and self.cfg.offload.tap, qdisc=self.cfg.tap.qdisc)
         if (new.vnet_hdr_len, new.offloads) != (old.vnet_hdr_len, old.offloads):
             new.close()
             raise SetupError(
@@ -519,6 +521,10 @@ class Engine:
         Returns counts: static, learned, left_out (a remote that is not one here, a bad row, past its
         age, a newer entry here), full (refused at the size cap).
         """
+        with self.paused():  # one stop of the data-path thread for all rows, not one per row
+            return self._fdb_import(rows)
+
+    def _fdb_import(self, rows: Iterable[tuple[bytes, int, str, bool, float]]) -> dict[str, int]:
         slot = {r.addr: s for s, r, _ in self.forwarder.remotes()}
         counts = dict.fromkeys(("static", "learned", "left_out", "full"), 0)
         fdb = self.forwarder.fdb
@@ -539,6 +545,13 @@ class Engine:
         return counts
 
     # -- changes at run time (the control plane's calls) ---------------------------------
+
+    def paused(self) -> contextlib.AbstractContextManager[None]:
+        """``with engine.paused():`` -- no batch runs during the block, so several calls apply as one
+        change (the data-path thread parked once; on the loop's path nothing runs between them anyway)."""
+        if isinstance(self.forwarder, FastForwarder):
+            return self.forwarder.paused()
+        return contextlib.nullcontext()
 
     def remotes(self) -> tuple[Remote, ...]:
         """The current remotes, in slot order."""

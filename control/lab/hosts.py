@@ -79,6 +79,7 @@ class Lab:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.daemons: dict[int, Daemon] = {}
         self.ovs: dict[int, OvsInstance] = {}
+        self._ovs_config: dict[str, str] = {}
         self.workdir = Path(tempfile.mkdtemp(prefix="ovl-lab-"))
 
     # -- names and addresses -------------------------------------------------
@@ -113,12 +114,21 @@ class Lab:
         self.namespaces.append(name)
         sh("ip", "-n", name, "link", "set", "lo", "up")
 
-    def build(self, container_mtu: int = 1400, bridge: str = "linux", tag: int | None = None) -> Lab:
+    def build(
+        self,
+        container_mtu: int = 1400,
+        bridge: str = "linux",
+        tag: int | None = None,
+        ovs_config: dict[str, str] | None = None,
+    ) -> Lab:
         """Create switch, hosts and containers; returns self.
 
         bridge: "linux", or "ovs" (containers then send with checksum offload off,
-        because OVS's userspace datapath does not carry offload state).
+        because OVS's userspace datapath does not carry offload state by default);
+        ovs_config: other_config keys for every host's OVS, set before it starts
+        (e.g. {"userspace-tso-enable": "true"}).
         """
+        self._ovs_config = dict(ovs_config or {})
         self._netns(self.switch)
         sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", self.switch, "link", "set", "br0", "up")
@@ -148,7 +158,7 @@ class Lab:
         return self
 
     def _ovs_bridge(self, i: int, tag: int | None) -> None:
-        ovs = OvsInstance(self.host(i), self.workdir / f"ovs-h{i}")
+        ovs = OvsInstance(self.host(i), self.workdir / f"ovs-h{i}", self._ovs_config)
         self.ovs[i] = ovs
         ovs.start()
         ovs.vsctl("add-br", "br-int", "--", "set", "bridge", "br-int", "datapath_type=netdev", "fail-mode=standalone")

@@ -21,9 +21,12 @@ START_TIMEOUT = 20.0
 class OvsInstance:
     """ovsdb-server and ovs-vswitchd for one network namespace, all files under rundir."""
 
-    def __init__(self, netns: str, rundir: Path) -> None:
+    def __init__(self, netns: str, rundir: Path, other_config: dict[str, str] | None = None) -> None:
+        """other_config: Open_vSwitch other_config keys set before ovs-vswitchd starts (some, such as
+        userspace-tso-enable, are read only then)."""
         self.netns = netns
         self.rundir = rundir
+        self.other_config = dict(other_config or {})
         self.procs: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -75,6 +78,9 @@ class OvsInstance:
         )  # fmt: skip
         self._wait_for(d / "db.sock", srv)
         ovs.vsctl(self.db, "--no-wait", "init")
+        if self.other_config:
+            keys = [f"other_config:{k}={v}" for k, v in self.other_config.items()]
+            ovs.vsctl(self.db, "--no-wait", "set", "Open_vSwitch", ".", *keys)
 
     def start_vswitchd(self) -> subprocess.Popen[bytes]:
         """Start ovs-vswitchd (again, after stop_vswitchd)."""

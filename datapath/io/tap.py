@@ -30,6 +30,7 @@ import struct
 import pytun
 
 from datapath.errors import SetupError
+from datapath.io.qdisc import set_root_qdisc
 
 TUN_DEVICE = "/dev/net/tun"
 IFNAMSIZ = 16  # including the terminating NUL
@@ -85,7 +86,9 @@ def offload_names(flags: int) -> str:
 class Tap:
     """An open, up, non-blocking TAP device."""
 
-    def __init__(self, name: str, mac: bytes, mtu: int, offloads: bool = False) -> None:
+    def __init__(self, name: str, mac: bytes, mtu: int, offloads: bool = False, qdisc: str = "keep") -> None:
+        """qdisc: "noqueue" replaces the kernel's default root qdisc (datapath.io.qdisc), "keep" leaves it;
+        a refused noqueue keeps the default, and ``qdisc`` says which one the TAP has."""
         if not os.path.exists(TUN_DEVICE):
             raise SetupError(
                 f"{TUN_DEVICE} does not exist: load the tun module (modprobe tun) or give the container it"
@@ -107,6 +110,10 @@ class Tap:
         self.name: str = dev.name
         self.mac = mac
         self.mtu = mtu
+        self.qdisc = "default"  # the root qdisc: "noqueue", or "default" (the kernel's) with why
+        if qdisc == "noqueue":
+            why = set_root_qdisc(socket.if_nametoindex(self.name), "noqueue")
+            self.qdisc = f"default (noqueue refused: {why})" if why else "noqueue"
 
     @classmethod
     def adopt(cls, fd: int, name: str, mac: bytes, mtu: int, vnet_hdr_len: int, offloads: int) -> Tap:
@@ -150,6 +157,7 @@ class Tap:
         tap._fd = fd
         tap.vnet_hdr_len, tap.offloads = vnet_hdr_len, offloads
         tap.name, tap.mac, tap.mtu = name, mac, mtu
+        tap.qdisc = "as the previous daemon left it"
         os.set_blocking(fd, False)
         return tap
 
@@ -179,9 +187,10 @@ class Tap:
 
     def describe(self) -> str:
         """One line on what the TAP does: plain, or its virtio header and offloads."""
+        qdisc = f", qdisc {self.qdisc}"
         if not self.vnet_hdr_len:
-            return "plain TAP (no virtio header, no offloads)"
-        return f"virtio header {self.vnet_hdr_len} bytes, offloads: {offload_names(self.offloads)}"
+            return f"plain TAP (no virtio header, no offloads){qdisc}"
+        return f"virtio header {self.vnet_hdr_len} bytes, offloads: {offload_names(self.offloads)}{qdisc}"
 
     def set_mtu(self, mtu: int) -> None:
         """Change the device's MTU (SIOCSIFMTU); SetupError if the kernel refuses it."""

@@ -13,9 +13,13 @@ import select
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from control.config import ConfigSource
+from control.service import Service
+from datapath import fast
 from datapath.config import Config, Remote
 from datapath.engine import Engine
 from datapath.ether import format_mac
@@ -39,6 +43,7 @@ from tests.netns.test_engine import (
     skip_without_c,
     underlay,
 )
+from tests.netns.test_service import write_config
 
 pytestmark = pytest.mark.netns
 
@@ -198,6 +203,89 @@ def test_start_again_after_stop_reading() -> None:
                 run_until(loop, lambda n=n: eng.snapshot().stats["tap_tx"] > n)
                 eng.stop_reading()
                 assert dp_threads() == []
+        finally:
+            eng.close()
+            loop.close()
+
+    run_isolated(body)
+
+
+def test_fdb_import_stops_the_world_once() -> None:
+    """A takeover's FDB (up to the size cap, on the loop after start) enters under one pause: the
+    thread is parked once for all rows, not once per row (each a wake-up and two context switches)."""
+    skip_without_c("fast")
+
+    def body() -> None:
+        underlay()
+        cfg = engine_cfg("vxlan", "fast")
+        eng = Engine(cfg)
+        loop = asyncio.new_event_loop()
+        stops = [0]  # pauses that had to park a running loop (none was held already)
+        real_enter = fast.Paused.__enter__
+
+        def counting_enter(self: fast.Paused) -> None:
+            runner = self._runner  # the runner this block pauses
+            if runner is not None and not fast.lib.ovl_runner_state(runner) & fast.lib.OVL_RUNNER_PAUSED:
+                stops[0] += 1
+            real_enter(self)
+
+        try:
+            eng.start(loop)
+            assert len(dp_threads()) == 1
+            rows = [(bytes([2, 0, 0, 0, 1, i]), 0, REMOTE, False, 1.0) for i in range(50)]
+            fast.Paused.__enter__ = counting_enter  # type: ignore[method-assign]
+            try:
+                counts = eng.fdb_import(rows)
+            finally:
+                fast.Paused.__enter__ = real_enter  # type: ignore[method-assign]
+            assert counts["learned"] == 50
+            print(f"fdb_import of 50 rows: the data-path thread parked {stops[0]} time(s)")
+            assert stops[0] == 1, stops[0]
+        finally:
+            eng.close()
+            loop.close()
+
+    run_isolated(body)
+
+
+def test_a_reload_applies_as_one_change(tmp_path: Path) -> None:
+    """A reload that moves static entries (delete, then add) is one change for the data path, as it was
+    on the loop's path: the thread is parked once for all its steps, so no frame is flooded or
+    learned half-way (two parks: the plan reads the remotes first, then every step in one pause)."""
+    skip_without_c("fast")
+
+    def body() -> None:
+        underlay()
+        eng = Engine(engine_cfg("vxlan", "fast"))
+        loop = asyncio.new_event_loop()
+        conf = tmp_path / "ovl.toml"
+        macs = [f"02:00:00:00:02:0{i}" for i in range(4)]
+        write_config(conf, [REMOTE], tuple(f"{m}={REMOTE}" for m in macs[:2]))
+        source = ConfigSource(file=conf)
+        service = Service(eng, source, "linux", source.load())
+        stops = [0]
+        real_enter = fast.Paused.__enter__
+
+        def counting_enter(self: fast.Paused) -> None:
+            runner = self._runner  # the runner this block pauses
+            if runner is not None and not fast.lib.ovl_runner_state(runner) & fast.lib.OVL_RUNNER_PAUSED:
+                stops[0] += 1
+            real_enter(self)
+
+        try:
+            for m in macs[:2]:
+                eng.fdb_add(bytes.fromhex(m.replace(":", "")), REMOTE)
+            eng.start(loop)
+            assert len(dp_threads()) == 1
+            write_config(conf, [REMOTE], tuple(f"{m}={REMOTE}" for m in macs[2:]))
+            fast.Paused.__enter__ = counting_enter  # type: ignore[method-assign]
+            try:
+                applied = service.handle("reload", {})
+            finally:
+                fast.Paused.__enter__ = real_enter  # type: ignore[method-assign]
+            print(f"reload {applied}: the data-path thread parked {stops[0]} time(s)")
+            assert sorted(r["mac"] for r in eng.fdb_table() if r["static"]) == macs[2:]
+            assert stops[0] == 2, stops[0]  # the plan's look at the remotes (nothing changed yet), then all steps
         finally:
             eng.close()
             loop.close()

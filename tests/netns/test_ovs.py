@@ -61,6 +61,55 @@ def test_seed_scenario(mode: str) -> None:
         assert tap not in lab.ovs[1].vsctl("list-ports", "br-int").split()
 
 
+def link_counter(lab: Lab, i: int, dev: str, field: str) -> int:
+    """A counter of dev on host i from sysfs (tx_packets, rx_packets, ...)."""
+    return int(sh("ip", "netns", "exec", lab.host(i), "cat", f"/sys/class/net/{dev}/statistics/{field}").stdout)
+
+
+@pytest.mark.parametrize("mode", ["vxlan", "gre"])
+def test_seed_scenario_with_ovs_userspace_tso_gets_super_frames(mode: str) -> None:
+    """OVS started with userspace-tso-enable=true: ovl-dp sees it and writes coalesced TCP super-frames, which
+    cross br-int (trunk TAP, VLAN 20 access port) whole: the container's veth gets fewer, bigger packets than
+    ovl-dp received segments, and TCP runs (a wrong virtio header or checksum would stall it)."""
+    with seed_lab() as lab:
+        lab.build(container_mtu(mode, tagged=True), bridge="ovs", tag=SEED_TAG,
+                  ovs_config={"userspace-tso-enable": "true"})  # fmt: skip
+        lab.start_mesh(mode)
+        for i in (1, 2):
+            assert "coalesced into super-frames: yes (Open vSwitch has other_config:userspace-tso-enable=true)" in (
+                lab.daemons[i].output()
+            )
+        assert lab.ping(1, 2, count=3)["loss"] == 0
+        vm0_before = link_counter(lab, 2, "vm0", "tx_packets")
+        result = lab.iperf3(1, 2, 2)
+        assert "error" not in result, result
+        received = result["end"]["sum_received"]["bytes"]
+        assert received > 1_000_000
+        stats = lab.ovl(2, "show")["stats"]
+        vm0_packets = link_counter(lab, 2, "vm0", "tx_packets") - vm0_before
+        print(f"\n{mode}: {received / 2e6 * 8:.0f} Mbit/s, host 2: {stats['tap_tx']} frames in, "
+              f"{stats['tap_tx_gso']} super-frames to OVS, vm0 sent {vm0_packets} packets")  # fmt: skip
+        assert stats["tap_tx_gso"] > 0
+        assert vm0_packets < stats["tap_tx"]  # OVS passed super-frames on whole, it did not segment them
+        for i in (1, 2):
+            log = (lab.ovs[i].rundir / "ovs-vswitchd.log").read_text()
+            assert "Userspace TCP Segmentation Offloading support enabled" in log
+            assert "Too big" not in log and "No TSO support" not in log, log[-2000:]
+        assert lab.ovl(2, "show")["drops"]["rx_tap_error"] == 0
+
+
+def test_without_ovs_userspace_tso_no_super_frames_reach_ovs() -> None:
+    """The database key false (as by default: missing): ovl-dp writes every segment alone, as OVS needs."""
+    with seed_lab() as lab:
+        lab.build(container_mtu("vxlan"), bridge="ovs", ovs_config={"userspace-tso-enable": "false"})
+        lab.start_mesh("vxlan")
+        out = lab.daemons[2].output()
+        assert "coalesced into super-frames: no (Open vSwitch without other_config:userspace-tso-enable" in out
+        result = lab.iperf3(1, 2, 1)
+        assert "error" not in result, result
+        assert lab.ovl(2, "show")["stats"]["tap_tx_gso"] == 0
+
+
 def test_access_port_readded_after_delete_and_vswitchd_restart() -> None:
     with seed_lab() as lab:
         lab.build(container_mtu("gre"), bridge="ovs", tag=SEED_TAG)

@@ -51,7 +51,7 @@ def test_offloads_give_a_virtio_header_and_offload_flags() -> None:
         try:
             assert t.vnet_hdr_len == tap.VNET_HDR_LEN == 10
             assert t.offloads in tap.OFFLOAD_SETS and t.offloads & tap.TUN_F_CSUM
-            assert t.describe() == f"virtio header 10 bytes, offloads: {offload_names(t.offloads)}"
+            assert t.describe() == f"virtio header 10 bytes, offloads: {offload_names(t.offloads)}, qdisc default"
             assert "csum" in t.describe() and "tso4" in t.describe()
         finally:
             t.close()
@@ -64,11 +64,73 @@ def test_without_offloads_a_plain_tap() -> None:
         t = Tap("ovlt2", MAC, 1500, offloads=False)
         try:
             assert (t.vnet_hdr_len, t.offloads) == (0, 0)
-            assert t.describe() == "plain TAP (no virtio header, no offloads)"
+            assert t.describe() == "plain TAP (no virtio header, no offloads), qdisc default"
         finally:
             t.close()
 
     run_isolated(body)
+
+
+def _root_qdisc(dev: str) -> str:
+    import subprocess
+
+    return subprocess.run(["tc", "qdisc", "show", "dev", dev, "root"], capture_output=True, text=True).stdout.split()[1]
+
+
+def test_tap_qdisc_noqueue_or_the_kernels_default() -> None:
+    """qdisc="noqueue" replaces the default root qdisc (frames then go straight to the TAP's ring, and still
+    arrive); "keep" leaves the kernel's; the engine's default (tap.qdisc) is noqueue."""
+    from datapath.config import TapConfig
+
+    assert TapConfig().qdisc == "noqueue"
+
+    def body() -> None:
+        kept = Tap("ovlq0", MAC, 1500, offloads=True)
+        quick = Tap("ovlq1", MAC, 1500, offloads=True, qdisc="noqueue")
+        try:
+            default = _root_qdisc("ovlq0")
+            assert default != "noqueue" and kept.qdisc == "default"
+            assert _root_qdisc("ovlq1") == "noqueue" and quick.qdisc == "noqueue"
+            assert quick.describe().endswith(", qdisc noqueue")
+            # A frame sent into the TAP (as a bridge or OVS's packet socket does) reaches our fd.
+            import socket
+
+            frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + b"x" * 50
+            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+                s.bind(("ovlq1", 0))
+                s.send(frame)
+            got = os.read(quick.fileno(), 65536)
+            assert got[quick.vnet_hdr_len :] == frame
+        finally:
+            kept.close()
+            quick.close()
+
+    run_isolated(body)
+
+
+def test_tap_qdisc_refused_keeps_the_default_and_says_why() -> None:
+    """The fallback: a qdisc request the kernel refuses is an answer, never an exception."""
+    from datapath.io.qdisc import set_root_qdisc
+
+    def body() -> None:
+        t = Tap("ovlq2", MAC, 1500)
+        try:
+            before = _root_qdisc("ovlq2")
+            ifindex = socket_index("ovlq2")
+            assert "ENOENT" in set_root_qdisc(ifindex, "no-such-qdisc")
+            assert _root_qdisc("ovlq2") == before
+            assert "ENODEV" in set_root_qdisc(2**31 - 1, "noqueue")
+            assert set_root_qdisc(ifindex, "noqueue") == "" and _root_qdisc("ovlq2") == "noqueue"
+        finally:
+            t.close()
+
+    run_isolated(body)
+
+
+def socket_index(dev: str) -> int:
+    import socket
+
+    return socket.if_nametoindex(dev)
 
 
 def test_close_removes_the_device() -> None:

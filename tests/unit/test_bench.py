@@ -19,7 +19,7 @@ from bench.parse import (
     proc_cpu_ticks,
     proc_vmhwm_kb,
 )
-from bench.report import METRICS, REFERENCE, TIMES, cell, medians, ratios, summarize, table
+from bench.report import METRICS, REFERENCE, TIMES, cell, medians, ratios, summarize, table, versus_table
 from control.lab.shell import LabError
 
 PING = """\
@@ -203,9 +203,56 @@ def test_datapaths_and_command_line() -> None:
     from bench.compare import DATAPATHS, main
 
     assert {REFERENCE, "ovl-dp-vxlan", "ovl-dp-gre", "ovs-vxlan", "ovs-gre", "tinc-switch"} <= set(DATAPATHS)
+    assert {"ovl-dp-vxlan-ovs", "ovl-dp-gre-ovs", "ovl-dp-vxlan-ovs-tso", "ovl-dp-gre-ovs-tso"} <= set(DATAPATHS)
     assert DATAPATHS["ovl-dp-vxlan-udp-gso"].default and not DATAPATHS["ovl-dp-vxlan-python"].default
     assert all(d.mtu == 1450 for d in DATAPATHS.values())
     assert main(["--list"]) == 0
+
+
+def test_summarize_and_table_against_a_second_reference() -> None:
+    """ovl-dp on OVS br-int against OVS's own tunnel of the same mode: versus ratios, a small table of them."""
+    runs = {
+        REFERENCE: rounds(10.0),
+        "ovs-vxlan": rounds(0.8),
+        "ovl-dp-vxlan-ovs": rounds(1.0),
+        "ovl-dp-gre-ovs": rounds(0.5),  # its versus did not run: no versus ratio
+    }
+    s = summarize(runs, versus={"ovl-dp-vxlan-ovs": "ovs-vxlan", "ovl-dp-gre-ovs": "ovs-gre"})
+    assert s["ovl-dp-vxlan-ovs"]["versus"] == "ovs-vxlan"
+    assert s["ovl-dp-vxlan-ovs"]["versus_ratio"]["tcp1_gbps"] == pytest.approx(1.25)
+    assert s["ovl-dp-vxlan-ovs"]["ratio"]["tcp1_gbps"] == pytest.approx(0.1)  # the main reference stays
+    assert "versus" not in s["ovl-dp-gre-ovs"] and "versus" not in s["ovs-vxlan"]
+    text = versus_table(s, {"ovl-dp-vxlan-ovs": "ovl-dp VXLAN on OVS br-int", "ovs-vxlan": "OVS userspace VXLAN"})
+    lines = text.splitlines()
+    assert len(lines) == 3 and len({len(line) for line in lines}) == 1
+    row = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert row[:3] == ["ovl-dp VXLAN on OVS br-int", "OVS userspace VXLAN", f"{TIMES}1.25"]
+    assert set(row[3:]) == {"-"}  # only TCP 1 stream was measured
+    assert versus_table(summarize(runs)) == ""
+
+
+def test_ovs_datapaths_come_with_their_versus() -> None:
+    """The seed scenario on OVS: ovl-dp-*-ovs(-tso) are listed, each runs with OVS's tunnel of its mode and OVS
+    setting (and the kernel's VXLAN, the main reference)."""
+    import argparse
+
+    from bench.compare import DATAPATHS, _select
+
+    for mode in ("vxlan", "gre"):
+        plain, tso = DATAPATHS[f"ovl-dp-{mode}-ovs"], DATAPATHS[f"ovl-dp-{mode}-ovs-tso"]
+        assert plain.bridge == tso.bridge == "ovs" and plain.default and not tso.default
+        assert plain.versus == f"ovs-{mode}" and tso.versus == f"ovs-{mode}-tso"
+        assert not plain.ovs_config and DATAPATHS[f"ovs-{mode}"].ovs_config == ()
+        assert dict(tso.ovs_config) == dict(DATAPATHS[f"ovs-{mode}-tso"].ovs_config) == {"userspace-tso-enable": "true"}
+    names, skipped = _select(argparse.Namespace(only=["ovl-dp-gre-ovs-tso", "ovl-dp-vxlan-ovs"]))
+    assert (names + list(skipped))[:1] == [REFERENCE]
+    assert set(names) | set(skipped) == {
+        REFERENCE,
+        "ovl-dp-gre-ovs-tso",
+        "ovs-gre-tso",
+        "ovl-dp-vxlan-ovs",
+        "ovs-vxlan",
+    }
 
 
 # -- the runner, with the lab replaced by fakes ----------------------------------------------------
@@ -225,7 +272,7 @@ class FakeLab:
     def __exit__(self, *exc: object) -> None:
         FakeLab.closed += 1
 
-    def build(self, mtu: int, bridge: str = "linux") -> FakeLab:
+    def build(self, mtu: int, bridge: str = "linux", ovs_config: dict[str, str] | None = None) -> FakeLab:
         return self
 
     def ping(self, src: int, dst: int, **kw: Any) -> dict[str, float]:
@@ -311,3 +358,34 @@ def test_main_rotates_and_reports(
     assert [r["round"] for r in report["runs"][k]] == [1, 2, 3] and report["meta"]["rounds"] == 3
     if "--png" in args:
         assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_main_reports_ovl_dp_on_ovs_against_ovs_native(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--only ovl-dp-vxlan-ovs runs OVS's own VXLAN too; the second table and the JSON give the ratio to it."""
+    import dataclasses
+
+    import bench.compare as compare
+
+    for name in ("ovs-vxlan", "ovl-dp-vxlan-ovs"):  # as if OVS were installed here
+        monkeypatch.setitem(compare.DATAPATHS, name, dataclasses.replace(compare.DATAPATHS[name], missing=lambda: None))
+    gbps = {REFERENCE: 10.0, "ovs-vxlan": 0.8, "ovl-dp-vxlan-ovs": 1.0}
+    calls: list[str] = []
+
+    def fake_measure(dp: Any, seconds: int, say: Any, ping_count: int) -> dict[str, Any]:
+        calls.append(dp.name)
+        return {"ok": True, "error": None, "mtu": 1450, "metrics": {"tcp1_gbps": gbps[dp.name]}, "errors": {}}
+
+    monkeypatch.setattr(compare, "measure", fake_measure)
+    monkeypatch.setattr(compare.os, "geteuid", lambda: 0)
+    out_json = tmp_path / "r.json"
+    assert compare.main(["--rounds", "1", "--only", "ovl-dp-vxlan-ovs", "--json", str(out_json)]) == 0
+    assert calls == [REFERENCE, "ovl-dp-vxlan-ovs", "ovs-vxlan"]
+    out = capsys.readouterr().out
+    assert "each against the tunnel it replaces" in out
+    assert "| ovl-dp VXLAN on OVS br-int | OVS userspace VXLAN |" in out and f"{TIMES}1.25" in out
+    report = json.loads(out_json.read_text())
+    assert report["summary"]["ovl-dp-vxlan-ovs"]["versus_ratio"]["tcp1_gbps"] == pytest.approx(1.25)
+    assert report["summary"]["ovl-dp-vxlan-ovs"]["ratio"]["tcp1_gbps"] == pytest.approx(0.1)
+    assert report["datapaths"]["ovl-dp-vxlan-ovs"]["versus"] == "ovs-vxlan"

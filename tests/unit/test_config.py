@@ -309,6 +309,12 @@ def test_tap_mtu_range() -> None:
         assert str(error(TapConfig, mtu=bad)) == f"tap.mtu: MTU {bad} is out of range 68..65000"
 
 
+def test_tap_qdisc() -> None:
+    assert TapConfig().qdisc == "noqueue" and TapConfig(qdisc="keep").qdisc == "keep"
+    assert str(error(TapConfig, qdisc="fq")) == "tap.qdisc 'fq' is not one of noqueue, keep"
+    assert from_keys({"tunnel.mode": "gre", "remotes": ["192.0.2.2"], "tap.qdisc": "keep"}).tap.qdisc == "keep"
+
+
 @pytest.mark.parametrize("mac", [b"\x02\x00\x00\x00\x00", b"\x02" * 7, b"\x01\x00\x00\x00\x00\x01", bytes(6)])
 def test_tap_mac_refused(mac: bytes) -> None:
     assert str(error(TapConfig, mac=mac)) == "tap.mac must be a unicast, nonzero MAC address"

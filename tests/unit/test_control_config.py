@@ -84,6 +84,14 @@ def test_offload_flags(policy: str, kind: str, flags: tuple[bool, bool]) -> None
     assert offload_flags(policy, kind) == flags
 
 
+def test_offload_flags_coalesce_towards_ovs_with_userspace_tso() -> None:
+    """OVS with userspace TSO carries super-frames: auto coalesces towards it; off stays off; on stays on."""
+    assert offload_flags("auto", "ovs", ovs_tso=True) == (True, True)
+    assert offload_flags("auto", "ovs", ovs_tso=False) == (True, False)
+    assert offload_flags("off", "ovs", ovs_tso=True) == (False, False)
+    assert offload_flags("auto", "none", ovs_tso=True) == (True, False)  # only a bridge of OVS itself
+
+
 # -- configuration files --------------------------------------------------------------------------
 
 EXAMPLE = """

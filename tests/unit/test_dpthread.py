@@ -277,7 +277,7 @@ def test_a_tap_gone_error_ends_the_tap_reading_only(rig: Rig) -> None:
             if rig.errors:
                 break
             threading.Event().wait(0.1)
-        rig.from_remote(inner(4))  # written to the "TAP" fd: a directory refuses it, counted
+        rig.from_remote(inner(4))  # the TAP not read any more is written as fd -1 (EBADF): counted
         for _ in range(int(WAIT * 10)):
             if rig.fwd.snapshot().drops["rx_tap_error"]:
                 break
