@@ -97,6 +97,7 @@ void ovl_dp_free(struct ovl_dp *dp) {
     co_free(dp->co);
     rx_super_free(dp->sup);
     io_free(dp->io);
+    rings_free(dp->rings);
     free(dp);
 }
 

@@ -238,6 +238,7 @@ struct tx_cursor {
 struct vlan_id; /* vlan.c */
 struct ovl_co;  /* offload.c: RX coalescing state */
 struct ovl_io;  /* io.c: mmsghdr / iovec / sockaddr arrays */
+struct ovl_rings; /* ring.c: AF_PACKET TX rings and next hops */
 
 /* Slots of the address -> remote slot hash (a power of two, at least twice OVL_MAX_REMOTES). */
 #define REMOTE_HASH 2048
@@ -282,6 +283,7 @@ struct ovl_dp {
     uint32_t gso_off;  /* set when a GSO send failed with EIO: raw socket from then on */
     int32_t gso_fd[OVL_GSO_SOCKETS];
     struct rx_super *sup; /* super-packets received whole (ovl_dp_set_rx_super), or NULL */
+    struct ovl_rings *rings; /* ring.c: NULL until a TX ring is set */
 };
 
 static inline void count_drop(struct ovl_dp *dp, int reason) { dp->drops[reason]++; }
@@ -357,6 +359,13 @@ uint32_t io_tap_read(struct ovl_dp *dp, int tap_fd);
 void io_send(struct ovl_dp *dp, uint32_t k, int send_fd);
 uint32_t io_recv(struct ovl_dp *dp, int recv_fd);
 void io_tap_write(struct ovl_dp *dp, int tap_fd);
+
+/* ring.c (AF_PACKET TX rings) */
+int ring_put(struct ovl_dp *dp, const struct tx_out *o);
+void ring_flush(struct ovl_dp *dp);
+uint32_t ring_send(struct ovl_dp *dp, uint32_t k);
+void ring_forget_remote(struct ovl_dp *dp, uint32_t r);
+void rings_free(struct ovl_rings *rs);
 
 #pragma GCC visibility pop
 
