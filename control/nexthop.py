@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
@@ -45,7 +46,7 @@ from datapath.engine import Engine
 log = logging.getLogger("ovl-dp")
 
 # <linux/rtnetlink.h>, <linux/neighbour.h>
-RTM_NEWNEIGH, RTM_GETNEIGH, RTM_GETROUTE = 28, 30, 26
+RTM_GETLINK, RTM_NEWNEIGH, RTM_GETNEIGH, RTM_GETROUTE = 18, 28, 30, 26
 NTF_USE = 0x01
 NUD_INCOMPLETE, NUD_REACHABLE, NUD_STALE, NUD_DELAY, NUD_PROBE = 0x01, 0x02, 0x04, 0x08, 0x10
 NUD_FAILED, NUD_NOARP, NUD_PERMANENT = 0x20, 0x40, 0x80
@@ -112,6 +113,19 @@ class Rtnl:
         r = answers[0]
         return int(r.get_attr("RTA_OIF")), str(r.get_attr("RTA_GATEWAY") or dst)
 
+    def link(self, ifindex: int) -> tuple[str, int, int, str]:
+        """(name, ARPHRD type, MTU, MAC or '') of device ifindex; OSError (ENODEV...)."""
+        m = ifinfmsg()
+        m["index"] = ifindex
+        answers = self.request(m, RTM_GETLINK, NLM_F_REQUEST)
+        if not answers:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        a = answers[0]
+        return (
+            str(a.get_attr("IFLA_IFNAME")), int(a["ifi_type"]), int(a.get_attr("IFLA_MTU") or 0),
+            str(a.get_attr("IFLA_ADDRESS") or ""),
+        )  # fmt: skip
+
     def neighbour(self, ifindex: int, addr: str) -> tuple[str, int]:
         """(MAC or '', NUD state) of addr's entry on ifindex; ('', 0) when there is none."""
         n = ndmsg()
@@ -154,11 +168,6 @@ class NextHop:
     mac: bytes
 
 
-def _sysfs(device: str, what: str) -> str:
-    with open(f"/sys/class/net/{device}/{what}") as f:
-        return f.read().strip()
-
-
 def resolve(rtnl: Rtnl, remote: Remote) -> tuple[NextHop | None, tuple[int, str] | None, str]:
     """remote's next hop: (NextHop or None, (ifindex, next hop address) to wait for or None, why not).
 
@@ -166,11 +175,10 @@ def resolve(rtnl: Rtnl, remote: Remote) -> tuple[NextHop | None, tuple[int, str]
     """
     try:
         ifindex, nh = rtnl.route(remote.addr, remote.local)
-        device = socket.if_indextoname(ifindex)
-        if int(_sysfs(device, "type")) != ARPHRD_ETHER:
+        device, kind, mtu, address = rtnl.link(ifindex)
+        if kind != ARPHRD_ETHER or not address:
             return None, None, f"{device} is not an Ethernet device"
-        mtu = int(_sysfs(device, "mtu"))
-        src = bytes.fromhex(_sysfs(device, "address").replace(":", ""))
+        src = bytes.fromhex(address.replace(":", ""))
         mac, state = rtnl.neighbour(ifindex, nh)
         if not mac or not state & NUD_USABLE:
             rtnl.use(ifindex, nh)

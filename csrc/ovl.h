@@ -366,6 +366,9 @@ enum ovl_ring_stat {
     OVL_RING_SEND_ERRORS = 4, /* send() failures other than a full queue / buffer */
     OVL_RING_STAT_COUNT = 5
 };
+/* Ring mode on (before any ring is set): from now on a packet to a remote without a next hop is counted
+ * as OVL_RING_FALLBACK. 0, or -ENOMEM. */
+int ovl_dp_enable_tx_rings(struct ovl_dp *dp);
 /* Map the TX ring of AF_PACKET socket fd (TPACKET_V2, PACKET_TX_RING of block_nr blocks of block_size
  * bytes, frames of frame_size bytes) as ring i; max_len: the largest Ethernet frame its device takes.
  * The fd stays the caller's (open while the ring is set). 0, or -errno (EINVAL, EBUSY: ring i is set, mmap's). */

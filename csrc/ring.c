@@ -81,6 +81,8 @@ void ring_forget_remote(struct ovl_dp *dp, uint32_t r) {
         dp->rings->nh[r].ring = -1;
 }
 
+int ovl_dp_enable_tx_rings(struct ovl_dp *dp) { return rings_get(dp) ? 0 : -ENOMEM; }
+
 int ovl_dp_set_tx_ring(struct ovl_dp *dp, uint32_t i, int fd, uint32_t block_size, uint32_t block_nr,
                        uint32_t frame_size, uint32_t max_len) {
     if (i >= OVL_RING_MAX || fd < 0 || !block_nr || frame_size < RING_DATA + ETH_HLEN || frame_size % 16 ||
@@ -179,7 +181,7 @@ static struct tpacket2_hdr *slot(const struct ovl_ring *g, uint32_t i) {
 /* 1: packet o is the ring's (queued, or dropped as tx_full); 0: it goes the raw way. */
 int ring_put(struct ovl_dp *dp, const struct tx_out *o) {
     struct ovl_rings *rs = dp->rings;
-    if (!rs || !rs->n_ring)
+    if (!rs)
         return 0;
     const struct ovl_nexthop *nh = &rs->nh[o->remote];
     if (nh->ring < 0) {
@@ -233,7 +235,7 @@ void ring_flush(struct ovl_dp *dp) {
 }
 
 uint32_t ring_send(struct ovl_dp *dp, uint32_t k) {
-    if (!dp->rings || !dp->rings->n_ring)
+    if (!dp->rings)
         return k;
     uint32_t left = 0;
     for (uint32_t m = 0; m < k; m++)

@@ -663,6 +663,11 @@ class FastForwarder:
         return 0 if self._runner is None else int(lib.ovl_runner_state(self._runner))
     # -- AF_PACKET TX rings (csrc/ring.c) -------------------------------------------------
 
+    def enable_tx_rings(self) -> None:
+        """Ring mode: packets to remotes without a next hop are counted as ring_fallback from now on."""
+        if lib.ovl_dp_enable_tx_rings(self._dp) < 0:
+            raise MemoryError("cannot allocate the TX ring table")
+
     def set_tx_ring(self, index: int, ring: TxRing) -> None:
         """Map ring (datapath.io.ring.open_tx_ring) as TX ring index; OSError if the kernel refuses the mmap.
 

@@ -25,6 +25,7 @@ class TxRings:
 
     def __init__(self, forwarder: FastForwarder) -> None:
         self.fwd = forwarder
+        forwarder.enable_tx_rings()
         self.rings: dict[int, tuple[int, TxRing]] = {}  # ifindex -> (C ring index, ring)
         self.refused: dict[int, str] = {}  # ifindex -> why the kernel refused its ring
         self.via: dict[int, int] = {}  # remote slot -> ifindex of its ring
