@@ -155,3 +155,14 @@ def test_ring_counter_enum_in_python_order() -> None:
     for i, name in enumerate(fast.RING_FIELDS):
         assert getattr(fast.lib, "OVL_" + name.upper()) == i
     assert len(fast.RING_FIELDS) == fast.lib.OVL_RING_STAT_COUNT
+
+
+def test_tx_ring_option() -> None:
+    from control.cli import build_parser
+    from datapath.config import ConfigError, OffloadConfig
+
+    assert OffloadConfig().tx_ring == "auto"
+    with pytest.raises(ConfigError, match=r"offload\.tx_ring"):
+        OffloadConfig(tx_ring="on")
+    args = build_parser().parse_args(["run", "--remote", "192.0.2.2", "--tx-ring", "off"])
+    assert getattr(args, "offload.tx_ring") == "off"
