@@ -162,6 +162,22 @@ def test_route_via_a_gateway_is_followed() -> None:
         assert watch(lab, 1)["ring_fallback"] == 0
 
 
+def test_remote_added_at_run_time_gets_its_next_hop() -> None:
+    with Lab(3) as lab:
+        lab.build()
+        lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2))
+        lab.start(3, "--mode", "vxlan", "--remote", lab.underlay_ip(1))
+        wait_nexthop(lab, 1, f"next hop {lab.underlay_ip(2)} ")
+        sh("ip", "netns", "exec", lab.host(1), sys.executable, "-m", "control.cli", "remote", "add", lab.underlay_ip(3))
+        wait_nexthop(lab, 1, f"next hop {lab.underlay_ip(3)} ")
+        assert watch(lab, 1)["nexthops"] == 2
+        assert lab.ping(1, 3, count=5, interval=0.05)["loss"] == 0
+        sh("ip", "netns", "exec", lab.host(1), sys.executable, "-m", "control.cli", "remote", "del", lab.underlay_ip(3))
+        wait_until("h1: one next hop", lambda: watch(lab, 1)["nexthops"] == 1, timeout=10)
+        w = watch(lab, 1)
+        assert w["ring_tx"] > 0 and w["ring_send_errors"] == 0
+
+
 # A point-to-point underlay without Ethernet headers (as WireGuard or OpenVPN give): a TUN device on each
 # host, its packets carried to the other host's in UDP by this relay (one per host, a lab process).
 TUN_RELAY = """
