@@ -661,11 +661,14 @@ class FastForwarder:
     def runner_state(self) -> int:
         """enum ovl_runner_bits of the runner now (0 before the first runner_start)."""
         return 0 if self._runner is None else int(lib.ovl_runner_state(self._runner))
+
     # -- AF_PACKET TX rings (csrc/ring.c) -------------------------------------------------
 
     def enable_tx_rings(self) -> None:
         """Ring mode: packets to remotes without a next hop are counted as ring_fallback from now on."""
-        if lib.ovl_dp_enable_tx_rings(self._dp) < 0:
+        with self.paused():
+            err = lib.ovl_dp_enable_tx_rings(self._dp)
+        if err < 0:
             raise MemoryError("cannot allocate the TX ring table")
 
     def set_tx_ring(self, index: int, ring: TxRing) -> None:
