@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from control import logs
 from control.config import ConfigSource
 from datapath import fdb
-from datapath.config import BRIDGE_TYPES, INJECT_POLICIES, OFFLOAD_POLICIES, ConfigError
+from datapath.config import BRIDGE_TYPES, INJECT_POLICIES, OFFLOAD_POLICIES, TX_RING_POLICIES, ConfigError
 from datapath.encap import MODES
 from datapath.errors import SetupError
 from datapath.ether import format_mac, parse_mac
@@ -269,6 +269,14 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         action="store_false",
         help="C path: do not receive tunnel super-packets (64 KiB datagrams of a peer whose kernel did not "
         "segment them, e.g. over veth) whole; they are then dropped as truncated",
+    )
+    run.add_argument(
+        "--tx-ring",
+        dest="offload.tx_ring",
+        choices=TX_RING_POLICIES,
+        help="C path: send outer packets through an AF_PACKET TX ring per egress device (next hop resolved "
+        "via rtnetlink); auto (default) where the kernel allows, off: the raw socket. The ring bypasses "
+        "netfilter OUTPUT/POSTROUTING and the qdisc (filter tunnel packets in a netdev egress chain)",
     )
     run.add_argument(
         "--no-fast-path",

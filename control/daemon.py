@@ -19,11 +19,12 @@ from control import bridge, config, ctl, inject, logs, metrics, notify, ovs, tak
 from control.config import ConfigSource
 from control.ctl import CtlError
 from control.keeper import Keeper
+from control.nexthop import NextHopKeeper
 from control.paths import PathKeeper
 from control.procs import sigterm_raises_interrupt
 from control.report import format_counters, format_fdb
 from control.service import Service
-from control.watch import Watcher
+from control.watch import GROUPS, RTMGRP_NEIGH, Watcher
 from datapath.config import Config
 from datapath.counters import Snapshot
 from datapath.engine import Engine
@@ -278,19 +279,30 @@ async def _serve(
 
     keeper = Keeper(engine, br, die)
     try:
-        watcher = Watcher()
+        # The TX rings need the next hops' neighbour events too (control/nexthop.py).
+        watcher = Watcher(GROUPS | RTMGRP_NEIGH if engine.tx_rings is not None else GROUPS)
     except OSError as exc:
         server.close()
         raise SetupError(f"cannot listen to rtnetlink events: {exc}") from None
+    try:
+        nexthops = NextHopKeeper(engine) if engine.tx_rings is not None else None
+    except OSError as exc:
+        watcher.close()
+        server.close()
+        raise SetupError(f"cannot open an rtnetlink socket for the next hops: {exc}") from None
     paths = PathKeeper(engine, service.user_cfg)
     watcher.add(keeper.on_event)
     watcher.add(paths.on_event)
+    if nexthops is not None:
+        watcher.add(nexthops.on_event)
     engine.start(loop)
     if offer is not None:
         try:
             await _confirm(loop, engine, service, offer, out)
         except BaseException:
             watcher.close()
+            if nexthops is not None:
+                nexthops.stop()
             server.close()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -298,8 +310,10 @@ async def _serve(
     watcher.start(loop)
     keeper.start(loop)
     paths.start(loop)
+    if nexthops is not None:
+        nexthops.start(loop)
     source = MetricsAdapter(engine, br, loop, service)
-    source.keeper, source.paths, source.watcher = keeper, paths, watcher
+    source.keeper, source.paths, source.watcher, source.nexthops = keeper, paths, watcher, nexthops
     service.watch_report = source.watch_report
     source.heartbeat.start(loop)
     watch = asyncio.create_task(br.keep_attached(engine.tap.name, report=source.ovs_report))
@@ -332,6 +346,8 @@ async def _serve(
         source.heartbeat.stop()
         watcher.close()
         paths.stop()
+        if nexthops is not None:
+            nexthops.stop()
         await keeper.stop()
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -388,6 +404,7 @@ class MetricsAdapter:
         self.keeper: Keeper | None = None  # set once the daemon watches links
         self.paths: PathKeeper | None = None
         self.watcher: Watcher | None = None
+        self.nexthops: NextHopKeeper | None = None  # with TX rings
         cfg = engine.cfg
         self._info = {
             "version": metrics.package_version(),
@@ -447,6 +464,9 @@ class MetricsAdapter:
             counts.update(self.paths.counters())
         if self.watcher is not None:
             counts["netlink_resyncs"] = self.watcher.resyncs
+        if self.nexthops is not None:
+            counts.update(self.nexthops.counters())
+            counts.update(self._engine.ring_counters())
         return counts
 
     def watch_report(self) -> dict[str, object]:

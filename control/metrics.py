@@ -217,6 +217,10 @@ WATCH_METRICS: dict[str, tuple[str, str]] = {
     "local_changes": ("ovl_dp_local_changes", "Times a remote's local address changed with the underlay"),
     "mtu_changes": ("ovl_dp_tap_mtu_changes", "Times the automatic TAP MTU followed the underlay MTU"),
     "netlink_resyncs": ("ovl_dp_netlink_resyncs", "Times rtnetlink events were lost (ENOBUFS) and the state re-read"),
+    "ring_tx": ("ovl_dp_tx_ring_packets", "Outer packets sent through an AF_PACKET TX ring"),
+    "ring_fallback": ("ovl_dp_tx_ring_fallback_packets", "Outer packets sent the raw way while TX rings are on"),
+    "ring_full": ("ovl_dp_tx_ring_full_packets", "Outer packets dropped for want of a free TX ring slot"),
+    "nexthop_changes": ("ovl_dp_nexthop_changes", "Times a remote's next hop (TX ring) was set or changed"),
 }
 REMOTE_METRICS: dict[str, tuple[str, str]] = {
     "tx_packets": ("ovl_dp_remote_tx_packets", "Packets sent to the remote"),

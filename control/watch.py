@@ -35,6 +35,7 @@ log = logging.getLogger("ovl-dp")
 
 # <linux/rtnetlink.h>
 RTMGRP_LINK = 0x1
+RTMGRP_NEIGH = 0x4  # only for who asks (Watcher(groups=GROUPS | RTMGRP_NEIGH)): control/nexthop.py
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV4_ROUTE = 0x40
 GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
@@ -84,22 +85,34 @@ class RouteEvent:
 
 
 @dataclass(frozen=True)
+class NeighEvent:
+    """RTM_NEWNEIGH / RTM_DELNEIGH (IPv4): state is the NUD_* bits, lladdr '' when the entry has none."""
+
+    op: str
+    index: int
+    dst: str
+    lladdr: str = ""
+    state: int = 0
+
+
+@dataclass(frozen=True)
 class Resync:
     """Events were lost (ENOBUFS): whoever keeps state from events must read it again."""
 
 
 RESYNC = Resync()
-Event = LinkEvent | AddrEvent | RouteEvent | Resync
+Event = LinkEvent | AddrEvent | RouteEvent | NeighEvent | Resync
 Handler = Callable[[Event], None]
 
 _OPS = {
     "RTM_NEWLINK": "new", "RTM_DELLINK": "del",
     "RTM_NEWADDR": "new", "RTM_DELADDR": "del",
     "RTM_NEWROUTE": "new", "RTM_DELROUTE": "del",
+    "RTM_NEWNEIGH": "new", "RTM_DELNEIGH": "del",
 }  # fmt: skip
 
 
-def event_of(msg: Any) -> LinkEvent | AddrEvent | RouteEvent | None:
+def event_of(msg: Any) -> LinkEvent | AddrEvent | RouteEvent | NeighEvent | None:
     """The event a decoded pyroute2 rtnetlink message stands for; None for messages we do not watch."""
     name = msg.get("event")
     op = _OPS.get(name or "")
@@ -121,6 +134,14 @@ def event_of(msg: Any) -> LinkEvent | AddrEvent | RouteEvent | None:
         )
     if msg["family"] != socket.AF_INET:
         return None
+    if name.endswith("NEIGH"):
+        dst = msg.get_attr("NDA_DST")
+        if not dst:
+            return None
+        return NeighEvent(
+            op=op, index=int(msg["ifindex"]), dst=str(dst), lladdr=str(msg.get_attr("NDA_LLADDR") or ""),
+            state=int(msg["state"]),
+        )  # fmt: skip
     if name.endswith("ADDR"):
         addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
         if not addr:
@@ -142,7 +163,7 @@ def event_of(msg: Any) -> LinkEvent | AddrEvent | RouteEvent | None:
 _marshal = MarshalRtnl()
 
 
-def decode(data: bytes) -> list[LinkEvent | AddrEvent | RouteEvent]:
+def decode(data: bytes) -> list[LinkEvent | AddrEvent | RouteEvent | NeighEvent]:
     """The watched events in one netlink datagram (several messages may share it)."""
     events = []
     for msg in _marshal.parse(data):

@@ -44,6 +44,7 @@ UNITS = (
     "inject.c",
     "loop.c",
     "rx_super.c",
+    "ring.c",
 )
 CFLAGS = ["-O2", "-Wall", "-Wextra"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]

@@ -98,6 +98,7 @@ void ovl_dp_free(struct ovl_dp *dp) {
     rx_super_free(dp->sup);
     io_free(dp->io);
     inject_free(dp->inj);
+    rings_free(dp->rings);
     free(dp);
 }
 

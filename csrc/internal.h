@@ -240,6 +240,7 @@ struct tx_cursor {
 struct vlan_id; /* vlan.c */
 struct ovl_co;  /* offload.c: RX coalescing state */
 struct ovl_io;  /* io.c: mmsghdr / iovec / sockaddr arrays */
+struct ovl_rings; /* ring.c: AF_PACKET TX rings and next hops */
 
 /* Slots of the address -> remote slot hash (a power of two, at least twice OVL_MAX_REMOTES). */
 #define REMOTE_HASH 2048
@@ -285,6 +286,7 @@ struct ovl_dp {
     int32_t gso_fd[OVL_GSO_SOCKETS];
     struct ovl_inject *inj; /* inject.c: VXLAN super-frames through the injection TAP (NULL: off) */
     struct rx_super *sup; /* super-packets received whole (ovl_dp_set_rx_super), or NULL */
+    struct ovl_rings *rings; /* ring.c: NULL until a TX ring is set */
 };
 
 static inline void count_drop(struct ovl_dp *dp, int reason) { dp->drops[reason]++; }
@@ -369,6 +371,12 @@ int inject_wanted(const struct ovl_dp *dp, const uint8_t *buf, uint32_t len);
 /* Send TAP read i (tap_data / tap_len) through the injection TAP: 1 done (sent, or dropped and
  * counted), 0 the old path takes it (unchanged). */
 int inject_take(struct ovl_dp *dp, uint32_t i, double now);
+/* ring.c (AF_PACKET TX rings) */
+int ring_put(struct ovl_dp *dp, const struct tx_out *o);
+void ring_flush(struct ovl_dp *dp);
+uint32_t ring_send(struct ovl_dp *dp, uint32_t k);
+void ring_forget_remote(struct ovl_dp *dp, uint32_t r);
+void rings_free(struct ovl_rings *rs);
 
 #pragma GCC visibility pop
 

@@ -157,6 +157,9 @@ static uint32_t send_gso_run(struct ovl_dp *dp, uint32_t m, uint32_t k) {
         if (len < seg) /* a shorter one ends the run */
             break;
     }
+    if (j - m == 1 && ring_put(dp, o)) /* a lone packet: the TX ring, if its remote has a next hop */
+        return 1;
+    ring_flush(dp); /* what the ring holds leaves first: the order stays */
     struct msghdr msg;
     memset(&msg, 0, sizeof(msg));
     msg.msg_name = &io->udp_dst[o->remote];
@@ -205,11 +208,13 @@ void io_send(struct ovl_dp *dp, uint32_t k, int send_fd) {
                 break; /* GSO refused: the rest goes the plain way */
             m += done;
         }
+        ring_flush(dp);
         if (m == k)
             return;
         memmove(dp->tx_out, dp->tx_out + m, (k - m) * sizeof(*dp->tx_out));
         k -= m;
     }
+    k = ring_send(dp, k); /* to remotes with a next hop: the TX rings (ring.c); the rest below */
     for (uint32_t m = 0; m < k; m++) {
         const struct tx_out *o = &dp->tx_out[m];
         struct iovec *iov = &io->tx_iov[2 * m];

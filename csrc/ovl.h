@@ -391,6 +391,37 @@ uint32_t ovl_runner_state(struct ovl_runner *r);
  * most tap_mtu with full checksums; 0 turns it off (a datagram beyond a ring slot is dropped as
  * truncated). Between batches only. 0, or -1 (MTU out of range, no memory: nothing changed). */
 int ovl_dp_set_rx_super(struct ovl_dp *dp, uint32_t tap_mtu);
+
+/* ---- AF_PACKET TX rings (issue 10, TX ring part; csrc/ring.c) ---- */
+#define OVL_RING_MAX 16 /* TX rings (egress devices) per context */
+/* Ring counters: the order of datapath.fast.RING_FIELDS. */
+enum ovl_ring_stat {
+    OVL_RING_TX = 0,          /* packets put into ring slots (also counted in tx_packets) */
+    OVL_RING_SENDS = 1,       /* send() calls that started the kernel on a ring */
+    OVL_RING_FULL = 2,        /* packets dropped for want of a free slot (also counted as tx_full) */
+    OVL_RING_FALLBACK = 3,    /* packets sent the raw way while rings are set: no next hop, or too big */
+    OVL_RING_SEND_ERRORS = 4, /* send() failures other than a full queue / buffer */
+    OVL_RING_STAT_COUNT = 5
+};
+/* Ring mode on (before any ring is set): from now on a packet to a remote without a next hop is counted
+ * as OVL_RING_FALLBACK. 0, or -ENOMEM. */
+int ovl_dp_enable_tx_rings(struct ovl_dp *dp);
+/* Map the TX ring of AF_PACKET socket fd (TPACKET_V2, PACKET_TX_RING of block_nr blocks of block_size
+ * bytes, frames of frame_size bytes) as ring i; max_len: the largest Ethernet frame its device takes.
+ * The fd stays the caller's (open while the ring is set). 0, or -errno (EINVAL, EBUSY: ring i is set, mmap's). */
+int ovl_dp_set_tx_ring(struct ovl_dp *dp, uint32_t i, int fd, uint32_t block_size, uint32_t block_nr,
+                       uint32_t frame_size, uint32_t max_len);
+/* Unmap ring i; every remote whose next hop went through it is sent the raw way. 0, or -1 (not set). */
+int ovl_dp_clear_tx_ring(struct ovl_dp *dp, uint32_t i);
+/* The remote in slot r leaves through ring ring in Ethernet frames from src to dst (6 bytes each);
+ * ring < 0: through the raw socket again. 0, or -1 for a free slot or a ring not set. */
+int ovl_dp_set_nexthop(struct ovl_dp *dp, uint32_t r, int32_t ring, const uint8_t *dst, const uint8_t *src);
+/* The ring counters (enum ovl_ring_stat), up to n; returns how many. */
+uint32_t ovl_dp_ring_counters(const struct ovl_dp *dp, uint64_t *out, uint32_t n);
+/* Packet m of the last ovl_tx_process as its ring slot would hold it (Ethernet header + outer header
+ * + frame) into out if it fits cap and the device; its remote to *remote. Returns the length, 0 if the
+ * remote has no next hop or it does not fit (the raw way), -1 for m out of range. */
+int ovl_tx_ring_frame(const struct ovl_dp *dp, uint32_t m, uint32_t *remote, uint8_t *out, uint32_t cap);
 /* END CDEF */
 
 #endif

@@ -102,6 +102,7 @@ int ovl_dp_remove_remote(struct ovl_dp *dp, uint32_t r) {
     if (r >= c->n_remotes || !c->remote_used[r])
         return -1;
     c->remote_used[r] = 0;
+    ring_forget_remote(dp, r);
     while (c->n_remotes > 0 && !c->remote_used[c->n_remotes - 1])
         c->n_remotes--;
     hash_rebuild(dp);

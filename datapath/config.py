@@ -49,6 +49,7 @@ BRIDGE_TYPES = ("auto", "linux", "ovs", "none")
 TAP_QDISCS = ("noqueue", "keep")
 OFFLOAD_POLICIES = ("auto", "on", "off")
 INJECT_POLICIES = ("auto", "off")
+TX_RING_POLICIES = ("auto", "off")  # offload.tx_ring: AF_PACKET TX rings where the kernel allows, or never
 
 # {key} is a placeholder for a configuration key; {{ and }} are literal braces (as in str.format).
 _KEY = re.compile(r"\{\{|\}\}|\{([A-Za-z0-9_.-]+)\}")
@@ -317,6 +318,10 @@ class OffloadConfig:
     and takes the source port from the pool). dp_thread (C path): the data path runs in a
     thread of its own (csrc/loop.c), Python only for control; false: batches run from the
     asyncio loop. cpu: pin that thread to this CPU (default: not pinned).
+    tx_ring (``--tx-ring``) auto: outer
+    packets to a remote whose next hop is resolved leave through an AF_PACKET TX ring
+    of the egress device (C path; bypasses netfilter OUTPUT/POSTROUTING and the qdisc),
+    the rest through the raw socket; off: always the raw socket.
     """
 
     policy: str = "auto"
@@ -327,6 +332,7 @@ class OffloadConfig:
     dp_thread: bool = True
     cpu: int | None = None
     rx_super: bool = True  # C path: receive tunnel super-packets (64 KiB datagrams) whole (csrc/rx_super.c)
+    tx_ring: str = "auto"
 
     def __post_init__(self) -> None:
         if self.inject not in INJECT_POLICIES:
@@ -336,6 +342,8 @@ class OffloadConfig:
         _check_type("offload.udp_gso", self.udp_gso, (bool,), "true or false")
         _check_type("offload.fast_path", self.fast_path, (bool,), "true or false")
         _check_type("offload.rx_super", self.rx_super, (bool,), "true or false")
+        if self.tx_ring not in TX_RING_POLICIES:
+            raise ConfigError(f"{{offload.tx_ring}} {_lit(self.tx_ring)} is not one of {', '.join(TX_RING_POLICIES)}")
         if self.rx_coalesce is not None:
             _check_type("offload.rx_coalesce", self.rx_coalesce, (bool,), "true or false")
         _check_type("offload.dp_thread", self.dp_thread, (bool,), "true or false")

@@ -65,6 +65,7 @@ from datapath.forwarder import fast_path_available, make_forwarder
 from datapath.io import underlay
 from datapath.io.inject import InjectRefused, InjectTap, open_inject_tap
 from datapath.io.tap import Tap
+from datapath.txring import TxRings
 
 log = logging.getLogger("ovl-dp")
 
@@ -133,6 +134,10 @@ class Engine:
         self._injecting = False
         self._inject_set = False  # enable_inject was called: the fd is read (drained) while the engine runs
         self._open_inject()
+        # AF_PACKET TX rings (C path, offload.tx_ring auto): filled by the control plane's next hops.
+        fwd = self.forwarder
+        use_rings = cfg.offload.tx_ring == "auto" and isinstance(fwd, FastForwarder)
+        self.tx_rings: TxRings | None = TxRings(fwd) if use_rings and isinstance(fwd, FastForwarder) else None
         log.info("tap %s: %s", self.tap.name, self.tap.describe())
         log.info("underlay offloads: %s", self.describe_underlay())
         if getattr(self.forwarder, "rx_super", False):
@@ -481,6 +486,9 @@ class Engine:
         self._close_io()
 
     def _close_io(self) -> None:
+        rings: TxRings | None = getattr(self, "tx_rings", None)  # (not there when the forwarder failed)
+        if rings is not None:
+            rings.close()
         self.recv_sock.close()
         self.send_sock.close()
         for sock in self.gso_socks:
@@ -592,6 +600,25 @@ class Engine:
         """Send to remote addr from local from now on (the underlay's address or route changed); its
         FDB entries, counters and last receive stay. KeyError for an address that is not a remote."""
         self.forwarder.set_remote_local(self._slot(addr), check_address("tunnel.local", local))
+
+    def set_nexthop(self, addr: str, ifindex: int, mtu: int, dst: bytes, src: bytes) -> bool:
+        """Send to remote addr through the TX ring of device ifindex (MTU mtu), in frames to MAC dst from src.
+
+        False if there is no ring for it (tx_ring off, the Python path, or the kernel refused the
+        ring): it goes through the raw socket. KeyError for an address that is not a remote.
+        """
+        slot = self._slot(addr)
+        return self.tx_rings is not None and self.tx_rings.set(slot, ifindex, mtu, dst, src)
+
+    def clear_nexthop(self, addr: str) -> None:
+        """Send to remote addr through the raw socket (its next hop is unknown); KeyError: not a remote."""
+        slot = self._slot(addr)
+        if self.tx_rings is not None:
+            self.tx_rings.clear(slot)
+
+    def ring_counters(self) -> dict[str, int]:
+        """The TX ring counters (datapath.fast.RING_FIELDS); {} without rings."""
+        return self.tx_rings.fwd.ring_counters() if self.tx_rings is not None else {}
 
     def set_tap_mtu(self, mtu: int) -> None:
         """Give the TAP another MTU (the underlay's changed and the TAP's was derived from it).

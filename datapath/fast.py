@@ -41,6 +41,7 @@ from datapath.config import Config, Remote
 from datapath.counters import FDB_FIELDS, INJECT_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
 from datapath.ether import ETH_HLEN
 from datapath.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEntry, FdbFull, Learn, check_limits, check_vlan
+from datapath.io.ring import TxRing
 from datapath.io.tap import VNET_HDR_LEN
 
 _ovl_fast: Any
@@ -53,6 +54,8 @@ ffi: Any = _ovl_fast.ffi if _ovl_fast is not None else None
 lib: Any = _ovl_fast.lib if _ovl_fast is not None else None
 
 _REMOTE_MAX = (1 << 31) - 1
+# The TX ring counters, in the order of enum ovl_ring_stat (csrc/ovl.h).
+RING_FIELDS = ("ring_tx", "ring_sends", "ring_full", "ring_fallback", "ring_send_errors")
 # Buffers C fills before anything reads them need no zeroing.
 _raw_alloc: Any = ffi.new_allocator(should_clear_after_alloc=False) if ffi is not None else None
 
@@ -425,6 +428,7 @@ class FastForwarder:
         self._dp = ffi.gc(ptr, lib.ovl_dp_free)
         self._runner: Any = None  # struct ovl_runner, made by the first runner_start
         self._running: Any = None  # the runner while a data-path thread may use the context
+        self._rings: dict[int, TxRing] = {}  # TX rings the C side has mapped (their sockets stay open)
         self._gso_socks = list(gso_socks)  # the fds stay open as long as the C side uses them
         fds = ffi.new("int32_t[]", [s.fileno() for s in self._gso_socks] or [-1])
         lib.ovl_dp_set_gso_fds(self._dp, fds, len(self._gso_socks))
@@ -696,6 +700,70 @@ class FastForwarder:
     def runner_state(self) -> int:
         """enum ovl_runner_bits of the runner now (0 before the first runner_start)."""
         return 0 if self._runner is None else int(lib.ovl_runner_state(self._runner))
+
+    # -- AF_PACKET TX rings (csrc/ring.c) -------------------------------------------------
+
+    def enable_tx_rings(self) -> None:
+        """Ring mode: packets to remotes without a next hop are counted as ring_fallback from now on."""
+        with self.paused():
+            err = lib.ovl_dp_enable_tx_rings(self._dp)
+        if err < 0:
+            raise MemoryError("cannot allocate the TX ring table")
+
+    def set_tx_ring(self, index: int, ring: TxRing) -> None:
+        """Map ring (datapath.io.ring.open_tx_ring) as TX ring index; OSError if the kernel refuses the mmap.
+
+        ring's socket must stay open until :meth:`clear_tx_ring`.
+        """
+        g = ring.geometry
+        with self.paused():
+            err = lib.ovl_dp_set_tx_ring(
+                self._dp, index, ring.sock.fileno(), g.block_size, g.block_nr, g.frame_size, g.max_len
+            )
+        if err < 0:
+            raise OSError(-err, f"TX ring {index} on {ring.name}: {os.strerror(-err)}")
+        self._rings[index] = ring  # alive as long as the C side has it mapped
+
+    def clear_tx_ring(self, index: int) -> TxRing | None:
+        """Unmap TX ring index (its remotes go the raw way); returns its TxRing (to close), or None."""
+        with self.paused():
+            lib.ovl_dp_clear_tx_ring(self._dp, index)
+        return self._rings.pop(index, None)
+
+    def set_nexthop(self, slot: int, ring: int | None, dst: bytes = b"", src: bytes = b"") -> None:
+        """Send to the remote in slot through TX ring ring in frames from MAC src to MAC dst; ring None: raw socket.
+
+        KeyError for a free slot or a ring not set.
+        """
+        macs = (ffi.NULL, ffi.NULL) if ring is None else (_mac(dst), _mac(src))
+        with self.paused():
+            ok = lib.ovl_dp_set_nexthop(self._dp, slot, -1 if ring is None else ring, *macs) == 0
+        if not ok:
+            raise KeyError(f"no remote in slot {slot} or no TX ring {ring}")
+
+    def ring_counters(self) -> dict[str, int]:
+        """The TX ring counters (RING_FIELDS)."""
+        buf = ffi.new("uint64_t[]", len(RING_FIELDS))
+        with self.paused():
+            lib.ovl_dp_ring_counters(self._dp, buf, len(RING_FIELDS))
+        return {name: int(buf[i]) for i, name in enumerate(RING_FIELDS)}
+
+    def tx_ring_frames(self, frames: Iterable[bytes]) -> list[tuple[int, bytes | None]]:
+        """Frames from the TAP -> (remote index, Ethernet frame as its TX ring slot would hold it), as tx();
+        None for a packet that would go the raw way (no next hop, or too big for the ring's device)."""
+        dp = self._dp
+        out: list[tuple[int, bytes | None]] = []
+        remote = ffi.new("uint32_t *")
+        for chunk in self._chunks(frames):
+            bufs = [ffi.from_buffer("uint8_t[]", bytearray(f)) for f in chunk]
+            with self.paused():
+                for i, buf in enumerate(bufs):
+                    lib.ovl_tx_load(dp, i, buf, len(buf))
+                k = lib.ovl_tx_process(dp, len(bufs), self._clock())
+                for m in range(k):
+                    n = _fits(lib.ovl_tx_ring_frame(dp, m, remote, self._out, len(self._out)), len(self._out))
+                    out.append((int(remote[0]), bytes(ffi.buffer(self._out, n)) if n else None))
+        return out
 
     # -- observation -------------------------------------------------------------------
 

@@ -8,9 +8,20 @@ from typing import Any
 from pyroute2.netlink.rtnl import RTM_DELADDR, RTM_DELLINK, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from control.watch import RESYNC, AddrEvent, LinkEvent, Resync, RouteEvent, Watcher, decode, route_covers
+from control.watch import (
+    RESYNC,
+    AddrEvent,
+    LinkEvent,
+    NeighEvent,
+    Resync,
+    RouteEvent,
+    Watcher,
+    decode,
+    route_covers,
+)
 
 
 def _wire(msg: Any, kind: int, **fields: Any) -> bytes:
@@ -72,6 +83,21 @@ def test_route_and_its_table() -> None:
     assert decode(data) == [RouteEvent("new", "198.51.100.0", 24, oif=4, gateway="192.0.2.254", table=254)]
     # Routes of other tables (policy routing's, the kernel's own 'default' 253) are not ours to follow.
     assert decode(route(table=100, RTA_DST="198.51.100.0", RTA_TABLE=100)) == []
+
+
+def test_neighbour_events() -> None:
+    m = ndmsg()
+    m["attrs"] = [("NDA_DST", "192.0.2.2"), ("NDA_LLADDR", "02:00:5e:10:20:30")]
+    data = _wire(m, 28, family=socket.AF_INET, ifindex=3, state=0x04)  # RTM_NEWNEIGH, STALE
+    assert decode(data) == [NeighEvent("new", 3, "192.0.2.2", "02:00:5e:10:20:30", 0x04)]
+    m = ndmsg()
+    m["attrs"] = [("NDA_DST", "192.0.2.2")]
+    assert decode(_wire(m, 29, family=socket.AF_INET, ifindex=3, state=0x20)) == [  # RTM_DELNEIGH, FAILED
+        NeighEvent("del", 3, "192.0.2.2", "", 0x20)
+    ]
+    m = ndmsg()
+    m["attrs"] = [("NDA_DST", "fe80::1")]
+    assert decode(_wire(m, 28, family=socket.AF_INET6, ifindex=3, state=2)) == []  # IPv6: not watched
 
 
 def test_route_covers() -> None:

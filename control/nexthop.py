@@ -1,0 +1,313 @@
+"""Next hops of the remotes for the AF_PACKET TX rings: what the kernel does for a raw socket, done here.
+
+A TX ring frame goes to the driver as it is (datapath/io/ring.py): the Ethernet header is
+ours, so for each remote the control plane finds the egress device and the next hop's MAC
+and sets them in the engine (:meth:`Engine.set_nexthop`); until it has them, or when it
+cannot (a device without Ethernet headers, the neighbour FAILED), the remote's packets go
+through the raw socket, where the kernel routes and resolves (:meth:`Engine.clear_nexthop`).
+
+Resolving one remote (:func:`resolve`), over rtnetlink requests the kernel answers at once
+(:class:`Rtnl`, a socket of its own, safe on the loop unlike pyroute2's IPRoute):
+``RTM_GETROUTE`` to the remote from its local address -> egress device and gateway (the next
+hop is the gateway, or the remote itself on a connected route); ``RTM_GETNEIGH`` -> MAC and
+state; if there is no usable entry, ``RTM_NEWNEIGH`` with ``NTF_USE`` makes the kernel resolve
+it (ARP) without a packet from us, and the ``RTM_NEWNEIGH`` event that follows (the watcher
+listens to RTMGRP_NEIGH for this keeper) resolves the remote again: nothing waits.
+
+Keeping them right (:class:`NextHopKeeper`): ring frames never confirm a neighbour entry, so it
+goes STALE; every REFRESH seconds, and when an event says STALE, ``NTF_USE`` again makes the
+kernel re-validate it (a unicast ARP probe), and a change of MAC or a FAILED entry comes back as
+an event. Route, address and link events and lost events re-resolve every remote; remotes
+added at run time are picked up within CHECK seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+from control.watch import AddrEvent, Event, LinkEvent, NeighEvent, Resync, RouteEvent
+from datapath.config import Remote
+from datapath.engine import Engine
+
+log = logging.getLogger("ovl-dp")
+
+# <linux/rtnetlink.h>, <linux/neighbour.h>
+RTM_GETLINK, RTM_NEWNEIGH, RTM_GETNEIGH, RTM_GETROUTE = 18, 28, 30, 26
+NTF_USE = 0x01
+NUD_INCOMPLETE, NUD_REACHABLE, NUD_STALE, NUD_DELAY, NUD_PROBE = 0x01, 0x02, 0x04, 0x08, 0x10
+NUD_FAILED, NUD_NOARP, NUD_PERMANENT = 0x20, 0x40, 0x80
+NUD_USABLE = NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT
+ARPHRD_ETHER = 1
+
+REFRESH = 15.0  # seconds between NTF_USE re-validations of every next hop in use
+CHECK = 1.0  # seconds between looks for remotes added or removed at run time
+SETTLE = 0.05  # after the first event of a burst, resolve once for all of it
+TIMEOUT = 1.0  # seconds for the kernel's answer to one request
+
+BYPASS_NOTE = (
+    "TX ring: outer packets leave through AF_PACKET TX rings, which bypass netfilter OUTPUT/POSTROUTING "
+    "and the qdisc (host firewall rules on OUTPUT/POSTROUTING do not see tunnel packets; use a netdev "
+    "egress chain or --tx-ring off)"
+)
+
+
+class Rtnl:
+    """Requests on a NETLINK_ROUTE socket of its own, each answered by the kernel before send() returns."""
+
+    def __init__(self, timeout: float = TIMEOUT) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+        self.sock.settimeout(timeout)
+        self.sock.bind((0, 0))
+        self._seq = 0
+        self._marshal = MarshalRtnl()
+
+    def request(self, msg: Any, kind: int, flags: int) -> list[Any]:
+        """Send msg as a request of type kind; its answers. OSError for an error answer or no answer in time."""
+        self._seq += 1
+        msg["header"]["type"] = kind
+        msg["header"]["flags"] = flags
+        msg["header"]["sequence_number"] = self._seq
+        msg.encode()
+        self.sock.send(msg.data)
+        while True:  # (an answer to an earlier, timed-out request may still come: skipped by its number)
+            try:
+                data = self.sock.recv(1 << 16)
+            except TimeoutError:
+                raise OSError(errno.ETIMEDOUT, "no answer from rtnetlink") from None
+            answers = [m for m in self._marshal.parse(data) if m["header"]["sequence_number"] == self._seq]
+            if not answers:
+                continue
+            for m in answers:
+                err = m["header"].get("error")
+                if err is not None:
+                    code = int(err[0]) if isinstance(err, tuple) else int(getattr(err, "code", errno.EIO))
+                    raise OSError(code, os.strerror(code))
+            return [m for m in answers if m.get("event") != "NLMSG_ERROR"]
+
+    def route(self, dst: str, src: str | None) -> tuple[int, str]:
+        """(egress ifindex, next hop address) of the route to dst from src; OSError (ENETUNREACH...)."""
+        m = rtmsg()
+        m["family"] = socket.AF_INET
+        m["dst_len"] = 32
+        m["attrs"] = [("RTA_DST", dst)]
+        if src:
+            m["src_len"] = 32
+            m["attrs"].append(("RTA_SRC", src))
+        answers = self.request(m, RTM_GETROUTE, NLM_F_REQUEST)
+        if not answers or not answers[0].get_attr("RTA_OIF"):
+            raise OSError(errno.ENETUNREACH, "no route with an egress device")
+        r = answers[0]
+        return int(r.get_attr("RTA_OIF")), str(r.get_attr("RTA_GATEWAY") or dst)
+
+    def link(self, ifindex: int) -> tuple[str, int, int, str]:
+        """(name, ARPHRD type, MTU, MAC or '') of device ifindex; OSError (ENODEV...)."""
+        m = ifinfmsg()
+        m["index"] = ifindex
+        answers = self.request(m, RTM_GETLINK, NLM_F_REQUEST)
+        if not answers:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        a = answers[0]
+        return (
+            str(a.get_attr("IFLA_IFNAME")), int(a["ifi_type"]), int(a.get_attr("IFLA_MTU") or 0),
+            str(a.get_attr("IFLA_ADDRESS") or ""),
+        )  # fmt: skip
+
+    def neighbour(self, ifindex: int, addr: str) -> tuple[str, int]:
+        """(MAC or '', NUD state) of addr's entry on ifindex; ('', 0) when there is none."""
+        n = ndmsg()
+        n["family"] = socket.AF_INET
+        n["ifindex"] = ifindex
+        n["attrs"] = [("NDA_DST", addr)]
+        try:
+            answers = self.request(n, RTM_GETNEIGH, NLM_F_REQUEST)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return "", 0
+            raise
+        if not answers:
+            return "", 0
+        return str(answers[0].get_attr("NDA_LLADDR") or ""), int(answers[0]["state"])
+
+    def use(self, ifindex: int, addr: str) -> None:
+        """NTF_USE (``ip neigh replace ADDR dev DEV use``): the kernel resolves or re-validates addr's entry."""
+        n = ndmsg()
+        n["family"] = socket.AF_INET
+        n["ifindex"] = ifindex
+        n["flags"] = NTF_USE
+        n["attrs"] = [("NDA_DST", addr)]
+        self.request(n, RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE)
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """Where a remote's ring frames go: device ifindex (name, MTU, our MAC src), next hop address and MAC."""
+
+    ifindex: int
+    device: str
+    mtu: int
+    src: bytes
+    addr: str
+    mac: bytes
+
+
+def resolve(rtnl: Rtnl, remote: Remote) -> tuple[NextHop | None, tuple[int, str] | None, str]:
+    """remote's next hop: (NextHop or None, (ifindex, next hop address) to wait for or None, why not).
+
+    A next hop with no usable neighbour entry is asked for (NTF_USE); its event resolves again.
+    """
+    try:
+        ifindex, nh = rtnl.route(remote.addr, remote.local)
+        device, kind, mtu, address = rtnl.link(ifindex)
+        if kind != ARPHRD_ETHER or not address:
+            return None, None, f"{device} is not an Ethernet device"
+        src = bytes.fromhex(address.replace(":", ""))
+        mac, state = rtnl.neighbour(ifindex, nh)
+        if not mac or not state & NUD_USABLE:
+            rtnl.use(ifindex, nh)
+            return None, (ifindex, nh), f"neighbour {nh} on {device} is being resolved"
+        return NextHop(ifindex, device, mtu, src, nh, bytes.fromhex(mac.replace(":", ""))), (ifindex, nh), ""
+    except (OSError, ValueError) as exc:
+        return None, None, f"no next hop: {getattr(exc, 'strerror', None) or exc}"
+
+
+class NextHopKeeper:
+    """The remotes' next hops in the engine's TX rings; a handler of a control.watch.Watcher (with RTMGRP_NEIGH)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        rtnl: Rtnl | None = None,
+        refresh: float = REFRESH,
+        check: float = CHECK,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.rtnl = rtnl or Rtnl()
+        self.refresh, self.check, self._clock = refresh, check, clock
+        self.hops: dict[str, NextHop] = {}  # remote address -> its next hop in the engine
+        self.waiting: dict[tuple[int, str], set[str]] = {}  # (ifindex, next hop) -> remotes behind it
+        self.why: dict[str, str] = {}  # remote address -> why it has no next hop
+        self.resolves = 0
+        self.changes = 0  # next hops set or changed
+        self._known: tuple[str, ...] = ()
+        self._last_refresh = clock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Resolve now and follow events and the clock on loop."""
+        log.warning(BYPASS_NOTE, extra={"event": "tx_ring_bypass"})
+        self._loop = loop
+        self.schedule()
+        self._timer = loop.call_later(self.check, self._tick)
+
+    def stop(self) -> None:
+        """No more resolving; the socket is closed."""
+        for h in (self._pending, self._timer):
+            if h is not None:
+                h.cancel()
+        self._pending = self._timer = None
+        self._loop = None
+        self.rtnl.close()
+
+    def counters(self) -> dict[str, int]:
+        """nexthops (remotes sent through a ring), nexthop_resolves, nexthop_changes."""
+        return {"nexthops": len(self.hops), "nexthop_resolves": self.resolves, "nexthop_changes": self.changes}
+
+    def on_event(self, ev: Event) -> None:
+        """Routes, addresses, links and lost events re-resolve; neighbour news of a next hop we use or wait for too."""
+        if isinstance(ev, NeighEvent):
+            if (ev.index, ev.dst) not in self.waiting:
+                return
+            if ev.op == "new" and ev.state & NUD_STALE:
+                self._use(ev.index, ev.dst)  # re-validate: ring frames never confirm it
+            self.schedule()
+        elif isinstance(ev, AddrEvent | RouteEvent | LinkEvent | Resync):
+            self.schedule()
+
+    def _use(self, ifindex: int, addr: str) -> None:
+        try:
+            self.rtnl.use(ifindex, addr)
+        except OSError as exc:
+            log.debug("NTF_USE %s on %d: %s", addr, ifindex, exc.strerror)
+
+    def schedule(self) -> None:
+        """Resolve SETTLE seconds from now, unless that is already planned."""
+        if self._loop is not None and self._pending is None:
+            self._pending = self._loop.call_later(SETTLE, self._run)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._loop is None:
+            return
+        self._timer = self._loop.call_later(self.check, self._tick)
+        now = self._clock()
+        if now - self._last_refresh >= self.refresh:
+            self._last_refresh = now
+            for ifindex, addr in {(h.ifindex, h.addr) for h in self.hops.values()}:
+                self._use(ifindex, addr)
+            self.schedule()
+        elif tuple(r.addr for r in self.engine.remotes()) != self._known:
+            self.schedule()
+
+    def _run(self) -> None:
+        self._pending = None
+        try:
+            self.resolve()
+        except Exception as exc:  # the next event or tick tries again; never a traceback
+            log.error("resolving next hops failed: %s: %s", type(exc).__name__, exc)
+
+    def resolve(self) -> None:
+        """Resolve every remote's next hop and set what changed in the engine."""
+        e = self.engine
+        remotes = e.remotes()
+        self._known = tuple(r.addr for r in remotes)
+        self.resolves += 1
+        waiting: dict[tuple[int, str], set[str]] = {}
+        for gone in set(self.hops) - set(self._known):
+            del self.hops[gone]
+        for gone in set(self.why) - set(self._known):
+            del self.why[gone]
+        for r in remotes:
+            hop, key, why = resolve(self.rtnl, r)
+            if key is not None:
+                waiting.setdefault(key, set()).add(r.addr)
+            if hop is not None and hop == self.hops.get(r.addr):
+                continue
+            if hop is not None and e.set_nexthop(r.addr, hop.ifindex, hop.mtu, hop.mac, hop.src):
+                self.hops[r.addr] = hop
+                self.changes += 1
+                self.why.pop(r.addr, None)
+                log.info(
+                    "remote %s: next hop %s (%s) on %s, through the TX ring", r.addr, hop.addr,
+                    hop.mac.hex(":"), hop.device,
+                    extra={"event": "nexthop", "remote": r.addr, "nexthop": hop.addr, "mac": hop.mac.hex(":")},
+                )  # fmt: skip
+                continue
+            if hop is not None:
+                why = f"the TX ring on {hop.device} was refused"
+            if r.addr in self.hops or r.addr not in self.why:
+                e.clear_nexthop(r.addr)
+                self.hops.pop(r.addr, None)
+                log.info("remote %s: raw socket (%s)", r.addr, why, extra={"event": "nexthop_none", "remote": r.addr})
+            self.why[r.addr] = why
+        self.waiting = waiting
