@@ -166,7 +166,9 @@ static int inj_check(const struct ovl_dp *dp, const uint8_t *vnet, const uint8_t
     uint32_t l4;
     if (gso == OVL_VNET_GSO_TCPV4 && type == ETH_P_IP) {
         int ihl = ip4_header_len(f + l3, flen - l3);
-        if (ihl < 0 || f[l3 + 9] != IPPROTO_TCP)
+        /* A fragment (MF or an offset) goes the old way, which drops it (tso_prepare): the
+         * kernel's inet_gso_segment would copy its flags onto every segment. */
+        if (ihl < 0 || f[l3 + 9] != IPPROTO_TCP || (get16(f + l3 + 6) & 0x3FFF))
             return -OVL_INJ_FALLBACK_OTHER;
         l4 = l3 + (uint32_t)ihl;
     } else if (gso == OVL_VNET_GSO_TCPV6 && type == ETH_P_IPV6) {
@@ -191,6 +193,10 @@ static int inj_check(const struct ovl_dp *dp, const uint8_t *vnet, const uint8_t
     x->l3 = l3 - x->strip;
     x->hdrs = l4 + doff - x->strip;
     x->nseg = (flen - x->strip - x->hdrs + x->gso_size - 1) / x->gso_size;
+    /* One segment: the kernel would not make it GSO ("too small packets are not really GSO
+     * ones"), and nothing would complete an outer UDP checksum seed. The old path sends it. */
+    if (x->nseg < 2)
+        return -OVL_INJ_FALLBACK_OTHER;
     uint32_t outer = c->ops->outer_len(x->t.keyed);
     /* Each segment the kernel makes must fit the underlay (else: ICMP frag-needed to ourselves). */
     if ((uint64_t)outer + x->hdrs + x->gso_size > c->underlay_mtu)
