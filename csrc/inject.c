@@ -281,8 +281,8 @@ static int inj_write(struct ovl_dp *dp, const struct inj_frame *x, uint32_t r, u
             dp->drops[OVL_DROP_TX_FULL] += x->nseg;
             return -1;
         }
-        j->off = 1;
         j->err = errno;
+        j->off = 1;
         return 0;
     }
     j->ctr[OVL_INJ_WRITES]++;

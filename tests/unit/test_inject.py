@@ -193,6 +193,38 @@ def test_only_vxlan_with_a_virtio_header() -> None:
     assert fwd.inject_drain() == 0 and fwd.inject_errno() == 0
 
 
+@needs_module
+def test_every_injection_call_parks_the_data_path_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a data-path thread (runner_start), each call into the C injection state goes through a
+    pause, as every other FastForwarder call: set_inject swaps dp->inj (a calloc'd one has fd 0 until
+    set), inject_header builds into the buffer the thread writes its headers from."""
+    fwd = forwarder()
+    frame, l4 = super_frame(b"p" * 9000)
+    entered: list[bool] = []
+    real_enter = fast.Paused.__enter__
+
+    def counting_enter(self: fast.Paused) -> None:
+        entered.append(self._runner is not None)
+        real_enter(self)
+
+    monkeypatch.setattr(fast.Paused, "__enter__", counting_enter)
+    fwd.runner_start()
+    try:
+        calls = {
+            "set_inject": lambda: fwd.set_inject(-1, INJ_MAC, False),
+            "injecting": fwd.injecting,
+            "inject_errno": fwd.inject_errno,
+            "inject_drain": fwd.inject_drain,
+            "inject_header": lambda: fwd.inject_header(0, tso(frame, l4), frame),
+        }
+        for name, call in calls.items():
+            entered.clear()
+            call()
+            assert True in entered, f"{name} did not pause the data-path thread"
+    finally:
+        fwd.runner_end()
+
+
 def test_injection_tap_names() -> None:
     names = inject_names("ovl-vxlan")
     assert names[0] == "ovl-vxlan-inj" and len(set(names)) == len(names)
