@@ -289,8 +289,36 @@ def test_a_kernel_that_refuses_the_offloads() -> None:
             assert "refused by the kernel" in engine.inject_note and "TUNSETOFFLOAD" in engine.inject_note
             assert "segmented in C" in engine.describe_tx()
             assert not engine.injecting() and engine.snapshot().inject is None
-            assert not os.path.exists("/sys/class/net/t-refuse-inj")  # nothing left of the attempt
+            # nothing left of the attempt (asked of the kernel: /sys/class/net shows the parent's namespace here)
+            assert not inject._device_exists("t-refuse-inj")
         finally:
             engine.close()
+
+    run_isolated(body)
+
+
+@needs_module
+def test_a_device_that_appears_under_the_name_is_never_attached() -> None:
+    """A device of the candidate name that appears between the look and TUNSETIFF (here: the look
+    says it is not there) is not attached to: IFF_TUN_EXCL, and the next name. Attached, a persistent
+    TAP of someone else's would have got our address, sysctls and link state, and kept them."""
+
+    def body() -> None:
+        from datapath.io import inject
+
+        sh("ip", "tuntap", "add", "dev", "t-excl-inj", "mode", "tap")  # someone else's, persistent
+        assert inject._device_exists("t-excl-inj") and not inject._device_exists("t-excl-inj1")
+        real_exists = inject._device_exists
+        inject._device_exists = lambda name: False
+        try:
+            tap = inject.open_inject_tap("t-excl", False)
+        finally:
+            inject._device_exists = real_exists
+        try:
+            assert tap.name == "t-excl-inj1", tap.name
+        finally:
+            tap.close()
+        assert "t-excl-inj:" in sh("ip", "-o", "link", "show", "t-excl-inj").stdout  # theirs, still there
+        assert not inject._device_exists("t-excl-inj1")  # ours went with its fd
 
     run_isolated(body)
