@@ -14,7 +14,8 @@ device only (no global setting), checked one by one on Linux 6.18 (notes/issue10
 - and only where the host's firewall drops forwarded packets by default (an nftables
   ``forward`` hook chain with policy drop, as Docker makes; iptables-legacy's FORWARD with
   policy DROP), an accept rule ``iifname <inj> udp dport <port>`` inserted at the top of
-  that chain.
+  that chain (nftables: with the comment ``ovl-dp <inj>``, by which it is found when nft does
+  not echo its handle).
 
 Every change is logged (``host changes: ...``). The device's settings vanish with the
 device when the engine closes it; the firewall rules are deleted (by handle) by
@@ -23,6 +24,7 @@ device when the engine closes it; the firewall rules are deleted (by handle) by
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -118,18 +120,49 @@ def _run(argv: list[str]) -> str:
 
 
 def _nft_accept(setup: HostSetup, nft: str, family: str, table: str, chain: str, port: int) -> None:
+    # The comment names the rule: an nft that does not echo it (no JSON echo in older versions, or
+    # output we cannot parse) has inserted it all the same, and it is found by the comment.
+    tag = f"ovl-dp {setup.device}"
     out = _run([nft, "--echo", "--handle", "-j", "insert", "rule", family, table, chain,
-                "iifname", setup.device, "udp", "dport", str(port), "accept"])  # fmt: skip
-    handle = None
-    for item in json.loads(out).get("nftables", []):
-        rule = item.get("insert", {}).get("rule")
-        if rule:
-            handle = rule.get("handle")
-    if handle is None:
+                "iifname", setup.device, "udp", "dport", str(port), "accept", "comment", f'"{tag}"'])  # fmt: skip
+    handles = [h for h in (_echoed_handle(out),) if h is not None]
+    if not handles:
+        handles = _tagged_handles(nft, family, table, chain, tag)
+    for handle in handles:
+        rule = f'"iifname {setup.device} udp dport {port} accept"'
+        what = f"nft rule {rule} in {family} {table} {chain} (handle {handle})"
+        setup.changes.append(what)
+        setup._undo.append((what, functools.partial(_nft_delete, nft, family, table, chain, handle)))
+    if not handles:
         raise SetupError(f"nft did not say the handle of the rule it inserted in {family} {table} {chain}")
-    what = f'nft rule "iifname {setup.device} udp dport {port} accept" in {family} {table} {chain} (handle {handle})'
-    setup.changes.append(what)
-    setup._undo.append((what, lambda: _nft_delete(nft, family, table, chain, int(handle))))
+
+
+def _echoed_handle(out: str) -> int | None:
+    """The handle of the inserted rule in nft's JSON echo, or None."""
+    try:
+        items = json.loads(out).get("nftables", [])
+    except (ValueError, AttributeError):
+        return None
+    handle = None
+    for item in items:
+        rule = item.get("insert", {}).get("rule") if isinstance(item, dict) else None
+        if isinstance(rule, dict) and isinstance(rule.get("handle"), int):
+            handle = rule["handle"]
+    return handle
+
+
+def _tagged_handles(nft: str, family: str, table: str, chain: str, tag: str) -> list[int]:
+    """Handles of the rules of that chain whose comment is tag (ours: our device did not exist before)."""
+    try:
+        items = json.loads(_run([nft, "-a", "-j", "list", "chain", family, table, chain])).get("nftables", [])
+    except (ValueError, AttributeError, SetupError):
+        return []
+    out = []
+    for item in items:
+        rule = item.get("rule") if isinstance(item, dict) else None
+        if isinstance(rule, dict) and rule.get("comment") == tag and isinstance(rule.get("handle"), int):
+            out.append(rule["handle"])
+    return out
 
 
 def _nft_delete(nft: str, family: str, table: str, chain: str, handle: int) -> None:

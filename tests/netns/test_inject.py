@@ -29,6 +29,7 @@ import signal
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -320,5 +321,35 @@ def test_a_device_that_appears_under_the_name_is_never_attached() -> None:
             tap.close()
         assert "t-excl-inj:" in sh("ip", "-o", "link", "show", "t-excl-inj").stdout  # theirs, still there
         assert not inject._device_exists("t-excl-inj1")  # ours went with its fd
+
+    run_isolated(body)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/nft"), reason="nftables not installed")
+def test_a_rule_whose_handle_nft_does_not_echo_is_still_undone(tmp_path: Path) -> None:
+    """An nft that inserts the rule but does not echo it (older versions have no JSON echo): the
+    rule is found by its comment and deleted on undo, not left in the host's firewall for ever."""
+    fake = tmp_path / "nft"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --echo ]; then shift 2; exec /usr/sbin/nft "$@" >/dev/null; fi\n'  # inserted, not echoed
+        'exec /usr/sbin/nft "$@"\n'
+    )
+    fake.chmod(0o755)
+
+    def body() -> None:
+        from control import inject as host_inject
+
+        sh("nft", "add", "table", "inet", "hostfw")
+        sh("nft", "add", "chain", "inet", "hostfw", "forward", "{ type filter hook forward priority 0; policy drop; }")
+        setup = host_inject.HostSetup("t-echo-inj")
+        try:
+            host_inject._nft_accept(setup, str(fake), "inet", "hostfw", "forward", PORT)
+            assert "t-echo-inj" in sh("nft", "list", "chain", "inet", "hostfw", "forward").stdout
+        except (host_inject.SetupError, ValueError):
+            pass  # refused is fine too, as long as nothing is left behind
+        finally:
+            setup.undo()
+        assert "t-echo-inj" not in sh("nft", "list", "ruleset").stdout
 
     run_isolated(body)
