@@ -105,8 +105,10 @@ int ovl_inject_drain(struct ovl_dp *dp) {
         ssize_t got = read(j->fd, j->drain, INJ_DRAIN_BUF);
         if (got < 0 && errno == EINTR)
             continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
         if (got < 0)
-            break; /* EAGAIN, or a TAP that is down / gone: nothing to count */
+            return -1; /* the device is gone (EBADFD): its fd stays readable for ever; errno says why */
         j->ctr[OVL_INJ_DRAINED]++;
         n++;
     }

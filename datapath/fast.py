@@ -470,9 +470,15 @@ class FastForwarder:
             return int(lib.ovl_dp_inject_errno(self._dp))
 
     def inject_drain(self) -> int:
-        """Read and drop (count as drained) what the kernel queued on the injection TAP; returns how many."""
+        """Read and drop (count as drained) what the kernel queued on the injection TAP; returns how many.
+
+        OSError when a read fails otherwise than EAGAIN (EBADFD: the device was deleted)."""
         with self.paused():
-            return int(lib.ovl_inject_drain(self._dp))
+            n = int(lib.ovl_inject_drain(self._dp))
+            err = ffi.errno
+        if n < 0:
+            raise OSError(err, f"reading the injection TAP: {os.strerror(err)}")
+        return n
 
     def inject_header(self, remote: int, vnet: bytes, frame: bytes) -> bytes:
         """What the injection writes for super-frame (its virtio header vnet, 10 bytes) to remote slot remote:

@@ -353,3 +353,51 @@ def test_a_rule_whose_handle_nft_does_not_echo_is_still_undone(tmp_path: Path) -
         assert "t-echo-inj" not in sh("nft", "list", "ruleset").stdout
 
     run_isolated(body)
+
+
+@needs_module
+@pytest.mark.parametrize("path", ["fast", "fast-loop"], ids=["dp-thread", "loop"])
+def test_an_injection_tap_deleted_under_the_engine_is_no_longer_read(path: str) -> None:
+    """The injection TAP deleted under a running engine (ip link del): its fd is readable for ever
+    (tun_chr_poll: EPOLLERR once detached), so the loop must stop reading it, say so once, and
+    not call the drain again and again; the TX of super-frames falls back at the next write."""
+
+    def body() -> None:
+        import asyncio
+        import logging
+
+        from datapath.engine import Engine
+        from tests.netns.test_engine import engine_cfg, underlay
+
+        underlay()
+        engine = Engine(engine_cfg("vxlan", path))
+        assert engine.inject_tap is not None, engine.inject_note
+        name = engine.inject_tap.name
+        engine.enable_inject()
+        calls = [0]
+        real_drain = engine.forwarder.inject_drain  # type: ignore[attr-defined]
+
+        def counting_drain() -> int:
+            calls[0] += 1
+            return int(real_drain())
+
+        engine.forwarder.inject_drain = counting_drain  # type: ignore[attr-defined]
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append  # type: ignore[method-assign]
+        logging.getLogger("ovl-dp").addHandler(handler)
+        loop = asyncio.new_event_loop()
+        try:
+            engine.start(loop)
+            sh("ip", "link", "del", name)
+            loop.run_until_complete(asyncio.sleep(0.3))  # a spinning reader runs thousands of times here
+            print(f"drain called {calls[0]} time(s) after the injection TAP was deleted")
+            assert calls[0] <= 2, calls[0]
+            said = [r.getMessage() for r in records if name in r.getMessage() and "gone" in r.getMessage()]
+            assert len(said) == 1, [r.getMessage() for r in records]
+        finally:
+            logging.getLogger("ovl-dp").removeHandler(handler)
+            engine.close()
+            loop.close()
+
+    run_isolated(body)
