@@ -14,10 +14,11 @@
  *
  * What cannot go that way goes the old way and is counted: a frame whose outer IPv4 length
  * would pass 65,535, a gso_size that would not fit the underlay MTU once encapsulated, a frame
- * we cannot parse. A write the kernel refuses (EINVAL, EIO...) turns the path off for good
- * (ovl_dp_inject_errno says why; the frame itself goes the old way). Python opens the TAP and
- * sets up the host (datapath/io/inject.py, control/inject.py); this file only builds and
- * writes. */
+ * we cannot parse, a fragment, one segment only. A write the kernel refuses (EINVAL, EIO...)
+ * turns the path off for good (ovl_dp_inject_errno says why); that frame itself is dropped
+ * (tx_error: it may have lost its VLAN tag already; TCP sends it again), the next ones go the
+ * old way. Python opens the TAP and sets up the host (datapath/io/inject.py,
+ * control/inject.py); this file only builds and writes. */
 #include "internal.h"
 
 #include <errno.h>
