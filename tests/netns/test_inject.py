@@ -401,3 +401,38 @@ def test_an_injection_tap_deleted_under_the_engine_is_no_longer_read(path: str) 
             loop.close()
 
     run_isolated(body)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/nft"), reason="nftables not installed")
+def test_a_failure_after_the_host_setup_undoes_it() -> None:
+    """The host is set up (an nft rule inserted), then turning the injection on fails (here: raises,
+    as a SIGTERM landing there would): the rule is deleted before the error goes on, since the
+    daemon's cleanup only knows a host setup that _set_up_inject returned."""
+
+    def body() -> None:
+        import types
+
+        from control import daemon
+        from datapath.io.inject import open_inject_tap
+
+        sh("nft", "add", "table", "inet", "hostfw")
+        sh("nft", "add", "chain", "inet", "hostfw", "forward", "{ type filter hook forward priority 0; policy drop; }")
+        tap = open_inject_tap("t-fail", False)
+
+        def enable_inject() -> None:
+            raise KeyboardInterrupt
+
+        engine = types.SimpleNamespace(
+            inject_tap=tap,
+            cfg=types.SimpleNamespace(encap=types.SimpleNamespace(port=PORT)),
+            enable_inject=enable_inject,
+            fast=True,
+        )
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                daemon._set_up_inject(engine)  # type: ignore[arg-type]
+            assert tap.name not in sh("nft", "list", "ruleset").stdout
+        finally:
+            tap.close()
+
+    run_isolated(body)
