@@ -13,7 +13,7 @@ device only (no global setting), checked one by one on Linux 6.18 (notes/issue10
 - the link up;
 - and only where the host's firewall drops forwarded packets by default (an nftables
   ``forward`` hook chain with policy drop, as Docker makes; iptables-legacy's FORWARD with
-  policy DROP), an accept rule ``iifname <inj> udp dport <port>`` inserted at the top of
+  policy DROP, asked only where /proc/net/ip_tables_names lists the filter table), an accept rule ``iifname <inj> udp dport <port>`` inserted at the top of
   that chain (nftables: with the comment ``ovl-dp <inj>``, by which it is found when nft does
   not echo its handle).
 
@@ -45,6 +45,7 @@ METADATA = ipaddress.IPv4Address("169.254.169.254")  # cloud metadata: never our
 SYSCTLS = (("accept_local", "1"), ("forwarding", "1"), ("rp_filter", "2"))
 PROC_SYS = "/proc/sys/net"
 NFT_TIMEOUT = 10.0
+IPT_LEGACY_TABLES = "/proc/net/ip_tables_names"  # this namespace's legacy iptables tables (ip_tables loaded)
 
 
 @dataclass
@@ -174,6 +175,14 @@ def _iptables_legacy(setup: HostSetup, port: int) -> None:
     ipt = shutil.which("iptables-legacy")
     if not ipt:
         return
+    # Only where legacy iptables is in use: run where it is not, iptables-legacy would load ip_tables
+    # and give this namespace a legacy filter table (a host change of its own, and not undone).
+    try:
+        with open(IPT_LEGACY_TABLES) as f:
+            if "filter" not in f.read().split():
+                return
+    except OSError:
+        return  # ip_tables not loaded: no legacy table anywhere
     if "-P FORWARD DROP" not in _run([ipt, "-w", "-S", "FORWARD"]).splitlines():
         return
     spec = ["FORWARD", "-i", setup.device, "-p", "udp", "--dport", str(port), "-j", "ACCEPT"]

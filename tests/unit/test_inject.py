@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -243,3 +244,28 @@ def test_address_choice() -> None:
     everything = set(ADDR_NET.hosts())
     with pytest.raises(Exception, match="no free address"):
         pick_address("x", everything)
+
+
+def test_iptables_legacy_is_run_only_where_it_is_in_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """iptables-legacy installed next to nftables (Debian's iptables package has both) but not in use:
+    running it would load ip_tables and give this namespace a legacy filter table, a host change of
+    its own. It is asked only when /proc/net/ip_tables_names lists the filter table."""
+    from control import inject as host_inject
+
+    marker = tmp_path / "ran"
+    fake = tmp_path / "iptables-legacy"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\necho '-P FORWARD ACCEPT'\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(host_inject.shutil, "which", lambda name: str(fake) if name == "iptables-legacy" else None)
+    names = tmp_path / "ip_tables_names"
+    names.write_text("")  # ip_tables loaded, no table in this namespace
+    monkeypatch.setattr(host_inject, "IPT_LEGACY_TABLES", str(names))
+    setup = host_inject.HostSetup("x-inj")
+    host_inject._iptables_legacy(setup, 4789)
+    assert not marker.exists() and not setup.changes
+    names.unlink()  # ip_tables not loaded at all
+    host_inject._iptables_legacy(setup, 4789)
+    assert not marker.exists() and not setup.changes
+    names.write_text("mangle\nfilter\n")
+    host_inject._iptables_legacy(setup, 4789)
+    assert marker.exists() and not setup.changes  # in use: asked; policy ACCEPT, nothing to add
