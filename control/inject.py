@@ -13,9 +13,12 @@ device only (no global setting), checked one by one on Linux 6.18 (notes/issue10
 - the link up;
 - and only where the host's firewall drops forwarded packets by default (an nftables
   ``forward`` hook chain with policy drop, as Docker makes; iptables-legacy's FORWARD with
-  policy DROP, asked only where /proc/net/ip_tables_names lists the filter table), an accept rule ``iifname <inj> udp dport <port>`` inserted at the top of
+  policy DROP, asked only where /proc/net/ip_tables_names lists the filter table), an
+  accept rule ``iifname <inj> udp dport <port>`` inserted at the top of
   that chain (nftables: with the comment ``ovl-dp <inj>``, by which it is found when nft does
-  not echo its handle).
+  not echo its handle). Where nftables has ip/inet tables but the nft binary is missing (Docker
+  through iptables-nft on a host without the nftables package), the chains cannot be read and
+  the host is not set up at all: SetupError, C segmentation.
 
 Every change is logged (``host changes: ...``). The device's settings vanish with the
 device when the engine closes it; the firewall rules are deleted (by handle) by
@@ -35,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
+from pyroute2.nftables.main import NFTables
 
 from datapath.errors import SetupError
 
@@ -45,6 +49,7 @@ METADATA = ipaddress.IPv4Address("169.254.169.254")  # cloud metadata: never our
 SYSCTLS = (("accept_local", "1"), ("forwarding", "1"), ("rp_filter", "2"))
 PROC_SYS = "/proc/sys/net"
 NFT_TIMEOUT = 10.0
+NFPROTO_INET, NFPROTO_IPV4 = 1, 2  # nftables families whose forward chains see the injected frames
 IPT_LEGACY_TABLES = "/proc/net/ip_tables_names"  # this namespace's legacy iptables tables (ip_tables loaded)
 
 
@@ -94,6 +99,21 @@ def pick_address(device: str, taken: set[ipaddress.IPv4Address]) -> ipaddress.IP
         if a not in taken:
             return a
     raise SetupError(f"no free address in {ADDR_NET} for the injection TAP {device}")
+
+
+def nftables_in_use() -> bool:
+    """An nftables table of family ip or inet exists in this namespace (asked over netlink: no nft needed;
+    iptables-nft, as Docker uses it on Ubuntu, makes them too)."""
+    try:
+        nft = NFTables(nfgen_family=0)  # NFPROTO_UNSPEC: every family
+    except OSError:
+        return False  # no nf_tables in this kernel
+    try:
+        return any(t.get("nfgen_family") in (NFPROTO_INET, NFPROTO_IPV4) for t in nft.get_tables())
+    except OSError:
+        return False
+    finally:
+        nft.close()
 
 
 def forward_drop_chains(nft: str | None = None) -> list[tuple[str, str, str]]:
@@ -203,6 +223,14 @@ def configure(device: str, port: int) -> HostSetup:
     step fails: the daemon then closes the TAP and keeps the old path.
     """
     setup = HostSetup(device)
+    nft = shutil.which("nft")
+    if not nft and nftables_in_use():
+        # The forward chains cannot be read: one with policy drop (Docker's through iptables-nft)
+        # would eat every injected super-frame unseen. Nothing is changed; C segmentation instead.
+        raise SetupError(
+            "nftables is in use but nft is not installed, so its forward chains cannot be checked "
+            "(install nftables to use the injection TAP)"
+        )
     try:
         v6 = f"{PROC_SYS}/ipv6/conf/{device}"
         try:
@@ -224,7 +252,6 @@ def configure(device: str, port: int) -> HostSetup:
             setup.changes.append(f"address {addr}/32 on {device}")
             ipr.link("set", index=links[0], state="up")
             setup.changes.append(f"{device} up")
-        nft = shutil.which("nft")
         if nft:
             for family, table, chain in forward_drop_chains(nft):
                 _nft_accept(setup, nft, family, table, chain, port)

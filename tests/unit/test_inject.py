@@ -269,3 +269,24 @@ def test_iptables_legacy_is_run_only_where_it_is_in_use(tmp_path: Path, monkeypa
     names.write_text("mangle\nfilter\n")
     host_inject._iptables_legacy(setup, 4789)
     assert marker.exists() and not setup.changes  # in use: asked; policy ACCEPT, nothing to add
+
+
+def test_nftables_in_use_without_nft_refuses_the_injection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """nf_tables loaded (iptables-nft, as Docker on Ubuntu uses it) but no nft binary to read its forward
+    chains: a chain with policy drop would eat every injected super-frame unseen, so the host is not
+    set up (SetupError before any change: the daemon segments in C and says why)."""
+    from control import inject as host_inject
+    from datapath.errors import SetupError
+
+    monkeypatch.setattr(host_inject.shutil, "which", lambda name: None)
+    in_use = [True]
+    monkeypatch.setattr(host_inject, "nftables_in_use", lambda: in_use[0])
+    touched: list[str] = []
+    monkeypatch.setattr(host_inject, "_write_sysctl", lambda path, value: touched.append(path))
+    with pytest.raises(SetupError, match="nft"):
+        host_inject.configure("x-inj", 4789)
+    assert touched == []  # nothing was changed
+    in_use[0] = False  # no ip/inet table: nothing of nftables can drop them
+    with pytest.raises(SetupError, match="gone"):  # on to the device, which this test has not made
+        host_inject.configure("x-inj", 4789)
+    assert touched
