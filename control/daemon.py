@@ -167,9 +167,13 @@ def _set_up_inject(engine: Engine) -> inject.HostSetup | None:
             engine.drop_inject(f"not used: {exc}")
             log.warning("injection TAP %s: %s; TCP super-frames are segmented in C", tap.name, exc)
         else:
-            log.info("host changes: %s", "; ".join(host.changes), extra={"event": "host_changes"})
-            engine.enable_inject()
-            log.info("TX of TCP super-frames: %s", engine.describe_tx())
+            try:  # the caller's cleanup knows the setup only once it is returned
+                log.info("host changes: %s", "; ".join(host.changes), extra={"event": "host_changes"})
+                engine.enable_inject()
+                log.info("TX of TCP super-frames: %s", engine.describe_tx())
+            except BaseException:
+                host.undo()
+                raise
             return host
     if engine.fast and engine.tap.vnet_hdr_len:
         log.info("TX of TCP super-frames: %s", engine.describe_tx())

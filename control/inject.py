@@ -13,8 +13,12 @@ device only (no global setting), checked one by one on Linux 6.18 (notes/issue10
 - the link up;
 - and only where the host's firewall drops forwarded packets by default (an nftables
   ``forward`` hook chain with policy drop, as Docker makes; iptables-legacy's FORWARD with
-  policy DROP), an accept rule ``iifname <inj> udp dport <port>`` inserted at the top of
-  that chain.
+  policy DROP, asked only where /proc/net/ip_tables_names lists the filter table), an
+  accept rule ``iifname <inj> udp dport <port>`` inserted at the top of
+  that chain (nftables: with the comment ``ovl-dp <inj>``, by which it is found when nft does
+  not echo its handle). Where nftables has ip/inet tables but the nft binary is missing (Docker
+  through iptables-nft on a host without the nftables package), the chains cannot be read and
+  the host is not set up at all: SetupError, C segmentation.
 
 Every change is logged (``host changes: ...``). The device's settings vanish with the
 device when the engine closes it; the firewall rules are deleted (by handle) by
@@ -23,6 +27,7 @@ device when the engine closes it; the firewall rules are deleted (by handle) by
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -33,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
+from pyroute2.nftables.main import NFTables
 
 from datapath.errors import SetupError
 
@@ -43,6 +49,8 @@ METADATA = ipaddress.IPv4Address("169.254.169.254")  # cloud metadata: never our
 SYSCTLS = (("accept_local", "1"), ("forwarding", "1"), ("rp_filter", "2"))
 PROC_SYS = "/proc/sys/net"
 NFT_TIMEOUT = 10.0
+NFPROTO_INET, NFPROTO_IPV4 = 1, 2  # nftables families whose forward chains see the injected frames
+IPT_LEGACY_TABLES = "/proc/net/ip_tables_names"  # this namespace's legacy iptables tables (ip_tables loaded)
 
 
 @dataclass
@@ -93,6 +101,21 @@ def pick_address(device: str, taken: set[ipaddress.IPv4Address]) -> ipaddress.IP
     raise SetupError(f"no free address in {ADDR_NET} for the injection TAP {device}")
 
 
+def nftables_in_use() -> bool:
+    """An nftables table of family ip or inet exists in this namespace (asked over netlink: no nft needed;
+    iptables-nft, as Docker uses it on Ubuntu, makes them too)."""
+    try:
+        nft = NFTables(nfgen_family=0)  # NFPROTO_UNSPEC: every family
+    except OSError:
+        return False  # no nf_tables in this kernel
+    try:
+        return any(t.get("nfgen_family") in (NFPROTO_INET, NFPROTO_IPV4) for t in nft.get_tables())
+    except OSError:
+        return False
+    finally:
+        nft.close()
+
+
 def forward_drop_chains(nft: str | None = None) -> list[tuple[str, str, str]]:
     """(family, table, chain) of every nftables base chain on the forward hook with policy drop (ip, inet)."""
     nft = nft or shutil.which("nft")
@@ -118,18 +141,49 @@ def _run(argv: list[str]) -> str:
 
 
 def _nft_accept(setup: HostSetup, nft: str, family: str, table: str, chain: str, port: int) -> None:
+    # The comment names the rule: an nft that does not echo it (no JSON echo in older versions, or
+    # output we cannot parse) has inserted it all the same, and it is found by the comment.
+    tag = f"ovl-dp {setup.device}"
     out = _run([nft, "--echo", "--handle", "-j", "insert", "rule", family, table, chain,
-                "iifname", setup.device, "udp", "dport", str(port), "accept"])  # fmt: skip
-    handle = None
-    for item in json.loads(out).get("nftables", []):
-        rule = item.get("insert", {}).get("rule")
-        if rule:
-            handle = rule.get("handle")
-    if handle is None:
+                "iifname", setup.device, "udp", "dport", str(port), "accept", "comment", f'"{tag}"'])  # fmt: skip
+    handles = [h for h in (_echoed_handle(out),) if h is not None]
+    if not handles:
+        handles = _tagged_handles(nft, family, table, chain, tag)
+    for handle in handles:
+        rule = f'"iifname {setup.device} udp dport {port} accept"'
+        what = f"nft rule {rule} in {family} {table} {chain} (handle {handle})"
+        setup.changes.append(what)
+        setup._undo.append((what, functools.partial(_nft_delete, nft, family, table, chain, handle)))
+    if not handles:
         raise SetupError(f"nft did not say the handle of the rule it inserted in {family} {table} {chain}")
-    what = f'nft rule "iifname {setup.device} udp dport {port} accept" in {family} {table} {chain} (handle {handle})'
-    setup.changes.append(what)
-    setup._undo.append((what, lambda: _nft_delete(nft, family, table, chain, int(handle))))
+
+
+def _echoed_handle(out: str) -> int | None:
+    """The handle of the inserted rule in nft's JSON echo, or None."""
+    try:
+        items = json.loads(out).get("nftables", [])
+    except (ValueError, AttributeError):
+        return None
+    handle = None
+    for item in items:
+        rule = item.get("insert", {}).get("rule") if isinstance(item, dict) else None
+        if isinstance(rule, dict) and isinstance(rule.get("handle"), int):
+            handle = rule["handle"]
+    return handle
+
+
+def _tagged_handles(nft: str, family: str, table: str, chain: str, tag: str) -> list[int]:
+    """Handles of the rules of that chain whose comment is tag (ours: our device did not exist before)."""
+    try:
+        items = json.loads(_run([nft, "-a", "-j", "list", "chain", family, table, chain])).get("nftables", [])
+    except (ValueError, AttributeError, SetupError):
+        return []
+    out = []
+    for item in items:
+        rule = item.get("rule") if isinstance(item, dict) else None
+        if isinstance(rule, dict) and rule.get("comment") == tag and isinstance(rule.get("handle"), int):
+            out.append(rule["handle"])
+    return out
 
 
 def _nft_delete(nft: str, family: str, table: str, chain: str, handle: int) -> None:
@@ -141,6 +195,14 @@ def _iptables_legacy(setup: HostSetup, port: int) -> None:
     ipt = shutil.which("iptables-legacy")
     if not ipt:
         return
+    # Only where legacy iptables is in use: run where it is not, iptables-legacy would load ip_tables
+    # and give this namespace a legacy filter table (a host change of its own, and not undone).
+    try:
+        with open(IPT_LEGACY_TABLES) as f:
+            if "filter" not in f.read().split():
+                return
+    except OSError:
+        return  # ip_tables not loaded: no legacy table anywhere
     if "-P FORWARD DROP" not in _run([ipt, "-w", "-S", "FORWARD"]).splitlines():
         return
     spec = ["FORWARD", "-i", setup.device, "-p", "udp", "--dport", str(port), "-j", "ACCEPT"]
@@ -161,6 +223,14 @@ def configure(device: str, port: int) -> HostSetup:
     step fails: the daemon then closes the TAP and keeps the old path.
     """
     setup = HostSetup(device)
+    nft = shutil.which("nft")
+    if not nft and nftables_in_use():
+        # The forward chains cannot be read: one with policy drop (Docker's through iptables-nft)
+        # would eat every injected super-frame unseen. Nothing is changed; C segmentation instead.
+        raise SetupError(
+            "nftables is in use but nft is not installed, so its forward chains cannot be checked "
+            "(install nftables to use the injection TAP)"
+        )
     try:
         v6 = f"{PROC_SYS}/ipv6/conf/{device}"
         try:
@@ -182,7 +252,6 @@ def configure(device: str, port: int) -> HostSetup:
             setup.changes.append(f"address {addr}/32 on {device}")
             ipr.link("set", index=links[0], state="up")
             setup.changes.append(f"{device} up")
-        nft = shutil.which("nft")
         if nft:
             for family, table, chain in forward_drop_chains(nft):
                 _nft_accept(setup, nft, family, table, chain, port)

@@ -14,10 +14,11 @@
  *
  * What cannot go that way goes the old way and is counted: a frame whose outer IPv4 length
  * would pass 65,535, a gso_size that would not fit the underlay MTU once encapsulated, a frame
- * we cannot parse. A write the kernel refuses (EINVAL, EIO...) turns the path off for good
- * (ovl_dp_inject_errno says why; the frame itself goes the old way). Python opens the TAP and
- * sets up the host (datapath/io/inject.py, control/inject.py); this file only builds and
- * writes. */
+ * we cannot parse, a fragment, one segment only. A write the kernel refuses (EINVAL, EIO...)
+ * turns the path off for good (ovl_dp_inject_errno says why); that frame itself is dropped
+ * (tx_error: it may have lost its VLAN tag already; TCP sends it again), the next ones go the
+ * old way. Python opens the TAP and sets up the host (datapath/io/inject.py,
+ * control/inject.py); this file only builds and writes. */
 #include "internal.h"
 
 #include <errno.h>
@@ -105,8 +106,10 @@ int ovl_inject_drain(struct ovl_dp *dp) {
         ssize_t got = read(j->fd, j->drain, INJ_DRAIN_BUF);
         if (got < 0 && errno == EINTR)
             continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
         if (got < 0)
-            break; /* EAGAIN, or a TAP that is down / gone: nothing to count */
+            return -1; /* the device is gone (EBADFD): its fd stays readable for ever; errno says why */
         j->ctr[OVL_INJ_DRAINED]++;
         n++;
     }
@@ -166,7 +169,9 @@ static int inj_check(const struct ovl_dp *dp, const uint8_t *vnet, const uint8_t
     uint32_t l4;
     if (gso == OVL_VNET_GSO_TCPV4 && type == ETH_P_IP) {
         int ihl = ip4_header_len(f + l3, flen - l3);
-        if (ihl < 0 || f[l3 + 9] != IPPROTO_TCP)
+        /* A fragment (MF or an offset) goes the old way, which drops it (tso_prepare): the
+         * kernel's inet_gso_segment would copy its flags onto every segment. */
+        if (ihl < 0 || f[l3 + 9] != IPPROTO_TCP || (get16(f + l3 + 6) & 0x3FFF))
             return -OVL_INJ_FALLBACK_OTHER;
         l4 = l3 + (uint32_t)ihl;
     } else if (gso == OVL_VNET_GSO_TCPV6 && type == ETH_P_IPV6) {
@@ -191,6 +196,10 @@ static int inj_check(const struct ovl_dp *dp, const uint8_t *vnet, const uint8_t
     x->l3 = l3 - x->strip;
     x->hdrs = l4 + doff - x->strip;
     x->nseg = (flen - x->strip - x->hdrs + x->gso_size - 1) / x->gso_size;
+    /* One segment: the kernel would not make it GSO ("too small packets are not really GSO
+     * ones"), and nothing would complete an outer UDP checksum seed. The old path sends it. */
+    if (x->nseg < 2)
+        return -OVL_INJ_FALLBACK_OTHER;
     uint32_t outer = c->ops->outer_len(x->t.keyed);
     /* Each segment the kernel makes must fit the underlay (else: ICMP frag-needed to ourselves). */
     if ((uint64_t)outer + x->hdrs + x->gso_size > c->underlay_mtu)
@@ -275,8 +284,8 @@ static int inj_write(struct ovl_dp *dp, const struct inj_frame *x, uint32_t r, u
             dp->drops[OVL_DROP_TX_FULL] += x->nseg;
             return -1;
         }
-        j->off = 1;
         j->err = errno;
+        j->off = 1;
         return 0;
     }
     j->ctr[OVL_INJ_WRITES]++;

@@ -331,7 +331,8 @@ int ovl_dp_injecting(const struct ovl_dp *dp);
 int ovl_dp_inject_errno(const struct ovl_dp *dp);
 /* The counters (enum ovl_inject_stat), up to n; returns how many (all 0 without injection). */
 uint32_t ovl_dp_inject_counters(const struct ovl_dp *dp, uint64_t *out, uint32_t n);
-/* Read and drop (count) whatever the kernel queued on the injection TAP; returns how many frames. */
+/* Read and drop (count) whatever the kernel queued on the injection TAP; returns how many frames, or -1
+ * with errno when a read fails otherwise than EAGAIN (the device deleted: EBADFD; stop polling the fd). */
 int ovl_inject_drain(struct ovl_dp *dp);
 /* What the injection writes for the super-frame (vnet: the bridge TAP's OVL_VNET_HDR_LEN-byte virtio
  * header, native endian; frame: len bytes) to remote r: the 24-byte virtio header, outer Ethernet,

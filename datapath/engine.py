@@ -292,7 +292,22 @@ class Engine:
         return f"segmented in C; injection TAP {self.inject_note or 'not set up'}"
 
     def _on_inject(self) -> None:
-        self.forwarder.inject_drain()  # type: ignore[attr-defined]
+        try:
+            self.forwarder.inject_drain()  # type: ignore[attr-defined]
+        except OSError as exc:
+            if exc.errno not in TAP_GONE_ERRNOS or self.inject_tap is None:
+                self._io_error("reading the injection TAP", exc)
+                return
+            # Deleted under us: its fd stays readable (EPOLLERR) for ever. Stop reading it; the
+            # next write fails too and turns the injection off (_check_inject says so).
+            if self._loop is not None:
+                self._loop.remove_reader(self.inject_tap.fileno())
+            log.warning(
+                "the injection TAP %s is gone (%s): no longer read; TCP super-frames are segmented in C "
+                "from the next write on",
+                self.inject_tap.name,
+                exc.strerror or exc,
+            )
 
     def _check_inject(self) -> None:
         # The kernel refused a write: the C side went back to segmenting; say so once.

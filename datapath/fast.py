@@ -457,21 +457,32 @@ class FastForwarder:
         has TUN_F_UDP_TUNNEL_GSO_CSUM (outer UDP checksums). ValueError if the C side cannot
         (not VXLAN, no virtio header on the bridge TAP).
         """
-        if lib.ovl_dp_set_inject(self._dp, fd, _mac(mac), bool(udp_tunnel_csum)) < 0:
+        with self.paused():  # dp->inj may be made here: never under a running batch
+            failed = lib.ovl_dp_set_inject(self._dp, fd, _mac(mac), bool(udp_tunnel_csum)) < 0
+        if failed:
             raise ValueError("the injection TAP needs VXLAN and a bridge TAP with a virtio header")
         self._inject = True
 
     def injecting(self) -> bool:
         """True while super-frames go through the injection TAP (set, and not refused by the kernel)."""
-        return bool(lib.ovl_dp_injecting(self._dp))
+        with self.paused():
+            return bool(lib.ovl_dp_injecting(self._dp))
 
     def inject_errno(self) -> int:
         """The errno of the injection write the kernel refused (the path is off since), or 0."""
-        return int(lib.ovl_dp_inject_errno(self._dp))
+        with self.paused():  # the refusal's errno and the off switch, of one moment
+            return int(lib.ovl_dp_inject_errno(self._dp))
 
     def inject_drain(self) -> int:
-        """Read and drop (count as drained) what the kernel queued on the injection TAP; returns how many."""
-        return int(lib.ovl_inject_drain(self._dp))
+        """Read and drop (count as drained) what the kernel queued on the injection TAP; returns how many.
+
+        OSError when a read fails otherwise than EAGAIN (EBADFD: the device was deleted)."""
+        with self.paused():
+            n = int(lib.ovl_inject_drain(self._dp))
+            err = ffi.errno
+        if n < 0:
+            raise OSError(err, f"reading the injection TAP: {os.strerror(err)}")
+        return n
 
     def inject_header(self, remote: int, vnet: bytes, frame: bytes) -> bytes:
         """What the injection writes for super-frame (its virtio header vnet, 10 bytes) to remote slot remote:
@@ -481,7 +492,8 @@ class FastForwarder:
             raise ValueError(f"a virtio_net_hdr is {VNET_HDR_LEN} bytes")
         cap = len(frame) + 128
         out = _raw_alloc("uint8_t[]", cap)
-        n = int(lib.ovl_inject_header(self._dp, remote, bytes(vnet), bytes(frame), len(frame), out, cap))
+        with self.paused():  # it builds in the buffer the batch writes its headers from
+            n = int(lib.ovl_inject_header(self._dp, remote, bytes(vnet), bytes(frame), len(frame), out, cap))
         if n < 0:
             raise ValueError(f"not injected: {INJECT_FIELDS[-n]}")
         return bytes(ffi.buffer(out, n))

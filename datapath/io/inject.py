@@ -15,8 +15,10 @@ firewall rule) is the control plane's (control/inject.py); this module only open
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import socket
 import struct
 
 from datapath.io.tap import (
@@ -34,6 +36,7 @@ from datapath.io.tap import (
 )
 
 TUNSETIFF = 0x400454CA
+IFF_TUN_EXCL = 0x8000  # TUNSETIFF creates the device or fails (EBUSY): never attaches to one that is there
 # <linux/if_tun.h> of kernels 6.17+ (older headers lack them)
 TUN_F_UDP_TUNNEL_GSO = 0x080
 TUN_F_UDP_TUNNEL_GSO_CSUM = 0x100
@@ -90,6 +93,16 @@ class InjectTap:
         self._fd = -1
 
 
+def _device_exists(name: str) -> bool:
+    """A network device of that name is in this network namespace (asked of the kernel: /sys/class/net
+    shows the namespace sysfs was mounted in, which after a bare unshare or nsenter is another one)."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
 def open_inject_tap(tap: str, udp_csum: bool, extra_offloads: int = 0) -> InjectTap:
     """Open the injection TAP of TAP tap: the first free name of :func:`inject_names`.
 
@@ -100,15 +113,20 @@ def open_inject_tap(tap: str, udp_csum: bool, extra_offloads: int = 0) -> Inject
         raise InjectRefused(f"{TUN_DEVICE} does not exist")
     offloads = BASE_OFFLOADS | (TUN_F_UDP_TUNNEL_GSO_CSUM if udp_csum else 0) | extra_offloads
     for name in inject_names(tap):
-        # Never attach to a device that is there (a persistent TAP of someone else's, an old one).
-        if os.path.exists(f"/sys/class/net/{name}"):
+        # Never attach to a device that is there (a persistent TAP of someone else's, an old one):
+        # skipped here, and IFF_TUN_EXCL refuses one that appears in between.
+        if _device_exists(name):
             continue
         fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
         try:
-            ifr = struct.pack(f"{IFNAMSIZ}sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+            ifr = struct.pack(f"{IFNAMSIZ}sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_TUN_EXCL)
             try:
                 fcntl.ioctl(fd, TUNSETIFF, ifr)
             except OSError as exc:
+                if exc.errno in (errno.EBUSY, errno.EEXIST):  # it appeared since the look above
+                    os.close(fd)
+                    fd = -1
+                    continue
                 raise InjectRefused(f"cannot create TAP {name}: {exc.strerror}") from None
             try:
                 fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", INJECT_VNET_HDR_LEN))
@@ -123,7 +141,8 @@ def open_inject_tap(tap: str, udp_csum: bool, extra_offloads: int = 0) -> Inject
             os.set_blocking(fd, False)
             mac, _ = _link_facts(name)
         except BaseException:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             raise
         return InjectTap(name, fd, mac, offloads)
     raise InjectRefused(f"no free name for the injection TAP (tried {', '.join(inject_names(tap))})")

@@ -29,6 +29,7 @@ import signal
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -289,8 +290,149 @@ def test_a_kernel_that_refuses_the_offloads() -> None:
             assert "refused by the kernel" in engine.inject_note and "TUNSETOFFLOAD" in engine.inject_note
             assert "segmented in C" in engine.describe_tx()
             assert not engine.injecting() and engine.snapshot().inject is None
-            assert not os.path.exists("/sys/class/net/t-refuse-inj")  # nothing left of the attempt
+            # nothing left of the attempt (asked of the kernel: /sys/class/net shows the parent's namespace here)
+            assert not inject._device_exists("t-refuse-inj")
         finally:
             engine.close()
+
+    run_isolated(body)
+
+
+@needs_module
+def test_a_device_that_appears_under_the_name_is_never_attached() -> None:
+    """A device of the candidate name that appears between the look and TUNSETIFF (here: the look
+    says it is not there) is not attached to: IFF_TUN_EXCL, and the next name. Attached, a persistent
+    TAP of someone else's would have got our address, sysctls and link state, and kept them."""
+
+    def body() -> None:
+        from datapath.io import inject
+
+        sh("ip", "tuntap", "add", "dev", "t-excl-inj", "mode", "tap")  # someone else's, persistent
+        assert inject._device_exists("t-excl-inj") and not inject._device_exists("t-excl-inj1")
+        real_exists = inject._device_exists
+        inject._device_exists = lambda name: False
+        try:
+            tap = inject.open_inject_tap("t-excl", False)
+        finally:
+            inject._device_exists = real_exists
+        try:
+            assert tap.name == "t-excl-inj1", tap.name
+        finally:
+            tap.close()
+        assert "t-excl-inj:" in sh("ip", "-o", "link", "show", "t-excl-inj").stdout  # theirs, still there
+        assert not inject._device_exists("t-excl-inj1")  # ours went with its fd
+
+    run_isolated(body)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/nft"), reason="nftables not installed")
+def test_a_rule_whose_handle_nft_does_not_echo_is_still_undone(tmp_path: Path) -> None:
+    """An nft that inserts the rule but does not echo it (older versions have no JSON echo): the
+    rule is found by its comment and deleted on undo, not left in the host's firewall for ever."""
+    fake = tmp_path / "nft"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --echo ]; then shift 2; exec /usr/sbin/nft "$@" >/dev/null; fi\n'  # inserted, not echoed
+        'exec /usr/sbin/nft "$@"\n'
+    )
+    fake.chmod(0o755)
+
+    def body() -> None:
+        from control import inject as host_inject
+
+        sh("nft", "add", "table", "inet", "hostfw")
+        sh("nft", "add", "chain", "inet", "hostfw", "forward", "{ type filter hook forward priority 0; policy drop; }")
+        setup = host_inject.HostSetup("t-echo-inj")
+        try:
+            host_inject._nft_accept(setup, str(fake), "inet", "hostfw", "forward", PORT)
+            assert "t-echo-inj" in sh("nft", "list", "chain", "inet", "hostfw", "forward").stdout
+        except (host_inject.SetupError, ValueError):
+            pass  # refused is fine too, as long as nothing is left behind
+        finally:
+            setup.undo()
+        assert "t-echo-inj" not in sh("nft", "list", "ruleset").stdout
+
+    run_isolated(body)
+
+
+@needs_module
+@pytest.mark.parametrize("path", ["fast", "fast-loop"], ids=["dp-thread", "loop"])
+def test_an_injection_tap_deleted_under_the_engine_is_no_longer_read(path: str) -> None:
+    """The injection TAP deleted under a running engine (ip link del): its fd is readable for ever
+    (tun_chr_poll: EPOLLERR once detached), so the loop must stop reading it, say so once, and
+    not call the drain again and again; the TX of super-frames falls back at the next write."""
+
+    def body() -> None:
+        import asyncio
+        import logging
+
+        from datapath.engine import Engine
+        from tests.netns.test_engine import engine_cfg, underlay
+
+        underlay()
+        engine = Engine(engine_cfg("vxlan", path))
+        assert engine.inject_tap is not None, engine.inject_note
+        name = engine.inject_tap.name
+        engine.enable_inject()
+        calls = [0]
+        real_drain = engine.forwarder.inject_drain  # type: ignore[attr-defined]
+
+        def counting_drain() -> int:
+            calls[0] += 1
+            return int(real_drain())
+
+        engine.forwarder.inject_drain = counting_drain  # type: ignore[attr-defined]
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append  # type: ignore[method-assign]
+        logging.getLogger("ovl-dp").addHandler(handler)
+        loop = asyncio.new_event_loop()
+        try:
+            engine.start(loop)
+            sh("ip", "link", "del", name)
+            loop.run_until_complete(asyncio.sleep(0.3))  # a spinning reader runs thousands of times here
+            print(f"drain called {calls[0]} time(s) after the injection TAP was deleted")
+            assert calls[0] <= 2, calls[0]
+            said = [r.getMessage() for r in records if name in r.getMessage() and "gone" in r.getMessage()]
+            assert len(said) == 1, [r.getMessage() for r in records]
+        finally:
+            logging.getLogger("ovl-dp").removeHandler(handler)
+            engine.close()
+            loop.close()
+
+    run_isolated(body)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/nft"), reason="nftables not installed")
+def test_a_failure_after_the_host_setup_undoes_it() -> None:
+    """The host is set up (an nft rule inserted), then turning the injection on fails (here: raises,
+    as a SIGTERM landing there would): the rule is deleted before the error goes on, since the
+    daemon's cleanup only knows a host setup that _set_up_inject returned."""
+
+    def body() -> None:
+        import types
+
+        from control import daemon
+        from datapath.io.inject import open_inject_tap
+
+        sh("nft", "add", "table", "inet", "hostfw")
+        sh("nft", "add", "chain", "inet", "hostfw", "forward", "{ type filter hook forward priority 0; policy drop; }")
+        tap = open_inject_tap("t-fail", False)
+
+        def enable_inject() -> None:
+            raise KeyboardInterrupt
+
+        engine = types.SimpleNamespace(
+            inject_tap=tap,
+            cfg=types.SimpleNamespace(encap=types.SimpleNamespace(port=PORT)),
+            enable_inject=enable_inject,
+            fast=True,
+        )
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                daemon._set_up_inject(engine)  # type: ignore[arg-type]
+            assert tap.name not in sh("nft", "list", "ruleset").stdout
+        finally:
+            tap.close()
 
     run_isolated(body)

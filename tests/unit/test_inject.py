@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -148,6 +149,33 @@ def test_what_goes_the_old_way() -> None:
 
 
 @needs_module
+@pytest.mark.parametrize("udp_csum", [False, True], ids=["csum0", "csum"])
+def test_a_single_segment_goes_the_old_way(udp_csum: bool) -> None:
+    """A GSO label on a frame whose payload fits one segment: the kernel does not make it GSO
+    ("too small packets are not really GSO ones", __virtio_net_hdr_to_skb), so nothing would
+    complete the outer UDP checksum seed: it would leave with a wrong checksum."""
+    fwd = forwarder(udp_csum)
+    frame, l4 = super_frame(b"s" * MSS)  # exactly one segment
+    with pytest.raises(ValueError, match="fallback_other"):
+        fwd.inject_header(0, tso(frame, l4), frame)
+    frame, l4 = super_frame(b"s" * (MSS + 1))  # two: the kernel segments it
+    assert fwd.inject_header(0, tso(frame, l4), frame)
+
+
+@needs_module
+@pytest.mark.parametrize("frag", [0x2000, 0x0001, 0x4001], ids=["MF", "offset", "DF+offset"])
+def test_an_inner_ipv4_fragment_goes_the_old_way(frag: int) -> None:
+    """The per-segment path drops a TSO frame whose inner IPv4 header says fragment (tso_prepare);
+    the kernel's inet_gso_segment would copy MF / the offset onto every segment: same as the old way."""
+    fwd = forwarder()
+    frame, l4 = super_frame(b"f" * 9000)
+    bad = bytearray(frame)
+    struct.pack_into("!H", bad, 14 + 6, frag)  # (the IPv4 header checksum is not what is tested)
+    with pytest.raises(ValueError, match="fallback_other"):
+        fwd.inject_header(0, tso(bytes(bad), l4), bytes(bad))
+
+
+@needs_module
 def test_only_vxlan_with_a_virtio_header() -> None:
     gre = fast.FastForwarder(
         datapath_config(mode="gre", remotes=(Remote(REMOTE, LOCAL),), underlay_mtu=1500, tap_mtu=1462), tap_vnet=10
@@ -164,6 +192,38 @@ def test_only_vxlan_with_a_virtio_header() -> None:
     assert not fwd.injecting()  # headers only: no fd
     assert fwd.snapshot().inject == dict.fromkeys(INJECT_FIELDS, 0)
     assert fwd.inject_drain() == 0 and fwd.inject_errno() == 0
+
+
+@needs_module
+def test_every_injection_call_parks_the_data_path_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a data-path thread (runner_start), each call into the C injection state goes through a
+    pause, as every other FastForwarder call: set_inject swaps dp->inj (a calloc'd one has fd 0 until
+    set), inject_header builds into the buffer the thread writes its headers from."""
+    fwd = forwarder()
+    frame, l4 = super_frame(b"p" * 9000)
+    entered: list[bool] = []
+    real_enter = fast.Paused.__enter__
+
+    def counting_enter(self: fast.Paused) -> None:
+        entered.append(self._runner is not None)
+        real_enter(self)
+
+    monkeypatch.setattr(fast.Paused, "__enter__", counting_enter)
+    fwd.runner_start()
+    try:
+        calls = {
+            "set_inject": lambda: fwd.set_inject(-1, INJ_MAC, False),
+            "injecting": fwd.injecting,
+            "inject_errno": fwd.inject_errno,
+            "inject_drain": fwd.inject_drain,
+            "inject_header": lambda: fwd.inject_header(0, tso(frame, l4), frame),
+        }
+        for name, call in calls.items():
+            entered.clear()
+            call()
+            assert True in entered, f"{name} did not pause the data-path thread"
+    finally:
+        fwd.runner_end()
 
 
 def test_injection_tap_names() -> None:
@@ -184,3 +244,49 @@ def test_address_choice() -> None:
     everything = set(ADDR_NET.hosts())
     with pytest.raises(Exception, match="no free address"):
         pick_address("x", everything)
+
+
+def test_iptables_legacy_is_run_only_where_it_is_in_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """iptables-legacy installed next to nftables (Debian's iptables package has both) but not in use:
+    running it would load ip_tables and give this namespace a legacy filter table, a host change of
+    its own. It is asked only when /proc/net/ip_tables_names lists the filter table."""
+    from control import inject as host_inject
+
+    marker = tmp_path / "ran"
+    fake = tmp_path / "iptables-legacy"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\necho '-P FORWARD ACCEPT'\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(host_inject.shutil, "which", lambda name: str(fake) if name == "iptables-legacy" else None)
+    names = tmp_path / "ip_tables_names"
+    names.write_text("")  # ip_tables loaded, no table in this namespace
+    monkeypatch.setattr(host_inject, "IPT_LEGACY_TABLES", str(names))
+    setup = host_inject.HostSetup("x-inj")
+    host_inject._iptables_legacy(setup, 4789)
+    assert not marker.exists() and not setup.changes
+    names.unlink()  # ip_tables not loaded at all
+    host_inject._iptables_legacy(setup, 4789)
+    assert not marker.exists() and not setup.changes
+    names.write_text("mangle\nfilter\n")
+    host_inject._iptables_legacy(setup, 4789)
+    assert marker.exists() and not setup.changes  # in use: asked; policy ACCEPT, nothing to add
+
+
+def test_nftables_in_use_without_nft_refuses_the_injection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """nf_tables loaded (iptables-nft, as Docker on Ubuntu uses it) but no nft binary to read its forward
+    chains: a chain with policy drop would eat every injected super-frame unseen, so the host is not
+    set up (SetupError before any change: the daemon segments in C and says why)."""
+    from control import inject as host_inject
+    from datapath.errors import SetupError
+
+    monkeypatch.setattr(host_inject.shutil, "which", lambda name: None)
+    in_use = [True]
+    monkeypatch.setattr(host_inject, "nftables_in_use", lambda: in_use[0])
+    touched: list[str] = []
+    monkeypatch.setattr(host_inject, "_write_sysctl", lambda path, value: touched.append(path))
+    with pytest.raises(SetupError, match="nft"):
+        host_inject.configure("x-inj", 4789)
+    assert touched == []  # nothing was changed
+    in_use[0] = False  # no ip/inet table: nothing of nftables can drop them
+    with pytest.raises(SetupError, match="gone"):  # on to the device, which this test has not made
+        host_inject.configure("x-inj", 4789)
+    assert touched
