@@ -81,8 +81,12 @@ def check_outer(frame: bytes, src_mac: str, dst_mac: str, src_ip: str, dst_ip: s
     ("mode", "extra"),
     # VXLAN with --inject off: TCP super-frames otherwise leave through the injection TAP (the
     # kernel segments them), and the ring carries only the ACKs and small frames.
-    [("gre", ()), ("vxlan", ("--inject", "off")), ("vxlan", ("--udp-csum", "--inject", "off")),
-     ("gre", ("--tx-ring", "off"))],  # fmt: skip
+    [
+        ("gre", ()),
+        ("vxlan", ("--inject", "off")),
+        ("vxlan", ("--udp-csum", "--inject", "off")),
+        ("gre", ("--tx-ring", "off")),
+    ],
     ids=["gre", "vxlan", "vxlan-udp-csum", "gre-ring-off"],
 )
 def test_ring_frames_on_the_wire(mode: str, extra: tuple[str, ...]) -> None:
