@@ -170,6 +170,11 @@ DATAPATHS: dict[str, Datapath] = {
         Datapath("ovl-dp-vxlan-no-offload", "ovl-dp VXLAN --offload off", _ovl("vxlan", "--offload", "off"),
                  default=False),
         Datapath("ovl-dp-vxlan-python", "ovl-dp VXLAN --no-fast-path", _ovl("vxlan", "--no-fast-path"), default=False),
+        Datapath("ovl-dp-vxlan-no-inject", "ovl-dp VXLAN --inject off", _ovl("vxlan", "--inject", "off"),
+                 default=False),
+        Datapath("ovl-dp-gre-no-ring", "ovl-dp GRE --tx-ring off", _ovl("gre", "--tx-ring", "off"), default=False),
+        Datapath("ovl-dp-vxlan-no-thread", "ovl-dp VXLAN --no-dp-thread", _ovl("vxlan", "--no-dp-thread"),
+                 default=False),
     )
 }  # fmt: skip
 
