@@ -43,6 +43,7 @@ from control.procs import wait_until
 from datapath import fast
 from tests.interop_util import Capture, iperf_bytes, send_frames
 from tests.isolated import run_isolated
+from tests.offload_frames import _sum16 as sum16
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("no_leftovers")]
 needs_module = pytest.mark.skipif(not fast.available(), reason="C fast path not built")
@@ -54,15 +55,6 @@ MIN_TRANSFER = 1_000_000
 SAMPLE = 1500  # captured packets dissected with scapy
 # Host 1's underlay veth as a NIC without tunnel offloads: the kernel segments before the wire.
 NIC_LIKE = ("tx", "off", "tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off")
-
-
-def sum16(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 def check_wire(frames: list[bytes], udp_csum: bool, mtu: int = 1500) -> None:
