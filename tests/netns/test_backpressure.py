@@ -40,7 +40,13 @@ while True:
 """
 
 
-PATHS = {"fast": (), "python": ("--no-fast-path",), "udp-gso": ("--udp-gso",)}
+# The tbf on the underlay is the back-pressure: the AF_PACKET TX ring bypasses the qdisc
+# (PACKET_QDISC_BYPASS, README "TX ring"), so the C paths run here with the raw socket.
+PATHS = {
+    "fast": ("--tx-ring", "off"),
+    "python": ("--no-fast-path",),
+    "udp-gso": ("--udp-gso", "--tx-ring", "off"),
+}
 
 
 @pytest.mark.parametrize(
