@@ -266,7 +266,9 @@ class NextHopKeeper:
             for ifindex, addr in {(h.ifindex, h.addr) for h in self.hops.values()}:
                 self._use(ifindex, addr)
             self.schedule()
-        elif tuple(r.addr for r in self.engine.remotes()) != self._known:
+        elif tuple(r.addr for r in self.engine.remotes()) != self._known or not set(self.hops) <= set(
+            self.engine.ring_remotes()
+        ):  # (a remote removed and added again between two ticks lost its next hop with its slot)
             self.schedule()
 
     def _run(self) -> None:
@@ -282,6 +284,7 @@ class NextHopKeeper:
         remotes = e.remotes()
         self._known = tuple(r.addr for r in remotes)
         self.resolves += 1
+        on_ring = e.ring_remotes()  # a remote re-added with the same address has no next hop in its new slot
         waiting: dict[tuple[int, str], set[str]] = {}
         for gone in set(self.hops) - set(self._known):
             del self.hops[gone]
@@ -291,7 +294,7 @@ class NextHopKeeper:
             hop, key, why = resolve(self.rtnl, r)
             if key is not None:
                 waiting.setdefault(key, set()).add(r.addr)
-            if hop is not None and hop == self.hops.get(r.addr):
+            if hop is not None and hop == self.hops.get(r.addr) and r.addr in on_ring:
                 continue
             if hop is not None and e.set_nexthop(r.addr, hop.ifindex, hop.mtu, hop.mac, hop.src):
                 self.hops[r.addr] = hop
