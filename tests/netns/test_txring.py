@@ -306,3 +306,34 @@ def test_engine_remove_remote_forgets_its_ring_next_hop() -> None:
             eng.close()
 
     run_isolated(body)
+
+
+def test_ring_of_a_device_nobody_leaves_through_any_more_is_closed() -> None:
+    """A remote whose route moves to another device: the old device's ring, now unused, is closed (else the
+    rings of every device ever used stay mapped, and after 16 new devices are refused)."""
+    from datapath import fast
+    from datapath.config import Remote
+    from datapath.txring import TxRings
+    from tests.configs import datapath_config
+    from tests.isolated import run_isolated
+    from tests.netns.netutil import ip
+    from tests.netns.test_engine import skip_without_c
+
+    skip_without_c("fast")
+
+    def body() -> None:
+        ip("link", "add", "d0", "type", "veth", "peer", "name", "d1")
+        ip("link", "set", "d0", "up")
+        lo, d0 = socket.if_nametoindex("lo"), socket.if_nametoindex("d0")
+        fwd = fast.FastForwarder(
+            datapath_config(mode="gre", remotes=(Remote("10.0.0.2", "10.0.0.1"),), underlay_mtu=1500, tap_mtu=1476)
+        )
+        rings = TxRings(fwd)
+        try:
+            assert rings.set(0, lo, 1500, b"\x02" * 6, b"\x04" * 6)
+            assert rings.set(0, d0, 1500, b"\x02" * 6, b"\x06" * 6)
+            assert set(rings.rings) == {d0}
+        finally:
+            rings.close()
+
+    run_isolated(body)
