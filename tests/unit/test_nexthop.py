@@ -90,9 +90,64 @@ def test_tick_notices_a_next_hop_the_engine_lost() -> None:
     k = keeper(e)
     k.resolve()
     scheduled: list[Any] = []
-    k.schedule = lambda: scheduled.append(1)  # type: ignore[method-assign]
+
+    def planned(only: object = None) -> None:
+        scheduled.append(1)
+
+    k.schedule = planned  # type: ignore[method-assign]
     k._loop = type("Loop", (), {"call_later": lambda self, t, f: None})()
     e.remove("10.0.0.2")
     e.add("10.0.0.2")  # the list of addresses is what it was
     k._tick()
     assert scheduled
+
+
+class CountingRtnl(FakeRtnl):
+    """Each remote its own neighbour (connected); counts the route lookups."""
+
+    def __init__(self) -> None:
+        self.routes: list[str] = []
+
+    def route(self, dst: str, src: str | None) -> tuple[int, str]:
+        self.routes.append(dst)
+        return 2, dst
+
+
+class StepLoop:
+    """call_later keeps the callbacks; run() calls them."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def call_later(self, delay: float, fn: Any) -> Any:
+        self.calls.append(fn)
+        return type("Handle", (), {"cancel": lambda self: None})()
+
+    def run(self) -> None:
+        calls, self.calls = self.calls, []
+        for fn in calls:
+            fn()
+
+
+def test_a_neighbour_event_resolves_only_the_remotes_behind_that_neighbour() -> None:
+    """With many remotes, each neighbour's STALE / REACHABLE cycle (every 15-45 s) re-resolved all of
+    them: O(remotes) rtnetlink requests per event, O(remotes^2) on the loop."""
+    addrs = [f"10.0.0.{i}" for i in range(2, 12)]
+    e = FakeEngine(addrs)
+    rtnl = CountingRtnl()
+    k = nexthop.NextHopKeeper(e, rtnl=rtnl)  # type: ignore[arg-type]
+    loop = StepLoop()
+    k._loop = loop  # type: ignore[assignment]
+    k.schedule()
+    loop.run()
+    assert sorted(rtnl.routes) == sorted(addrs) and e.ring_remotes() == set(addrs)
+    rtnl.routes.clear()
+    k.on_event(nexthop.NeighEvent("new", 2, "10.0.0.5", MAC, nexthop.NUD_REACHABLE))
+    k.on_event(nexthop.NeighEvent("new", 2, "10.0.0.7", MAC, nexthop.NUD_REACHABLE))
+    loop.run()
+    assert sorted(rtnl.routes) == ["10.0.0.5", "10.0.0.7"]
+    assert set().union(*k.waiting.values()) == set(addrs)  # still waiting for news of every next hop
+    rtnl.routes.clear()
+    k.on_event(nexthop.LinkEvent("new", 2, "eth0"))  # anything else: every remote
+    loop.run()
+    assert sorted(rtnl.routes) == sorted(addrs)
