@@ -17,7 +17,8 @@ listens to RTMGRP_NEIGH for this keeper) resolves the remote again: nothing wait
 Keeping them right (:class:`NextHopKeeper`): ring frames never confirm a neighbour entry, so it
 goes STALE; every REFRESH seconds, and when an event says STALE, ``NTF_USE`` again makes the
 kernel re-validate it (a unicast ARP probe), and a change of MAC or a FAILED entry comes back as
-an event. Route, address and link events and lost events re-resolve every remote; remotes
+an event, which re-resolves only the remotes behind that neighbour. Route, address and link events
+and lost events re-resolve every remote; remotes
 added at run time are picked up within CHECK seconds.
 """
 
@@ -29,7 +30,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,6 +212,8 @@ class NextHopKeeper:
         self._last_refresh = clock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: asyncio.TimerHandle | None = None
+        self._full = False  # the planned resolve is of every remote, else only of _only
+        self._only: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -236,11 +239,12 @@ class NextHopKeeper:
     def on_event(self, ev: Event) -> None:
         """Routes, addresses, links and lost events re-resolve; neighbour news of a next hop we use or wait for too."""
         if isinstance(ev, NeighEvent):
-            if (ev.index, ev.dst) not in self.waiting:
+            behind = self.waiting.get((ev.index, ev.dst))
+            if behind is None:
                 return
             if ev.op == "new" and ev.state & NUD_STALE:
                 self._use(ev.index, ev.dst)  # re-validate: ring frames never confirm it
-            self.schedule()
+            self.schedule(behind)  # only the remotes behind this neighbour
         elif isinstance(ev, AddrEvent | RouteEvent | LinkEvent | Resync):
             self.schedule()
 
@@ -250,8 +254,12 @@ class NextHopKeeper:
         except OSError as exc:
             log.debug("NTF_USE %s on %d: %s", addr, ifindex, exc.strerror)
 
-    def schedule(self) -> None:
-        """Resolve SETTLE seconds from now, unless that is already planned."""
+    def schedule(self, only: Iterable[str] | None = None) -> None:
+        """Resolve SETTLE seconds from now (every remote, or those of only), unless that is already planned."""
+        if only is None:
+            self._full = True
+        else:
+            self._only.update(only)
         if self._loop is not None and self._pending is None:
             self._pending = self._loop.call_later(SETTLE, self._run)
 
@@ -266,32 +274,41 @@ class NextHopKeeper:
             for ifindex, addr in {(h.ifindex, h.addr) for h in self.hops.values()}:
                 self._use(ifindex, addr)
             self.schedule()
-        elif tuple(r.addr for r in self.engine.remotes()) != self._known:
+        elif tuple(r.addr for r in self.engine.remotes()) != self._known or not set(self.hops) <= set(
+            self.engine.ring_remotes()
+        ):  # (a remote removed and added again between two ticks lost its next hop with its slot)
             self.schedule()
 
     def _run(self) -> None:
         self._pending = None
+        only = None if self._full else self._only
+        self._full, self._only = False, set()
         try:
-            self.resolve()
+            self.resolve(only)
         except Exception as exc:  # the next event or tick tries again; never a traceback
             log.error("resolving next hops failed: %s: %s", type(exc).__name__, exc)
 
-    def resolve(self) -> None:
-        """Resolve every remote's next hop and set what changed in the engine."""
+    def resolve(self, only: set[str] | None = None) -> None:
+        """Resolve every remote's next hop (or only those of the addresses in only) and set what changed."""
         e = self.engine
         remotes = e.remotes()
-        self._known = tuple(r.addr for r in remotes)
         self.resolves += 1
-        waiting: dict[tuple[int, str], set[str]] = {}
-        for gone in set(self.hops) - set(self._known):
-            del self.hops[gone]
-        for gone in set(self.why) - set(self._known):
-            del self.why[gone]
+        on_ring = e.ring_remotes()  # a remote re-added with the same address has no next hop in its new slot
+        if only is None:
+            self._known = tuple(r.addr for r in remotes)
+            waiting: dict[tuple[int, str], set[str]] = {}
+            for gone in set(self.hops) - set(self._known):
+                del self.hops[gone]
+            for gone in set(self.why) - set(self._known):
+                del self.why[gone]
+        else:  # the others keep what they wait for
+            remotes = tuple(r for r in remotes if r.addr in only)
+            waiting = {key: behind - only for key, behind in self.waiting.items() if behind - only}
         for r in remotes:
             hop, key, why = resolve(self.rtnl, r)
             if key is not None:
                 waiting.setdefault(key, set()).add(r.addr)
-            if hop is not None and hop == self.hops.get(r.addr):
+            if hop is not None and hop == self.hops.get(r.addr) and r.addr in on_ring:
                 continue
             if hop is not None and e.set_nexthop(r.addr, hop.ifindex, hop.mtu, hop.mac, hop.src):
                 self.hops[r.addr] = hop

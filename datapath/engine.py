@@ -608,6 +608,8 @@ class Engine:
         static) purged; returns how many entries went. KeyError for an address that is not a remote."""
         slot = self._slot(addr)
         purged = self.forwarder.remove_remote(slot)
+        if self.tx_rings is not None:  # C forgot its next hop with the slot; the ring bookkeeping follows
+            self.tx_rings.clear(slot)
         log.info("remote %s removed (%d FDB entries purged)", addr, purged)
         return purged
 
@@ -630,6 +632,13 @@ class Engine:
         slot = self._slot(addr)
         if self.tx_rings is not None:
             self.tx_rings.clear(slot)
+
+    def ring_remotes(self) -> frozenset[str]:
+        """The addresses of the remotes whose packets leave through a TX ring now."""
+        if self.tx_rings is None or not self.tx_rings.via:
+            return frozenset()
+        via = self.tx_rings.via
+        return frozenset(r.addr for slot, r, _ in self.forwarder.remotes() if slot in via)
 
     def ring_counters(self) -> dict[str, int]:
         """The TX ring counters (datapath.fast.RING_FIELDS); {} without rings."""

@@ -85,7 +85,10 @@ class TxRings:
             self.clear(slot)
             return False
         self.fwd.set_nexthop(slot, index, dst, src)
+        before = self.via.get(slot)
         self.via[slot] = ifindex
+        if before is not None and before != ifindex and before not in self.via.values():
+            self._drop(before)  # the remote moved to another device: its old ring has nobody left
         return True
 
     def clear(self, slot: int) -> None:

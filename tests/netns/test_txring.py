@@ -278,3 +278,64 @@ def _ring_mode(lo_ring: ring.TxRing) -> None:
     finally:
         for x in (a, b, raw):
             x.close()
+
+
+def test_engine_remove_remote_forgets_its_ring_next_hop() -> None:
+    """A remote removed loses its next hop with its slot (C); the engine's ring bookkeeping too, so a remote
+    added again in that slot is not reported as on a ring (the keeper then sets its next hop again), and a
+    ring nobody uses any more is closed."""
+    from datapath import fast
+    from datapath.config import Remote
+    from datapath.engine import Engine
+    from tests.isolated import run_isolated
+    from tests.netns.test_engine import LOCAL, REMOTE, engine_cfg, skip_without_c, underlay
+
+    skip_without_c("fast")
+
+    def body() -> None:
+        underlay()
+        eng = Engine(engine_cfg("gre", "fast"))
+        try:
+            assert eng.tx_rings is not None and isinstance(eng.forwarder, fast.FastForwarder)
+            lo = socket.if_nametoindex("lo")
+            assert eng.set_nexthop(REMOTE, lo, 1500, b"\x02" * 6, b"\x04" * 6)
+            assert eng.ring_remotes() == {REMOTE} and eng.tx_rings.rings
+            eng.remove_remote(REMOTE)
+            eng.add_remote(Remote(REMOTE, LOCAL))  # the same slot again
+            assert eng.ring_remotes() == frozenset()
+            assert eng.tx_rings.rings == {}  # nobody sends through lo's ring now: closed
+        finally:
+            eng.close()
+
+    run_isolated(body)
+
+
+def test_ring_of_a_device_nobody_leaves_through_any_more_is_closed() -> None:
+    """A remote whose route moves to another device: the old device's ring, now unused, is closed (else the
+    rings of every device ever used stay mapped, and after 16 new devices are refused)."""
+    from datapath import fast
+    from datapath.config import Remote
+    from datapath.txring import TxRings
+    from tests.configs import datapath_config
+    from tests.isolated import run_isolated
+    from tests.netns.netutil import ip
+    from tests.netns.test_engine import skip_without_c
+
+    skip_without_c("fast")
+
+    def body() -> None:
+        ip("link", "add", "d0", "type", "veth", "peer", "name", "d1")
+        ip("link", "set", "d0", "up")
+        lo, d0 = socket.if_nametoindex("lo"), socket.if_nametoindex("d0")
+        fwd = fast.FastForwarder(
+            datapath_config(mode="gre", remotes=(Remote("10.0.0.2", "10.0.0.1"),), underlay_mtu=1500, tap_mtu=1476)
+        )
+        rings = TxRings(fwd)
+        try:
+            assert rings.set(0, lo, 1500, b"\x02" * 6, b"\x04" * 6)
+            assert rings.set(0, d0, 1500, b"\x02" * 6, b"\x06" * 6)
+            assert set(rings.rings) == {d0}
+        finally:
+            rings.close()
+
+    run_isolated(body)

@@ -1,0 +1,153 @@
+"""control.nexthop.NextHopKeeper against a fake rtnetlink and an engine that keeps next hops by slot.
+
+The engine forgets a remote's next hop with its slot (ovl_dp_remove_remote); the keeper must set it
+again for a remote re-added with the same address, whose route and neighbour did not change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from control import nexthop
+from datapath.config import Remote
+
+MAC = "02:aa:bb:cc:dd:ee"
+OURS = "02:11:22:33:44:55"
+
+
+class FakeRtnl:
+    """Every remote on device 2 (eth0, MTU 1500), connected, its neighbour REACHABLE."""
+
+    def route(self, dst: str, src: str | None) -> tuple[int, str]:
+        return 2, dst
+
+    def link(self, ifindex: int) -> tuple[str, int, int, str]:
+        return "eth0", nexthop.ARPHRD_ETHER, 1500, OURS
+
+    def neighbour(self, ifindex: int, addr: str) -> tuple[str, int]:
+        return MAC, nexthop.NUD_REACHABLE
+
+    def use(self, ifindex: int, addr: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class FakeEngine:
+    """Remotes in slots; a next hop belongs to a slot and goes with it, as in Engine / ring.c."""
+
+    def __init__(self, addrs: list[str]) -> None:
+        self.slots: dict[int, Remote] = {}
+        self.on_ring: set[int] = set()
+        for a in addrs:
+            self.add(a)
+
+    def add(self, addr: str) -> None:
+        slot = min(set(range(len(self.slots) + 1)) - set(self.slots))
+        self.slots[slot] = Remote(addr, "10.0.0.1")
+
+    def remove(self, addr: str) -> None:
+        slot = self._slot(addr)
+        del self.slots[slot]
+        self.on_ring.discard(slot)
+
+    def _slot(self, addr: str) -> int:
+        return next(s for s, r in self.slots.items() if r.addr == addr)
+
+    def remotes(self) -> tuple[Remote, ...]:
+        return tuple(self.slots[s] for s in sorted(self.slots))
+
+    def set_nexthop(self, addr: str, ifindex: int, mtu: int, dst: bytes, src: bytes) -> bool:
+        self.on_ring.add(self._slot(addr))
+        return True
+
+    def clear_nexthop(self, addr: str) -> None:
+        self.on_ring.discard(self._slot(addr))
+
+    def ring_remotes(self) -> frozenset[str]:
+        return frozenset(self.slots[s].addr for s in self.on_ring)
+
+
+def keeper(engine: FakeEngine) -> nexthop.NextHopKeeper:
+    return nexthop.NextHopKeeper(engine, rtnl=FakeRtnl())  # type: ignore[arg-type]
+
+
+def test_remote_re_added_with_the_same_address_gets_its_next_hop_again() -> None:
+    e = FakeEngine(["10.0.0.2", "10.0.0.3"])
+    k = keeper(e)
+    k.resolve()
+    assert e.ring_remotes() == {"10.0.0.2", "10.0.0.3"}
+    e.remove("10.0.0.2")  # removed and added again between two resolves: same slot, same next hop
+    e.add("10.0.0.2")
+    assert e.ring_remotes() == {"10.0.0.3"}
+    k.resolve()
+    assert e.ring_remotes() == {"10.0.0.2", "10.0.0.3"}
+
+
+def test_tick_notices_a_next_hop_the_engine_lost() -> None:
+    e = FakeEngine(["10.0.0.2"])
+    k = keeper(e)
+    k.resolve()
+    scheduled: list[Any] = []
+
+    def planned(only: object = None) -> None:
+        scheduled.append(1)
+
+    k.schedule = planned  # type: ignore[method-assign]
+    k._loop = type("Loop", (), {"call_later": lambda self, t, f: None})()
+    e.remove("10.0.0.2")
+    e.add("10.0.0.2")  # the list of addresses is what it was
+    k._tick()
+    assert scheduled
+
+
+class CountingRtnl(FakeRtnl):
+    """Each remote its own neighbour (connected); counts the route lookups."""
+
+    def __init__(self) -> None:
+        self.routes: list[str] = []
+
+    def route(self, dst: str, src: str | None) -> tuple[int, str]:
+        self.routes.append(dst)
+        return 2, dst
+
+
+class StepLoop:
+    """call_later keeps the callbacks; run() calls them."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def call_later(self, delay: float, fn: Any) -> Any:
+        self.calls.append(fn)
+        return type("Handle", (), {"cancel": lambda self: None})()
+
+    def run(self) -> None:
+        calls, self.calls = self.calls, []
+        for fn in calls:
+            fn()
+
+
+def test_a_neighbour_event_resolves_only_the_remotes_behind_that_neighbour() -> None:
+    """With many remotes, each neighbour's STALE / REACHABLE cycle (every 15-45 s) re-resolved all of
+    them: O(remotes) rtnetlink requests per event, O(remotes^2) on the loop."""
+    addrs = [f"10.0.0.{i}" for i in range(2, 12)]
+    e = FakeEngine(addrs)
+    rtnl = CountingRtnl()
+    k = nexthop.NextHopKeeper(e, rtnl=rtnl)  # type: ignore[arg-type]
+    loop = StepLoop()
+    k._loop = loop  # type: ignore[assignment]
+    k.schedule()
+    loop.run()
+    assert sorted(rtnl.routes) == sorted(addrs) and e.ring_remotes() == set(addrs)
+    rtnl.routes.clear()
+    k.on_event(nexthop.NeighEvent("new", 2, "10.0.0.5", MAC, nexthop.NUD_REACHABLE))
+    k.on_event(nexthop.NeighEvent("new", 2, "10.0.0.7", MAC, nexthop.NUD_REACHABLE))
+    loop.run()
+    assert sorted(rtnl.routes) == ["10.0.0.5", "10.0.0.7"]
+    assert set().union(*k.waiting.values()) == set(addrs)  # still waiting for news of every next hop
+    rtnl.routes.clear()
+    k.on_event(nexthop.LinkEvent("new", 2, "eth0"))  # anything else: every remote
+    loop.run()
+    assert sorted(rtnl.routes) == sorted(addrs)
