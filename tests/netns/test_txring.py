@@ -112,7 +112,9 @@ def test_ring_frames_on_the_wire(mode: str, extra: tuple[str, ...]) -> None:
             assert "nexthops" not in w1 and "ring_tx" not in w1 and "TX ring" not in log_of(lab, 1)
         assert len(frames) > 100
         src_mac, dst_mac = mac_of(lab.host(1), "ul0"), mac_of(lab.host(2), "ul0")
-        for f in frames:
+        # Every frame is a full scapy dissection: a sample of at most ~2,000 spread over the whole
+        # capture (with --inject off a second of iperf3 is some 100,000 frames).
+        for f in frames[:: max(1, len(frames) // 2000)]:
             check_outer(f, src_mac, dst_mac, lab.underlay_ip(1), lab.underlay_ip(2), "--udp-csum" in extra)
         assert "Traceback" not in log_of(lab, 1) + log_of(lab, 2)
 
