@@ -41,6 +41,8 @@ from datapath.encap import lookup
 from datapath.ether import VLAN_HLEN
 
 UNDERLAY_PREFIX = "192.0.2."
+# issue 11, v6: the IPv6 underlay (enable_underlay6), a unique local prefix (RFC 4193) inside the lab only.
+UNDERLAY6_PREFIX = "fd00:192:2::"
 OVERLAY_PREFIX = "172.20.1."
 DAEMON_READY_TIMEOUT = 20.0
 IPERF_LISTEN_TIMEOUT = 10.0
@@ -103,6 +105,11 @@ class Lab:
         return f"{UNDERLAY_PREFIX}{i}"
 
     @staticmethod
+    def underlay_ip6(i: int) -> str:
+        """Host i's IPv6 address on the underlay (ul0), once enable_underlay6 gave it one."""
+        return f"{UNDERLAY6_PREFIX}{i}"
+
+    @staticmethod
     def overlay_ip(i: int) -> str:
         """Container i's address on the overlay (eth0)."""
         return f"{OVERLAY_PREFIX}{i}"
@@ -157,6 +164,14 @@ class Lab:
                 sh("ip", "netns", "exec", c, "ethtool", "-K", "eth0", "tx", "off")
         return self
 
+    def enable_underlay6(self, hosts: range | None = None) -> None:
+        """IPv6 on every host's ul0 (only there: the bridge and TAP stay quiet), address underlay_ip6(i)/64
+        without duplicate address detection (usable at once)."""
+        for i in hosts or range(1, self.n + 1):
+            h = self.host(i)
+            sh("ip", "netns", "exec", h, "sysctl", "-qw", "net.ipv6.conf.ul0.disable_ipv6=0")
+            sh("ip", "-n", h, "-6", "addr", "add", f"{self.underlay_ip6(i)}/64", "dev", "ul0", "nodad")
+
     def _ovs_bridge(self, i: int, tag: int | None) -> None:
         ovs = OvsInstance(self.host(i), self.workdir / f"ovs-h{i}", self._ovs_config)
         self.ovs[i] = ovs
@@ -188,11 +203,13 @@ class Lab:
             self.wait_ready(daemon)
         return daemon
 
-    def start_mesh(self, mode: str, *extra: str, hosts: range | None = None) -> None:
-        """ovl-dp on every host (or those in hosts), each with all the others as remotes."""
+    def start_mesh(self, mode: str, *extra: str, hosts: range | None = None, family: int = 4) -> None:
+        """ovl-dp on every host (or those in hosts), each with all the others as remotes (by their IPv6
+        underlay addresses with family 6)."""
         members = list(hosts or range(1, self.n + 1))
+        addr = self.underlay_ip6 if family == 6 else self.underlay_ip
         for i in members:
-            remotes = [a for j in members if j != i for a in ("--remote", self.underlay_ip(j))]
+            remotes = [a for j in members if j != i for a in ("--remote", addr(j))]
             self.start(i, "--mode", mode, *remotes, *extra)
 
     @staticmethod
