@@ -162,3 +162,28 @@ def test_bad_ipv6_input_is_counted(path: str) -> None:
         snap = lab.ovl(1, "show")
         assert snap["drops"]["rx_bad_dst"] == 5 and snap["drops"]["rx_truncated"] == 5, snap["drops"]
         assert snap["stats"]["tap_tx"] == 5, snap["stats"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_takeover_hands_over_both_families(mode: str) -> None:
+    """A takeover of a daemon with an IPv4 and an IPv6 remote: both receiving sockets and the IPv6 send
+    socket move to the new process (checked against its configuration), traffic to both goes on."""
+    with Lab(3) as lab:
+        lab.build(container_mtu6(mode))
+        lab.enable_underlay6()
+        args = ("--mode", mode, "--remote", lab.underlay_ip(2), "--remote", lab.underlay_ip6(3))
+        old = lab.start(1, *args)
+        lab.start(2, "--mode", mode, "--remote", lab.underlay_ip(1))
+        lab.start(3, "--mode", mode, "--remote", lab.underlay_ip6(1))
+        for dst in (2, 3):
+            assert lab.ping(1, dst, count=3)["loss"] < 100
+        learned = {row["mac"] for row in lab.ovl(1, "fdb")}
+        new = lab.start(1, *args, "--takeover")
+        assert old.proc.wait(20) == 0
+        after = lab.ovl(1, "show")
+        assert after["pid"] == new.proc.pid and after["takeover"]["from_pid"] == old.proc.pid, after.get("takeover")
+        assert learned <= {row["mac"] for row in lab.ovl(1, "fdb")}  # the FDB came along
+        for dst in (2, 3):
+            assert lab.ping(1, dst, count=5)["loss"] == 0, dst
+            assert lab.ping(dst, 1, count=3)["loss"] == 0, dst
+        assert "Traceback" not in new.output() + old.output()
