@@ -9,6 +9,7 @@ and tears it down, also on failure.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -187,3 +188,31 @@ def test_takeover_hands_over_both_families(mode: str) -> None:
             assert lab.ping(1, dst, count=5)["loss"] == 0, dst
             assert lab.ping(dst, 1, count=3)["loss"] == 0, dst
         assert "Traceback" not in new.output() + old.output()
+
+
+def ctl(lab: Lab, i: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return sh("ip", "netns", "exec", lab.host(i), sys.executable, "-m", "control.cli", *args, check=False)
+
+
+def test_remote_add_del_and_static_entries_over_the_control_socket() -> None:
+    with Lab(3) as lab:
+        lab.build(container_mtu6("gre"))
+        lab.enable_underlay6()
+        lab.start(1, "--mode", "gre", "--remote", lab.underlay_ip6(2))
+        lab.start(3, "--mode", "gre", "--remote", lab.underlay_ip6(1))
+        res = ctl(lab, 1, "remote", "add", lab.underlay_ip6(3).upper())  # any spelling: canonical in the daemon
+        assert res.returncode == 0, res.stderr
+        assert lab.ping(1, 3, count=3)["loss"] < 100 and lab.ping(1, 3, count=3)["loss"] == 0
+        res = ctl(lab, 1, "remote", "add", lab.underlay_ip(2))
+        assert res.returncode != 0 and "no IPv4 underlay sockets" in res.stderr, res.stderr
+        mac = "02:00:00:00:00:77"
+        res = ctl(lab, 1, "fdb", "add", mac, lab.underlay_ip6(2))
+        assert res.returncode == 0, res.stderr
+        rows = {r["mac"]: r for r in lab.ovl(1, "fdb")}
+        assert rows[mac]["remote"] == lab.underlay_ip6(2) and rows[mac]["static"], rows
+        table = ctl(lab, 1, "fdb").stdout
+        assert any(line.split()[1:3] == [mac, lab.underlay_ip6(2)] for line in table.splitlines()), table
+        res = ctl(lab, 1, "remote", "del", lab.underlay_ip6(2))
+        assert res.returncode == 0, res.stderr
+        assert mac not in {r["mac"] for r in lab.ovl(1, "fdb")}  # purged with its remote
+        assert [r["remote"] for r in lab.ovl(1, "show")["remotes"]] == [lab.underlay_ip6(3)]
