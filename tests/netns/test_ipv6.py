@@ -216,3 +216,48 @@ def test_remote_add_del_and_static_entries_over_the_control_socket() -> None:
         assert res.returncode == 0, res.stderr
         assert mac not in {r["mac"] for r in lab.ovl(1, "fdb")}  # purged with its remote
         assert [r["remote"] for r in lab.ovl(1, "show")["remotes"]] == [lab.underlay_ip6(3)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_path_keeper_follows_ipv6_mtu_and_source(mode: str) -> None:
+    """control/paths.py over IPv6 (IPV6_MTU of a connected socket): link and route MTUs, a new source."""
+    from control import config as host
+    from control.paths import PathKeeper
+    from datapath.config import Config, OffloadConfig, Remote, TapConfig, TunnelConfig
+    from datapath.engine import Engine
+    from tests.isolated import run_isolated
+    from tests.netns.netutil import ip, mtu_of
+
+    remote, tap = "fd00:9::2", "ovlp6"
+
+    def body() -> None:
+        ip("link", "add", "u0", "type", "veth", "peer", "name", "u1")
+        ip("link", "set", "u1", "up")
+        ip("link", "set", "u0", "up")
+        subprocess.run(["sysctl", "-qw", "net.ipv6.conf.u0.disable_ipv6=0"], check=True)  # (off by default here)
+        ip("-6", "addr", "add", "fd00:9::1/64", "dev", "u0", "nodad")
+        given = Config(
+            tunnel=TunnelConfig(mode), remotes=(Remote(remote),), tap=TapConfig(name=tap),
+            offload=OffloadConfig(fast_path=False),
+        )  # fmt: skip
+        engine = Engine(host.resolve(given))
+        paths = PathKeeper(engine, given)
+        overhead = lookup(mode)(None).overhead(family=6)
+        try:
+            assert engine.remotes() == (Remote(remote, "fd00:9::1"),)
+            assert mtu_of(tap) == engine.tap.mtu == 1500 - overhead
+            ip("link", "set", "u0", "mtu", "1400")
+            paths.resolve()
+            assert mtu_of(tap) == 1400 - overhead and paths.underlay_mtu == 1400 and paths.problem == ""
+            ip("-6", "route", "add", f"{remote}/128", "dev", "u0", "mtu", "1300")
+            paths.resolve()
+            assert mtu_of(tap) == 1300 - overhead
+            ip("-6", "addr", "add", "fd00:9::9/64", "dev", "u0", "nodad")
+            ip("-6", "route", "replace", f"{remote}/128", "dev", "u0", "src", "fd00:9::9", "mtu", "1300")
+            paths.resolve()
+            assert engine.remotes() == (Remote(remote, "fd00:9::9"),) and paths.local_changes == 1
+            assert paths.problem == ""
+        finally:
+            engine.close()
+
+    run_isolated(body)
