@@ -261,3 +261,23 @@ def test_path_keeper_follows_ipv6_mtu_and_source(mode: str) -> None:
             engine.close()
 
     run_isolated(body)
+
+
+def test_udp_gso_in_a_mixed_mesh() -> None:
+    """--udp-gso: packets to the IPv4 remote leave through the UDP_SEGMENT sockets, those to the IPv6 remote
+    through the raw IPv6 socket (the GSO sockets are IPv4)."""
+    with Lab(3) as lab:
+        lab.build(container_mtu6("vxlan"))
+        lab.enable_underlay6()
+        lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--remote", lab.underlay_ip6(3), "--udp-gso")
+        lab.start(2, "--mode", "vxlan", "--remote", lab.underlay_ip(1))
+        lab.start(3, "--mode", "vxlan", "--remote", lab.underlay_ip6(1))
+        for dst in (2, 3):
+            assert lab.ping(1, dst, count=3)["loss"] < 100
+            result = lab.iperf3(1, dst, 2)
+            assert "error" not in result and result["end"]["sum_received"]["bytes"] > 1_000_000, (dst, result)
+        snap = lab.ovl(1, "show")
+        assert snap["stats"]["tx_gso"] > 0, snap["stats"]
+        sent = {r["remote"]: r["tx_packets"] for r in snap["remotes"]}
+        assert sent[lab.underlay_ip(2)] > 500 and sent[lab.underlay_ip6(3)] > 500, sent
+        assert snap["drops"]["tx_error"] == 0, snap["drops"]
