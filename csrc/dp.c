@@ -229,6 +229,7 @@ int ovl_rx_load(struct ovl_dp *dp, uint32_t i, uint8_t *data, uint32_t len, cons
     e->len = len;
     memcpy(&e->src, src, 4);
     e->truncated = truncated != 0;
+    e->tos = 0; /* ovl_rx_set_tos */
     e->remote = -1;
     e->result = -OVL_DROP_RX_TRUNCATED;
     return 0;

@@ -46,6 +46,7 @@ void outer_template(const struct ovl_config *c, uint32_t r, struct ovl_outer *o)
     h[9] = c->ops->ip_proto;
     memcpy(h + 12, &c->remote_local[r], 4); /* stored in network order */
     memcpy(h + 16, &c->remote_addr[r], 4);
+    ecn_template(c, h); /* ecn.c: DS field, TTL, DF as configured */
     o->ip_sum = sum16(h, IPV4_HLEN);
     if (c->ops->udp) {
         put16(l4 + 2, c->port);
@@ -107,6 +108,7 @@ int ovl_encap(const struct ovl_config *c, uint32_t r, const uint8_t *frame, size
     struct ovl_outer o;
     outer_template(c, r, &o);
     outer_push(c, &o, &tf, (uint32_t)len, out);
+    ecn_outer(c, out, frame, (uint32_t)len); /* ecn.c */
     memcpy(out + hlen, frame, len);
     return (int)(hlen + len);
 }

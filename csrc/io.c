@@ -15,14 +15,14 @@
 #endif
 #define OVL_UDP_SEGMENT 103 /* <linux/udp.h> */
 #define OVL_UDP_GRO 104
-#define RX_CMSG CMSG_SPACE(sizeof(int))
+#define RX_CMSG (2 * CMSG_SPACE(sizeof(int))) /* UDP_GRO; ecn: IP_TOS / IPV6_TCLASS */
 #define ENCAP_HDR (IPV4_HLEN + UDP_HLEN) /* where a UDP encapsulation's own header starts */
 
 struct ovl_io {
     struct mmsghdr *tx_msg;                     /* batch * tx_slots */
     struct iovec *tx_iov;                       /* 2 per tx message: outer header, inner frame */
     struct iovec gso_iov[2 * UDP_GSO_MAX_SEGS]; /* one UDP_SEGMENT send */
-    _Alignas(struct cmsghdr) char gso_cmsg[CMSG_SPACE(sizeof(uint16_t))]; /* the UDP_SEGMENT size */
+    _Alignas(struct cmsghdr) char gso_cmsg[CMSG_SPACE(sizeof(uint16_t)) + ECN_GSO_CMSG]; /* UDP_SEGMENT size; IP_TOS, IP_TTL */
     struct mmsghdr *rx_msg; /* batch */
     struct iovec *rx_iov;
     struct sockaddr_in *rx_addr;
@@ -145,6 +145,7 @@ static uint32_t send_gso_run(struct ovl_dp *dp, uint32_t m, uint32_t k) {
         if (j > m && (x->remote != o->remote || x->hdr_len != o->hdr_len ||
                       get16(x->hdr + IPV4_HLEN) % dp->n_gso_fd != fd_i ||
                       memcmp(x->hdr + ENCAP_HDR, o->hdr + ENCAP_HDR, ehl) || len > seg ||
+                      !ecn_same_outer(x->hdr, o->hdr) || /* ecn.c: one TOS / TTL / DF per send */
                       total + len > UDP_GSO_MAX_BYTES))
             break;
         struct iovec *iov = &io->gso_iov[2 * (j - m)];
@@ -166,16 +167,19 @@ static uint32_t send_gso_run(struct ovl_dp *dp, uint32_t m, uint32_t k) {
     msg.msg_namelen = sizeof(io->udp_dst[0]);
     msg.msg_iov = io->gso_iov;
     msg.msg_iovlen = 2 * (j - m);
+    msg.msg_control = io->gso_cmsg;
+    msg.msg_controllen = sizeof(io->gso_cmsg);
+    size_t clen = 0;
     if (j - m > 1) {
         uint16_t size = (uint16_t)seg;
-        msg.msg_control = io->gso_cmsg;
-        msg.msg_controllen = sizeof(io->gso_cmsg);
         struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
         cm->cmsg_level = SOL_UDP;
         cm->cmsg_type = OVL_UDP_SEGMENT;
         cm->cmsg_len = CMSG_LEN(sizeof(size));
         memcpy(CMSG_DATA(cm), &size, sizeof(size));
+        clen = CMSG_SPACE(sizeof(size));
     }
+    msg.msg_controllen = clen + ecn_gso_cmsg((uint8_t *)io->gso_cmsg + clen, o->hdr); /* ecn.c */
     ssize_t w;
     do
         w = sendmsg(dp->gso_fd[fd_i], &msg, MSG_DONTWAIT);
@@ -201,18 +205,22 @@ static uint32_t send_gso_run(struct ovl_dp *dp, uint32_t m, uint32_t k) {
 void io_send(struct ovl_dp *dp, uint32_t k, int send_fd) {
     struct ovl_io *io = dp->io;
     if (dp->n_gso_fd && !dp->gso_off && dp->cfg.ops->udp) {
-        uint32_t m = 0;
+        uint32_t m = 0, raw = 0;
         while (m < k) {
+            if (!ecn_gso_ok(&dp->cfg, dp->tx_out[m].hdr)) { /* ecn.c: a DF the socket cannot send: raw */
+                dp->tx_out[raw++] = dp->tx_out[m++];
+                continue;
+            }
             uint32_t done = send_gso_run(dp, m, k);
             if (!done)
                 break; /* GSO refused: the rest goes the plain way */
             m += done;
         }
         ring_flush(dp);
-        if (m == k)
+        if (m == k && !raw)
             return;
-        memmove(dp->tx_out, dp->tx_out + m, (k - m) * sizeof(*dp->tx_out));
-        k -= m;
+        memmove(dp->tx_out + raw, dp->tx_out + m, (k - m) * sizeof(*dp->tx_out));
+        k = raw + k - m;
     }
     k = ring_send(dp, k); /* to remotes with a next hop: the TX rings (ring.c); the rest below */
     for (uint32_t m = 0; m < k; m++) {
@@ -282,10 +290,8 @@ uint32_t io_recv(struct ovl_dp *dp, int recv_fd) {
         io->rx_msg[i].msg_hdr.msg_namelen = sizeof(io->rx_addr[i]);
         io->rx_msg[i].msg_hdr.msg_iov = &io->rx_iov[i];
         io->rx_msg[i].msg_hdr.msg_iovlen = 1;
-        if (c->udp_gro) {
-            io->rx_msg[i].msg_hdr.msg_control = io->rx_cmsg + (size_t)i * RX_CMSG;
-            io->rx_msg[i].msg_hdr.msg_controllen = RX_CMSG;
-        }
+        io->rx_msg[i].msg_hdr.msg_control = io->rx_cmsg + (size_t)i * RX_CMSG; /* UDP_GRO; ecn: the TOS */
+        io->rx_msg[i].msg_hdr.msg_controllen = RX_CMSG;
     }
     int got;
     do
@@ -306,6 +312,7 @@ uint32_t io_recv(struct ovl_dp *dp, int recv_fd) {
         uint32_t gso = c->udp_gro ? gro_size(h) : 0;
         if (len > dp->rx_slot) /* never trust a length beyond the slot */
             len = dp->rx_slot;
+        uint8_t tos = ecn_rx_tos(c, h, data, len); /* ecn.c; one for a GRO buffer (GRO merges equal TOS only) */
         if (gso && len > gso)
             dp->stats[OVL_STAT_RX_GRO]++;
         uint32_t off = 0;
@@ -322,6 +329,7 @@ uint32_t io_recv(struct ovl_dp *dp, int recv_fd) {
              * allows: dropped as truncated, unless super-packets are received whole (rx_super.c). */
             e->truncated = truncated || (piece > c->slot_size && !dp->sup);
             e->src = src;
+            e->tos = tos;
             off += piece;
         } while (off < len);
     }

@@ -69,7 +69,9 @@ enum ovl_drop {
     OVL_DROP_TX_FULL = 15,        /* the underlay send buffer or device queue was full (EAGAIN, ENOBUFS) */
     OVL_DROP_RX_BAD_SUPER = 16,   /* a received inner frame beyond the TAP MTU and a ring slot that is no TCP
                                    * super-packet we can pass on (not TCP, lengths or checksum wrong) */
-    OVL_DROP_COUNT = 17 /* size of the drops array; index 0 is unused */
+    OVL_DROP_RX_ECN = 17,         /* ecn: outer CE on an inner Not-ECT packet (RFC 6040) */
+    OVL_DROP_RX_BAD_DST = 18,     /* v6: not our local address */
+    OVL_DROP_COUNT = 19 /* size of the drops array; index 0 is unused */
 };
 
 /* Outcome of ovl_fdb_learn: the values of datapath.fdb.Learn. */
@@ -93,7 +95,12 @@ enum ovl_stat {
     OVL_STAT_RX_GRO = 7,     /* UDP_GRO buffers of several datagrams received */
     OVL_STAT_RX_SUPER = 8,       /* super-packets received whole and written to the TAP as one TSO frame */
     OVL_STAT_RX_SUPER_SPLIT = 9, /* super-packets received whole and cut into segments here */
-    OVL_STAT_COUNT = 10
+    OVL_STAT_TX_PMTU_ICMP = 10,    /* pmtu: ICMP / ICMPv6 "too big" written to the TAP */
+    OVL_STAT_TX_PMTU_LIMITED = 11, /* pmtu: suppressed by the rate limit */
+    OVL_STAT_TX_FRAGMENTED = 12,   /* pmtu: outer packets sent to be fragmented per --df */
+    OVL_STAT_MSS_CLAMPED = 13,     /* mss: SYN / SYN-ACK whose MSS option was lowered */
+    OVL_STAT_RX_ECN_CE = 14,       /* ecn: inner CE set from an outer CE */
+    OVL_STAT_COUNT = 15
 };
 
 /* Per-remote counters: indices in the order of datapath.counters.REMOTE_FIELDS. */
@@ -423,6 +430,31 @@ uint32_t ovl_dp_ring_counters(const struct ovl_dp *dp, uint64_t *out, uint32_t n
  * + frame) into out if it fits cap and the device; its remote to *remote. Returns the length, 0 if the
  * remote has no next hop or it does not fit (the raw way), -1 for m out of range. */
 int ovl_tx_ring_frame(const struct ovl_dp *dp, uint32_t m, uint32_t *remote, uint8_t *out, uint32_t cap);
+/* ---- issue 11, part ecn: outer DS field / TTL / DF, ECN per RFC 6040 (csrc/ecn.c) ---- */
+#define OVL_TOS_INHERIT 256 /* ovl_config_set_tos: the inner packet's DSCP */
+#define OVL_TTL_INHERIT 0   /* ovl_config_set_tunnel's ttl: the inner TTL / hop limit */
+#define OVL_DEFAULT_TTL 64  /* TTL inherit with a non-IP inner frame (the route's default hop limit) */
+#define OVL_ECN_MASK 3      /* RFC 3168: the ECN field, the low two bits of the DS field */
+#define OVL_ECN_NOT_ECT 0
+#define OVL_ECN_ECT_1 1
+#define OVL_ECN_ECT_0 2
+#define OVL_ECN_CE 3
+/* --df: the outer IPv4 DF bit. */
+enum ovl_df {
+    OVL_DF_UNSET = 0,  /* never (the kernel's vxlan default) */
+    OVL_DF_SET = 1,    /* always */
+    OVL_DF_INHERIT = 2 /* when the inner frame is IPv4 with DF, or IPv6 (untagged) */
+};
+/* The outer DF policy (enum ovl_df). 0, or -1 out of range. */
+int ovl_config_set_df(struct ovl_config *c, uint32_t df);
+/* The outer DS field: 0..255 (its DSCP bits; the ECN field is the inner one's), or OVL_TOS_INHERIT.
+ * 0, or -1 out of range. */
+int ovl_config_set_tos(struct ovl_config *c, uint32_t tos);
+/* The outer DS field of RX ring entry i (after ovl_rx_load, which sets 0). 0, or -1 out of range. */
+int ovl_rx_set_tos(struct ovl_dp *dp, uint32_t i, uint8_t tos);
+/* Patch the outer header at hdr (hdr_len bytes, IPv4 with a valid checksum, or IPv6) for inner
+ * frame (len bytes): DS field, TTL, DF as c says (ecn.py outer_fields). 0, or -1 (hdr too short). */
+int ovl_ecn_outer(const struct ovl_config *c, uint8_t *hdr, uint32_t hdr_len, const uint8_t *frame, uint32_t len);
 /* END CDEF */
 
 #endif

@@ -30,6 +30,8 @@ class Drop(IntEnum):
     TX_BAD_OFFLOAD = 14  # frame from the TAP with a virtio header or GSO super-frame we cannot handle
     TX_FULL = 15  # the underlay socket's send buffer or device queue was full: dropped, never waited for
     RX_BAD_SUPER = 16  # inner frame beyond the TAP MTU and a ring slot, not a TCP super-packet we can pass on
+    RX_ECN = 17  # outer CE on an inner Not-ECT packet (RFC 6040: the congestion mark cannot be passed on)
+    RX_BAD_DST = 18  # IPv6 underlay: the outer destination is not our local address
 
 
 # Per-remote counters, in the order of enum ovl_remote_stat.
@@ -41,6 +43,9 @@ REMOTE_FIELDS: tuple[str, ...] = ("tx_packets", "tx_bytes", "tx_flood", "rx_pack
 # tx_gso: UDP_SEGMENT sends carrying several VXLAN datagrams; rx_gro: UDP_GRO buffers holding several.
 # rx_super / rx_super_split: super-packets received whole (inner TCP beyond the TAP MTU, C path) and
 # written as one TSO frame / cut into segments here (csrc/rx_super.c).
+# Issue 11: tx_pmtu_icmp / tx_pmtu_limited: ICMP "too big" written to the TAP / suppressed by the rate
+# limit; tx_fragmented: outer packets sent to be fragmented (--df); mss_clamped: SYN / SYN-ACK whose MSS
+# was lowered; rx_ecn_ce: inner packets marked CE from an outer CE (RFC 6040).
 STAT_FIELDS: tuple[str, ...] = (
     "tap_rx",
     "tap_tx",
@@ -52,6 +57,11 @@ STAT_FIELDS: tuple[str, ...] = (
     "rx_gro",
     "rx_super",
     "rx_super_split",
+    "tx_pmtu_icmp",
+    "tx_pmtu_limited",
+    "tx_fragmented",
+    "mss_clamped",
+    "rx_ecn_ce",
 )
 
 # VXLAN TX through the injection TAP (C path), in the order of enum ovl_inject_stat:

@@ -35,13 +35,16 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 
+from datapath import ecn
 from datapath.config import MAX_REMOTES, Config, Remote
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
 from datapath.ether import ETH_HLEN, insert_vlan, is_multicast, is_valid_source, strip_vlan, vlan_id
 from datapath.fdb import Fdb
+from datapath.io.underlay import received_tos
 
 # Bigger than any frame a TAP hands over without offloads.
 _READ_SIZE = 65536
+_CMSG_SIZE = socket.CMSG_SPACE(4)  # the outer TOS (IP_TOS, IPV6_TCLASS)
 
 
 class PyForwarder:
@@ -168,10 +171,11 @@ class PyForwarder:
                 out.append((i, self._build(send, i, tid), len(send)))
         return out
 
-    def rx(self, packets: Iterable[tuple[bytes, str]]) -> list[tuple[int, bytes]]:
-        """(packet, outer source address) -> (remote index, inner frame) pairs for the TAP."""
+    def rx(self, packets: Iterable[tuple[bytes, str] | tuple[bytes, str, int]]) -> list[tuple[int, bytes]]:
+        """(packet, outer source address[, outer DS field: 0]) -> (remote index, inner frame) pairs for the TAP."""
         out: list[tuple[int, bytes]] = []
-        for pkt, src in packets:
+        for entry in packets:
+            pkt, src = entry[0], entry[1]
             remote = self._by_addr.get(src)
             if remote is None:
                 self._drop(Drop.RX_NOT_REMOTE)
@@ -192,6 +196,11 @@ class PyForwarder:
             if not is_valid_source(frame[6:12]):
                 self._drop(Drop.RX_BAD_SRC_MAC)
                 continue
+            ecn_result, frame = ecn.decap(frame, entry[2] if len(entry) > 2 else 0)
+            if ecn_result < 0:
+                self._drop(Drop(-ecn_result))
+                continue
+            self._stats["rx_ecn_ce"] += ecn_result == ecn.CE_SET
             self.fdb.learn(frame[6:12], remote, vlan=vlan)
             self._last_rx[remote] = self._clock()
             out.append((remote, frame))
@@ -241,13 +250,14 @@ class PyForwarder:
 
     def from_tunnel(self, recv_sock: socket.socket, tap_fd: int) -> int:
         """Receive up to one batch from the underlay and write the inner frames to the TAP."""
-        packets: list[tuple[bytes, str]] = []
+        packets: list[tuple[bytes, str, int]] = []
+        raw_ipv4 = not self._encap.udp and recv_sock.family == socket.AF_INET
         for _ in range(self.cfg.batch):
             try:
-                data, addr = recv_sock.recvfrom(_READ_SIZE)
+                data, anc, _flags, addr = recv_sock.recvmsg(_READ_SIZE, _CMSG_SIZE)
             except BlockingIOError:
                 break
-            packets.append((data, addr[0]))
+            packets.append((data, addr[0], received_tos(anc, data, raw_ipv4)))
         for remote, frame in self.rx(packets):
             try:
                 os.write(tap_fd, frame)

@@ -8,7 +8,7 @@ and configuration key), building and parsing the header, the socket that
 receives it, and its drop reasons. What they share (FDB, flooding, batching,
 counters, the outer IPv4 header) is written once elsewhere.
 
-An instance is bound to one tunnel's settings (tunnel id, port, checksum, TTL).
+An instance is bound to one tunnel's settings (tunnel id, port, checksum, TOS / TTL / DF).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import socket
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+from datapath import ecn
 from datapath.counters import Drop
 from datapath.encap import ipv4
 from datapath.ether import ETH_HLEN
@@ -35,12 +36,30 @@ class Encap(ABC):
     ip_proto: ClassVar[int]  # outer IPv4 protocol
     bad_id: ClassVar[Drop]  # a packet of a tunnel id that is not ours
     drops: ClassVar[tuple[Drop, ...]]  # every reason parse() can give
+    # --df when none is given: the kernel's own device of the protocol (vxlan: unset; gretap: set,
+    # its default pmtudisc, as Open vSwitch's df_default=true)
+    default_df: ClassVar[str]
 
-    def __init__(self, tunnel_id: int | None, *, port: int = 0, udp_csum: bool = False, ttl: int = ipv4.DEFAULT_TTL):
+    def __init__(
+        self,
+        tunnel_id: int | None,
+        *,
+        port: int = 0,
+        udp_csum: bool = False,
+        ttl: int | str = ipv4.DEFAULT_TTL,
+        tos: int | str = 0,
+        df: str | None = None,
+    ):
         self.tunnel_id = tunnel_id  # None: the protocol's default (GRE: no key field)
         self.port = port
         self.udp_csum = udp_csum
-        self.ttl = ttl
+        self.ttl = ttl  # 1..255 or "inherit"
+        self.tos = tos  # 0..255 (its DSCP bits) or "inherit"
+        self.df = df if df is not None else self.default_df  # "set", "unset" or "inherit"
+
+    def outer_fields(self, frame: bytes | bytearray | memoryview) -> tuple[int, int, bool]:
+        """(DS field, TTL, DF) of the outer header carrying frame (ecn.outer_fields)."""
+        return ecn.outer_fields(frame, self.tos, self.ttl, self.df)
 
     @property
     def base_id(self) -> int:

@@ -109,17 +109,58 @@ CONFIGS = {
         statics=((FAR[3], 0, 30),),
         fdb_ageing=3.0,
     ),
+    # issue 11, ecn: the outer DS field / TTL / DF taken from the inner packet, or fixed
+    "vxlan_inherit_all": datapath_config(
+        mode="vxlan",
+        remotes=remotes(2),
+        underlay_mtu=1500,
+        tap_mtu=1450,
+        vni=9,
+        tos="inherit",
+        ttl="inherit",
+        df="inherit",
+        vlan_map=((10, 90),),
+        udp_csum=True,
+    ),
+    "gre_tos_df_unset": datapath_config(
+        mode="gre", remotes=remotes(2), underlay_mtu=1500, tap_mtu=1462, tos=0xB9, ttl=3, df="unset"
+    ),
+    "gre_inherit_vlans": datapath_config(
+        mode="gre",
+        remotes=remotes(3),
+        underlay_mtu=1500,
+        tap_mtu=1458,
+        key=1,
+        tos="inherit",
+        ttl="inherit",
+        df="inherit",
+        vlan_map=((20, 2),),
+    ),
+    "vxlan_tos_df_set": datapath_config(
+        mode="vxlan", remotes=remotes(1), underlay_mtu=1500, tap_mtu=1450, tos=0x2E, ttl=200, df="set"
+    ),
 }
 # VIDs the frames use: mapped in some configs, unmapped in others; 0 is a priority tag, 4095 reserved.
 VIDS = [0, 1, 10, 10, 20, 20, 30, 4094, 4095]
 
 
 def payload(rnd: random.Random) -> bytes:
-    """An Ethernet payload: an IPv4/TCP or UDP header (so flow hashes vary), or random bytes."""
-    if rnd.random() < 0.6:
+    """An Ethernet payload: an IPv4/TCP or UDP header (so flow hashes vary) with any DS field, TTL and DF, an
+    IPv6 header with any traffic class and hop limit, an IP EtherType with a header cut short, or random bytes."""
+    ports = struct.pack("!HH", rnd.randrange(65536), rnd.randrange(65536))
+    kind = rnd.random()
+    if kind < 0.45:
         proto = rnd.choice([6, 17])
-        ip = ipv4.build_header(rnd.randbytes(4), rnd.randbytes(4), proto, 20)
-        return b"\x08\x00" + ip + struct.pack("!HH", rnd.randrange(65536), rnd.randrange(65536)) + rnd.randbytes(16)
+        ip = ipv4.build_header(
+            rnd.randbytes(4), rnd.randbytes(4), proto, 20, rnd.randrange(256), rnd.randrange(256), rnd.random() < 0.5
+        )
+        return b"\x08\x00" + ip + ports + rnd.randbytes(16)
+    if kind < 0.6:
+        first = 6 << 28 | rnd.randrange(256) << 20 | rnd.randrange(1 << 20)
+        ip6 = struct.pack("!IHBB", first, 24, rnd.choice([6, 17]), rnd.randrange(256)) + rnd.randbytes(32)
+        return b"\x86\xdd" + ip6 + ports + rnd.randbytes(20)
+    if kind < 0.65:  # IPv4 / IPv6 EtherType, header short or of another version
+        return rnd.choice([b"\x08\x00", b"\x86\xdd"]) + rnd.randbytes(rnd.randrange(0, 44))
     return rnd.randbytes(2) + rnd.randbytes(rnd.randrange(0, 100))
 
 
@@ -169,8 +210,9 @@ def gre_with_checksum(cfg: Config, i: int | Remote, frame: bytes, good: bool) ->
     return ipv4.build_header(r.addr_bytes, r.local_bytes, ipv4.IPPROTO_GRE, len(body)) + body
 
 
-def rx_packet(rnd: random.Random, cfg: Config, pool: Sequence[Remote] = ()) -> tuple[bytes, str]:
-    """A packet from one of cfg.remotes, or from one of pool if given (remotes now and gone)."""
+def rx_packet(rnd: random.Random, cfg: Config, pool: Sequence[Remote] = ()) -> tuple[bytes, str, int]:
+    """A packet from one of cfg.remotes, or from one of pool if given (remotes now and gone), with its outer
+    DS field (any ECN field, so that RFC 6040's table is crossed)."""
     i: int | Remote = rnd.choice(pool) if pool else rnd.randrange(len(cfg.remotes))
     src_mac = rnd.choice([*FAR, *FAR, *FAR, MCAST, BCAST, ZERO])
     frame = rnd.choice([BCAST, *LOCAL]) + src_mac + tag(rnd) + payload(rnd)
@@ -199,7 +241,7 @@ def rx_packet(rnd: random.Random, cfg: Config, pool: Sequence[Remote] = ()) -> t
     elif kind < 0.3 and cfg.tunnel.mode == "gre":
         pkt = gre_with_checksum(cfg, i, frame, good=rnd.random() < 0.5)
     src = STRANGER if rnd.random() < 0.07 else (cfg.remotes[i] if isinstance(i, int) else i).addr
-    return pkt, src
+    return pkt, src, rnd.randrange(256) if rnd.random() < 0.7 else 0
 
 
 def table(fwd: fast.FastForwarder | PyForwarder) -> list[FdbEntry]:
@@ -431,7 +473,8 @@ def test_scenarios_exercise_every_counter() -> None:
                 for k, v in snap[group].items():  # type: ignore[attr-defined]
                     seen[f"{name}.{k}"] = seen.get(f"{name}.{k}", 0) + v
     io_only = {"tap_tx", "tx_error", "tx_full", "rx_tap_error", "rx_truncated", "tx_bad_offload", "entries",
-               "rx_bad_super"}  # rx_bad_super: the RX plan (tests/diff/test_rx_super.py)  # fmt: skip
+               "rx_bad_super",  # rx_bad_super: the RX plan (tests/diff/test_rx_super.py)
+               "rx_bad_dst"}  # rx_bad_dst: the IPv6 part's slot (issue 11), not reached on this branch  # fmt: skip
     reached = {k.split(".", 1)[1] for k, v in seen.items() if v}
     wanted = {
         "tap_rx",
@@ -441,6 +484,7 @@ def test_scenarios_exercise_every_counter() -> None:
         "moves",
         "refused_full",
         "aged",
+        "rx_ecn_ce",
         *(d.name.lower() for d in Drop),
     } - io_only
     # RX_BAD_VERSION etc. are GRE-only and RX_BAD_VNI VXLAN-only; across all configs each must appear.
@@ -500,6 +544,11 @@ def test_learn_then_unicast(name: str) -> None:
             "rx_gro": 0,
             "rx_super": 0,
             "rx_super_split": 0,
+            "tx_pmtu_icmp": 0,
+            "tx_pmtu_limited": 0,
+            "tx_fragmented": 0,
+            "mss_clamped": 0,
+            "rx_ecn_ce": 0,
         }
         assert snap.drops["rx_not_remote"] == 1 and snap.fdb["learns"] == 1
         assert [r["tx_flood"] for r in snap.remotes] == [1, 1, 1]
