@@ -143,24 +143,32 @@ int ecn_decap(struct ovl_dp *dp, uint8_t *f, uint32_t len, uint8_t outer_tos) {
 
 /* ---- UDP GSO sends: the kernel builds the outer IPv4 header from the socket and cmsgs ---- */
 
+/* Traffic class and hop limit of an outer IPv6 header (the v6 part's). */
+static uint8_t ip6_tclass(const uint8_t *h) { return (uint8_t)(get16(h) >> IPV6_ECN_SHIFT); }
+
 int ecn_gso_ok(const struct ovl_config *c, const uint8_t *h) {
+    if (h[0] >> 4 == 6)
+        return 1; /* no DF in IPv6 */
     /* DF comes from the socket's IP_MTU_DISCOVER (DO for set / inherit, DONT for unset) */
     return ((get16(h + 6) & IP_DF) != 0) == (c->df != OVL_DF_UNSET);
 }
 
 int ecn_same_outer(const uint8_t *a, const uint8_t *b) {
+    if (a[0] >> 4 == 6 || b[0] >> 4 == 6)
+        return a[0] >> 4 == b[0] >> 4 && ip6_tclass(a) == ip6_tclass(b) && a[7] == b[7];
     return a[1] == b[1] && a[8] == b[8] && ((get16(a + 6) ^ get16(b + 6)) & IP_DF) == 0;
 }
 
 uint32_t ecn_gso_cmsg(uint8_t *buf, const uint8_t *h) {
-    /* IP_TOS and IP_TTL (ip_cmsg_send takes an int for both) */
-    int v[2] = {h[1], h[8]};
-    int type[2] = {IP_TOS, IP_TTL};
+    /* IP_TOS and IP_TTL (ip_cmsg_send takes an int for both), or IPV6_TCLASS and IPV6_HOPLIMIT */
+    int v6 = h[0] >> 4 == 6;
+    int v[2] = {v6 ? ip6_tclass(h) : h[1], v6 ? h[7] : h[8]};
+    int type[2] = {v6 ? IPV6_TCLASS : IP_TOS, v6 ? IPV6_HOPLIMIT : IP_TTL};
     uint32_t off = 0;
     for (int i = 0; i < 2; i++) {
         struct cmsghdr cm;
         memset(&cm, 0, sizeof(cm));
-        cm.cmsg_level = IPPROTO_IP;
+        cm.cmsg_level = v6 ? IPPROTO_IPV6 : IPPROTO_IP;
         cm.cmsg_type = type[i];
         cm.cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(buf + off, &cm, sizeof(cm));

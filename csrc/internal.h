@@ -391,7 +391,8 @@ void ecn_outer(const struct ovl_config *c, uint8_t *h, const uint8_t *f, uint32_
 /* RFC 6040 on inner frame f under outer DS field tos: 0, or -OVL_DROP_RX_ECN. */
 int ecn_decap(struct ovl_dp *dp, uint8_t *f, uint32_t len, uint8_t tos);
 /* UDP GSO: 1 if the socket's DF setting expresses outer header h; 1 if a and b have the same
- * TOS, TTL and DF; the IP_TOS + IP_TTL cmsgs of h into buf (ECN_GSO_CMSG bytes), their length. */
+ * TOS, TTL and DF; the IP_TOS + IP_TTL cmsgs of h into buf (ECN_GSO_CMSG bytes), their length.
+ * An outer IPv6 header (version 6): traffic class and hop limit, IPV6_TCLASS + IPV6_HOPLIMIT. */
 int ecn_gso_ok(const struct ovl_config *c, const uint8_t *h);
 int ecn_same_outer(const uint8_t *a, const uint8_t *b);
 uint32_t ecn_gso_cmsg(uint8_t *buf, const uint8_t *h);
