@@ -17,7 +17,9 @@ The differences from the kernel found here, pinned (see README, "ECN, TOS, TTL, 
 Decapsulation: host 2 sends hand-made VXLAN / GRE packets with an outer CE / ECT(1) from a raw
 socket (the kernel's vxlan never sends CE itself: it encapsulates CE as ECT(0)), and what reaches
 container 1 is captured: ECT inner packets arrive marked CE (IPv4 checksum right), a Not-ECT one is
-dropped and counted (rx_ecn), rx_ecn_ce counts the marks.
+dropped and counted (rx_ecn), rx_ecn_ce counts the marks. End to end: TCP with ECN between the
+containers while host 2's underlay marks CE like a congested router (nftables; this kernel has no
+marking qdisc): the marks reach container 2, whose ECE comes back, and the transfer goes on.
 """
 
 from __future__ import annotations
@@ -324,3 +326,36 @@ def test_udp_gso_sends_carry_the_outer_fields() -> None:
                     break
 
     run_isolated(body)
+
+
+# -- end to end: a router on the underlay marks CE ------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["vxlan", "gre"])
+@pytest.mark.parametrize("fast", [True, False], ids=["c", "python"])
+def test_ecn_end_to_end_through_a_marking_router(mode: str, fast: bool) -> None:
+    """TCP with ECN between the containers, over ovl-dp on both hosts; 1 in 20 ECT(0) packets reaching host 2
+    is marked CE as a congested router would (an nftables netdev ingress rule on host 2's underlay: this
+    kernel has no marking qdisc, no netem, fq_codel or red). The outer packets are ECT(0) because the
+    inner ones are (copied), host 2's ovl-dp passes the mark on (rx_ecn_ce), container 2 sees CE and
+    answers with ECE, and the transfer completes."""
+    with Lab(2) as lab:
+        lab.build(container_mtu(mode))
+        for i in (1, 2):
+            nsexec(lab.container(i), "sysctl", "-qw", "net.ipv4.tcp_ecn=1")
+        ids = ("--vni", str(VNI)) if mode == "vxlan" else ()  # GRE without a key: container_mtu's overhead
+        lab.start_mesh(mode, *ids, *(() if fast else ("--no-fast-path",)))
+        lab.ping(1, 2, count=2)  # ARP and learning before any loss
+        h2 = lab.host(2)
+        nsexec(h2, "nft", "add table netdev ecnmark")
+        nsexec(h2, "nft", "add chain netdev ecnmark in { type filter hook ingress device ul0 priority 0; }")
+        nsexec(h2, "nft", "add rule netdev ecnmark in ip ecn ect0 numgen random mod 20 0 ip ecn set ce")
+        ce = Capture(lab, lab.container(2), "eth0", "tcp and (ip[1] & 3) == 3", f"ce-{mode}")
+        ece = Capture(lab, lab.container(1), "eth0", "tcp and (tcp[13] & 0x40) != 0", f"ece-{mode}")
+        result = lab.iperf3(1, 2, 2)
+        marked, echoed = ce.stop(), ece.stop()
+        show = lab.ovl(2, "show")
+    assert "error" not in result, result
+    assert result["end"]["sum_received"]["bytes"] > 100_000, result["end"]["sum_received"]
+    assert show["stats"]["rx_ecn_ce"] > 0 and show["drops"]["rx_ecn"] == 0, show
+    assert marked and echoed, (len(marked), len(echoed))
