@@ -86,6 +86,16 @@ def _ranged(name: str, lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
+def _inherit_or(name: str, lo: int, hi: int) -> Callable[[str], int | str]:
+    """The word inherit, or a number in lo..hi."""
+
+    def parse(text: str) -> int | str:
+        return "inherit" if text == "inherit" else _ranged(name, lo, hi)(text)
+
+    parse.__name__ = name
+    return parse
+
+
 def _mtu(text: str) -> int | str:
     return "auto" if text == "auto" else _number("MTU")(text)
 
@@ -238,6 +248,28 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         type=_static,
         metavar="MAC[@VLAN]=REMOTE",
         help="static FDB entry (in VLAN, default untagged): never ages, never moved by learning (repeatable)",
+    )
+    run.add_argument(
+        "--tos",
+        dest="tunnel.tos",
+        type=_inherit_or("--tos", 0, 255),
+        metavar="inherit|N",
+        help="outer DS field: N's DSCP bits (default 0), or inherit the inner packet's; the ECN field is always "
+        "copied from the inner packet (RFC 6040), like the kernel's vxlan tos option",
+    )
+    run.add_argument(
+        "--ttl",
+        dest="tunnel.ttl",
+        type=_inherit_or("--ttl", 1, 255),
+        metavar="inherit|N",
+        help="outer TTL: N (default 64), or inherit the inner TTL / hop limit (64 for non-IP frames)",
+    )
+    run.add_argument(
+        "--df",
+        dest="tunnel.df",
+        choices=("set", "unset", "inherit"),
+        help="outer IPv4 DF bit: set, unset, or inherit (DF for inner IPv4 with DF and for IPv6); default as the "
+        "kernel's devices: unset for VXLAN (vxlan), set for GRE (gretap)",
     )
     run.add_argument(
         "--udp-csum",

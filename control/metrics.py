@@ -202,6 +202,7 @@ STAT_METRICS: dict[str, tuple[str, str]] = {
     "rx_gro": ("ovl_dp_rx_gro_receives", "UDP_GRO receives holding several VXLAN datagrams"),
     "rx_super": ("ovl_dp_rx_super_packets", "Super-packets received whole and written to the TAP as one TSO frame"),
     "rx_super_split": ("ovl_dp_rx_super_split_packets", "Super-packets received whole and cut into segments"),
+    "rx_ecn_ce": ("ovl_dp_rx_ecn_ce_packets", "Inner packets marked CE because the outer header was (RFC 6040)"),
 }
 FDB_METRICS: dict[str, tuple[str, str]] = {
     "learns": ("ovl_dp_fdb_learns", "MAC addresses learned"),

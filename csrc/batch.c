@@ -15,6 +15,7 @@ static void emit(struct ovl_dp *dp, uint32_t *k, uint32_t in, uint32_t r, const 
     o->frame = in;
     o->remote = (uint16_t)r;
     o->hdr_len = (uint16_t)outer_push(&dp->cfg, &dp->outer[r], tf, dp->tx_len[in], o->hdr);
+    ecn_outer(&dp->cfg, o->hdr, dp->tx_data[in], dp->tx_len[in]); /* ecn.c: DS field, TTL, DF */
 }
 
 /* PyForwarder.tx: TX ring entries [0..n) -> tx_out; returns the number of packets. */
@@ -102,6 +103,8 @@ uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now) {
             if ((src[0] & 1) || !memcmp(src, zero, ETH_ALEN))
                 res = -OVL_DROP_RX_BAD_SRC_MAC;
         }
+        if (res >= 0) /* ecn.c: RFC 6040 */
+            res = ecn_decap(dp, e->data + res, e->len - (uint32_t)res, e->tos) < 0 ? -OVL_DROP_RX_ECN : res;
         if (res >= 0 && tag) {
             /* Insert the tag in place: the MAC addresses move down into the
              * outer header's room (every parse leaves res >= VLAN_HLEN). */

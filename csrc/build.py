@@ -46,6 +46,7 @@ UNITS = (
     "rx_super.c",
     "ring.c",
     "ipv6.c",  # issue 11, v6
+    "ecn.c",
 )
 CFLAGS = ["-O2", "-Wall", "-Wextra"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]

@@ -238,6 +238,7 @@ int ovl_rx_load(struct ovl_dp *dp, uint32_t i, uint8_t *data, uint32_t len, cons
     memcpy(e->src, src, OVL_ADDR_LEN);
     e->has_dst = 0;
     e->truncated = truncated != 0;
+    e->tos = 0; /* ovl_rx_set_tos */
     e->remote = -1;
     e->result = -OVL_DROP_RX_TRUNCATED;
     return 0;

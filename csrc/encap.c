@@ -42,6 +42,7 @@ void outer_template(const struct ovl_config *c, uint32_t r, struct ovl_outer *o)
     memset(o, 0, sizeof(*o));
     if (c->remote_v6[r]) {
         outer_template6(c, r, o); /* ipv6.c */
+        ecn_template(c, h);       /* ecn.c: traffic class, hop limit as configured */
     } else {
         h[0] = 0x45; /* version 4, no options; length, id and checksum stay 0 (the kernel fills in the id) */
         put16(h + 6, IP_DF);
@@ -49,6 +50,7 @@ void outer_template(const struct ovl_config *c, uint32_t r, struct ovl_outer *o)
         h[9] = c->ops->ip_proto;
         memcpy(h + 12, c->remote_local[r] + 12, 4); /* stored mapped, in network order */
         memcpy(h + 16, c->remote_addr[r] + 12, 4);
+        ecn_template(c, h); /* ecn.c: DS field, TTL, DF as configured */
         o->ip_sum = sum16(h, IPV4_HLEN);
         o->ip_hlen = IPV4_HLEN;
         o->udp_csum = c->udp_csum;
@@ -119,6 +121,7 @@ int ovl_encap(const struct ovl_config *c, uint32_t r, const uint8_t *frame, size
     struct ovl_outer o;
     outer_template(c, r, &o);
     outer_push(c, &o, &tf, (uint32_t)len, out);
+    ecn_outer(c, out, frame, (uint32_t)len); /* ecn.c */
     memcpy(out + hlen, frame, len);
     return (int)(hlen + len);
 }

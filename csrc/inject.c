@@ -218,6 +218,7 @@ static uint32_t inj_build(const struct ovl_dp *dp, const struct ovl_inject *j, c
     struct tx_frame tf = {x->t, ovl_flow_hash(f, flen), 0};
     uint8_t *eth = h + INJ_VNET_LEN, *ip = eth + INJ_OUTER_ETH;
     uint32_t olen = outer_push(c, &dp->outer[r], &tf, flen, ip);
+    ecn_outer(c, ip, f, flen); /* ecn.c: DS field, TTL, DF */
     uint32_t shift = INJ_OUTER_ETH + olen, udp_len = olen - IPV4_HLEN + flen;
     memcpy(eth, j->mac, ETH_ALEN);
     memcpy(eth + ETH_ALEN, j->src_mac, ETH_ALEN);

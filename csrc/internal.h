@@ -132,6 +132,9 @@ struct ovl_config {
     uint32_t n_vlans;                       /* entries set in vlan_mapped */
     uint32_t vlan_tid[OVL_VLAN_COUNT];      /* VID -> tunnel id where vlan_mapped */
     uint8_t vlan_mapped[OVL_VLAN_COUNT];    /* 1..4094 only (ovl_dp_new checks) */
+    /* issue 11, part ecn (ecn.c): ttl above may be OVL_TTL_INHERIT */
+    uint32_t tos; /* outer DS field (its DSCP bits), or OVL_TOS_INHERIT */
+    uint32_t df;  /* enum ovl_df */
 };
 
 /* ---- encapsulations (encap.c, encap_*.c) ---- */
@@ -234,6 +237,7 @@ struct rx_entry {
     uint32_t truncated; /* the socket cut it short (MSG_TRUNC) */
     int32_t remote;     /* remote index, or -1 */
     int32_t result;     /* offset of the inner frame in data, or -drop */
+    uint8_t tos;        /* ecn: the outer DS field (cmsg IP_TOS / IPV6_TCLASS, or the raw IPv4 header) */
 };
 
 /* One write to the TAP of the RX plan: iovecs wr_iov[iov..iov + iovcnt) (the virtio
@@ -403,6 +407,24 @@ void ring_flush(struct ovl_dp *dp);
 uint32_t ring_send(struct ovl_dp *dp, uint32_t k);
 void ring_forget_remote(struct ovl_dp *dp, uint32_t r);
 void rings_free(struct ovl_rings *rs);
+
+/* ---- issue 11, part ecn (ecn.c) ---- */
+struct msghdr;
+/* The template's DS field, TTL and DF (what needs no inner frame), in the outer IPv4 / IPv6 header h. */
+void ecn_template(const struct ovl_config *c, uint8_t *h);
+/* Per packet, after outer_push: DS field, TTL, DF of outer header h for inner frame f (len bytes). */
+void ecn_outer(const struct ovl_config *c, uint8_t *h, const uint8_t *f, uint32_t len);
+/* RFC 6040 on inner frame f under outer DS field tos: 0, or -OVL_DROP_RX_ECN. */
+int ecn_decap(struct ovl_dp *dp, uint8_t *f, uint32_t len, uint8_t tos);
+/* UDP GSO: 1 if the socket's DF setting expresses outer header h; 1 if a and b have the same
+ * TOS, TTL and DF; the IP_TOS + IP_TTL cmsgs of h into buf (ECN_GSO_CMSG bytes), their length.
+ * An outer IPv6 header (version 6): traffic class and hop limit, IPV6_TCLASS + IPV6_HOPLIMIT. */
+int ecn_gso_ok(const struct ovl_config *c, const uint8_t *h);
+int ecn_same_outer(const uint8_t *a, const uint8_t *b);
+uint32_t ecn_gso_cmsg(uint8_t *buf, const uint8_t *h);
+#define ECN_GSO_CMSG (2 * CMSG_SPACE(sizeof(int)))
+/* The outer DS field of received message h (cmsg IP_TOS / IPV6_TCLASS, or a raw IPv4 header in data). */
+uint8_t ecn_rx_tos(const struct ovl_config *c, struct msghdr *h, const uint8_t *data, uint32_t len);
 
 #pragma GCC visibility pop
 

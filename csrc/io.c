@@ -15,8 +15,9 @@
 #endif
 #define OVL_UDP_SEGMENT 103 /* <linux/udp.h> */
 #define OVL_UDP_GRO 104
-/* UDP_GRO's segment size, and (issue 11, v6) IPV6_PKTINFO's destination of an IPv6 GRE packet. */
-#define RX_CMSG (CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct in6_pktinfo)))
+/* UDP_GRO's segment size; (issue 11, v6) IPV6_PKTINFO's destination of an IPv6 GRE packet; (ecn) IP_TOS /
+ * IPV6_TCLASS. */
+#define RX_CMSG (2 * CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct in6_pktinfo)))
 #define ENCAP_HDR (IPV4_HLEN + UDP_HLEN) /* where a UDP encapsulation's own header starts */
 
 struct ovl_io {
@@ -24,7 +25,7 @@ struct ovl_io {
     struct iovec *tx_iov;                       /* 2 per tx message: outer header, inner frame */
     const struct tx_out **tx_out_of;            /* the packet of each tx message (batch * tx_slots) */
     struct iovec gso_iov[2 * UDP_GSO_MAX_SEGS]; /* one UDP_SEGMENT send */
-    _Alignas(struct cmsghdr) char gso_cmsg[CMSG_SPACE(sizeof(uint16_t))]; /* the UDP_SEGMENT size */
+    _Alignas(struct cmsghdr) char gso_cmsg[CMSG_SPACE(sizeof(uint16_t)) + ECN_GSO_CMSG]; /* UDP_SEGMENT size; IP_TOS, IP_TTL */
     struct mmsghdr *rx_msg; /* batch */
     struct iovec *rx_iov;
     struct sockaddr_in6 *rx_addr;                /* room for either family's source */
@@ -162,6 +163,7 @@ static uint32_t send_gso_run(struct ovl_dp *dp, uint32_t m, uint32_t k) {
         if (j > m && (x->remote != o->remote || x->hdr_len != o->hdr_len || dp->cfg.remote_v6[x->remote] ||
                       get16(x->hdr + IPV4_HLEN) % dp->n_gso_fd != fd_i ||
                       memcmp(x->hdr + ENCAP_HDR, o->hdr + ENCAP_HDR, ehl) || len > seg ||
+                      !ecn_same_outer(x->hdr, o->hdr) || /* ecn.c: one TOS / TTL / DF per send */
                       total + len > UDP_GSO_MAX_BYTES))
             break;
         struct iovec *iov = &io->gso_iov[2 * (j - m)];
@@ -183,16 +185,19 @@ static uint32_t send_gso_run(struct ovl_dp *dp, uint32_t m, uint32_t k) {
     msg.msg_namelen = sizeof(io->udp_dst[0]);
     msg.msg_iov = io->gso_iov;
     msg.msg_iovlen = 2 * (j - m);
+    msg.msg_control = io->gso_cmsg;
+    msg.msg_controllen = sizeof(io->gso_cmsg);
+    size_t clen = 0;
     if (j - m > 1) {
         uint16_t size = (uint16_t)seg;
-        msg.msg_control = io->gso_cmsg;
-        msg.msg_controllen = sizeof(io->gso_cmsg);
         struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
         cm->cmsg_level = SOL_UDP;
         cm->cmsg_type = OVL_UDP_SEGMENT;
         cm->cmsg_len = CMSG_LEN(sizeof(size));
         memcpy(CMSG_DATA(cm), &size, sizeof(size));
+        clen = CMSG_SPACE(sizeof(size));
     }
+    msg.msg_controllen = clen + ecn_gso_cmsg((uint8_t *)io->gso_cmsg + clen, o->hdr); /* ecn.c */
     ssize_t w;
     do
         w = sendmsg(dp->gso_fd[fd_i], &msg, MSG_DONTWAIT);
@@ -220,12 +225,11 @@ static void send_msgs(struct ovl_dp *dp, uint32_t from, uint32_t to, int fd);
  * frame is never copied, also when flooded), or with UDP GSO. */
 void io_send(struct ovl_dp *dp, uint32_t k, int send_fd) {
     if (dp->n_gso_fd && !dp->gso_off && dp->cfg.ops->udp) {
-        uint32_t m = 0;
+        uint32_t m = 0, raw = 0;
         while (m < k) {
-            if (dp->cfg.remote_v6[dp->tx_out[m].remote]) { /* the UDP GSO sockets are IPv4: the raw IPv6 one */
-                ring_flush(dp);
-                send_raw(dp, &dp->tx_out[m], 1, send_fd);
-                m++;
+            /* the UDP GSO sockets are IPv4 (v6), a DF the socket cannot send (ecn.c): the raw sockets */
+            if (dp->cfg.remote_v6[dp->tx_out[m].remote] || !ecn_gso_ok(&dp->cfg, dp->tx_out[m].hdr)) {
+                dp->tx_out[raw++] = dp->tx_out[m++];
                 continue;
             }
             uint32_t done = send_gso_run(dp, m, k);
@@ -234,10 +238,10 @@ void io_send(struct ovl_dp *dp, uint32_t k, int send_fd) {
             m += done;
         }
         ring_flush(dp);
-        if (m == k)
+        if (m == k && !raw)
             return;
-        memmove(dp->tx_out, dp->tx_out + m, (k - m) * sizeof(*dp->tx_out));
-        k -= m;
+        memmove(dp->tx_out + raw, dp->tx_out + m, (k - m) * sizeof(*dp->tx_out));
+        k = raw + k - m;
     }
     k = ring_send(dp, k); /* to remotes with a next hop: the TX rings (ring.c); the rest below */
     send_raw(dp, dp->tx_out, k, send_fd);
@@ -368,7 +372,7 @@ uint32_t io_recv(struct ovl_dp *dp, int recv_fd) {
         io->rx_msg[i].msg_hdr.msg_namelen = sizeof(io->rx_addr[i]);
         io->rx_msg[i].msg_hdr.msg_iov = &io->rx_iov[i];
         io->rx_msg[i].msg_hdr.msg_iovlen = 1;
-        /* UDP_GRO sizes; IPV6_PKTINFO of an IPv6 GRE socket (issue 11, v6: it asks for it) */
+        /* UDP_GRO sizes; IPV6_PKTINFO of an IPv6 GRE socket (issue 11, v6: it asks for it); ecn: the TOS */
         io->rx_msg[i].msg_hdr.msg_control = io->rx_cmsg + (size_t)i * RX_CMSG;
         io->rx_msg[i].msg_hdr.msg_controllen = RX_CMSG;
     }
@@ -392,6 +396,7 @@ uint32_t io_recv(struct ovl_dp *dp, int recv_fd) {
         uint32_t gso = c->udp_gro ? gro_size(h) : 0;
         if (len > dp->rx_slot) /* never trust a length beyond the slot */
             len = dp->rx_slot;
+        uint8_t tos = ecn_rx_tos(c, h, data, len); /* ecn.c; one for a GRO buffer (GRO merges equal TOS only) */
         if (gso && len > gso)
             dp->stats[OVL_STAT_RX_GRO]++;
         uint32_t off = 0;
@@ -410,6 +415,7 @@ uint32_t io_recv(struct ovl_dp *dp, int recv_fd) {
             memcpy(e->src, src, OVL_ADDR_LEN);
             memcpy(e->dst, dst, OVL_ADDR_LEN);
             e->has_dst = (uint8_t)has_dst;
+            e->tos = tos;
             off += piece;
         } while (off < len);
     }

@@ -454,6 +454,31 @@ int ovl_rx_load_dst(struct ovl_dp *dp, uint32_t i, const uint8_t *dst);
 /* A second receiving socket the runner polls beside recv_fd (the IPv6 one of a mesh of both
  * families); -1: none. Before ovl_runner_run. */
 void ovl_runner_set_recv2(struct ovl_runner *r, int fd);
+/* ---- issue 11, part ecn: outer DS field / TTL / DF, ECN per RFC 6040 (csrc/ecn.c) ---- */
+#define OVL_TOS_INHERIT 256 /* ovl_config_set_tos: the inner packet's DSCP */
+#define OVL_TTL_INHERIT 0   /* ovl_config_set_tunnel's ttl: the inner TTL / hop limit */
+#define OVL_DEFAULT_TTL 64  /* TTL inherit with a non-IP inner frame (the route's default hop limit) */
+#define OVL_ECN_MASK 3      /* RFC 3168: the ECN field, the low two bits of the DS field */
+#define OVL_ECN_NOT_ECT 0
+#define OVL_ECN_ECT_1 1
+#define OVL_ECN_ECT_0 2
+#define OVL_ECN_CE 3
+/* --df: the outer IPv4 DF bit. */
+enum ovl_df {
+    OVL_DF_UNSET = 0,  /* never (the kernel's vxlan default) */
+    OVL_DF_SET = 1,    /* always */
+    OVL_DF_INHERIT = 2 /* when the inner frame is IPv4 with DF, or IPv6 (untagged) */
+};
+/* The outer DF policy (enum ovl_df). 0, or -1 out of range. */
+int ovl_config_set_df(struct ovl_config *c, uint32_t df);
+/* The outer DS field: 0..255 (its DSCP bits; the ECN field is the inner one's), or OVL_TOS_INHERIT.
+ * 0, or -1 out of range. */
+int ovl_config_set_tos(struct ovl_config *c, uint32_t tos);
+/* The outer DS field of RX ring entry i (after ovl_rx_load, which sets 0). 0, or -1 out of range. */
+int ovl_rx_set_tos(struct ovl_dp *dp, uint32_t i, uint8_t tos);
+/* Patch the outer header at hdr (hdr_len bytes, IPv4 with a valid checksum, or IPv6) for inner
+ * frame (len bytes): DS field, TTL, DF as c says (ecn.py outer_fields). 0, or -1 (hdr too short). */
+int ovl_ecn_outer(const struct ovl_config *c, uint8_t *hdr, uint32_t hdr_len, const uint8_t *frame, uint32_t len);
 /* END CDEF */
 
 #endif

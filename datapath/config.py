@@ -27,6 +27,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from datapath.ecn import DF_POLICIES, INHERIT
 from datapath.encap import MODES, Encap, lookup
 from datapath.encap.ipv4 import DEFAULT_TTL
 from datapath.ether import ETH_ALEN, ETH_HLEN, VLAN_HLEN, format_mac, parse_mac
@@ -157,7 +158,7 @@ class TunnelConfig:
     key: int | None = None  # GRE key (default: no key field, like OVS without options:key)
     port: int | None = None  # VXLAN UDP destination port (default 4789)
     udp_csum: bool = False  # compute outer UDP checksums (UDP encapsulations; over IPv4)
-    ttl: int = DEFAULT_TTL
+    ttl: int | str = DEFAULT_TTL  # outer TTL 1..255, or "inherit": the inner TTL / hop limit
     # (VLAN 1..4094, tunnel id): frames of a mapped VLAN leave untagged in their own
     # VNI (VXLAN) or GRE key, and come back tagged; everything else uses the base id.
     vlan_map: tuple[tuple[int, int], ...] = ()
@@ -169,6 +170,11 @@ class TunnelConfig:
     # kernel's vxlan udp6zerocsumtx / udp6zerocsumrx). Default: always computed and required.
     udp6_zero_csum_tx: bool = False
     udp6_zero_csum_rx: bool = False
+    # issue 11, ecn (datapath/ecn.py): the outer DS field 0..255 (its DSCP bits; ECN is copied from the
+    # inner packet) or "inherit"; the outer DF: "set", "unset", "inherit", None: the mode's default
+    # (VXLAN unset, GRE set, as the kernel's vxlan / gretap devices)
+    tos: int | str = 0
+    df: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -186,7 +192,12 @@ class TunnelConfig:
         if self.port is not None:
             _check_range("tunnel.port", "port", self.port, 1, 65535)
         _check_type("tunnel.udp_csum", self.udp_csum, (bool,), "true or false")
-        _check_range("tunnel.ttl", "TTL", self.ttl, 1, 255)
+        if self.ttl != INHERIT:
+            _check_range("tunnel.ttl", "TTL", self.ttl, 1, 255)
+        if self.tos != INHERIT:
+            _check_range("tunnel.tos", "TOS", self.tos, 0, 255)
+        if self.df is not None and self.df not in DF_POLICIES:
+            raise ConfigError(f"{{tunnel.df}} {_lit(self.df)} is not one of {', '.join(DF_POLICIES)}")
         if self.local is not None:
             object.__setattr__(self, "local", _check_locals(self.local))
         _check_type("tunnel.udp6_zero_csum_tx", self.udp6_zero_csum_tx, (bool,), "true or false")
@@ -240,6 +251,8 @@ class TunnelConfig:
             port=port,
             udp_csum=self.udp_csum,
             ttl=self.ttl,
+            tos=self.tos,
+            df=self.df,
             udp6_zero_csum_tx=self.udp6_zero_csum_tx,
             udp6_zero_csum_rx=self.udp6_zero_csum_rx,
         )

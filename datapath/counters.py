@@ -43,6 +43,9 @@ REMOTE_FIELDS: tuple[str, ...] = ("tx_packets", "tx_bytes", "tx_flood", "rx_pack
 # tx_gso: UDP_SEGMENT sends carrying several VXLAN datagrams; rx_gro: UDP_GRO buffers holding several.
 # rx_super / rx_super_split: super-packets received whole (inner TCP beyond the TAP MTU, C path) and
 # written as one TSO frame / cut into segments here (csrc/rx_super.c).
+# Issue 11: tx_pmtu_icmp / tx_pmtu_limited: ICMP "too big" written to the TAP / suppressed by the rate
+# limit; tx_fragmented: outer packets sent to be fragmented (--df); mss_clamped: SYN / SYN-ACK whose MSS
+# was lowered; rx_ecn_ce: inner packets marked CE from an outer CE (RFC 6040).
 STAT_FIELDS: tuple[str, ...] = (
     "tap_rx",
     "tap_tx",

@@ -54,6 +54,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from datapath import ecn
 from datapath.config import MAP_VLAN_MAX, MAX_REMOTES, MIN_MTU, Config, ConfigError, FdbConfig, Remote, check_address
 from datapath.counters import REMOTE_FIELDS, Snapshot
 from datapath.dpthread import LOOP, TAP, DataPathThread
@@ -177,8 +178,10 @@ class Engine:
         self.send6_sock: socket.socket | None = None
         self.recv_sock = encap.open_recv_socket(cfg.bind_for(fams[0]))
         try:
+            underlay.enable_recv_tos(self.recv_sock)  # ECN: the outer TOS of every packet (datapath/ecn.py)
             if len(fams) > 1:
                 self.recv_sock2 = encap.open_recv_socket(cfg.bind_for(fams[1]))
+                underlay.enable_recv_tos(self.recv_sock2)
             self.send_sock = underlay.open_send_socket()
             if 6 in fams:
                 self.send6_sock = underlay.open_send_socket(socket.AF_INET6)
@@ -207,7 +210,8 @@ class Engine:
                 with contextlib.suppress(OSError):
                     self.recv_sock.setsockopt(underlay.SOL_UDP, underlay.UDP_GRO, 0)
             if udp_offloads and cfg.offload.udp_gso and 4 in cfg.families:  # IPv4 UDP sockets only
-                self.gso_socks = underlay.open_gso_sockets(cfg.bind, cfg.tunnel.ttl)
+                ttl = encap.ttl if isinstance(encap.ttl, int) else ecn.DEFAULT_TTL  # each send's TTL is a cmsg
+                self.gso_socks = underlay.open_gso_sockets(cfg.bind, ttl, df=encap.df != "unset")
         except Exception:
             self._close_io()
             raise
@@ -253,6 +257,9 @@ class Engine:
                 underlay.check_socket(send6, "IPv6 sending", socket.SOCK_RAW, socket.IPPROTO_RAW, None, socket.AF_INET6)
             for sock in gso:
                 underlay.check_socket(sock, "UDP GSO", socket.SOCK_DGRAM, socket.IPPROTO_UDP, (cfg.bind, None))
+            underlay.enable_recv_tos(recv)  # ECN (an older daemon's socket may not have it)
+            for sock in gso:
+                underlay.set_gso_df(sock, encap.df != "unset")  # as this configuration says (--df)
             if inh.udp_gro and underlay.udp_gro_on(recv) is False:
                 raise SetupError("the running daemon says UDP_GRO is on on its receiving socket; the kernel says not")
             tap = Tap.adopt(inh.tap_fd, cfg.tap.name, cfg.tap.mac, cfg.tap_mtu, inh.vnet_hdr_len, inh.tap_offloads)

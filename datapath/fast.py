@@ -36,6 +36,7 @@ from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
+from datapath import ecn
 from datapath.config import Config, Remote
 from datapath.counters import FDB_FIELDS, INJECT_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
 from datapath.encap.ipv6 import from16, to16
@@ -111,7 +112,11 @@ def _make_config(cfg: Config, seed: int, tap_vnet: int = 0, udp_gro: bool = Fals
         raise MemoryError("cannot allocate a C configuration")
     c = ffi.gc(c, lib.ovl_config_free)
     # keyed: the base id travels in a header field (GRE without a key has none).
-    _check(lib.ovl_config_set_tunnel(c, encap.base_id, encap.tunnel_id is not None, encap.ttl))
+    ttl = lib.OVL_TTL_INHERIT if encap.ttl == ecn.INHERIT else int(encap.ttl)
+    _check(lib.ovl_config_set_tunnel(c, encap.base_id, encap.tunnel_id is not None, ttl))
+    # issue 11, ecn: outer DS field, DF (csrc/ecn.c)
+    _check(lib.ovl_config_set_tos(c, lib.OVL_TOS_INHERIT if encap.tos == ecn.INHERIT else int(encap.tos)))
+    _check(lib.ovl_config_set_df(c, ecn.DF_POLICIES.index(encap.df)))
     _check(lib.ovl_config_set_udp(c, encap.port, encap.udp_csum))
     _check(lib.ovl_config_set_udp6(c, encap.udp6_zero_csum_tx))
     _check(lib.ovl_config_set_ring(c, cfg.underlay_mtu, cfg.batch, cfg.slot_size))
@@ -161,6 +166,17 @@ def encap(cfg: Config, remote: int, frame: bytes | bytearray | memoryview) -> by
     if n < 0:
         raise ValueError(f"cannot encapsulate: {drop_name(-n)}")
     return bytes(ffi.buffer(out, n))
+
+
+def ecn_outer(cfg: Config, header: bytes, frame: bytes | bytearray | memoryview) -> bytes:
+    """Outer IPv4 header (valid checksum) or IPv6 header with cfg's DS field, TTL and DF for inner frame
+    (ovl_ecn_outer, the step every packet takes after its template; ecn.outer_fields). ValueError: too short."""
+    c = _codec_config(cfg)
+    hdr = ffi.new("uint8_t[]", bytes(header))
+    buf = ffi.from_buffer("uint8_t[]", frame)
+    if lib.ovl_ecn_outer(c, hdr, len(header), buf, len(buf)) < 0:
+        raise ValueError("outer header too short")
+    return bytes(ffi.buffer(hdr, len(header)))
 
 
 def parse(cfg: Config, packet: bytes | bytearray | memoryview, family: int = 4) -> tuple[int, int]:
@@ -629,13 +645,16 @@ class FastForwarder:
         bufs = [ffi.from_buffer("uint8_t[]", bytearray(p[0])) for p in chunk]  # alive until the results are read
         for i, buf in enumerate(bufs):
             lib.ovl_rx_load(self._dp, i, buf, len(buf), self._src.get(chunk[i][1], self._not_remote), 0)
-            if len(chunk[i]) > 2:  # the outer destination (IPv6 GRE: IPV6_PKTINFO)
-                lib.ovl_rx_load_dst(self._dp, i, to16(chunk[i][2]))  # type: ignore[misc]
+            if len(chunk[i]) > 2:  # the outer DS field (ecn); ovl_rx_load sets 0
+                lib.ovl_rx_set_tos(self._dp, i, chunk[i][2])  # type: ignore[misc]
+            if len(chunk[i]) > 3:  # the outer destination (IPv6 GRE: IPV6_PKTINFO)
+                lib.ovl_rx_load_dst(self._dp, i, to16(chunk[i][3]))  # type: ignore[misc]
         lib.ovl_rx_process(self._dp, len(bufs), self._clock())
         return bufs
 
     def rx(self, packets: Iterable[RxPacket]) -> list[tuple[int, bytes]]:
-        """(packet, outer source address[, outer destination]) -> (remote index, inner frame) pairs for the TAP."""
+        """(packet, outer source address[, outer DS field[, outer destination]]) -> (remote index, inner
+        frame) pairs for the TAP."""
         out: list[tuple[int, bytes]] = []
         remote = ffi.new("int32_t *")
         for chunk in self._chunks(packets):

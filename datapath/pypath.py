@@ -42,19 +42,21 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 
+from datapath import ecn
 from datapath.config import MAX_REMOTES, Config, Remote
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
 from datapath.encap.ipv4 import IPV4_HLEN
 from datapath.encap.ipv6 import IPV6_HLEN
 from datapath.ether import ETH_HLEN, insert_vlan, is_multicast, is_valid_source, strip_vlan, vlan_id
 from datapath.fdb import Fdb
+from datapath.io.underlay import received_tos
 
 V6_EXTRA = IPV6_HLEN - IPV4_HLEN  # an outer IPv6 header's bytes beyond an IPv4 one's
 
 
 IN6_PKTINFO_LEN = 20  # struct in6_pktinfo: the address, then the interface index
-# What rx() takes: (packet, outer source) or (packet, outer source, outer destination).
-RxPacket = tuple[bytes, str] | tuple[bytes, str, str]
+# What rx() takes: (packet, outer source[, outer DS field[, outer destination]]).
+RxPacket = tuple[bytes, str] | tuple[bytes, str, int] | tuple[bytes, str, int, str]
 
 
 def pktinfo_destination(ancillary: list[tuple[int, int, bytes]]) -> str | None:
@@ -74,6 +76,7 @@ def canonical_source(addr: str) -> str:
 
 # Bigger than any frame a TAP hands over without offloads.
 _READ_SIZE = 65536
+_CMSG_SIZE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(IN6_PKTINFO_LEN)  # the outer TOS (IP_TOS, IPV6_TCLASS); IPV6_PKTINFO
 
 
 class PyForwarder:
@@ -208,22 +211,19 @@ class PyForwarder:
                 self._emit(out, i, send, tid, fits6)
         return out
 
-    def _emit(self, out: list[tuple[int, bytes, int]], remote: int, send: bytes, tid: int | None, fits6: bool) -> None:
-        """One packet of frame send to remote; a copy to an IPv6 remote that does not fit is tx_too_big."""
-        if not fits6 and len(self._ends[remote][1]) == 16:
-            self._drop(Drop.TX_TOO_BIG)
-            return
-        out.append((remote, self._build(send, remote, tid), len(send)))
-
     def rx(self, packets: Iterable[RxPacket]) -> list[tuple[int, bytes]]:
-        """(packet, outer source address[, outer destination]) -> (remote index, inner frame) pairs for the TAP.
+        """(packet, outer source address[, outer DS field[, outer destination]]) -> (remote index, inner
+        frame) pairs for the TAP.
 
-        An IPv6 source (canonical text form) means the packet came from an IPv6 socket. The
-        destination (IPV6_PKTINFO) matters for GRE over IPv6 only, whose socket gives no outer
-        header: it must be the local address of the remote it came from (else rx_bad_dst).
+        An IPv6 source (canonical text form) means the packet came from an IPv6 socket. The DS field
+        (traffic class) is 0 when not given (ECN decapsulation, datapath/ecn.py). The destination
+        (IPV6_PKTINFO) matters for GRE over IPv6 only, whose socket gives no outer header: it must be
+        the local address of the remote it came from (else rx_bad_dst).
         """
         out: list[tuple[int, bytes]] = []
-        for pkt, src, *dst in packets:
+        for entry in packets:
+            pkt, src = entry[0], entry[1]
+            dst = entry[3:]
             remote = self._by_addr.get(src)
             if remote is None:
                 self._drop(Drop.RX_NOT_REMOTE)
@@ -248,6 +248,11 @@ class PyForwarder:
             if not is_valid_source(frame[6:12]):
                 self._drop(Drop.RX_BAD_SRC_MAC)
                 continue
+            ecn_result, frame = ecn.decap(frame, entry[2] if len(entry) > 2 else 0)
+            if ecn_result < 0:
+                self._drop(Drop(-ecn_result))
+                continue
+            self._stats["rx_ecn_ce"] += ecn_result == ecn.CE_SET
             self.fdb.learn(frame[6:12], remote, vlan=vlan)
             self._last_rx[remote] = self._clock()
             out.append((remote, frame))
@@ -310,17 +315,15 @@ class PyForwarder:
         """Receive up to one batch from the underlay and write the inner frames to the TAP."""
         packets: list[RxPacket] = []
         pktinfo = recv_sock.family == socket.AF_INET6 and recv_sock.type == socket.SOCK_RAW
+        raw_ipv4 = not self._encap.udp and recv_sock.family == socket.AF_INET
         for _ in range(self.cfg.batch):
             try:
-                if pktinfo:  # GRE over IPv6: the destination from IPV6_PKTINFO
-                    data, anc, _, addr = recv_sock.recvmsg(_READ_SIZE, socket.CMSG_SPACE(IN6_PKTINFO_LEN))
-                    dst = pktinfo_destination(anc)
-                    packets.append((data, canonical_source(addr[0]), dst) if dst else (data, canonical_source(addr[0])))
-                    continue
-                data, addr = recv_sock.recvfrom(_READ_SIZE)
+                data, anc, _flags, addr = recv_sock.recvmsg(_READ_SIZE, _CMSG_SIZE)
             except BlockingIOError:
                 break
-            packets.append((data, canonical_source(addr[0])))
+            tos = received_tos(anc, data, raw_ipv4)
+            dst = pktinfo_destination(anc) if pktinfo else None  # GRE over IPv6: the destination from IPV6_PKTINFO
+            packets.append((data, canonical_source(addr[0]), tos, dst) if dst else (data, canonical_source(addr[0]), tos))
         for remote, frame in self.rx(packets):
             try:
                 os.write(tap_fd, frame)

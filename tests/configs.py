@@ -3,7 +3,7 @@
 The datapath takes a resolved :class:`datapath.config.Config` (grouped as a user
 thinks of it); the tests describe many small ones, so this builds one from flat
 keywords: mode, remotes (resolved Remote objects), underlay_mtu, tap_mtu, and
-optionally vni, key, port, udp_csum, ttl, vlan_map, tap_name, tap_mac, fdb_max,
+optionally vni, key, port, udp_csum, ttl, tos, df, vlan_map, tap_name, tap_mac, fdb_max,
 fdb_ageing, statics ((MAC, remote index or address[, VLAN])), batch,
 tap_offloads, rx_coalesce, udp_gso, fast.
 """
@@ -50,7 +50,9 @@ def datapath_config(
     key: int | None = None,
     port: int | None = None,
     udp_csum: bool = False,
-    ttl: int = 64,
+    ttl: int | str = 64,
+    tos: int | str = 0,
+    df: str | None = None,
     vlan_map: tuple[tuple[int, int], ...] = (),
     tap_name: str = "ovl0",
     tap_mac: bytes = DEFAULT_MAC,
@@ -77,6 +79,8 @@ def datapath_config(
             vlan_map=vlan_map,
             underlay_mtu=underlay_mtu,
             udp6_zero_csum_tx=udp6_zero_csum_tx,
+            tos=tos,
+            df=df,
         ),
         remotes=remotes,
         tap=TapConfig(name=tap_name, mtu=tap_mtu, mac=tap_mac),

@@ -8,7 +8,7 @@ and configuration key), building and parsing the header, the socket that
 receives it, and its drop reasons. What they share (FDB, flooding, batching,
 counters, the outer IPv4 header) is written once elsewhere.
 
-An instance is bound to one tunnel's settings (tunnel id, port, checksum, TTL).
+An instance is bound to one tunnel's settings (tunnel id, port, checksum, TOS / TTL / DF).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import socket
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+from datapath import ecn
 from datapath.counters import Drop
 from datapath.encap import ipv4, ipv6
 from datapath.ether import ETH_HLEN
@@ -35,6 +36,9 @@ class Encap(ABC):
     ip_proto: ClassVar[int]  # outer IPv4 protocol
     bad_id: ClassVar[Drop]  # a packet of a tunnel id that is not ours
     drops: ClassVar[tuple[Drop, ...]]  # every reason parse() can give
+    # --df when none is given: the kernel's own device of the protocol (vxlan: unset; gretap: set,
+    # its default pmtudisc, as Open vSwitch's df_default=true)
+    default_df: ClassVar[str]
 
     def __init__(
         self,
@@ -42,16 +46,24 @@ class Encap(ABC):
         *,
         port: int = 0,
         udp_csum: bool = False,
-        ttl: int = ipv4.DEFAULT_TTL,
+        ttl: int | str = ipv4.DEFAULT_TTL,
+        tos: int | str = 0,
+        df: str | None = None,
         udp6_zero_csum_tx: bool = False,
         udp6_zero_csum_rx: bool = False,
     ):
         self.tunnel_id = tunnel_id  # None: the protocol's default (GRE: no key field)
         self.port = port
         self.udp_csum = udp_csum  # over IPv4 (over IPv6 UDP always carries one)
-        self.ttl = ttl  # IPv4 TTL, IPv6 hop limit
+        self.ttl = ttl  # 1..255 or "inherit": IPv4 TTL, IPv6 hop limit
+        self.tos = tos  # 0..255 (its DSCP bits) or "inherit": IPv4 DS field, IPv6 traffic class
+        self.df = df if df is not None else self.default_df  # "set", "unset" or "inherit" (IPv4 only)
         self.udp6_zero_csum_tx = udp6_zero_csum_tx  # over IPv6: send UDP checksum 0 (RFC 6935)
         self.udp6_zero_csum_rx = udp6_zero_csum_rx  # over IPv6: accept UDP checksum 0 (UDP_NO_CHECK6_RX)
+
+    def outer_fields(self, frame: bytes | bytearray | memoryview) -> tuple[int, int, bool]:
+        """(DS field, TTL, DF) of the outer header carrying frame (ecn.outer_fields)."""
+        return ecn.outer_fields(frame, self.tos, self.ttl, self.df)
 
     @property
     def base_id(self) -> int:

@@ -45,16 +45,20 @@ def header(key: int | None) -> bytes:
     return struct.pack("!HHI", GRE_KEY, ETH_P_TEB, key)
 
 
-def encap(frame: bytes, *, key: int | None, src: bytes, dst: bytes, ttl: int = ipv4.DEFAULT_TTL) -> bytes:
-    """Outer IPv4/GRE packet carrying frame from src to dst (4-byte addresses)."""
+def encap(
+    frame: bytes, *, key: int | None, src: bytes, dst: bytes, ttl: int = ipv4.DEFAULT_TTL, tos: int = 0, df: bool = True
+) -> bytes:
+    """Outer IPv4/GRE packet carrying frame from src to dst (4-byte addresses), DS field tos, DF if df."""
     gre = header(key)
-    return ipv4.build_header(src, dst, ipv4.IPPROTO_GRE, len(gre) + len(frame), ttl) + gre + bytes(frame)
+    return ipv4.build_header(src, dst, ipv4.IPPROTO_GRE, len(gre) + len(frame), ttl, tos, df) + gre + bytes(frame)
 
 
-def encap6(frame: bytes, *, key: int | None, src: bytes, dst: bytes, hop_limit: int = ipv4.DEFAULT_TTL) -> bytes:
+def encap6(
+    frame: bytes, *, key: int | None, src: bytes, dst: bytes, hop_limit: int = ipv4.DEFAULT_TTL, tclass: int = 0
+) -> bytes:
     """Outer IPv6/GRE packet carrying frame from src to dst (16-byte addresses; RFC 7676)."""
     gre = header(key)
-    return ipv6.build_header(src, dst, ipv6.NEXTHDR_GRE, len(gre) + len(frame), hop_limit) + gre + bytes(frame)
+    return ipv6.build_header(src, dst, ipv6.NEXTHDR_GRE, len(gre) + len(frame), hop_limit, tclass=tclass) + gre + bytes(frame)
 
 
 def parse(packet: bytes | memoryview, family: int = 4) -> tuple[int, int]:
@@ -126,17 +130,20 @@ class Gre(Encap):
     ip_proto = ipv4.IPPROTO_GRE
     bad_id = Drop.RX_BAD_KEY
     drops = (Drop.RX_TRUNCATED, Drop.RX_BAD_VERSION, Drop.RX_BAD_FLAGS, Drop.RX_BAD_PROTO, Drop.RX_BAD_CSUM)
+    default_df = "set"  # the kernel's gretap (pmtudisc on by default) and OVS (df_default=true)
 
     def header_len(self, mapped: bool = False) -> int:
         """4, plus 4 for a key (always present for a mapped VLAN)."""
         return header_len(0 if mapped else self.tunnel_id)
 
     def build(self, frame: bytes, src: bytes, dst: bytes, tunnel_id: int | None = None) -> bytes:
-        """gre.encap (gre.encap6 for 16-byte addresses) with this tunnel's key (or tunnel_id) and TTL."""
+        """gre.encap (gre.encap6 for 16-byte addresses) with this tunnel's key (or tunnel_id), and TOS /
+        TTL / DF (ecn.outer_fields; over IPv6 the traffic class and hop limit, no DF)."""
+        tos, ttl, df = self.outer_fields(frame)
         key = self.tunnel_id if tunnel_id is None else tunnel_id
         if len(src) == 16:
-            return encap6(frame, key=key, src=src, dst=dst, hop_limit=self.ttl)
-        return encap(frame, key=key, src=src, dst=dst, ttl=self.ttl)
+            return encap6(frame, key=key, src=src, dst=dst, hop_limit=ttl, tclass=tos)
+        return encap(frame, key=key, src=src, dst=dst, ttl=ttl, tos=tos, df=df)
 
     def parse(self, packet: bytes | memoryview, family: int = 4) -> tuple[int, int]:
         """gre.parse of a whole IPv4 packet, or of the GRE header on (family 6)."""

@@ -35,9 +35,11 @@ def pseudo_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
     return s
 
 
-def build_header(src: bytes, dst: bytes, proto: int, payload_len: int, ttl: int = DEFAULT_TTL) -> bytes:
-    """A 20-byte IPv4 header with DF set, id 0 and a valid header checksum."""
-    hdr = _HDR.pack(0x45, 0, IPV4_HLEN + payload_len, 0, IP_DF, ttl, proto, 0, src, dst)
+def build_header(
+    src: bytes, dst: bytes, proto: int, payload_len: int, ttl: int = DEFAULT_TTL, tos: int = 0, df: bool = True
+) -> bytes:
+    """A 20-byte IPv4 header with DS field tos, DF if df, id 0 and a valid header checksum."""
+    hdr = _HDR.pack(0x45, tos, IPV4_HLEN + payload_len, 0, IP_DF if df else 0, ttl, proto, 0, src, dst)
     return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
 
 

@@ -30,12 +30,12 @@ _HDR = struct.Struct("!IHBB16s16s")
 
 
 def build_header(
-    src: bytes, dst: bytes, next_header: int, payload_len: int, hop_limit: int, flow_label: int = 0
+    src: bytes, dst: bytes, next_header: int, payload_len: int, hop_limit: int, flow_label: int = 0, tclass: int = 0
 ) -> bytes:
-    """A 40-byte IPv6 header: version 6, traffic class 0, flow_label, payload_len, next_header, hop_limit."""
+    """A 40-byte IPv6 header: version 6, tclass, flow_label, payload_len, next_header, hop_limit."""
     if len(src) != 16 or len(dst) != 16:
         raise ValueError("IPv6 addresses are 16 bytes")
-    word = IPV6_VERSION << 28 | (flow_label & 0xFFFFF)
+    word = IPV6_VERSION << 28 | (tclass & 0xFF) << 20 | (flow_label & 0xFFFFF)
     return _HDR.pack(word, payload_len, next_header, hop_limit, src, dst)
 
 

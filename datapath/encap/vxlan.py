@@ -51,8 +51,10 @@ def encap(
     dport: int = VXLAN_PORT,
     udp_csum: bool = False,
     ttl: int = ipv4.DEFAULT_TTL,
+    tos: int = 0,
+    df: bool = True,
 ) -> bytes:
-    """Outer IPv4/UDP/VXLAN packet carrying frame from src to dst (4-byte addresses).
+    """Outer IPv4/UDP/VXLAN packet carrying frame from src to dst (4-byte addresses), DS field tos, DF if df.
 
     The UDP checksum is 0 ("not computed", allowed over IPv4) unless udp_csum.
     """
@@ -62,7 +64,7 @@ def encap(
     if udp_csum:
         csum = ipv4.checksum(udp + payload, ipv4.pseudo_sum(src, dst, ipv4.IPPROTO_UDP, udp_len))
         udp = udp[:6] + struct.pack("!H", csum or 0xFFFF)
-    return ipv4.build_header(src, dst, ipv4.IPPROTO_UDP, udp_len, ttl) + udp + payload
+    return ipv4.build_header(src, dst, ipv4.IPPROTO_UDP, udp_len, ttl, tos, df) + udp + payload
 
 
 def encap6(
@@ -74,6 +76,7 @@ def encap6(
     dport: int = VXLAN_PORT,
     zero_csum: bool = False,
     hop_limit: int = ipv4.DEFAULT_TTL,
+    tclass: int = 0,
 ) -> bytes:
     """Outer IPv6/UDP/VXLAN packet carrying frame from src to dst (16-byte addresses).
 
@@ -86,7 +89,7 @@ def encap6(
     if not zero_csum:
         csum = ipv4.checksum(udp + payload, ipv6.pseudo_sum(src, dst, ipv6.NEXTHDR_UDP, udp_len))
         udp = udp[:6] + struct.pack("!H", csum or 0xFFFF)
-    return ipv6.build_header(src, dst, ipv6.NEXTHDR_UDP, udp_len, hop_limit) + udp + payload
+    return ipv6.build_header(src, dst, ipv6.NEXTHDR_UDP, udp_len, hop_limit, tclass=tclass) + udp + payload
 
 
 def parse(payload: bytes | memoryview) -> tuple[int, int]:
@@ -123,18 +126,20 @@ class Vxlan(Encap):
     ip_proto = ipv4.IPPROTO_UDP
     bad_id = Drop.RX_BAD_VNI
     drops = (Drop.RX_TRUNCATED, Drop.RX_BAD_FLAGS)
+    default_df = "unset"  # the kernel's vxlan (VXLAN_DF_UNSET)
 
     def header_len(self, mapped: bool = False) -> int:
         """UDP + VXLAN, whatever the VNI."""
         return UDP_HLEN + VXLAN_HLEN
 
     def build(self, frame: bytes, src: bytes, dst: bytes, tunnel_id: int | None = None) -> bytes:
-        """vxlan.encap with this tunnel's VNI (or tunnel_id), port, checksum and TTL."""
+        """vxlan.encap with this tunnel's VNI (or tunnel_id), port, checksum, and TOS / TTL / DF (ecn.outer_fields)."""
         vni = self.base_id if tunnel_id is None else tunnel_id
+        tos, ttl, df = self.outer_fields(frame)
         if len(src) == 16:
             zero = self.udp6_zero_csum_tx
-            return encap6(frame, vni=vni, src=src, dst=dst, dport=self.port, zero_csum=zero, hop_limit=self.ttl)
-        return encap(frame, vni=vni, src=src, dst=dst, dport=self.port, udp_csum=self.udp_csum, ttl=self.ttl)
+            return encap6(frame, vni=vni, src=src, dst=dst, dport=self.port, zero_csum=zero, hop_limit=ttl, tclass=tos)
+        return encap(frame, vni=vni, src=src, dst=dst, dport=self.port, udp_csum=self.udp_csum, ttl=ttl, tos=tos, df=df)
 
     def parse(self, packet: bytes | memoryview, family: int = 4) -> tuple[int, int]:
         """vxlan.parse of a UDP payload (the same over IPv4 and IPv6)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 
 from datapath.errors import SetupError
 
@@ -22,6 +23,7 @@ IPV6_RECVPKTINFO = 49  # <linux/in6.h>: IPV6_PKTINFO control messages (the desti
 UDP_NO_CHECK6_TX = 101  # <linux/udp.h>: send UDP over IPv6 with checksum 0 (RFC 6935)
 UDP_NO_CHECK6_RX = 102  # <linux/udp.h>: accept UDP over IPv6 with checksum 0
 IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DONT = 0  # never DF
 IP_PMTUDISC_DO = 2  # DF on every packet
 SOCKET_BUFFER = 4 << 20  # room for bursts from a batch
 SOL_UDP = 17
@@ -149,11 +151,46 @@ def enable_udp_gro(sock: socket.socket) -> bool:
     return True
 
 
-def open_gso_sockets(bind: str, ttl: int, count: int = UDP_GSO_SOCKETS) -> list[socket.socket]:
+def enable_recv_tos(sock: socket.socket) -> None:
+    """Ask for the outer DS field of every received packet (cmsg IP_TOS / IPV6_TCLASS), for ECN (RFC 6040).
+
+    A raw IPv4 socket hands over the outer header anyway; the cmsg is asked for there too.
+    SetupError where the kernel refuses (it never has since Linux 2.2 / 2.6.14).
+    """
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
+    except OSError as exc:
+        raise SetupError(f"cannot ask for the outer TOS of received packets: {exc.strerror}") from None
+
+
+def received_tos(ancdata: list[tuple[int, int, bytes]], packet: bytes, raw_ipv4: bool) -> int:
+    """The outer DS field of a packet recvmsg returned with ancdata (IP_TOS / IPV6_TCLASS), or of its own
+    outer IPv4 header (raw_ipv4: a raw IPv4 socket delivers it); 0 if neither says (csrc/ecn.c ecn_rx_tos)."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == socket.IP_TOS and len(data) >= 1:
+            return data[0]
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_TCLASS and len(data) >= 4:
+            return int.from_bytes(data[:4], sys.byteorder) & 0xFF
+    if raw_ipv4 and len(packet) >= 20 and packet[0] >> 4 == 4:
+        return packet[1]
+    return 0
+
+
+def set_gso_df(sock: socket.socket, df: bool) -> None:
+    """DF on every packet the kernel builds for a UDP GSO socket (IP_PMTUDISC_DO), or never (DONT)."""
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO if df else IP_PMTUDISC_DONT)
+
+
+def open_gso_sockets(bind: str, ttl: int, count: int = UDP_GSO_SOCKETS, df: bool = True) -> list[socket.socket]:
     """UDP sockets for UDP_SEGMENT sends, bound to source ports spread over the local port range; [] if unsupported.
 
-    The kernel builds the outer headers: DF (IP_PMTUDISC_DO), ttl, a UDP checksum. IPv4 only
-    (an IPv6 remote's packets leave through the raw IPv6 socket).
+    The kernel builds the outer headers: DF (IP_PMTUDISC_DO; df False: never, IP_PMTUDISC_DONT), ttl,
+    a UDP checksum. The C path passes each send's TOS and TTL as cmsgs (csrc/ecn.c) and sends packets
+    whose DF the socket cannot give through the raw socket. IPv4 only (an IPv6 remote's packets leave
+    through the raw IPv6 socket).
     """
     socks: list[socket.socket] = []
     span = (SRC_PORT_MAX - SRC_PORT_MIN) // count
@@ -162,7 +199,7 @@ def open_gso_sockets(bind: str, ttl: int, count: int = UDP_GSO_SOCKETS) -> list[
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             socks.append(sock)
             sock.getsockopt(SOL_UDP, UDP_SEGMENT)  # ENOPROTOOPT before Linux 4.18
-            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+            set_gso_df(sock, df)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
             _grow_buffer(sock, socket.SO_SNDBUF)
             sock.setblocking(False)  # the C path sends with MSG_DONTWAIT anyway; never a stalled loop

@@ -11,7 +11,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import GRE
 from scapy.layers.vxlan import VXLAN
 
-from datapath import ether, fast
+from datapath import ecn, ether, fast
 from datapath.config import Config, Remote
 from datapath.encap import gre, ipv4, vxlan
 from tests.configs import datapath_config
@@ -79,7 +79,10 @@ def test_vxlan_encap(frame: bytes, vni: int, udp_csum: bool, port: int, ttl: int
         ttl=ttl,
     )
     r = cfg.remotes[1]
-    want = vxlan.encap(frame, vni=vni, src=r.local_bytes, dst=r.addr_bytes, dport=port, udp_csum=udp_csum, ttl=ttl)
+    tos, _, _ = ecn.outer_fields(frame, 0, ttl, "unset")  # the inner ECN field; VXLAN's default: no DF
+    want = vxlan.encap(
+        frame, vni=vni, src=r.local_bytes, dst=r.addr_bytes, dport=port, udp_csum=udp_csum, ttl=ttl, tos=tos, df=False
+    )
     assert fast.encap(cfg, 1, frame) == want
     assert fast.decap(cfg, want[28:]) == vxlan.decap(want[28:], vni) == 8
 
@@ -88,7 +91,8 @@ def test_vxlan_encap(frame: bytes, vni: int, udp_csum: bool, port: int, ttl: int
 @given(frame=st.one_of(frames, st.binary(max_size=20)), key=keys, ttl=st.integers(1, 255), addr=ADDRS, local=ADDRS)
 def test_gre_encap(frame: bytes, key: int | None, ttl: int, addr: str, local: str) -> None:
     cfg = datapath_config(mode="gre", remotes=(Remote(addr, local),), underlay_mtu=1500, tap_mtu=1458, key=key, ttl=ttl)
-    want = gre.encap(frame, key=key, src=cfg.remotes[0].local_bytes, dst=cfg.remotes[0].addr_bytes, ttl=ttl)
+    tos = ecn.outer_fields(frame, 0, ttl, "set")[0]  # the inner ECN field; GRE's default: DF
+    want = gre.encap(frame, key=key, src=cfg.remotes[0].local_bytes, dst=cfg.remotes[0].addr_bytes, ttl=ttl, tos=tos)
     assert fast.encap(cfg, 0, frame) == want  # GRE does not need an Ethernet header, in either
     assert fast.decap(cfg, want) == gre.decap(want, key)
 

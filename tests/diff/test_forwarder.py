@@ -125,17 +125,58 @@ CONFIGS = {
         mode="gre", remotes=(*remotes(1), *remotes6(2)), underlay_mtu=1500, tap_mtu=1438, key=0x66, fdb_ageing=2.0
     ),
     "gre6_nokey": datapath_config(mode="gre", remotes=remotes6(2), underlay_mtu=1480, tap_mtu=1422, batch=3),
+    # issue 11, ecn: the outer DS field / TTL / DF taken from the inner packet, or fixed
+    "vxlan_inherit_all": datapath_config(
+        mode="vxlan",
+        remotes=remotes(2),
+        underlay_mtu=1500,
+        tap_mtu=1450,
+        vni=9,
+        tos="inherit",
+        ttl="inherit",
+        df="inherit",
+        vlan_map=((10, 90),),
+        udp_csum=True,
+    ),
+    "gre_tos_df_unset": datapath_config(
+        mode="gre", remotes=remotes(2), underlay_mtu=1500, tap_mtu=1462, tos=0xB9, ttl=3, df="unset"
+    ),
+    "gre_inherit_vlans": datapath_config(
+        mode="gre",
+        remotes=remotes(3),
+        underlay_mtu=1500,
+        tap_mtu=1458,
+        key=1,
+        tos="inherit",
+        ttl="inherit",
+        df="inherit",
+        vlan_map=((20, 2),),
+    ),
+    "vxlan_tos_df_set": datapath_config(
+        mode="vxlan", remotes=remotes(1), underlay_mtu=1500, tap_mtu=1450, tos=0x2E, ttl=200, df="set"
+    ),
 }
 # VIDs the frames use: mapped in some configs, unmapped in others; 0 is a priority tag, 4095 reserved.
 VIDS = [0, 1, 10, 10, 20, 20, 30, 4094, 4095]
 
 
 def payload(rnd: random.Random) -> bytes:
-    """An Ethernet payload: an IPv4/TCP or UDP header (so flow hashes vary), or random bytes."""
-    if rnd.random() < 0.6:
+    """An Ethernet payload: an IPv4/TCP or UDP header (so flow hashes vary) with any DS field, TTL and DF, an
+    IPv6 header with any traffic class and hop limit, an IP EtherType with a header cut short, or random bytes."""
+    ports = struct.pack("!HH", rnd.randrange(65536), rnd.randrange(65536))
+    kind = rnd.random()
+    if kind < 0.45:
         proto = rnd.choice([6, 17])
-        ip = ipv4.build_header(rnd.randbytes(4), rnd.randbytes(4), proto, 20)
-        return b"\x08\x00" + ip + struct.pack("!HH", rnd.randrange(65536), rnd.randrange(65536)) + rnd.randbytes(16)
+        ip = ipv4.build_header(
+            rnd.randbytes(4), rnd.randbytes(4), proto, 20, rnd.randrange(256), rnd.randrange(256), rnd.random() < 0.5
+        )
+        return b"\x08\x00" + ip + ports + rnd.randbytes(16)
+    if kind < 0.6:
+        first = 6 << 28 | rnd.randrange(256) << 20 | rnd.randrange(1 << 20)
+        ip6 = struct.pack("!IHBB", first, 24, rnd.choice([6, 17]), rnd.randrange(256)) + rnd.randbytes(32)
+        return b"\x86\xdd" + ip6 + ports + rnd.randbytes(20)
+    if kind < 0.65:  # IPv4 / IPv6 EtherType, header short or of another version
+        return rnd.choice([b"\x08\x00", b"\x86\xdd"]) + rnd.randbytes(rnd.randrange(0, 44))
     return rnd.randbytes(2) + rnd.randbytes(rnd.randrange(0, 100))
 
 
@@ -193,18 +234,19 @@ def gre_with_checksum(cfg: Config, i: int | Remote, frame: bytes, good: bool) ->
 
 
 def rx_packet(rnd: random.Random, cfg: Config, pool: Sequence[Remote] = ()) -> RxPacket:
-    """A packet from one of cfg.remotes, or from one of pool if given (remotes now and gone); an IPv6 GRE
-    packet mostly with its destination (IPV6_PKTINFO), now and then not ours."""
+    """A packet from one of cfg.remotes, or from one of pool if given (remotes now and gone), with its outer
+    DS field (any ECN field, so that RFC 6040's table is crossed); an IPv6 GRE packet mostly with its
+    destination (IPV6_PKTINFO), now and then not ours."""
     i: int | Remote = rnd.choice(pool) if pool else rnd.randrange(len(cfg.remotes))
-    pkt, src = _rx_packet(rnd, cfg, i)
+    pkt, src, tos = _rx_packet(rnd, cfg, i)
     r = cfg.remotes[i] if isinstance(i, int) else i
     if r.family == 6 and cfg.tunnel.mode == "gre" and rnd.random() < 0.8:
         assert r.local is not None
-        return pkt, src, rnd.choice([r.local, r.local, r.local, "fd00:99::1"])
-    return pkt, src
+        return pkt, src, tos, rnd.choice([r.local, r.local, r.local, "fd00:99::1"])
+    return pkt, src, tos
 
 
-def _rx_packet(rnd: random.Random, cfg: Config, i: int | Remote) -> tuple[bytes, str]:
+def _rx_packet(rnd: random.Random, cfg: Config, i: int | Remote) -> tuple[bytes, str, int]:
     src_mac = rnd.choice([*FAR, *FAR, *FAR, MCAST, BCAST, ZERO])
     frame = rnd.choice([BCAST, *LOCAL]) + src_mac + tag(rnd) + payload(rnd)
     # The base id, a mapped id, an unknown id, or (GRE) no key field at all.
@@ -234,7 +276,7 @@ def _rx_packet(rnd: random.Random, cfg: Config, i: int | Remote) -> tuple[bytes,
     elif kind < 0.3 and cfg.tunnel.mode == "gre":
         pkt = gre_with_checksum(cfg, i, frame, good=rnd.random() < 0.5)
     src = STRANGER if rnd.random() < 0.07 else (cfg.remotes[i] if isinstance(i, int) else i).addr
-    return pkt, src
+    return pkt, src, rnd.randrange(256) if rnd.random() < 0.7 else 0
 
 
 def table(fwd: fast.FastForwarder | PyForwarder) -> list[FdbEntry]:
@@ -467,7 +509,6 @@ def test_scenarios_exercise_every_counter() -> None:
                     seen[f"{name}.{k}"] = seen.get(f"{name}.{k}", 0) + v
     io_only = {"tap_tx", "tx_error", "tx_full", "rx_tap_error", "rx_truncated", "tx_bad_offload", "entries",
                "rx_bad_super"}  # rx_bad_super: the RX plan (tests/diff/test_rx_super.py)  # fmt: skip
-    io_only |= {"rx_ecn"}  # issue 11's ecn part counts it (its branch tests it); never reached here
     reached = {k.split(".", 1)[1] for k, v in seen.items() if v}
     wanted = {
         "tap_rx",
@@ -477,6 +518,7 @@ def test_scenarios_exercise_every_counter() -> None:
         "moves",
         "refused_full",
         "aged",
+        "rx_ecn_ce",
         *(d.name.lower() for d in Drop),
     } - io_only
     # RX_BAD_VERSION etc. are GRE-only and RX_BAD_VNI VXLAN-only; across all configs each must appear.

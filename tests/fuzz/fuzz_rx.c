@@ -5,7 +5,8 @@
  *
  * Input: one byte (bit 0: which context: 0 with a keyed base id 42 and mapped VLANs,
  * 1 with base id 0, unkeyed for GRE, and no VLANs), then records (fuzz_common.h): meta
- * bits 0-1 the source (remote 0..2 or none), bit 2 "truncated by the socket"; the data
+ * bits 0-1 the source (remote 0..2 or none), bit 2 "truncated by the socket", bits 3-4 the outer
+ * ECN field (issue 11: RFC 6040 decapsulation, ecn.c); the data
  * is the packet as the socket delivers it (VXLAN: the UDP payload; GRE: the IPv4 packet).
  *
  * Checked: results are a drop reason or an offset that leaves an Ethernet header, a
@@ -70,6 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
         bufs[n] = dup_exact(r.p, r.len);
         lens[n] = r.len;
         CHECK(ovl_rx_load(dp, n, bufs[n], r.len, src, (r.meta >> 2) & 1) == 0);
+        CHECK(ovl_rx_set_tos(dp, n, (uint8_t)((r.meta >> 3) & 3)) == 0);
         n++;
     }
     uint64_t drops0 = drops_total(dp);

@@ -41,6 +41,10 @@ def error_of(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
         (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--static", "02:00:00:00:01=192.0.2.2"], "bad MAC"),
         (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--static", "ff:ff:ff:ff:ff:ff=192.0.2.2"], "unicast"),
         (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--tap", "a-name-much-too-long"], "1-15 characters"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--tos", "256"], "--tos 256 is out of range 0..255"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--tos", "inherited"], "not a number"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--ttl", "0"], "--ttl 0 is out of range 1..255"),
+        (["run", "--mode", "gre", "--remote", "192.0.2.2", "--df", "maybe"], "invalid choice"),
     ],
 )
 def test_bad_arguments(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
@@ -136,3 +140,18 @@ def test_a_real_unprivileged_user_gets_the_one_line_error() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == cli.EXIT_USAGE, err
     assert err.count("\n") == 1 and err.startswith("ovl-dp: error: needs CAP_NET_ADMIN and CAP_NET_RAW"), err
+
+
+@pytest.mark.parametrize(
+    ("argv", "want"),
+    [
+        ([], (0, 64, "unset")),
+        (["--tos", "inherit", "--ttl", "inherit", "--df", "inherit"], ("inherit", "inherit", "inherit")),
+        (["--tos", "0xb8", "--ttl", "17", "--df", "set"], (0xB8, 17, "set")),
+    ],
+)
+def test_tos_ttl_df_options(argv: list[str], want: tuple[object, object, str]) -> None:
+    """--tos / --ttl / --df reach the encapsulation (ECN, issue 11); VXLAN's DF default is the kernel's."""
+    args = cli.build_parser().parse_args(["run", "--mode", "vxlan", "--remote", "192.0.2.2", *argv])
+    enc = cli.run_source(args).load().encap
+    assert (enc.tos, enc.ttl, enc.df) == want

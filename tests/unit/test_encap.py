@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from datapath import ecn
 from datapath.counters import Drop
 from datapath.encap import ENCAPS, MODES, Encap, gre, ipv4, lookup, vxlan
 from datapath.encap.gre import Gre
@@ -128,7 +129,9 @@ def test_vxlan_build_is_the_codec(
     frame: bytes, src: bytes, dst: bytes, vni: int | None, port: int, csum: bool, ttl: int
 ) -> None:
     enc = Vxlan(vni, port=port, udp_csum=csum, ttl=ttl)
-    want = vxlan.encap(frame, vni=vni or 0, src=src, dst=dst, dport=port, udp_csum=csum, ttl=ttl)
+    tos, out_ttl, df = ecn.outer_fields(frame, 0, ttl, "unset")  # VXLAN's default --df: unset, as the kernel's
+    want = vxlan.encap(frame, vni=vni or 0, src=src, dst=dst, dport=port, udp_csum=csum, ttl=out_ttl, tos=tos, df=df)
+    assert out_ttl == ttl and not df
     assert enc.build(frame, src, dst) == want
 
 
@@ -138,7 +141,8 @@ def test_vxlan_build_in_a_mapped_vni(
     frame: bytes, src: bytes, dst: bytes, base: int, mapped: int, port: int, ttl: int
 ) -> None:
     enc = Vxlan(base, port=port, ttl=ttl)
-    want = vxlan.encap(frame, vni=mapped, src=src, dst=dst, dport=port, ttl=ttl)
+    tos = ecn.outer_fields(frame, 0, ttl, "unset")[0]
+    want = vxlan.encap(frame, vni=mapped, src=src, dst=dst, dport=port, ttl=ttl, tos=tos, df=False)
     assert enc.build(frame, src, dst, mapped) == want
 
 
@@ -148,9 +152,10 @@ def test_gre_build_is_the_codec(
     frame: bytes, src: bytes, dst: bytes, key: int | None, mapped: int | None, ttl: int
 ) -> None:
     enc = Gre(key, ttl=ttl)
-    assert enc.build(frame, src, dst) == gre.encap(frame, key=key, src=src, dst=dst, ttl=ttl)
+    tos = ecn.outer_fields(frame, 0, ttl, "set")[0]  # GRE's default --df: set, as the kernel's gretap
+    assert enc.build(frame, src, dst) == gre.encap(frame, key=key, src=src, dst=dst, ttl=ttl, tos=tos)
     want_key = key if mapped is None else mapped
-    assert enc.build(frame, src, dst, mapped) == gre.encap(frame, key=want_key, src=src, dst=dst, ttl=ttl)
+    assert enc.build(frame, src, dst, mapped) == gre.encap(frame, key=want_key, src=src, dst=dst, ttl=ttl, tos=tos)
 
 
 def test_build_fields() -> None:

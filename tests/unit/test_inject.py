@@ -75,7 +75,8 @@ def test_header_of_a_tcpv4_super_frame(udp_csum: bool) -> None:
     pkt = Ether(out[24:])
     assert pkt.dst == INJ_MAC.hex(":") and pkt.src != pkt.dst and pkt.type == 0x0800
     ip, udp = pkt[IP], pkt[UDP]
-    assert (ip.src, ip.dst, ip.ttl, ip.flags, ip.len) == (LOCAL, REMOTE, 65, "DF", len(out) - 24 - 14)
+    # no DF: VXLAN's default --df is unset, as the kernel's vxlan
+    assert (ip.src, ip.dst, ip.ttl, ip.flags, ip.len) == (LOCAL, REMOTE, 65, "", len(out) - 24 - 14)
     again = IP(bytes(ip))
     del again.chksum
     assert IP(bytes(again)).chksum == ip.chksum  # a full IPv4 header checksum
@@ -290,3 +291,25 @@ def test_nftables_in_use_without_nft_refuses_the_injection(monkeypatch: pytest.M
     with pytest.raises(SetupError, match="gone"):  # on to the device, which this test has not made
         host_inject.configure("x-inj", 4789)
     assert touched
+
+
+@needs_module
+@pytest.mark.parametrize(
+    "settings,want",
+    [
+        ({"tos": "inherit", "ttl": "inherit", "df": "inherit"}, (0x2A, 62, "DF")),  # inner DS 0x2A, TTL 61, DF
+        ({"tos": 0xB8, "ttl": 17, "df": "set"}, (0xBA, 18, "DF")),  # DSCP of --tos, the inner ECT(0)
+        ({"tos": 0, "ttl": 64, "df": "unset"}, (0x02, 65, "")),
+    ],
+    ids=["inherit", "fixed", "defaults"],
+)
+def test_injected_outer_fields(settings: dict[str, object], want: tuple[int, int, str]) -> None:
+    """The injection header takes --tos/--ttl/--df as every packet does (csrc/ecn.c), TTL one more for the
+    forwarding hop, with a full header checksum."""
+    fwd = forwarder(**settings)
+    frame, l4 = super_frame(bytes(range(256)) * 80)
+    ip = Ether(fwd.inject_header(0, tso(frame, l4), frame)[24:])[IP]
+    assert (ip.tos, ip.ttl, str(ip.flags)) == want
+    again = IP(bytes(ip))
+    del again.chksum
+    assert IP(bytes(again)).chksum == ip.chksum
