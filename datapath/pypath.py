@@ -76,7 +76,8 @@ def canonical_source(addr: str) -> str:
 
 # Bigger than any frame a TAP hands over without offloads.
 _READ_SIZE = 65536
-_CMSG_SIZE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(IN6_PKTINFO_LEN)  # the outer TOS (IP_TOS, IPV6_TCLASS); IPV6_PKTINFO
+# The outer TOS (IP_TOS, IPV6_TCLASS) and IPV6_PKTINFO.
+_CMSG_SIZE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(IN6_PKTINFO_LEN)
 
 
 class PyForwarder:
@@ -322,8 +323,9 @@ class PyForwarder:
             except BlockingIOError:
                 break
             tos = received_tos(anc, data, raw_ipv4)
-            dst = pktinfo_destination(anc) if pktinfo else None  # GRE over IPv6: the destination from IPV6_PKTINFO
-            packets.append((data, canonical_source(addr[0]), tos, dst) if dst else (data, canonical_source(addr[0]), tos))
+            dst = pktinfo_destination(anc) if pktinfo else None  # GRE over IPv6: the destination, IPV6_PKTINFO
+            src = canonical_source(addr[0])
+            packets.append((data, src, tos, dst) if dst else (data, src, tos))
         for remote, frame in self.rx(packets):
             try:
                 os.write(tap_fd, frame)

@@ -58,7 +58,11 @@ def encap6(
 ) -> bytes:
     """Outer IPv6/GRE packet carrying frame from src to dst (16-byte addresses; RFC 7676)."""
     gre = header(key)
-    return ipv6.build_header(src, dst, ipv6.NEXTHDR_GRE, len(gre) + len(frame), hop_limit, tclass=tclass) + gre + bytes(frame)
+    return (
+        ipv6.build_header(src, dst, ipv6.NEXTHDR_GRE, len(gre) + len(frame), hop_limit, tclass=tclass)
+        + gre
+        + bytes(frame)
+    )
 
 
 def parse(packet: bytes | memoryview, family: int = 4) -> tuple[int, int]:
@@ -137,8 +141,8 @@ class Gre(Encap):
         return header_len(0 if mapped else self.tunnel_id)
 
     def build(self, frame: bytes, src: bytes, dst: bytes, tunnel_id: int | None = None) -> bytes:
-        """gre.encap (gre.encap6 for 16-byte addresses) with this tunnel's key (or tunnel_id), and TOS /
-        TTL / DF (ecn.outer_fields; over IPv6 the traffic class and hop limit, no DF)."""
+        """gre.encap (gre.encap6 for 16-byte addresses) with this tunnel's key (or tunnel_id), and TOS / TTL /
+        DF (ecn.outer_fields; over IPv6 the traffic class and hop limit, no DF)."""
         tos, ttl, df = self.outer_fields(frame)
         key = self.tunnel_id if tunnel_id is None else tunnel_id
         if len(src) == 16:
