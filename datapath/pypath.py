@@ -212,6 +212,13 @@ class PyForwarder:
                 self._emit(out, i, send, tid, fits6)
         return out
 
+    def _emit(self, out: list[tuple[int, bytes, int]], remote: int, send: bytes, tid: int | None, fits6: bool) -> None:
+        """One packet of frame send to remote; a copy to an IPv6 remote that does not fit is tx_too_big."""
+        if not fits6 and len(self._ends[remote][1]) == 16:
+            self._drop(Drop.TX_TOO_BIG)
+            return
+        out.append((remote, self._build(send, remote, tid), len(send)))
+
     def rx(self, packets: Iterable[RxPacket]) -> list[tuple[int, bytes]]:
         """(packet, outer source address[, outer DS field[, outer destination]]) -> (remote index, inner
         frame) pairs for the TAP.
