@@ -320,7 +320,7 @@ def test_super_packet_from_an_ipv6_remote(mode: str) -> None:
     )
     frame, l4 = super_frame(random.Random(6).randbytes(20000), v6=True, flags="PA")
     head = vxlan.header(99) if mode == "vxlan" else gre.header(99)
-    plan = fwd.rx_plan([(head + frame, six.addr, six.local or "")] if mode == "gre" else [(head + frame, six.addr)])
+    plan = fwd.rx_plan([(head + frame, six.addr, 0, six.local or "")] if mode == "gre" else [(head + frame, six.addr)])
     assert len(plan) == 1
     v, written, remote = plan[0]
     assert (written, remote) == (frame, 1)
