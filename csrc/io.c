@@ -200,6 +200,7 @@ static uint32_t send_gso_run(struct ovl_dp *dp, uint32_t m, uint32_t k) {
  * frame is never copied, also when flooded), or with UDP GSO. */
 void io_send(struct ovl_dp *dp, uint32_t k, int send_fd) {
     struct ovl_io *io = dp->io;
+    pmtu_send_frags(dp, send_fd); /* copies too big for their path, in outer fragments (pmtu.c) */
     if (dp->n_gso_fd && !dp->gso_off && dp->cfg.ops->udp) {
         uint32_t m = 0;
         while (m < k) {

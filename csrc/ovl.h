@@ -69,7 +69,9 @@ enum ovl_drop {
     OVL_DROP_TX_FULL = 15,        /* the underlay send buffer or device queue was full (EAGAIN, ENOBUFS) */
     OVL_DROP_RX_BAD_SUPER = 16,   /* a received inner frame beyond the TAP MTU and a ring slot that is no TCP
                                    * super-packet we can pass on (not TCP, lengths or checksum wrong) */
-    OVL_DROP_COUNT = 17 /* size of the drops array; index 0 is unused */
+    OVL_DROP_RX_ECN = 17,         /* issue 11 (ecn): outer CE, inner Not-ECT */
+    OVL_DROP_RX_BAD_DST = 18,     /* issue 11 (v6): not our local address */
+    OVL_DROP_COUNT = 19 /* size of the drops array; index 0 is unused */
 };
 
 /* Outcome of ovl_fdb_learn: the values of datapath.fdb.Learn. */
@@ -93,7 +95,12 @@ enum ovl_stat {
     OVL_STAT_RX_GRO = 7,     /* UDP_GRO buffers of several datagrams received */
     OVL_STAT_RX_SUPER = 8,       /* super-packets received whole and written to the TAP as one TSO frame */
     OVL_STAT_RX_SUPER_SPLIT = 9, /* super-packets received whole and cut into segments here */
-    OVL_STAT_COUNT = 10
+    OVL_STAT_TX_PMTU_ICMP = 10,    /* issue 11 (pmtu): ICMP / ICMPv6 "too big" written to the TAP */
+    OVL_STAT_TX_PMTU_LIMITED = 11, /* issue 11 (pmtu): such replies suppressed by the rate limit */
+    OVL_STAT_TX_FRAGMENTED = 12,   /* issue 11 (pmtu): outer packets sent in fragments (inner IPv4 without DF, --df) */
+    OVL_STAT_MSS_CLAMPED = 13,     /* issue 11 (mss): SYN / SYN-ACK whose MSS option was lowered */
+    OVL_STAT_RX_ECN_CE = 14,       /* issue 11 (ecn): inner CE set from an outer CE */
+    OVL_STAT_COUNT = 15
 };
 
 /* Per-remote counters: indices in the order of datapath.counters.REMOTE_FIELDS. */
@@ -423,6 +430,44 @@ uint32_t ovl_dp_ring_counters(const struct ovl_dp *dp, uint64_t *out, uint32_t n
  * + frame) into out if it fits cap and the device; its remote to *remote. Returns the length, 0 if the
  * remote has no next hop or it does not fit (the raw way), -1 for m out of range. */
 int ovl_tx_ring_frame(const struct ovl_dp *dp, uint32_t m, uint32_t *remote, uint8_t *out, uint32_t cap);
+/* ---- issue 11, path MTU towards the inner sender (pmtu part; csrc/pmtu.c) ---- */
+#define OVL_PMTU_RATE 100   /* default: ICMP replies per second (token bucket) */
+#define OVL_PMTU_BURST 10   /* default: bucket size */
+#define OVL_PMTU_MIN_MTU 68 /* lowest per-remote path MTU (RFC 791) */
+/* The outer DF bit (tunnel.df; the ecn part owns the field, the pmtu part reads it). */
+enum ovl_df {
+    OVL_DF_UNSET = 0,  /* the kernel's vxlan default */
+    OVL_DF_SET = 1,
+    OVL_DF_INHERIT = 2
+};
+/* --df: whether inner IPv4 without DF that does not fit may leave in outer fragments (not with set). 0, -1. */
+int ovl_config_set_df(struct ovl_config *c, uint32_t df);
+/* The ICMP "fragmentation needed" (inner IPv4 with DF) or ICMPv6 "packet too big" (inner IPv6) answering
+ * frame f (len bytes, as it was to be sent), as the kernel's iptunnel_pmtud_build_icmp[v6] builds it:
+ * Ethernet back to the sender with the frame's own tags (tci >= 0: an 802.1Q tag with that TCI the frame
+ * came with and lost, inserted first), IP from the inner destination to the inner source (TTL / hop limit
+ * of the frame), the usable mtu, the frame's IP packet quoted up to 576 / 1280 bytes in all. Returns its
+ * length into out, 0 if none is due (the kernel's exclusions: mtu below 576 / 1280, IPv4 without DF or a
+ * fragment, multicast / broadcast / zero / loopback addresses, ICMP errors, later fragments; not IP), -1 if
+ * cap is too small. */
+int ovl_pmtu_reply(const uint8_t *f, size_t len, int32_t tci, uint32_t mtu, uint8_t *out, size_t cap);
+/* Fragment k (0, 1, ...) of the IPv4 packet pkt (no options) for a path of mtu bytes, with IP id id, into
+ * out: its length, 0 past the last fragment, -1 (cap, options, mtu below 28). */
+int ovl_ip4_fragment(const uint8_t *pkt, size_t len, uint32_t mtu, uint32_t id, uint32_t k, uint8_t *out,
+                     size_t cap);
+/* The path MTU towards the remote in slot r (OVL_PMTU_MIN_MTU..65535; 0: the underlay MTU again). 0, -1. */
+int ovl_dp_set_remote_mtu(struct ovl_dp *dp, uint32_t r, uint32_t mtu);
+/* The path MTU in effect towards slot r, 0 for a free slot. */
+uint32_t ovl_dp_remote_mtu(const struct ovl_dp *dp, uint32_t r);
+/* The replies' token bucket: rate per second (0: no replies, all counted as limited), burst >= 1. 0, -1. */
+int ovl_dp_set_pmtu_rate(struct ovl_dp *dp, double rate, double burst);
+/* Reply q queued since the last TAP batch (or ovl_dp_pmtu_clear), the TAP's virtio header first when it
+ * has one: its length (copied to out if it fits cap), or -1 past the last. */
+int ovl_dp_pmtu_reply(const struct ovl_dp *dp, uint32_t q, uint8_t *out, uint32_t cap);
+void ovl_dp_pmtu_clear(struct ovl_dp *dp);
+/* Fragment k of the copy q that the last ovl_tx_process queued for fragmentation; its remote to *remote.
+ * Its length, 0 past its last fragment, -1 for q out of range or cap too small. */
+int ovl_tx_fragment(const struct ovl_dp *dp, uint32_t q, uint32_t k, uint32_t *remote, uint8_t *out, uint32_t cap);
 /* END CDEF */
 
 #endif

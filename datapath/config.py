@@ -49,6 +49,7 @@ BRIDGE_TYPES = ("auto", "linux", "ovs", "none")
 TAP_QDISCS = ("noqueue", "keep")
 OFFLOAD_POLICIES = ("auto", "on", "off")
 INJECT_POLICIES = ("auto", "off")
+DF_POLICIES = ("unset", "set", "inherit")  # tunnel.df, in the order of enum ovl_df
 TX_RING_POLICIES = ("auto", "off")  # offload.tx_ring: AF_PACKET TX rings where the kernel allows, or never
 
 # {key} is a placeholder for a configuration key; {{ and }} are literal braces (as in str.format).
@@ -134,6 +135,10 @@ class TunnelConfig:
     vlan_map: tuple[tuple[int, int], ...] = ()
     local: str | None = None  # underlay source address; None: from the route to each remote
     underlay_mtu: int | None = None  # largest outer packet; None: the path MTU (resolved)
+    # issue 11: the outer DF bit (the ecn part owns it; pmtu reads it: inner IPv4 without DF that does not
+    # fit its path leaves in outer fragments unless "set"), and the rate of ICMP "too big" replies (0: none)
+    df: str = "unset"
+    pmtu_icmp_rate: int = 100
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -156,6 +161,9 @@ class TunnelConfig:
             object.__setattr__(self, "local", check_address("tunnel.local", self.local))
         if self.underlay_mtu is not None:
             _check_range("tunnel.underlay_mtu", "MTU", self.underlay_mtu, MIN_MTU, 65535)
+        if self.df not in DF_POLICIES:
+            raise ConfigError(f"{{tunnel.df}} {_lit(self.df)} is not one of {', '.join(DF_POLICIES)}")
+        _check_range("tunnel.pmtu_icmp_rate", "rate", self.pmtu_icmp_rate, 0, 1000000)
         self._check_vlan_map(cls)
 
     def _check_vlan_map(self, cls: type[Encap]) -> None:

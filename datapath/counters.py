@@ -30,6 +30,8 @@ class Drop(IntEnum):
     TX_BAD_OFFLOAD = 14  # frame from the TAP with a virtio header or GSO super-frame we cannot handle
     TX_FULL = 15  # the underlay socket's send buffer or device queue was full: dropped, never waited for
     RX_BAD_SUPER = 16  # inner frame beyond the TAP MTU and a ring slot, not a TCP super-packet we can pass on
+    RX_ECN = 17  # issue 11 (ecn): outer CE, inner Not-ECT
+    RX_BAD_DST = 18  # issue 11 (v6): not our local address
 
 
 # Per-remote counters, in the order of enum ovl_remote_stat.
@@ -52,6 +54,13 @@ STAT_FIELDS: tuple[str, ...] = (
     "rx_gro",
     "rx_super",
     "rx_super_split",
+    # issue 11 (pmtu): ICMP / ICMPv6 "too big" written to the TAP, such replies suppressed by the rate
+    # limit, outer packets sent in fragments (inner IPv4 without DF, --df unset / inherit)
+    "tx_pmtu_icmp",
+    "tx_pmtu_limited",
+    "tx_fragmented",
+    "mss_clamped",  # issue 11 (mss)
+    "rx_ecn_ce",  # issue 11 (ecn)
 )
 
 # VXLAN TX through the injection TAP (C path), in the order of enum ovl_inject_stat:

@@ -442,7 +442,7 @@ def test_scenarios_exercise_every_counter() -> None:
         "refused_full",
         "aged",
         *(d.name.lower() for d in Drop),
-    } - io_only
+    } - io_only - {"rx_ecn", "rx_bad_dst"}  # issue 11 slots of the ecn / v6 parts, 0 on this branch
     # RX_BAD_VERSION etc. are GRE-only and RX_BAD_VNI VXLAN-only; across all configs each must appear.
     assert wanted <= reached, wanted - reached
 
