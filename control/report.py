@@ -47,13 +47,14 @@ def format_remotes(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return "(no remotes)"
     out = [
-        f"{'REMOTE':<15}  {'LOCAL':<15}  {'TX PKTS':>9}  {'TX BYTES':>12}  {'RX PKTS':>9}  {'RX BYTES':>12}  LAST RX"
+        f"{'REMOTE':<15}  {'LOCAL':<15}  {'TX PKTS':>9}  {'TX BYTES':>12}  {'RX PKTS':>9}  {'RX BYTES':>12}  "
+        f"{'PMTU':>5}  LAST RX"
     ]
     for r in rows:
         age = r.get("last_rx_age")
         last = "never" if age is None else f"{age:.1f}s ago"
         out.append(
             f"{r['remote']:<15}  {r.get('local') or '-':<15}  {r['tx_packets']:>9}  {r['tx_bytes']:>12}  "
-            f"{r['rx_packets']:>9}  {r['rx_bytes']:>12}  {last}"
+            f"{r['rx_packets']:>9}  {r['rx_bytes']:>12}  {r.get('path_mtu') or '-':>5}  {last}"
         )
     return "\n".join(out)
