@@ -1,0 +1,143 @@
+"""Path MTU towards the inner sender (issue 11, pmtu part), in namespaces: real TAPs, bridges, TCP.
+
+The containers keep MTU 1500 and the TAP is given MTU 1500 (--mtu), so the bridge hands over frames
+that do not fit the 1500-byte underlay once encapsulated. ovl-dp answers them with ICMP "fragmentation
+needed" / ICMPv6 "packet too big", the container's kernel learns the path MTU (ip route get shows it)
+and iperf3 completes; with the replies off (--pmtu-icmp-rate 0) the same transfer stalls (as on main
+before this part: the frames were dropped and nobody was told). Inner IPv4 without DF is sent in outer
+fragments (--df unset, the default) and dropped with --df set (a config file: the option is the ecn
+part's).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from control.lab.hosts import Lab
+from control.lab.shell import sh
+from control.procs import stop_process, wait_until
+
+pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("no_leftovers")]
+
+V6 = {1: "fd20::1", 2: "fd20::2"}
+
+
+def check_path(lab: Lab, path: str) -> None:
+    want = "C fast path" if path == "fast" else "pure-Python path"
+    for d in lab.daemons.values():
+        assert want in d.output(), d.output()
+
+
+def start(lab: Lab, mode: str, path: str, *extra: str) -> None:
+    lab.start_mesh(mode, "--mtu", "1500", *(() if path == "fast" else ("--no-fast-path",)), *extra)
+    check_path(lab, path)
+
+
+def add_v6(lab: Lab) -> None:
+    for i, addr in V6.items():
+        sh("ip", "-n", lab.container(i), "addr", "add", f"{addr}/64", "dev", "eth0", "nodad")
+
+
+def iperf(lab: Lab, client: int, server: int, v6: bool, seconds: int = 2) -> dict[str, Any]:
+    """TCP iperf3 between the containers over IPv4 or IPv6; iperf3's JSON result."""
+    dst = V6[server] if v6 else lab.overlay_ip(server)
+    srv = subprocess.Popen(
+        ["ip", "netns", "exec", lab.container(server), "iperf3", "-s", "-1", "-B", dst],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    lab.procs.append(srv)
+
+    def listening() -> str:
+        return sh("ip", "netns", "exec", lab.container(server), "ss", "-ltnH", "sport", "= :5201").stdout.strip()
+
+    try:
+        wait_until("iperf3 to listen", listening, 10, 0.05)
+        res = sh(
+            "ip", "netns", "exec", lab.container(client), "iperf3", "-J", "-c", dst, "-t", str(seconds),
+            "--connect-timeout", "3000", check=False, timeout=seconds + 40,
+        )  # fmt: skip
+        return json.loads(res.stdout) if res.stdout.strip() else {"error": res.stderr}
+    finally:
+        stop_process(srv, 5)
+
+
+def received(result: dict[str, Any]) -> int:
+    end = result.get("end", {})
+    return int(end.get("sum_received", {}).get("bytes", 0))
+
+
+def cached_mtu(lab: Lab, i: int, dst: str) -> int | None:
+    out = sh("ip", "-n", lab.container(i), "route", "get", dst).stdout
+    m = re.search(r"\bmtu (\d+)", out)
+    return int(m.group(1)) if m else None
+
+
+@pytest.mark.parametrize("path", ["fast", "python"])
+@pytest.mark.parametrize("mode", ["vxlan", "gre"])
+def test_tcp_completes_because_the_sender_learns_the_path_mtu(mode: str, path: str) -> None:
+    with Lab(2) as lab:
+        lab.build(1500)
+        add_v6(lab)
+        start(lab, mode, path)
+        assert lab.ping(1, 2, count=2)["loss"] < 100
+        usable = 1500 - (50 if mode == "vxlan" else 38)
+        for v6, dst in ((False, lab.overlay_ip(2)), (True, V6[2])):
+            result = iperf(lab, 1, 2, v6)
+            assert "error" not in result, result
+            assert received(result) > 1_000_000, result.get("end")
+            assert cached_mtu(lab, 1, dst) == usable
+        snap = lab.ovl(1, "show")
+        assert snap["stats"]["tx_pmtu_icmp"] >= 2 and snap["drops"]["tx_too_big"] >= 2, snap
+        assert sum(d for k, d in snap["drops"].items() if k != "tx_too_big") == 0, snap["drops"]
+        res = sh("ip", "netns", "exec", lab.host(1), sys.executable, "-m", "control.cli", "remote", "list", "--json")
+        rows = json.loads(res.stdout)
+        assert [r["path_mtu"] for r in rows] == [1500], rows
+
+
+@pytest.mark.parametrize("mode", ["vxlan", "gre"])
+def test_without_the_replies_tcp_stalls(mode: str) -> None:
+    """The state before this part (and the kernel's without bridged PMTU): nobody tells the sender."""
+    with Lab(2) as lab:
+        lab.build(1500)
+        start(lab, mode, "fast", "--pmtu-icmp-rate", "0")
+        assert lab.ping(1, 2, count=2)["loss"] < 100
+        result = iperf(lab, 1, 2, v6=False)
+        assert received(result) < 200_000, result.get("end")
+        assert cached_mtu(lab, 1, lab.overlay_ip(2)) is None
+        snap = lab.ovl(1, "show")
+        assert snap["stats"]["tx_pmtu_icmp"] == 0 and snap["stats"]["tx_pmtu_limited"] >= 1, snap
+
+
+@pytest.mark.parametrize("path", ["fast", "python"])
+@pytest.mark.parametrize("mode", ["vxlan", "gre"])
+def test_inner_ipv4_without_df_is_fragmented_per_df(mode: str, path: str, tmp_path: Any) -> None:
+    with Lab(2) as lab:
+        lab.build(1500)
+        start(lab, mode, path)
+        res = sh(
+            "ip", "netns", "exec", lab.container(1), "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "2",
+            "-M", "dont", "-s", "1472", lab.overlay_ip(2), check=False,
+        )  # fmt: skip
+        assert " 0% packet loss" in res.stdout, res.stdout
+        for i in (1, 2):
+            snap = lab.ovl(i, "show")
+            assert snap["stats"]["tx_fragmented"] >= 3 and snap["drops"]["tx_too_big"] == 0, snap
+        for i in (1, 2):
+            assert lab.stop(lab.daemons[i]) == 0
+        conf = tmp_path / "df.toml"
+        conf.write_text('[tunnel]\ndf = "set"\n')
+        start(lab, mode, path, "--config", str(conf))
+        res = sh(
+            "ip", "netns", "exec", lab.container(1), "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1",
+            "-M", "dont", "-s", "1472", lab.overlay_ip(2), check=False,
+        )  # fmt: skip
+        assert "100% packet loss" in res.stdout, res.stdout
+        snap = lab.ovl(1, "show")
+        assert snap["stats"]["tx_fragmented"] == 0 and snap["drops"]["tx_too_big"] >= 3, snap
