@@ -141,3 +141,59 @@ def test_inner_ipv4_without_df_is_fragmented_per_df(mode: str, path: str, tmp_pa
         assert "100% packet loss" in res.stdout, res.stdout
         snap = lab.ovl(1, "show")
         assert snap["stats"]["tx_fragmented"] == 0 and snap["drops"]["tx_too_big"] >= 3, snap
+
+
+def capture_reply(lab: Lab, tmp: Any, name: str) -> bytes:
+    """Ping c2 from c1 with DF and 1500-byte packets; the ICMP "fragmentation needed" c1 receives."""
+    pcap = tmp / f"{name}.pcap"
+    dump = subprocess.Popen(
+        ["ip", "netns", "exec", lab.container(1), "tcpdump", "-i", "eth0", "-U", "-c", "1", "-w", str(pcap),
+         "icmp[0] = 3"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    lab.procs.append(dump)
+    assert dump.stderr is not None
+    try:
+        line = dump.stderr.readline().decode()
+        assert "listening" in line, line
+        sh("ip", "-n", lab.container(1), "route", "flush", "cache")
+        sh("ip", "netns", "exec", lab.container(1), "ping", "-n", "-q", "-c", "1", "-W", "1", "-M", "do", "-s", "1472",
+           lab.overlay_ip(2), check=False)  # fmt: skip
+        dump.wait(10)
+    finally:
+        stop_process(dump, 5)
+    from scapy.all import rdpcap
+
+    (pkt,) = rdpcap(str(pcap))
+    return bytes(pkt)
+
+
+def test_reply_matches_the_kernels_vxlan(tmp_path: Any) -> None:
+    """The kernel's vxlan device in a Linux bridge (Linux 5.9+ answers too) and ovl-dp, the same frame: the
+    ICMP replies the container gets agree field by field (the quoted echo request differs only in its
+    own IP id, ICMP checksum and payload timestamp, which ping makes anew)."""
+    from scapy.all import ICMP, IP, Ether, IPerror
+
+    with Lab(2) as lab:
+        lab.build(1500)
+        mac2 = sh("ip", "-n", lab.container(2), "-br", "link", "show", "eth0").stdout.split()[2]
+        sh("ip", "-n", lab.container(1), "neigh", "replace", lab.overlay_ip(2), "lladdr", mac2, "dev", "eth0")
+        h1 = lab.host(1)
+        sh("ip", "-n", h1, "link", "add", "vx0", "mtu", "1500", "type", "vxlan", "id", "0", "remote",
+           lab.underlay_ip(2), "local", lab.underlay_ip(1), "dstport", "4789")  # fmt: skip
+        sh("ip", "-n", h1, "link", "set", "vx0", "master", "br-int", "up")
+        kernel = Ether(capture_reply(lab, tmp_path, "kernel"))
+        sh("ip", "-n", h1, "link", "del", "vx0")
+        lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--mtu", "1500")
+        ours = Ether(capture_reply(lab, tmp_path, "ovl"))
+        for p in (kernel, ours):
+            assert ICMP in p and p[ICMP].type == 3 and p[ICMP].code == 4, p.show(dump=True)
+        k, o = kernel[IP], ours[IP]
+        fields = ("version", "ihl", "tos", "len", "id", "flags", "frag", "ttl", "proto", "src", "dst")
+        assert {f: getattr(o, f) for f in fields} == {f: getattr(k, f) for f in fields}
+        assert (kernel.src, kernel.dst, kernel.type) == (ours.src, ours.dst, ours.type)
+        assert (o[ICMP].nexthopmtu, o[ICMP].length) == (k[ICMP].nexthopmtu, k[ICMP].length) == (1450, 0)
+        qk, qo = k[IPerror], o[IPerror]
+        quoted = ("version", "ihl", "tos", "len", "flags", "frag", "ttl", "proto", "src", "dst")
+        assert {f: getattr(qo, f) for f in quoted} == {f: getattr(qk, f) for f in quoted}
+        assert len(bytes(k)) == len(bytes(o)) == 576
