@@ -197,3 +197,93 @@ def test_reply_matches_the_kernels_vxlan(tmp_path: Any) -> None:
         quoted = ("version", "ihl", "tos", "len", "flags", "frag", "ttl", "proto", "src", "dst")
         assert {f: getattr(qo, f) for f in quoted} == {f: getattr(qk, f) for f in quoted}
         assert len(bytes(k)) == len(bytes(o)) == 576
+
+
+def log_of(lab: Lab, i: int) -> str:
+    return lab.daemons[i].output()
+
+
+def remote_rows(lab: Lab, i: int) -> list[dict[str, Any]]:
+    res = sh("ip", "netns", "exec", lab.host(i), sys.executable, "-m", "control.cli", "remote", "list", "--json")
+    rows: list[dict[str, Any]] = json.loads(res.stdout)
+    return rows
+
+
+@pytest.mark.parametrize("mode", ["vxlan", "gre"])
+def test_route_mtu_lowered_while_traffic_flows(mode: str) -> None:
+    with Lab(2) as lab:
+        lab.build(1500)
+        start(lab, mode, "fast")
+        assert lab.ping(1, 2, count=2)["loss"] < 100
+        overhead = 50 if mode == "vxlan" else 38
+        srv = subprocess.Popen(
+            ["ip", "netns", "exec", lab.container(2), "iperf3", "-s", "-1", "-B", lab.overlay_ip(2)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        lab.procs.append(srv)
+        try:
+            wait_until("iperf3 to listen", lambda: sh("ip", "netns", "exec", lab.container(2), "ss", "-ltnH",
+                                                       "sport", "= :5201").stdout.strip(), 10, 0.05)  # fmt: skip
+            client = subprocess.Popen(
+                ["ip", "netns", "exec", lab.container(1), "iperf3", "-J", "-c", lab.overlay_ip(2), "-t", "4"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            lab.procs.append(client)
+            wait_until("traffic to flow", lambda: lab.ovl(1, "show")["stats"]["tap_rx"] > 1000, 20, 0.1)
+            sh("ip", "-n", lab.host(1), "route", "replace", "192.0.2.0/24", "dev", "ul0", "src", lab.underlay_ip(1),
+               "mtu", "1400")  # fmt: skip
+            out, _ = client.communicate(timeout=60)
+        finally:
+            stop_process(srv, 5)
+        result = json.loads(out)
+        assert "error" not in result and received(result) > 1_000_000, result.get("end")
+        assert [r["path_mtu"] for r in remote_rows(lab, 1)] == [1400]
+        assert cached_mtu(lab, 1, lab.overlay_ip(2)) == 1400 - overhead
+        assert f"path MTU towards remote {lab.underlay_ip(2)} is now 1400 (was 1500)" in log_of(lab, 1)
+        # raised again: followed back up to the MTU the daemon started with
+        sh("ip", "-n", lab.host(1), "route", "replace", "192.0.2.0/24", "dev", "ul0", "src", lab.underlay_ip(1))
+        wait_until(
+            "the path MTU back at 1500",
+            lambda: remote_rows(lab, 1)[0]["path_mtu"] == 1500,
+            20,
+            0.1,
+            detail=lambda: (
+                sh("ip", "-n", lab.host(1), "route", "get", lab.underlay_ip(2)).stdout + log_of(lab, 1)[-2000:]
+            ),
+        )
+
+
+@pytest.mark.parametrize("mode", ["vxlan", "gre"])
+def test_icmp_from_an_underlay_router_lowers_the_path_mtu(mode: str) -> None:
+    """h1 -- r -- h2, the r-h2 link 1400 bytes: r answers h1's 1500-byte outer packets with ICMP
+    "fragmentation needed"; ovl-dp reads it (the kernel records no exception for our raw socket's
+    VXLAN packets) and tells the containers."""
+    with Lab(2) as lab:
+        lab.build(1500)
+        r = f"{lab.tag}-r"
+        lab._netns(r)
+        sh("ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for i, (mine, theirs, net) in {1: ("wan0", "r1", "10.98.1"), 2: ("wan0", "r2", "10.98.2")}.items():
+            h = lab.host(i)
+            sh("ip", "-n", h, "link", "add", mine, "type", "veth", "peer", "name", theirs, "netns", r)
+            sh("ip", "-n", h, "addr", "add", f"{net}.1/24", "dev", mine)
+            sh("ip", "-n", r, "addr", "add", f"{net}.2/24", "dev", theirs)
+            if i == 2:
+                sh("ip", "-n", h, "link", "set", mine, "mtu", "1400")
+                sh("ip", "-n", r, "link", "set", theirs, "mtu", "1400")
+            sh("ip", "-n", h, "link", "set", mine, "up")
+            sh("ip", "-n", r, "link", "set", theirs, "up")
+            other = "10.98.2.0/24" if i == 1 else "10.98.1.0/24"
+            sh("ip", "-n", h, "route", "add", other, "via", f"{net}.2")
+        lab.start(1, "--mode", mode, "--remote", "10.98.2.1", "--mtu", "1500")
+        lab.start(2, "--mode", mode, "--remote", "10.98.1.1", "--mtu", "1500")
+        assert lab.ping(1, 2, count=2)["loss"] < 100
+        result = iperf(lab, 1, 2, v6=False, seconds=3)
+        assert "error" not in result and received(result) > 1_000_000, result.get("end")
+        overhead = 50 if mode == "vxlan" else 38
+        assert [row["path_mtu"] for row in remote_rows(lab, 1)] == [1400]
+        assert cached_mtu(lab, 1, lab.overlay_ip(2)) == 1400 - overhead
+        assert "an ICMP from the underlay reports 1400" in log_of(lab, 1)
+        # The kernel itself learned nothing from that ICMP (checked on 6.18): no PMTU exception for the
+        # packets of our raw sockets, VXLAN (no socket on their source port) nor GRE; the listener is needed.
+        assert "mtu" not in sh("ip", "-n", lab.host(1), "route", "get", "10.98.2.1").stdout
