@@ -292,12 +292,12 @@ static int may_fragment(const struct ovl_config *c, const uint8_t *f, uint32_t l
 
 int tx_copy(struct ovl_dp *dp, uint32_t i, uint32_t r, const struct tx_frame *tf, uint32_t *room) {
     const struct ovl_config *c = &dp->cfg;
-    uint32_t len = dp->tx_len[i], outer = c->ops->outer_len(tf->t.keyed);
-    if (tx_fits(dp, (int32_t)r, tf->t.keyed, len))
+    uint32_t len = dp->tx_len[i], outer = c->ops->outer_len(tf->t.keyed), mtu = path_mtu(dp, (int32_t)r);
+    if (outer + (uint64_t)len <= mtu) /* tx_fits, with what the rest needs at hand */
         return 1;
     struct ovl_pmtu *pm = dp->pm;
     if (may_fragment(c, dp->tx_data[i], len) && outer + (uint64_t)len <= 0xFFFF && pm->n_frag < FRAG_QUEUE &&
-        path_mtu(dp, (int32_t)r) >= FRAG_MIN_MTU) {
+        mtu >= FRAG_MIN_MTU) {
         struct frag_job *j = &pm->frag[pm->n_frag++];
         j->frame = i;
         j->remote = r;
@@ -307,7 +307,6 @@ int tx_copy(struct ovl_dp *dp, uint32_t i, uint32_t r, const struct tx_frame *tf
         dp->stats[OVL_STAT_TX_FRAGMENTED]++;
         return 2;
     }
-    uint32_t mtu = path_mtu(dp, (int32_t)r);
     uint32_t usable = mtu > outer ? mtu - outer : 0;
     if (usable < *room)
         *room = usable;
