@@ -9,9 +9,10 @@ copy against it and answers the inner sender). :class:`PmtuKeeper` keeps it up t
   :data:`POLL` seconds (an exception the kernel learns makes no rtnetlink event);
 - ICMP "fragmentation needed" (ICMPv6 "packet too big") from an underlay router, whose quoted
   packet is one of ours (to a remote, from its local address, our encapsulation: UDP to our
-  port, or GRE). The kernel does not record a PMTU exception for these: our VXLAN packets leave
+  port, or GRE). The kernel does not record a PMTU exception for our VXLAN packets: they leave
   through the raw IPPROTO_RAW socket with a source port no socket is bound to (udp_err finds no
-  socket), so we read them on a raw ICMP socket ourselves. A learned value holds for
+  socket), so we read them on a raw ICMP socket ourselves (for GRE the ICMP also reaches our
+  raw GRE socket and the kernel may record one, seen by the poll as well). A learned value holds for
   :data:`EXPIRES` seconds (the kernel's net.ipv4.route.mtu_expires), never below
   :data:`MIN_PMTU` (net.ipv4.route.min_pmtu), then the route's MTU applies again.
 

@@ -284,6 +284,8 @@ def test_icmp_from_an_underlay_router_lowers_the_path_mtu(mode: str) -> None:
         assert [row["path_mtu"] for row in remote_rows(lab, 1)] == [1400]
         assert cached_mtu(lab, 1, lab.overlay_ip(2)) == 1400 - overhead
         assert "an ICMP from the underlay reports 1400" in log_of(lab, 1)
-        # The kernel itself learned nothing from that ICMP (checked on 6.18): no PMTU exception for the
-        # packets of our raw sockets, VXLAN (no socket on their source port) nor GRE; the listener is needed.
-        assert "mtu" not in sh("ip", "-n", lab.host(1), "route", "get", "10.98.2.1").stdout
+        # VXLAN: the kernel itself learns nothing from that ICMP (checked on 6.18): no PMTU exception for
+        # packets of our raw IPPROTO_RAW socket whose source port no socket is bound to; the listener is
+        # needed. (GRE: the ICMP also reaches our raw GRE socket, and the kernel may record an exception.)
+        if mode == "vxlan":
+            assert "mtu" not in sh("ip", "-n", lab.host(1), "route", "get", "10.98.2.1").stdout
