@@ -291,6 +291,13 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         help="VXLAN over IPv6: accept UDP checksum 0 (the kernel's udp6zerocsumrx; default: dropped by the kernel)",
     )
     run.add_argument(
+        "--pmtu-icmp-rate",
+        dest="tunnel.pmtu_icmp_rate",
+        type=_number("--pmtu-icmp-rate"),
+        metavar="N",
+        help="ICMP / ICMPv6 'too big' replies to inner senders per second, burst 10 (default 100; 0: none)",
+    )
+    run.add_argument(
         "--offload",
         dest="offload.policy",
         choices=OFFLOAD_POLICIES,

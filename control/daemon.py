@@ -21,6 +21,7 @@ from control.ctl import CtlError
 from control.keeper import Keeper
 from control.nexthop import NextHopKeeper
 from control.paths import PathKeeper
+from control.pmtu import PmtuKeeper
 from control.procs import sigterm_raises_interrupt
 from control.report import format_counters, format_fdb
 from control.service import Service
@@ -296,6 +297,8 @@ async def _serve(
         server.close()
         raise SetupError(f"cannot open an rtnetlink socket for the next hops: {exc}") from None
     paths = PathKeeper(engine, service.user_cfg)
+    pmtu_keeper = PmtuKeeper(engine)  # per-remote path MTU: routes and underlay ICMP (issue 11)
+    paths.on_mtu = pmtu_keeper.route_mtu
     watcher.add(keeper.on_event)
     watcher.add(paths.on_event)
     if nexthops is not None:
@@ -315,6 +318,7 @@ async def _serve(
     watcher.start(loop)
     keeper.start(loop)
     paths.start(loop)
+    pmtu_keeper.start(loop)
     if nexthops is not None:
         nexthops.start(loop)
     source = MetricsAdapter(engine, br, loop, service)
@@ -351,6 +355,7 @@ async def _serve(
         source.heartbeat.stop()
         watcher.close()
         paths.stop()
+        pmtu_keeper.stop()
         if nexthops is not None:
             nexthops.stop()
         await keeper.stop()

@@ -202,6 +202,9 @@ STAT_METRICS: dict[str, tuple[str, str]] = {
     "rx_gro": ("ovl_dp_rx_gro_receives", "UDP_GRO receives holding several VXLAN datagrams"),
     "rx_super": ("ovl_dp_rx_super_packets", "Super-packets received whole and written to the TAP as one TSO frame"),
     "rx_super_split": ("ovl_dp_rx_super_split_packets", "Super-packets received whole and cut into segments"),
+    "tx_pmtu_icmp": ("ovl_dp_tx_pmtu_icmp_replies", "ICMP / ICMPv6 'too big' replies written to the TAP (issue 11)"),
+    "tx_pmtu_limited": ("ovl_dp_tx_pmtu_limited_replies", "ICMP 'too big' replies suppressed by the rate limit"),
+    "tx_fragmented": ("ovl_dp_tx_fragmented_packets", "Outer packets sent in fragments (inner IPv4 without DF)"),
     "rx_ecn_ce": ("ovl_dp_rx_ecn_ce_packets", "Inner packets marked CE because the outer header was (RFC 6040)"),
 }
 FDB_METRICS: dict[str, tuple[str, str]] = {
@@ -291,6 +294,15 @@ class DatapathCollector:
             if isinstance(last, int | float):
                 age.add_metric([tap, str(r["remote"])], float(last))
                 stamp.add_metric([tap, str(r["remote"])], now - float(last))
+        path = GaugeMetricFamily(
+            "ovl_dp_remote_path_mtu_bytes",
+            "Path MTU towards the remote that the too-big check uses (the underlay MTU unless one was learned)",
+            labels=["tap", "remote"],
+        )
+        for r in rows:
+            if isinstance(r.get("path_mtu"), int):
+                path.add_metric([tap, str(r["remote"])], float(r["path_mtu"]))  # type: ignore[arg-type]
+        yield path
         yield age
         yield stamp
 

@@ -62,6 +62,7 @@ class PathKeeper:
         self.problem = ""  # what is wrong with the paths now ("" = nothing)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: asyncio.TimerHandle | None = None
+        self.on_mtu: Callable[[str, int], None] | None = None  # issue 11: each remote's route MTU (control.pmtu)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Follow events on loop (and resolve once: what changed before the watcher listened)."""
@@ -112,6 +113,8 @@ class PathKeeper:
                 problems.append(str(exc))
                 continue
             mtus.append(mtu)
+            if self.on_mtu is not None:
+                self.on_mtu(r.addr, mtu)
             if self.fixed_underlay_mtu is not None and mtu < self.fixed_underlay_mtu:
                 problems.append(
                     f"the path MTU towards {r.addr} is {mtu}, below tunnel.underlay_mtu {self.fixed_underlay_mtu}"

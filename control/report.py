@@ -50,14 +50,15 @@ def format_remotes(rows: Sequence[Mapping[str, Any]]) -> str:
         return "(no remotes)"
     w, lw = _width(r["remote"] for r in rows), _width(r.get("local") or "-" for r in rows)
     out = [
-        f"{'REMOTE':<{w}}  {'LOCAL':<{lw}}  {'TX PKTS':>9}  {'TX BYTES':>12}  {'RX PKTS':>9}  {'RX BYTES':>12}  LAST RX"
+        f"{'REMOTE':<{w}}  {'LOCAL':<{lw}}  {'TX PKTS':>9}  {'TX BYTES':>12}  {'RX PKTS':>9}  {'RX BYTES':>12}  "
+        f"{'PMTU':>5}  LAST RX"
     ]
     for r in rows:
         age = r.get("last_rx_age")
         last = "never" if age is None else f"{age:.1f}s ago"
         out.append(
             f"{r['remote']:<{w}}  {r.get('local') or '-':<{lw}}  {r['tx_packets']:>9}  {r['tx_bytes']:>12}  "
-            f"{r['rx_packets']:>9}  {r['rx_bytes']:>12}  {last}"
+            f"{r['rx_packets']:>9}  {r['rx_bytes']:>12}  {r.get('path_mtu') or '-':>5}  {last}"
         )
     return "\n".join(out)
 

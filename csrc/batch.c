@@ -6,11 +6,6 @@
 #include "internal.h"
 
 static void emit(struct ovl_dp *dp, uint32_t *k, uint32_t in, uint32_t r, const struct tx_frame *tf) {
-    /* An IPv6 remote's outer header is 20 bytes longer than the IPv4 one the frame was checked with. */
-    if (dp->cfg.remote_v6[r] && remote_outer_len(dp, r, tf->t.keyed) + (uint64_t)dp->tx_len[in] > dp->cfg.underlay_mtu) {
-        count_drop(dp, OVL_DROP_TX_TOO_BIG);
-        return;
-    }
     struct tx_out *o = &dp->tx_out[(*k)++];
     o->frame = in;
     o->remote = (uint16_t)r;
@@ -24,6 +19,7 @@ uint32_t ovl_tx_process(struct ovl_dp *dp, uint32_t n, double now) {
     uint32_t k = 0;
     if (n > c->batch)
         n = c->batch; /* tx_out holds batch * tx_slots packets, tx_slots >= n_remotes */
+    pmtu_tx_begin(dp);
     for (uint32_t i = 0; i < n; i++) {
         dp->stats[OVL_STAT_TAP_RX]++;
         if (dp->tx_len[i] < ETH_HLEN) {
@@ -32,38 +28,60 @@ uint32_t ovl_tx_process(struct ovl_dp *dp, uint32_t n, double now) {
         }
         uint16_t vlan = frame_vlan(dp->tx_data[i], dp->tx_len[i]);
         struct tx_frame tf = {base_tunnel(c), 0, 0};
+        int32_t tci = -1; /* a mapped VLAN's tag, for an ICMP reply (pmtu.c) */
         if (c->vlan_mapped[vlan]) {
             /* A mapped VLAN: untagged, in its own id. Strip the tag in place
              * by moving the MAC addresses over it. */
             tf.t.id = c->vlan_tid[vlan];
             tf.t.keyed = 1;
+            tci = get16(dp->tx_data[i] + 14);
             memmove(dp->tx_data[i] + VLAN_HLEN, dp->tx_data[i], 2 * ETH_ALEN);
             dp->tx_data[i] += VLAN_HLEN;
             dp->tx_len[i] -= VLAN_HLEN;
         }
         const uint8_t *f = dp->tx_data[i];
         uint32_t len = dp->tx_len[i];
-        if (c->ops->outer_len(tf.t.keyed) + (uint64_t)len > c->underlay_mtu) {
-            count_drop(dp, OVL_DROP_TX_TOO_BIG);
-            continue;
-        }
         tx_frame_sums(c, f, len, &tf); /* len >= ETH_HLEN: cannot fail */
         /* Multicast destinations are not looked up (a lookup may age an entry out). */
         int32_t r = (f[0] & 1) ? -1 : ovl_fdb_lookup(dp->fdb, f, vlan, now);
+        /* Each copy is held against its remote's path MTU (pmtu.c: tx_copy); room: the largest
+         * inner frame the tightest path that refused one takes, for the one ICMP reply. */
+        uint32_t room = UINT32_MAX;
         if (r >= 0 && (uint32_t)r < c->n_remotes && c->remote_used[r]) {
+            int fit = tx_copy(dp, i, (uint32_t)r, &tf, &room);
+            if (!fit) {
+                pmtu_too_big(dp, i, tci, room, now);
+                continue;
+            }
             dp->stats[OVL_STAT_TX_UNICAST]++;
-            emit(dp, &k, i, (uint32_t)r, &tf);
+            if (fit == 1)
+                emit(dp, &k, i, (uint32_t)r, &tf);
             continue;
         }
         /* Broadcast, multicast, unknown unicast: head-end replication to the remotes in use
-         * (none at all: counted as flooded, nothing sent). */
-        dp->stats[OVL_STAT_TX_FLOODED]++;
+         * (none at all: counted as flooded, nothing sent, if the frame fits the underlay MTU). */
+        uint32_t used = 0, out = 0;
         for (uint32_t j = 0; j < c->n_remotes; j++) {
             if (!c->remote_used[j])
                 continue;
+            used++;
+            int fit = tx_copy(dp, i, j, &tf, &room);
+            if (!fit)
+                continue;
+            out++;
             dp->remotes[j][OVL_REMOTE_TX_FLOOD]++;
-            emit(dp, &k, i, j, &tf);
+            if (fit == 1)
+                emit(dp, &k, i, j, &tf);
         }
+        if (used ? out == 0 : !tx_fits(dp, -1, tf.t.keyed, len)) {
+            if (!used)
+                room = c->underlay_mtu > c->ops->outer_len(tf.t.keyed) ? c->underlay_mtu - c->ops->outer_len(tf.t.keyed) : 0;
+            pmtu_too_big(dp, i, tci, room, now);
+            continue;
+        }
+        dp->stats[OVL_STAT_TX_FLOODED]++;
+        if (out < used) /* some copies did not fit their path: one drop, one reply */
+            pmtu_too_big(dp, i, tci, room, now);
     }
     dp->n_out = k;
     return k;
@@ -131,9 +149,11 @@ uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now) {
 
 int ovl_from_tap(struct ovl_dp *dp, int tap_fd, int send_fd, double now) {
     dp->io_errno = 0;
+    pmtu_begin(dp);
     uint32_t n = io_tap_read(dp, tap_fd);
     if (!dp->cfg.vnet_hdr_len) {
         io_send(dp, ovl_tx_process(dp, n, now), send_fd);
+        pmtu_flush(dp, tap_fd); /* ICMP replies to the inner senders (pmtu.c) */
         return (int)n;
     }
     /* Pure step, process, send; until every frame read is used up. */
@@ -148,6 +168,7 @@ int ovl_from_tap(struct ovl_dp *dp, int tap_fd, int send_fd, double now) {
         if (m)
             io_send(dp, ovl_tx_process(dp, m, now), send_fd);
     }
+    pmtu_flush(dp, tap_fd);
     return (int)n;
 }
 

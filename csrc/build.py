@@ -47,6 +47,7 @@ UNITS = (
     "ring.c",
     "ipv6.c",  # issue 11, v6
     "ecn.c",
+    "pmtu.c",
 )
 CFLAGS = ["-O2", "-Wall", "-Wextra"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]

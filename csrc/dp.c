@@ -106,6 +106,7 @@ void ovl_dp_free(struct ovl_dp *dp) {
     io_free(dp->io);
     inject_free(dp->inj);
     rings_free(dp->rings);
+    pmtu_free(dp->pm);
     free(dp);
 }
 
@@ -152,7 +153,7 @@ struct ovl_dp *ovl_dp_new(const struct ovl_config *cfg) {
     dp->wr = calloc(dp->rx_cap, sizeof(*dp->wr));
     dp->wr_iov = calloc(2 * (size_t)dp->rx_cap, sizeof(*dp->wr_iov));
     if (vlan_map_init(dp) < 0 || !dp->fdb || !dp->tx_data || !dp->tx_len || !dp->tx_out || !dp->tx_buf || !dp->rx ||
-        !dp->rx_buf || !dp->wr || !dp->wr_iov || io_new(dp) < 0)
+        !dp->rx_buf || !dp->wr || !dp->wr_iov || io_new(dp) < 0 || pmtu_new(dp) < 0)
         goto fail;
     if (c->vnet_hdr_len) {
         dp->seg_buf = malloc(nb * c->slot_size);

@@ -202,7 +202,7 @@ static int inj_check(const struct ovl_dp *dp, const uint8_t *vnet, const uint8_t
         return -OVL_INJ_FALLBACK_OTHER;
     uint32_t outer = c->ops->outer_len(x->t.keyed);
     /* Each segment the kernel makes must fit the underlay (else: ICMP frag-needed to ourselves). */
-    if ((uint64_t)outer + x->hdrs + x->gso_size > c->underlay_mtu)
+    if ((uint64_t)outer + x->hdrs + x->gso_size > pmtu_min_mtu(dp)) /* the tightest remote's path (pmtu.c) */
         return -OVL_INJ_FALLBACK_MTU;
     /* The outer IPv4 total length (and the UDP length) are 16 bits. */
     if ((uint64_t)outer + flen - x->strip > 0xFFFF)

@@ -305,6 +305,7 @@ struct ovl_dp {
     struct rx_super *sup; /* super-packets received whole (ovl_dp_set_rx_super), or NULL */
     struct ovl_rings *rings; /* ring.c: NULL until a TX ring is set */
     int32_t send6_fd;        /* issue 11, v6: the raw IPv6 send socket (ovl_dp_set_send6_fd), or -1 */
+    struct ovl_pmtu *pm;     /* pmtu.c: per-remote path MTU, ICMP replies, fragments */
 };
 
 static inline void count_drop(struct ovl_dp *dp, int reason) { dp->drops[reason]++; }
@@ -425,6 +426,32 @@ uint32_t ecn_gso_cmsg(uint8_t *buf, const uint8_t *h);
 #define ECN_GSO_CMSG (2 * CMSG_SPACE(sizeof(int)))
 /* The outer DS field of received message h (cmsg IP_TOS / IPV6_TCLASS, or a raw IPv4 header in data). */
 uint8_t ecn_rx_tos(const struct ovl_config *c, struct msghdr *h, const uint8_t *data, uint32_t len);
+/* ---- issue 11, pmtu part (pmtu.c) ---- */
+struct ovl_pmtu;
+int pmtu_new(struct ovl_dp *dp);
+void pmtu_free(struct ovl_pmtu *pm);
+/* A remote slot taken again: the underlay MTU towards it. */
+void pmtu_forget(struct ovl_dp *dp, uint32_t r);
+/* The one too-big check: does a frame of len bytes (keyed: GRE key field) fit remote r's path (r < 0: the
+ * underlay MTU)? */
+int tx_fits(const struct ovl_dp *dp, int32_t r, uint32_t keyed, uint32_t len);
+/* A copy of TX ring entry i to remote r: 1 it fits (emit it), 2 queued to leave in outer fragments (counted),
+ * 0 it does not fit (*room := min(*room, the largest inner frame remote r takes)). */
+int tx_copy(struct ovl_dp *dp, uint32_t i, uint32_t r, const struct tx_frame *tf, uint32_t *room);
+/* TX ring entry i did not fit (room: the largest inner frame that would have): counted as tx_too_big, and
+ * answered (rate-limited) when the kernel would; tci >= 0: the 802.1Q tag it came with and lost. */
+void pmtu_too_big(struct ovl_dp *dp, uint32_t i, int32_t tci, uint32_t room, double now);
+/* The smallest path MTU of the remotes in use (the underlay MTU without any). */
+uint32_t pmtu_min_mtu(const struct ovl_dp *dp);
+/* TX ring entries [m, m + k) were cut from TAP read frame (one reply per super-frame). */
+void pmtu_origin(struct ovl_dp *dp, uint32_t m, uint32_t k, uint32_t frame);
+/* ovl_tx_process starts: the fragment queue is empty. */
+void pmtu_tx_begin(struct ovl_dp *dp);
+/* ovl_from_tap starts / ends: the replies are queued, then written to the TAP. */
+void pmtu_begin(struct ovl_dp *dp);
+void pmtu_flush(struct ovl_dp *dp, int tap_fd);
+/* io_send: the queued copies leave in fragments through the raw socket. */
+void pmtu_send_frags(struct ovl_dp *dp, int send_fd);
 
 #pragma GCC visibility pop
 

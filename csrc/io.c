@@ -224,6 +224,7 @@ static void send_msgs(struct ovl_dp *dp, uint32_t from, uint32_t to, int fd);
 /* Send tx_out[0..k) with sendmmsg, outer header + inner frame of each as two iovecs (the
  * frame is never copied, also when flooded), or with UDP GSO. */
 void io_send(struct ovl_dp *dp, uint32_t k, int send_fd) {
+    pmtu_send_frags(dp, send_fd); /* copies too big for their path, in outer fragments (pmtu.c) */
     if (dp->n_gso_fd && !dp->gso_off && dp->cfg.ops->udp) {
         uint32_t m = 0, raw = 0;
         while (m < k) {

@@ -199,6 +199,7 @@ uint32_t tx_fill_offloaded(struct ovl_dp *dp, uint32_t n, struct tx_cursor *cur)
         }
         if (fresh && buf[1] != OVL_VNET_GSO_NONE)
             dp->stats[OVL_STAT_TAP_RX_GSO]++;
+        pmtu_origin(dp, m, (uint32_t)k, cur->frame); /* one ICMP per super-frame (pmtu.c) */
         m += (uint32_t)k;
         if (cur->seg == 0)
             cur->frame++;

@@ -479,6 +479,37 @@ int ovl_rx_set_tos(struct ovl_dp *dp, uint32_t i, uint8_t tos);
 /* Patch the outer header at hdr (hdr_len bytes, IPv4 with a valid checksum, or IPv6) for inner
  * frame (len bytes): DS field, TTL, DF as c says (ecn.py outer_fields). 0, or -1 (hdr too short). */
 int ovl_ecn_outer(const struct ovl_config *c, uint8_t *hdr, uint32_t hdr_len, const uint8_t *frame, uint32_t len);
+/* ---- issue 11, path MTU towards the inner sender (pmtu part; csrc/pmtu.c) ---- */
+#define OVL_PMTU_RATE 100   /* default: ICMP replies per second (token bucket) */
+#define OVL_PMTU_BURST 10   /* default: bucket size */
+#define OVL_PMTU_MIN_MTU 68 /* lowest per-remote path MTU (RFC 791) */
+/* (--df, ovl_config_set_df above: inner IPv4 without DF that does not fit leaves in outer fragments unless set.) */
+/* The ICMP "fragmentation needed" (inner IPv4 with DF) or ICMPv6 "packet too big" (inner IPv6) answering
+ * frame f (len bytes, as it was to be sent), as the kernel's iptunnel_pmtud_build_icmp[v6] builds it:
+ * Ethernet back to the sender with the frame's own tags (tci >= 0: an 802.1Q tag with that TCI the frame
+ * came with and lost, inserted first), IP from the inner destination to the inner source (TTL / hop limit
+ * of the frame), the usable mtu, the frame's IP packet quoted up to 576 / 1280 bytes in all. Returns its
+ * length into out, 0 if none is due (the kernel's exclusions: mtu below 576 / 1280, IPv4 without DF or a
+ * fragment, multicast / broadcast / zero / loopback addresses, ICMP errors, later fragments; not IP), -1 if
+ * cap is too small. */
+int ovl_pmtu_reply(const uint8_t *f, size_t len, int32_t tci, uint32_t mtu, uint8_t *out, size_t cap);
+/* Fragment k (0, 1, ...) of the IPv4 packet pkt (no options) for a path of mtu bytes, with IP id id, into
+ * out: its length, 0 past the last fragment, -1 (cap, options, mtu below 28). */
+int ovl_ip4_fragment(const uint8_t *pkt, size_t len, uint32_t mtu, uint32_t id, uint32_t k, uint8_t *out,
+                     size_t cap);
+/* The path MTU towards the remote in slot r (OVL_PMTU_MIN_MTU..65535; 0: the underlay MTU again). 0, -1. */
+int ovl_dp_set_remote_mtu(struct ovl_dp *dp, uint32_t r, uint32_t mtu);
+/* The path MTU in effect towards slot r, 0 for a free slot. */
+uint32_t ovl_dp_remote_mtu(const struct ovl_dp *dp, uint32_t r);
+/* The replies' token bucket: rate per second (0: no replies, all counted as limited), burst >= 1. 0, -1. */
+int ovl_dp_set_pmtu_rate(struct ovl_dp *dp, double rate, double burst);
+/* Reply q queued since the last TAP batch (or ovl_dp_pmtu_clear), the TAP's virtio header first when it
+ * has one: its length (copied to out if it fits cap), or -1 past the last. */
+int ovl_dp_pmtu_reply(const struct ovl_dp *dp, uint32_t q, uint8_t *out, uint32_t cap);
+void ovl_dp_pmtu_clear(struct ovl_dp *dp);
+/* Fragment k of the copy q that the last ovl_tx_process queued for fragmentation; its remote to *remote.
+ * Its length, 0 past its last fragment, -1 for q out of range or cap too small. */
+int ovl_tx_fragment(const struct ovl_dp *dp, uint32_t q, uint32_t k, uint32_t *remote, uint8_t *out, uint32_t cap);
 /* END CDEF */
 
 #endif

@@ -98,6 +98,7 @@ int ovl_dp_add_remote(struct ovl_dp *dp, const uint8_t *addr, const uint8_t *loc
     memset(dp->remotes[r], 0, sizeof(dp->remotes[r]));
     dp->last_rx[r] = 0.0;
     dp->rx_seen[r] = 0;
+    pmtu_forget(dp, r);
     outer_template(c, r, &dp->outer[r]);
     io_set_remote(dp, r);
     hash_rebuild(dp); /* cannot fail: the address is new */

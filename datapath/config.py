@@ -172,9 +172,12 @@ class TunnelConfig:
     udp6_zero_csum_rx: bool = False
     # issue 11, ecn (datapath/ecn.py): the outer DS field 0..255 (its DSCP bits; ECN is copied from the
     # inner packet) or "inherit"; the outer DF: "set", "unset", "inherit", None: the mode's default
-    # (VXLAN unset, GRE set, as the kernel's vxlan / gretap devices)
+    # (VXLAN unset, GRE set, as the kernel's vxlan / gretap devices). pmtu reads it: inner IPv4 without
+    # DF that does not fit its path leaves in outer fragments unless "set".
     tos: int | str = 0
     df: str | None = None
+    # issue 11, pmtu: the rate of ICMP "too big" replies per second (0: none)
+    pmtu_icmp_rate: int = 100
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -204,6 +207,7 @@ class TunnelConfig:
         _check_type("tunnel.udp6_zero_csum_rx", self.udp6_zero_csum_rx, (bool,), "true or false")
         if self.underlay_mtu is not None:
             _check_range("tunnel.underlay_mtu", "MTU", self.underlay_mtu, MIN_MTU, 65535)
+        _check_range("tunnel.pmtu_icmp_rate", "rate", self.pmtu_icmp_rate, 0, 1000000)
         self._check_vlan_map(cls)
 
     def _check_vlan_map(self, cls: type[Encap]) -> None:

@@ -690,6 +690,20 @@ class Engine:
         FDB entries, counters and last receive stay. KeyError for an address that is not a remote."""
         self.forwarder.set_remote_local(self._slot(addr), check_address("tunnel.local", local))
 
+    def set_remote_mtu(self, addr: str, mtu: int) -> int:
+        """The path MTU towards remote addr (0: the underlay MTU again); returns the one it had.
+
+        KeyError for an address that is not a remote, ValueError for an MTU out of 68..65535.
+        """
+        slot = self._slot(addr)
+        old = self.forwarder.remote_mtu(slot)
+        self.forwarder.set_remote_mtu(slot, mtu)
+        return old
+
+    def remote_mtu(self, addr: str) -> int:
+        """The path MTU towards remote addr that the too-big check uses (KeyError: not a remote)."""
+        return self.forwarder.remote_mtu(self._slot(addr))
+
     def set_nexthop(self, addr: str, ifindex: int, mtu: int, dst: bytes, src: bytes) -> bool:
         """Send to remote addr through the TX ring of device ifindex (MTU mtu), in frames to MAC dst from src.
 
@@ -735,13 +749,14 @@ class Engine:
         now = self._clock()
         counters = {str(row["remote"]): row for row in self.forwarder.snapshot().remotes}
         rows: list[dict[str, object]] = []
-        for _, r, last in self.forwarder.remotes():
+        for slot, r, last in self.forwarder.remotes():
             ctr = counters[r.addr]
             rows.append(
                 {
                     "remote": r.addr,
                     "local": r.local,
                     **{f: ctr[f] for f in REMOTE_FIELDS},
+                    "path_mtu": self.forwarder.remote_mtu(slot),
                     "last_rx_age": None if last is None else round(max(0.0, now - last), 3),
                 }
             )

@@ -36,7 +36,7 @@ from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
-from datapath import ecn
+from datapath import ecn, pmtu
 from datapath.config import Config, Remote
 from datapath.counters import FDB_FIELDS, INJECT_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
 from datapath.encap.ipv6 import from16, to16
@@ -468,6 +468,51 @@ class FastForwarder:
         self._out = _raw_alloc("uint8_t[]", 1 << 17)
         self._vnet = ffi.new("uint8_t[]", 16)
         self._inject = False  # set_inject was called
+        if lib.ovl_dp_set_pmtu_rate(self._dp, cfg.tunnel.pmtu_icmp_rate, pmtu.DEFAULT_BURST) < 0:
+            raise ValueError("tunnel.pmtu_icmp_rate out of range for the C fast path")
+
+    # -- issue 11, path MTU (csrc/pmtu.c) ---------------------------------------------------
+
+    def set_remote_mtu(self, slot: int, mtu: int) -> None:
+        """The path MTU towards the remote in slot (68..65535; 0: the underlay MTU again). KeyError: a free slot."""
+        if mtu and not pmtu.MIN_MTU <= mtu <= 0xFFFF:
+            raise ValueError(f"path MTU {mtu} out of range {pmtu.MIN_MTU}..65535")
+        with self.paused():
+            failed = not 0 <= slot < lib.OVL_MAX_REMOTES or lib.ovl_dp_set_remote_mtu(self._dp, slot, mtu) < 0
+        if failed:
+            raise KeyError(f"no remote in slot {slot}")
+
+    def remote_mtu(self, slot: int) -> int:
+        """The path MTU in effect towards the remote in slot (KeyError: a free slot)."""
+        mtu = int(lib.ovl_dp_remote_mtu(self._dp, slot)) if 0 <= slot < lib.OVL_MAX_REMOTES else 0
+        if not mtu:
+            raise KeyError(f"no remote in slot {slot}")
+        return mtu
+
+    def pmtu_replies(self) -> list[bytes]:
+        """The ICMP replies queued since the last call (virtio header first with one), without the TAP."""
+        out: list[bytes] = []
+        with self.paused():
+            q = 0
+            while (n := int(lib.ovl_dp_pmtu_reply(self._dp, q, self._out, len(self._out)))) >= 0:
+                out.append(bytes(ffi.buffer(self._out, n))[self.tap_vnet :])
+                q += 1
+            lib.ovl_dp_pmtu_clear(self._dp)
+        return out
+
+    def _fragments(self) -> list[tuple[int, bytes]]:
+        """The outer fragments of the copies the last ovl_tx_process queued (inside a pause)."""
+        out: list[tuple[int, bytes]] = []
+        remote = ffi.new("uint32_t *")
+        q = 0
+        while True:
+            k = 0
+            while (n := int(lib.ovl_tx_fragment(self._dp, q, k, remote, self._out, len(self._out)))) > 0:
+                out.append((int(remote[0]), bytes(ffi.buffer(self._out, n))))
+                k += 1
+            if n < 0 and k == 0:
+                return out
+            q += 1
 
     # -- VXLAN TX through the injection TAP (csrc/inject.c) -----------------------------
 
@@ -629,6 +674,7 @@ class FastForwarder:
         """Frames from the TAP -> (remote index, outer packet) pairs to send."""
         dp = self._dp
         out: list[tuple[int, bytes]] = []
+        frags: list[tuple[int, bytes]] = []  # after the packets, as PyForwarder.tx
         remote = ffi.new("uint32_t *")
         for chunk in self._chunks(frames):
             bufs = [ffi.from_buffer("uint8_t[]", bytearray(f)) for f in chunk]  # alive until the results are read
@@ -639,7 +685,8 @@ class FastForwarder:
                 for m in range(k):
                     n = _fits(lib.ovl_tx_packet(dp, m, remote, self._out, len(self._out)), len(self._out))
                     out.append((int(remote[0]), bytes(ffi.buffer(self._out, n))))
-        return out
+                frags.extend(self._fragments())
+        return out + frags
 
     def _rx_load(self, chunk: Sequence[RxPacket]) -> list[Any]:
         bufs = [ffi.from_buffer("uint8_t[]", bytearray(p[0])) for p in chunk]  # alive until the results are read

@@ -106,6 +106,14 @@ class Forwarder(Protocol):
         """(slot, remote, clock at its last delivered packet or None) of the remotes in use, in slot order."""
         ...
 
+    def set_remote_mtu(self, slot: int, mtu: int) -> None:
+        """The path MTU towards the remote in slot (68..65535; 0: the underlay MTU again); KeyError: a free slot."""
+        ...
+
+    def remote_mtu(self, slot: int) -> int:
+        """The path MTU in effect towards the remote in slot (KeyError: a free slot)."""
+        ...
+
 
 def fast_path_available() -> bool:
     """True if the C module is built."""

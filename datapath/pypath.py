@@ -42,7 +42,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 
-from datapath import ecn
+from datapath import ecn, pmtu
 from datapath.config import MAX_REMOTES, Config, Remote
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
 from datapath.encap.ipv4 import IPV4_HLEN
@@ -78,6 +78,9 @@ def canonical_source(addr: str) -> str:
 _READ_SIZE = 65536
 # The outer TOS (IP_TOS, IPV6_TCLASS) and IPV6_PKTINFO.
 _CMSG_SIZE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(IN6_PKTINFO_LEN)
+# As csrc/pmtu.c: ICMP replies per TAP batch, copies queued for fragmentation per batch.
+_REPLY_QUEUE = 16
+_FRAG_QUEUE = 256
 
 
 class PyForwarder:
@@ -97,8 +100,14 @@ class PyForwarder:
         self._remote_ctr: list[dict[str, int]] = []
         self._ends: list[tuple[bytes, bytes]] = []
         self._last_rx: list[float | None] = []
+        self._mtu: list[int] = []  # per slot: its path MTU, 0 = the underlay MTU (datapath.pmtu)
         self._by_addr: dict[str, int] = {}
         self._send6: socket.socket | None = None  # the IPv6 raw send socket (set_send6)
+        # issue 11, pmtu: the replies' rate limit, replies for the TAP, copies to fragment, our IP id.
+        self._bucket = pmtu.TokenBucket(cfg.tunnel.pmtu_icmp_rate, pmtu.DEFAULT_BURST)
+        self._replies: list[bytes] = []
+        self._frags: list[tuple[int, list[bytes], int]] = []
+        self._ip_id = 1
         for r in cfg.remotes:
             self.add_remote(r)
         # VLAN <-> tunnel id for mapped VLANs; everything else is the base id.
@@ -126,10 +135,12 @@ class PyForwarder:
             self._remote_ctr.append({})
             self._ends.append(ends)
             self._last_rx.append(None)
+            self._mtu.append(0)
         self._slots[slot] = remote
         self._remote_ctr[slot] = dict.fromkeys(REMOTE_FIELDS, 0)
         self._ends[slot] = ends
         self._last_rx[slot] = None
+        self._mtu[slot] = 0
         self._by_addr[remote.addr] = slot
         return slot
 
@@ -154,6 +165,25 @@ class PyForwarder:
         self._slots[slot] = moved
         self._ends[slot] = (moved.local_bytes, moved.addr_bytes)
 
+    def set_remote_mtu(self, slot: int, mtu: int) -> None:
+        """The path MTU towards the remote in slot (68..65535; 0: the underlay MTU again). KeyError: a free slot."""
+        if not self._in_use(slot):
+            raise KeyError(f"no remote in slot {slot}")
+        if mtu and not pmtu.MIN_MTU <= mtu <= 0xFFFF:
+            raise ValueError(f"path MTU {mtu} out of range {pmtu.MIN_MTU}..65535")
+        self._mtu[slot] = mtu
+
+    def remote_mtu(self, slot: int) -> int:
+        """The path MTU in effect towards the remote in slot (KeyError: a free slot)."""
+        if not self._in_use(slot):
+            raise KeyError(f"no remote in slot {slot}")
+        return self._mtu[slot] or self.cfg.underlay_mtu
+
+    def pmtu_replies(self) -> list[bytes]:
+        """The ICMP replies built since the last call (from_tap writes them to the TAP itself)."""
+        out, self._replies = self._replies, []
+        return out
+
     def remotes(self) -> list[tuple[int, Remote, float | None]]:
         """The remotes in use, in slot order: (slot, remote, clock at its last delivered packet or None)."""
         return [(i, r, self._last_rx[i]) for i, r in enumerate(self._slots) if r is not None]
@@ -175,12 +205,56 @@ class PyForwarder:
     # -- packet logic, no I/O ------------------------------------------------
 
     def tx(self, frames: Iterable[bytes]) -> list[tuple[int, bytes]]:
-        """Frames from the TAP -> (remote index, outer packet) pairs to send."""
-        return [(remote, pkt) for remote, pkt, _ in self._tx(frames)]
+        """Frames from the TAP -> (remote index, outer packet) pairs to send; then the outer fragments of
+        the copies too big for their path (inner IPv4 without DF, --df unset / inherit), copy by copy."""
+        out = [(remote, pkt) for remote, pkt, _ in self._tx(frames)]
+        return out + [(remote, f) for remote, frags, _ in self._frags for f in frags]
+
+    def _copy(self, send: bytes, slot: int, tid: int | None, outer_len: int) -> tuple[int, int]:
+        """A copy of send to slot: (1 it fits, 2 queued in fragments, 0 it does not; the largest inner frame
+        that slot's path takes) (csrc/pmtu.c tx_copy)."""
+        mtu = self._mtu[slot] or self.cfg.underlay_mtu
+        v6 = len(self._ends[slot][1]) == 16
+        if v6:  # an outer IPv6 header is 20 bytes longer (and IPv6 has no DF: never fragmented here)
+            outer_len += V6_EXTRA
+        if outer_len + len(send) <= mtu:
+            return 1, mtu - outer_len
+        if (
+            not v6
+            and pmtu.may_fragment(send, self._encap.df)
+            and outer_len + len(send) <= 0xFFFF
+            and len(self._frags) < _FRAG_QUEUE
+            and mtu >= pmtu.FRAG_MIN_MTU
+        ):
+            self._frags.append((slot, pmtu.fragment(self._build(send, slot, tid), mtu, self._ip_id), len(send)))
+            self._ip_id = self._ip_id + 1 if self._ip_id < 0xFFFF else 1
+            self._stats["tx_fragmented"] += 1
+            return 2, mtu - outer_len
+        return 0, max(mtu - outer_len, 0)
+
+    def _too_big(self, send: bytes, tci: int | None, room: int) -> None:
+        """send did not fit (room: the largest inner frame that would have): dropped, answered when due."""
+        self._drop(Drop.TX_TOO_BIG)
+        l3, _ = pmtu.l3_offset(send)
+        if not l3 or room <= l3:
+            return
+        icmp = pmtu.reply(send, tci, room - l3)
+        if icmp is None:
+            return
+        if len(self._replies) >= _REPLY_QUEUE or not self._bucket.allow(self._clock()):
+            self._stats["tx_pmtu_limited"] += 1
+            return
+        self._replies.append(icmp)
+        self._stats["tx_pmtu_icmp"] += 1
 
     def _tx(self, frames: Iterable[bytes]) -> list[tuple[int, bytes, int]]:
-        """tx(), with the length of the inner frame of each packet (after a tag was stripped)."""
+        """tx(), with the length of the inner frame of each packet (after a tag was stripped).
+
+        Every copy is held against its remote's path MTU; copies that do not fit and may be
+        fragmented go to self._frags, the others are dropped and answered (self._replies).
+        """
         out: list[tuple[int, bytes, int]] = []
+        self._frags = []
         for frame in frames:
             self._stats["tap_rx"] += 1
             if len(frame) < ETH_HLEN:
@@ -188,36 +262,47 @@ class PyForwarder:
                 continue
             vlan = vlan_id(frame)
             tid = self._id_of_vlan.get(vlan)
+            tci: int | None = None
             if tid is None:  # untagged, or a VLAN that is not mapped: as it is, in the base id
                 send, outer_len = bytes(frame), self.cfg.outer_len
             else:  # a mapped VLAN: untagged, in its own id
                 send, outer_len = strip_vlan(frame), self.cfg.mapped_outer_len
-            # (outer_len is over IPv4, the shorter header: a frame too big even for that goes nowhere)
-            if outer_len + len(send) > self.cfg.underlay_mtu:
-                self._drop(Drop.TX_TOO_BIG)
-                continue
-            # What an IPv6 remote's copy adds on top (the outer IPv6 header is 20 bytes longer).
-            fits6 = outer_len + V6_EXTRA + len(send) <= self.cfg.underlay_mtu
+                tci = int.from_bytes(frame[14:16], "big")
             remote = None if is_multicast(frame) else self.fdb.lookup(frame[:6], vlan=vlan)
+            room = 1 << 32
             if remote is not None and self._in_use(remote):
+                fit, r_room = self._copy(send, remote, tid, outer_len)
+                if not fit:
+                    self._too_big(send, tci, min(room, r_room))
+                    continue
                 self._stats["tx_unicast"] += 1
-                self._emit(out, remote, send, tid, fits6)
+                if fit == 1:
+                    out.append((remote, self._build(send, remote, tid), len(send)))
                 continue
-            # Broadcast, multicast, unknown unicast: head-end replication to every remote.
-            self._stats["tx_flooded"] += 1
+            # Broadcast, multicast, unknown unicast: head-end replication to every remote, each copy
+            # held against its own path.
+            used = sent = 0
             for i, r in enumerate(self._slots):
                 if r is None:
                     continue
+                used += 1
+                fit, r_room = self._copy(send, i, tid, outer_len)
+                if not fit:
+                    room = min(room, r_room)
+                    continue
+                sent += 1
                 self._remote_ctr[i]["tx_flood"] += 1
-                self._emit(out, i, send, tid, fits6)
+                if fit == 1:
+                    out.append((i, self._build(send, i, tid), len(send)))
+            if (sent == 0) if used else outer_len + len(send) > self.cfg.underlay_mtu:
+                if not used:
+                    room = max(self.cfg.underlay_mtu - outer_len, 0)
+                self._too_big(send, tci, room)
+                continue
+            self._stats["tx_flooded"] += 1
+            if sent < used:
+                self._too_big(send, tci, room)
         return out
-
-    def _emit(self, out: list[tuple[int, bytes, int]], remote: int, send: bytes, tid: int | None, fits6: bool) -> None:
-        """One packet of frame send to remote; a copy to an IPv6 remote that does not fit is tx_too_big."""
-        if not fits6 and len(self._ends[remote][1]) == 16:
-            self._drop(Drop.TX_TOO_BIG)
-            return
-        out.append((remote, self._build(send, remote, tid), len(send)))
 
     def rx(self, packets: Iterable[RxPacket]) -> list[tuple[int, bytes]]:
         """(packet, outer source address[, outer DS field[, outer destination]]) -> (remote index, inner
@@ -280,10 +365,32 @@ class PyForwarder:
             except OSError as exc:  # as the C path: send what was read, then report
                 error = exc
                 break
-        self._send(self._tx(frames), send_sock)
+        packets = self._tx(frames)
+        self._send_frags(send_sock)
+        self._send(packets, send_sock)
+        for icmp in self.pmtu_replies():  # the ICMP replies to the inner senders, into the bridge
+            try:
+                os.write(tap_fd, icmp)
+            except OSError:
+                self._drop(Drop.RX_TAP_ERROR)
         if error is not None:
             raise error
         return len(frames)
+
+    def _send_frags(self, send_sock: socket.socket) -> None:
+        # As the C path (pmtu_send_frags): each copy's fragments, first to last; a failure drops the copy.
+        for remote, frags, inner_len in self._frags:
+            try:
+                for f in frags:
+                    send_sock.sendto(f, socket.MSG_DONTWAIT, (self._addr_of(remote), 0))
+            except OSError as exc:
+                full = isinstance(exc, BlockingIOError) or exc.errno == errno.ENOBUFS
+                self._drop(Drop.TX_FULL if full else Drop.TX_ERROR)
+                continue
+            ctr = self._remote_ctr[remote]
+            ctr["tx_packets"] += 1
+            ctr["tx_bytes"] += inner_len
+        self._frags = []
 
     def _send(self, packets: list[tuple[int, bytes, int]], send_sock: socket.socket) -> None:
         # As the C path: never wait for the underlay. A full send buffer is the socket's, so

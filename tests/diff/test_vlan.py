@@ -130,6 +130,9 @@ def test_s_tag_is_not_a_vlan(setup: tuple[Config, Forwarder]) -> None:
 
 def test_too_big_is_checked_after_stripping(setup: tuple[Config, Forwarder]) -> None:
     cfg, fwd = setup
+    # --df set: these inner IPv4 frames without DF would otherwise leave in outer fragments (issue 11)
+    cfg = dataclasses.replace(cfg, tunnel=dataclasses.replace(cfg.tunnel, df="set"))
+    fwd = type(fwd)(cfg)  # type: ignore[call-arg]
     # The largest frame that fits in the base id, plus a tag.
     size = cfg.underlay_mtu - cfg.outer_len + ether.VLAN_HLEN
     mapped, unmapped = eth(FAR, LOCAL, vid=10, size=size), eth(FAR, LOCAL, vid=30, size=size)

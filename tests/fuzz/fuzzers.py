@@ -42,6 +42,7 @@ TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "offload": ("fuzz_offload.c", ()),
     "tap_tx": ("fuzz_tap_tx.c", ()),
     "vlan": ("fuzz_vlan.c", ()),
+    "pmtu": ("fuzz_pmtu.c", ()),
 }
 # The functions each target is for (their lines are its "focus" coverage; static ones without the file name).
 _RX = ("ovl_rx_load", "ovl_rx_process", "ovl_rx_result", "ovl_parse", "ovl_decap", "frame_vlan", "vlan_of_id",
@@ -80,6 +81,19 @@ FOCUS: dict[str, tuple[str, ...]] = {
         "ovl_rx_plan",
     ),
     "offload": _TSO,
+    "pmtu": (
+        "ovl_pmtu_reply",
+        "v4_reply_due",
+        "v6_reply_due",
+        "ovl_ip4_fragment",
+        "tx_copy",
+        "tx_fits",
+        "pmtu_too_big",
+        "pmtu_allow",
+        "job_fragment",
+        "ovl_tx_fragment",
+        "may_fragment",
+    ),
     "tap_tx": ("tx_fill_offloaded", *_TSO, *_TX),
     "vlan": (
         *_TX,

@@ -95,7 +95,7 @@ def gre_packet(frame: bytes, *, key: int | None, csum: bool = False, seq: bool =
 def corpus() -> dict[str, dict[str, bytes]]:
     """Seeds by target and name."""
     f = frames()
-    targets = ("rx_vxlan", "rx_gre", "rx_plan", "rx_super", "offload", "tap_tx", "vlan")
+    targets = ("rx_vxlan", "rx_gre", "rx_plan", "rx_super", "offload", "tap_tx", "vlan", "pmtu")
     out: dict[str, dict[str, bytes]] = {t: {} for t in targets}
 
     # rx_vxlan: a context byte, then records of UDP payloads.
@@ -202,6 +202,19 @@ def corpus() -> dict[str, dict[str, bytes]]:
     for name in ("vlan10", "vlan20-prio", "vlan5", "qinq", "udp4", "bad-src"):
         v[f"vxlan-{name}"] = b"\0" + f[name]
         v[f"gre-{name}"] = b"\1" + f[name]
+
+    # pmtu (issue 11): meta (GRE, give a tag back, --df set), usable MTU, remote 1's path MTU, frame.
+    p = out["pmtu"]
+    big4 = bytes(Ether(src=A, dst=B) / IP(src="172.20.1.1", dst="172.20.1.2", flags="DF") / UDP() / Raw(bytes(1460)))
+    nodf = bytes(Ether(src=A, dst=B) / IP(src="172.20.1.1", dst="172.20.1.2") / UDP() / Raw(bytes(1460)))
+    big6 = bytes(Ether(src=A, dst=B) / IPv6(src="fd00::1", dst="fd00::2") / UDP() / Raw(bytes(1440)))
+    tagged = bytes(
+        Ether(src=A, dst=B) / Dot1Q(vlan=10) / IP(src="1.1.1.1", dst="2.2.2.2", flags="DF") / Raw(bytes(1470))
+    )
+    for name, fr in (("v4-df", big4), ("v4-nodf", nodf), ("v6", big6), ("tagged", tagged), ("arp", f["arp"])):
+        p[f"vxlan-{name}"] = b"\0" + struct.pack("!HH", 1450, 1400) + fr
+        p[f"gre-tag-{name}"] = b"\3" + struct.pack("!HH", 1462, 1300) + fr
+        p[f"df-set-{name}"] = b"\4" + struct.pack("!HH", 600, 576) + fr
     return out
 
 

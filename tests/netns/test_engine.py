@@ -362,10 +362,20 @@ def test_runtime_remote_and_fdb_calls(path: str) -> None:
             eng.add_remote(Remote(other, LOCAL))
             assert [r.addr for r in eng.remotes()] == [REMOTE, other]
             rows = eng.remote_rows()
-            assert [set(r) for r in rows] == [
-                {"remote", "local", "tx_packets", "tx_bytes", "tx_flood", "rx_packets", "rx_bytes", "last_rx_age"}
-            ] * 2
-            assert rows[1] == {"remote": other, "local": LOCAL, **dict.fromkeys(REMOTE_FIELDS, 0), "last_rx_age": None}
+            keys = {"remote", "local", "tx_packets", "tx_bytes", "tx_flood", "rx_packets", "rx_bytes", "last_rx_age"}
+            assert [set(r) for r in rows] == [keys | {"path_mtu"}] * 2
+            zero = dict.fromkeys(REMOTE_FIELDS, 0)
+            mtu = eng.cfg.underlay_mtu
+            assert rows[1] == {"remote": other, "local": LOCAL, **zero, "last_rx_age": None, "path_mtu": mtu}
+            # issue 11: a remote's own path MTU, shown in its row; 0 gives back the underlay MTU
+            assert eng.set_remote_mtu(other, 1400) == eng.cfg.underlay_mtu and eng.remote_mtu(other) == 1400
+            assert eng.remote_rows()[1]["path_mtu"] == 1400 and eng.remote_rows()[0]["path_mtu"] == eng.cfg.underlay_mtu
+            eng.set_remote_mtu(other, 0)
+            assert eng.remote_mtu(other) == eng.cfg.underlay_mtu
+            with pytest.raises(KeyError):
+                eng.set_remote_mtu("10.9.0.4", 1400)
+            with pytest.raises(ValueError):
+                eng.set_remote_mtu(other, 10)
 
             eng.fdb_add(MAC_B, other, vlan=7)
             with pytest.raises(KeyError, match=r"10\.9\.0\.4 is not a remote"):

@@ -313,3 +313,16 @@ def test_injected_outer_fields(settings: dict[str, object], want: tuple[int, int
     again = IP(bytes(ip))
     del again.chksum
     assert IP(bytes(again)).chksum == ip.chksum
+
+
+def test_held_to_the_tightest_remote_path() -> None:
+    """Issue 11: a remote's lowered path MTU (ovl_dp_set_remote_mtu) holds the injection to it as well."""
+    fwd = forwarder()
+    frame, l4 = super_frame(b"a" * 9000)
+    assert fwd.inject_header(0, tso(frame, l4, mss=1410), frame)
+    fwd.set_remote_mtu(0, 1400)
+    with pytest.raises(ValueError, match="fallback_mtu"):
+        fwd.inject_header(0, tso(frame, l4, mss=1410), frame)
+    assert fwd.inject_header(0, tso(frame, l4, mss=1310), frame)  # 36 + 54 + 1310 = 1400
+    fwd.set_remote_mtu(0, 0)
+    assert fwd.inject_header(0, tso(frame, l4, mss=1410), frame)

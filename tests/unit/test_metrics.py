@@ -35,9 +35,9 @@ class FakeSource:
         self.fdb = {**{name: 20 + i for i, name in enumerate(FDB_FIELDS)}, "entries": 5}
         self.rows: list[dict[str, object]] = [
             {"remote": "192.0.2.2", "local": "192.0.2.1", "tx_packets": 100, "tx_bytes": 15000, "tx_flood": 4,
-             "rx_packets": 90, "rx_bytes": 12000, "last_rx_age": 1.5},
+             "rx_packets": 90, "rx_bytes": 12000, "last_rx_age": 1.5, "path_mtu": 1400},
             {"remote": "192.0.2.3", "local": "192.0.2.1", "tx_packets": 4, "tx_bytes": 400, "tx_flood": 4,
-             "rx_packets": 0, "rx_bytes": 0, "last_rx_age": None},
+             "rx_packets": 0, "rx_bytes": 0, "last_rx_age": None, "path_mtu": 1500},
         ]  # fmt: skip
         self.off = metrics.OffloadState(
             fast_path=True, vnet_hdr=True, tun=frozenset({"csum", "tso4"}), udp_gro=True, udp_gso=False,
@@ -54,7 +54,7 @@ class FakeSource:
     def snapshot(self) -> Snapshot:
         if self.stalled:
             raise metrics.LoopUnavailable("loop stalled: no answer from the packet loop within 2 s")
-        remotes = [{k: v for k, v in r.items() if k not in ("local", "last_rx_age")} for r in self.rows]
+        remotes = [{k: v for k, v in r.items() if k not in ("local", "last_rx_age", "path_mtu")} for r in self.rows]
         return Snapshot(dict(self.stats), dict(self.drops), remotes, dict(self.fdb))  # type: ignore[arg-type]
 
     def remote_rows(self) -> Sequence[Mapping[str, object]]:
@@ -115,6 +115,11 @@ def test_every_metric_has_its_type_labels_and_value() -> None:
     kind, samples = fams["ovl_dp_remote_last_rx_timestamp_seconds"]
     assert kind == "gauge" and [s.labels for s in samples] == [{"tap": TAP, "remote": "192.0.2.2"}]
     assert abs(samples[0].value - (time.time() - 1.5)) < 60  # the same moment, as Unix time
+    kind, samples = fams["ovl_dp_remote_path_mtu_bytes"]  # issue 11
+    assert kind == "gauge" and [(s.labels["remote"], s.value) for s in samples] == [
+        ("192.0.2.2", 1400),
+        ("192.0.2.3", 1500),
+    ]
 
 
 def test_offload_state_and_build_info() -> None:

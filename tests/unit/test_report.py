@@ -62,3 +62,15 @@ def test_counters_with_the_link_watchers_report() -> None:
     assert format_counters(snap).splitlines()[-2:] == ["watch:    tap_recreated=1  bridge_lost=0", "problem:  none"]
     snap["watch"]["problem"] = "TAP t is not attached: bridge b does not exist"
     assert format_counters(snap).splitlines()[-1] == "problem:  TAP t is not attached: bridge b does not exist"
+
+
+def test_remotes_show_the_path_mtu() -> None:
+    """Issue 11: `remote list` shows each remote's path MTU (PMTU), '-' where the row has none."""
+    from control.report import format_remotes
+
+    row = {"remote": "192.0.2.2", "local": "192.0.2.1", "tx_packets": 1, "tx_bytes": 2, "rx_packets": 3,
+           "rx_bytes": 4, "last_rx_age": None}  # fmt: skip
+    text = format_remotes([{**row, "path_mtu": 1400}, {**row, "remote": "192.0.2.3"}])
+    head, first, second = text.splitlines()
+    assert head.split()[-3:] == ["PMTU", "LAST", "RX"]
+    assert first.split()[-2:] == ["1400", "never"] and second.split()[-2:] == ["-", "never"]
