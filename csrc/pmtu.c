@@ -455,7 +455,7 @@ void pmtu_send_frags(struct ovl_dp *dp, int send_fd) {
         struct sockaddr_in dst;
         memset(&dst, 0, sizeof(dst));
         dst.sin_family = AF_INET;
-        dst.sin_addr.s_addr = dp->cfg.remote_addr[j->remote];
+        memcpy(&dst.sin_addr, dp->cfg.remote_addr[j->remote] + 12, 4); /* IPv4, stored mapped (ipv6.c) */
         uint32_t nf = 0;
         size_t at = 0;
         int n = 0;
