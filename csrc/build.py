@@ -28,6 +28,7 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 HEADER = os.path.join(HERE, "ovl.h")
+HEADERS = (HEADER, os.path.join(HERE, "ovl_wire.h"))  # their CDEF sections, in this order
 UNITS = (
     "csum.c",
     "flow.c",
@@ -53,14 +54,19 @@ CFLAGS = ["-O2", "-Wall", "-Wextra"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 
 
-def cdef_source(header: str = HEADER) -> str:
-    """The declarations cffi reads: the CDEF section of the header."""
+def cdef_section(header: str) -> str:
+    """The CDEF section of one header."""
     with open(header) as f:
         text = f.read()
     m = re.search(r"/\* BEGIN CDEF \*/\n(.*?)/\* END CDEF \*/", text, re.S)
     if m is None:
         raise RuntimeError(f"{header}: no BEGIN CDEF / END CDEF section")
     return m.group(1)
+
+
+def cdef_source() -> str:
+    """The declarations cffi reads: the CDEF sections of the public headers, one after the other."""
+    return "".join(cdef_section(h) for h in HEADERS)
 
 
 def sources(relative: bool) -> list[str]:

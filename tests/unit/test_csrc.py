@@ -83,13 +83,16 @@ def test_the_protocol_is_chosen_in_one_place() -> None:
 
 
 def test_cdef_section_is_the_header() -> None:
-    """build.py hands cffi exactly the marked section of ovl.h, and cffi can parse it on its own."""
+    """build.py hands cffi exactly the marked sections of ovl.h and ovl_wire.h, and cffi can parse them on their own."""
     from cffi import FFI
 
     build = load_build()
-    header = (CSRC / "ovl.h").read_text()
     section = build.cdef_source()
-    assert section in header and "ovl_from_tunnel" in section and "#include" not in section
+    parts = [build.cdef_section(str(CSRC / h)) for h in ("ovl.h", "ovl_wire.h")]
+    assert section == "".join(parts)
+    for h, part in zip(("ovl.h", "ovl_wire.h"), parts, strict=True):
+        assert part in (CSRC / h).read_text() and "#include" not in part
+    assert "ovl_from_tunnel" in parts[0] and "ovl_dp_set_remote_mtu" in parts[1]
     FFI().cdef(section)
 
 
