@@ -538,6 +538,8 @@ def test_vlan_scenarios_exercise_the_mapping(name: str) -> None:
     for _ in range(60):
         frames = [tx_frame(rnd, cfg) for _ in range(10)]
         for _, pkt in pp.tx(frames):
+            if int.from_bytes(pkt[6:8], "big") & 0x1FFF:  # a later outer fragment (pmtu, --df): no headers
+                continue
             off, tid = vxlan.parse(pkt[28:]) if cfg.tunnel.mode == "vxlan" else gre.parse(pkt)
             assert off >= 0
             sent_ids.add(tid)
