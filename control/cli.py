@@ -241,6 +241,14 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         help="compute the outer UDP checksum (VXLAN; default 0 like the kernel and OVS)",
     )
     run.add_argument(
+        "--clamp-mss",
+        dest="tunnel.clamp_mss",
+        metavar="auto|N|off",
+        help="lower the MSS option of TCP SYN / SYN-ACK crossing the tunnel (both ways) to what fits: auto = the "
+        "tunnel MTU towards the remote minus IP and TCP headers, N = at most N (536..65495); off (default). For "
+        "hosts whose MTU cannot be lowered and that get no ICMP 'too big'",
+    )
+    run.add_argument(
         "--offload",
         dest="offload.policy",
         choices=OFFLOAD_POLICIES,

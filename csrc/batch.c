@@ -44,6 +44,8 @@ uint32_t ovl_tx_process(struct ovl_dp *dp, uint32_t n, double now) {
         tx_frame_sums(c, f, len, &tf); /* len >= ETH_HLEN: cannot fail */
         /* Multicast destinations are not looked up (a lookup may age an entry out). */
         int32_t r = (f[0] & 1) ? -1 : ovl_fdb_lookup(dp->fdb, f, vlan, now);
+        if (c->clamp_mss && mss_tx(dp, dp->tx_data[i], len, r, tf.t.keyed))
+            tx_frame_sums(c, f, len, &tf); /* the MSS option changed: the frame's sum with it */
         if (r >= 0 && (uint32_t)r < c->n_remotes && c->remote_used[r]) {
             dp->stats[OVL_STAT_TX_UNICAST]++;
             emit(dp, &k, i, (uint32_t)r, &tf);
@@ -110,6 +112,8 @@ uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now) {
             count_drop(dp, -res);
             continue;
         }
+        if (c->clamp_mss)
+            mss_rx(dp, e->data + res, e->len - (uint32_t)res, r, tag != 0);
         ovl_fdb_learn(dp->fdb, e->data + res + ETH_ALEN, vlan, r, now);
         dp->last_rx[r] = now;
         dp->rx_seen[r] = 1;

@@ -45,6 +45,7 @@ UNITS = (
     "loop.c",
     "rx_super.c",
     "ring.c",
+    "mss.c",
 )
 CFLAGS = ["-O2", "-Wall", "-Wextra"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]

@@ -69,7 +69,10 @@ enum ovl_drop {
     OVL_DROP_TX_FULL = 15,        /* the underlay send buffer or device queue was full (EAGAIN, ENOBUFS) */
     OVL_DROP_RX_BAD_SUPER = 16,   /* a received inner frame beyond the TAP MTU and a ring slot that is no TCP
                                    * super-packet we can pass on (not TCP, lengths or checksum wrong) */
-    OVL_DROP_COUNT = 17 /* size of the drops array; index 0 is unused */
+    /* issue 11 (slots fixed for every part's branch) */
+    OVL_DROP_RX_ECN = 17,     /* ecn part: outer CE, inner Not-ECT */
+    OVL_DROP_RX_BAD_DST = 18, /* v6 part: not our local address */
+    OVL_DROP_COUNT = 19 /* size of the drops array; index 0 is unused */
 };
 
 /* Outcome of ovl_fdb_learn: the values of datapath.fdb.Learn. */
@@ -93,7 +96,13 @@ enum ovl_stat {
     OVL_STAT_RX_GRO = 7,     /* UDP_GRO buffers of several datagrams received */
     OVL_STAT_RX_SUPER = 8,       /* super-packets received whole and written to the TAP as one TSO frame */
     OVL_STAT_RX_SUPER_SPLIT = 9, /* super-packets received whole and cut into segments here */
-    OVL_STAT_COUNT = 10
+    /* issue 11 (slots fixed for every part's branch) */
+    OVL_STAT_TX_PMTU_ICMP = 10,    /* pmtu part: ICMP / ICMPv6 "too big" written to the TAP */
+    OVL_STAT_TX_PMTU_LIMITED = 11, /* pmtu part: suppressed by the rate limit */
+    OVL_STAT_TX_FRAGMENTED = 12,   /* pmtu part: outer packets sent to be fragmented per --df */
+    OVL_STAT_MSS_CLAMPED = 13,     /* mss part: SYN / SYN-ACK whose MSS option was lowered */
+    OVL_STAT_RX_ECN_CE = 14,       /* ecn part: inner CE set from an outer CE */
+    OVL_STAT_COUNT = 15
 };
 
 /* Per-remote counters: indices in the order of datapath.counters.REMOTE_FIELDS. */
@@ -423,6 +432,28 @@ uint32_t ovl_dp_ring_counters(const struct ovl_dp *dp, uint64_t *out, uint32_t n
  * + frame) into out if it fits cap and the device; its remote to *remote. Returns the length, 0 if the
  * remote has no next hop or it does not fit (the raw way), -1 for m out of range. */
 int ovl_tx_ring_frame(const struct ovl_dp *dp, uint32_t m, uint32_t *remote, uint8_t *out, uint32_t cap);
+/* ---- TCP MSS clamping (issue 11, mss part: csrc/mss.c) ----
+ * The MSS option of a TCP SYN / SYN-ACK crossing the tunnel (either way) is lowered to what
+ * fits (never raised), its TCP checksum updated incrementally (RFC 1624). */
+#define OVL_CLAMP_MSS_OFF 0
+#define OVL_CLAMP_MSS_AUTO 1
+#define OVL_MSS_MIN 536   /* smallest fixed clamp: the IPv4 default MSS (RFC 9293 3.7.1) */
+#define OVL_MSS_MAX 65495 /* largest fixed clamp: 65,535 - IPv4 - TCP headers */
+/* --clamp-mss: OVL_CLAMP_MSS_OFF, OVL_CLAMP_MSS_AUTO (what the tunnel fits, per remote), or a fixed
+ * MSS OVL_MSS_MIN..OVL_MSS_MAX. 0, or -1 for any other value (nothing changed). */
+int ovl_config_set_clamp_mss(struct ovl_config *c, uint32_t clamp);
+/* mss.clamp: lower every MSS option of the TCP SYN (or SYN-ACK) in frame (Ethernet, up to two VLAN
+ * tags, IPv4 without fragmentation or IPv6 without extension headers) above limit to limit, in
+ * place. partial: a TCP checksum equal to the pseudo-header seed is a partial one (a received frame
+ * whose sender left it to offload) and stays as it is; otherwise the checksum is updated (RFC 1624).
+ * Returns 1 if an option was lowered, 0 if nothing changed (no SYN, no MSS above limit, cut short,
+ * malformed options: those after a malformed one are not read). */
+int ovl_mss_clamp(uint8_t *frame, uint32_t len, uint32_t limit, uint32_t partial);
+/* The MSS a SYN of IP version v6 (0: IPv4, 1: IPv6) gets with the context's clamp: the fixed one, or
+ * auto: towards remote slot r (-1 or a free slot: the smallest over the remotes in use) the underlay
+ * MTU minus the outer header (keyed: a GRE key field), the inner L2 header of l2_len bytes, the IP
+ * header and 20 bytes of TCP header; never below 88 (TCP_MIN_MSS). 0 with the clamp off. */
+uint32_t ovl_dp_mss_limit(const struct ovl_dp *dp, int32_t r, uint32_t v6, uint32_t keyed, uint32_t l2_len);
 /* END CDEF */
 
 #endif

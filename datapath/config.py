@@ -1,7 +1,8 @@
 """The configuration: one validated shape, grouped the way a user thinks of it.
 
     Config
-      tunnel   TunnelConfig   mode (the encapsulation), VNI / key, port, TTL, VLAN map, local address
+      tunnel   TunnelConfig   mode (the encapsulation), VNI / key, port, TTL, VLAN map, local address,
+                              TCP MSS clamping
       remotes  Remote, ...    the peer hosts' underlay addresses
       tap      TapConfig      name, MTU, MAC
       fdb      FdbConfig      size cap, ageing, static entries
@@ -27,6 +28,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from datapath import mss
 from datapath.encap import MODES, Encap, lookup
 from datapath.encap.ipv4 import DEFAULT_TTL
 from datapath.ether import ETH_ALEN, ETH_HLEN, VLAN_HLEN, format_mac, parse_mac
@@ -134,6 +136,9 @@ class TunnelConfig:
     vlan_map: tuple[tuple[int, int], ...] = ()
     local: str | None = None  # underlay source address; None: from the route to each remote
     underlay_mtu: int | None = None  # largest outer packet; None: the path MTU (resolved)
+    # TCP MSS clamping of SYN / SYN-ACK both ways (datapath.mss): "off", "auto" (what the tunnel
+    # fits towards each remote) or a fixed MSS; a number's text is taken as the number.
+    clamp_mss: str | int = "off"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -157,6 +162,13 @@ class TunnelConfig:
         if self.underlay_mtu is not None:
             _check_range("tunnel.underlay_mtu", "MTU", self.underlay_mtu, MIN_MTU, 65535)
         self._check_vlan_map(cls)
+        try:
+            setting = mss.parse_setting(self.clamp_mss)
+        except ValueError as exc:
+            text = str(exc).replace("{", "{{").replace("}", "}}")
+            raise ConfigError(f"{{tunnel.clamp_mss}}: {text}") from None
+        canonical = {mss.CLAMP_OFF: "off", mss.CLAMP_AUTO: "auto"}.get(setting, setting)
+        object.__setattr__(self, "clamp_mss", canonical)
 
     def _check_vlan_map(self, cls: type[Encap]) -> None:
         kind = cls.id_name
@@ -181,6 +193,11 @@ class TunnelConfig:
             raise ConfigError(
                 f"{{tunnel.vlan_map}}: a VLAN is mapped to the base {kind} {base} (untagged traffic uses it)"
             )
+
+    @property
+    def clamp_mss_setting(self) -> int:
+        """clamp_mss as the datapath takes it: mss.CLAMP_OFF, mss.CLAMP_AUTO or the fixed MSS."""
+        return mss.parse_setting(self.clamp_mss)
 
     @property
     def encap(self) -> Encap:

@@ -30,6 +30,9 @@ class Drop(IntEnum):
     TX_BAD_OFFLOAD = 14  # frame from the TAP with a virtio header or GSO super-frame we cannot handle
     TX_FULL = 15  # the underlay socket's send buffer or device queue was full: dropped, never waited for
     RX_BAD_SUPER = 16  # inner frame beyond the TAP MTU and a ring slot, not a TCP super-packet we can pass on
+    # issue 11: slots fixed for every part's branch
+    RX_ECN = 17  # ecn part: outer CE, inner Not-ECT
+    RX_BAD_DST = 18  # v6 part: not our local address
 
 
 # Per-remote counters, in the order of enum ovl_remote_stat.
@@ -52,6 +55,12 @@ STAT_FIELDS: tuple[str, ...] = (
     "rx_gro",
     "rx_super",
     "rx_super_split",
+    # issue 11: slots fixed for every part's branch (csrc/ovl.h enum ovl_stat 10..14)
+    "tx_pmtu_icmp",  # pmtu part: ICMP / ICMPv6 "too big" written to the TAP
+    "tx_pmtu_limited",  # pmtu part: suppressed by the rate limit
+    "tx_fragmented",  # pmtu part: outer packets sent to be fragmented per --df
+    "mss_clamped",  # mss part: TCP SYN / SYN-ACK whose MSS option was lowered (datapath.mss)
+    "rx_ecn_ce",  # ecn part: inner CE set from an outer CE
 )
 
 # VXLAN TX through the injection TAP (C path), in the order of enum ovl_inject_stat:

@@ -115,6 +115,7 @@ def _make_config(cfg: Config, seed: int, tap_vnet: int = 0, udp_gro: bool = Fals
     _check(lib.ovl_config_set_ring(c, cfg.underlay_mtu, cfg.batch, cfg.slot_size))
     _check(lib.ovl_config_set_fdb(c, cfg.fdb.max_entries, cfg.fdb.ageing, seed))
     _check(lib.ovl_config_set_offloads(c, tap_vnet, cfg.offload.coalesce, udp_gro))
+    _check(lib.ovl_config_set_clamp_mss(c, cfg.tunnel.clamp_mss_setting))
     for r in cfg.remotes:
         _check(lib.ovl_config_add_remote(c, r.addr_bytes, r.local_bytes))
     for vlan, tid in cfg.tunnel.vlan_map:

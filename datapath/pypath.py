@@ -35,9 +35,10 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 
+from datapath import mss
 from datapath.config import MAX_REMOTES, Config, Remote
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
-from datapath.ether import ETH_HLEN, insert_vlan, is_multicast, is_valid_source, strip_vlan, vlan_id
+from datapath.ether import ETH_HLEN, VLAN_HLEN, insert_vlan, is_multicast, is_valid_source, strip_vlan, vlan_id
 from datapath.fdb import Fdb
 
 # Bigger than any frame a TAP hands over without offloads.
@@ -68,6 +69,7 @@ class PyForwarder:
         self._id_of_vlan = dict(cfg.tunnel.vlan_map)
         self._vlan_of_id = {tid: vlan for vlan, tid in cfg.tunnel.vlan_map}
         self._encap = cfg.encap
+        self._clamp = cfg.tunnel.clamp_mss_setting
         for mac, remote, vlan in cfg.static_entries:
             self.fdb.add_static(mac, remote, vlan=vlan)
 
@@ -155,6 +157,8 @@ class PyForwarder:
                 self._drop(Drop.TX_TOO_BIG)
                 continue
             remote = None if is_multicast(frame) else self.fdb.lookup(frame[:6], vlan=vlan)
+            if self._clamp:
+                send = self._clamp_tx(send, remote, tid is not None or self._encap.tunnel_id is not None)
             if remote is not None and self._in_use(remote):
                 self._stats["tx_unicast"] += 1
                 out.append((remote, self._build(send, remote, tid), len(send)))
@@ -192,10 +196,50 @@ class PyForwarder:
             if not is_valid_source(frame[6:12]):
                 self._drop(Drop.RX_BAD_SRC_MAC)
                 continue
+            if self._clamp:
+                frame = self._clamp_rx(frame, remote, tid != self.cfg.base_id)
             self.fdb.learn(frame[6:12], remote, vlan=vlan)
             self._last_rx[remote] = self._clock()
             out.append((remote, frame))
         return out
+
+    # -- TCP MSS clamping (datapath.mss) --------------------------------------------
+
+    def mss_limit(self, remote: int | None, v6: bool, keyed: bool, l2_len: int) -> int:
+        """ovl_dp_mss_limit: the MSS a SYN gets towards remote (None or a free slot: the smallest of the
+        remotes in use), in a tunnel id with a key field or not, its L2 header l2_len bytes as it travels."""
+        setting = self._clamp
+        if setting != mss.CLAMP_AUTO:
+            return setting
+        # One underlay MTU and one outer length for every remote so far: the figure of a remote.
+        outer = self._encap.outer_len(mapped=True) if keyed else self._encap.outer_len()
+        own = self.cfg.underlay_mtu - outer - l2_len
+        if remote is not None and self._in_use(remote):
+            return mss.auto_limit([own], v6)
+        return mss.auto_limit([own] + [own for r in self._slots if r is not None], v6)
+
+    def _clamp_tx(self, frame: bytes, remote: int | None, keyed: bool) -> bytes:
+        found = mss.syn_l2(frame)
+        if found is None:
+            return frame
+        out = bytearray(frame)
+        if not mss.clamp(out, self.mss_limit(remote, found[1], keyed, found[0]), partial=False):
+            return frame
+        self._stats["mss_clamped"] += 1
+        return bytes(out)
+
+    def _clamp_rx(self, frame: bytes, remote: int, tagged: bool) -> bytes:
+        found = mss.syn_l2(frame)
+        if found is None:
+            return frame
+        # The answering segments leave in the id this frame came in: a mapped VLAN's keyed, untagged.
+        keyed = tagged or self._encap.tunnel_id is not None
+        l2_len = found[0] - VLAN_HLEN if tagged else found[0]
+        out = bytearray(frame)
+        if not mss.clamp(out, self.mss_limit(remote, found[1], keyed, l2_len), partial=True):
+            return frame
+        self._stats["mss_clamped"] += 1
+        return bytes(out)
 
     # -- one batch of I/O ------------------------------------------------------
 

@@ -443,6 +443,7 @@ def test_scenarios_exercise_every_counter() -> None:
         "aged",
         *(d.name.lower() for d in Drop),
     } - io_only
+    wanted -= {"rx_ecn", "rx_bad_dst"}  # issue 11 slots of the ecn / v6 parts: always 0 on the mss branch
     # RX_BAD_VERSION etc. are GRE-only and RX_BAD_VNI VXLAN-only; across all configs each must appear.
     assert wanted <= reached, wanted - reached
 
@@ -500,6 +501,11 @@ def test_learn_then_unicast(name: str) -> None:
             "rx_gro": 0,
             "rx_super": 0,
             "rx_super_split": 0,
+            "tx_pmtu_icmp": 0,
+            "tx_pmtu_limited": 0,
+            "tx_fragmented": 0,
+            "mss_clamped": 0,
+            "rx_ecn_ce": 0,
         }
         assert snap.drops["rx_not_remote"] == 1 and snap.fdb["learns"] == 1
         assert [r["tx_flood"] for r in snap.remotes] == [1, 1, 1]
