@@ -210,6 +210,17 @@ def offload_frame(vnet: bytes | bytearray | memoryview, frame: bytes | bytearray
             return segs
 
 
+def mss_clamp(frame: bytes | bytearray | memoryview, limit: int, *, partial: bool) -> tuple[bytes, bool]:
+    """mss.clamp on a copy of frame (ovl_mss_clamp): (the frame, whether an MSS option was lowered)."""
+    _require()
+    if not 0 <= limit <= 0xFFFFFFFF:
+        raise ValueError(f"limit {limit} out of range")
+    data = bytearray(frame)
+    buf = ffi.from_buffer("uint8_t[]", data)
+    lowered = bool(lib.ovl_mss_clamp(buf, len(data), limit, bool(partial)))
+    return bytes(data), lowered
+
+
 # -- stop the world (the data-path thread, csrc/loop.c) ---------------------------------------
 
 
@@ -511,6 +522,12 @@ class FastForwarder:
             failed = lib.ovl_dp_set_rx_super(self._dp, mtu) < 0
         if failed:
             raise ValueError(f"TAP MTU {mtu} out of range for receiving super-packets (or no memory)")
+
+    def mss_limit(self, remote: int | None, v6: bool, keyed: bool, l2_len: int) -> int:
+        """PyForwarder.mss_limit (ovl_dp_mss_limit): the MSS a SYN gets towards remote (None: a flood)."""
+        r = -1 if remote is None else _remote(remote)
+        with self.paused():
+            return int(lib.ovl_dp_mss_limit(self._dp, r, bool(v6), bool(keyed), l2_len))
 
     # -- the remotes (slots; see datapath.pypath) ------------------------------------
 

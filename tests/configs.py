@@ -5,7 +5,7 @@ thinks of it); the tests describe many small ones, so this builds one from flat
 keywords: mode, remotes (resolved Remote objects), underlay_mtu, tap_mtu, and
 optionally vni, key, port, udp_csum, ttl, vlan_map, tap_name, tap_mac, fdb_max,
 fdb_ageing, statics ((MAC, remote index or address[, VLAN])), batch,
-tap_offloads, rx_coalesce, udp_gso, fast.
+tap_offloads, rx_coalesce, udp_gso, fast, clamp_mss.
 """
 
 from __future__ import annotations
@@ -62,12 +62,21 @@ def datapath_config(
     rx_coalesce: bool = False,
     udp_gso: bool = False,
     fast: bool = True,
+    clamp_mss: str | int = "off",
 ) -> Config:
     """A resolved Config from flat keywords (see the module docstring)."""
     static = tuple(StaticEntry.from_value(_by_address(s, remotes)) for s in statics)
     return Config(
         tunnel=TunnelConfig(
-            mode, vni=vni, key=key, port=port, udp_csum=udp_csum, ttl=ttl, vlan_map=vlan_map, underlay_mtu=underlay_mtu
+            mode,
+            vni=vni,
+            key=key,
+            port=port,
+            udp_csum=udp_csum,
+            ttl=ttl,
+            vlan_map=vlan_map,
+            underlay_mtu=underlay_mtu,
+            clamp_mss=clamp_mss,
         ),
         remotes=remotes,
         tap=TapConfig(name=tap_name, mtu=tap_mtu, mac=tap_mac),

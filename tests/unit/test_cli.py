@@ -34,6 +34,12 @@ def error_of(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
         (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--static", "02:00:00:00:01=192.0.2.2"], "bad MAC"),
         (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--static", "ff:ff:ff:ff:ff:ff=192.0.2.2"], "unicast"),
         (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--tap", "a-name-much-too-long"], "1-15 characters"),
+        (
+            ["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--clamp-mss", "535"],
+            "--clamp-mss: MSS 535 is out of range",
+        ),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--clamp-mss", "65496"], "out of range 536..65495"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--clamp-mss", "on"], "must be auto, off or an MSS"),
     ],
 )
 def test_bad_arguments(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:

@@ -674,3 +674,19 @@ def test_from_keys_errors_name_only_the_keys_given(values: dict[str, int]) -> No
     else:
         assert c.tunnel.vni == values.get("tunnel.vni")
         assert c.batch == values.get("batch", 64)
+
+
+def test_clamp_mss_values() -> None:
+    """tunnel.clamp_mss: off (default), auto, or a fixed MSS 536..65495 (its text too, as a command line gives
+    it); the datapath's number is mss.CLAMP_OFF / CLAMP_AUTO / the MSS."""
+    assert TunnelConfig("vxlan").clamp_mss == "off" and TunnelConfig("vxlan").clamp_mss_setting == 0
+    assert TunnelConfig("vxlan", clamp_mss="auto").clamp_mss_setting == 1
+    for text, value in [(536, 536), ("1200", 1200), (65495, 65495)]:
+        t = TunnelConfig("gre", clamp_mss=text)
+        assert t.clamp_mss == value and t.clamp_mss_setting == value
+    for bad in (535, 65496, 0, 1, True, "on", "1200.0", 1200.0, None):
+        with pytest.raises(ConfigError) as info:
+            TunnelConfig("vxlan", clamp_mss=bad)  # type: ignore[arg-type]
+        assert info.value.keys == ["tunnel.clamp_mss"]
+    cfg = from_keys({"tunnel.mode": "vxlan", "remotes": ["192.0.2.2"], "tunnel.clamp_mss": "auto"})
+    assert cfg.tunnel.clamp_mss == "auto"
