@@ -202,6 +202,7 @@ STAT_METRICS: dict[str, tuple[str, str]] = {
     "rx_gro": ("ovl_dp_rx_gro_receives", "UDP_GRO receives holding several VXLAN datagrams"),
     "rx_super": ("ovl_dp_rx_super_packets", "Super-packets received whole and written to the TAP as one TSO frame"),
     "rx_super_split": ("ovl_dp_rx_super_split_packets", "Super-packets received whole and cut into segments"),
+    "mss_clamped": ("ovl_dp_tcp_mss_clamped", "TCP SYN / SYN-ACK whose MSS option was lowered (--clamp-mss)"),
 }
 FDB_METRICS: dict[str, tuple[str, str]] = {
     "learns": ("ovl_dp_fdb_learns", "MAC addresses learned"),
