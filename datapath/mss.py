@@ -183,3 +183,12 @@ def parse_setting(value: object) -> int:
     if not MSS_MIN <= value <= MSS_MAX:
         raise ValueError(f"MSS {value} is out of range {MSS_MIN}..{MSS_MAX}")
     return value
+
+
+def describe(setting: int, l3_mtu: int) -> str:
+    """The start log's words for a clamp setting, l3_mtu what an untagged inner frame may be from its IP header on."""
+    if setting == CLAMP_OFF:
+        return "off"
+    if setting != CLAMP_AUTO:
+        return f"to {setting}"
+    return f"auto (IPv4 {auto_limit([l3_mtu], False)}, IPv6 {auto_limit([l3_mtu], True)} in untagged frames)"

@@ -175,6 +175,8 @@ def _stalls_then_completes(lab: Lab, v6: bool, clamp: str, want: int, *extra: st
     assert client["syn_mss"] == want, client  # the SYN-ACK, clamped by host 2 on send
     stats = lab.ovl(2, "show")["stats"]
     assert stats["mss_clamped"] >= 2, stats  # (a retransmitted SYN would be clamped again)
+    said = "auto (IPv4 1410, IPv6 1390 in untagged frames)" if clamp == "auto" else f"to {clamp}"
+    assert f"TCP MSS clamping: {said}" in lab.daemons[2].output()
     assert "Traceback" not in lab.daemons[2].output() + lab.daemons[1].output()
 
 
