@@ -23,11 +23,13 @@ from typing import Any
 import pytest
 
 from control.lab.hosts import Lab
+from control.lab.peers import kernel_vxlan
 from control.lab.shell import nsexec
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("no_leftovers")]
 
 VNI = 5001
+KERNEL_PORT = 8472  # the kernel vxlan peer's UDP port (and ovl-dp's --port towards it)
 PORT = 7777
 TRANSFER = 4_000_000  # bytes the client sends; the server answers "done" once it has read them all
 STALL_WAIT = 8  # seconds a client without clamping waits for "done" (it never comes: no segment fits)
@@ -151,9 +153,16 @@ def _start(lab: Lab, i: int, *extra: str) -> None:
     lab.start(i, "--mode", "vxlan", "--remote", lab.underlay_ip(other), "--vni", str(VNI), *extra)
 
 
-def _stalls_then_completes(lab: Lab, v6: bool, clamp: str, want: int, *extra: str, ovs: bool = False) -> None:
+def _stalls_then_completes(
+    lab: Lab, v6: bool, clamp: str, want: int, *extra: str, ovs: bool = False, kernel_peer: bool = False
+) -> None:
+    """Host 2 runs ovl-dp, host 1 ovl-dp without clamping or (kernel_peer) the kernel's vxlan device."""
     far = _endpoints(lab, v6)
-    _start(lab, 1, *extra)
+    if kernel_peer:
+        kernel_vxlan(lab, 1, 2, VNI, KERNEL_PORT)
+        extra = (*extra, "--port", str(KERNEL_PORT))
+    else:
+        _start(lab, 1, *extra)
     _start(lab, 2, *extra)
     lab.ping(1, 2, count=2)  # the tunnel works for small packets
     # Without clamping: the endpoints agree on an MSS the tunnel cannot carry; no ICMP tells them.
@@ -162,9 +171,10 @@ def _stalls_then_completes(lab: Lab, v6: bool, clamp: str, want: int, *extra: st
     assert server["bytes"] < TRANSFER
     assert server["syn_mss"] == client["syn_mss"] == (1440 if v6 else 1460), (server, client)
     snap = lab.ovl(2, "show")
-    if not ovs:  # the super-frames passed the Linux bridge; their segments were too big for the underlay
+    if not ovs and not kernel_peer:  # the super-frames passed the Linux bridge; their segments did not fit
         assert snap["drops"]["tx_too_big"] + lab.ovl(1, "show")["drops"]["tx_too_big"] > 0, snap
-    # (OVS sends frames to the TAP through a packet socket, which refuses those beyond the TAP's MTU.)
+    # (OVS sends frames to the TAP through a packet socket, which refuses those beyond the TAP's MTU; the
+    # kernel's vxlan device drops what does not fit and answers with an ICMP that nft drops.)
     assert snap["stats"]["mss_clamped"] == 0
     # Host 2 again, clamping: the same connection completes, both ends saw the clamped MSS.
     assert lab.stop(lab.daemons[2]) == 0
@@ -177,7 +187,8 @@ def _stalls_then_completes(lab: Lab, v6: bool, clamp: str, want: int, *extra: st
     assert stats["mss_clamped"] >= 2, stats  # (a retransmitted SYN would be clamped again)
     said = "auto (IPv4 1410, IPv6 1390 in untagged frames)" if clamp == "auto" else f"to {clamp}"
     assert f"TCP MSS clamping: {said}" in lab.daemons[2].output()
-    assert "Traceback" not in lab.daemons[2].output() + lab.daemons[1].output()
+    logs = lab.daemons[2].output() + ("" if kernel_peer else lab.daemons[1].output())
+    assert "Traceback" not in logs
 
 
 @pytest.mark.parametrize(("v6", "want"), [(False, 1410), (True, 1390)], ids=["ipv4", "ipv6"])
@@ -207,3 +218,13 @@ def test_clamp_fixed_and_python_path_with_iperf3() -> None:
         result = lab.iperf3(1, 2, 2)
         assert "error" not in result, result
         assert result["end"]["sum_received"]["bytes"] > 0
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_clamp_against_the_kernels_vxlan_device(v6: bool) -> None:
+    """Host 1 runs the kernel's vxlan device (it does not clamp), host 2 ovl-dp: one end clamping is enough.
+    The underlay veths keep their offloads: the kernel's SYN arrives with only the pseudo-header seed as its
+    TCP checksum, which the clamp leaves and the RX plan completes over the clamped option."""
+    with Lab(2) as lab:
+        lab.build(container_mtu=1500)
+        _stalls_then_completes(lab, v6, "auto", 1390 if v6 else 1410, kernel_peer=True)
