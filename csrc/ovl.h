@@ -446,8 +446,8 @@ int ovl_config_set_clamp_mss(struct ovl_config *c, uint32_t clamp);
  * tags, IPv4 without fragmentation or IPv6 without extension headers) above limit to limit, in
  * place. partial: a TCP checksum equal to the pseudo-header seed is a partial one (a received frame
  * whose sender left it to offload) and stays as it is; otherwise the checksum is updated (RFC 1624).
- * Returns 1 if an option was lowered, 0 if nothing changed (no SYN, no MSS above limit, cut short,
- * malformed options: those after a malformed one are not read). */
+ * Returns 1 if an option was lowered, 0 if nothing changed (no SYN, no MSS above limit, a limit above
+ * 65535, cut short, malformed options: those after a malformed one are not read). */
 int ovl_mss_clamp(uint8_t *frame, uint32_t len, uint32_t limit, uint32_t partial);
 /* The MSS a SYN of IP version v6 (0: IPv4, 1: IPv6) gets with the context's clamp: the fixed one, or
  * auto: towards remote slot r (-1 or a free slot: the smallest over the remotes in use) the underlay
