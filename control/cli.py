@@ -298,6 +298,14 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         help="ICMP / ICMPv6 'too big' replies to inner senders per second, burst 10 (default 100; 0: none)",
     )
     run.add_argument(
+        "--clamp-mss",
+        dest="tunnel.clamp_mss",
+        metavar="auto|N|off",
+        help="lower the MSS option of TCP SYN / SYN-ACK crossing the tunnel (both ways) to what fits: auto = the "
+        "tunnel MTU towards the remote minus IP and TCP headers, N = at most N (536..65495); off (default). For "
+        "hosts whose MTU cannot be lowered and that get no ICMP 'too big'",
+    )
+    run.add_argument(
         "--offload",
         dest="offload.policy",
         choices=OFFLOAD_POLICIES,

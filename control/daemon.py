@@ -26,11 +26,12 @@ from control.procs import sigterm_raises_interrupt
 from control.report import format_counters, format_fdb
 from control.service import Service
 from control.watch import GROUPS, GROUPS6, RTMGRP_NEIGH, Watcher
+from datapath import mss
 from datapath.config import Config
 from datapath.counters import Snapshot
 from datapath.engine import Engine
 from datapath.errors import SetupError
-from datapath.ether import format_mac
+from datapath.ether import ETH_HLEN, format_mac
 from datapath.io.tap import offload_names
 
 log = logging.getLogger("ovl-dp")
@@ -111,6 +112,9 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
                 "fast_path": engine.fast,
             },
         )
+        if cfg.tunnel.clamp_mss_setting != mss.CLAMP_OFF:
+            l3_mtu = cfg.underlay_mtu - cfg.outer_len - ETH_HLEN  # as csrc/mss.c tunnel_l3_mtu, untagged
+            log.info("TCP MSS clamping: %s", mss.describe(cfg.tunnel.clamp_mss_setting, l3_mtu))
         if engine.fast:
             coalesce = cfg.offload.coalesce and engine.tap.vnet_hdr_len > 0
             why = ""

@@ -206,6 +206,7 @@ STAT_METRICS: dict[str, tuple[str, str]] = {
     "tx_pmtu_limited": ("ovl_dp_tx_pmtu_limited_replies", "ICMP 'too big' replies suppressed by the rate limit"),
     "tx_fragmented": ("ovl_dp_tx_fragmented_packets", "Outer packets sent in fragments (inner IPv4 without DF)"),
     "rx_ecn_ce": ("ovl_dp_rx_ecn_ce_packets", "Inner packets marked CE because the outer header was (RFC 6040)"),
+    "mss_clamped": ("ovl_dp_tcp_mss_clamped", "TCP SYN / SYN-ACK whose MSS option was lowered (--clamp-mss)"),
 }
 FDB_METRICS: dict[str, tuple[str, str]] = {
     "learns": ("ovl_dp_fdb_learns", "MAC addresses learned"),

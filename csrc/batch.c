@@ -44,6 +44,8 @@ uint32_t ovl_tx_process(struct ovl_dp *dp, uint32_t n, double now) {
         tx_frame_sums(c, f, len, &tf); /* len >= ETH_HLEN: cannot fail */
         /* Multicast destinations are not looked up (a lookup may age an entry out). */
         int32_t r = (f[0] & 1) ? -1 : ovl_fdb_lookup(dp->fdb, f, vlan, now);
+        if (c->clamp_mss && mss_tx(dp, dp->tx_data[i], len, r, tf.t.keyed))
+            tx_frame_sums(c, f, len, &tf); /* the MSS option changed: the frame's sum with it */
         /* Each copy is held against its remote's path MTU (pmtu.c: tx_copy); room: the largest
          * inner frame the tightest path that refused one takes, for the one ICMP reply. */
         uint32_t room = UINT32_MAX;
@@ -137,6 +139,8 @@ uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now) {
             count_drop(dp, -res);
             continue;
         }
+        if (c->clamp_mss)
+            mss_rx(dp, e->data + res, e->len - (uint32_t)res, r, tag != 0);
         ovl_fdb_learn(dp->fdb, e->data + res + ETH_ALEN, vlan, r, now);
         dp->last_rx[r] = now;
         dp->rx_seen[r] = 1;

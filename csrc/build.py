@@ -49,6 +49,7 @@ UNITS = (
     "ipv6.c",  # issue 11, v6
     "ecn.c",
     "pmtu.c",
+    "mss.c",
 )
 CFLAGS = ["-O2", "-Wall", "-Wextra"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]

@@ -186,6 +186,8 @@ static int inj_check(const struct ovl_dp *dp, const uint8_t *vnet, const uint8_t
     uint32_t doff = (uint32_t)(f[l4 + 12] >> 4) * 4;
     if (doff < TCP_HLEN || flen <= l4 + doff || x->csum_start != l4 || x->csum_offset != 16)
         return -OVL_INJ_FALLBACK_OTHER;
+    if (c->clamp_mss && (f[l4 + 13] & TCP_SYN)) /* the old path clamps its segments' MSS (mss.c) */
+        return -OVL_INJ_FALLBACK_OTHER;
     x->vlan = frame_vlan(f, flen);
     x->t = base_tunnel(c);
     if (c->vlan_mapped[x->vlan]) { /* a mapped VLAN leaves untagged in its own id, as ovl_tx_process does */

@@ -17,6 +17,7 @@
  *   inject.c       VXLAN TX through an injection TAP: super-frames written whole, the kernel segments
  *   rx_super.c     super-packets received whole (64 KiB datagrams): one TSO write or our own segments;
  *                  partial (seed) checksums of received frames
+ *   mss.c          TCP MSS clamping of SYN / SYN-ACK both ways (--clamp-mss), the MSS a remote's path fits
  *
  * Every function reproduces a pure-Python reference (named in its comment) byte
  * for byte, including the order of checks, so that the same bad packet gets the
@@ -118,6 +119,7 @@ struct ovl_config {
     uint32_t vnet_hdr_len;           /* 0: plain TAP; 10 or 12: a virtio_net_hdr leads every TAP read and write */
     uint32_t rx_coalesce;            /* with vnet_hdr_len: TCP segments of a batch go to the TAP as super-frames */
     uint32_t udp_gro;                /* UDP encapsulations: the receiving socket has UDP_GRO on */
+    uint32_t clamp_mss;              /* mss.c: OVL_CLAMP_MSS_OFF / _AUTO, or a fixed MSS */
     uint32_t fdb_max;
     double fdb_ageing; /* seconds, 0 = never */
     uint64_t fdb_seed; /* hash seed of the MAC table */
@@ -452,6 +454,14 @@ void pmtu_begin(struct ovl_dp *dp);
 void pmtu_flush(struct ovl_dp *dp, int tap_fd);
 /* io_send: the queued copies leave in fragments through the raw socket. */
 void pmtu_send_frags(struct ovl_dp *dp, int send_fd);
+/* ---- TCP MSS clamping (issue 11, mss part: mss.c) ---- */
+#define TCP_SYN 0x02
+/* ovl_tx_process, with the clamp on: frame f of len bytes (a mapped VLAN's tag stripped) to remote
+ * slot r (not in use: a flood), in tunnel id keyed. 1 if its MSS was lowered (its sums change). */
+int mss_tx(struct ovl_dp *dp, uint8_t *f, uint32_t len, int32_t r, uint32_t keyed);
+/* ovl_rx_process, with the clamp on: a delivered frame from remote slot r; tagged: ovl_rx_process
+ * inserted a mapped VLAN's tag (the frame travels without it, in a keyed id). */
+void mss_rx(struct ovl_dp *dp, uint8_t *f, uint32_t len, int32_t r, uint32_t tagged);
 
 #pragma GCC visibility pop
 

@@ -83,6 +83,28 @@ void ovl_dp_pmtu_clear(struct ovl_dp *dp);
 /* Fragment k of the copy q that the last ovl_tx_process queued for fragmentation; its remote to *remote.
  * Its length, 0 past its last fragment, -1 for q out of range or cap too small. */
 int ovl_tx_fragment(const struct ovl_dp *dp, uint32_t q, uint32_t k, uint32_t *remote, uint8_t *out, uint32_t cap);
+/* ---- TCP MSS clamping (issue 11, mss part: csrc/mss.c) ----
+ * The MSS option of a TCP SYN / SYN-ACK crossing the tunnel (either way) is lowered to what
+ * fits (never raised), its TCP checksum updated incrementally (RFC 1624). */
+#define OVL_CLAMP_MSS_OFF 0
+#define OVL_CLAMP_MSS_AUTO 1
+#define OVL_MSS_MIN 536   /* smallest fixed clamp: the IPv4 default MSS (RFC 9293 3.7.1) */
+#define OVL_MSS_MAX 65495 /* largest fixed clamp: 65,535 - IPv4 - TCP headers */
+/* --clamp-mss: OVL_CLAMP_MSS_OFF, OVL_CLAMP_MSS_AUTO (what the tunnel fits, per remote), or a fixed
+ * MSS OVL_MSS_MIN..OVL_MSS_MAX. 0, or -1 for any other value (nothing changed). */
+int ovl_config_set_clamp_mss(struct ovl_config *c, uint32_t clamp);
+/* mss.clamp: lower every MSS option of the TCP SYN (or SYN-ACK) in frame (Ethernet, up to two VLAN
+ * tags, IPv4 without fragmentation or IPv6 without extension headers) above limit to limit, in
+ * place. partial: a TCP checksum equal to the pseudo-header seed is a partial one (a received frame
+ * whose sender left it to offload) and stays as it is; otherwise the checksum is updated (RFC 1624).
+ * Returns 1 if an option was lowered, 0 if nothing changed (no SYN, no MSS above limit, a limit above
+ * 65535, cut short, malformed options: those after a malformed one are not read). */
+int ovl_mss_clamp(uint8_t *frame, uint32_t len, uint32_t limit, uint32_t partial);
+/* The MSS a SYN of IP version v6 (0: IPv4, 1: IPv6) gets with the context's clamp: the fixed one, or
+ * auto: towards remote slot r (-1 or a free slot: the smallest over the remotes in use) the underlay
+ * path MTU (pmtu.c) minus its outer header (ipv6.c) (keyed: a GRE key field), the inner L2 header of l2_len bytes, the IP
+ * header and 20 bytes of TCP header; never below 88 (TCP_MIN_MSS). 0 with the clamp off. */
+uint32_t ovl_dp_mss_limit(const struct ovl_dp *dp, int32_t r, uint32_t v6, uint32_t keyed, uint32_t l2_len);
 /* END CDEF */
 
 #endif

@@ -1,7 +1,8 @@
 """The configuration: one validated shape, grouped the way a user thinks of it.
 
     Config
-      tunnel   TunnelConfig   mode (the encapsulation), VNI / key, port, TTL, VLAN map, local address
+      tunnel   TunnelConfig   mode (the encapsulation), VNI / key, port, TTL, VLAN map, local address,
+                              TCP MSS clamping
       remotes  Remote, ...    the peer hosts' underlay addresses
       tap      TapConfig      name, MTU, MAC
       fdb      FdbConfig      size cap, ageing, static entries
@@ -27,6 +28,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from datapath import mss
 from datapath.ecn import DF_POLICIES, INHERIT
 from datapath.encap import MODES, Encap, lookup
 from datapath.encap.ipv4 import DEFAULT_TTL
@@ -178,6 +180,9 @@ class TunnelConfig:
     df: str | None = None
     # issue 11, pmtu: the rate of ICMP "too big" replies per second (0: none)
     pmtu_icmp_rate: int = 100
+    # TCP MSS clamping of SYN / SYN-ACK both ways (datapath.mss): "off", "auto" (what the tunnel
+    # fits towards each remote) or a fixed MSS; a number's text is taken as the number.
+    clamp_mss: str | int = "off"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -209,6 +214,13 @@ class TunnelConfig:
             _check_range("tunnel.underlay_mtu", "MTU", self.underlay_mtu, MIN_MTU, 65535)
         _check_range("tunnel.pmtu_icmp_rate", "rate", self.pmtu_icmp_rate, 0, 1000000)
         self._check_vlan_map(cls)
+        try:
+            setting = mss.parse_setting(self.clamp_mss)
+        except ValueError as exc:
+            text = str(exc).replace("{", "{{").replace("}", "}}")
+            raise ConfigError(f"{{tunnel.clamp_mss}}: {text}") from None
+        canonical = {mss.CLAMP_OFF: "off", mss.CLAMP_AUTO: "auto"}.get(setting, setting)
+        object.__setattr__(self, "clamp_mss", canonical)
 
     def _check_vlan_map(self, cls: type[Encap]) -> None:
         kind = cls.id_name
@@ -244,6 +256,11 @@ class TunnelConfig:
     def local_for(self, family: int) -> str | None:
         """The tunnel.local address of family 4 or 6, or None."""
         return next((a for a in self.locals if address_family(a) == family), None)
+
+    @property
+    def clamp_mss_setting(self) -> int:
+        """clamp_mss as the datapath takes it: mss.CLAMP_OFF, mss.CLAMP_AUTO or the fixed MSS."""
+        return mss.parse_setting(self.clamp_mss)
 
     @property
     def encap(self) -> Encap:

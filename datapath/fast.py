@@ -122,6 +122,7 @@ def _make_config(cfg: Config, seed: int, tap_vnet: int = 0, udp_gro: bool = Fals
     _check(lib.ovl_config_set_ring(c, cfg.underlay_mtu, cfg.batch, cfg.slot_size))
     _check(lib.ovl_config_set_fdb(c, cfg.fdb.max_entries, cfg.fdb.ageing, seed))
     _check(lib.ovl_config_set_offloads(c, tap_vnet, cfg.offload.coalesce, udp_gro))
+    _check(lib.ovl_config_set_clamp_mss(c, cfg.tunnel.clamp_mss_setting))
     for r in cfg.remotes:
         r.local_bytes  # noqa: B018 (ConfigError if not resolved)
         _check(lib.ovl_config_add_remote(c, to16(r.addr), to16(r.local or "")))
@@ -226,6 +227,17 @@ def offload_frame(vnet: bytes | bytearray | memoryview, frame: bytes | bytearray
         segs.extend(bytes(ffi.buffer(ptrs[i], lens[i])) for i in range(n))
         if seg[0] == 0:
             return segs
+
+
+def mss_clamp(frame: bytes | bytearray | memoryview, limit: int, *, partial: bool) -> tuple[bytes, bool]:
+    """mss.clamp on a copy of frame (ovl_mss_clamp): (the frame, whether an MSS option was lowered)."""
+    _require()
+    if not 0 <= limit <= 0xFFFFFFFF:
+        raise ValueError(f"limit {limit} out of range")
+    data = bytearray(frame)
+    buf = ffi.from_buffer("uint8_t[]", data)
+    lowered = bool(lib.ovl_mss_clamp(buf, len(data), limit, bool(partial)))
+    return bytes(data), lowered
 
 
 # -- stop the world (the data-path thread, csrc/loop.c) ---------------------------------------
@@ -576,6 +588,12 @@ class FastForwarder:
             failed = lib.ovl_dp_set_rx_super(self._dp, mtu) < 0
         if failed:
             raise ValueError(f"TAP MTU {mtu} out of range for receiving super-packets (or no memory)")
+
+    def mss_limit(self, remote: int | None, v6: bool, keyed: bool, l2_len: int) -> int:
+        """PyForwarder.mss_limit (ovl_dp_mss_limit): the MSS a SYN gets towards remote (None: a flood)."""
+        r = -1 if remote is None else _remote(remote)
+        with self.paused():
+            return int(lib.ovl_dp_mss_limit(self._dp, r, bool(v6), bool(keyed), l2_len))
 
     # -- the remotes (slots; see datapath.pypath) ------------------------------------
 

@@ -42,12 +42,12 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 
-from datapath import ecn, pmtu
+from datapath import ecn, mss, pmtu
 from datapath.config import MAX_REMOTES, Config, Remote
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
 from datapath.encap.ipv4 import IPV4_HLEN
 from datapath.encap.ipv6 import IPV6_HLEN
-from datapath.ether import ETH_HLEN, insert_vlan, is_multicast, is_valid_source, strip_vlan, vlan_id
+from datapath.ether import ETH_HLEN, VLAN_HLEN, insert_vlan, is_multicast, is_valid_source, strip_vlan, vlan_id
 from datapath.fdb import Fdb
 from datapath.io.underlay import received_tos
 
@@ -114,6 +114,7 @@ class PyForwarder:
         self._id_of_vlan = dict(cfg.tunnel.vlan_map)
         self._vlan_of_id = {tid: vlan for vlan, tid in cfg.tunnel.vlan_map}
         self._encap = cfg.encap
+        self._clamp = cfg.tunnel.clamp_mss_setting
         for mac, remote, vlan in cfg.static_entries:
             self.fdb.add_static(mac, remote, vlan=vlan)
 
@@ -269,6 +270,8 @@ class PyForwarder:
                 send, outer_len = strip_vlan(frame), self.cfg.mapped_outer_len
                 tci = int.from_bytes(frame[14:16], "big")
             remote = None if is_multicast(frame) else self.fdb.lookup(frame[:6], vlan=vlan)
+            if self._clamp:
+                send = self._clamp_tx(send, remote, tid is not None or self._encap.tunnel_id is not None)
             room = 1 << 32
             if remote is not None and self._in_use(remote):
                 fit, r_room = self._copy(send, remote, tid, outer_len)
@@ -346,10 +349,55 @@ class PyForwarder:
                 self._drop(Drop(-ecn_result))
                 continue
             self._stats["rx_ecn_ce"] += ecn_result == ecn.CE_SET
+            if self._clamp:
+                frame = self._clamp_rx(frame, remote, tid != self.cfg.base_id)
             self.fdb.learn(frame[6:12], remote, vlan=vlan)
             self._last_rx[remote] = self._clock()
             out.append((remote, frame))
         return out
+
+    # -- TCP MSS clamping (datapath.mss) --------------------------------------------
+
+    def mss_limit(self, remote: int | None, v6: bool, keyed: bool, l2_len: int) -> int:
+        """ovl_dp_mss_limit: the MSS a SYN gets towards remote (None or a free slot: the smallest of the
+        remotes in use), in a tunnel id with a key field or not, its L2 header l2_len bytes as it travels."""
+        setting = self._clamp
+        if setting != mss.CLAMP_AUTO:
+            return setting
+        # A remote's figure: its path MTU (pmtu) less its outer length (an IPv6 header is 20 bytes longer).
+        outer = self._encap.outer_len(mapped=True) if keyed else self._encap.outer_len()
+
+        def own(slot: int) -> int:
+            extra = V6_EXTRA if len(self._ends[slot][1]) == 16 else 0
+            return self.remote_mtu(slot) - outer - extra - l2_len
+
+        if remote is not None and self._in_use(remote):
+            return mss.auto_limit([own(remote)], v6)
+        base = self.cfg.underlay_mtu - outer - l2_len
+        return mss.auto_limit([base] + [own(i) for i, r in enumerate(self._slots) if r is not None], v6)
+
+    def _clamp_tx(self, frame: bytes, remote: int | None, keyed: bool) -> bytes:
+        found = mss.syn_l2(frame)
+        if found is None:
+            return frame
+        out = bytearray(frame)
+        if not mss.clamp(out, self.mss_limit(remote, found[1], keyed, found[0]), partial=False):
+            return frame
+        self._stats["mss_clamped"] += 1
+        return bytes(out)
+
+    def _clamp_rx(self, frame: bytes, remote: int, tagged: bool) -> bytes:
+        found = mss.syn_l2(frame)
+        if found is None:
+            return frame
+        # The answering segments leave in the id this frame came in: a mapped VLAN's keyed, untagged.
+        keyed = tagged or self._encap.tunnel_id is not None
+        l2_len = found[0] - VLAN_HLEN if tagged else found[0]
+        out = bytearray(frame)
+        if not mss.clamp(out, self.mss_limit(remote, found[1], keyed, l2_len), partial=True):
+            return frame
+        self._stats["mss_clamped"] += 1
+        return bytes(out)
 
     # -- one batch of I/O ------------------------------------------------------
 

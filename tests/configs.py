@@ -5,7 +5,7 @@ thinks of it); the tests describe many small ones, so this builds one from flat
 keywords: mode, remotes (resolved Remote objects), underlay_mtu, tap_mtu, and
 optionally vni, key, port, udp_csum, ttl, tos, df, vlan_map, tap_name, tap_mac, fdb_max,
 fdb_ageing, statics ((MAC, remote index or address[, VLAN])), batch,
-tap_offloads, rx_coalesce, udp_gso, fast, df, pmtu_icmp_rate.
+tap_offloads, rx_coalesce, udp_gso, fast, df, pmtu_icmp_rate, clamp_mss.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def datapath_config(
     fast: bool = True,
     udp6_zero_csum_tx: bool = False,
     pmtu_icmp_rate: int = 100,
+    clamp_mss: str | int = "off",
 ) -> Config:
     """A resolved Config from flat keywords (see the module docstring)."""
     static = tuple(StaticEntry.from_value(_by_address(s, remotes)) for s in statics)
@@ -83,6 +84,7 @@ def datapath_config(
             tos=tos,
             df=df,
             pmtu_icmp_rate=pmtu_icmp_rate,
+            clamp_mss=clamp_mss,
         ),
         remotes=remotes,
         tap=TapConfig(name=tap_name, mtu=tap_mtu, mac=tap_mac),

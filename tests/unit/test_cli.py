@@ -45,6 +45,12 @@ def error_of(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
         (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--tos", "inherited"], "not a number"),
         (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--ttl", "0"], "--ttl 0 is out of range 1..255"),
         (["run", "--mode", "gre", "--remote", "192.0.2.2", "--df", "maybe"], "invalid choice"),
+        (
+            ["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--clamp-mss", "535"],
+            "--clamp-mss: MSS 535 is out of range",
+        ),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--clamp-mss", "65496"], "out of range 536..65495"),
+        (["run", "--mode", "vxlan", "--remote", "192.0.2.2", "--clamp-mss", "on"], "must be auto, off or an MSS"),
     ],
 )
 def test_bad_arguments(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:

@@ -724,3 +724,19 @@ def test_tunnel_local_list_from_a_file() -> None:
          "tunnel.udp6_zero_csum_rx": True}
     )  # fmt: skip
     assert c.tunnel.local_for(6) == "2001:db8::1" and c.encap.udp6_zero_csum_rx and not c.encap.udp6_zero_csum_tx
+
+
+def test_clamp_mss_values() -> None:
+    """tunnel.clamp_mss: off (default), auto, or a fixed MSS 536..65495 (its text too, as a command line gives
+    it); the datapath's number is mss.CLAMP_OFF / CLAMP_AUTO / the MSS."""
+    assert TunnelConfig("vxlan").clamp_mss == "off" and TunnelConfig("vxlan").clamp_mss_setting == 0
+    assert TunnelConfig("vxlan", clamp_mss="auto").clamp_mss_setting == 1
+    for text, value in [(536, 536), ("1200", 1200), (65495, 65495)]:
+        t = TunnelConfig("gre", clamp_mss=text)
+        assert t.clamp_mss == value and t.clamp_mss_setting == value
+    for bad in (535, 65496, 0, 1, True, "on", "1200.0", 1200.0, None):
+        with pytest.raises(ConfigError) as info:
+            TunnelConfig("vxlan", clamp_mss=bad)  # type: ignore[arg-type]
+        assert info.value.keys == ["tunnel.clamp_mss"]
+    cfg = from_keys({"tunnel.mode": "vxlan", "remotes": ["192.0.2.2"], "tunnel.clamp_mss": "auto"})
+    assert cfg.tunnel.clamp_mss == "auto"
