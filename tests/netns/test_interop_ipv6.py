@@ -30,7 +30,7 @@ import pytest
 from control.lab.hosts import SEED_TAG, Lab, container_mtu
 from control.lab.peers import kernel_vxlan, kernel_vxlan_fdb, ovs_debug, ovs_tunnel_port, ovs_underlay_bridge
 from control.lab.shell import mac_of, nsexec, sh
-from tests.interop_util import Capture, iperf_bytes, send_frames
+from tests.interop_util import Capture, iperf_bytes, ovl_ipv6_missing, send_frames
 
 pytestmark = [pytest.mark.netns, pytest.mark.usefixtures("no_leftovers")]
 
@@ -52,21 +52,6 @@ def inner6(i: int) -> str:
 
 
 # -- probes --------------------------------------------------------------------------------
-
-
-def ovl_ipv6_missing(mode: str, *keys: str) -> str | None:
-    """None if this ovl-dp accepts an IPv6 remote in mode (and each configuration key in keys set to
-    true), else why not: its configuration check (datapath.config.from_keys, what `ovl-dp run` uses)
-    is asked, never a version."""
-    from datapath.config import ConfigError, from_keys
-
-    values: dict[str, object] = {"tunnel.mode": mode, "remotes": ["2001:db8::2"]}
-    values.update(dict.fromkeys(keys, True))
-    try:
-        from_keys(values)
-    except ConfigError as exc:
-        return f"this ovl-dp does not take an IPv6 remote in {mode} mode: {exc}"
-    return None
 
 
 def require_ovl_ipv6(mode: str, *keys: str) -> None:
