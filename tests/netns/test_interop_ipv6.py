@@ -251,6 +251,28 @@ def check_ipv6_header(d: dict[str, Any], lab: Lab, next_header: int) -> None:
 # -- the peers among themselves (no ovl-dp) --------------------------------------------------
 
 
+@pytest.mark.parametrize("underlay", ["ipv6", "dual"])
+def test_lab_underlay_addresses(underlay: str) -> None:
+    """The lab's IPv6 (and dual-stack) underlay: the addresses on ul0, usable at once (no DAD), hosts reach
+    each other in every family the lab has, and a family it lacks is an error, not an address."""
+    from control.lab.peers import ping_underlay
+    from control.lab.shell import LabError
+
+    with Lab(2, underlay=underlay) as lab:
+        lab.build()
+        assert lab.families == ((6,) if underlay == "ipv6" else (4, 6))
+        assert lab.underlay_ip(1) == ("2001:db8::1" if underlay == "ipv6" else "192.0.2.1")
+        shown = sh("ip", "-n", lab.host(1), "addr", "show", "dev", "ul0").stdout
+        assert "inet6 2001:db8::1/64 scope global nodad" in shown, shown
+        assert ("inet 192.0.2.1/24" in shown) == (underlay == "dual"), shown
+        for family in lab.families:
+            ping_underlay(lab, 1, 2, family)
+            ping_underlay(lab, 2, 1, family)
+        if underlay == "ipv6":
+            with pytest.raises(LabError, match="no IPv4 address"):
+                lab.underlay_ip(1, 4)
+
+
 def test_kernel_vxlan_over_ipv6_among_themselves() -> None:
     """The kernel's vxlan with IPv6 remote/local on both hosts (VNI 5001, port 8472): the peer works.
 
