@@ -141,10 +141,15 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         dest="remotes",
         action="append",
         metavar="IP",
-        help="remote host's underlay IPv4 address; repeat for a full mesh (unknown/broadcast frames go to all)",
+        help="remote host's underlay IPv4 or IPv6 address; repeat for a full mesh (unknown/broadcast frames go "
+        "to all; IPv4 and IPv6 remotes may be mixed)",
     )
     run.add_argument(
-        "--local", dest="tunnel.local", metavar="IP", help="local underlay address (default: from the route)"
+        "--local",
+        dest="tunnel.local",
+        action="append",
+        metavar="IP",
+        help="local underlay address, at most once per family (default: from the route to each remote)",
     )
     run.add_argument(
         "--vni", dest="tunnel.vni", type=_number("VNI"), metavar="VNI", help="VXLAN network identifier (default 0)"
@@ -238,7 +243,20 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         "--udp-csum",
         dest="tunnel.udp_csum",
         action="store_true",
-        help="compute the outer UDP checksum (VXLAN; default 0 like the kernel and OVS)",
+        help="compute the outer UDP checksum over IPv4 (VXLAN; default 0 like the kernel and OVS; over IPv6 "
+        "it is always computed)",
+    )
+    run.add_argument(
+        "--udp6-zero-csum-tx",
+        dest="tunnel.udp6_zero_csum_tx",
+        action="store_true",
+        help="VXLAN over IPv6: send UDP checksum 0 (RFC 6935; the kernel's udp6zerocsumtx; default: computed)",
+    )
+    run.add_argument(
+        "--udp6-zero-csum-rx",
+        dest="tunnel.udp6_zero_csum_rx",
+        action="store_true",
+        help="VXLAN over IPv6: accept UDP checksum 0 (the kernel's udp6zerocsumrx; default: dropped by the kernel)",
     )
     run.add_argument(
         "--offload",
@@ -429,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--underlay",
         choices=("ipv4", "ipv6"),
         default="ipv4",
-        help="underlay address family between the hosts (default ipv4: 192.0.2.0/24; ipv6: 2001:db8::/64)",
+        help="underlay address family between the hosts (default ipv4: 192.0.2.0/24; ipv6: fd00:192:2::/64)",
     )
     return p
 

@@ -39,11 +39,13 @@ def tap_mac(local: str, mode: str, tunnel_id: int, tap: str) -> bytes:
 
 
 def local_addresses() -> set[str]:
-    """IPv4 addresses of this network namespace's interfaces."""
+    """IPv4 and IPv6 addresses of this network namespace's interfaces (canonical text form)."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
-        return {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET)}
+        v4 = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET)}
+        v6 = {str(ipaddress.IPv6Address(a.get_attr("IFA_ADDRESS"))) for a in ipr.get_addr(family=socket.AF_INET6)}
+    return v4 | v6
 
 
 def is_local_address(addr: str) -> bool:
@@ -53,9 +55,11 @@ def is_local_address(addr: str) -> bool:
     source. Usable inside a running event loop, where pyroute2's IPRoute is not; unlike a bind test it
     is not fooled by net.ipv4.ip_nonlocal_bind.)
     """
-    if ipaddress.IPv4Address(addr).is_loopback:
+    ip = ipaddress.ip_address(addr)
+    if ip.is_loopback:
         return True
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+    v6 = ip.version == 6
+    with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
             probe.connect((addr, 9))  # discard port; nothing is sent
         except OSError:
@@ -63,7 +67,17 @@ def is_local_address(addr: str) -> bool:
         if probe.getsockname()[0] == addr:
             return True
     # A secondary address's local route has the primary as its source: ask the local table itself.
-    return addr in local_table_addresses()
+    return addr in (local6_addresses() if v6 else local_table_addresses())
+
+
+def local6_addresses(if_inet6: str = "/proc/net/if_inet6") -> set[str]:
+    """The IPv6 addresses of this network namespace's interfaces, from /proc (no netlink)."""
+    try:
+        with open(if_inet6) as f:
+            rows = f.read().split("\n")
+    except OSError:
+        return set()
+    return {str(ipaddress.IPv6Address(bytes.fromhex(row.split()[0]))) for row in rows if row.strip()}
 
 
 def local_table_addresses(fib_trie: str = "/proc/net/fib_trie") -> set[str]:
@@ -111,16 +125,16 @@ def resolve(cfg: Config, bridge_kind: str = "none", ovs_tso: bool = False) -> Co
     ovs_tso: the TAP goes on an Open vSwitch bridge whose datapath carries TSO (see offload_flags).
     """
     own = local_addresses()
-    local = cfg.tunnel.local
-    if local is not None and local not in own:
-        raise ConfigError(f"{{tunnel.local}} {local} is not an address of this host")
+    for local in cfg.tunnel.locals:
+        if local not in own:
+            raise ConfigError(f"{{tunnel.local}} {local} is not an address of this host")
     remotes = []
     path_mtus = []
     for r in cfg.remotes:
-        if r.addr in own or ipaddress.IPv4Address(r.addr).is_loopback:
+        if r.addr in own or ipaddress.ip_address(r.addr).is_loopback:
             raise ConfigError(f"{{remotes}} {r.addr} is an address of this host: a tunnel needs another host")
         src, mtu = underlay.route_to(r.addr)
-        remotes.append(Remote(r.addr, local or src))
+        remotes.append(Remote(r.addr, cfg.tunnel.local_for(r.family) or src))
         path_mtus.append(mtu)
     underlay_mtu = cfg.tunnel.underlay_mtu or min(path_mtus)
     tap_mtu = cfg.tap.mtu if cfg.tap.mtu is not None else underlay_mtu - cfg.overhead

@@ -173,7 +173,11 @@ def resolve(rtnl: Rtnl, remote: Remote) -> tuple[NextHop | None, tuple[int, str]
     """remote's next hop: (NextHop or None, (ifindex, next hop address) to wait for or None, why not).
 
     A next hop with no usable neighbour entry is asked for (NTF_USE); its event resolves again.
+    An IPv6 remote has none: the TX rings carry IPv4 only (issue 11: its packets leave through the
+    raw IPv6 socket, not counted as ring fallback).
     """
+    if remote.family == 6:
+        return None, None, "IPv6 remote: the raw IPv6 socket (TX rings are IPv4 only)"
     try:
         ifindex, nh = rtnl.route(remote.addr, remote.local)
         device, kind, mtu, address = rtnl.link(ifindex)

@@ -52,7 +52,8 @@ class PathKeeper:
         self.engine = engine
         self._route_to = route_to
         self._is_local = is_local
-        self.fixed_local = user_cfg.tunnel.local
+        self.fixed_locals = user_cfg.tunnel.locals  # () = from the routes
+        self._fixed_tunnel = user_cfg.tunnel
         self.fixed_underlay_mtu = user_cfg.tunnel.underlay_mtu
         self.auto_tap_mtu = user_cfg.tap.mtu is None
         self.underlay_mtu = engine.cfg.underlay_mtu  # what the TAP MTU follows now
@@ -101,8 +102,9 @@ class PathKeeper:
         e = self.engine
         problems: list[str] = []
         mtus: list[int] = []
-        if self.fixed_local is not None and not self._is_local(self.fixed_local):
-            problems.append(f"tunnel.local {self.fixed_local} is no longer an address of this host")
+        for fixed in self.fixed_locals:
+            if not self._is_local(fixed):
+                problems.append(f"tunnel.local {fixed} is no longer an address of this host")
         for r in e.remotes():
             try:
                 src, mtu = self._route_to(r.addr)
@@ -114,7 +116,7 @@ class PathKeeper:
                 problems.append(
                     f"the path MTU towards {r.addr} is {mtu}, below tunnel.underlay_mtu {self.fixed_underlay_mtu}"
                 )
-            local = self.fixed_local or src
+            local = self._fixed_tunnel.local_for(r.family) or src
             if local != r.local:
                 e.set_remote_local(r.addr, local)
                 self.local_changes += 1

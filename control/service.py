@@ -19,7 +19,7 @@ from typing import Any
 
 from control import config as host
 from control.ctl import CtlError, CtlStats
-from datapath.config import MAX_REMOTES, Config, ConfigError, Remote, StaticEntry, check_address
+from datapath.config import MAX_REMOTES, Config, ConfigError, Remote, StaticEntry, address_family, check_address
 from datapath.engine import Engine
 from datapath.errors import SetupError
 from datapath.ether import format_mac, parse_mac
@@ -150,9 +150,14 @@ class Service:
             raise ValueError(f"remote {addr} is there already")
         if host.is_local_address(addr):
             raise ValueError(f"remote {addr} is an address of this host: a tunnel needs another host")
-        local = self.engine.cfg.tunnel.local
+        tunnel = self.engine.cfg.tunnel
+        fam = address_family(addr)
+        if tunnel.locals and tunnel.local_for(fam) is None:
+            raise ValueError(
+                f"remote {addr} is IPv{fam} but tunnel.local has no IPv{fam} address ({', '.join(tunnel.locals)})"
+            )
         src, mtu = host.underlay.route_to(addr)
-        return addr, local or src, mtu
+        return addr, tunnel.local_for(fam) or src, mtu
 
     # -- the FDB -------------------------------------------------------------------------------
 

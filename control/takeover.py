@@ -253,6 +253,10 @@ class Giver:
         inh = self.engine.inherit()
         fds = {"tap": inh.tap_fd, "recv": inh.recv_fd, "send": inh.send_fd}
         fds.update({f"gso{i}": fd for i, fd in enumerate(inh.gso_fds)})
+        if inh.recv2_fd >= 0:  # the IPv6 receiving socket of a mesh of both families
+            fds["recv2"] = inh.recv2_fd
+        if inh.send6_fd >= 0:
+            fds["send6"] = inh.send6_fd
         fds.update(self.extra_fds())
         return fds
 
@@ -319,7 +323,10 @@ class Offer:
         if any(fd is None for fd in fds.values()):
             _close_all([fd for fd in fds.values() if fd is not None])
             raise SetupError("takeover: the running daemon did not send the TAP and both sockets")
+        recv2, send6 = self.take("recv2"), self.take("send6")
         return Inherited(
+            recv2_fd=-1 if recv2 is None else recv2,
+            send6_fd=-1 if send6 is None else send6,
             tap_fd=fds["tap"] or 0,
             vnet_hdr_len=int(tap["vnet_hdr_len"]),
             tap_offloads=int(tap["offloads"]),

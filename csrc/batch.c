@@ -6,6 +6,11 @@
 #include "internal.h"
 
 static void emit(struct ovl_dp *dp, uint32_t *k, uint32_t in, uint32_t r, const struct tx_frame *tf) {
+    /* An IPv6 remote's outer header is 20 bytes longer than the IPv4 one the frame was checked with. */
+    if (dp->cfg.remote_v6[r] && remote_outer_len(dp, r, tf->t.keyed) + (uint64_t)dp->tx_len[in] > dp->cfg.underlay_mtu) {
+        count_drop(dp, OVL_DROP_TX_TOO_BIG);
+        return;
+    }
     struct tx_out *o = &dp->tx_out[(*k)++];
     o->frame = in;
     o->remote = (uint16_t)r;
@@ -80,8 +85,9 @@ uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now) {
             res = -OVL_DROP_RX_NOT_REMOTE;
         else if (e->truncated)
             res = -OVL_DROP_RX_TRUNCATED;
-        else
-            res = ovl_parse(c, e->data, e->len, &tid);
+        else if ((res = c->ops->parse(e->data, e->len, !addr_is_v4(e->src), &tid)) >= 0 && !c->ops->udp &&
+                 !addr_is_v4(e->src) && rx6_check_dst(dp, e, r) < 0)
+            res = -OVL_DROP_RX_BAD_DST; /* GRE over IPv6: no outer header to see the destination in */
         if (res >= 0) {
             if (tid == c->id)
                 vlan = frame_vlan(e->data + res, e->len - (uint32_t)res); /* as it came (trunk) */

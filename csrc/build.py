@@ -45,6 +45,7 @@ UNITS = (
     "loop.c",
     "rx_super.c",
     "ring.c",
+    "ipv6.c",  # issue 11, v6
 )
 CFLAGS = ["-O2", "-Wall", "-Wextra"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]

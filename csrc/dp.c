@@ -59,12 +59,19 @@ int ovl_config_set_offloads(struct ovl_config *c, uint32_t vnet_hdr_len, uint32_
 }
 
 int ovl_config_add_remote(struct ovl_config *c, const uint8_t *addr, const uint8_t *local) {
-    if (c->n_remotes >= OVL_MAX_REMOTES)
+    if (c->n_remotes >= OVL_MAX_REMOTES || addr_is_v4(addr) != addr_is_v4(local))
         return -1;
-    memcpy(&c->remote_addr[c->n_remotes], addr, 4); /* kept in network order */
-    memcpy(&c->remote_local[c->n_remotes], local, 4);
+    memcpy(c->remote_addr[c->n_remotes], addr, OVL_ADDR_LEN); /* kept in network order */
+    memcpy(c->remote_local[c->n_remotes], local, OVL_ADDR_LEN);
+    c->remote_v6[c->n_remotes] = !addr_is_v4(addr);
+    c->n_v6 += c->remote_v6[c->n_remotes];
     c->remote_used[c->n_remotes] = 1;
     return (int)c->n_remotes++;
+}
+
+int ovl_config_set_udp6(struct ovl_config *c, uint32_t zero_csum_tx) {
+    c->udp6_zero_csum_tx = zero_csum_tx != 0;
+    return 0;
 }
 
 int ovl_config_map_vlan(struct ovl_config *c, uint32_t vlan, uint32_t tid) {
@@ -104,7 +111,7 @@ void ovl_dp_free(struct ovl_dp *dp) {
 
 /* The configuration's ranges, as far as the context relies on them. */
 static int config_ok(const struct ovl_config *c) {
-    uint32_t outer = ovl_outer_len(c);
+    uint32_t outer = ovl_outer_len(c); /* over IPv4: the shortest, which the too-big check of a frame uses */
     return c->n_remotes <= OVL_MAX_REMOTES && c->batch >= 1 && c->batch <= OVL_MAX_BATCH &&
            c->slot_size >= outer + ETH_HLEN && c->slot_size <= OVL_MAX_SLOT &&
            /* a TAP read cut short at slot_size must fail the too-big check, never pass as a frame */
@@ -130,6 +137,7 @@ struct ovl_dp *ovl_dp_new(const struct ovl_config *cfg) {
     }
     for (uint32_t k = 0; k < OVL_GSO_SOCKETS; k++)
         dp->gso_fd[k] = -1;
+    dp->send6_fd = -1;
     size_t nb = c->batch;
     dp->fdb = ovl_fdb_new(c->fdb_max, c->fdb_ageing, c->fdb_seed);
     dp->tx_data = calloc(nb, sizeof(*dp->tx_data));
@@ -227,11 +235,31 @@ int ovl_rx_load(struct ovl_dp *dp, uint32_t i, uint8_t *data, uint32_t len, cons
     struct rx_entry *e = &dp->rx[i];
     e->data = data;
     e->len = len;
-    memcpy(&e->src, src, 4);
+    memcpy(e->src, src, OVL_ADDR_LEN);
+    e->has_dst = 0;
     e->truncated = truncated != 0;
     e->remote = -1;
     e->result = -OVL_DROP_RX_TRUNCATED;
     return 0;
+}
+
+int ovl_rx_load_dst(struct ovl_dp *dp, uint32_t i, const uint8_t *dst) {
+    if (i >= dp->rx_cap)
+        return -1;
+    memcpy(dp->rx[i].dst, dst, OVL_ADDR_LEN);
+    dp->rx[i].has_dst = 1;
+    return 0;
+}
+
+int ovl_dp_set_send6_fd(struct ovl_dp *dp, int32_t fd) {
+    dp->send6_fd = fd;
+    return 0;
+}
+
+uint32_t ovl_dp_remote_outer_len(const struct ovl_dp *dp, uint32_t r, uint32_t keyed) {
+    if (r >= dp->cfg.n_remotes || !dp->cfg.remote_used[r])
+        return 0;
+    return remote_outer_len(dp, r, keyed != 0);
 }
 
 int ovl_rx_result(const struct ovl_dp *dp, uint32_t i, int32_t *remote) {

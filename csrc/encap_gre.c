@@ -22,19 +22,20 @@ static void gre_tpl(const struct ovl_config *c, uint8_t *g, uint64_t *l4_sum) {
 
 static uint32_t gre_push(const struct ovl_config *c, const struct ovl_outer *o, uint8_t *h, const struct tx_frame *tf,
                          uint32_t flen) {
-    uint8_t *g = h + IPV4_HLEN;
-    uint32_t hlen = gre_outer_len(tf->t.keyed);
+    uint8_t *g = h + o->ip_hlen;
+    uint32_t hlen = gre_outer_len(tf->t.keyed) - IPV4_HLEN + o->ip_hlen;
     (void)c;
     put16(g, tf->t.keyed ? GRE_KEY : 0);
     if (tf->t.keyed)
         put32(g + 4, tf->t.id);
-    ip4_patch(h, o, hlen + flen);
+    ip_patch(h, o, hlen + flen);
     return hlen;
 }
 
-/* gre.parse: p is the whole IPv4 packet, as a raw socket delivers it. */
-static int gre_parse(const uint8_t *p, size_t n, uint32_t *tid) {
-    int ihl = ip4_header_len(p, n);
+/* gre.parse: p is the whole IPv4 packet, as a raw socket delivers it; v6: the GRE header on
+ * (an IPv6 raw socket gives no IPv6 header). */
+static int gre_parse(const uint8_t *p, size_t n, uint32_t v6, uint32_t *tid) {
+    int ihl = v6 ? 0 : ip4_header_len(p, n);
     if (ihl < 0 || n < (size_t)ihl + GRE_HLEN)
         return -OVL_DROP_RX_TRUNCATED;
     uint16_t flags = get16(p + ihl);

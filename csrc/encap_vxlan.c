@@ -20,14 +20,15 @@ static void vxlan_tpl(const struct ovl_config *c, uint8_t *v, uint64_t *l4_sum) 
 static uint32_t vxlan_push(const struct ovl_config *c, const struct ovl_outer *o, uint8_t *h,
                            const struct tx_frame *tf, uint32_t flen) {
     uint32_t udp_len = UDP_HLEN + VXLAN_HLEN + flen, vni = tf->t.id << 8;
-    put32(h + IPV4_HLEN + UDP_HLEN + 4, vni);
+    put32(h + o->ip_hlen + UDP_HLEN + 4, vni);
     udp_patch(c, o, h, tf->hash, udp_len, (vni >> 16) + (vni & 0xFFFF), tf->fsum);
-    ip4_patch(h, o, IPV4_HLEN + udp_len);
-    return VXLAN_OUTER;
+    ip_patch(h, o, o->ip_hlen + udp_len);
+    return o->ip_hlen + UDP_HLEN + VXLAN_HLEN;
 }
 
-/* vxlan.parse: p is the UDP payload. */
-static int vxlan_parse(const uint8_t *p, size_t n, uint32_t *vni) {
+/* vxlan.parse: p is the UDP payload (over IPv4 and IPv6 alike). */
+static int vxlan_parse(const uint8_t *p, size_t n, uint32_t v6, uint32_t *vni) {
+    (void)v6;
     if (n < VXLAN_HLEN + ETH_HLEN)
         return -OVL_DROP_RX_TRUNCATED;
     if (!(p[0] & VXLAN_FLAG_I))

@@ -248,8 +248,8 @@ int ovl_inject_header(struct ovl_dp *dp, uint32_t r, const uint8_t *vnet, const 
                       uint8_t *out, uint32_t cap) {
     struct ovl_inject *j = dp->inj;
     struct inj_frame x;
-    if (!j || r >= dp->cfg.n_remotes || !dp->cfg.remote_used[r])
-        return -OVL_INJ_FALLBACK_OTHER;
+    if (!j || r >= dp->cfg.n_remotes || !dp->cfg.remote_used[r] || dp->cfg.remote_v6[r])
+        return -OVL_INJ_FALLBACK_OTHER; /* (issue 11, v6: IPv4 only) */
     int res = inj_check(dp, vnet, frame, len, &x);
     if (res < 0)
         return res;
@@ -318,6 +318,12 @@ int inject_take(struct ovl_dp *dp, uint32_t i, double now) {
     /* The remotes, as ovl_tx_process finds them (multicast is not looked up). */
     int32_t r = (f[0] & 1) ? -1 : ovl_fdb_lookup(dp->fdb, f, x.vlan, now);
     int unicast = r >= 0 && (uint32_t)r < c->n_remotes && c->remote_used[r];
+    /* issue 11, v6: the injection builds outer IPv4 only (an outer IPv6 packet would need global IPv6
+     * forwarding): a super-frame to an IPv6 remote goes the old way. */
+    if (unicast ? c->remote_v6[r] : c->n_v6 > 0) {
+        j->ctr[OVL_INJ_FALLBACK_OTHER]++;
+        return 0;
+    }
     if (x.strip) { /* from here on the frame is changed: no way back to the old path */
         memmove(f + VLAN_HLEN, f, 2 * ETH_ALEN);
         f += VLAN_HLEN;

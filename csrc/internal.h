@@ -6,6 +6,8 @@
  *   vlan.c         the VLAN map: VID of a frame, tunnel id -> VID
  *   encap.c        the one table of encapsulations, the outer IPv4 / UDP headers they share,
  *                  per-remote header templates, ovl_encap / ovl_parse / ovl_decap
+ *   ipv6.c         (issue 11, v6) the IPv6 underlay: 16-byte addresses (IPv4 stored mapped,
+ *                  ::ffff:a.b.c.d), the outer IPv6 header template and patch, per-remote outer length
  *   encap_vxlan.c  VXLAN (RFC 7348)       encap_gre.c  GRE (RFC 2784, RFC 2890)
  *   offload.c      pure steps: TSO segmentation of TAP reads, the TAP write plan (coalescing)
  *   batch.c        the batch logic (tx / rx process) and the two driver loops
@@ -106,9 +108,10 @@ struct ovl_config {
     uint32_t encap;                  /* enum ovl_encap_id */
     uint32_t id;                     /* tunnel id of untagged traffic (VNI, GRE key or 0) */
     uint32_t keyed;                  /* GRE: the base header carries a key */
-    uint32_t ttl;                    /* outer IPv4 TTL */
+    uint32_t ttl;                    /* outer IPv4 TTL / IPv6 hop limit */
     uint32_t port;                   /* UDP encapsulations: destination port */
-    uint32_t udp_csum;               /* UDP encapsulations: compute the UDP checksum */
+    uint32_t udp_csum;               /* UDP encapsulations over IPv4: compute the UDP checksum */
+    uint32_t udp6_zero_csum_tx;      /* UDP encapsulations over IPv6: send checksum 0 (else computed) */
     uint32_t underlay_mtu;           /* largest outer packet */
     uint32_t batch;                  /* frames / packets per call */
     uint32_t slot_size;              /* bytes per ring slot */
@@ -121,8 +124,10 @@ struct ovl_config {
     /* Remote slots [0, n_remotes): the highest slot in use + 1. A context adds and removes
      * remotes at run time (remotes.c), leaving free slots (remote_used 0) that it reuses. */
     uint32_t n_remotes;
-    uint32_t remote_addr[OVL_MAX_REMOTES];  /* network byte order */
-    uint32_t remote_local[OVL_MAX_REMOTES]; /* network byte order */
+    uint8_t remote_addr[OVL_MAX_REMOTES][OVL_ADDR_LEN];  /* IPv6, or IPv4 mapped (ipv6.c) */
+    uint8_t remote_local[OVL_MAX_REMOTES][OVL_ADDR_LEN]; /* the same family as remote_addr */
+    uint8_t remote_v6[OVL_MAX_REMOTES];                  /* the remote is IPv6 (its address is not mapped) */
+    uint32_t n_v6;                                       /* remotes in use with remote_v6 */
     uint8_t remote_used[OVL_MAX_REMOTES];
     uint32_t n_vlans;                       /* entries set in vlan_mapped */
     uint32_t vlan_tid[OVL_VLAN_COUNT];      /* VID -> tunnel id where vlan_mapped */
@@ -150,8 +155,10 @@ struct tx_frame {
  * patches length, checksums, source port and tunnel id. */
 struct ovl_outer {
     uint8_t hdr[OVL_MAX_OUTER];
-    uint64_t ip_sum; /* sum16 of the IPv4 header as it stands */
+    uint64_t ip_sum; /* sum16 of the IPv4 header as it stands (IPv6: unused) */
     uint64_t l4_sum; /* UDP: pseudo-header addresses + protocol + the constant UDP / encapsulation words */
+    uint32_t ip_hlen; /* IPV4_HLEN or IPV6_HLEN: where the encapsulation's header starts */
+    uint32_t udp_csum; /* UDP: compute the checksum (udp_csum over IPv4, !udp6_zero_csum_tx over IPv6) */
 };
 
 /* One encapsulation: one of these per encap_*.c, chosen only through encap_ops(). */
@@ -163,7 +170,8 @@ struct ovl_encap_ops {
     uint8_t udp_tunnel; /* the kernel's UDP tunnel GSO segments it (an injection TAP may carry it: inject.c) */
     uint32_t id_max;   /* largest tunnel id */
     int bad_id;        /* drop reason of a packet whose tunnel id is not ours */
-    /* Bytes of outer header (IPv4 included) in front of the inner frame. */
+    /* Bytes of outer header (IPv4 included) in front of the inner frame; over IPv6 20 more
+     * (remote_outer_len). */
     uint32_t (*outer_len)(uint32_t keyed);
     /* Its constant header fields at h (behind IPv4 and UDP), once per remote; UDP
      * encapsulations add the sum16 of what they wrote to *l4_sum. */
@@ -173,10 +181,11 @@ struct ovl_encap_ops {
     uint32_t (*push)(const struct ovl_config *c, const struct ovl_outer *o, uint8_t *h, const struct tx_frame *tf,
                      uint32_t flen);
     /* A received packet as its socket delivers it (UDP: the payload; raw IPv4: the whole
-     * packet): offset of the inner frame and *tid, or -drop. The offset is at least
-     * VLAN_HLEN (ovl_rx_process may insert a tag in front of the frame, in place), and
-     * the packet holds an Ethernet header there. */
-    int (*parse)(const uint8_t *pkt, size_t len, uint32_t *tid);
+     * packet; raw IPv6, v6 set: from the header behind the IPv6 header on): offset of the
+     * inner frame and *tid, or -drop. The offset is at least VLAN_HLEN (ovl_rx_process may
+     * insert a tag in front of the frame, in place), and the packet holds an Ethernet header
+     * there. */
+    int (*parse)(const uint8_t *pkt, size_t len, uint32_t v6, uint32_t *tid);
 };
 
 extern const struct ovl_encap_ops encap_vxlan;
@@ -195,6 +204,8 @@ uint32_t outer_push(const struct ovl_config *c, const struct ovl_outer *o, const
                     uint8_t *h);
 /* Outer IPv4, per packet: total length and header checksum. */
 void ip4_patch(uint8_t *h, const struct ovl_outer *o, uint32_t total);
+/* The outer IP header of o's family, per packet: ip4_patch, or the IPv6 payload length (ipv6.c). */
+void ip_patch(uint8_t *h, const struct ovl_outer *o, uint32_t total);
 /* Outer UDP, per packet: source port, length, checksum (var_sum: sum16 of the encapsulation
  * header words patched since the template). */
 void udp_patch(const struct ovl_config *c, const struct ovl_outer *o, uint8_t *h, uint32_t hash, uint32_t udp_len,
@@ -217,7 +228,9 @@ struct tx_out {
 struct rx_entry {
     uint8_t *data;
     uint32_t len;
-    uint32_t src;       /* outer source address, network byte order */
+    uint8_t src[OVL_ADDR_LEN]; /* outer source address: IPv6, or IPv4 mapped */
+    uint8_t dst[OVL_ADDR_LEN]; /* outer destination (IPV6_PKTINFO) where has_dst */
+    uint8_t has_dst;
     uint32_t truncated; /* the socket cut it short (MSG_TRUNC) */
     int32_t remote;     /* remote index, or -1 */
     int32_t result;     /* offset of the inner frame in data, or -drop */
@@ -287,6 +300,7 @@ struct ovl_dp {
     struct ovl_inject *inj; /* inject.c: VXLAN super-frames through the injection TAP (NULL: off) */
     struct rx_super *sup; /* super-packets received whole (ovl_dp_set_rx_super), or NULL */
     struct ovl_rings *rings; /* ring.c: NULL until a TX ring is set */
+    int32_t send6_fd;        /* issue 11, v6: the raw IPv6 send socket (ovl_dp_set_send6_fd), or -1 */
 };
 
 static inline void count_drop(struct ovl_dp *dp, int reason) { dp->drops[reason]++; }
@@ -351,7 +365,19 @@ void rx_csum_fix(const struct ovl_dp *dp, uint8_t *f, uint32_t len, uint8_t *vne
 
 /* remotes.c */
 int remotes_init(struct ovl_dp *dp);
-int32_t remote_find(const struct ovl_dp *dp, uint32_t addr);
+int32_t remote_find(const struct ovl_dp *dp, const uint8_t *addr);
+
+/* ---- issue 11, v6: the IPv6 underlay (ipv6.c) ---- */
+/* a (OVL_ADDR_LEN bytes) is an IPv4 address stored mapped (::ffff:a.b.c.d). */
+int addr_is_v4(const uint8_t *a);
+/* The IPv6 header of remote r's template into o (after outer_template zeroed it); the UDP pseudo-header
+ * part of o->l4_sum. */
+void outer_template6(const struct ovl_config *c, uint32_t r, struct ovl_outer *o);
+/* Outer bytes in front of a frame to remote r (tunnel id keyed as tf.t.keyed). */
+uint32_t remote_outer_len(const struct ovl_dp *dp, uint32_t r, uint32_t keyed);
+/* ovl_rx_process for an IPv6 GRE packet: 0, or -OVL_DROP_RX_BAD_DST when its destination (IPV6_PKTINFO)
+ * is not the local address remote r sends from. */
+int rx6_check_dst(const struct ovl_dp *dp, const struct rx_entry *e, int32_t r);
 
 /* io.c */
 int io_new(struct ovl_dp *dp);

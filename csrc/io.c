@@ -15,20 +15,25 @@
 #endif
 #define OVL_UDP_SEGMENT 103 /* <linux/udp.h> */
 #define OVL_UDP_GRO 104
-#define RX_CMSG CMSG_SPACE(sizeof(int))
+/* UDP_GRO's segment size, and (issue 11, v6) IPV6_PKTINFO's destination of an IPv6 GRE packet. */
+#define RX_CMSG (CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct in6_pktinfo)))
 #define ENCAP_HDR (IPV4_HLEN + UDP_HLEN) /* where a UDP encapsulation's own header starts */
 
 struct ovl_io {
     struct mmsghdr *tx_msg;                     /* batch * tx_slots */
     struct iovec *tx_iov;                       /* 2 per tx message: outer header, inner frame */
+    const struct tx_out **tx_out_of;            /* the packet of each tx message (batch * tx_slots) */
     struct iovec gso_iov[2 * UDP_GSO_MAX_SEGS]; /* one UDP_SEGMENT send */
     _Alignas(struct cmsghdr) char gso_cmsg[CMSG_SPACE(sizeof(uint16_t))]; /* the UDP_SEGMENT size */
     struct mmsghdr *rx_msg; /* batch */
     struct iovec *rx_iov;
-    struct sockaddr_in *rx_addr;
-    char *rx_cmsg;                               /* batch * RX_CMSG bytes (udp_gro) */
-    struct sockaddr_in dst[OVL_MAX_REMOTES];     /* remote address, port 0 (raw socket) */
-    struct sockaddr_in udp_dst[OVL_MAX_REMOTES]; /* remote address and port (UDP GSO sockets) */
+    struct sockaddr_in6 *rx_addr;                /* room for either family's source */
+    char *rx_cmsg;                               /* batch * RX_CMSG bytes (udp_gro, IPv6 GRE) */
+    union io_addr {
+        struct sockaddr_in v4;
+        struct sockaddr_in6 v6;
+    } dst[OVL_MAX_REMOTES];                      /* remote address, port 0 (raw socket) */
+    struct sockaddr_in udp_dst[OVL_MAX_REMOTES]; /* remote address and port (UDP GSO sockets: IPv4 only) */
 };
 
 void io_free(struct ovl_io *io) {
@@ -36,6 +41,7 @@ void io_free(struct ovl_io *io) {
         return;
     free(io->tx_msg);
     free(io->tx_iov);
+    free(io->tx_out_of);
     free(io->rx_msg);
     free(io->rx_iov);
     free(io->rx_addr);
@@ -51,11 +57,12 @@ int io_new(struct ovl_dp *dp) {
         return -1;
     io->tx_msg = calloc(nout, sizeof(*io->tx_msg));
     io->tx_iov = calloc(2 * nout, sizeof(*io->tx_iov));
+    io->tx_out_of = calloc(nout, sizeof(*io->tx_out_of));
     io->rx_msg = calloc(nb, sizeof(*io->rx_msg));
     io->rx_iov = calloc(nb, sizeof(*io->rx_iov));
     io->rx_addr = calloc(nb, sizeof(*io->rx_addr));
     io->rx_cmsg = calloc(nb, RX_CMSG);
-    if (!io->tx_msg || !io->tx_iov || !io->rx_msg || !io->rx_iov || !io->rx_addr || !io->rx_cmsg)
+    if (!io->tx_msg || !io->tx_iov || !io->tx_out_of || !io->rx_msg || !io->rx_iov || !io->rx_addr || !io->rx_cmsg)
         return -1;
     for (uint32_t r = 0; r < c->n_remotes; r++)
         if (c->remote_used[r])
@@ -67,9 +74,15 @@ int io_new(struct ovl_dp *dp) {
 void io_set_remote(struct ovl_dp *dp, uint32_t r) {
     struct ovl_io *io = dp->io;
     memset(&io->dst[r], 0, sizeof(io->dst[r]));
-    io->dst[r].sin_family = AF_INET;
-    io->dst[r].sin_addr.s_addr = dp->cfg.remote_addr[r];
-    io->udp_dst[r] = io->dst[r];
+    memset(&io->udp_dst[r], 0, sizeof(io->udp_dst[r]));
+    if (dp->cfg.remote_v6[r]) { /* port 0: a raw socket's sin6_port must be 0 or its protocol */
+        io->dst[r].v6.sin6_family = AF_INET6;
+        memcpy(&io->dst[r].v6.sin6_addr, dp->cfg.remote_addr[r], OVL_ADDR_LEN);
+        return;
+    }
+    io->dst[r].v4.sin_family = AF_INET;
+    memcpy(&io->dst[r].v4.sin_addr, dp->cfg.remote_addr[r] + 12, 4);
+    io->udp_dst[r] = io->dst[r].v4;
     io->udp_dst[r].sin_port = htons((uint16_t)dp->cfg.port);
 }
 
@@ -85,6 +98,10 @@ int io_grow_tx(struct ovl_dp *dp, uint32_t slots) {
     if (!iov)
         return -1;
     io->tx_iov = iov;
+    const struct tx_out **of = realloc(io->tx_out_of, nout * sizeof(*of));
+    if (!of)
+        return -1;
+    io->tx_out_of = of;
     return 0;
 }
 
@@ -142,7 +159,7 @@ static uint32_t send_gso_run(struct ovl_dp *dp, uint32_t m, uint32_t k) {
     while (j < k && j - m < UDP_GSO_MAX_SEGS) {
         const struct tx_out *x = &dp->tx_out[j];
         uint32_t len = ehl + dp->tx_len[x->frame];
-        if (j > m && (x->remote != o->remote || x->hdr_len != o->hdr_len ||
+        if (j > m && (x->remote != o->remote || x->hdr_len != o->hdr_len || dp->cfg.remote_v6[x->remote] ||
                       get16(x->hdr + IPV4_HLEN) % dp->n_gso_fd != fd_i ||
                       memcmp(x->hdr + ENCAP_HDR, o->hdr + ENCAP_HDR, ehl) || len > seg ||
                       total + len > UDP_GSO_MAX_BYTES))
@@ -196,13 +213,21 @@ static uint32_t send_gso_run(struct ovl_dp *dp, uint32_t m, uint32_t k) {
     return j - m;
 }
 
+static void send_raw(struct ovl_dp *dp, const struct tx_out *outs, uint32_t k, int send_fd);
+static void send_msgs(struct ovl_dp *dp, uint32_t from, uint32_t to, int fd);
+
 /* Send tx_out[0..k) with sendmmsg, outer header + inner frame of each as two iovecs (the
  * frame is never copied, also when flooded), or with UDP GSO. */
 void io_send(struct ovl_dp *dp, uint32_t k, int send_fd) {
-    struct ovl_io *io = dp->io;
     if (dp->n_gso_fd && !dp->gso_off && dp->cfg.ops->udp) {
         uint32_t m = 0;
         while (m < k) {
+            if (dp->cfg.remote_v6[dp->tx_out[m].remote]) { /* the UDP GSO sockets are IPv4: the raw IPv6 one */
+                ring_flush(dp);
+                send_raw(dp, &dp->tx_out[m], 1, send_fd);
+                m++;
+                continue;
+            }
             uint32_t done = send_gso_run(dp, m, k);
             if (!done)
                 break; /* GSO refused: the rest goes the plain way */
@@ -215,31 +240,65 @@ void io_send(struct ovl_dp *dp, uint32_t k, int send_fd) {
         k -= m;
     }
     k = ring_send(dp, k); /* to remotes with a next hop: the TX rings (ring.c); the rest below */
+    send_raw(dp, dp->tx_out, k, send_fd);
+}
+
+/* sendmmsg of outs[0..k) on the raw sockets: IPv4 remotes' packets on send_fd, then (issue 11, v6)
+ * IPv6 remotes' on dp->send6_fd (none: dropped as tx_error). */
+static void send_raw(struct ovl_dp *dp, const struct tx_out *outs, uint32_t k, int send_fd) {
+    struct ovl_io *io = dp->io;
+    uint32_t n4 = 0, n6 = 0;
     for (uint32_t m = 0; m < k; m++) {
-        const struct tx_out *o = &dp->tx_out[m];
-        struct iovec *iov = &io->tx_iov[2 * m];
+        const struct tx_out *o = &outs[m];
+        uint32_t v6 = dp->cfg.remote_v6[o->remote];
+        if (v6 && dp->send6_fd < 0) {
+            count_drop(dp, OVL_DROP_TX_ERROR);
+            continue;
+        }
+        n6 += v6;
+        n4 += !v6;
+        /* IPv4 messages from the front of the arrays, IPv6 ones from the back (k of them at most). */
+        uint32_t at = v6 ? k - n6 : n4 - 1;
+        struct iovec *iov = &io->tx_iov[2 * at];
         iov[0].iov_base = (void *)o->hdr;
         iov[0].iov_len = o->hdr_len;
         iov[1].iov_base = dp->tx_data[o->frame];
         iov[1].iov_len = dp->tx_len[o->frame];
-        memset(&io->tx_msg[m], 0, sizeof(io->tx_msg[m]));
-        io->tx_msg[m].msg_hdr.msg_name = &io->dst[o->remote];
-        io->tx_msg[m].msg_hdr.msg_namelen = sizeof(io->dst[0]);
-        io->tx_msg[m].msg_hdr.msg_iov = iov;
-        io->tx_msg[m].msg_hdr.msg_iovlen = 2;
+        memset(&io->tx_msg[at], 0, sizeof(io->tx_msg[at]));
+        io->tx_msg[at].msg_hdr.msg_name = &io->dst[o->remote];
+        io->tx_msg[at].msg_hdr.msg_namelen = v6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+        io->tx_msg[at].msg_hdr.msg_iov = iov;
+        io->tx_msg[at].msg_hdr.msg_iovlen = 2;
+        io->tx_out_of[at] = o;
     }
+    send_msgs(dp, 0, n4, send_fd);
+    /* The IPv6 ones stand in reverse order at the back: put them in order first. */
+    for (uint32_t a = k - n6, b = k - 1; n6 > 1 && a < b; a++, b--) { /* (n6 > 1: b never wraps) */
+        struct mmsghdr t = io->tx_msg[a];
+        io->tx_msg[a] = io->tx_msg[b];
+        io->tx_msg[b] = t;
+        const struct tx_out *to = io->tx_out_of[a];
+        io->tx_out_of[a] = io->tx_out_of[b];
+        io->tx_out_of[b] = to;
+    }
+    send_msgs(dp, k - n6, k, dp->send6_fd);
+}
+
+/* sendmmsg of io->tx_msg[from..to) on fd, counted per packet (io->tx_out_of). */
+static void send_msgs(struct ovl_dp *dp, uint32_t from, uint32_t to, int fd) {
+    struct ovl_io *io = dp->io;
     /* sendmmsg stops at the first failing message and reports the messages
      * before it; the next call then returns that message's error. Count it
      * and go on with the one after; a full send buffer (EAGAIN) is the whole
      * socket's, so the rest of the batch is dropped with it rather than tried
      * one by one. */
-    for (uint32_t m = 0; m < k;) {
-        int n = sendmmsg(send_fd, &io->tx_msg[m], k - m, MSG_DONTWAIT);
+    for (uint32_t m = from; m < to;) {
+        int n = sendmmsg(fd, &io->tx_msg[m], to - m, MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             if (again(errno)) {
-                dp->drops[OVL_DROP_TX_FULL] += k - m;
+                dp->drops[OVL_DROP_TX_FULL] += to - m;
                 break;
             }
             count_drop(dp, send_drop_reason(errno));
@@ -247,7 +306,7 @@ void io_send(struct ovl_dp *dp, uint32_t k, int send_fd) {
             continue;
         }
         for (int s = 0; s < n; s++, m++)
-            sent(dp, &dp->tx_out[m]);
+            sent(dp, io->tx_out_of[m]);
     }
 }
 
@@ -268,6 +327,33 @@ static uint32_t gro_size(struct msghdr *h) {
     return gso;
 }
 
+/* The source of received message h as 16 bytes into src (IPv4 mapped; an unknown family: all
+ * zero, which is no remote), its destination from IPV6_PKTINFO into dst; 1 if there was one. */
+static int rx_addrs(struct msghdr *h, uint8_t *src, uint8_t *dst) {
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
+    const struct sockaddr_in6 *a6 = h->msg_name;
+    memset(src, 0, OVL_ADDR_LEN);
+    memset(dst, 0, OVL_ADDR_LEN);
+    if (h->msg_namelen >= sizeof(struct sockaddr_in6) && a6->sin6_family == AF_INET6) {
+        memcpy(src, &a6->sin6_addr, OVL_ADDR_LEN);
+    } else if (h->msg_namelen >= sizeof(struct sockaddr_in) && a6->sin6_family == AF_INET) {
+        memcpy(src, mapped, sizeof(mapped));
+        memcpy(src + 12, &((const struct sockaddr_in *)h->msg_name)->sin_addr, 4);
+    }
+    if (h->msg_flags & MSG_CTRUNC)
+        return 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(h); cm; cm = CMSG_NXTHDR(h, cm)) {
+        if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_PKTINFO &&
+            cm->cmsg_len >= CMSG_LEN(sizeof(struct in6_pktinfo))) {
+            struct in6_pktinfo pi;
+            memcpy(&pi, CMSG_DATA(cm), sizeof(pi));
+            memcpy(dst, &pi.ipi6_addr, OVL_ADDR_LEN);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* recvmmsg up to a batch into rx_buf -> RX ring entries (a UDP_GRO buffer split into the
  * datagrams it holds); returns the entries. An error other than "no more data" is left in
  * dp->io_errno. */
@@ -282,10 +368,9 @@ uint32_t io_recv(struct ovl_dp *dp, int recv_fd) {
         io->rx_msg[i].msg_hdr.msg_namelen = sizeof(io->rx_addr[i]);
         io->rx_msg[i].msg_hdr.msg_iov = &io->rx_iov[i];
         io->rx_msg[i].msg_hdr.msg_iovlen = 1;
-        if (c->udp_gro) {
-            io->rx_msg[i].msg_hdr.msg_control = io->rx_cmsg + (size_t)i * RX_CMSG;
-            io->rx_msg[i].msg_hdr.msg_controllen = RX_CMSG;
-        }
+        /* UDP_GRO sizes; IPV6_PKTINFO of an IPv6 GRE socket (issue 11, v6: it asks for it) */
+        io->rx_msg[i].msg_hdr.msg_control = io->rx_cmsg + (size_t)i * RX_CMSG;
+        io->rx_msg[i].msg_hdr.msg_controllen = RX_CMSG;
     }
     int got;
     do
@@ -302,7 +387,8 @@ uint32_t io_recv(struct ovl_dp *dp, int recv_fd) {
         uint8_t *data = io->rx_iov[i].iov_base;
         uint32_t len = io->rx_msg[i].msg_len;
         uint32_t truncated = (h->msg_flags & MSG_TRUNC) != 0;
-        uint32_t src = h->msg_namelen >= sizeof(struct sockaddr_in) ? io->rx_addr[i].sin_addr.s_addr : 0;
+        uint8_t src[OVL_ADDR_LEN], dst[OVL_ADDR_LEN];
+        int has_dst = rx_addrs(h, src, dst);
         uint32_t gso = c->udp_gro ? gro_size(h) : 0;
         if (len > dp->rx_slot) /* never trust a length beyond the slot */
             len = dp->rx_slot;
@@ -321,7 +407,9 @@ uint32_t io_recv(struct ovl_dp *dp, int recv_fd) {
             /* A datagram bigger than a ring slot is too big for anything the underlay MTU
              * allows: dropped as truncated, unless super-packets are received whole (rx_super.c). */
             e->truncated = truncated || (piece > c->slot_size && !dp->sup);
-            e->src = src;
+            memcpy(e->src, src, OVL_ADDR_LEN);
+            memcpy(e->dst, dst, OVL_ADDR_LEN);
+            e->has_dst = (uint8_t)has_dst;
             off += piece;
         } while (off < len);
     }

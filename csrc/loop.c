@@ -36,12 +36,14 @@ struct ovl_runner {
     int stop;             /* set by ovl_runner_stop, cleared by ovl_runner_rearm */
     int active;           /* a thread is inside ovl_runner_run */
     int parked;           /* ... and waits in park(): it touches no context */
+    int recv2;            /* issue 11, v6: a second receiving socket (the IPv6 one), or -1 */
 };
 
 struct ovl_runner *ovl_runner_new(void) {
     struct ovl_runner *r = calloc(1, sizeof(*r));
     if (!r)
         return NULL;
+    r->recv2 = -1;
     r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (r->efd < 0) {
         free(r);
@@ -102,12 +104,12 @@ int ovl_runner_run(struct ovl_runner *r, struct ovl_dp *dp, int tap_fd, int recv
     pthread_mutex_unlock(&r->mu);
     prctl(PR_SET_NAME, "ovl-dp data"); /* this thread's name in top -H, ps -L, perf */
     /* poll() leaves out an entry with a negative fd: tap_fd -1 = the TAP is not read. */
-    struct pollfd pfd[3] = {{r->efd, POLLIN, 0}, {tap_fd, POLLIN, 0}, {recv_fd, POLLIN, 0}};
+    struct pollfd pfd[4] = {{r->efd, POLLIN, 0}, {tap_fd, POLLIN, 0}, {recv_fd, POLLIN, 0}, {r->recv2, POLLIN, 0}};
     int ret = OVL_RUN_STOPPED;
     for (;;) {
         if (atomic_load_explicit(&r->pending, memory_order_acquire) && park(r))
             break;
-        int n = poll(pfd, 3, -1);
+        int n = poll(pfd, 4, -1);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -131,6 +133,14 @@ int ovl_runner_run(struct ovl_runner *r, struct ovl_dp *dp, int tap_fd, int recv
         }
         if (pfd[2].revents) {
             ovl_from_tunnel(dp, recv_fd, tap_fd, monotonic_now());
+            if (dp->io_errno) {
+                *err = dp->io_errno;
+                ret = OVL_RUN_RECV_ERROR;
+                break;
+            }
+        }
+        if (pfd[3].revents) { /* issue 11, v6: the IPv6 receiving socket */
+            ovl_from_tunnel(dp, r->recv2, tap_fd, monotonic_now());
             if (dp->io_errno) {
                 *err = dp->io_errno;
                 ret = OVL_RUN_RECV_ERROR;
@@ -205,3 +215,5 @@ uint32_t ovl_runner_state(struct ovl_runner *r) {
     pthread_mutex_unlock(&r->mu);
     return s;
 }
+
+void ovl_runner_set_recv2(struct ovl_runner *r, int fd) { r->recv2 = fd < 0 ? -1 : fd; }

@@ -29,7 +29,8 @@
 
 /* BEGIN CDEF */
 #define OVL_MAX_REMOTES 1024 /* remote slots; a context's TX rings grow with the highest slot in use */
-#define OVL_MAX_OUTER 36 /* outer IPv4 + UDP + VXLAN; GRE with a key needs 28 */
+#define OVL_MAX_OUTER 56 /* outer IPv6 + UDP + VXLAN (IPv4: 36; GRE with a key: 28, over IPv6 48) */
+#define OVL_ADDR_LEN 16  /* underlay addresses: IPv6, or IPv4 mapped (::ffff:a.b.c.d) */
 #define OVL_MAX_BATCH 1024
 #define OVL_MAX_SLOT 65600
 #define OVL_VLAN_COUNT 4096 /* 12-bit VLAN IDs; 0 = untagged */
@@ -69,7 +70,9 @@ enum ovl_drop {
     OVL_DROP_TX_FULL = 15,        /* the underlay send buffer or device queue was full (EAGAIN, ENOBUFS) */
     OVL_DROP_RX_BAD_SUPER = 16,   /* a received inner frame beyond the TAP MTU and a ring slot that is no TCP
                                    * super-packet we can pass on (not TCP, lengths or checksum wrong) */
-    OVL_DROP_COUNT = 17 /* size of the drops array; index 0 is unused */
+    OVL_DROP_RX_ECN = 17,         /* issue 11, ecn: outer CE, inner Not-ECT (RFC 6040) */
+    OVL_DROP_RX_BAD_DST = 18,     /* issue 11, v6: an IPv6 GRE packet not to the local address of its remote */
+    OVL_DROP_COUNT = 19 /* size of the drops array; index 0 is unused */
 };
 
 /* Outcome of ovl_fdb_learn: the values of datapath.fdb.Learn. */
@@ -93,7 +96,13 @@ enum ovl_stat {
     OVL_STAT_RX_GRO = 7,     /* UDP_GRO buffers of several datagrams received */
     OVL_STAT_RX_SUPER = 8,       /* super-packets received whole and written to the TAP as one TSO frame */
     OVL_STAT_RX_SUPER_SPLIT = 9, /* super-packets received whole and cut into segments here */
-    OVL_STAT_COUNT = 10
+    /* issue 11 (slots fixed for all its parts) */
+    OVL_STAT_TX_PMTU_ICMP = 10,    /* pmtu: ICMP / ICMPv6 "too big" written to the TAP */
+    OVL_STAT_TX_PMTU_LIMITED = 11, /* pmtu: suppressed by the rate limit */
+    OVL_STAT_TX_FRAGMENTED = 12,   /* pmtu: outer packets sent to be fragmented per --df */
+    OVL_STAT_MSS_CLAMPED = 13,     /* mss: SYN / SYN-ACK whose MSS option was lowered */
+    OVL_STAT_RX_ECN_CE = 14,       /* ecn: inner CE set from an outer CE */
+    OVL_STAT_COUNT = 15
 };
 
 /* Per-remote counters: indices in the order of datapath.counters.REMOTE_FIELDS. */
@@ -165,8 +174,9 @@ int ovl_config_set_fdb(struct ovl_config *c, uint32_t max_entries, double ageing
  * rx_coalesce (with vnet_hdr_len): TCP segments of a batch go to the TAP as super-frames;
  * udp_gro (encapsulations in UDP): the receiving socket has UDP_GRO on. 0. */
 int ovl_config_set_offloads(struct ovl_config *c, uint32_t vnet_hdr_len, uint32_t rx_coalesce, uint32_t udp_gro);
-/* Add a remote: its IPv4 address and the local address we send to it from (4 bytes each, network
- * order). Returns its index (its slot in a context), or -1 when OVL_MAX_REMOTES are there. */
+/* Add a remote: its address and the local address we send to it from (OVL_ADDR_LEN bytes each:
+ * IPv6, or IPv4 mapped ::ffff:a.b.c.d, network order; both of one family). Returns its index (its
+ * slot in a context), or -1 when OVL_MAX_REMOTES are there or the families differ. */
 int ovl_config_add_remote(struct ovl_config *c, const uint8_t *addr, const uint8_t *local);
 /* Frames of VLAN vlan leave untagged in tunnel id tid and come back tagged. -1 for a VLAN
  * beyond OVL_VLAN_COUNT or one already mapped. */
@@ -240,19 +250,20 @@ void ovl_dp_free(struct ovl_dp *dp);
 /* The context's MAC table (lives as long as dp). */
 struct ovl_fdb *ovl_dp_fdb(struct ovl_dp *dp);
 /* Add a remote while the context runs: its address and the local address we send to it from
- * (4 bytes each, network order). It takes the lowest free slot, with zeroed counters and no packet
- * received yet, and is flooded to from the next batch on. Returns the slot, or enum ovl_add_error. */
+ * (OVL_ADDR_LEN bytes each, as ovl_config_add_remote). It takes the lowest free slot, with zeroed counters and no packet
+ * received yet, and is flooded to from the next batch on. Returns the slot, or enum ovl_add_error
+ * (OVL_ADD_FULL also for families that differ). */
 int ovl_dp_add_remote(struct ovl_dp *dp, const uint8_t *addr, const uint8_t *local);
 /* Remove the remote in slot r: no longer flooded to, its packets dropped as rx_not_remote, and every
  * FDB entry behind it (learned and static) purged. Returns the number of entries purged, or -1 for a
  * free slot. Other remotes keep their slots. */
 int ovl_dp_remove_remote(struct ovl_dp *dp, uint32_t r);
-/* Change the local address we send to the remote in slot r from (4 bytes, network order; the
+/* Change the local address we send to the remote in slot r from (OVL_ADDR_LEN bytes, its family; the
  * underlay's address changed): its outer header is rebuilt, its counters, last receive and FDB
- * entries stay. Returns 0, or -1 for a free slot. */
+ * entries stay. Returns 0, or -1 for a free slot or another family. */
 int ovl_dp_set_remote_local(struct ovl_dp *dp, uint32_t r, const uint8_t *local);
 /* The remotes in use, in slot order, up to cap of them, as parallel arrays: slot, address and local
- * address (4 bytes each, network order), and the now of the last batch that received a packet from
+ * address (OVL_ADDR_LEN bytes each, IPv4 mapped), and the now of the last batch that received a packet from
  * it (delivered, not dropped) with seen = 1, or seen = 0 if none yet. Returns how many. */
 uint32_t ovl_dp_remotes(const struct ovl_dp *dp, uint32_t *slots, uint8_t *addrs, uint8_t *locals, double *last_rx,
                         uint8_t *seen, uint32_t cap);
@@ -277,8 +288,9 @@ uint32_t ovl_tx_process(struct ovl_dp *dp, uint32_t n, double now);
  * length fits cap. Returns that length, or -1 for m out of range. */
 int ovl_tx_packet(const struct ovl_dp *dp, uint32_t m, uint32_t *remote, uint8_t *out, uint32_t cap);
 /* RX ring entry i (< batch; 64 times that with udp_gro) := packet data (len bytes, as the socket delivered it; a VLAN tag may be
- * inserted in place before the inner frame) from outer source src (4 bytes, network order); truncated:
- * the socket cut it short. 0, or -1 for i out of range. */
+ * inserted in place before the inner frame) from outer source src (OVL_ADDR_LEN bytes: IPv6, or IPv4
+ * mapped; an IPv6 source means an IPv6 socket's packet); truncated: the socket cut it short; no
+ * destination known (ovl_rx_load_dst). 0, or -1 for i out of range. */
 int ovl_rx_load(struct ovl_dp *dp, uint32_t i, uint8_t *data, uint32_t len, const uint8_t *src, uint32_t truncated);
 /* PyForwarder.rx: decapsulates, checks and learns RX ring entries 0..n; returns frames to deliver. */
 uint32_t ovl_rx_process(struct ovl_dp *dp, uint32_t n, double now);
@@ -423,6 +435,25 @@ uint32_t ovl_dp_ring_counters(const struct ovl_dp *dp, uint64_t *out, uint32_t n
  * + frame) into out if it fits cap and the device; its remote to *remote. Returns the length, 0 if the
  * remote has no next hop or it does not fit (the raw way), -1 for m out of range. */
 int ovl_tx_ring_frame(const struct ovl_dp *dp, uint32_t m, uint32_t *remote, uint8_t *out, uint32_t cap);
+/* ---- issue 11, v6: the IPv6 underlay (csrc/ipv6.c; addresses are OVL_ADDR_LEN bytes everywhere) ---- */
+
+/* UDP encapsulations over IPv6: send UDP checksum 0 (RFC 6935, the kernel's udp6zerocsumtx) instead
+ * of the computed one. 0. */
+int ovl_config_set_udp6(struct ovl_config *c, uint32_t zero_csum_tx);
+/* vxlan.parse / gre.parse of a packet as an IPv6 socket delivers it (v6 = 1: GRE from its header on). */
+int ovl_parse6(const struct ovl_config *c, const uint8_t *pkt, size_t len, uint32_t v6, uint32_t *tid);
+/* The raw IPv6 socket (IPPROTO_RAW) packets to IPv6 remotes leave through (ovl_from_tap's send_fd is
+ * the IPv4 one); -1: none (such packets are dropped as tx_error). 0. */
+int ovl_dp_set_send6_fd(struct ovl_dp *dp, int32_t fd);
+/* Outer bytes in front of a frame to remote slot r (keyed: the GRE header carries a key), or 0 for a
+ * free slot: the encapsulation's over IPv4, 20 more over IPv6. */
+uint32_t ovl_dp_remote_outer_len(const struct ovl_dp *dp, uint32_t r, uint32_t keyed);
+/* RX ring entry i's outer destination address (OVL_ADDR_LEN bytes; IPV6_PKTINFO of an IPv6 GRE
+ * packet), checked against its remote's local address. 0, or -1 for i out of range. */
+int ovl_rx_load_dst(struct ovl_dp *dp, uint32_t i, const uint8_t *dst);
+/* A second receiving socket the runner polls beside recv_fd (the IPv6 one of a mesh of both
+ * families); -1: none. Before ovl_runner_run. */
+void ovl_runner_set_recv2(struct ovl_runner *r, int fd);
 /* END CDEF */
 
 #endif

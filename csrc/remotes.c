@@ -10,14 +10,19 @@
 
 #include <stdlib.h>
 
-static uint32_t addr_home(uint32_t addr) {
-    return (uint32_t)(addr * 0x9E3779B1u) >> 16 & (REMOTE_HASH - 1); /* Fibonacci hashing */
+static uint32_t addr_home(const uint8_t *addr) {
+    /* The four 32-bit words folded (an IPv4 address stored mapped: its word and a constant), then
+     * Fibonacci hashing. */
+    uint32_t w[4];
+    memcpy(w, addr, sizeof(w));
+    uint32_t x = w[0] ^ (w[1] * 0x85EBCA6Bu) ^ (w[2] * 0xC2B2AE35u) ^ w[3];
+    return (uint32_t)(x * 0x9E3779B1u) >> 16 & (REMOTE_HASH - 1);
 }
 
-int32_t remote_find(const struct ovl_dp *dp, uint32_t addr) {
+int32_t remote_find(const struct ovl_dp *dp, const uint8_t *addr) {
     for (uint32_t i = addr_home(addr);; i = (i + 1) & (REMOTE_HASH - 1)) {
         int32_t r = dp->remote_hash[i];
-        if (r < 0 || dp->cfg.remote_addr[r] == addr)
+        if (r < 0 || !memcmp(dp->cfg.remote_addr[r], addr, OVL_ADDR_LEN))
             return r;
     }
 }
@@ -72,9 +77,9 @@ static int tx_grow(struct ovl_dp *dp, uint32_t need) {
 
 int ovl_dp_add_remote(struct ovl_dp *dp, const uint8_t *addr, const uint8_t *local) {
     struct ovl_config *c = &dp->cfg;
-    uint32_t a;
-    memcpy(&a, addr, 4); /* kept in network order */
-    if (remote_find(dp, a) >= 0)
+    if (addr_is_v4(addr) != addr_is_v4(local))
+        return OVL_ADD_FULL;
+    if (remote_find(dp, addr) >= 0)
         return OVL_ADD_DUPLICATE;
     uint32_t r = 0;
     while (r < OVL_MAX_REMOTES && c->remote_used[r])
@@ -83,8 +88,10 @@ int ovl_dp_add_remote(struct ovl_dp *dp, const uint8_t *addr, const uint8_t *loc
         return OVL_ADD_FULL;
     if (tx_grow(dp, r + 1) < 0)
         return OVL_ADD_NOMEM;
-    c->remote_addr[r] = a;
-    memcpy(&c->remote_local[r], local, 4);
+    memcpy(c->remote_addr[r], addr, OVL_ADDR_LEN); /* kept in network order */
+    memcpy(c->remote_local[r], local, OVL_ADDR_LEN);
+    c->remote_v6[r] = !addr_is_v4(addr);
+    c->n_v6 += c->remote_v6[r];
     c->remote_used[r] = 1;
     if (r >= c->n_remotes)
         c->n_remotes = r + 1;
@@ -102,6 +109,7 @@ int ovl_dp_remove_remote(struct ovl_dp *dp, uint32_t r) {
     if (r >= c->n_remotes || !c->remote_used[r])
         return -1;
     c->remote_used[r] = 0;
+    c->n_v6 -= c->remote_v6[r];
     ring_forget_remote(dp, r);
     while (c->n_remotes > 0 && !c->remote_used[c->n_remotes - 1])
         c->n_remotes--;
@@ -111,9 +119,9 @@ int ovl_dp_remove_remote(struct ovl_dp *dp, uint32_t r) {
 
 int ovl_dp_set_remote_local(struct ovl_dp *dp, uint32_t r, const uint8_t *local) {
     struct ovl_config *c = &dp->cfg;
-    if (r >= c->n_remotes || !c->remote_used[r])
+    if (r >= c->n_remotes || !c->remote_used[r] || addr_is_v4(local) != !c->remote_v6[r])
         return -1;
-    memcpy(&c->remote_local[r], local, 4);
+    memcpy(c->remote_local[r], local, OVL_ADDR_LEN);
     outer_template(c, r, &dp->outer[r]);
     return 0;
 }
@@ -126,8 +134,8 @@ uint32_t ovl_dp_remotes(const struct ovl_dp *dp, uint32_t *slots, uint8_t *addrs
         if (!c->remote_used[r])
             continue;
         slots[n] = r;
-        memcpy(addrs + 4 * (size_t)n, &c->remote_addr[r], 4);
-        memcpy(locals + 4 * (size_t)n, &c->remote_local[r], 4);
+        memcpy(addrs + OVL_ADDR_LEN * (size_t)n, c->remote_addr[r], OVL_ADDR_LEN);
+        memcpy(locals + OVL_ADDR_LEN * (size_t)n, c->remote_local[r], OVL_ADDR_LEN);
         last_rx[n] = dp->last_rx[r];
         seen[n] = dp->rx_seen[r];
         n++;

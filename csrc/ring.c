@@ -131,7 +131,7 @@ int ovl_dp_set_nexthop(struct ovl_dp *dp, uint32_t r, int32_t ring, const uint8_
         return 0;
     }
     struct ovl_rings *rs = dp->rings;
-    if (ring >= OVL_RING_MAX || !rs || rs->ring[ring].fd < 0)
+    if (ring >= OVL_RING_MAX || !rs || rs->ring[ring].fd < 0 || dp->cfg.remote_v6[r]) /* (v6: IPv4 rings only) */
         return -1;
     struct ovl_nexthop *nh = &rs->nh[r];
     memcpy(nh->eth, dst, ETH_ALEN);
@@ -185,7 +185,8 @@ int ring_put(struct ovl_dp *dp, const struct tx_out *o) {
         return 0;
     const struct ovl_nexthop *nh = &rs->nh[o->remote];
     if (nh->ring < 0) {
-        rs->stats[OVL_RING_FALLBACK]++;
+        if (!dp->cfg.remote_v6[o->remote]) /* issue 11, v6: IPv4 rings only; IPv6 remotes are no fallback */
+            rs->stats[OVL_RING_FALLBACK]++;
         return 0;
     }
     struct ovl_ring *g = &rs->ring[nh->ring];

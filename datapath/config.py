@@ -105,18 +105,47 @@ def _check_type(key: str, value: object, kinds: tuple[type, ...], what: str) -> 
 
 
 def check_address(key: str, text: str) -> str:
-    """text as a unicast IPv4 address in its canonical form; ConfigError naming key otherwise."""
+    """text as a unicast IPv4 or IPv6 address in its canonical form; ConfigError naming key otherwise.
+
+    Not an IPv4-mapped IPv6 address (::ffff:a.b.c.d: write the IPv4 address), nor an IPv6
+    link-local one (it would need an interface scope the datapath does not carry).
+    """
     try:
         addr = ipaddress.ip_address(text) if isinstance(text, str) else None
     except ValueError:
         addr = None
     if addr is None:
         raise ConfigError(f"{{{key}}} {_lit(text)} is not an IP address")
-    if addr.version != 4:
-        raise ConfigError(f"{{{key}}} {text}: IPv6 underlays are not supported yet, use an IPv4 address")
     if addr.is_multicast or addr.is_unspecified or addr == ipaddress.IPv4Address("255.255.255.255"):
         raise ConfigError(f"{{{key}}} {text} is not a unicast address")
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            raise ConfigError(f"{{{key}}} {text} is an IPv4-mapped address: write the IPv4 address {addr.ipv4_mapped}")
+        if addr.is_link_local:
+            raise ConfigError(
+                f"{{{key}}} {text} is link-local: an IPv6 underlay needs global or unique local addresses"
+            )
     return str(addr)
+
+
+def address_family(addr: str) -> int:
+    """4 or 6: the IP version of a (checked) address."""
+    return 6 if ":" in addr else 4
+
+
+def _check_locals(value: object) -> str | tuple[str, ...]:
+    """tunnel.local as given (one address, or a list of at most one per family) -> one address (canonical),
+    or a tuple of two, IPv4 first."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items or not all(isinstance(a, str) for a in items):
+        raise ConfigError(
+            f"{{tunnel.local}} must be an address or a list of addresses (one per family), not {_lit(value)}"
+        )
+    addrs = [check_address("tunnel.local", a) for a in items]
+    fams = [address_family(a) for a in addrs]
+    if len(set(fams)) != len(fams):
+        raise ConfigError("{tunnel.local}: at most one IPv4 and one IPv6 address")
+    return addrs[0] if len(addrs) == 1 else tuple(sorted(addrs, key=address_family))
 
 
 @dataclass(frozen=True)
@@ -127,13 +156,19 @@ class TunnelConfig:
     vni: int | None = None  # VXLAN network identifier (default 0)
     key: int | None = None  # GRE key (default: no key field, like OVS without options:key)
     port: int | None = None  # VXLAN UDP destination port (default 4789)
-    udp_csum: bool = False  # compute outer UDP checksums (UDP encapsulations)
+    udp_csum: bool = False  # compute outer UDP checksums (UDP encapsulations; over IPv4)
     ttl: int = DEFAULT_TTL
     # (VLAN 1..4094, tunnel id): frames of a mapped VLAN leave untagged in their own
     # VNI (VXLAN) or GRE key, and come back tagged; everything else uses the base id.
     vlan_map: tuple[tuple[int, int], ...] = ()
-    local: str | None = None  # underlay source address; None: from the route to each remote
+    # Underlay source addresses, at most one per family (given as one address or a list; kept as
+    # the one address, or a tuple of both, IPv4 first: see locals); None: from the route to each remote.
+    local: str | tuple[str, ...] | None = None
     underlay_mtu: int | None = None  # largest outer packet; None: the path MTU (resolved)
+    # Over IPv6, UDP encapsulations: send UDP checksum 0 / accept it (RFC 6935, RFC 6936; the
+    # kernel's vxlan udp6zerocsumtx / udp6zerocsumrx). Default: always computed and required.
+    udp6_zero_csum_tx: bool = False
+    udp6_zero_csum_rx: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -153,7 +188,9 @@ class TunnelConfig:
         _check_type("tunnel.udp_csum", self.udp_csum, (bool,), "true or false")
         _check_range("tunnel.ttl", "TTL", self.ttl, 1, 255)
         if self.local is not None:
-            object.__setattr__(self, "local", check_address("tunnel.local", self.local))
+            object.__setattr__(self, "local", _check_locals(self.local))
+        _check_type("tunnel.udp6_zero_csum_tx", self.udp6_zero_csum_tx, (bool,), "true or false")
+        _check_type("tunnel.udp6_zero_csum_rx", self.udp6_zero_csum_rx, (bool,), "true or false")
         if self.underlay_mtu is not None:
             _check_range("tunnel.underlay_mtu", "MTU", self.underlay_mtu, MIN_MTU, 65535)
         self._check_vlan_map(cls)
@@ -183,11 +220,29 @@ class TunnelConfig:
             )
 
     @property
+    def locals(self) -> tuple[str, ...]:
+        """tunnel.local as a tuple (empty: from the routes), IPv4 first."""
+        if self.local is None:
+            return ()
+        return (self.local,) if isinstance(self.local, str) else self.local
+
+    def local_for(self, family: int) -> str | None:
+        """The tunnel.local address of family 4 or 6, or None."""
+        return next((a for a in self.locals if address_family(a) == family), None)
+
+    @property
     def encap(self) -> Encap:
         """The encapsulation with this tunnel's settings."""
         cls = lookup(self.mode)
         port = self.port if self.port is not None else cls.default_port
-        return cls(getattr(self, cls.id_key), port=port, udp_csum=self.udp_csum, ttl=self.ttl)
+        return cls(
+            getattr(self, cls.id_key),
+            port=port,
+            udp_csum=self.udp_csum,
+            ttl=self.ttl,
+            udp6_zero_csum_tx=self.udp6_zero_csum_tx,
+            udp6_zero_csum_rx=self.udp6_zero_csum_rx,
+        )
 
 
 @dataclass(frozen=True)
@@ -201,18 +256,32 @@ class Remote:
         object.__setattr__(self, "addr", check_address("remotes", self.addr))
         if self.local is not None:
             object.__setattr__(self, "local", check_address("tunnel.local", self.local))
+            if address_family(self.local) != self.family:
+                raise ConfigError(
+                    f"{{tunnel.local}} {self.local} is IPv{address_family(self.local)}: remote {self.addr} "
+                    f"needs an IPv{self.family} local address"
+                )
+
+    @property
+    def family(self) -> int:
+        """The underlay family towards it: 4 or 6."""
+        return address_family(self.addr)
 
     @property
     def addr_bytes(self) -> bytes:
-        """The remote's address, 4 bytes."""
-        return socket.inet_aton(self.addr)
+        """The remote's address, 4 bytes (IPv4) or 16 (IPv6)."""
+        return _pack(self.addr)
 
     @property
     def local_bytes(self) -> bytes:
-        """Our address towards it, 4 bytes (the config must be resolved)."""
+        """Our address towards it, 4 or 16 bytes (the config must be resolved)."""
         if self.local is None:
             raise ConfigError(f"{{tunnel.local}} towards remote {self.addr} is not resolved yet")
-        return socket.inet_aton(self.local)
+        return _pack(self.local)
+
+
+def _pack(addr: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
 
 
 @dataclass(frozen=True)
@@ -421,18 +490,26 @@ class Config:
             if r.addr in seen:
                 raise ConfigError(f"{{remotes}} {r.addr} is given twice")
             seen.add(r.addr)
-            if r.addr == self.tunnel.local:
+            if r.addr in self.tunnel.locals:
                 raise ConfigError(f"{{remotes}} {r.addr} equals {{tunnel.local}}: a tunnel needs another host")
+            if self.tunnel.locals and self.tunnel.local_for(r.family) is None:
+                raise ConfigError(
+                    f"{{remotes}} {r.addr} is IPv{r.family} but {{tunnel.local}} has no IPv{r.family} address "
+                    f"(give --local once per family, or none to take each from the route)"
+                )
         for s in self.fdb.static:
             if s.remote not in seen:
                 raise ConfigError(
                     f"{{fdb.static}} {format_mac(s.mac)}: {s.remote} is not one of the remotes ({{remotes}})"
                 )
         t = self.tunnel
-        if not self.encap.udp and (t.port is not None or t.udp_csum or self.offload.udp_gso):
+        if not self.encap.udp and (
+            t.port is not None or t.udp_csum or self.offload.udp_gso or t.udp6_zero_csum_tx or t.udp6_zero_csum_rx
+        ):
             udp_modes = " or ".join(m for m in MODES if lookup(m).udp)
             raise ConfigError(
-                f"{{tunnel.port}}, {{tunnel.udp_csum}} and {{offload.udp_gso}} are for {{tunnel.mode}} {udp_modes}"
+                f"{{tunnel.port}}, {{tunnel.udp_csum}}, {{tunnel.udp6_zero_csum_tx}}, {{tunnel.udp6_zero_csum_rx}} "
+                f"and {{offload.udp_gso}} are for {{tunnel.mode}} {udp_modes}"
             )
         if self.bridge.tag is not None and self.tunnel.vlan_map:
             raise ConfigError(
@@ -463,14 +540,25 @@ class Config:
         return self.encap.outer_len(mapped=True)
 
     @property
+    def families(self) -> frozenset[int]:
+        """The underlay families in use: those of the remotes and of tunnel.local (4 when there is neither)."""
+        fams = {r.family for r in self.remotes} | {address_family(a) for a in self.tunnel.locals}
+        return frozenset(fams or {4})
+
+    @property
     def overhead(self) -> int:
-        """Underlay MTU minus the largest inner L3 packet: the most any frame of this tunnel adds."""
-        return self.encap.overhead(mapped=bool(self.tunnel.vlan_map))
+        """Underlay MTU minus the largest inner L3 packet: the most any frame of this tunnel adds
+        (over IPv6 when a remote is IPv6: 20 bytes more)."""
+        return max(self.encap.overhead(mapped=bool(self.tunnel.vlan_map), family=f) for f in self.families)
 
     @property
     def bind(self) -> str:
-        """The address the receiving socket binds to."""
-        return self.tunnel.local or "0.0.0.0"
+        """The address the IPv4 receiving socket binds to."""
+        return self.tunnel.local_for(4) or "0.0.0.0"
+
+    def bind_for(self, family: int) -> str:
+        """The address the receiving socket of family 4 or 6 binds to (tunnel.local, or any)."""
+        return self.tunnel.local_for(family) or ("::" if family == 6 else "0.0.0.0")
 
     @property
     def static_entries(self) -> tuple[tuple[bytes, int, int], ...]:
@@ -510,7 +598,7 @@ class Config:
         The VLAN room is for tagged frames read from the TAP (trunk); a tag the
         datapath inserts on receive goes into the outer header's place, not here.
         """
-        outer = max(self.outer_len, self.mapped_outer_len)
+        outer = max(self.encap.outer_len(m, f) for m in (False, True) for f in self.families)
         need = max(self.underlay_mtu, self.tap_mtu + ETH_HLEN + VLAN_HLEN + outer)
         return max(2048, (need + 64 + 63) // 64 * 64)
 

@@ -30,6 +30,8 @@ class Drop(IntEnum):
     TX_BAD_OFFLOAD = 14  # frame from the TAP with a virtio header or GSO super-frame we cannot handle
     TX_FULL = 15  # the underlay socket's send buffer or device queue was full: dropped, never waited for
     RX_BAD_SUPER = 16  # inner frame beyond the TAP MTU and a ring slot, not a TCP super-packet we can pass on
+    RX_ECN = 17  # (issue 11, ecn) outer CE on an inner Not-ECT packet (RFC 6040)
+    RX_BAD_DST = 18  # (issue 11, v6) an IPv6 GRE packet not to the local address of the remote it came from
 
 
 # Per-remote counters, in the order of enum ovl_remote_stat.
@@ -52,6 +54,12 @@ STAT_FIELDS: tuple[str, ...] = (
     "rx_gro",
     "rx_super",
     "rx_super_split",
+    # issue 11 (slots fixed for all its parts): pmtu, mss, ecn
+    "tx_pmtu_icmp",
+    "tx_pmtu_limited",
+    "tx_fragmented",
+    "mss_clamped",
+    "rx_ecn_ce",
 )
 
 # VXLAN TX through the injection TAP (C path), in the order of enum ovl_inject_stat:

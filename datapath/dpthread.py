@@ -51,11 +51,14 @@ class DataPathThread:
         tap_gone: Collection[int] = (),
         cpu: int | None = None,
         name: str = "ovl-dp data path",
+        recv2_fd: int = -1,
     ) -> None:
         """on_error(kind, exc) is called in the data-path thread (TAP, TUNNEL or LOOP);
-        cpu: pin the thread to that CPU (None: wherever the scheduler puts it)."""
+        cpu: pin the thread to that CPU (None: wherever the scheduler puts it); recv2_fd: a second
+        receiving socket (the IPv6 one beside an IPv4 one), -1 for none."""
         self._fwd = fwd
         self._fds = (tap_fd, recv_fd, send_fd)
+        self._recv2 = recv2_fd
         self._on_error = on_error
         self._tap_gone = frozenset(tap_gone)
         self.cpu = cpu
@@ -67,6 +70,7 @@ class DataPathThread:
     def start(self) -> None:
         """Start the loop; from here on the forwarder's calls pause it (OSError: no runner)."""
         self._fwd.runner_start()
+        self._fwd.runner_set_recv2(self._recv2)
         self._started = True
         self._thread.start()  # returns once the thread runs: native_id is set
         if self.cpu is not None:

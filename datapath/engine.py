@@ -91,10 +91,13 @@ class Inherited:
     gso_fds: list[int] = field(default_factory=list)
     udp_gro: bool = False  # UDP_GRO is on on the receiving socket
     fast: bool = True  # the old engine ran the C path
+    recv2_fd: int = -1  # the IPv6 receiving socket when IPv4 is there too (recv_fd the IPv4 one); -1: none
+    send6_fd: int = -1  # the raw IPv6 send socket; -1: none
 
     def fds(self) -> list[int]:
         """Every fd, once."""
-        return [self.tap_fd, self.recv_fd, self.send_fd, *self.gso_fds]
+        extra = [fd for fd in (self.recv2_fd, self.send6_fd) if fd >= 0]
+        return [self.tap_fd, self.recv_fd, self.send_fd, *self.gso_fds, *extra]
 
 
 class Engine:
@@ -125,6 +128,7 @@ class Engine:
         except Exception:
             self._close_io()
             raise
+        self.forwarder.set_send6(self.send6_sock)
         self.fast = fast
         self.inherited = inherited is not None
         # VXLAN TX through an injection TAP: opened here, used once the control plane set the host up
@@ -165,12 +169,23 @@ class Engine:
         assert cfg.tap.name is not None and cfg.tap.mac is not None
         # Check the configuration before anything is opened (the C side may refuse it).
         make_forwarder(cfg, fast, self._clock)
-        # Sockets first: a port in use should fail before a TAP appears on the bridge.
-        self.recv_sock = encap.open_recv_socket(cfg.bind)
+        # Sockets first: a port in use should fail before a TAP appears on the bridge. Per underlay
+        # family in use a receiving socket (the first is recv_sock, an IPv6 one beside an IPv4 one
+        # recv_sock2); the IPv4 raw send socket always (it receives nothing), the IPv6 one for IPv6.
+        fams = sorted(cfg.families)
+        self.recv_sock2: socket.socket | None = None
+        self.send6_sock: socket.socket | None = None
+        self.recv_sock = encap.open_recv_socket(cfg.bind_for(fams[0]))
         try:
+            if len(fams) > 1:
+                self.recv_sock2 = encap.open_recv_socket(cfg.bind_for(fams[1]))
             self.send_sock = underlay.open_send_socket()
+            if 6 in fams:
+                self.send6_sock = underlay.open_send_socket(socket.AF_INET6)
         except Exception:
-            self.recv_sock.close()
+            for sock in (self.recv_sock, self.recv_sock2, getattr(self, "send_sock", None)):
+                if sock is not None:
+                    sock.close()
             raise
         try:
             # The TAP's flags follow the forwarder: only the C path handles a virtio header.
@@ -178,15 +193,20 @@ class Engine:
                 cfg.tap.name, cfg.tap.mac, cfg.tap_mtu, offloads=fast and cfg.offload.tap, qdisc=cfg.tap.qdisc
             )
         except Exception:
-            self.recv_sock.close()
-            self.send_sock.close()
+            for sock in (self.recv_sock, self.recv_sock2, self.send_sock, self.send6_sock):
+                if sock is not None:
+                    sock.close()
             raise
         # Underlay offloads (UDP encapsulations, C path): UDP_GRO on the receiving socket
         # (where the kernel has it); UDP_SEGMENT sends through a pool of UDP sockets (opt-in).
         udp_offloads = fast and encap.udp
         try:
             self.udp_gro = udp_offloads and cfg.offload.udp_gro and underlay.enable_udp_gro(self.recv_sock)
-            if udp_offloads and cfg.offload.udp_gso:
+            if self.recv_sock2 is not None and self.udp_gro and not underlay.enable_udp_gro(self.recv_sock2):
+                self.udp_gro = False  # (one setting for the context: both sockets, or neither)
+                with contextlib.suppress(OSError):
+                    self.recv_sock.setsockopt(underlay.SOL_UDP, underlay.UDP_GRO, 0)
+            if udp_offloads and cfg.offload.udp_gso and 4 in cfg.families:  # IPv4 UDP sockets only
                 self.gso_socks = underlay.open_gso_sockets(cfg.bind, cfg.tunnel.ttl)
         except Exception:
             self._close_io()
@@ -212,11 +232,25 @@ class Engine:
             recv = underlay.adopt_socket(inh.recv_fd, made)
             send = underlay.adopt_socket(inh.send_fd, made)
             gso = [underlay.adopt_socket(fd, made) for fd in inh.gso_fds]
-            if encap.udp:
-                underlay.check_socket(recv, "receiving", socket.SOCK_DGRAM, socket.IPPROTO_UDP, (cfg.bind, encap.port))
-            else:
-                underlay.check_socket(recv, "receiving", socket.SOCK_RAW, encap.ip_proto, (cfg.bind, None))
+            fams = sorted(cfg.families)
+            if (inh.recv2_fd >= 0) != (len(fams) > 1) or (inh.send6_fd >= 0) != (6 in fams):
+                raise SetupError("the running daemon's underlay families (IPv4 / IPv6 sockets) differ from this one's")
+            recv2 = underlay.adopt_socket(inh.recv2_fd, made) if inh.recv2_fd >= 0 else None
+            send6 = underlay.adopt_socket(inh.send6_fd, made) if inh.send6_fd >= 0 else None
+            for sock, fam in ((recv, fams[0]), (recv2, fams[-1])):
+                if sock is None:
+                    continue
+                af = socket.AF_INET6 if fam == 6 else socket.AF_INET
+                bound = cfg.bind_for(fam)
+                if encap.udp:
+                    underlay.check_socket(
+                        sock, "receiving", socket.SOCK_DGRAM, socket.IPPROTO_UDP, (bound, encap.port), af
+                    )
+                else:
+                    underlay.check_socket(sock, "receiving", socket.SOCK_RAW, encap.ip_proto, (bound, None), af)
             underlay.check_socket(send, "sending", socket.SOCK_RAW, socket.IPPROTO_RAW, None)
+            if send6 is not None:
+                underlay.check_socket(send6, "IPv6 sending", socket.SOCK_RAW, socket.IPPROTO_RAW, None, socket.AF_INET6)
             for sock in gso:
                 underlay.check_socket(sock, "UDP GSO", socket.SOCK_DGRAM, socket.IPPROTO_UDP, (cfg.bind, None))
             if inh.udp_gro and underlay.udp_gro_on(recv) is False:
@@ -227,9 +261,10 @@ class Engine:
                 sock.detach()
             _close_fds(fds)
             raise
-        for sock in (recv, send, *gso):
+        for sock in (recv, send, *gso, *(x for x in (recv2, send6) if x is not None)):
             sock.setblocking(False)
         self.recv_sock, self.send_sock, self.gso_socks, self.tap = recv, send, gso, tap
+        self.recv_sock2, self.send6_sock = recv2, send6
         self.udp_gro = inh.udp_gro
 
     def inherit(self) -> Inherited:
@@ -243,6 +278,8 @@ class Engine:
             gso_fds=[s.fileno() for s in self.gso_socks],
             udp_gro=bool(self.udp_gro),
             fast=self.fast,
+            recv2_fd=self.recv_sock2.fileno() if self.recv_sock2 is not None else -1,
+            send6_fd=self.send6_sock.fileno() if self.send6_sock is not None else -1,
         )
 
     def _open_inject(self) -> None:
@@ -253,6 +290,8 @@ class Engine:
             self.inject_note = "not used (VXLAN with the C path and TAP offloads only)"
         elif self.gso_socks:
             self.inject_note = "not used with --udp-gso"
+        elif 4 not in cfg.families:  # issue 11, v6: it builds outer IPv4 only
+            self.inject_note = "not used (IPv6 remotes only: the injection carries outer IPv4)"
         else:
             try:
                 self.inject_tap = open_inject_tap(self.tap.name, cfg.encap.udp_csum)
@@ -339,7 +378,7 @@ class Engine:
             log.info("data path: a C thread of its own%s", pin)
         else:
             loop.add_reader(self.tap.fileno(), self._on_tap)
-            loop.add_reader(self.recv_sock.fileno(), self._on_tunnel)
+            self._loop_reads_tunnel()
         if self._inject_set and self.inject_tap is not None:
             loop.add_reader(self.inject_tap.fileno(), self._on_inject)
         self._sweeper = loop.call_later(AGEING_SWEEP_INTERVAL, self._sweep)
@@ -356,6 +395,7 @@ class Engine:
             lambda kind, exc: self._from_thread(th, kind, exc),
             tap_gone=TAP_GONE_ERRNOS,
             cpu=self.cfg.offload.cpu,
+            recv2_fd=self.recv_sock2.fileno() if self.recv_sock2 is not None else -1,
         )
         try:
             th.start()
@@ -393,7 +433,7 @@ class Engine:
             if self._loop is not None:
                 if not self._tap_lost:
                     self._loop.add_reader(self.tap.fileno(), self._on_tap)
-                self._loop.add_reader(self.recv_sock.fileno(), self._on_tunnel)
+                self._loop_reads_tunnel()
         else:
             self._io_error("receiving from the underlay", exc)
 
@@ -451,15 +491,24 @@ class Engine:
             self._loop.add_reader(new.fileno(), self._on_tap)
 
     def _loop_reads_tunnel(self) -> None:
-        # The thread did not come back: the loop takes the receiving socket too.
+        # The loop reads the receiving sockets (no thread, or the thread did not come back).
         if self._loop is not None:
             self._loop.add_reader(self.recv_sock.fileno(), self._on_tunnel)
+            if self.recv_sock2 is not None:
+                self._loop.add_reader(self.recv_sock2.fileno(), self._on_tunnel2)
 
     def _on_tunnel(self) -> None:
         try:
             self.forwarder.from_tunnel(self.recv_sock, self.tap.fileno())
         except OSError as exc:
             self._io_error("receiving from the underlay", exc)
+
+    def _on_tunnel2(self) -> None:
+        assert self.recv_sock2 is not None
+        try:
+            self.forwarder.from_tunnel(self.recv_sock2, self.tap.fileno())
+        except OSError as exc:
+            self._io_error("receiving from the underlay (IPv6)", exc)
 
     def _io_error(self, what: str, exc: OSError) -> None:
         # Keep running (the next readiness may succeed), but do not flood the log.
@@ -488,6 +537,8 @@ class Engine:
             if self.tap.fileno() >= 0:  # -1: closed by a replace_tap that failed
                 self._loop.remove_reader(self.tap.fileno())
             self._loop.remove_reader(self.recv_sock.fileno())
+            if self.recv_sock2 is not None:
+                self._loop.remove_reader(self.recv_sock2.fileno())
             if self._inject_set and self.inject_tap is not None:
                 self._loop.remove_reader(self.inject_tap.fileno())
             if self._sweeper is not None:
@@ -506,6 +557,9 @@ class Engine:
             rings.close()
         self.recv_sock.close()
         self.send_sock.close()
+        for extra in (getattr(self, "recv_sock2", None), getattr(self, "send6_sock", None)):
+            if extra is not None:
+                extra.close()
         for sock in self.gso_socks:
             sock.close()
         self.tap.close()
@@ -576,6 +630,12 @@ class Engine:
             return self.forwarder.paused()
         return contextlib.nullcontext()
 
+    @property
+    def families(self) -> frozenset[int]:
+        """The underlay families this engine has receiving sockets for (4, 6)."""
+        socks = (self.recv_sock, self.recv_sock2)
+        return frozenset(6 if s.family == socket.AF_INET6 else 4 for s in socks if s is not None)
+
     def remotes(self) -> tuple[Remote, ...]:
         """The current remotes, in slot order."""
         return tuple(r for _, r, _ in self.forwarder.remotes())
@@ -595,6 +655,11 @@ class Engine:
         """
         if remote.local is None:
             raise ConfigError(f"{{tunnel.local}} towards remote {remote.addr} is not resolved yet")
+        if remote.family not in self.families:
+            raise ConfigError(
+                f"{{remotes}} {remote.addr}: this daemon has no IPv{remote.family} underlay sockets (it started "
+                f"with IPv{'/IPv'.join(map(str, sorted(self.families)))} remotes only); restart it with one"
+            )
         current = self.remotes()
         if any(r.addr == remote.addr for r in current):
             raise ConfigError(f"{{remotes}} {remote.addr} is already a remote")

@@ -30,7 +30,6 @@ import importlib
 import os
 import socket
 import struct
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
@@ -39,10 +38,12 @@ from typing import Any
 
 from datapath.config import Config, Remote
 from datapath.counters import FDB_FIELDS, INJECT_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
+from datapath.encap.ipv6 import from16, to16
 from datapath.ether import ETH_HLEN
 from datapath.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEntry, FdbFull, Learn, check_limits, check_vlan
 from datapath.io.ring import TxRing
 from datapath.io.tap import VNET_HDR_LEN
+from datapath.pypath import RxPacket
 
 _ovl_fast: Any
 try:
@@ -112,11 +113,13 @@ def _make_config(cfg: Config, seed: int, tap_vnet: int = 0, udp_gro: bool = Fals
     # keyed: the base id travels in a header field (GRE without a key has none).
     _check(lib.ovl_config_set_tunnel(c, encap.base_id, encap.tunnel_id is not None, encap.ttl))
     _check(lib.ovl_config_set_udp(c, encap.port, encap.udp_csum))
+    _check(lib.ovl_config_set_udp6(c, encap.udp6_zero_csum_tx))
     _check(lib.ovl_config_set_ring(c, cfg.underlay_mtu, cfg.batch, cfg.slot_size))
     _check(lib.ovl_config_set_fdb(c, cfg.fdb.max_entries, cfg.fdb.ageing, seed))
     _check(lib.ovl_config_set_offloads(c, tap_vnet, cfg.offload.coalesce, udp_gro))
     for r in cfg.remotes:
-        _check(lib.ovl_config_add_remote(c, r.addr_bytes, r.local_bytes))
+        r.local_bytes  # noqa: B018 (ConfigError if not resolved)
+        _check(lib.ovl_config_add_remote(c, to16(r.addr), to16(r.local or "")))
     for vlan, tid in cfg.tunnel.vlan_map:
         _check(lib.ovl_config_map_vlan(c, vlan, tid))
     return c
@@ -152,7 +155,7 @@ def encap(cfg: Config, remote: int, frame: bytes | bytearray | memoryview) -> by
         raise IndexError(f"no remote {remote}")
     c = _codec_config(cfg)
     buf = ffi.from_buffer("uint8_t[]", frame)
-    cap = cfg.outer_len + len(buf)
+    cap = cfg.encap.outer_len(family=cfg.remotes[remote].family) + len(buf)
     out = ffi.new("uint8_t[]", cap)
     n = lib.ovl_encap(c, remote, buf, len(buf), out, cap)
     if n < 0:
@@ -160,12 +163,12 @@ def encap(cfg: Config, remote: int, frame: bytes | bytearray | memoryview) -> by
     return bytes(ffi.buffer(out, n))
 
 
-def parse(cfg: Config, packet: bytes | bytearray | memoryview) -> tuple[int, int]:
-    """cfg.encap.parse(packet): (offset of the inner frame or -Drop, tunnel id)."""
+def parse(cfg: Config, packet: bytes | bytearray | memoryview, family: int = 4) -> tuple[int, int]:
+    """cfg.encap.parse(packet, family): (offset of the inner frame or -Drop, tunnel id)."""
     c = _codec_config(cfg)
     buf = ffi.from_buffer("uint8_t[]", packet)
     tid = ffi.new("uint32_t *")
-    off = int(lib.ovl_parse(c, buf, len(buf), tid))
+    off = int(lib.ovl_parse6(c, buf, len(buf), family == 6, tid))
     return off, int(tid[0])
 
 
@@ -429,6 +432,8 @@ class FastForwarder:
         self._runner: Any = None  # struct ovl_runner, made by the first runner_start
         self._running: Any = None  # the runner while a data-path thread may use the context
         self._rings: dict[int, TxRing] = {}  # TX rings the C side has mapped (their sockets stay open)
+        self._send6: socket.socket | None = None  # the raw IPv6 send socket (kept open while C uses it)
+        self._recv2 = -1  # the second receiving socket's fd the runner polls (ovl_runner_set_recv2)
         self._gso_socks = list(gso_socks)  # the fds stay open as long as the C side uses them
         fds = ffi.new("int32_t[]", [s.fileno() for s in self._gso_socks] or [-1])
         lib.ovl_dp_set_gso_fds(self._dp, fds, len(self._gso_socks))
@@ -518,9 +523,10 @@ class FastForwarder:
 
         ValueError for an address already there or a full table (OVL_MAX_REMOTES).
         """
-        local = remote.local_bytes  # ConfigError if not resolved
+        remote.local_bytes  # noqa: B018 (ConfigError if not resolved)
+        local = to16(remote.local or "")
         with self.paused():
-            slot = int(lib.ovl_dp_add_remote(self._dp, remote.addr_bytes, local))
+            slot = int(lib.ovl_dp_add_remote(self._dp, to16(remote.addr), local))
         if slot == lib.OVL_ADD_DUPLICATE:
             raise ValueError(f"remote {remote.addr} is already there")
         if slot == lib.OVL_ADD_FULL:
@@ -544,12 +550,24 @@ class FastForwarder:
         self._remotes_changed()
         return n
 
+    def set_send6(self, sock: socket.socket | None) -> None:
+        """The raw IPv6 socket packets to IPv6 remotes leave through (from_tap's send_sock is the IPv4 one)."""
+        with self.paused():
+            self._send6 = sock
+            lib.ovl_dp_set_send6_fd(self._dp, sock.fileno() if sock is not None else -1)
+
+    def remote_outer_len(self, slot: int, keyed: bool) -> int:
+        """Outer bytes in front of a frame to the remote in slot (0 for a free slot): IPv6 adds 20."""
+        with self.paused():
+            return int(lib.ovl_dp_remote_outer_len(self._dp, slot, keyed)) if 0 <= slot < lib.OVL_MAX_REMOTES else 0
+
     def set_remote_local(self, slot: int, local: str) -> None:
-        """Send to the remote in slot from local from now on; FDB entries and counters stay (KeyError: a free slot)."""
+        """Send to the remote in slot from local from now on; FDB entries and counters stay (KeyError: a free slot
+        or an address of another family)."""
         if not 0 <= slot < lib.OVL_MAX_REMOTES:
             raise KeyError(f"no remote in slot {slot}")
         with self.paused():
-            r = lib.ovl_dp_set_remote_local(self._dp, slot, socket.inet_aton(local))
+            r = lib.ovl_dp_set_remote_local(self._dp, slot, to16(local))
         if r != 0:
             raise KeyError(f"no remote in slot {slot}")
 
@@ -557,21 +575,22 @@ class FastForwarder:
         """The remotes in use, in slot order: (slot, remote, clock at its last delivered packet or None)."""
         cap = lib.OVL_MAX_REMOTES
         slots = ffi.new("uint32_t[]", cap)
-        addrs = ffi.new("uint8_t[]", 4 * cap)
-        locals_ = ffi.new("uint8_t[]", 4 * cap)
+        w = lib.OVL_ADDR_LEN
+        addrs = ffi.new("uint8_t[]", w * cap)
+        locals_ = ffi.new("uint8_t[]", w * cap)
         last = ffi.new("double[]", cap)
         seen = ffi.new("uint8_t[]", cap)
         with self.paused():
             n = lib.ovl_dp_remotes(self._dp, slots, addrs, locals_, last, seen, cap)
-        raw_addrs, raw_locals = ffi.buffer(addrs, 4 * n)[:], ffi.buffer(locals_, 4 * n)[:]
-        # Remote objects by their 8 address bytes: building one validates both addresses (ipaddress),
+        raw_addrs, raw_locals = ffi.buffer(addrs, w * n)[:], ffi.buffer(locals_, w * n)[:]
+        # Remote objects by their 32 address bytes: building one validates both addresses (ipaddress),
         # about 40 µs, which with 1,000 remotes made every call (remote add, show, a metrics scrape)
         # cost 40 ms on the loop's thread. Only the remotes of this call are kept.
         memo, self._remote_memo = self._remote_memo, {}
         out = []
         for i in range(n):
-            a, lo = raw_addrs[4 * i : 4 * i + 4], raw_locals[4 * i : 4 * i + 4]
-            r = memo.get(a + lo) or Remote(socket.inet_ntoa(a), socket.inet_ntoa(lo))
+            a, lo = raw_addrs[w * i : w * (i + 1)], raw_locals[w * i : w * (i + 1)]
+            r = memo.get(a + lo) or Remote(from16(a), from16(lo))
             self._remote_memo[a + lo] = r
             out.append((int(slots[i]), r, float(last[i]) if seen[i] else None))
         return out
@@ -579,10 +598,9 @@ class FastForwarder:
     def _remotes_changed(self) -> None:
         """After a change: what snapshot() and rx() need of the remotes (_slot_addr: slot -> address)."""
         self._slot_addrs = sorted(self._slot_addr.items())
-        self._src = {a: socket.inet_aton(a) for a in self._slot_addr.values()}
-        # What rx() passes for a source that is not a remote: any address no remote has.
-        taken = {int.from_bytes(a, sys.byteorder) for a in self._src.values()}
-        self._not_remote = min(set(range(len(taken) + 1)) - taken).to_bytes(4, sys.byteorder)
+        self._src = {a: to16(a) for a in self._slot_addr.values()}
+        # What rx() passes for a source that is not a remote: "::", which no remote can be.
+        self._not_remote = bytes(lib.OVL_ADDR_LEN)
 
     def _chunks(self, items: Iterable[Any]) -> Iterable[Sequence[Any]]:
         items = list(items)
@@ -607,15 +625,17 @@ class FastForwarder:
                     out.append((int(remote[0]), bytes(ffi.buffer(self._out, n))))
         return out
 
-    def _rx_load(self, chunk: Sequence[tuple[bytes, str]]) -> list[Any]:
-        bufs = [ffi.from_buffer("uint8_t[]", bytearray(pkt)) for pkt, _ in chunk]  # alive until the results are read
+    def _rx_load(self, chunk: Sequence[RxPacket]) -> list[Any]:
+        bufs = [ffi.from_buffer("uint8_t[]", bytearray(p[0])) for p in chunk]  # alive until the results are read
         for i, buf in enumerate(bufs):
             lib.ovl_rx_load(self._dp, i, buf, len(buf), self._src.get(chunk[i][1], self._not_remote), 0)
+            if len(chunk[i]) > 2:  # the outer destination (IPv6 GRE: IPV6_PKTINFO)
+                lib.ovl_rx_load_dst(self._dp, i, to16(chunk[i][2]))  # type: ignore[misc]
         lib.ovl_rx_process(self._dp, len(bufs), self._clock())
         return bufs
 
-    def rx(self, packets: Iterable[tuple[bytes, str]]) -> list[tuple[int, bytes]]:
-        """(packet, outer source address) -> (remote index, inner frame) pairs for the TAP."""
+    def rx(self, packets: Iterable[RxPacket]) -> list[tuple[int, bytes]]:
+        """(packet, outer source address[, outer destination]) -> (remote index, inner frame) pairs for the TAP."""
         out: list[tuple[int, bytes]] = []
         remote = ffi.new("int32_t *")
         for chunk in self._chunks(packets):
@@ -627,7 +647,7 @@ class FastForwarder:
                         out.append((int(remote[0]), bytes(ffi.buffer(buf)[off:])))
         return out
 
-    def rx_plan(self, packets: Iterable[tuple[bytes, str]]) -> list[tuple[bytes, bytes, int]]:
+    def rx_plan(self, packets: Iterable[RxPacket]) -> list[tuple[bytes, bytes, int]]:
         """What from_tunnel writes to the TAP for these packets: (virtio header, frame, remote index) per write.
 
         The same steps as from_tunnel (ovl_rx_process, then ovl_rx_plan: with rx_coalesce and
@@ -689,6 +709,13 @@ class FastForwarder:
         if lib.ovl_runner_rearm(self._runner) != 0:
             raise RuntimeError("a data-path thread still runs on this forwarder")
         self._running = self._runner
+
+    def runner_set_recv2(self, fd: int) -> None:
+        """A second receiving socket the data-path loop polls (the IPv6 one beside an IPv4 one); -1: none.
+        After runner_start, before run."""
+        self._recv2 = fd
+        if self._runner is not None:
+            lib.ovl_runner_set_recv2(self._runner, fd)
 
     def run(self, tap_fd: int, recv_fd: int, send_fd: int) -> tuple[int, int]:
         """The blocking loop (ovl_runner_run; the GIL is released): (enum ovl_run_result, errno).

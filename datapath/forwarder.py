@@ -77,7 +77,12 @@ class Forwarder(Protocol):
         ...
 
     def from_tunnel(self, recv_sock: socket.socket, tap_fd: int) -> int:
-        """Receive a batch from the underlay, decapsulate, learn, write to the TAP; packets received."""
+        """Receive a batch from the underlay (an IPv4 or IPv6 socket), decapsulate, learn, write to the TAP;
+        packets received."""
+        ...
+
+    def set_send6(self, sock: socket.socket | None) -> None:
+        """The raw IPv6 socket packets to IPv6 remotes leave through (from_tap's is the IPv4 one)."""
         ...
 
     def snapshot(self) -> Snapshot:

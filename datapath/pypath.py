@@ -23,6 +23,13 @@ travels as it is in the base id (``cfg.base_id``; a trunk). On receive the
 base id delivers the frame as it is, a mapped id inserts the VLAN's tag, any
 other id is dropped. The FDB is keyed by the VLAN as seen on the bridge side.
 
+IPv6 underlay: a remote's family is its address's; its packets get an outer IPv6 header
+(``Encap.build`` with 16-byte addresses) and leave through the IPv6 send socket
+(:meth:`PyForwarder.set_send6`); received packets carry their family in the source
+address (an IPv6 GRE packet starts at its GRE header). A frame too big for every
+family in use is dropped once as ``tx_too_big``; one that fits IPv4 but not a remote's
+outer IPv6 header is dropped as ``tx_too_big`` for that remote's copy.
+
 A differential test feeds both forwarders the same frames and compares
 packets, counters and FDB.
 """
@@ -37,8 +44,33 @@ from collections.abc import Callable, Iterable
 
 from datapath.config import MAX_REMOTES, Config, Remote
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
+from datapath.encap.ipv4 import IPV4_HLEN
+from datapath.encap.ipv6 import IPV6_HLEN
 from datapath.ether import ETH_HLEN, insert_vlan, is_multicast, is_valid_source, strip_vlan, vlan_id
 from datapath.fdb import Fdb
+
+V6_EXTRA = IPV6_HLEN - IPV4_HLEN  # an outer IPv6 header's bytes beyond an IPv4 one's
+
+
+IN6_PKTINFO_LEN = 20  # struct in6_pktinfo: the address, then the interface index
+# What rx() takes: (packet, outer source) or (packet, outer source, outer destination).
+RxPacket = tuple[bytes, str] | tuple[bytes, str, str]
+
+
+def pktinfo_destination(ancillary: list[tuple[int, int, bytes]]) -> str | None:
+    """The destination address of an IPV6_PKTINFO control message among ancillary, or None."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= IN6_PKTINFO_LEN:
+            return socket.inet_ntop(socket.AF_INET6, data[:16])
+    return None
+
+
+def canonical_source(addr: str) -> str:
+    """A socket's source address as the remotes hold it: an IPv6 one without a %scope, canonical."""
+    if ":" not in addr:
+        return addr
+    return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, addr.partition("%")[0]))
+
 
 # Bigger than any frame a TAP hands over without offloads.
 _READ_SIZE = 65536
@@ -62,6 +94,7 @@ class PyForwarder:
         self._ends: list[tuple[bytes, bytes]] = []
         self._last_rx: list[float | None] = []
         self._by_addr: dict[str, int] = {}
+        self._send6: socket.socket | None = None  # the IPv6 raw send socket (set_send6)
         for r in cfg.remotes:
             self.add_remote(r)
         # VLAN <-> tunnel id for mapped VLANs; everything else is the base id.
@@ -121,6 +154,10 @@ class PyForwarder:
         """The remotes in use, in slot order: (slot, remote, clock at its last delivered packet or None)."""
         return [(i, r, self._last_rx[i]) for i, r in enumerate(self._slots) if r is not None]
 
+    def set_send6(self, sock: socket.socket | None) -> None:
+        """The raw IPv6 socket packets to IPv6 remotes leave through (from_tap's send_sock is the IPv4 one)."""
+        self._send6 = sock
+
     def _in_use(self, slot: int) -> bool:
         return 0 <= slot < len(self._slots) and self._slots[slot] is not None
 
@@ -151,13 +188,16 @@ class PyForwarder:
                 send, outer_len = bytes(frame), self.cfg.outer_len
             else:  # a mapped VLAN: untagged, in its own id
                 send, outer_len = strip_vlan(frame), self.cfg.mapped_outer_len
+            # (outer_len is over IPv4, the shorter header: a frame too big even for that goes nowhere)
             if outer_len + len(send) > self.cfg.underlay_mtu:
                 self._drop(Drop.TX_TOO_BIG)
                 continue
+            # What an IPv6 remote's copy adds on top (the outer IPv6 header is 20 bytes longer).
+            fits6 = outer_len + V6_EXTRA + len(send) <= self.cfg.underlay_mtu
             remote = None if is_multicast(frame) else self.fdb.lookup(frame[:6], vlan=vlan)
             if remote is not None and self._in_use(remote):
                 self._stats["tx_unicast"] += 1
-                out.append((remote, self._build(send, remote, tid), len(send)))
+                self._emit(out, remote, send, tid, fits6)
                 continue
             # Broadcast, multicast, unknown unicast: head-end replication to every remote.
             self._stats["tx_flooded"] += 1
@@ -165,20 +205,36 @@ class PyForwarder:
                 if r is None:
                     continue
                 self._remote_ctr[i]["tx_flood"] += 1
-                out.append((i, self._build(send, i, tid), len(send)))
+                self._emit(out, i, send, tid, fits6)
         return out
 
-    def rx(self, packets: Iterable[tuple[bytes, str]]) -> list[tuple[int, bytes]]:
-        """(packet, outer source address) -> (remote index, inner frame) pairs for the TAP."""
+    def _emit(self, out: list[tuple[int, bytes, int]], remote: int, send: bytes, tid: int | None, fits6: bool) -> None:
+        """One packet of frame send to remote; a copy to an IPv6 remote that does not fit is tx_too_big."""
+        if not fits6 and len(self._ends[remote][1]) == 16:
+            self._drop(Drop.TX_TOO_BIG)
+            return
+        out.append((remote, self._build(send, remote, tid), len(send)))
+
+    def rx(self, packets: Iterable[RxPacket]) -> list[tuple[int, bytes]]:
+        """(packet, outer source address[, outer destination]) -> (remote index, inner frame) pairs for the TAP.
+
+        An IPv6 source (canonical text form) means the packet came from an IPv6 socket. The
+        destination (IPV6_PKTINFO) matters for GRE over IPv6 only, whose socket gives no outer
+        header: it must be the local address of the remote it came from (else rx_bad_dst).
+        """
         out: list[tuple[int, bytes]] = []
-        for pkt, src in packets:
+        for pkt, src, *dst in packets:
             remote = self._by_addr.get(src)
             if remote is None:
                 self._drop(Drop.RX_NOT_REMOTE)
                 continue
-            off, tid = self._encap.parse(pkt)
+            v6 = ":" in src
+            off, tid = self._encap.parse(pkt, 6 if v6 else 4)
             if off < 0:
                 self._drop(Drop(-off))
+                continue
+            if v6 and not self._encap.udp and dst and dst[0] != self._local_of(remote):
+                self._drop(Drop.RX_BAD_DST)
                 continue
             frame = bytes(pkt[off:])
             if tid == self.cfg.base_id:
@@ -221,8 +277,15 @@ class PyForwarder:
         # the rest of the batch goes with the packet that found it full; ENOBUFS (a full
         # device queue) drops that packet only.
         for i, (remote, pkt, inner_len) in enumerate(packets):
+            addr = self._addr_of(remote)
+            sock = send_sock
+            if ":" in addr:
+                if self._send6 is None:  # no IPv6 send socket: the engine opens one for IPv6 remotes
+                    self._drop(Drop.TX_ERROR)
+                    continue
+                sock = self._send6
             try:
-                send_sock.sendto(pkt, socket.MSG_DONTWAIT, (self._addr_of(remote), 0))
+                sock.sendto(pkt, socket.MSG_DONTWAIT, (addr, 0))
             except BlockingIOError:
                 for _ in packets[i:]:
                     self._drop(Drop.TX_FULL)
@@ -234,6 +297,10 @@ class PyForwarder:
             ctr["tx_packets"] += 1
             ctr["tx_bytes"] += inner_len
 
+    def _local_of(self, slot: int) -> str | None:
+        remote = self._slots[slot]
+        return remote.local if remote is not None else None
+
     def _addr_of(self, slot: int) -> str:
         remote = self._slots[slot]
         assert remote is not None  # packets of a batch go to remotes in use
@@ -241,13 +308,19 @@ class PyForwarder:
 
     def from_tunnel(self, recv_sock: socket.socket, tap_fd: int) -> int:
         """Receive up to one batch from the underlay and write the inner frames to the TAP."""
-        packets: list[tuple[bytes, str]] = []
+        packets: list[RxPacket] = []
+        pktinfo = recv_sock.family == socket.AF_INET6 and recv_sock.type == socket.SOCK_RAW
         for _ in range(self.cfg.batch):
             try:
+                if pktinfo:  # GRE over IPv6: the destination from IPV6_PKTINFO
+                    data, anc, _, addr = recv_sock.recvmsg(_READ_SIZE, socket.CMSG_SPACE(IN6_PKTINFO_LEN))
+                    dst = pktinfo_destination(anc)
+                    packets.append((data, canonical_source(addr[0]), dst) if dst else (data, canonical_source(addr[0])))
+                    continue
                 data, addr = recv_sock.recvfrom(_READ_SIZE)
             except BlockingIOError:
                 break
-            packets.append((data, addr[0]))
+            packets.append((data, canonical_source(addr[0])))
         for remote, frame in self.rx(packets):
             try:
                 os.write(tap_fd, frame)

@@ -62,12 +62,21 @@ def datapath_config(
     rx_coalesce: bool = False,
     udp_gso: bool = False,
     fast: bool = True,
+    udp6_zero_csum_tx: bool = False,
 ) -> Config:
     """A resolved Config from flat keywords (see the module docstring)."""
     static = tuple(StaticEntry.from_value(_by_address(s, remotes)) for s in statics)
     return Config(
         tunnel=TunnelConfig(
-            mode, vni=vni, key=key, port=port, udp_csum=udp_csum, ttl=ttl, vlan_map=vlan_map, underlay_mtu=underlay_mtu
+            mode,
+            vni=vni,
+            key=key,
+            port=port,
+            udp_csum=udp_csum,
+            ttl=ttl,
+            vlan_map=vlan_map,
+            underlay_mtu=underlay_mtu,
+            udp6_zero_csum_tx=udp6_zero_csum_tx,
         ),
         remotes=remotes,
         tap=TapConfig(name=tap_name, mtu=tap_mtu, mac=tap_mac),

@@ -26,7 +26,7 @@ def ovl_ipv6_missing(mode: str, *keys: str) -> str | None:
     is asked, never a version."""
     from datapath.config import ConfigError, from_keys
 
-    values: dict[str, object] = {"tunnel.mode": mode, "remotes": ["2001:db8::2"]}
+    values: dict[str, object] = {"tunnel.mode": mode, "remotes": ["fd00:192:2::2"]}
     values.update(dict.fromkeys(keys, True))
     try:
         from_keys(values)

@@ -85,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
         for mode in modes:
             what = "Open vSwitch br-int, vmX/vmY on VLAN 20" if bridge == "ovs" else "Linux bridges"
             if underlay == "ipv6":
-                what += ", IPv6 underlay 2001:db8::/64"
+                what += ", IPv6 underlay fd00:192:2::/64"
             print(f"building the two-host lab ({what}) for {mode} ...", flush=True)
             try:
                 ok &= _print_report(_demo(mode, args.seconds, not args.no_fast_path, bridge, underlay))

@@ -4,7 +4,7 @@ Layout for N hosts (all names carry a per-run tag, so runs never collide):
 
     <tag>-sw   the underlay switch: Linux bridge br0, one veth per host
     <tag>-hI   host I: ul0 = 192.0.2.I/24 (underlay; with underlay="ipv6"
-               2001:db8::I/64 instead, "dual" both), bridge br-int,
+               fd00:192:2::I/64 instead, "dual" both), bridge br-int,
                veth vm0 on br-int; ovl-dp runs here
     <tag>-cI   container I: eth0 = 172.20.1.I/24, the other end of vm0
 
@@ -14,8 +14,8 @@ br-int is a Linux bridge, or with ``bridge="ovs"`` an Open vSwitch bridge
 ``tag``. Host and container names can be chosen (the seed scenario's yy2/yy3
 and vmX/vmY); they still carry the tag.
 
-192.0.2.0/24 is TEST-NET-1 (RFC 5737), 2001:db8::/64 from the IPv6
-documentation prefix (RFC 3849), and 172.20.1.0/24 the scenario's overlay;
+192.0.2.0/24 is TEST-NET-1 (RFC 5737), fd00:192:2::/64 a unique local
+prefix (RFC 4193), and 172.20.1.0/24 the scenario's overlay;
 all exist only inside these namespaces. IPv6 is off in the hosts but on the
 underlay device of an IPv6 lab (ul0; OVS's br-phy when it takes the address
 over), whose addresses are added without DAD (usable at once). Everything the lab made
@@ -47,7 +47,8 @@ from datapath.ether import VLAN_HLEN
 
 UNDERLAY_PREFIX = "192.0.2."
 UNDERLAY_PLEN = 24
-UNDERLAY6_PREFIX = "2001:db8::"  # RFC 3849 documentation prefix, as TEST-NET-1 for IPv4
+# issue 11: the IPv6 underlay, a unique local prefix (RFC 4193) inside the lab only.
+UNDERLAY6_PREFIX = "fd00:192:2::"
 UNDERLAY6_PLEN = 64
 UNDERLAYS = ("ipv4", "ipv6", "dual")  # dual: both families on ul0, underlay_ip() answers IPv4 unless asked
 OVERLAY_PREFIX = "172.20.1."
@@ -137,6 +138,10 @@ class Lab:
         for cidr in self.underlay_cidrs(i):
             sh("ip", "-n", h, "addr", "add", cidr, "dev", dev, *(("nodad",) if ":" in cidr else ()))
 
+    def underlay_ip6(self, i: int) -> str:
+        """Host i's IPv6 address on the underlay (ul0), in an IPv6 or dual lab (or once enable_underlay6 ran)."""
+        return self.underlay_ip(i, 6)
+
     @staticmethod
     def overlay_ip(i: int) -> str:
         """Container i's address on the overlay (eth0)."""
@@ -194,6 +199,16 @@ class Lab:
                 sh("ip", "netns", "exec", c, "ethtool", "-K", "eth0", "tx", "off")
         return self
 
+    def enable_underlay6(self, hosts: range | None = None) -> None:
+        """An IPv4 lab, built, becomes dual-stack: IPv6 on each host's ul0 (only there: the bridge and TAP
+        stay quiet), address underlay_ip6(i)/64 without duplicate address detection (usable at once)."""
+        if self.underlay == "ipv4":
+            self.underlay = "dual"
+        for i in hosts or range(1, self.n + 1):
+            h = self.host(i)
+            sh("ip", "netns", "exec", h, "sysctl", "-qw", "net.ipv6.conf.ul0.disable_ipv6=0")
+            sh("ip", "-n", h, "-6", "addr", "add", f"{self.underlay_ip6(i)}/{UNDERLAY6_PLEN}", "dev", "ul0", "nodad")
+
     def _ovs_bridge(self, i: int, tag: int | None) -> None:
         ovs = OvsInstance(self.host(i), self.workdir / f"ovs-h{i}", self._ovs_config)
         self.ovs[i] = ovs
@@ -225,11 +240,12 @@ class Lab:
             self.wait_ready(daemon)
         return daemon
 
-    def start_mesh(self, mode: str, *extra: str, hosts: range | None = None) -> None:
-        """ovl-dp on every host (or those in hosts), each with all the others as remotes."""
+    def start_mesh(self, mode: str, *extra: str, hosts: range | None = None, family: int | None = None) -> None:
+        """ovl-dp on every host (or those in hosts), each with all the others as remotes (by their underlay
+        addresses of family 4 or 6; default the lab's, see underlay_ip)."""
         members = list(hosts or range(1, self.n + 1))
         for i in members:
-            remotes = [a for j in members if j != i for a in ("--remote", self.underlay_ip(j))]
+            remotes = [a for j in members if j != i for a in ("--remote", self.underlay_ip(j, family))]
             self.start(i, "--mode", mode, *remotes, *extra)
 
     @staticmethod

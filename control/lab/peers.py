@@ -60,7 +60,7 @@ def ovs_underlay_bridge(lab: Lab, i: int) -> None:
     that owns the local underlay address: br-phy (datapath_type=netdev, the MAC of
     ul0) gets ul0 as a port, and 192.0.2.i/24 moves from ul0 to br-phy's internal
     interface. The tunnel neighbours are learned once a tunnel port exists
-    (ovs_tunnel_port). An IPv6 underlay moves the same way (2001:db8::i/64, IPv6
+    (ovs_tunnel_port). An IPv6 underlay moves the same way (fd00:192:2::i/64, IPv6
     enabled on br-phy, no DAD); OVS then resolves its tunnel neighbours with
     neighbour discovery instead of ARP (it snoops the advertisements).
     """

@@ -1,8 +1,9 @@
 """GRE (RFC 2784, key and sequence from RFC 2890) carrying Ethernet: the :class:`Gre`
 encapsulation, and its pure-Python codec.
 
-Sent as a whole IPv4 packet on a raw socket; received on a raw IPPROTO_GRE
-socket, which delivers the outer IPv4 header too.
+Sent as a whole IPv4 or IPv6 packet on a raw socket; received on a raw IPPROTO_GRE
+socket, which delivers the outer IPv4 header too, and over IPv6 (RFC 7676: next header
+47, the same GRE header) only the GRE header on: the source is the socket address.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import socket
 import struct
 
 from datapath.counters import Drop
-from datapath.encap import ipv4
+from datapath.encap import ipv4, ipv6
 from datapath.encap.base import Encap
 from datapath.ether import ETH_HLEN
 from datapath.io import underlay
@@ -50,14 +51,21 @@ def encap(frame: bytes, *, key: int | None, src: bytes, dst: bytes, ttl: int = i
     return ipv4.build_header(src, dst, ipv4.IPPROTO_GRE, len(gre) + len(frame), ttl) + gre + bytes(frame)
 
 
-def parse(packet: bytes | memoryview) -> tuple[int, int]:
-    """(offset of the inner frame, key) of an IPv4/GRE packet, or (-Drop reason, 0).
+def encap6(frame: bytes, *, key: int | None, src: bytes, dst: bytes, hop_limit: int = ipv4.DEFAULT_TTL) -> bytes:
+    """Outer IPv6/GRE packet carrying frame from src to dst (16-byte addresses; RFC 7676)."""
+    gre = header(key)
+    return ipv6.build_header(src, dst, ipv6.NEXTHDR_GRE, len(gre) + len(frame), hop_limit) + gre + bytes(frame)
+
+
+def parse(packet: bytes | memoryview, family: int = 4) -> tuple[int, int]:
+    """(offset of the inner frame, key) of an IPv4/GRE packet, or of a GRE packet without its
+    IPv6 header (family 6, as an IPv6 raw socket delivers it), or (-Drop reason, 0).
 
     Like the kernel (gre_parse_header) a packet with a nonzero version or the
     routing bit is refused; a present checksum must verify. A packet without
     the K bit has key 0. Which keys are accepted is the caller's business (see decap).
     """
-    ihl = ipv4.header_len(packet)
+    ihl = 0 if family == 6 else ipv4.header_len(packet)
     if ihl < 0:
         return -Drop.RX_TRUNCATED, 0
     n = len(packet)
@@ -89,20 +97,20 @@ def parse(packet: bytes | memoryview) -> tuple[int, int]:
     return off, got_key
 
 
-def decap(packet: bytes | memoryview, key: int | None) -> int:
+def decap(packet: bytes | memoryview, key: int | None, family: int = 4) -> int:
     """Offset of the inner frame in an IPv4/GRE packet carrying key, or -Drop reason.
 
     key None ("no key configured") accepts both key 0 and no key field, as an
     Open vSwitch port without options:key does.
     """
-    off, got = parse(packet)
+    off, got = parse(packet, family)
     if off >= 0 and got != (key or 0):
         return -Drop.RX_BAD_KEY
     return off
 
 
 class Gre(Encap):
-    """GRE over IPv4 carrying Ethernet (0x6558), with an optional 32-bit key.
+    """GRE over IPv4 or IPv6 carrying Ethernet (0x6558), with an optional 32-bit key.
 
     Without a configured key the header has no key field and a received key 0
     is accepted, as an Open vSwitch port without options:key does; frames of a
@@ -124,15 +132,18 @@ class Gre(Encap):
         return header_len(0 if mapped else self.tunnel_id)
 
     def build(self, frame: bytes, src: bytes, dst: bytes, tunnel_id: int | None = None) -> bytes:
-        """gre.encap with this tunnel's key (or tunnel_id) and TTL."""
-        return encap(frame, key=self.tunnel_id if tunnel_id is None else tunnel_id, src=src, dst=dst, ttl=self.ttl)
+        """gre.encap (gre.encap6 for 16-byte addresses) with this tunnel's key (or tunnel_id) and TTL."""
+        key = self.tunnel_id if tunnel_id is None else tunnel_id
+        if len(src) == 16:
+            return encap6(frame, key=key, src=src, dst=dst, hop_limit=self.ttl)
+        return encap(frame, key=key, src=src, dst=dst, ttl=self.ttl)
 
-    def parse(self, packet: bytes | memoryview) -> tuple[int, int]:
-        """gre.parse of a whole IPv4 packet."""
-        return parse(packet)
+    def parse(self, packet: bytes | memoryview, family: int = 4) -> tuple[int, int]:
+        """gre.parse of a whole IPv4 packet, or of the GRE header on (family 6)."""
+        return parse(packet, family)
 
     def open_recv_socket(self, bind: str) -> socket.socket:
-        """A raw IPPROTO_GRE socket."""
+        """A raw IPPROTO_GRE socket of bind's family (IPv6: with IPV6_RECVPKTINFO)."""
         return underlay.open_raw_socket(bind, ipv4.IPPROTO_GRE, "GRE")
 
     def describe(self) -> str:

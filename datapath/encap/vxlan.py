@@ -12,7 +12,7 @@ import socket
 import struct
 
 from datapath.counters import Drop
-from datapath.encap import ipv4
+from datapath.encap import ipv4, ipv6
 from datapath.encap.base import Encap
 from datapath.ether import ETH_HLEN, flow_hash
 from datapath.io import underlay
@@ -26,6 +26,8 @@ UDP_HLEN = 8
 # Outer IPv4 + UDP + VXLAN; plus the inner Ethernet header that the TAP MTU excludes.
 VXLAN_OUTER_LEN = ipv4.IPV4_HLEN + UDP_HLEN + VXLAN_HLEN
 VXLAN_OVERHEAD = VXLAN_OUTER_LEN + ETH_HLEN  # 50, as the kernel's vxlan over IPv4
+VXLAN6_OUTER_LEN = ipv6.IPV6_HLEN + UDP_HLEN + VXLAN_HLEN
+VXLAN6_OVERHEAD = VXLAN6_OUTER_LEN + ETH_HLEN  # 70, as the kernel's vxlan over IPv6
 
 _UDP = struct.Struct("!HHHH")
 
@@ -63,6 +65,30 @@ def encap(
     return ipv4.build_header(src, dst, ipv4.IPPROTO_UDP, udp_len, ttl) + udp + payload
 
 
+def encap6(
+    frame: bytes,
+    *,
+    vni: int,
+    src: bytes,
+    dst: bytes,
+    dport: int = VXLAN_PORT,
+    zero_csum: bool = False,
+    hop_limit: int = ipv4.DEFAULT_TTL,
+) -> bytes:
+    """Outer IPv6/UDP/VXLAN packet carrying frame from src to dst (16-byte addresses).
+
+    The UDP checksum over the IPv6 pseudo-header is always computed (RFC 8200 §8.1, RFC 7348 §5)
+    unless zero_csum (RFC 6935's exception for tunnels: the kernel's udp6zerocsumtx).
+    """
+    payload = header(vni) + bytes(frame)
+    udp_len = UDP_HLEN + len(payload)
+    udp = _UDP.pack(src_port(frame), dport, udp_len, 0)
+    if not zero_csum:
+        csum = ipv4.checksum(udp + payload, ipv6.pseudo_sum(src, dst, ipv6.NEXTHDR_UDP, udp_len))
+        udp = udp[:6] + struct.pack("!H", csum or 0xFFFF)
+    return ipv6.build_header(src, dst, ipv6.NEXTHDR_UDP, udp_len, hop_limit) + udp + payload
+
+
 def parse(payload: bytes | memoryview) -> tuple[int, int]:
     """(offset of the inner frame, VNI) of a VXLAN UDP payload, or (-Drop reason, 0).
 
@@ -85,7 +111,7 @@ def decap(payload: bytes | memoryview, vni: int) -> int:
 
 
 class Vxlan(Encap):
-    """VXLAN over UDP/IPv4: a 24-bit VNI, outer UDP destination port ``port``."""
+    """VXLAN over UDP/IPv4 or UDP/IPv6: a 24-bit VNI, outer UDP destination port ``port``."""
 
     name = "vxlan"
     title = "VXLAN"
@@ -105,15 +131,18 @@ class Vxlan(Encap):
     def build(self, frame: bytes, src: bytes, dst: bytes, tunnel_id: int | None = None) -> bytes:
         """vxlan.encap with this tunnel's VNI (or tunnel_id), port, checksum and TTL."""
         vni = self.base_id if tunnel_id is None else tunnel_id
+        if len(src) == 16:
+            zero = self.udp6_zero_csum_tx
+            return encap6(frame, vni=vni, src=src, dst=dst, dport=self.port, zero_csum=zero, hop_limit=self.ttl)
         return encap(frame, vni=vni, src=src, dst=dst, dport=self.port, udp_csum=self.udp_csum, ttl=self.ttl)
 
-    def parse(self, packet: bytes | memoryview) -> tuple[int, int]:
-        """vxlan.parse of a UDP payload."""
+    def parse(self, packet: bytes | memoryview, family: int = 4) -> tuple[int, int]:
+        """vxlan.parse of a UDP payload (the same over IPv4 and IPv6)."""
         return parse(packet)
 
     def open_recv_socket(self, bind: str) -> socket.socket:
-        """A UDP socket bound to the VXLAN port."""
-        return underlay.open_udp_socket(bind, self.port)
+        """A UDP socket bound to the VXLAN port (IPv6: IPV6_V6ONLY)."""
+        return underlay.open_udp_socket(bind, self.port, zero_csum_rx=self.udp6_zero_csum_rx)
 
     def describe(self) -> str:
         """ "vni N port P"."""

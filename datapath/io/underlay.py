@@ -1,10 +1,12 @@
 """The underlay's sockets, and what the routing table says about each remote.
 
-Send: one raw socket (IPPROTO_RAW, which implies IP_HDRINCL) for every
-encapsulation, because the datapath builds the outer IPv4 header itself: the
-VXLAN UDP source port must vary per inner flow, which a bound UDP socket cannot
-do. Receive: the socket an encapsulation asks for (:meth:`Encap.open_recv_socket`):
-a UDP socket bound to a port, or a raw socket of an IP protocol, opened here.
+Send: one raw socket per underlay family (IPPROTO_RAW, which implies IP_HDRINCL /
+IPV6_HDRINCL) for every encapsulation, because the datapath builds the outer IPv4 or
+IPv6 header itself: the VXLAN UDP source port must vary per inner flow, which a bound
+UDP socket cannot do. Receive: the socket an encapsulation asks for
+(:meth:`Encap.open_recv_socket`): a UDP socket bound to a port, or a raw socket of an IP
+protocol, opened here, of the family of the address it binds to (an IPv6 one with
+IPV6_V6ONLY, so that an IPv4 socket can have the same port).
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import socket
 from datapath.errors import SetupError
 
 IP_MTU = 14  # <linux/in.h>: path MTU of a connected socket
+IPV6_MTU = 24  # <linux/in6.h>: path MTU of a connected IPv6 socket
+IPV6_RECVPKTINFO = 49  # <linux/in6.h>: IPV6_PKTINFO control messages (the destination address)
+UDP_NO_CHECK6_TX = 101  # <linux/udp.h>: send UDP over IPv6 with checksum 0 (RFC 6935)
+UDP_NO_CHECK6_RX = 102  # <linux/udp.h>: accept UDP over IPv6 with checksum 0
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DO = 2  # DF on every packet
 SOCKET_BUFFER = 4 << 20  # room for bursts from a batch
@@ -27,15 +33,29 @@ UDP_GSO_SOCKETS = 8  # the pool of UDP_SEGMENT senders (OVL_GSO_SOCKETS in C is 
 SRC_PORT_MIN, SRC_PORT_MAX = 32768, 61000
 
 
+def family(addr: str) -> socket.AddressFamily:
+    """AF_INET6 for an IPv6 address in text form, else AF_INET."""
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def any_address(fam: socket.AddressFamily) -> str:
+    """The wildcard address of a family: 0.0.0.0 or ::."""
+    return "::" if fam == socket.AF_INET6 else "0.0.0.0"
+
+
 def route_to(remote: str) -> tuple[str, int]:
-    """(local source address, path MTU) the kernel would use towards remote."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+    """(local source address, path MTU) the kernel would use towards remote (IPv4 or IPv6)."""
+    fam = family(remote)
+    with socket.socket(fam, socket.SOCK_DGRAM) as probe:
         try:
             probe.connect((remote, 9))  # discard port; nothing is sent
         except OSError as exc:
             raise SetupError(f"no route to remote {remote}: {exc.strerror}") from None
         local = probe.getsockname()[0]
-        mtu = probe.getsockopt(socket.IPPROTO_IP, IP_MTU)
+        if fam == socket.AF_INET6:
+            mtu = probe.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
+        else:
+            mtu = probe.getsockopt(socket.IPPROTO_IP, IP_MTU)
     return local, mtu
 
 
@@ -44,29 +64,49 @@ def _grow_buffer(sock: socket.socket, option: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
 
 
-def _raw(proto: int, what: str) -> socket.socket:
-    """A raw IPv4 socket of proto; what names it in the error ("GRE": "a raw GRE socket")."""
+def _raw(proto: int, what: str, fam: socket.AddressFamily = socket.AF_INET) -> socket.socket:
+    """A raw socket of proto and family fam; what names it in the error ("GRE": "a raw GRE socket")."""
     try:
-        return socket.socket(socket.AF_INET, socket.SOCK_RAW, proto)
+        return socket.socket(fam, socket.SOCK_RAW, proto)
     except PermissionError:
         kind = f"raw {what} socket" if what else "raw socket"
         raise SetupError(f"cannot open a {kind}: permission denied (run as root or with CAP_NET_RAW)") from None
+    except OSError as exc:
+        if fam == socket.AF_INET6 and exc.errno == errno.EAFNOSUPPORT:
+            raise SetupError("cannot open an IPv6 socket: IPv6 is disabled on this host") from None
+        raise
 
 
-def open_send_socket() -> socket.socket:
-    """Non-blocking raw IPv4 socket that sends packets whose IPv4 header we built.
+def open_send_socket(fam: socket.AddressFamily = socket.AF_INET) -> socket.socket:
+    """Non-blocking raw socket of family fam that sends packets whose IPv4 / IPv6 header we built.
 
     Non-blocking: a full send buffer must never stall the loop (the datapath counts it as tx_full).
+    (AF_INET6 with IPPROTO_RAW: the kernel sets IPV6_HDRINCL itself.)
     """
-    sock = _raw(socket.IPPROTO_RAW, "")
+    sock = _raw(socket.IPPROTO_RAW, "IPv6" if fam == socket.AF_INET6 else "", fam)
     _grow_buffer(sock, socket.SO_SNDBUF)
     sock.setblocking(False)
     return sock
 
 
-def open_udp_socket(bind: str, port: int) -> socket.socket:
-    """Non-blocking UDP socket bound to bind:port, for receiving; SetupError if the port is taken."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def open_udp_socket(bind: str, port: int, zero_csum_rx: bool = False) -> socket.socket:
+    """Non-blocking UDP socket bound to bind:port, for receiving; SetupError if the port is taken.
+
+    An IPv6 bind address gives an AF_INET6 socket with IPV6_V6ONLY, which with zero_csum_rx
+    accepts datagrams with UDP checksum 0 (UDP_NO_CHECK6_RX; RFC 6936), as the kernel's
+    vxlan with udp6zerocsumrx; without it the kernel drops them.
+    """
+    fam = family(bind)
+    try:
+        sock = socket.socket(fam, socket.SOCK_DGRAM)
+    except OSError as exc:
+        if fam == socket.AF_INET6 and exc.errno == errno.EAFNOSUPPORT:
+            raise SetupError("cannot open an IPv6 socket: IPv6 is disabled on this host") from None
+        raise
+    if fam == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if zero_csum_rx:
+            sock.setsockopt(SOL_UDP, UDP_NO_CHECK6_RX, 1)
     try:
         sock.bind((bind, port))
     except OSError as exc:
@@ -83,9 +123,13 @@ def open_udp_socket(bind: str, port: int) -> socket.socket:
 
 
 def open_raw_socket(bind: str, proto: int, what: str) -> socket.socket:
-    """Non-blocking raw socket of IP protocol proto (it hands over the outer IPv4 header too)."""
-    sock = _raw(proto, what)
-    if bind != "0.0.0.0":
+    """Non-blocking raw socket of IP protocol proto, of bind's family (IPv4: it hands over the outer
+    IPv4 header too; IPv6: it does not, and IPV6_RECVPKTINFO gives the destination address)."""
+    fam = family(bind)
+    sock = _raw(proto, what, fam)
+    if fam == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+    if bind not in ("0.0.0.0", "::"):
         try:
             sock.bind((bind, 0))
         except OSError as exc:
@@ -108,7 +152,8 @@ def enable_udp_gro(sock: socket.socket) -> bool:
 def open_gso_sockets(bind: str, ttl: int, count: int = UDP_GSO_SOCKETS) -> list[socket.socket]:
     """UDP sockets for UDP_SEGMENT sends, bound to source ports spread over the local port range; [] if unsupported.
 
-    The kernel builds the outer headers: DF (IP_PMTUDISC_DO), ttl, a UDP checksum.
+    The kernel builds the outer headers: DF (IP_PMTUDISC_DO), ttl, a UDP checksum. IPv4 only
+    (an IPv6 remote's packets leave through the raw IPv6 socket).
     """
     socks: list[socket.socket] = []
     span = (SRC_PORT_MAX - SRC_PORT_MIN) // count
@@ -153,12 +198,19 @@ def adopt_socket(fd: int, made: list[socket.socket]) -> socket.socket:
     return sock
 
 
-def check_socket(sock: socket.socket, what: str, kind: int, proto: int, bound: tuple[str, int | None] | None) -> None:
-    """SetupError unless sock is an AF_INET socket of kind and proto bound to bound (address, port or
+def check_socket(
+    sock: socket.socket,
+    what: str,
+    kind: int,
+    proto: int,
+    bound: tuple[str, int | None] | None,
+    fam: socket.AddressFamily = socket.AF_INET,
+) -> None:
+    """SetupError unless sock is a socket of family fam, kind and proto bound to bound (address, port or
     None for any; bound None: not checked)."""
     problems = []
-    if sock.family != socket.AF_INET or sock.type != kind or sock.proto != proto:
-        problems.append(f"it is ({sock.family!r}, {sock.type!r}, protocol {sock.proto}), not (AF_INET, "
+    if sock.family != fam or sock.type != kind or sock.proto != proto:
+        problems.append(f"it is ({sock.family!r}, {sock.type!r}, protocol {sock.proto}), not ({fam.name}, "
                         f"{socket.SocketKind(kind)!r}, protocol {proto})")  # fmt: skip
     elif bound is not None:
         addr, port = sock.getsockname()[:2]

@@ -1,6 +1,6 @@
 """IPv6 underlay interop: ovl-dp against the kernel's vxlan and Open vSwitch's native tunnels, over IPv6.
 
-Each lab (control.lab.hosts.Lab with underlay="ipv6": ul0 = 2001:db8::I/64, no
+Each lab (control.lab.hosts.Lab with underlay="ipv6": ul0 = fd00:192:2::I/64, no
 DAD) has two hosts. First the peers are checked among themselves (the kernel's
 vxlan with an IPv6 remote/local on both hosts; OVS userspace ``type=vxlan`` and
 ``type=ip6gre`` on both hosts) and what they put on the wire is pinned: these
@@ -261,9 +261,9 @@ def test_lab_underlay_addresses(underlay: str) -> None:
     with Lab(2, underlay=underlay) as lab:
         lab.build()
         assert lab.families == ((6,) if underlay == "ipv6" else (4, 6))
-        assert lab.underlay_ip(1) == ("2001:db8::1" if underlay == "ipv6" else "192.0.2.1")
+        assert lab.underlay_ip(1) == ("fd00:192:2::1" if underlay == "ipv6" else "192.0.2.1")
         shown = sh("ip", "-n", lab.host(1), "addr", "show", "dev", "ul0").stdout
-        assert "inet6 2001:db8::1/64 scope global nodad" in shown, shown
+        assert "inet6 fd00:192:2::1/64 scope global nodad" in shown, shown
         assert ("inet 192.0.2.1/24" in shown) == (underlay == "dual"), shown
         for family in lab.families:
             ping_underlay(lab, 1, 2, family)
@@ -364,7 +364,7 @@ def test_vxlan6_with_the_kernels_vxlan_device(offload: str) -> None:
 
     VNI 5001, port 8472, checksums computed both ways (the defaults of both). Broadcast
     ARP and ND each way, inner IPv4 and IPv6 ping, iperf3 each way; the kernel learns
-    container 1's MAC behind 2001:db8::1, ovl-dp container 2's behind 2001:db8::2.
+    container 1's MAC behind fd00:192:2::1, ovl-dp container 2's behind fd00:192:2::2.
     """
     require_ovl_ipv6("vxlan")
     with peer_lab("linux", "vxlan") as lab:
@@ -387,7 +387,7 @@ def test_vxlan6_with_the_kernels_vxlan_device(offload: str) -> None:
 def test_vxlan6_wire_format_against_the_kernel() -> None:
     """ovl-dp's VXLAN-over-IPv6 packets and the kernel vxlan's, for the same inner frames, field by field.
 
-    Host 1 runs ovl-dp (VNI 5001, port 8472, remote 2001:db8::2), then ovl-dp
+    Host 1 runs ovl-dp (VNI 5001, port 8472, remote fd00:192:2::2), then ovl-dp
     --udp6-zero-csum-tx, then instead the kernel's vxlan with the same VNI, port and
     remote/local (iproute2 defaults: `ttl auto`, `tos 0`, flow label 0, a computed
     checksum), then the kernel's with udp6zerocsumtx; tcpdump on the switch's port of
@@ -398,8 +398,8 @@ def test_vxlan6_wire_format_against_the_kernel() -> None:
     here and listed in the README's interop table.
     """
     require_ovl_ipv6("vxlan", "tunnel.udp6_zero_csum_tx")
-    remote_args = ("--mode", "vxlan", "--remote", "2001:db8::2", "--vni", str(VNI), "--port", str(PORT))
     with peer_lab("linux", "vxlan") as lab:
+        remote_args = ("--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), "--port", str(PORT))
         frames = probe_frames(mac_of(lab.container(1), "eth0"))
         lab.start(1, *remote_args)
         ovl = capture6(lab, "ovl", VXLAN_BPF, frames)
@@ -456,9 +456,8 @@ def test_udp6_zero_checksum_options_against_the_kernel() -> None:
     the kernel's vxlan only with udp6zerocsumrx, else host 2 drops it the same way.
     """
     require_ovl_ipv6("vxlan", "tunnel.udp6_zero_csum_tx", "tunnel.udp6_zero_csum_rx")
-    base = ("--mode", "vxlan", "--remote", "2001:db8::2", "--vni", str(VNI), "--port", str(PORT))
 
-    def fails(src: int, dst: int, host: int) -> None:
+    def fails(lab: Lab, src: int, dst: int, host: int) -> None:
         """A ping from container src to dst gets nothing through; host's kernel counted the zero checksums."""
         before = udp6_csum_errors(lab, host)
         res = nsexec(lab.container(src), "ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", lab.overlay_ip(dst),
@@ -467,6 +466,7 @@ def test_udp6_zero_checksum_options_against_the_kernel() -> None:
         assert udp6_csum_errors(lab, host) - before >= 3, res.stdout
 
     with peer_lab("linux", "vxlan") as lab:
+        base = ("--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), "--port", str(PORT))
         nsexec(lab.host(2), "ethtool", "-K", "ul0", "tx", "off")
         # The kernel sends zero checksums; ovl-dp without --udp6-zero-csum-rx never gets them.
         kernel_vxlan(lab, 2, 1, VNI, PORT, "udp6zerocsumtx")
@@ -475,7 +475,7 @@ def test_udp6_zero_checksum_options_against_the_kernel() -> None:
             j = 3 - i
             sh("ip", "-n", lab.container(i), "neigh", "replace", lab.overlay_ip(j), "lladdr",
                mac_of(lab.container(j), "eth0"), "dev", "eth0")  # fmt: skip
-        fails(2, 1, host=1)
+        fails(lab, 2, 1, host=1)
         assert lab.stop(lab.daemons[1]) == 0
         lab.start(1, *base, "--udp6-zero-csum-rx")
         ping(lab, 2, lab.overlay_ip(1))
@@ -485,7 +485,7 @@ def test_udp6_zero_checksum_options_against_the_kernel() -> None:
         sh("ip", "-n", lab.host(2), "link", "del", "vx0")
         kernel_vxlan(lab, 2, 1, VNI, PORT)
         lab.start(1, *base, "--udp6-zero-csum-tx")
-        fails(1, 2, host=2)
+        fails(lab, 1, 2, host=2)
         sh("ip", "-n", lab.host(2), "link", "del", "vx0")
         kernel_vxlan(lab, 2, 1, VNI, PORT, "udp6zerocsumrx")
         ping(lab, 1, lab.overlay_ip(2))

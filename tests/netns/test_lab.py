@@ -53,7 +53,7 @@ def test_lab_interrupted_tears_down() -> None:
 
 @pytest.mark.parametrize("bridge", ["linux", "ovs"])
 def test_lab_over_an_ipv6_underlay(bridge: str) -> None:
-    """`ovl-dp lab --underlay ipv6`: the seed scenario in both modes with the hosts joined over 2001:db8::/64."""
+    """`ovl-dp lab --underlay ipv6`: the seed scenario in both modes with the hosts joined over fd00:192:2::/64."""
     from tests.interop_util import ovl_ipv6_missing
 
     if (missing := ovl_ipv6_missing("vxlan")) or (missing := ovl_ipv6_missing("gre")):
@@ -67,4 +67,4 @@ def test_lab_over_an_ipv6_underlay(bridge: str) -> None:
     assert proc.returncode == 0, out + err
     for mode in ("gre", "vxlan"):
         assert f"mode {mode} over IPv6, {bridge} br-int: OK" in out, out
-    assert "IPv6 underlay 2001:db8::/64" in out and "loss 0%" in out, out
+    assert "IPv6 underlay fd00:192:2::/64" in out and "loss 0%" in out, out

@@ -138,6 +138,7 @@ def test_every_range_error_names_its_key_and_renders_without_braces(mode: str, v
 def test_check_address_accepts_unicast_ipv4() -> None:
     assert check_address("remotes", "192.0.2.7") == "192.0.2.7"
     assert check_address("remotes", "10.255.255.254") == "10.255.255.254"
+    assert check_address("remotes", "2001:DB8:0:0::1") == "2001:db8::1"  # IPv6, canonical (RFC 5952)
 
 
 @pytest.mark.parametrize(
@@ -147,7 +148,10 @@ def test_check_address_accepts_unicast_ipv4() -> None:
         ("host.example", "is not an IP address"),
         ("", "is not an IP address"),
         (" 192.0.2.1", "is not an IP address"),
-        ("2001:db8::1", "IPv6 underlays are not supported yet"),
+        ("fe80::1", "is link-local"),
+        ("::ffff:192.0.2.1", "is an IPv4-mapped address"),
+        ("::", "is not a unicast address"),
+        ("ff02::1", "is not a unicast address"),
         ("224.0.0.1", "is not a unicast address"),
         ("239.1.2.3", "is not a unicast address"),
         ("0.0.0.0", "is not a unicast address"),
@@ -455,11 +459,20 @@ def test_static_remote_must_be_a_remote() -> None:
         {"tunnel": TunnelConfig("gre", port=4789)},
         {"tunnel": TunnelConfig("gre", udp_csum=True)},
         {"tunnel": TunnelConfig("gre"), "offload": OffloadConfig(udp_gso=True)},
+        {"tunnel": TunnelConfig("gre", udp6_zero_csum_tx=True)},
+        {"tunnel": TunnelConfig("gre", udp6_zero_csum_rx=True)},
     ],
 )
 def test_udp_settings_need_a_udp_encapsulation(kw: dict[str, Any]) -> None:
     e = error(cfg, "gre", **kw)
-    assert e.keys == ["tunnel.port", "tunnel.udp_csum", "offload.udp_gso", "tunnel.mode"]
+    assert e.keys == [
+        "tunnel.port",
+        "tunnel.udp_csum",
+        "tunnel.udp6_zero_csum_tx",
+        "tunnel.udp6_zero_csum_rx",
+        "offload.udp_gso",
+        "tunnel.mode",
+    ]
     assert str(e).endswith("are for tunnel.mode vxlan")
 
 

@@ -16,6 +16,7 @@ from datapath import config, fast
 from datapath.config import Remote
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop
 from datapath.encap import MODES, lookup
+from datapath.encap.ipv6 import V4_MAPPED_PREFIX
 from datapath.ether import VLAN_ID_MAX
 from datapath.fdb import Learn
 from tests.configs import datapath_config
@@ -191,11 +192,11 @@ def test_config_setters() -> None:
     twice = ffi.gc(lib.ovl_config_new(lib.OVL_ENCAP_VXLAN), lib.ovl_config_free)
     lib.ovl_config_set_ring(twice, 1500, 64, 2048)
     for _ in range(2):
-        lib.ovl_config_add_remote(twice, b"\x0a\0\0\2", b"\x0a\0\0\1")
+        lib.ovl_config_add_remote(twice, m4(b"\x0a\0\0\2"), m4(b"\x0a\0\0\1"))
     assert not _accepts(twice)  # a remote given twice
     for i in range(config.MAX_REMOTES):
-        assert lib.ovl_config_add_remote(c, bytes([10, i >> 8, i & 0xFF, 2]), bytes([10, 0, 0, 1])) == i
-    assert lib.ovl_config_add_remote(c, b"\1\1\1\1", b"\2\2\2\2") == -1
+        assert lib.ovl_config_add_remote(c, m4(bytes([10, i >> 8, i & 0xFF, 2])), m4(bytes([10, 0, 0, 1]))) == i
+    assert lib.ovl_config_add_remote(c, m4(b"\1\1\1\1"), m4(b"\2\2\2\2")) == -1
     assert _accepts(c)
     for bad in (
         (2100, 64, 2048),
@@ -229,7 +230,7 @@ def test_context_accessors() -> None:
     remote_i = ffi.new("int32_t *")
     assert lib.ovl_tx_load(dp, 4, buf, 64) == -1 and lib.ovl_tx_load(dp, 3, buf, 64) == 0
     assert lib.ovl_tx_packet(dp, 0, remote_u, buf, 64) == -1  # nothing processed yet
-    assert lib.ovl_rx_load(dp, 4, buf, 64, b"\0\0\0\0", 0) == -1
+    assert lib.ovl_rx_load(dp, 4, buf, 64, bytes(16), 0) == -1
     assert lib.ovl_rx_plan(dp, 4) == 0  # nothing processed: nothing to write
     assert lib.ovl_rx_plan_write(dp, 0, buf, buf, 64, remote_i) == -1
     assert lib.ovl_dp_io_errno(dp) == 0
@@ -253,27 +254,27 @@ def test_remote_slot_calls() -> None:
     lib, ffi = fast.lib, fast.ffi
     assert (lib.OVL_ADD_FULL, lib.OVL_ADD_DUPLICATE, lib.OVL_ADD_NOMEM) == (-1, -2, -3)
     dp = fast.FastForwarder(cfg())._dp  # one remote, 10.0.0.2, in slot 0
-    assert lib.ovl_dp_add_remote(dp, b"\x0a\0\0\2", b"\x0a\0\0\1") == lib.OVL_ADD_DUPLICATE
-    assert [lib.ovl_dp_add_remote(dp, bytes([10, 0, i, 2]), b"\x0a\0\0\1") for i in (1, 2, 3)] == [1, 2, 3]
+    assert lib.ovl_dp_add_remote(dp, m4(b"\x0a\0\0\2"), m4(b"\x0a\0\0\1")) == lib.OVL_ADD_DUPLICATE
+    assert [lib.ovl_dp_add_remote(dp, m4(bytes([10, 0, i, 2])), m4(b"\x0a\0\0\1")) for i in (1, 2, 3)] == [1, 2, 3]
     for bad in (4, lib.OVL_MAX_REMOTES, 0xFFFFFFFF):
         assert lib.ovl_dp_remove_remote(dp, bad) == -1
     assert lib.ovl_dp_remove_remote(dp, 1) == 0 and lib.ovl_dp_remove_remote(dp, 1) == -1
     for bad in (1, 4, lib.OVL_MAX_REMOTES, 0xFFFFFFFF):  # a free slot, beyond the table, beyond any table
-        assert lib.ovl_dp_set_remote_local(dp, bad, b"\x0a\0\0\x07") == -1
-    assert lib.ovl_dp_set_remote_local(dp, 2, b"\x0a\0\0\x07") == 0
+        assert lib.ovl_dp_set_remote_local(dp, bad, m4(b"\x0a\0\0\x07")) == -1
+    assert lib.ovl_dp_set_remote_local(dp, 2, m4(b"\x0a\0\0\x07")) == 0
     out = ffi.new("uint64_t[]", 64)
     assert lib.ovl_dp_counters(dp, lib.OVL_COUNTERS_REMOTES, out, 64) == 4 * len(REMOTE_FIELDS)
     assert lib.ovl_dp_remove_remote(dp, 3) == 0  # the highest: the table shrinks to the next in use
     assert lib.ovl_dp_counters(dp, lib.OVL_COUNTERS_REMOTES, out, 64) == 3 * len(REMOTE_FIELDS)
     slots = ffi.new("uint32_t[]", 4)
-    addrs, locals_ = ffi.new("uint8_t[]", 16), ffi.new("uint8_t[]", 16)
+    addrs, locals_ = ffi.new("uint8_t[]", 64), ffi.new("uint8_t[]", 64)
     last, seen = ffi.new("double[]", 4), ffi.new("uint8_t[]", 4)
     assert lib.ovl_dp_remotes(dp, slots, addrs, locals_, last, seen, 1) == 1  # at most cap
     assert lib.ovl_dp_remotes(dp, slots, addrs, locals_, last, seen, 4) == 2
-    assert list(slots)[:2] == [0, 2] and bytes(ffi.buffer(addrs, 8)) == b"\x0a\0\0\2\x0a\0\2\2"
-    assert bytes(ffi.buffer(locals_, 8)) == b"\x0a\0\0\1\x0a\0\0\x07"  # slot 2's local changed
+    assert list(slots)[:2] == [0, 2] and bytes(ffi.buffer(addrs, 32)) == m4(b"\x0a\0\0\2") + m4(b"\x0a\0\2\2")
+    assert bytes(ffi.buffer(locals_, 32)) == m4(b"\x0a\0\0\1") + m4(b"\x0a\0\0\x07")  # slot 2's local changed
     assert list(seen)[:2] == [0, 0]
-    assert lib.ovl_dp_add_remote(dp, b"\x0a\0\x09\2", b"\x0a\0\0\1") == 1  # the lowest free slot
+    assert lib.ovl_dp_add_remote(dp, m4(b"\x0a\0\x09\2"), m4(b"\x0a\0\0\1")) == 1  # the lowest free slot
     # A context made with no remote at all: floods to no one, and takes remotes later.
     empty = fast.FastForwarder(cfg(remotes=(Remote("10.0.0.2", "10.0.0.1"),)))
     empty.remove_remote(0)
@@ -312,6 +313,11 @@ def test_io_errno_of_a_failed_read() -> None:
     assert fast.lib.ovl_dp_io_errno(fwd._dp) == errno.EBADF
     assert fast.lib.ovl_from_tunnel(fwd._dp, -1, -1, 0.0) == 0
     assert fast.lib.ovl_dp_io_errno(fwd._dp) == errno.EBADF
+
+
+def m4(addr: bytes) -> bytes:
+    """An IPv4 address as the C side stores it: mapped (::ffff:a.b.c.d)."""
+    return V4_MAPPED_PREFIX + addr
 
 
 def cfg(**kw: object) -> config.Config:
