@@ -549,9 +549,11 @@ def test_gre6_with_ovs_native_ip6gre_port(key: int | None, offload: str) -> None
         check_with_ovs_native_port(lab)
 
 
-@pytest.mark.parametrize("kind", ["vxlan", "ip6gre"])
-def test_ipv6_wire_format_against_ovs(kind: str) -> None:
-    """ovl-dp's packets and OVS's native tunnel's (type=vxlan / ip6gre, key set), same inner frames, field by field.
+@pytest.mark.parametrize("kind,keyed", [("vxlan", True), ("ip6gre", False), ("ip6gre", True)],
+                         ids=["vxlan", "ip6gre-nokey", "ip6gre-key"])  # fmt: skip
+def test_ipv6_wire_format_against_ovs(kind: str, keyed: bool) -> None:
+    """ovl-dp's packets and OVS's native tunnel's (type=vxlan with a key / ip6gre without and with one),
+    same inner frames, field by field.
 
     Host 1 (OVS br-int, container on VLAN 20) runs ovl-dp (trunk TAP), then instead an
     OVS native tunnel port towards host 2 (the underlay moved onto br-phy); tcpdump on
@@ -564,10 +566,14 @@ def test_ipv6_wire_format_against_ovs(kind: str) -> None:
     """
     mode = "vxlan" if kind == "vxlan" else "gre"
     require_ovl_ipv6(mode)
-    tun = ("--vni", str(VNI), "--port", str(PORT)) if mode == "vxlan" else ("--key", str(GRE_KEY))
-    options = (f"options:key={VNI}", f"options:dst_port={PORT}") if mode == "vxlan" else (f"options:key={GRE_KEY}",)
+    if mode == "vxlan":
+        tun: tuple[str, ...] = ("--vni", str(VNI), "--port", str(PORT))
+        options: tuple[str, ...] = (f"options:key={VNI}", f"options:dst_port={PORT}")
+    else:
+        tun = ("--key", str(GRE_KEY)) if keyed else ()
+        options = (f"options:key={GRE_KEY}",) if keyed else ()
     bpf = VXLAN_BPF if mode == "vxlan" else GRE_BPF
-    with peer_lab("ovs", mode, keyed=mode == "gre") as lab:
+    with peer_lab("ovs", mode, keyed=mode == "gre" and keyed) as lab:
         frames = probe_frames(mac_of(lab.container(1), "eth0"))
         lab.start(1, "--mode", mode, "--remote", lab.underlay_ip(2), *tun)
         ovl = capture6(lab, "ovl", bpf, frames)
@@ -589,3 +595,6 @@ def test_ipv6_wire_format_against_ovs(kind: str) -> None:
         known = {"udp.sport", "udp.chksum", "udp.csum_ok", "ip6.tc"}
         diff = {f: (o[f], n[f]) for f in o if f not in known and o[f] != n[f]}
         assert not diff, f"ovl-dp vs OVS {kind} differ in {diff} for inner frame {frame.hex()}"
+        if mode == "gre":
+            assert (o["gre.key_present"], o["gre.key"]) == ((1, GRE_KEY) if keyed else (0, None)), o
+            assert (o["gre.chksum_present"], o["gre.seqnum_present"], o["gre.proto"]) == (0, 0, ETH_P_TEB), o
