@@ -24,7 +24,7 @@ from control.paths import PathKeeper
 from control.procs import sigterm_raises_interrupt
 from control.report import format_counters, format_fdb
 from control.service import Service
-from control.watch import GROUPS, RTMGRP_NEIGH, Watcher
+from control.watch import GROUPS, GROUPS6, RTMGRP_NEIGH, Watcher
 from datapath.config import Config
 from datapath.counters import Snapshot
 from datapath.engine import Engine
@@ -284,7 +284,8 @@ async def _serve(
     keeper = Keeper(engine, br, die)
     try:
         # The TX rings need the next hops' neighbour events too (control/nexthop.py).
-        watcher = Watcher(GROUPS | RTMGRP_NEIGH if engine.tx_rings is not None else GROUPS)
+        groups = GROUPS | (GROUPS6 if 6 in engine.families else 0)  # issue 11, v6: IPv6 addresses and routes
+        watcher = Watcher(groups | RTMGRP_NEIGH if engine.tx_rings is not None else groups)
     except OSError as exc:
         server.close()
         raise SetupError(f"cannot listen to rtnetlink events: {exc}") from None

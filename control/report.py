@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
@@ -20,9 +20,10 @@ def format_counters(snap: Mapping[str, Any]) -> str:
         lines.append("inject:   " + "  ".join(f"{k}={v}" for k, v in inject.items()))
     if snap.get("tx_path"):
         lines.append(f"tx path:  {snap['tx_path']}")
+    w = _width(r["remote"] for r in snap["remotes"])
     for r in snap["remotes"]:
         fields = "  ".join(f"{k}={v}" for k, v in r.items() if k != "remote")
-        lines.append(f"remote {r['remote']:<15} {fields}")
+        lines.append(f"remote {r['remote']:<{w}} {fields}")
     watch = snap.get("watch")
     if watch:
         lines.append("watch:    " + "  ".join(f"{k}={v}" for k, v in watch.items() if k != "problem"))
@@ -34,11 +35,12 @@ def format_fdb(rows: Sequence[Mapping[str, Any]]) -> str:
     """The MAC table as a table; VLAN 0 is untagged."""
     if not rows:
         return "(FDB empty)"
-    out = [f"{'VLAN':>4}  {'MAC':<17}  {'REMOTE':<15}  {'TYPE':<7}  AGE(s)"]
+    w = _width(r["remote"] for r in rows)
+    out = [f"{'VLAN':>4}  {'MAC':<17}  {'REMOTE':<{w}}  {'TYPE':<7}  AGE(s)"]
     for r in rows:
         kind = "static" if r["static"] else "learned"
         age = "-" if r["static"] else f"{r['age']:.1f}"
-        out.append(f"{r.get('vlan', 0):>4}  {r['mac']:<17}  {r['remote']:<15}  {kind:<7}  {age}")
+        out.append(f"{r.get('vlan', 0):>4}  {r['mac']:<17}  {r['remote']:<{w}}  {kind:<7}  {age}")
     return "\n".join(out)
 
 
@@ -46,14 +48,20 @@ def format_remotes(rows: Sequence[Mapping[str, Any]]) -> str:
     """The remotes with their counters and the seconds since a packet last came from each."""
     if not rows:
         return "(no remotes)"
+    w, lw = _width(r["remote"] for r in rows), _width(r.get("local") or "-" for r in rows)
     out = [
-        f"{'REMOTE':<15}  {'LOCAL':<15}  {'TX PKTS':>9}  {'TX BYTES':>12}  {'RX PKTS':>9}  {'RX BYTES':>12}  LAST RX"
+        f"{'REMOTE':<{w}}  {'LOCAL':<{lw}}  {'TX PKTS':>9}  {'TX BYTES':>12}  {'RX PKTS':>9}  {'RX BYTES':>12}  LAST RX"
     ]
     for r in rows:
         age = r.get("last_rx_age")
         last = "never" if age is None else f"{age:.1f}s ago"
         out.append(
-            f"{r['remote']:<15}  {r.get('local') or '-':<15}  {r['tx_packets']:>9}  {r['tx_bytes']:>12}  "
+            f"{r['remote']:<{w}}  {r.get('local') or '-':<{lw}}  {r['tx_packets']:>9}  {r['tx_bytes']:>12}  "
             f"{r['rx_packets']:>9}  {r['rx_bytes']:>12}  {last}"
         )
     return "\n".join(out)
+
+
+def _width(addrs: Iterable[str]) -> int:
+    """The column width for addresses: 15 (an IPv4 address), or the longest (an IPv6 one)."""
+    return max([15, *(len(str(a)) for a in addrs)])

@@ -1,4 +1,4 @@
-"""rtnetlink events on the daemon's loop: links, IPv4 addresses and IPv4 routes, no polling.
+"""rtnetlink events on the daemon's loop: links, IPv4 (and with IPv6 remotes IPv6) addresses and routes, no polling.
 
 A :class:`Watcher` owns a netlink socket of its own (``AF_NETLINK``,
 ``NETLINK_ROUTE``) bound to the multicast groups ``RTMGRP_LINK``,
@@ -39,6 +39,10 @@ RTMGRP_NEIGH = 0x4  # only for who asks (Watcher(groups=GROUPS | RTMGRP_NEIGH)):
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV4_ROUTE = 0x40
 GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+# issue 11, v6: with IPv6 remotes the daemon also follows IPv6 addresses and routes.
+RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
+GROUPS6 = RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
 IFF_UP = 0x1
 RT_TABLE_MAIN = 254
 RT_TABLE_LOCAL = 255
@@ -132,8 +136,8 @@ def event_of(msg: Any) -> LinkEvent | AddrEvent | RouteEvent | NeighEvent | None
             kind=str(kind),
             up=bool(int(msg["flags"]) & IFF_UP),
         )
-    if msg["family"] != socket.AF_INET:
-        return None
+    if msg["family"] != socket.AF_INET and not (msg["family"] == socket.AF_INET6 and not name.endswith("NEIGH")):
+        return None  # IPv6: addresses and routes (IPv6 remotes); neighbours only IPv4 (the TX rings' next hops)
     if name.endswith("NEIGH"):
         dst = msg.get_attr("NDA_DST")
         if not dst:
@@ -178,7 +182,7 @@ def route_covers(ev: RouteEvent, addr: str) -> bool:
     if not ev.dst:
         return ev.prefixlen == 0
     try:
-        return ipaddress.IPv4Address(addr) in ipaddress.IPv4Network(f"{ev.dst}/{ev.prefixlen}", strict=False)
+        return ipaddress.ip_address(addr) in ipaddress.ip_network(f"{ev.dst}/{ev.prefixlen}", strict=False)
     except ValueError:
         return False
 

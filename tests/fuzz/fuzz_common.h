@@ -56,15 +56,14 @@ static inline uint8_t *dup_exact(const uint8_t *p, uint32_t len) {
     return b;
 }
 
-/* Addresses of the fuzzers' remotes: 10.0.0.(1 + i); the local address 10.0.0.100. */
+/* Addresses of the fuzzers' remotes: 10.0.0.(1 + i); the local address 10.0.0.100 (stored as the C side
+ * keeps them: OVL_ADDR_LEN bytes, IPv4 mapped ::ffff:a.b.c.d). */
 #define FUZZ_REMOTES 3
-static const uint8_t fuzz_local[4] = {10, 0, 0, 100};
+static const uint8_t fuzz_local[OVL_ADDR_LEN] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 10, 0, 0, 100};
 
-static inline void fuzz_remote_addr(uint32_t i, uint8_t out[4]) {
-    out[0] = 10;
-    out[1] = 0;
-    out[2] = 0;
-    out[3] = (uint8_t)(1 + i);
+static inline void fuzz_remote_addr(uint32_t i, uint8_t out[OVL_ADDR_LEN]) {
+    memcpy(out, fuzz_local, OVL_ADDR_LEN);
+    out[15] = (uint8_t)(1 + i);
 }
 
 /* Mapped VLANs: VLAN 10 * (k + 1) in tunnel id base + 1000 + k, k < FUZZ_VLANS. */
@@ -90,7 +89,7 @@ static inline struct ovl_dp *fuzz_dp(const struct fuzz_cfg *f) {
     CHECK(ovl_config_set_fdb(c, 1024, 300.0, 12345) == 0);
     CHECK(ovl_config_set_offloads(c, f->vnet, f->coalesce, 0) == 0);
     for (uint32_t i = 0; i < FUZZ_REMOTES; i++) {
-        uint8_t a[4];
+        uint8_t a[OVL_ADDR_LEN];
         fuzz_remote_addr(i, a);
         CHECK(ovl_config_add_remote(c, a, fuzz_local) == (int)i);
     }
@@ -103,7 +102,7 @@ static inline struct ovl_dp *fuzz_dp(const struct fuzz_cfg *f) {
 }
 
 /* Source address of a record: meta bits 0-1 pick remote 0..2, or 3 an address that is none. */
-static inline void record_src(uint8_t meta, uint8_t out[4]) { fuzz_remote_addr(meta & 3, out); }
+static inline void record_src(uint8_t meta, uint8_t out[OVL_ADDR_LEN]) { fuzz_remote_addr(meta & 3, out); }
 
 /* A drop reason as ovl.h defines them. */
 static inline int valid_drop(int res) { return res < 0 && -res >= 1 && -res < OVL_DROP_COUNT; }

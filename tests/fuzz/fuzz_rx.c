@@ -52,7 +52,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
     size_t at = 1;
     struct record r;
     while (n < BATCH && next_record(in, size, &at, SLOT, &r)) {
-        uint8_t src[4];
+        uint8_t src[OVL_ADDR_LEN];
         record_src(r.meta, src);
         want_remote[n] = (r.meta & 3) < FUZZ_REMOTES ? (int32_t)(r.meta & 3) : -1;
         /* The codec entry points, on a copy of their own. */

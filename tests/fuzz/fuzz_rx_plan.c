@@ -145,7 +145,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
     size_t at = 1;
     struct record r;
     while (n < BATCH && next_record(in, size, &at, SLOT - VXLAN_HLEN, &r)) {
-        uint8_t src[4];
+        uint8_t src[OVL_ADDR_LEN];
         record_src(r.meta, src);
         uint32_t k = (r.meta >> 3) & 3, vni = k ? FUZZ_VLAN_TID(42u, k - 1) : 42u;
         uint32_t len = VXLAN_HLEN + r.len;

@@ -115,7 +115,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
     memcpy(b + VXLAN_HLEN, in + 3, flen);
     if (in[0] & 2)
         fix(b + VXLAN_HLEN, flen, in[0] & 4);
-    uint8_t src[4];
+    uint8_t src[OVL_ADDR_LEN];
     fuzz_remote_addr(0, src);
     CHECK(ovl_rx_load(dp, 0, b, len, src, 0) == 0);
     uint64_t drops0[OVL_DROP_COUNT], drops1[OVL_DROP_COUNT];

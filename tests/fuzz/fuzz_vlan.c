@@ -64,7 +64,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
             p += IPV4_HLEN + UDP_HLEN;
             l -= IPV4_HLEN + UDP_HLEN;
         }
-        uint8_t *pkt = dup_exact(p, l), src[4];
+        uint8_t *pkt = dup_exact(p, l), src[OVL_ADDR_LEN];
         uint32_t tid = 0;
         CHECK(ovl_parse(&b->cfg, pkt, l, &tid) >= 0 && tid == want_tid);
         fuzz_remote_addr(remote, src);

@@ -88,7 +88,8 @@ int main(void) {
         perror("setup");
         return 2;
     }
-    uint8_t lo[4] = {127, 0, 0, 1}, lo2[4] = {127, 0, 0, 2};
+    uint8_t lo[OVL_ADDR_LEN] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 127, 0, 0, 1}; /* IPv4 mapped */
+    uint8_t lo2[OVL_ADDR_LEN] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 127, 0, 0, 2};
     struct ovl_config *c = ovl_config_new(OVL_ENCAP_VXLAN);
     ovl_config_set_tunnel(c, 99, 1, 64);
     ovl_config_set_udp(c, ntohs(recv_addr.sin_port), 0);

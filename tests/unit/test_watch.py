@@ -66,10 +66,17 @@ def test_ipv4_address_removed() -> None:
     assert decode(data) == [AddrEvent("del", 2, "192.0.2.1", 24)]
 
 
-def test_ipv6_address_is_not_watched() -> None:
+def test_ipv6_addresses_and_routes_are_events() -> None:
+    """(issue 11, v6: the daemon subscribes to them, GROUPS6, when it has IPv6 remotes.)"""
     m = ifaddrmsg()
     m["attrs"] = [("IFA_ADDRESS", "2001:db8::1")]
-    assert decode(_wire(m, RTM_DELADDR, family=socket.AF_INET6, index=2, prefixlen=64)) == []
+    assert decode(_wire(m, RTM_DELADDR, family=socket.AF_INET6, index=2, prefixlen=64)) == [
+        AddrEvent("del", 2, "2001:db8::1", 64)
+    ]
+    r = rtmsg()
+    r["attrs"] = [("RTA_DST", "2001:db8:5::"), ("RTA_OIF", 4), ("RTA_TABLE", 254)]
+    data = _wire(r, RTM_NEWROUTE, family=socket.AF_INET6, dst_len=48, table=254, type=1)
+    assert decode(data) == [RouteEvent("new", "2001:db8:5::", 48, oif=4, table=254)]
 
 
 def route(table: int = 254, **attrs: Any) -> bytes:
@@ -105,6 +112,9 @@ def test_route_covers() -> None:
     assert not route_covers(RouteEvent("new", "198.51.100.0", 24), "198.51.101.7")
     assert route_covers(RouteEvent("new", "", 0), "203.0.113.9")  # the default route
     assert route_covers(RouteEvent("del", "192.0.2.2", 32), "192.0.2.2")
+    assert route_covers(RouteEvent("new", "2001:db8:5::", 48), "2001:db8:5:1::9")
+    assert not route_covers(RouteEvent("new", "2001:db8:5::", 48), "2001:db8:6::9")
+    assert not route_covers(RouteEvent("new", "2001:db8:5::", 48), "192.0.2.2")  # another family
 
 
 def test_a_failing_handler_does_not_stop_the_others_or_the_watcher() -> None:
