@@ -212,6 +212,13 @@ def outer_ecn(frame: bytes) -> int:
     return ECN_ECT0 if ecn == ECN_CE else ecn
 
 
+def ovl_outer_ecn(frame: bytes, ecn: bool) -> int:
+    """The traffic class ovl-dp sends for frame: 0 without the ECN part of issue 11 (ecn false); with it
+    (default --tos) the inner ECN bits copied as RFC 6040's normal mode says, CE included, where the
+    kernel and OVS send ECT(0) for CE (the ECN part's documented choice, datapath/ecn.py)."""
+    return inner_ecn(frame) if ecn else 0
+
+
 def untag(frame: bytes) -> bytes:
     """frame without its 802.1Q tag (OVS trunks carry the containers' VLAN 20 inside the tunnel)."""
     if frame[12:14] == b"\x81\x00":
@@ -428,7 +435,7 @@ def test_vxlan6_wire_format_against_the_kernel() -> None:
         assert k["ip6.fl"] == 0 and k["ip6.tc"] == outer_ecn(frame), k
         # The differences, exactly as they are today.
         assert o["ip6.fl"] == 0, "flow label: the kernel sends 0 by default, so does ovl-dp"
-        assert o["ip6.tc"] == (outer_ecn(frame) if ecn else 0), "traffic class: ECN copied only with RFC 6040 (ecn)"
+        assert o["ip6.tc"] == ovl_outer_ecn(frame, ecn), "traffic class: see ovl_outer_ecn"
         known = {"udp.sport", "udp.chksum", "udp.csum_ok", "ip6.tc"}
         diff = {f: (o[f], k[f]) for f in o if f not in known and o[f] != k[f]}
         assert not diff, f"ovl-dp vs kernel differ in {diff} for inner frame {frame.hex()}"
@@ -562,7 +569,7 @@ def test_ipv6_wire_format_against_ovs(kind: str, keyed: bool) -> None:
     a valid checksum; VXLAN flags/VNI; GRE flags, version, protocol, key; the inner
     frame with its VLAN 20 tag; outer Ethernet addresses too (br-phy takes ul0's MAC).
     Pinned difference: traffic class (OVS copies the inner ECN bits, CE as ECT(0);
-    ovl-dp only with the ECN part of issue 11, else 0).
+    ovl-dp: see ovl_outer_ecn).
     """
     mode = "vxlan" if kind == "vxlan" else "gre"
     require_ovl_ipv6(mode)
@@ -591,7 +598,7 @@ def test_ipv6_wire_format_against_ovs(kind: str, keyed: bool) -> None:
                 assert a["udp.sport"] in SPORT_RANGE and a["udp.sport"] == b["udp.sport"], (name, a, b)
                 assert a["udp.chksum"] != 0 and a["udp.csum_ok"], (name, a)
         o, n = ovl[frame][0], native[frame][0]
-        assert n["ip6.tc"] == outer_ecn(frame) and o["ip6.tc"] == (outer_ecn(frame) if ecn else 0), (o, n)
+        assert n["ip6.tc"] == outer_ecn(frame) and o["ip6.tc"] == ovl_outer_ecn(frame, ecn), (o, n)
         known = {"udp.sport", "udp.chksum", "udp.csum_ok", "ip6.tc"}
         diff = {f: (o[f], n[f]) for f in o if f not in known and o[f] != n[f]}
         assert not diff, f"ovl-dp vs OVS {kind} differ in {diff} for inner frame {frame.hex()}"
