@@ -362,13 +362,16 @@ def test_ovs_ipv6_tunnels_among_themselves(kind: str, options: tuple[str, ...]) 
 
 # -- ovl-dp against the kernel's vxlan -------------------------------------------------------
 
-OFFLOADS = pytest.mark.parametrize("offload", ["auto", "off"], ids=["offload-auto", "offload-off"])
+# ovl-dp's paths: the C path with TAP offloads, without, and the pure-Python reference.
+PATHS = {"offload-auto": ("--offload=auto",), "offload-off": ("--offload=off",), "python": ("--no-fast-path",)}
+OFFLOADS = pytest.mark.parametrize("offload", list(PATHS))
 
 
 @OFFLOADS
 def test_vxlan6_with_the_kernels_vxlan_device(offload: str) -> None:
     """ovl-dp VXLAN over IPv6 (host 1, Linux bridge) <-> the kernel's vxlan with IPv6 remote/local (host 2).
 
+    On each of ovl-dp's paths (C with and without TAP offloads, Python reference).
     VNI 5001, port 8472, checksums computed both ways (the defaults of both). Broadcast
     ARP and ND each way, inner IPv4 and IPv6 ping, iperf3 each way; the kernel learns
     container 1's MAC behind fd00:192:2::1, ovl-dp container 2's behind fd00:192:2::2.
@@ -376,7 +379,7 @@ def test_vxlan6_with_the_kernels_vxlan_device(offload: str) -> None:
     require_ovl_ipv6("vxlan")
     with peer_lab("linux", "vxlan") as lab:
         lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), "--port", str(PORT),
-                  f"--offload={offload}")  # fmt: skip
+                  *PATHS[offload])  # fmt: skip
         kernel_vxlan(lab, 2, 1, VNI, PORT)
         nsexec(lab.host(2), "ethtool", "-K", "ul0", "tx", "off")  # the kernel sends to userspace: fill checksums
         check_both_ways(lab)
@@ -536,7 +539,7 @@ def test_vxlan6_with_ovs_native_vxlan_port(zero: bool, offload: str) -> None:
     require_ovl_ipv6("vxlan", *(("tunnel.udp6_zero_csum_tx",) if zero else ()))
     with peer_lab("ovs", "vxlan") as lab:
         lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), "--port", str(PORT),
-                  f"--offload={offload}", *(("--udp6-zero-csum-tx",) if zero else ()))  # fmt: skip
+                  *PATHS[offload], *(("--udp6-zero-csum-tx",) if zero else ()))  # fmt: skip
         ovs_underlay_bridge(lab, 2)
         ovs_tunnel_port(lab, 2, "vxlan", 1, f"options:key={VNI}", f"options:dst_port={PORT}")
         check_with_ovs_native_port(lab)
@@ -550,7 +553,7 @@ def test_gre6_with_ovs_native_ip6gre_port(key: int | None, offload: str) -> None
     require_ovl_ipv6("gre")
     key_args = ("--key", str(key)) if key is not None else ()
     with peer_lab("ovs", "gre", keyed=key is not None) as lab:
-        lab.start(1, "--mode", "gre", "--remote", lab.underlay_ip(2), *key_args, f"--offload={offload}")
+        lab.start(1, "--mode", "gre", "--remote", lab.underlay_ip(2), *key_args, *PATHS[offload])
         ovs_underlay_bridge(lab, 2)
         ovs_tunnel_port(lab, 2, "ip6gre", 1, *((f"options:key={key}",) if key is not None else ()))
         check_with_ovs_native_port(lab)
