@@ -302,3 +302,29 @@ def test_random_super_packets(
     segs = [s for v, f, _ in plan for s in _resegment(v, f)]
     check_segments(frame, l4, segs, mss)
     assert len(plan) == (1 if coalesce else len(segs))
+
+
+@pytest.mark.parametrize("mode", ["vxlan", "gre"])
+def test_super_packet_from_an_ipv6_remote(mode: str) -> None:
+    """(issue 11, v6) The same TSO write when the datagram came over IPv6 (a VXLAN UDP payload, or a GRE
+    packet from its header on, as an IPv6 raw socket gives it)."""
+    from datapath.config import Remote
+    from datapath.encap import gre
+
+    six = Remote("fd00:5::2", "fd00:5::1")
+    kw: dict[str, object] = {"vni": 99} if mode == "vxlan" else {"vni": None, "key": 99}
+    fwd = fast.FastForwarder(
+        _cfg(mode=mode, remotes=(Remote(LO, LO), six), rx_coalesce=True, tap_mtu=TAP_MTU, **kw),
+        tap_vnet=10,
+        rx_super=True,
+    )
+    frame, l4 = super_frame(random.Random(6).randbytes(20000), v6=True, flags="PA")
+    head = vxlan.header(99) if mode == "vxlan" else gre.header(99)
+    plan = fwd.rx_plan([(head + frame, six.addr, six.local or "")] if mode == "gre" else [(head + frame, six.addr)])
+    assert len(plan) == 1
+    v, written, remote = plan[0]
+    assert (written, remote) == (frame, 1)
+    assert struct.unpack("=BBHHHH", v)[:2] == (NEEDS_CSUM, GSO_TCPV6)
+    check_segments(frame, l4, _resegment(v, written), mss_for(frame, l4))
+    snap = fwd.snapshot()
+    assert snap.stats["rx_super"] == 1 and sum(snap.drops.values()) == 0

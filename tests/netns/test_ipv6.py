@@ -9,6 +9,7 @@ and tears it down, also on failure.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -162,3 +163,121 @@ def test_bad_ipv6_input_is_counted(path: str) -> None:
         snap = lab.ovl(1, "show")
         assert snap["drops"]["rx_bad_dst"] == 5 and snap["drops"]["rx_truncated"] == 5, snap["drops"]
         assert snap["stats"]["tap_tx"] == 5, snap["stats"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_takeover_hands_over_both_families(mode: str) -> None:
+    """A takeover of a daemon with an IPv4 and an IPv6 remote: both receiving sockets and the IPv6 send
+    socket move to the new process (checked against its configuration), traffic to both goes on."""
+    with Lab(3) as lab:
+        lab.build(container_mtu6(mode))
+        lab.enable_underlay6()
+        args = ("--mode", mode, "--remote", lab.underlay_ip(2), "--remote", lab.underlay_ip6(3))
+        old = lab.start(1, *args)
+        lab.start(2, "--mode", mode, "--remote", lab.underlay_ip(1))
+        lab.start(3, "--mode", mode, "--remote", lab.underlay_ip6(1))
+        for dst in (2, 3):
+            assert lab.ping(1, dst, count=3)["loss"] < 100
+        learned = {row["mac"] for row in lab.ovl(1, "fdb")}
+        new = lab.start(1, *args, "--takeover")
+        assert old.proc.wait(20) == 0
+        after = lab.ovl(1, "show")
+        assert after["pid"] == new.proc.pid and after["takeover"]["from_pid"] == old.proc.pid, after.get("takeover")
+        assert learned <= {row["mac"] for row in lab.ovl(1, "fdb")}  # the FDB came along
+        for dst in (2, 3):
+            assert lab.ping(1, dst, count=5)["loss"] == 0, dst
+            assert lab.ping(dst, 1, count=3)["loss"] == 0, dst
+        assert "Traceback" not in new.output() + old.output()
+
+
+def ctl(lab: Lab, i: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return sh("ip", "netns", "exec", lab.host(i), sys.executable, "-m", "control.cli", *args, check=False)
+
+
+def test_remote_add_del_and_static_entries_over_the_control_socket() -> None:
+    with Lab(3) as lab:
+        lab.build(container_mtu6("gre"))
+        lab.enable_underlay6()
+        lab.start(1, "--mode", "gre", "--remote", lab.underlay_ip6(2))
+        lab.start(3, "--mode", "gre", "--remote", lab.underlay_ip6(1))
+        res = ctl(lab, 1, "remote", "add", lab.underlay_ip6(3).upper())  # any spelling: canonical in the daemon
+        assert res.returncode == 0, res.stderr
+        assert lab.ping(1, 3, count=3)["loss"] < 100 and lab.ping(1, 3, count=3)["loss"] == 0
+        res = ctl(lab, 1, "remote", "add", lab.underlay_ip(2))
+        assert res.returncode != 0 and "no IPv4 underlay sockets" in res.stderr, res.stderr
+        mac = "02:00:00:00:00:77"
+        res = ctl(lab, 1, "fdb", "add", mac, lab.underlay_ip6(2))
+        assert res.returncode == 0, res.stderr
+        rows = {r["mac"]: r for r in lab.ovl(1, "fdb")}
+        assert rows[mac]["remote"] == lab.underlay_ip6(2) and rows[mac]["static"], rows
+        table = ctl(lab, 1, "fdb").stdout
+        assert any(line.split()[1:3] == [mac, lab.underlay_ip6(2)] for line in table.splitlines()), table
+        res = ctl(lab, 1, "remote", "del", lab.underlay_ip6(2))
+        assert res.returncode == 0, res.stderr
+        assert mac not in {r["mac"] for r in lab.ovl(1, "fdb")}  # purged with its remote
+        assert [r["remote"] for r in lab.ovl(1, "show")["remotes"]] == [lab.underlay_ip6(3)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_path_keeper_follows_ipv6_mtu_and_source(mode: str) -> None:
+    """control/paths.py over IPv6 (IPV6_MTU of a connected socket): link and route MTUs, a new source."""
+    from control import config as host
+    from control.paths import PathKeeper
+    from datapath.config import Config, OffloadConfig, Remote, TapConfig, TunnelConfig
+    from datapath.engine import Engine
+    from tests.isolated import run_isolated
+    from tests.netns.netutil import ip, mtu_of
+
+    remote, tap = "fd00:9::2", "ovlp6"
+
+    def body() -> None:
+        ip("link", "add", "u0", "type", "veth", "peer", "name", "u1")
+        ip("link", "set", "u1", "up")
+        ip("link", "set", "u0", "up")
+        subprocess.run(["sysctl", "-qw", "net.ipv6.conf.u0.disable_ipv6=0"], check=True)  # (off by default here)
+        ip("-6", "addr", "add", "fd00:9::1/64", "dev", "u0", "nodad")
+        given = Config(
+            tunnel=TunnelConfig(mode), remotes=(Remote(remote),), tap=TapConfig(name=tap),
+            offload=OffloadConfig(fast_path=False),
+        )  # fmt: skip
+        engine = Engine(host.resolve(given))
+        paths = PathKeeper(engine, given)
+        overhead = lookup(mode)(None).overhead(family=6)
+        try:
+            assert engine.remotes() == (Remote(remote, "fd00:9::1"),)
+            assert mtu_of(tap) == engine.tap.mtu == 1500 - overhead
+            ip("link", "set", "u0", "mtu", "1400")
+            paths.resolve()
+            assert mtu_of(tap) == 1400 - overhead and paths.underlay_mtu == 1400 and paths.problem == ""
+            ip("-6", "route", "add", f"{remote}/128", "dev", "u0", "mtu", "1300")
+            paths.resolve()
+            assert mtu_of(tap) == 1300 - overhead
+            ip("-6", "addr", "add", "fd00:9::9/64", "dev", "u0", "nodad")
+            ip("-6", "route", "replace", f"{remote}/128", "dev", "u0", "src", "fd00:9::9", "mtu", "1300")
+            paths.resolve()
+            assert engine.remotes() == (Remote(remote, "fd00:9::9"),) and paths.local_changes == 1
+            assert paths.problem == ""
+        finally:
+            engine.close()
+
+    run_isolated(body)
+
+
+def test_udp_gso_in_a_mixed_mesh() -> None:
+    """--udp-gso: packets to the IPv4 remote leave through the UDP_SEGMENT sockets, those to the IPv6 remote
+    through the raw IPv6 socket (the GSO sockets are IPv4)."""
+    with Lab(3) as lab:
+        lab.build(container_mtu6("vxlan"))
+        lab.enable_underlay6()
+        lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--remote", lab.underlay_ip6(3), "--udp-gso")
+        lab.start(2, "--mode", "vxlan", "--remote", lab.underlay_ip(1))
+        lab.start(3, "--mode", "vxlan", "--remote", lab.underlay_ip6(1))
+        for dst in (2, 3):
+            assert lab.ping(1, dst, count=3)["loss"] < 100
+            result = lab.iperf3(1, dst, 2)
+            assert "error" not in result and result["end"]["sum_received"]["bytes"] > 1_000_000, (dst, result)
+        snap = lab.ovl(1, "show")
+        assert snap["stats"]["tx_gso"] > 0, snap["stats"]
+        sent = {r["remote"]: r["tx_packets"] for r in snap["remotes"]}
+        assert sent[lab.underlay_ip(2)] > 500 and sent[lab.underlay_ip6(3)] > 500, sent
+        assert snap["drops"]["tx_error"] == 0, snap["drops"]

@@ -687,3 +687,40 @@ def test_from_keys_errors_name_only_the_keys_given(values: dict[str, int]) -> No
     else:
         assert c.tunnel.vni == values.get("tunnel.vni")
         assert c.batch == values.get("batch", 64)
+
+
+# -- issue 11, v6: IPv6 underlays --------------------------------------------------------------
+
+
+def test_tunnel_local_one_per_family() -> None:
+    t = TunnelConfig("vxlan", local=["2001:DB8::1", "192.0.2.1"])
+    assert t.local == ("192.0.2.1", "2001:db8::1") and t.locals == t.local  # IPv4 first, canonical
+    assert t.local_for(4) == "192.0.2.1" and t.local_for(6) == "2001:db8::1"
+    assert TunnelConfig("gre", local=["2001:db8::1"]).local == "2001:db8::1"  # a list of one: the address
+    assert TunnelConfig("gre").locals == () and TunnelConfig("gre").local_for(6) is None
+    assert "at most one IPv4 and one IPv6" in str(error(TunnelConfig, "gre", local=["2001:db8::1", "2001:db8::2"]))
+    assert error(TunnelConfig, "gre", local=[]).keys == ["tunnel.local"]
+    assert error(TunnelConfig, "gre", local=[5]).keys == ["tunnel.local"]
+
+
+def test_mixed_families() -> None:
+    c = cfg("vxlan", remotes=("2001:db8::2", R1))
+    assert c.families == {4, 6} and c.overhead == 70 and c.bind == "0.0.0.0" and c.bind_for(6) == "::"
+    assert cfg("gre", remotes=(R1,)).overhead == 38 and cfg("gre", remotes=("2001:db8::2",)).overhead == 58
+    keyed = cfg("gre", remotes=("2001:db8::2",), tunnel=TunnelConfig("gre", key=1))
+    assert keyed.overhead == 62 and keyed.encap.outer_len(family=6) == 48
+    local = TunnelConfig("vxlan", local=["2001:db8::1", "192.0.2.1"])
+    assert cfg("vxlan", remotes=("2001:db8::2",), tunnel=local).bind_for(6) == "2001:db8::1"
+    e = error(cfg, "vxlan", remotes=(R1,), tunnel=TunnelConfig("vxlan", local="2001:db8::1"))
+    assert "has no IPv4 address" in str(e) and e.keys == ["remotes", "tunnel.local"]
+    assert "needs an IPv6 local address" in str(error(Remote, "2001:db8::2", "192.0.2.1"))
+    r = Remote("2001:db8::2", "2001:db8::1")
+    assert r.family == 6 and len(r.addr_bytes) == 16 and len(r.local_bytes) == 16
+
+
+def test_tunnel_local_list_from_a_file() -> None:
+    c = from_keys(
+        {"tunnel.mode": "vxlan", "remotes": ["2001:db8::2", "10.0.0.2"], "tunnel.local": ["10.0.0.1", "2001:db8::1"],
+         "tunnel.udp6_zero_csum_rx": True}
+    )  # fmt: skip
+    assert c.tunnel.local_for(6) == "2001:db8::1" and c.encap.udp6_zero_csum_rx and not c.encap.udp6_zero_csum_tx
