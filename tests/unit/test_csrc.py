@@ -337,3 +337,24 @@ def test_builds_from_scratch(tmp_path: Path) -> None:
     build = load_build()
     out = build.make_builder(relative=False).compile(tmpdir=str(tmp_path))
     assert Path(out).is_file() and Path(out).name.startswith("_ovl_fast")
+
+
+def test_ipv6_remote_without_an_ipv6_send_socket_is_a_tx_error() -> None:
+    """(issue 11, v6) ovl_dp_set_send6_fd(-1) / set_send6(None): packets to an IPv6 remote are dropped as
+    tx_error, in C as in Python (the IPv4 socket is never used for them)."""
+    import socket
+
+    from datapath.pypath import PyForwarder
+
+    c6 = cfg(remotes=(Remote("fd00::2", "fd00::1"),), tap_mtu=1430)
+    frame = b"\xff" * 6 + b"\x02" + bytes(5) + b"\x08\x06" + bytes(46)
+    for fwd in (fast.FastForwarder(c6), PyForwarder(c6)):
+        tap, feed = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with tap, feed, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as v4:
+            tap.setblocking(False)
+            fwd.set_send6(None)
+            feed.send(frame)
+            assert fwd.from_tap(tap.fileno(), v4) == 1
+            snap = fwd.snapshot()
+            assert snap.drops["tx_error"] == 1 and snap.stats["tx_flooded"] == 1, (type(fwd), snap)
+            assert snap.remotes[0]["tx_packets"] == 0
