@@ -490,6 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seconds", type=_ranged("--seconds", 1, 60), default=3, help="iperf3 duration in seconds (default 3)"
     )
     lab.add_argument("--no-fast-path", action="store_true", help="run the daemons with the pure-Python datapath")
+    lab.add_argument(
+        "--underlay",
+        choices=("ipv4", "ipv6"),
+        default="ipv4",
+        help="underlay address family between the hosts (default ipv4: 192.0.2.0/24; ipv6: fd00:192:2::/64)",
+    )
     return p
 
 

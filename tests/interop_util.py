@@ -17,6 +17,24 @@ from control.lab.hosts import Lab
 from control.lab.shell import nsexec
 from control.procs import wait_until
 
+# -- what this ovl-dp can do ----------------------------------------------------------------
+
+
+def ovl_ipv6_missing(mode: str, *keys: str) -> str | None:
+    """None if this ovl-dp accepts an IPv6 remote in mode (and each configuration key in keys set to
+    true), else why not: its configuration check (datapath.config.from_keys, what `ovl-dp run` uses)
+    is asked, never a version."""
+    from datapath.config import ConfigError, from_keys
+
+    values: dict[str, object] = {"tunnel.mode": mode, "remotes": ["fd00:192:2::2"]}
+    values.update(dict.fromkeys(keys, True))
+    try:
+        from_keys(values)
+    except ConfigError as exc:
+        return f"this ovl-dp does not take an IPv6 remote in {mode} mode: {exc}"
+    return None
+
+
 # -- traffic ----------------------------------------------------------------------------
 
 

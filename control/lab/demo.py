@@ -2,7 +2,8 @@
 
 Two hosts yy2/yy3 with containers vmX/vmY (control.lab.hosts.seed_lab), br-int
 an Open vSwitch bridge with vmX/vmY on VLAN 20 when OVS is installed, else a
-Linux bridge; ovl-dp on both hosts, then ping both ways, an iperf3 transfer,
+Linux bridge; the underlay between the hosts IPv4 or (--underlay ipv6) IPv6;
+ovl-dp on both hosts, then ping both ways, an iperf3 transfer,
 and each host's counters and FDB.
 """
 
@@ -19,14 +20,15 @@ from control.lab.shell import LabError
 from control.procs import WaitTimeout, sigterm_raises_interrupt
 
 
-def _demo(mode: str, seconds: int, fast: bool, bridge: str) -> dict[str, Any]:
+def _demo(mode: str, seconds: int, fast: bool, bridge: str, underlay: str = "ipv4") -> dict[str, Any]:
     """Build the seed lab, run ovl-dp in mode on both hosts, measure; what _print_report shows."""
     extra = () if fast else ("--no-fast-path",)
-    with seed_lab() as lab:
+    family = 6 if underlay == "ipv6" else 4
+    with seed_lab(underlay) as lab:
         if bridge == "ovs":
-            lab.build(container_mtu(mode, tagged=True), bridge="ovs", tag=SEED_TAG)
+            lab.build(container_mtu(mode, tagged=True, family=family), bridge="ovs", tag=SEED_TAG)
         else:
-            lab.build(container_mtu(mode))
+            lab.build(container_mtu(mode, family=family))
         lab.start_mesh(mode, *extra)
         lab.ping(1, 2, count=3)  # ARP and FDB warm-up
         fwd, back = lab.ping(1, 2, count=10), lab.ping(2, 1, count=10)
@@ -37,7 +39,7 @@ def _demo(mode: str, seconds: int, fast: bool, bridge: str) -> dict[str, Any]:
         names = [lab.container(i).split("-", 1)[1] for i in (1, 2)]
         hosts = [lab.host(i).split("-", 1)[1] for i in (1, 2)]
     gbps = perf.get("end", {}).get("sum_received", {}).get("bits_per_second", 0) / 1e9
-    return {"mode": mode, "bridge": bridge, "ping": fwd, "ping_back": back, "gbps": gbps,
+    return {"mode": mode, "bridge": bridge, "underlay": underlay, "ping": fwd, "ping_back": back, "gbps": gbps,
             "iperf_error": perf.get("error"), "counters": counters, "fdb": fdb, "exit_codes": codes,
             "names": names, "hosts": hosts}  # fmt: skip
 
@@ -48,7 +50,8 @@ def _print_report(r: dict[str, Any]) -> bool:
 
     ok = r["ping"]["loss"] == 0 and r["ping_back"]["loss"] == 0 and r["gbps"] > 0 and r["exit_codes"] == [0, 0]
     a, b = r["names"]
-    print(f"\n=== ovl-dp lab, mode {r['mode']}, {r['bridge']} br-int: {'OK' if ok else 'FAILED'} ===")
+    over = " over IPv6" if r.get("underlay") == "ipv6" else ""
+    print(f"\n=== ovl-dp lab, mode {r['mode']}{over}, {r['bridge']} br-int: {'OK' if ok else 'FAILED'} ===")
     for name, p in ((f"{a} -> {b}", r["ping"]), (f"{b} -> {a}", r["ping_back"])):
         rtt = f"rtt avg {p['avg']:.3f} ms (min {p['min']:.3f}, max {p['max']:.3f})" if "avg" in p else "no replies"
         print(f"ping {name}: loss {p['loss']:.0f}%, {rtt}")
@@ -76,13 +79,16 @@ def main(args: argparse.Namespace) -> int:
             print(f"note: {missing_ovs}; showing the scenario with Linux bridges instead", flush=True)
 
     modes = {"both": ["gre", "vxlan"]}.get(args.mode, [args.mode])
+    underlay = args.underlay
     ok = True
     with sigterm_raises_interrupt():  # SIGTERM tears the lab down as Ctrl-C does
         for mode in modes:
             what = "Open vSwitch br-int, vmX/vmY on VLAN 20" if bridge == "ovs" else "Linux bridges"
+            if underlay == "ipv6":
+                what += ", IPv6 underlay fd00:192:2::/64"
             print(f"building the two-host lab ({what}) for {mode} ...", flush=True)
             try:
-                ok &= _print_report(_demo(mode, args.seconds, not args.no_fast_path, bridge))
+                ok &= _print_report(_demo(mode, args.seconds, not args.no_fast_path, bridge, underlay))
             except (LabError, ovs.OvsError, WaitTimeout) as exc:
                 print(f"lab failed in mode {mode}: {exc}", file=sys.stderr)
                 ok = False

@@ -3,7 +3,8 @@
 Layout for N hosts (all names carry a per-run tag, so runs never collide):
 
     <tag>-sw   the underlay switch: Linux bridge br0, one veth per host
-    <tag>-hI   host I: ul0 = 192.0.2.I/24 (underlay), bridge br-int,
+    <tag>-hI   host I: ul0 = 192.0.2.I/24 (underlay; with underlay="ipv6"
+               fd00:192:2::I/64 instead, "dual" both), bridge br-int,
                veth vm0 on br-int; ovl-dp runs here
     <tag>-cI   container I: eth0 = 172.20.1.I/24, the other end of vm0
 
@@ -13,8 +14,11 @@ br-int is a Linux bridge, or with ``bridge="ovs"`` an Open vSwitch bridge
 ``tag``. Host and container names can be chosen (the seed scenario's yy2/yy3
 and vmX/vmY); they still carry the tag.
 
-192.0.2.0/24 is TEST-NET-1 (RFC 5737) and 172.20.1.0/24 the scenario's
-overlay; both exist only inside these namespaces. Everything the lab made
+192.0.2.0/24 is TEST-NET-1 (RFC 5737), fd00:192:2::/64 a unique local
+prefix (RFC 4193), and 172.20.1.0/24 the scenario's overlay;
+all exist only inside these namespaces. IPv6 is off in the hosts but on the
+underlay device of an IPv6 lab (ul0; OVS's br-phy when it takes the address
+over), whose addresses are added without DAD (usable at once). Everything the lab made
 (processes by PID, then namespaces) is removed by :meth:`Lab.close`, which
 the context manager calls also on failure and on Ctrl-C.
 """
@@ -38,12 +42,17 @@ from control.lab.ovs import OvsInstance
 from control.lab.shell import LabError, sh
 from control.procs import stop_process, wait_until
 from datapath.encap import lookup
+from datapath.encap.ipv4 import IPV4_HLEN
 from datapath.ether import VLAN_HLEN
 
 UNDERLAY_PREFIX = "192.0.2."
-# issue 11, v6: the IPv6 underlay (enable_underlay6), a unique local prefix (RFC 4193) inside the lab only.
+UNDERLAY_PLEN = 24
+# issue 11: the IPv6 underlay, a unique local prefix (RFC 4193) inside the lab only.
 UNDERLAY6_PREFIX = "fd00:192:2::"
+UNDERLAY6_PLEN = 64
+UNDERLAYS = ("ipv4", "ipv6", "dual")  # dual: both families on ul0, underlay_ip() answers IPv4 unless asked
 OVERLAY_PREFIX = "172.20.1."
+IPV6_HLEN = 40  # the fixed IPv6 header (RFC 8200)
 DAEMON_READY_TIMEOUT = 20.0
 IPERF_LISTEN_TIMEOUT = 10.0
 
@@ -70,10 +79,15 @@ class Lab:
         tag: str | None = None,
         host_names: tuple[str, ...] = (),
         container_names: tuple[str, ...] = (),
+        underlay: str = "ipv4",
     ) -> None:
+        """underlay: the hosts' underlay address family, one of UNDERLAYS ("ipv4", "ipv6", "dual")."""
         if shutil.which("ip") is None:
             raise LabError("the lab needs iproute2's `ip` command")
+        if underlay not in UNDERLAYS:
+            raise LabError(f"underlay {underlay!r}: expected one of {', '.join(UNDERLAYS)}")
         self.n = hosts
+        self.underlay = underlay
         self.tag = tag or f"ovl{os.getpid() % 100000}"
         self._host_names = host_names or tuple(f"h{i}" for i in range(1, hosts + 1))
         self._container_names = container_names or tuple(f"c{i}" for i in range(1, hosts + 1))
@@ -99,15 +113,34 @@ class Lab:
         """The namespace of the underlay switch."""
         return f"{self.tag}-sw"
 
-    @staticmethod
-    def underlay_ip(i: int) -> str:
-        """Host i's address on the underlay (ul0)."""
-        return f"{UNDERLAY_PREFIX}{i}"
+    @property
+    def families(self) -> tuple[int, ...]:
+        """The IP versions on the underlay: (4,), (6,) or (4, 6)."""
+        return {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}[self.underlay]
 
-    @staticmethod
-    def underlay_ip6(i: int) -> str:
-        """Host i's IPv6 address on the underlay (ul0), once enable_underlay6 gave it one."""
-        return f"{UNDERLAY6_PREFIX}{i}"
+    def underlay_ip(self, i: int, family: int | None = None) -> str:
+        """Host i's address on the underlay (ul0): of family 4 or 6, default the lab's (IPv4 in a dual lab)."""
+        family = family or self.families[0]
+        if family not in self.families:
+            raise LabError(f"this lab's underlay is {self.underlay}: no IPv{family} address")
+        return f"{UNDERLAY_PREFIX}{i}" if family == 4 else f"{UNDERLAY6_PREFIX}{i}"
+
+    def underlay_cidrs(self, i: int) -> list[str]:
+        """Host i's underlay addresses with their prefix lengths, as `ip addr add` takes them."""
+        plen = {4: UNDERLAY_PLEN, 6: UNDERLAY6_PLEN}
+        return [f"{self.underlay_ip(i, f)}/{plen[f]}" for f in self.families]
+
+    def add_underlay_addresses(self, i: int, dev: str) -> None:
+        """Put host i's underlay addresses on dev (ul0, or OVS's br-phy), IPv6 enabled there and without DAD."""
+        h = self.host(i)
+        if 6 in self.families:
+            sh("ip", "netns", "exec", h, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=0")
+        for cidr in self.underlay_cidrs(i):
+            sh("ip", "-n", h, "addr", "add", cidr, "dev", dev, *(("nodad",) if ":" in cidr else ()))
+
+    def underlay_ip6(self, i: int) -> str:
+        """Host i's IPv6 address on the underlay (ul0), in an IPv6 or dual lab (or once enable_underlay6 ran)."""
+        return self.underlay_ip(i, 6)
 
     @staticmethod
     def overlay_ip(i: int) -> str:
@@ -137,7 +170,9 @@ class Lab:
         """
         self._ovs_config = dict(ovs_config or {})
         self._netns(self.switch)
-        sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+        # IPv6 underlay: no MLD snooping on the switch, so neighbour discovery never waits on group membership.
+        snoop = ("mcast_snooping", "0") if 6 in self.families else ()
+        sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge", *snoop)
         sh("ip", "-n", self.switch, "link", "set", "br0", "up")
         for i in range(1, self.n + 1):
             h, c = self.host(i), self.container(i)
@@ -148,7 +183,7 @@ class Lab:
                 sh("ip", "netns", "exec", h, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
             sh("ip", "-n", h, "link", "add", "ul0", "type", "veth", "peer", "name", f"p{i}", "netns", self.switch)
             sh("ip", "-n", self.switch, "link", "set", f"p{i}", "master", "br0", "up")
-            sh("ip", "-n", h, "addr", "add", f"{self.underlay_ip(i)}/24", "dev", "ul0")
+            self.add_underlay_addresses(i, "ul0")
             sh("ip", "-n", h, "link", "set", "ul0", "up")
             sh("ip", "-n", h, "link", "add", "vm0", "type", "veth", "peer", "name", "eth0", "netns", c)
             sh("ip", "-n", h, "link", "set", "vm0", "up")
@@ -165,12 +200,14 @@ class Lab:
         return self
 
     def enable_underlay6(self, hosts: range | None = None) -> None:
-        """IPv6 on every host's ul0 (only there: the bridge and TAP stay quiet), address underlay_ip6(i)/64
-        without duplicate address detection (usable at once)."""
+        """An IPv4 lab, built, becomes dual-stack: IPv6 on each host's ul0 (only there: the bridge and TAP
+        stay quiet), address underlay_ip6(i)/64 without duplicate address detection (usable at once)."""
+        if self.underlay == "ipv4":
+            self.underlay = "dual"
         for i in hosts or range(1, self.n + 1):
             h = self.host(i)
             sh("ip", "netns", "exec", h, "sysctl", "-qw", "net.ipv6.conf.ul0.disable_ipv6=0")
-            sh("ip", "-n", h, "-6", "addr", "add", f"{self.underlay_ip6(i)}/64", "dev", "ul0", "nodad")
+            sh("ip", "-n", h, "-6", "addr", "add", f"{self.underlay_ip6(i)}/{UNDERLAY6_PLEN}", "dev", "ul0", "nodad")
 
     def _ovs_bridge(self, i: int, tag: int | None) -> None:
         ovs = OvsInstance(self.host(i), self.workdir / f"ovs-h{i}", self._ovs_config)
@@ -203,13 +240,12 @@ class Lab:
             self.wait_ready(daemon)
         return daemon
 
-    def start_mesh(self, mode: str, *extra: str, hosts: range | None = None, family: int = 4) -> None:
-        """ovl-dp on every host (or those in hosts), each with all the others as remotes (by their IPv6
-        underlay addresses with family 6)."""
+    def start_mesh(self, mode: str, *extra: str, hosts: range | None = None, family: int | None = None) -> None:
+        """ovl-dp on every host (or those in hosts), each with all the others as remotes (by their underlay
+        addresses of family 4 or 6; default the lab's, see underlay_ip)."""
         members = list(hosts or range(1, self.n + 1))
-        addr = self.underlay_ip6 if family == 6 else self.underlay_ip
         for i in members:
-            remotes = [a for j in members if j != i for a in ("--remote", addr(j))]
+            remotes = [a for j in members if j != i for a in ("--remote", self.underlay_ip(j, family))]
             self.start(i, "--mode", mode, *remotes, *extra)
 
     @staticmethod
@@ -312,14 +348,16 @@ class Lab:
 SEED_TAG = 20  # the scenario's access VLAN of vmX and vmY on br-int
 
 
-def container_mtu(mode: str, underlay_mtu: int = 1500, tagged: bool = False) -> int:
+def container_mtu(mode: str, underlay_mtu: int = 1500, tagged: bool = False, family: int = 4) -> int:
     """The MTU containers need so that their frames fit the tunnel (as with a kernel tunnel).
 
-    tagged: frames cross the tunnel with an 802.1Q tag (the TAP is an OVS trunk port), 4 bytes more.
+    tagged: frames cross the tunnel with an 802.1Q tag (the TAP is an OVS trunk port), 4 bytes more;
+    family 6: the outer header is IPv6 (RFC 8200: 40 bytes, 20 more than IPv4's).
     """
-    return underlay_mtu - lookup(mode)(None).overhead() - (VLAN_HLEN if tagged else 0)
+    outer6 = IPV6_HLEN - IPV4_HLEN if family == 6 else 0
+    return underlay_mtu - lookup(mode)(None).overhead() - outer6 - (VLAN_HLEN if tagged else 0)
 
 
-def seed_lab() -> Lab:
+def seed_lab(underlay: str = "ipv4") -> Lab:
     """The seed scenario's two hosts yy2/yy3 and containers vmX/vmY (built by the caller)."""
-    return Lab(2, host_names=("yy2", "yy3"), container_names=("vmX", "vmY"))
+    return Lab(2, host_names=("yy2", "yy3"), container_names=("vmX", "vmY"), underlay=underlay)

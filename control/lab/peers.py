@@ -30,11 +30,17 @@ from control.procs import wait_until
 # -- the Linux kernel's vxlan device ------------------------------------------------
 
 
-def kernel_vxlan(lab: Lab, i: int, remote: int, vni: int, port: int, *extra: str, name: str = "vx0") -> str:
-    """A kernel vxlan device on host i towards host remote, a port of the host's Linux bridge br-int, up."""
+def kernel_vxlan(
+    lab: Lab, i: int, remote: int, vni: int, port: int, *extra: str, name: str = "vx0", family: int | None = None
+) -> str:
+    """A kernel vxlan device on host i towards host remote, a port of the host's Linux bridge br-int, up.
+
+    family: the underlay family of remote and local (default the lab's); extra: more `ip link add ... type
+    vxlan` options, e.g. ("udp6zerocsumtx", "udp6zerocsumrx") or ("noudpcsum",).
+    """
     h = lab.host(i)
-    sh("ip", "-n", h, "link", "add", name, "type", "vxlan", "id", str(vni), "remote", lab.underlay_ip(remote),
-       "local", lab.underlay_ip(i), "dstport", str(port), "dev", "ul0", *extra)  # fmt: skip
+    sh("ip", "-n", h, "link", "add", name, "type", "vxlan", "id", str(vni), "remote", lab.underlay_ip(remote, family),
+       "local", lab.underlay_ip(i, family), "dstport", str(port), "dev", "ul0", *extra)  # fmt: skip
     sh("ip", "-n", h, "link", "set", name, "master", "br-int", "up")
     return name
 
@@ -54,7 +60,9 @@ def ovs_underlay_bridge(lab: Lab, i: int) -> None:
     that owns the local underlay address: br-phy (datapath_type=netdev, the MAC of
     ul0) gets ul0 as a port, and 192.0.2.i/24 moves from ul0 to br-phy's internal
     interface. The tunnel neighbours are learned once a tunnel port exists
-    (ovs_tunnel_port).
+    (ovs_tunnel_port). An IPv6 underlay moves the same way (fd00:192:2::i/64, IPv6
+    enabled on br-phy, no DAD); OVS then resolves its tunnel neighbours with
+    neighbour discovery instead of ARP (it snoops the advertisements).
     """
     ovs, h = lab.ovs[i], lab.host(i)
     hwaddr = mac_of(h, "ul0")
@@ -65,49 +73,63 @@ def ovs_underlay_bridge(lab: Lab, i: int) -> None:
     # 192.0.2.i is local (now on br-phy), so it would answer the tunnel packets with ICMP unreachables and
     # ARP requests a second time. It has its copy through br-phy: on ul0, strict reverse-path filtering
     # (the route back is via br-phy) drops the IP packets, arp_ignore=8 the ARP replies.
+    # IPv6 has no such filter: ul0's IPv6 is switched off again (its addresses go with it), and the
+    # stack drops every IPv6 packet arriving on it.
     nsexec(h, "sysctl", "-qw", "net.ipv4.conf.ul0.rp_filter=1", "net.ipv4.conf.ul0.arp_ignore=8")
-    sh("ip", "-n", h, "addr", "del", f"{lab.underlay_ip(i)}/24", "dev", "ul0")
-    sh("ip", "-n", h, "addr", "add", f"{lab.underlay_ip(i)}/24", "dev", "br-phy")
+    for cidr in lab.underlay_cidrs(i):
+        if ":" not in cidr:
+            sh("ip", "-n", h, "addr", "del", cidr, "dev", "ul0")
+    if 6 in lab.families:
+        nsexec(h, "sysctl", "-qw", "net.ipv6.conf.ul0.disable_ipv6=1")
+    lab.add_underlay_addresses(i, "br-phy")
     sh("ip", "-n", h, "link", "set", "br-phy", "up")
     wait_until(f"br-phy's MAC {hwaddr} on host {i}", lambda: mac_of(h, "br-phy") == hwaddr)
     wait_until(f"OVS's route via br-phy on host {i}", lambda: "dev br-phy" in ovs.appctl("ovs/route/show"))
 
 
-def learn_tunnel_neighbour(lab: Lab, i: int, j: int, timeout: float = 10.0) -> None:
-    """Make OVS on host i snoop host j's underlay MAC: fresh ARP (flush, then ping) until tnl/neigh has it.
+def learn_tunnel_neighbour(lab: Lab, i: int, j: int, timeout: float = 10.0, family: int | None = None) -> None:
+    """Make OVS on host i snoop host j's underlay MAC: fresh ARP/ND (flush, then ping) until tnl/neigh has it.
 
-    OVS snoops ARP replies only while the datapath has a tunnel port, and the kernel
-    does not ARP again while its own neighbour entry lives, hence the flush.
+    OVS snoops ARP replies and neighbour advertisements only while the datapath has a
+    tunnel port, and the kernel does not resolve again while its own neighbour entry
+    lives, hence the flush.
     """
-    ovs, h, peer = lab.ovs[i], lab.host(i), lab.underlay_ip(j)
+    ovs, h, peer = lab.ovs[i], lab.host(i), lab.underlay_ip(j, family)
 
     def learned() -> bool:
         if peer in ovs.appctl("tnl/neigh/show"):
             return True
         sh("ip", "-n", h, "neigh", "flush", "dev", "br-phy")
-        ping_underlay(lab, i, j)
+        ping_underlay(lab, i, j, family)
         return False
 
     wait_until(f"OVS on host {i} to learn {peer}", learned, timeout, 0.1, detail=lambda: ovs_debug(lab, i))
 
 
-def ping_underlay(lab: Lab, src: int, dst: int) -> None:
+def ping_underlay(lab: Lab, src: int, dst: int, family: int | None = None) -> None:
     """Ping host dst's underlay address from host src (a few tries: OVS may still be adding the port)."""
+    addr = lab.underlay_ip(dst, family)
     for _ in range(10):
-        res = nsexec(lab.host(src), "ping", "-n", "-q", "-c", "1", "-W", "1", lab.underlay_ip(dst), check=False)
+        res = nsexec(lab.host(src), "ping", "-n", "-q", "-c", "1", "-W", "1", addr, check=False)
         if res.returncode == 0:
             return
-    raise LabError(f"host {src} cannot reach {lab.underlay_ip(dst)} on the underlay: {res.stdout}")
+    raise LabError(f"host {src} cannot reach {addr} on the underlay: {res.stdout}")
 
 
-def ovs_tunnel_port(lab: Lab, i: int, kind: str, remote: int, *options: str, name: str = "tun0") -> str:
-    """An OVS native tunnel port (type kind: gre, vxlan) on host i's br-int towards host remote.
+def ovs_tunnel_port(
+    lab: Lab, i: int, kind: str, remote: int, *options: str, name: str = "tun0", family: int | None = None
+) -> str:
+    """An OVS native tunnel port (type kind: gre, vxlan, ip6gre) on host i's br-int towards host remote.
 
-    Needs ovs_underlay_bridge(lab, i) first; returns once OVS knows the remote's underlay MAC.
+    remote_ip is the remote's underlay address of family (default the lab's; an IPv6
+    one for ip6gre). Needs ovs_underlay_bridge(lab, i) first; returns once OVS knows
+    the remote's underlay MAC.
     """
+    if kind == "ip6gre":
+        family = 6
     lab.ovs[i].vsctl("add-port", "br-int", name, "--", "set", "interface", name, f"type={kind}",
-                     f"options:remote_ip={lab.underlay_ip(remote)}", *options)  # fmt: skip
-    learn_tunnel_neighbour(lab, i, remote)
+                     f"options:remote_ip={lab.underlay_ip(remote, family)}", *options)  # fmt: skip
+    learn_tunnel_neighbour(lab, i, remote, family=family)
     return name
 
 

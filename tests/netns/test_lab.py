@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from control import ovs
 from control.procs import wait_until
 from tests.conftest import lab_namespaces
 
@@ -48,3 +49,22 @@ def test_lab_interrupted_tears_down() -> None:
             proc.kill()
             proc.wait()
     assert lab_namespaces(proc.pid) == []
+
+
+@pytest.mark.parametrize("bridge", ["linux", "ovs"])
+def test_lab_over_an_ipv6_underlay(bridge: str) -> None:
+    """`ovl-dp lab --underlay ipv6`: the seed scenario in both modes with the hosts joined over fd00:192:2::/64."""
+    from tests.interop_util import ovl_ipv6_missing
+
+    if (missing := ovl_ipv6_missing("vxlan")) or (missing := ovl_ipv6_missing("gre")):
+        pytest.skip(missing)
+    if bridge == "ovs" and (no_ovs := ovs.installed()):
+        pytest.skip(no_ovs)
+    cmd = [sys.executable, "-m", "control.cli", "lab", "--underlay", "ipv6", "--bridge-type", bridge, "--seconds", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=240)
+    assert lab_namespaces(proc.pid) == []
+    assert proc.returncode == 0, out + err
+    for mode in ("gre", "vxlan"):
+        assert f"mode {mode} over IPv6, {bridge} br-int: OK" in out, out
+    assert "IPv6 underlay fd00:192:2::/64" in out and "loss 0%" in out, out

@@ -101,8 +101,9 @@ def test_lab_without_open_vswitch(monkeypatch: pytest.MonkeyPatch, capsys: pytes
     monkeypatch.setattr(cli, "_privilege_problem", lambda: None)
     ran: list[str] = []
 
-    def fake_demo(mode: str, seconds: int, fast: bool, bridge: str) -> dict[str, object]:
+    def fake_demo(mode: str, seconds: int, fast: bool, bridge: str, underlay: str) -> dict[str, object]:
         ran.append(bridge)
+        assert underlay == "ipv4"  # the default
         raise lab.LabError("not run in this test")
 
     monkeypatch.setattr(lab, "_demo", fake_demo)
