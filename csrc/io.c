@@ -22,7 +22,8 @@ struct ovl_io {
     struct mmsghdr *tx_msg;                     /* batch * tx_slots */
     struct iovec *tx_iov;                       /* 2 per tx message: outer header, inner frame */
     struct iovec gso_iov[2 * UDP_GSO_MAX_SEGS]; /* one UDP_SEGMENT send */
-    _Alignas(struct cmsghdr) char gso_cmsg[CMSG_SPACE(sizeof(uint16_t)) + ECN_GSO_CMSG]; /* UDP_SEGMENT size; IP_TOS, IP_TTL */
+    /* the UDP_SEGMENT size; ecn.c: IP_TOS, IP_TTL */
+    _Alignas(struct cmsghdr) char gso_cmsg[CMSG_SPACE(sizeof(uint16_t)) + ECN_GSO_CMSG];
     struct mmsghdr *rx_msg; /* batch */
     struct iovec *rx_iov;
     struct sockaddr_in *rx_addr;
