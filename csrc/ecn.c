@@ -185,7 +185,8 @@ uint8_t ecn_rx_tos(const struct ovl_config *c, struct msghdr *h, const uint8_t *
         for (struct cmsghdr *cm = CMSG_FIRSTHDR(h); cm; cm = CMSG_NXTHDR(h, cm)) {
             if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_TOS && cm->cmsg_len >= CMSG_LEN(1))
                 return *(const uint8_t *)CMSG_DATA(cm);
-            if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_TCLASS && cm->cmsg_len >= CMSG_LEN(sizeof(int))) {
+            if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_TCLASS &&
+                cm->cmsg_len >= CMSG_LEN(sizeof(int))) {
                 int v;
                 memcpy(&v, CMSG_DATA(cm), sizeof(v));
                 return (uint8_t)v;

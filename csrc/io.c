@@ -25,7 +25,8 @@ struct ovl_io {
     struct iovec *tx_iov;                       /* 2 per tx message: outer header, inner frame */
     const struct tx_out **tx_out_of;            /* the packet of each tx message (batch * tx_slots) */
     struct iovec gso_iov[2 * UDP_GSO_MAX_SEGS]; /* one UDP_SEGMENT send */
-    _Alignas(struct cmsghdr) char gso_cmsg[CMSG_SPACE(sizeof(uint16_t)) + ECN_GSO_CMSG]; /* UDP_SEGMENT size; IP_TOS, IP_TTL */
+    /* the UDP_SEGMENT size; ecn.c: IP_TOS, IP_TTL */
+    _Alignas(struct cmsghdr) char gso_cmsg[CMSG_SPACE(sizeof(uint16_t)) + ECN_GSO_CMSG];
     struct mmsghdr *rx_msg; /* batch */
     struct iovec *rx_iov;
     struct sockaddr_in6 *rx_addr;                /* room for either family's source */
