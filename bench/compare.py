@@ -64,6 +64,7 @@ from control.procs import sigterm_raises_interrupt, wait_until
 
 VNI = 42
 MTU = 1450  # what the kernel's VXLAN leaves of a 1500-byte underlay; the same for all that can carry it
+MTU6 = 1430  # the same over an IPv6 underlay (an IPv6 header is 20 bytes longer)
 ETH_HLEN = 14
 PING_COUNT = 200
 PING_INTERVAL = 0.01
@@ -89,6 +90,7 @@ class Datapath:
     default: bool = True
     versus: str | None = None  # a second reference: the datapath this one replaces (ratios in the table too)
     ovs_config: tuple[tuple[str, str], ...] = ()  # other_config of both hosts' Open vSwitch, set before it starts
+    underlay: str = "ipv4"  # the lab's underlay family (control.lab.hosts.UNDERLAYS)
 
 
 def _kernel_vxlan(lab: Lab) -> list[int]:
@@ -175,6 +177,12 @@ DATAPATHS: dict[str, Datapath] = {
         Datapath("ovl-dp-gre-no-ring", "ovl-dp GRE --tx-ring off", _ovl("gre", "--tx-ring", "off"), default=False),
         Datapath("ovl-dp-vxlan-no-thread", "ovl-dp VXLAN --no-dp-thread", _ovl("vxlan", "--no-dp-thread"),
                  default=False),
+        # Over an IPv6 underlay (issue 11), run only when named with --only:
+        Datapath("kernel-vxlan6", "kernel VXLAN over IPv6", _kernel_vxlan, mtu=MTU6, default=False, underlay="ipv6"),
+        Datapath("ovl-dp-vxlan6", "ovl-dp VXLAN over IPv6", _ovl("vxlan"), mtu=MTU6, default=False, underlay="ipv6",
+                 versus="kernel-vxlan6"),
+        Datapath("ovl-dp-gre6", "ovl-dp GRE over IPv6", _ovl("gre"), mtu=MTU6, default=False, underlay="ipv6",
+                 versus="kernel-vxlan6"),
     )
 }  # fmt: skip
 
@@ -220,7 +228,7 @@ def measure(dp: Datapath, seconds: int, say: Callable[[str], None], ping_count: 
     metrics: dict[str, float] = rnd["metrics"]
     errors: dict[str, str] = rnd["errors"]
     try:
-        with Lab(2) as lab:
+        with Lab(2, underlay=dp.underlay) as lab:
             say("building the lab")
             if dp.ovs_config:
                 lab.build(dp.mtu, bridge=dp.bridge, ovs_config=dict(dp.ovs_config))
