@@ -120,7 +120,7 @@ def test_without_the_replies_tcp_stalls(mode: str) -> None:
 def test_inner_ipv4_without_df_is_fragmented_per_df(mode: str, path: str, tmp_path: Any) -> None:
     with Lab(2) as lab:
         lab.build(1500)
-        start(lab, mode, path)
+        start(lab, mode, path, "--df", "unset")  # (GRE's default is set, as the kernel's gretap)
         res = sh(
             "ip", "netns", "exec", lab.container(1), "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "2",
             "-M", "dont", "-s", "1472", lab.overlay_ip(2), check=False,
@@ -257,7 +257,8 @@ def test_route_mtu_lowered_while_traffic_flows(mode: str) -> None:
 def test_icmp_from_an_underlay_router_lowers_the_path_mtu(mode: str) -> None:
     """h1 -- r -- h2, the r-h2 link 1400 bytes: r answers h1's 1500-byte outer packets with ICMP
     "fragmentation needed"; ovl-dp reads it (the kernel records no exception for our raw socket's
-    VXLAN packets) and tells the containers."""
+    VXLAN packets) and tells the containers. --df set: with VXLAN's default (unset, as the kernel's vxlan)
+    the router fragments the outer packets instead and no ICMP comes."""
     with Lab(2) as lab:
         lab.build(1500)
         r = f"{lab.tag}-r"
@@ -275,8 +276,8 @@ def test_icmp_from_an_underlay_router_lowers_the_path_mtu(mode: str) -> None:
             sh("ip", "-n", r, "link", "set", theirs, "up")
             other = "10.98.2.0/24" if i == 1 else "10.98.1.0/24"
             sh("ip", "-n", h, "route", "add", other, "via", f"{net}.2")
-        lab.start(1, "--mode", mode, "--remote", "10.98.2.1", "--mtu", "1500")
-        lab.start(2, "--mode", mode, "--remote", "10.98.1.1", "--mtu", "1500")
+        lab.start(1, "--mode", mode, "--remote", "10.98.2.1", "--mtu", "1500", "--df", "set")
+        lab.start(2, "--mode", mode, "--remote", "10.98.1.1", "--mtu", "1500", "--df", "set")
         assert lab.ping(1, 2, count=2)["loss"] < 100
         result = iperf(lab, 1, 2, v6=False, seconds=3)
         assert "error" not in result and received(result) > 1_000_000, result.get("end")
