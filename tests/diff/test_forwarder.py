@@ -221,7 +221,13 @@ def syn_payload(rnd: random.Random) -> bytes:
     tcp = rnd.randbytes(12) + bytes([(20 + len(opts)) // 4 << 4, flags]) + rnd.randbytes(6) + opts
     if rnd.random() < 0.5:
         ip = ipv4.build_header(
-            rnd.randbytes(4), rnd.randbytes(4), 6, len(tcp), rnd.randrange(1, 256), rnd.randrange(256), rnd.random() < 0.7
+            rnd.randbytes(4),
+            rnd.randbytes(4),
+            6,
+            len(tcp),
+            rnd.randrange(1, 256),
+            rnd.randrange(256),
+            rnd.random() < 0.7,
         )
         return b"\x08\x00" + ip + tcp
     first = 6 << 28 | rnd.randrange(256) << 20 | rnd.randrange(1 << 20)
