@@ -454,6 +454,10 @@ void pmtu_begin(struct ovl_dp *dp);
 void pmtu_flush(struct ovl_dp *dp, int tap_fd);
 /* io_send: the queued copies leave in fragments through the raw socket. */
 void pmtu_send_frags(struct ovl_dp *dp, int send_fd);
+/* An outer IPv4 header h that leaves without the raw socket (TX ring, injection TAP) and without DF gets
+ * an IP id of its own, and n - 1 more for the segments the kernel cuts from it (RFC 6864 4.1: the raw
+ * socket's kernel picks one for an id of 0; DF packets keep 0, as it leaves them); checksum updated. */
+void pmtu_ident(struct ovl_dp *dp, uint8_t *h, uint32_t n);
 /* ---- TCP MSS clamping (issue 11, mss part: mss.c) ---- */
 #define TCP_SYN 0x02
 /* ovl_tx_process, with the clamp on: frame f of len bytes (a mapped VLAN's tag stripped) to remote

@@ -317,6 +317,18 @@ int tx_copy(struct ovl_dp *dp, uint32_t i, uint32_t r, const struct tx_frame *tf
     return 0;
 }
 
+void pmtu_ident(struct ovl_dp *dp, uint8_t *h, uint32_t n) {
+    struct ovl_pmtu *pm = dp->pm;
+    if (h[0] >> 4 != 4 || (get16(h + 6) & IP_DF))
+        return;
+    put16(h + 4, pm->ip_id); /* the fragments' counter (tx_copy): one id space towards every remote */
+    put16(h + 10, 0);
+    put16(h + 10, fold(sum16(h, IPV4_HLEN)));
+    pm->ip_id = (uint16_t)(pm->ip_id + (n ? n : 1));
+    if (!pm->ip_id)
+        pm->ip_id = 1;
+}
+
 void pmtu_origin(struct ovl_dp *dp, uint32_t m, uint32_t k, uint32_t frame) {
     struct ovl_pmtu *pm = dp->pm;
     pm->mark_call = pm->tx_calls + 1; /* the marks hold for the ovl_tx_process that follows */
