@@ -452,7 +452,17 @@ def run_churn(cfg: Config, seed: int, batches: int = 60) -> None:
 
 
 @pytest.mark.parametrize("seed", range(12))
-@pytest.mark.parametrize("name", ["vxlan", "vxlan_csum_smallbatch_cap", "gre_key_one_remote", "vxlan_vlans_csum"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "vxlan",
+        "vxlan_csum_smallbatch_cap",
+        "gre_key_one_remote",
+        "vxlan_vlans_csum",
+        "vxlan6_mixed",  # issue 11: IPv4 remotes come and go beside IPv6 ones (set_remote_local of another family)
+        "vxlan6_mixed_clamp_inherit_pmtu",
+    ],
+)
 def test_random_batches_with_remote_churn(name: str, seed: int) -> None:
     run_churn(CONFIGS[name], seed)
 
