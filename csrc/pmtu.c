@@ -68,7 +68,6 @@ struct ovl_pmtu {
     uint32_t origin[OVL_MAX_BATCH];
     uint64_t tx_calls, mark_call, gen, last_origin;
     uint32_t n_frag;
-    uint16_t ip_id;
     struct frag_job frag[FRAG_QUEUE];
     uint8_t fbuf[FRAG_BUF]; /* the fragments of one job, one after the other */
 };
@@ -235,7 +234,7 @@ int pmtu_new(struct ovl_dp *dp) {
         return -1;
     dp->pm->rate = OVL_PMTU_RATE;
     dp->pm->burst = OVL_PMTU_BURST;
-    dp->pm->ip_id = 1;
+    dp->ip_id = 1;
     return 0;
 }
 
@@ -306,8 +305,8 @@ int tx_copy(struct ovl_dp *dp, uint32_t i, uint32_t r, const struct tx_frame *tf
         j->remote = r;
         j->hdr_len = (uint16_t)outer_push(c, &dp->outer[r], tf, len, j->hdr);
         ecn_outer(c, j->hdr, dp->tx_data[i], len); /* ecn.c: DS field, TTL (DF clear: may_fragment) */
-        j->id = pm->ip_id;
-        pm->ip_id = (uint16_t)(pm->ip_id + 1) ? (uint16_t)(pm->ip_id + 1) : 1; /* never 0: the kernel would pick one */
+        j->id = dp->ip_id;
+        dp->ip_id = (uint16_t)(dp->ip_id + 1) ? (uint16_t)(dp->ip_id + 1) : 1; /* never 0: the kernel would pick one */
         dp->stats[OVL_STAT_TX_FRAGMENTED]++;
         return 2;
     }
@@ -315,18 +314,6 @@ int tx_copy(struct ovl_dp *dp, uint32_t i, uint32_t r, const struct tx_frame *tf
     if (usable < *room)
         *room = usable;
     return 0;
-}
-
-void pmtu_ident(struct ovl_dp *dp, uint8_t *h, uint32_t n) {
-    struct ovl_pmtu *pm = dp->pm;
-    if (h[0] >> 4 != 4 || (get16(h + 6) & IP_DF))
-        return;
-    put16(h + 4, pm->ip_id); /* the fragments' counter (tx_copy): one id space towards every remote */
-    put16(h + 10, 0);
-    put16(h + 10, fold(sum16(h, IPV4_HLEN)));
-    pm->ip_id = (uint16_t)(pm->ip_id + (n ? n : 1));
-    if (!pm->ip_id)
-        pm->ip_id = 1;
 }
 
 void pmtu_origin(struct ovl_dp *dp, uint32_t m, uint32_t k, uint32_t frame) {
