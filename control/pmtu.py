@@ -45,6 +45,7 @@ IPV6_MIN_MTU = 1280
 ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED = 3, 4  # RFC 792 / RFC 1191
 ICMPV6_PKT_TOOBIG = 2  # RFC 4443
 IPPROTO_UDP, IPPROTO_GRE = 17, 47
+IPPROTO_ICMPV6, ICMP6_FILTER = 58, 1  # <netinet/in.h>, <netinet/icmp6.h>
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class PmtuKeeper:
         self.changes = 0
         self.icmp_seen = 0  # underlay "too big" messages about our packets
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sock: socket.socket | None = None
+        self._socks: list[tuple[socket.socket, int]] = []  # the raw ICMP / ICMPv6 sockets and their families
         self._timer: asyncio.TimerHandle | None = None
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -189,16 +190,25 @@ class PmtuKeeper:
     # -- on the loop ------------------------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Read underlay ICMP (if a raw ICMP socket can be opened) and poll the routes on loop."""
+        """Read underlay ICMP / ICMPv6 (if raw sockets can be opened: one per underlay family in use) and poll
+        the routes on loop."""
         self._loop = loop
-        try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        except OSError as exc:
-            log.warning("path MTU: no raw ICMP socket (%s): ICMP from the underlay is not followed", exc.strerror)
-        else:
+        for fam in sorted(self.engine.cfg.families):
+            af = socket.AF_INET6 if fam == 6 else socket.AF_INET
+            try:
+                sock = socket.socket(af, socket.SOCK_RAW, IPPROTO_ICMPV6 if fam == 6 else socket.IPPROTO_ICMP)
+                if fam == 6:  # only "packet too big" (RFC 3542 ICMP6_FILTER: a set bit blocks its type)
+                    blocked = [0xFFFFFFFF] * 8
+                    blocked[0] &= ~(1 << ICMPV6_PKT_TOOBIG)
+                    sock.setsockopt(IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("=8I", *blocked))
+            except OSError as exc:
+                what = "ICMPv6" if fam == 6 else "ICMP"
+                log.warning("path MTU: no raw %s socket (%s): %s from the underlay is not followed", what,
+                            exc.strerror, what)  # fmt: skip
+                continue
             sock.setblocking(False)
-            self._sock = sock
-            loop.add_reader(sock.fileno(), self._on_icmp)
+            self._socks.append((sock, af))
+            loop.add_reader(sock.fileno(), self._on_icmp, sock, af)
         self._timer = loop.call_later(POLL, self._tick)
 
     def _tick(self) -> None:
@@ -209,31 +219,30 @@ class PmtuKeeper:
         if self._loop is not None:
             self._timer = self._loop.call_later(POLL, self._tick)
 
-    def _on_icmp(self, budget: int = 64) -> None:
-        assert self._sock is not None
+    def _on_icmp(self, sock: socket.socket, family: int, budget: int = 64) -> None:
         for _ in range(budget):
             try:
-                pkt = self._sock.recv(2048)
+                pkt = sock.recv(2048)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 log.warning("path MTU: reading ICMP failed: %s", exc.strerror)
                 return
-            msg = parse_too_big(pkt, socket.AF_INET, self.proto, self.port)
+            msg = parse_too_big(pkt, family, self.proto, self.port)
             if msg is not None:
                 self.too_big(msg)
 
     def stop(self) -> None:
-        """Stop reading and polling; close the socket."""
+        """Stop reading and polling; close the sockets."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._sock is not None:
+        for sock, _ in self._socks:
             if self._loop is not None:
                 with contextlib.suppress(Exception):
-                    self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
+                    self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._socks = []
         self._loop = None
 
     def counters(self) -> dict[str, int]:

@@ -275,6 +275,7 @@ static int inj_write(struct ovl_dp *dp, const struct inj_frame *x, uint32_t r, u
     struct iovec iov[2];
     iov[0].iov_base = j->hdr;
     iov[0].iov_len = inj_build(dp, j, x, r, f, flen, j->hdr);
+    ip4_ident(dp, j->hdr + INJ_VNET_LEN + INJ_OUTER_ETH, x->nseg); /* without DF: ids for the segments */
     iov[1].iov_base = f;
     iov[1].iov_len = flen;
     ssize_t w;

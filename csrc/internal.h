@@ -308,6 +308,7 @@ struct ovl_dp {
     struct ovl_rings *rings; /* ring.c: NULL until a TX ring is set */
     int32_t send6_fd;        /* issue 11, v6: the raw IPv6 send socket (ovl_dp_set_send6_fd), or -1 */
     struct ovl_pmtu *pm;     /* pmtu.c: per-remote path MTU, ICMP replies, fragments */
+    uint16_t ip_id;          /* next outer IPv4 id: fragments (pmtu.c), no-DF packets off the raw path (ring.c) */
 };
 
 static inline void count_drop(struct ovl_dp *dp, int reason) { dp->drops[reason]++; }
@@ -408,6 +409,10 @@ int inject_take(struct ovl_dp *dp, uint32_t i, double now);
 int ring_put(struct ovl_dp *dp, const struct tx_out *o);
 void ring_flush(struct ovl_dp *dp);
 uint32_t ring_send(struct ovl_dp *dp, uint32_t k);
+/* An outer IPv4 header h that leaves without the raw socket (TX ring, injection TAP) and without DF gets
+ * an IP id of its own, and n - 1 more for the segments the kernel cuts from it (RFC 6864 4.1: the raw
+ * socket's kernel picks one for an id of 0; DF packets keep 0, as it leaves them); checksum updated. */
+void ip4_ident(struct ovl_dp *dp, uint8_t *h, uint32_t n);
 void ring_forget_remote(struct ovl_dp *dp, uint32_t r);
 void rings_free(struct ovl_rings *rs);
 

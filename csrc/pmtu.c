@@ -68,7 +68,6 @@ struct ovl_pmtu {
     uint32_t origin[OVL_MAX_BATCH];
     uint64_t tx_calls, mark_call, gen, last_origin;
     uint32_t n_frag;
-    uint16_t ip_id;
     struct frag_job frag[FRAG_QUEUE];
     uint8_t fbuf[FRAG_BUF]; /* the fragments of one job, one after the other */
 };
@@ -235,7 +234,7 @@ int pmtu_new(struct ovl_dp *dp) {
         return -1;
     dp->pm->rate = OVL_PMTU_RATE;
     dp->pm->burst = OVL_PMTU_BURST;
-    dp->pm->ip_id = 1;
+    dp->ip_id = 1;
     return 0;
 }
 
@@ -306,8 +305,8 @@ int tx_copy(struct ovl_dp *dp, uint32_t i, uint32_t r, const struct tx_frame *tf
         j->remote = r;
         j->hdr_len = (uint16_t)outer_push(c, &dp->outer[r], tf, len, j->hdr);
         ecn_outer(c, j->hdr, dp->tx_data[i], len); /* ecn.c: DS field, TTL (DF clear: may_fragment) */
-        j->id = pm->ip_id;
-        pm->ip_id = (uint16_t)(pm->ip_id + 1) ? (uint16_t)(pm->ip_id + 1) : 1; /* never 0: the kernel would pick one */
+        j->id = dp->ip_id;
+        dp->ip_id = (uint16_t)(dp->ip_id + 1) ? (uint16_t)(dp->ip_id + 1) : 1; /* never 0: the kernel would pick one */
         dp->stats[OVL_STAT_TX_FRAGMENTED]++;
         return 2;
     }

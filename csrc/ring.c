@@ -9,7 +9,8 @@
  * io_send gives a packet to ring_put: to a remote with a next hop it is copied into the next
  * free ring slot as Ethernet header + outer header + inner frame, exactly the bytes the raw
  * socket would have sent behind an Ethernet header (the outer IPv4 checksum is complete, the
- * IP id 0 with DF as the kernel's raw path leaves it, the VXLAN UDP checksum as outer_push
+ * IP id 0 with DF as the kernel's raw path leaves it, without DF an id of its own as that path
+ * gives one (ip4_ident), the VXLAN UDP checksum as outer_push
  * computed it); ring_flush then starts the kernel on every ring with one send() each. The
  * kernel adds nothing: no routing, no neighbour lookup, no netfilter OUTPUT / POSTROUTING,
  * no qdisc (bypass). A packet to a remote without a next hop, or one larger than the slot
@@ -178,6 +179,17 @@ static struct tpacket2_hdr *slot(const struct ovl_ring *g, uint32_t i) {
                                    (size_t)(i % g->per_block) * g->frame_size);
 }
 
+void ip4_ident(struct ovl_dp *dp, uint8_t *h, uint32_t n) {
+    if (h[0] >> 4 != 4 || (get16(h + 6) & IP_DF))
+        return;
+    put16(h + 4, dp->ip_id); /* the fragments' counter (pmtu.c tx_copy): one id space */
+    put16(h + 10, 0);
+    put16(h + 10, fold(sum16(h, IPV4_HLEN)));
+    dp->ip_id = (uint16_t)(dp->ip_id + (n ? n : 1));
+    if (!dp->ip_id)
+        dp->ip_id = 1;
+}
+
 /* 1: packet o is the ring's (queued, or dropped as tx_full); 0: it goes the raw way. */
 int ring_put(struct ovl_dp *dp, const struct tx_out *o) {
     struct ovl_rings *rs = dp->rings;
@@ -201,6 +213,7 @@ int ring_put(struct ovl_dp *dp, const struct tx_out *o) {
         rs->stats[OVL_RING_FALLBACK]++;
         return 0;
     }
+    ip4_ident(dp, (uint8_t *)h + RING_DATA + ETH_HLEN, 1); /* without DF: an IP id, as the raw socket's */
     h->tp_len = len;
     __atomic_store_n(&h->tp_status, TP_STATUS_SEND_REQUEST, __ATOMIC_RELEASE);
     g->next = g->next + 1 == g->frame_nr ? 0 : g->next + 1;

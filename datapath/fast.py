@@ -873,7 +873,8 @@ class FastForwarder:
 
     def tx_ring_frames(self, frames: Iterable[bytes]) -> list[tuple[int, bytes | None]]:
         """Frames from the TAP -> (remote index, Ethernet frame as its TX ring slot would hold it), as tx();
-        None for a packet that would go the raw way (no next hop, or too big for the ring's device)."""
+        None for a packet that would go the raw way (no next hop, or too big for the ring's device). (A packet
+        without DF gets an IP id in its slot too, csrc/ring.c ip4_ident; here it keeps the raw packet's 0.)"""
         dp = self._dp
         out: list[tuple[int, bytes | None]] = []
         remote = ffi.new("uint32_t *")

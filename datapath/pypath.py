@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from datapath import ecn, mss, pmtu
-from datapath.config import MAX_REMOTES, Config, Remote
+from datapath.config import MAX_REMOTES, Config, Remote, address_family
 from datapath.counters import FDB_FIELDS, REMOTE_FIELDS, STAT_FIELDS, Drop, Snapshot, drop_name
 from datapath.encap.ipv4 import IPV4_HLEN
 from datapath.encap.ipv6 import IPV6_HLEN
@@ -158,10 +158,13 @@ class PyForwarder:
         return self.fdb.flush(slot)
 
     def set_remote_local(self, slot: int, local: str) -> None:
-        """Send to the remote in slot from local from now on; FDB entries and counters stay (KeyError: a free slot)."""
+        """Send to the remote in slot from local from now on; FDB entries and counters stay (KeyError: a free slot
+        or an address of another family, as the C path)."""
         remote = self._slots[slot] if 0 <= slot < len(self._slots) else None
         if remote is None:
             raise KeyError(f"no remote in slot {slot}")
+        if address_family(local) != remote.family:
+            raise KeyError(f"remote {remote.addr} in slot {slot} is IPv{remote.family}: no local address {local}")
         moved = Remote(remote.addr, local)
         self._slots[slot] = moved
         self._ends[slot] = (moved.local_bytes, moved.addr_bytes)

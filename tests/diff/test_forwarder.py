@@ -155,6 +155,39 @@ CONFIGS = {
     "vxlan_tos_df_set": datapath_config(
         mode="vxlan", remotes=remotes(1), underlay_mtu=1500, tap_mtu=1450, tos=0x2E, ttl=200, df="set"
     ),
+    # issue 11, the parts together: a mixed mesh, the clamp following each remote's path MTU and outer length,
+    # the outer fields from the inner packet, per-remote path MTUs (PATH_MTUS) with too-big frames and fragments.
+    "vxlan6_mixed_clamp_inherit_pmtu": datapath_config(
+        mode="vxlan",
+        remotes=(*remotes(2), *remotes6(2)),
+        underlay_mtu=1500,
+        tap_mtu=1430,
+        vni=61,
+        tos="inherit",
+        ttl="inherit",
+        df="inherit",
+        clamp_mss="auto",
+        vlan_map=((10, 610),),
+        udp_csum=True,
+    ),
+    "gre6_mixed_clamp_inherit_pmtu": datapath_config(
+        mode="gre",
+        remotes=(*remotes6(2), *remotes(2)),
+        underlay_mtu=1500,
+        tap_mtu=1438,
+        key=62,
+        tos="inherit",
+        ttl="inherit",
+        df="inherit",
+        clamp_mss="auto",
+        vlan_map=((20, 620),),
+        batch=6,
+    ),
+}
+# Per-remote path MTUs (slot -> MTU; 0: the underlay's) the scenarios of these configs set on both forwarders.
+PATH_MTUS = {
+    "vxlan6_mixed_clamp_inherit_pmtu": {0: 1400, 2: 1300, 3: 0},
+    "gre6_mixed_clamp_inherit_pmtu": {0: 1350, 1: 0, 3: 1280},
 }
 # VIDs the frames use: mapped in some configs, unmapped in others; 0 is a priority tag, 4095 reserved.
 VIDS = [0, 1, 10, 10, 20, 20, 30, 4094, 4095]
@@ -180,6 +213,27 @@ def payload(rnd: random.Random) -> bytes:
     return rnd.randbytes(2) + rnd.randbytes(rnd.randrange(0, 100))
 
 
+def syn_payload(rnd: random.Random) -> bytes:
+    """An IPv4 / IPv6 TCP SYN, SYN-ACK or ACK with an MSS option (alone or among others), any DS field and TTL."""
+    mss_opt = struct.pack("!BBH", 2, 4, rnd.choice([536, 1200, 1300, 1380, 1400, 1460, 8960, 65535]))
+    opts = rnd.choice([mss_opt, b"\x01\x01" + mss_opt + b"\x01\x03\x03\x07" + b"\x00\x00"])
+    flags = rnd.choice([0x02, 0x02, 0x12, 0x12, 0x10])
+    tcp = rnd.randbytes(12) + bytes([(20 + len(opts)) // 4 << 4, flags]) + rnd.randbytes(6) + opts
+    if rnd.random() < 0.5:
+        ip = ipv4.build_header(
+            rnd.randbytes(4),
+            rnd.randbytes(4),
+            6,
+            len(tcp),
+            rnd.randrange(1, 256),
+            rnd.randrange(256),
+            rnd.random() < 0.7,
+        )
+        return b"\x08\x00" + ip + tcp
+    first = 6 << 28 | rnd.randrange(256) << 20 | rnd.randrange(1 << 20)
+    return b"\x86\xdd" + struct.pack("!IHBB", first, len(tcp), 6, rnd.randrange(1, 256)) + rnd.randbytes(32) + tcp
+
+
 def tag(rnd: random.Random) -> bytes:
     """Nothing (untagged), an 802.1Q tag with random PCP/DEI, or an 802.1ad tag (not a VLAN for us)."""
     kind = rnd.random()
@@ -197,10 +251,15 @@ def tx_frame(rnd: random.Random, cfg: Config) -> bytes:
     dst = rnd.choice([BCAST, MCAST, *FAR, *FAR, bytes([0x02, 0xCC, 0, 0, 0, 1])])
     if kind < 0.08:  # an 802.1Q TPID with the tag cut short: untagged, VLAN 0
         return dst + rnd.choice(LOCAL) + b"\x81\x00" + rnd.randbytes(rnd.randrange(3))
-    frame = dst + rnd.choice(LOCAL) + tag(rnd) + payload(rnd)
+    clamp = cfg.tunnel.clamp_mss_setting and rnd.random() < 0.3  # SYNs for the MSS clamp
+    frame = dst + rnd.choice(LOCAL) + tag(rnd) + (syn_payload(rnd) if clamp else payload(rnd))
     if kind < 0.15:  # right at or over the MTU limit (a stripped tag moves it by 4)
         room = cfg.underlay_mtu - cfg.outer_len - len(frame)
         frame += bytes(max(0, room + rnd.choice([0, 1, 2, 4, 5, 3000])))
+    elif kind < 0.3 and cfg.tunnel.clamp_mss_setting:  # around a path MTU, an IPv6 remote's 20 more bytes
+        mtu = rnd.choice([cfg.underlay_mtu, 1400, 1350, 1300, 1280])
+        room = mtu - cfg.outer_len - len(frame) - rnd.choice([0, 20])
+        frame += bytes(max(0, room + rnd.choice([-4, 0, 1, 4])))
     return frame
 
 
@@ -248,7 +307,8 @@ def rx_packet(rnd: random.Random, cfg: Config, pool: Sequence[Remote] = ()) -> R
 
 def _rx_packet(rnd: random.Random, cfg: Config, i: int | Remote) -> tuple[bytes, str, int]:
     src_mac = rnd.choice([*FAR, *FAR, *FAR, MCAST, BCAST, ZERO])
-    frame = rnd.choice([BCAST, *LOCAL]) + src_mac + tag(rnd) + payload(rnd)
+    clamp = cfg.tunnel.clamp_mss_setting and rnd.random() < 0.3  # SYN-ACKs for the MSS clamp
+    frame = rnd.choice([BCAST, *LOCAL]) + src_mac + tag(rnd) + (syn_payload(rnd) if clamp else payload(rnd))
     # The base id, a mapped id, an unknown id, or (GRE) no key field at all.
     tid = rnd.choice([None, None, rnd.randrange(1 << 24), *(t for _, t in cfg.tunnel.vlan_map)])
     r = cfg.remotes[i] if isinstance(i, int) else i
@@ -289,15 +349,23 @@ def assert_same(fp: fast.FastForwarder, pp: PyForwarder) -> None:
     assert fp.remotes() == pp.remotes()
 
 
+def name_of(cfg: Config) -> str:
+    return next(n for n, c in CONFIGS.items() if c is cfg)
+
+
 def run_scenario(cfg: Config, seed: int, batches: int = 40) -> None:
     rnd = random.Random(seed)
     clock = Clock()
     fp, pp = fast.FastForwarder(cfg, clock), PyForwarder(cfg, clock)
+    for fwd in (fp, pp):
+        for slot, mtu in PATH_MTUS.get(name_of(cfg), {}).items():
+            fwd.set_remote_mtu(slot, mtu)
     assert_same(fp, pp)
     for b in range(batches):
         if rnd.random() < 0.5:
             frames = [tx_frame(rnd, cfg) for _ in range(rnd.randrange(0, 2 * cfg.batch + 2))]
             assert fp.tx(frames) == pp.tx(frames), (seed, b)
+            assert fp.pmtu_replies() == pp.pmtu_replies(), (seed, b)
         else:
             packets = [rx_packet(rnd, cfg) for _ in range(rnd.randrange(0, 2 * cfg.batch + 2))]
             assert fp.rx(packets) == pp.rx(packets), (seed, b)
@@ -384,7 +452,17 @@ def run_churn(cfg: Config, seed: int, batches: int = 60) -> None:
 
 
 @pytest.mark.parametrize("seed", range(12))
-@pytest.mark.parametrize("name", ["vxlan", "vxlan_csum_smallbatch_cap", "gre_key_one_remote", "vxlan_vlans_csum"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "vxlan",
+        "vxlan_csum_smallbatch_cap",
+        "gre_key_one_remote",
+        "vxlan_vlans_csum",
+        "vxlan6_mixed",  # issue 11: IPv4 remotes come and go beside IPv6 ones (set_remote_local of another family)
+        "vxlan6_mixed_clamp_inherit_pmtu",
+    ],
+)
 def test_random_batches_with_remote_churn(name: str, seed: int) -> None:
     run_churn(CONFIGS[name], seed)
 

@@ -5,7 +5,7 @@ that do not fit the 1500-byte underlay once encapsulated. ovl-dp answers them wi
 needed" / ICMPv6 "packet too big", the container's kernel learns the path MTU (ip route get shows it)
 and iperf3 completes; with the replies off (--pmtu-icmp-rate 0) the same transfer stalls (as on main
 before this part: the frames were dropped and nobody was told). Inner IPv4 without DF is sent in outer
-fragments (--df unset, the default) and dropped with --df set (a config file: the option is the ecn
+fragments (--df unset, VXLAN's default; GRE's is set) and dropped with --df set (a config file: the option is the ecn
 part's).
 """
 
@@ -290,3 +290,38 @@ def test_icmp_from_an_underlay_router_lowers_the_path_mtu(mode: str) -> None:
         # needed. (GRE: the ICMP also reaches our raw GRE socket, and the kernel may record an exception.)
         if mode == "vxlan":
             assert "mtu" not in sh("ip", "-n", lab.host(1), "route", "get", "10.98.2.1").stdout
+
+
+@pytest.mark.parametrize("mode", ["vxlan", "gre"])
+def test_icmpv6_from_an_underlay_router_lowers_the_path_mtu(mode: str) -> None:
+    """The same over an IPv6 underlay (issue 11, v6 with pmtu): h1 -- r -- h2, the r-h2 link 1400 bytes, r
+    answers h1's 1500-byte outer IPv6 packets with ICMPv6 "packet too big"; ovl-dp reads it and tells the
+    containers (the outer IPv6 header is 20 bytes longer: the inner path 20 bytes shorter than over IPv4)."""
+    with Lab(2) as lab:
+        lab.build(1500)
+        r = f"{lab.tag}-r"
+        lab._netns(r)
+        sh("ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        for i, net in {1: "fd98:1:", 2: "fd98:2:"}.items():
+            h = lab.host(i)
+            sh("ip", "-n", h, "link", "add", "wan0", "type", "veth", "peer", "name", f"r{i}", "netns", r)
+            sh("ip", "netns", "exec", h, "sysctl", "-qw", "net.ipv6.conf.wan0.disable_ipv6=0")
+            sh("ip", "-n", h, "addr", "add", f"{net}:1/64", "dev", "wan0", "nodad")
+            sh("ip", "-n", r, "addr", "add", f"{net}:2/64", "dev", f"r{i}", "nodad")
+            if i == 2:
+                sh("ip", "-n", h, "link", "set", "wan0", "mtu", "1400")
+                sh("ip", "-n", r, "link", "set", f"r{i}", "mtu", "1400")
+            sh("ip", "-n", h, "link", "set", "wan0", "up")
+            sh("ip", "-n", r, "link", "set", f"r{i}", "up")
+            other = "fd98:2::/64" if i == 1 else "fd98:1::/64"
+            sh("ip", "-n", h, "-6", "route", "add", other, "via", f"{net}:2")
+        lab.start(1, "--mode", mode, "--remote", "fd98:2::1", "--mtu", "1500")
+        lab.start(2, "--mode", mode, "--remote", "fd98:1::1", "--mtu", "1500")
+        assert lab.ping(1, 2, count=2)["loss"] < 100
+        result = iperf(lab, 1, 2, v6=False, seconds=3)
+        assert "error" not in result and received(result) > 1_000_000, result.get("end")
+        overhead = 70 if mode == "vxlan" else 58
+        assert [row["path_mtu"] for row in remote_rows(lab, 1)] == [1400]
+        assert cached_mtu(lab, 1, lab.overlay_ip(2)) == 1400 - overhead
+        if mode == "vxlan":  # (GRE: the kernel may record an exception too, and the route poll see it first)
+            assert "an ICMP from the underlay reports 1400" in log_of(lab, 1)
