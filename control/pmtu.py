@@ -11,8 +11,8 @@ copy against it and answers the inner sender). :class:`PmtuKeeper` keeps it up t
   packet is one of ours (to a remote, from its local address, our encapsulation: UDP to our
   port, or GRE). The kernel does not record a PMTU exception for our VXLAN packets: they leave
   through the raw IPPROTO_RAW socket with a source port no socket is bound to (udp_err finds no
-  socket), so we read them on a raw ICMP socket ourselves (for GRE the ICMP also reaches our
-  raw GRE socket and the kernel may record one, seen by the poll as well). A learned value holds for
+  socket), so we read them on a raw ICMP socket ourselves (with IPv6 remotes on a raw ICMPv6 one
+  too; for GRE the ICMP also reaches our raw GRE socket and the kernel may record one, seen by the poll as well). A learned value holds for
   :data:`EXPIRES` seconds (the kernel's net.ipv4.route.mtu_expires), never below
   :data:`MIN_PMTU` (net.ipv4.route.min_pmtu), then the route's MTU applies again.
 
@@ -45,6 +45,14 @@ IPV6_MIN_MTU = 1280
 ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED = 3, 4  # RFC 792 / RFC 1191
 ICMPV6_PKT_TOOBIG = 2  # RFC 4443
 IPPROTO_UDP, IPPROTO_GRE = 17, 47
+ICMP6_FILTER = 1  # <netinet/icmp6.h>: a raw ICMPv6 socket's per-type filter (RFC 3542)
+
+
+def _icmp6_filter_pass(icmp_type: int) -> bytes:
+    """A struct icmp6_filter that blocks every ICMPv6 type but icmp_type (a set bit blocks, as in Linux)."""
+    words = [0xFFFFFFFF] * 8
+    words[icmp_type >> 5] &= ~(1 << (icmp_type & 31)) & 0xFFFFFFFF
+    return struct.pack("=8I", *words)
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,7 @@ class PmtuKeeper:
         self.changes = 0
         self.icmp_seen = 0  # underlay "too big" messages about our packets
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sock: socket.socket | None = None
+        self._socks: list[socket.socket] = []  # raw ICMP (and ICMPv6) sockets read on the loop
         self._timer: asyncio.TimerHandle | None = None
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -189,16 +197,25 @@ class PmtuKeeper:
     # -- on the loop ------------------------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Read underlay ICMP (if a raw ICMP socket can be opened) and poll the routes on loop."""
+        """Read underlay ICMP (if a raw ICMP socket can be opened; ICMPv6 too with IPv6 remotes) and poll
+        the routes on loop."""
         self._loop = loop
-        try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        except OSError as exc:
-            log.warning("path MTU: no raw ICMP socket (%s): ICMP from the underlay is not followed", exc.strerror)
-        else:
+        kinds = [(socket.AF_INET, socket.IPPROTO_ICMP, "ICMP")]
+        if 6 in self.engine.families:
+            kinds.append((socket.AF_INET6, socket.IPPROTO_ICMPV6, "ICMPv6"))
+        for fam, proto, name in kinds:
+            try:
+                sock = socket.socket(fam, socket.SOCK_RAW, proto)
+            except OSError as exc:
+                log.warning("path MTU: no raw %s socket (%s): %s from the underlay is not followed", name,
+                            exc.strerror, name)  # fmt: skip
+                continue
+            if fam == socket.AF_INET6:  # only "packet too big" (not every neighbour discovery message)
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, _icmp6_filter_pass(ICMPV6_PKT_TOOBIG))
             sock.setblocking(False)
-            self._sock = sock
-            loop.add_reader(sock.fileno(), self._on_icmp)
+            self._socks.append(sock)
+            loop.add_reader(sock.fileno(), self._on_icmp, sock)
         self._timer = loop.call_later(POLL, self._tick)
 
     def _tick(self) -> None:
@@ -209,17 +226,16 @@ class PmtuKeeper:
         if self._loop is not None:
             self._timer = self._loop.call_later(POLL, self._tick)
 
-    def _on_icmp(self, budget: int = 64) -> None:
-        assert self._sock is not None
+    def _on_icmp(self, sock: socket.socket, budget: int = 64) -> None:
         for _ in range(budget):
             try:
-                pkt = self._sock.recv(2048)
+                pkt = sock.recv(2048)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 log.warning("path MTU: reading ICMP failed: %s", exc.strerror)
                 return
-            msg = parse_too_big(pkt, socket.AF_INET, self.proto, self.port)
+            msg = parse_too_big(pkt, sock.family, self.proto, self.port)
             if msg is not None:
                 self.too_big(msg)
 
@@ -228,12 +244,12 @@ class PmtuKeeper:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._sock is not None:
+        for sock in self._socks:
             if self._loop is not None:
                 with contextlib.suppress(Exception):
-                    self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
+                    self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._socks = []
         self._loop = None
 
     def counters(self) -> dict[str, int]:
