@@ -12,7 +12,8 @@ copy against it and answers the inner sender). :class:`PmtuKeeper` keeps it up t
   port, or GRE). The kernel does not record a PMTU exception for our VXLAN packets: they leave
   through the raw IPPROTO_RAW socket with a source port no socket is bound to (udp_err finds no
   socket), so we read them on a raw ICMP socket ourselves (with IPv6 remotes on a raw ICMPv6 one
-  too; for GRE the ICMP also reaches our raw GRE socket and the kernel may record one, seen by the poll as well). A learned value holds for
+  too; for GRE the ICMP also reaches our raw GRE socket and the kernel may record one, seen by the
+  poll as well). A learned value holds for
   :data:`EXPIRES` seconds (the kernel's net.ipv4.route.mtu_expires), never below
   :data:`MIN_PMTU` (net.ipv4.route.min_pmtu), then the route's MTU applies again.
 
