@@ -289,3 +289,16 @@ def test_icmp_from_an_underlay_router_lowers_the_path_mtu(mode: str) -> None:
         # needed. (GRE: the ICMP also reaches our raw GRE socket, and the kernel may record an exception.)
         if mode == "vxlan":
             assert "mtu" not in sh("ip", "-n", lab.host(1), "route", "get", "10.98.2.1").stdout
+
+
+def test_a_remote_added_at_run_time_gets_its_smaller_path_mtu_at_once() -> None:
+    """`remote add` of a remote whose route has a smaller MTU: the datapath holds that path MTU from the
+    add on (too-big frames to it answered), not only from the next poll of the routes."""
+    with Lab(3) as lab:
+        lab.build(1500)
+        lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--mtu", "1500")
+        ip3 = lab.underlay_ip(3)
+        sh("ip", "-n", lab.host(1), "route", "add", f"{ip3}/32", "dev", "ul0", "src", lab.underlay_ip(1), "mtu", "1400")
+        res = sh("ip", "netns", "exec", lab.host(1), sys.executable, "-m", "control.cli", "remote", "add", ip3)
+        assert "warning: the path MTU towards" in res.stdout, res.stdout
+        assert {r["remote"]: r["path_mtu"] for r in remote_rows(lab, 1)} == {lab.underlay_ip(2): 1500, ip3: 1400}
