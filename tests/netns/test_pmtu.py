@@ -5,8 +5,7 @@ that do not fit the 1500-byte underlay once encapsulated. ovl-dp answers them wi
 needed" / ICMPv6 "packet too big", the container's kernel learns the path MTU (ip route get shows it)
 and iperf3 completes; with the replies off (--pmtu-icmp-rate 0) the same transfer stalls (as on main
 before this part: the frames were dropped and nobody was told). Inner IPv4 without DF is sent in outer
-fragments (--df unset, the default) and dropped with --df set (a config file: the option is the ecn
-part's).
+fragments (--df unset, VXLAN's default; GRE's is set) and dropped with --df set (a config file).
 """
 
 from __future__ import annotations
@@ -120,7 +119,7 @@ def test_without_the_replies_tcp_stalls(mode: str) -> None:
 def test_inner_ipv4_without_df_is_fragmented_per_df(mode: str, path: str, tmp_path: Any) -> None:
     with Lab(2) as lab:
         lab.build(1500)
-        start(lab, mode, path)
+        start(lab, mode, path, *(("--df", "unset") if mode == "gre" else ()))  # (VXLAN's default; GRE's is set)
         res = sh(
             "ip", "netns", "exec", lab.container(1), "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "2",
             "-M", "dont", "-s", "1472", lab.overlay_ip(2), check=False,
