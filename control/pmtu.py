@@ -11,8 +11,9 @@ copy against it and answers the inner sender). :class:`PmtuKeeper` keeps it up t
   packet is one of ours (to a remote, from its local address, our encapsulation: UDP to our
   port, or GRE). The kernel does not record a PMTU exception for our VXLAN packets: they leave
   through the raw IPPROTO_RAW socket with a source port no socket is bound to (udp_err finds no
-  socket), so we read them on a raw ICMP socket ourselves (for GRE the ICMP also reaches our
-  raw GRE socket and the kernel may record one, seen by the poll as well). A learned value holds for
+  socket), so we read them on a raw ICMP socket ourselves (with IPv6 remotes on a raw ICMPv6 one
+  too; for GRE the ICMP also reaches our raw GRE socket and the kernel may record one, seen by the
+  poll as well). A learned value holds for
   :data:`EXPIRES` seconds (the kernel's net.ipv4.route.mtu_expires), never below
   :data:`MIN_PMTU` (net.ipv4.route.min_pmtu), then the route's MTU applies again.
 
@@ -45,7 +46,14 @@ IPV6_MIN_MTU = 1280
 ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED = 3, 4  # RFC 792 / RFC 1191
 ICMPV6_PKT_TOOBIG = 2  # RFC 4443
 IPPROTO_UDP, IPPROTO_GRE = 17, 47
-IPPROTO_ICMPV6, ICMP6_FILTER = 58, 1  # <netinet/in.h>, <netinet/icmp6.h>
+ICMP6_FILTER = 1  # <netinet/icmp6.h>: a raw ICMPv6 socket's per-type filter (RFC 3542)
+
+
+def _icmp6_filter_pass(icmp_type: int) -> bytes:
+    """A struct icmp6_filter that blocks every ICMPv6 type but icmp_type (a set bit blocks, as in Linux)."""
+    words = [0xFFFFFFFF] * 8
+    words[icmp_type >> 5] &= ~(1 << (icmp_type & 31)) & 0xFFFFFFFF
+    return struct.pack("=8I", *words)
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,7 @@ class PmtuKeeper:
         self.changes = 0
         self.icmp_seen = 0  # underlay "too big" messages about our packets
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._socks: list[tuple[socket.socket, int]] = []  # the raw ICMP / ICMPv6 sockets and their families
+        self._socks: list[socket.socket] = []  # raw ICMP (and ICMPv6) sockets read on the loop
         self._timer: asyncio.TimerHandle | None = None
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -190,25 +198,25 @@ class PmtuKeeper:
     # -- on the loop ------------------------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Read underlay ICMP / ICMPv6 (if raw sockets can be opened: one per underlay family in use) and poll
+        """Read underlay ICMP (if a raw ICMP socket can be opened; ICMPv6 too with IPv6 remotes) and poll
         the routes on loop."""
         self._loop = loop
-        for fam in sorted(self.engine.cfg.families):
-            af = socket.AF_INET6 if fam == 6 else socket.AF_INET
+        kinds = [(socket.AF_INET, socket.IPPROTO_ICMP, "ICMP")]
+        if 6 in self.engine.families:
+            kinds.append((socket.AF_INET6, socket.IPPROTO_ICMPV6, "ICMPv6"))
+        for fam, proto, name in kinds:
             try:
-                sock = socket.socket(af, socket.SOCK_RAW, IPPROTO_ICMPV6 if fam == 6 else socket.IPPROTO_ICMP)
-                if fam == 6:  # only "packet too big" (RFC 3542 ICMP6_FILTER: a set bit blocks its type)
-                    blocked = [0xFFFFFFFF] * 8
-                    blocked[0] &= ~(1 << ICMPV6_PKT_TOOBIG)
-                    sock.setsockopt(IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("=8I", *blocked))
+                sock = socket.socket(fam, socket.SOCK_RAW, proto)
             except OSError as exc:
-                what = "ICMPv6" if fam == 6 else "ICMP"
-                log.warning("path MTU: no raw %s socket (%s): %s from the underlay is not followed", what,
-                            exc.strerror, what)  # fmt: skip
+                log.warning("path MTU: no raw %s socket (%s): %s from the underlay is not followed", name,
+                            exc.strerror, name)  # fmt: skip
                 continue
+            if fam == socket.AF_INET6:  # only "packet too big" (not every neighbour discovery message)
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, _icmp6_filter_pass(ICMPV6_PKT_TOOBIG))
             sock.setblocking(False)
-            self._socks.append((sock, af))
-            loop.add_reader(sock.fileno(), self._on_icmp, sock, af)
+            self._socks.append(sock)
+            loop.add_reader(sock.fileno(), self._on_icmp, sock)
         self._timer = loop.call_later(POLL, self._tick)
 
     def _tick(self) -> None:
@@ -219,7 +227,7 @@ class PmtuKeeper:
         if self._loop is not None:
             self._timer = self._loop.call_later(POLL, self._tick)
 
-    def _on_icmp(self, sock: socket.socket, family: int, budget: int = 64) -> None:
+    def _on_icmp(self, sock: socket.socket, budget: int = 64) -> None:
         for _ in range(budget):
             try:
                 pkt = sock.recv(2048)
@@ -228,7 +236,7 @@ class PmtuKeeper:
             except OSError as exc:
                 log.warning("path MTU: reading ICMP failed: %s", exc.strerror)
                 return
-            msg = parse_too_big(pkt, family, self.proto, self.port)
+            msg = parse_too_big(pkt, sock.family, self.proto, self.port)
             if msg is not None:
                 self.too_big(msg)
 
@@ -237,7 +245,7 @@ class PmtuKeeper:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for sock, _ in self._socks:
+        for sock in self._socks:
             if self._loop is not None:
                 with contextlib.suppress(Exception):
                     self._loop.remove_reader(sock.fileno())

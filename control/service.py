@@ -24,6 +24,7 @@ from datapath.engine import Engine
 from datapath.errors import SetupError
 from datapath.ether import format_mac, parse_mac
 from datapath.fdb import FdbFull
+from datapath.pmtu import MIN_MTU as MIN_PATH_MTU
 
 log = logging.getLogger("ovl-dp")
 
@@ -135,9 +136,12 @@ class Service:
         self.engine.add_remote(Remote(addr, local))
         log.info("remote %s added (local %s)", addr, local, extra={"event": "remote_added", "remote": addr})
         if mtu is not None and mtu < self.engine.cfg.underlay_mtu:
+            # Its path MTU from now on, not from the next poll of the routes (control/pmtu.py, which then agrees).
+            self.engine.set_remote_mtu(addr, max(mtu, MIN_PATH_MTU))
             warn = (
                 f"the path MTU towards {addr} is {mtu}, below the underlay MTU {self.engine.cfg.underlay_mtu} "
-                "the TAP MTU was derived from: larger frames to it will be dropped (tx_too_big / tx_error)"
+                "the TAP MTU was derived from: larger frames to it will be dropped (tx_too_big) and answered "
+                "with ICMP 'too big'"
             )
             log.warning("%s", warn)
             return f"; warning: {warn}"

@@ -257,7 +257,9 @@ class Engine:
                 underlay.check_socket(send6, "IPv6 sending", socket.SOCK_RAW, socket.IPPROTO_RAW, None, socket.AF_INET6)
             for sock in gso:
                 underlay.check_socket(sock, "UDP GSO", socket.SOCK_DGRAM, socket.IPPROTO_UDP, (cfg.bind, None))
-            underlay.enable_recv_tos(recv)  # ECN (an older daemon's socket may not have it)
+            for sock in (recv, recv2):  # ECN (an older daemon's sockets may not have it)
+                if sock is not None:
+                    underlay.enable_recv_tos(sock)
             for sock in gso:
                 underlay.set_gso_df(sock, encap.df != "unset")  # as this configuration says (--df)
             if inh.udp_gro and underlay.udp_gro_on(recv) is False:

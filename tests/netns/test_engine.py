@@ -547,3 +547,42 @@ def test_the_udp_gso_pool_is_handed_over_too() -> None:
             old.close()
 
     run_isolated(body)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_takeover_asks_for_the_outer_tos_on_every_receiving_socket(path: str) -> None:
+    """ECN needs the outer DS field of every received packet (IP_RECVTOS / IPV6_RECVTCLASS): the engine
+    built on another's fds asks for it on the IPv4 and the IPv6 receiving socket (the old one may not have)."""
+    skip_without_c(path)
+
+    def body() -> None:
+        underlay()
+        with open("/proc/sys/net/ipv6/conf/lo/disable_ipv6", "w") as f:  # (run_isolated turned it off)
+            f.write("0")
+        ip("addr", "add", "fd09::1/128", "dev", "lo", "nodad")
+        base = engine_cfg("vxlan", path)
+        cfg = dataclasses.replace(
+            base,
+            tunnel=dataclasses.replace(base.tunnel, local=(LOCAL, "fd09::1")),
+            remotes=(Remote(REMOTE, LOCAL), Remote("fd09::2", "fd09::1")),
+        )
+        old = Engine(cfg)
+        new: Engine | None = None
+        try:
+            assert old.recv_sock2 is not None and old.recv_sock2.family == socket.AF_INET6
+            old.recv_sock.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 0)  # as a daemon without ECN
+            old.recv_sock2.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 0)
+            inh = old.inherit()
+            new = Engine(
+                cfg,
+                inherited=dataclasses.replace(_dups(inh), recv2_fd=os.dup(inh.recv2_fd), send6_fd=os.dup(inh.send6_fd)),
+            )
+            assert new.recv_sock.getsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS) == 1
+            assert new.recv_sock2 is not None
+            assert new.recv_sock2.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS) == 1
+        finally:
+            if new is not None:
+                new.close()
+            old.close()
+
+    run_isolated(body)

@@ -5,8 +5,7 @@ that do not fit the 1500-byte underlay once encapsulated. ovl-dp answers them wi
 needed" / ICMPv6 "packet too big", the container's kernel learns the path MTU (ip route get shows it)
 and iperf3 completes; with the replies off (--pmtu-icmp-rate 0) the same transfer stalls (as on main
 before this part: the frames were dropped and nobody was told). Inner IPv4 without DF is sent in outer
-fragments (--df unset, VXLAN's default; GRE's is set) and dropped with --df set (a config file: the option is the ecn
-part's).
+fragments (--df unset, VXLAN's default; GRE's is set) and dropped with --df set (a config file).
 """
 
 from __future__ import annotations
@@ -276,6 +275,7 @@ def test_icmp_from_an_underlay_router_lowers_the_path_mtu(mode: str) -> None:
             sh("ip", "-n", r, "link", "set", theirs, "up")
             other = "10.98.2.0/24" if i == 1 else "10.98.1.0/24"
             sh("ip", "-n", h, "route", "add", other, "via", f"{net}.2")
+        # DF on the outer packets (GRE's default; VXLAN's is unset, as the kernel's vxlan: r would fragment them)
         lab.start(1, "--mode", mode, "--remote", "10.98.2.1", "--mtu", "1500", "--df", "set")
         lab.start(2, "--mode", mode, "--remote", "10.98.1.1", "--mtu", "1500", "--df", "set")
         assert lab.ping(1, 2, count=2)["loss"] < 100
@@ -325,3 +325,16 @@ def test_icmpv6_from_an_underlay_router_lowers_the_path_mtu(mode: str) -> None:
         assert cached_mtu(lab, 1, lab.overlay_ip(2)) == 1400 - overhead
         if mode == "vxlan":  # (GRE: the kernel may record an exception too, and the route poll see it first)
             assert "an ICMP from the underlay reports 1400" in log_of(lab, 1)
+
+
+def test_a_remote_added_at_run_time_gets_its_smaller_path_mtu_at_once() -> None:
+    """`remote add` of a remote whose route has a smaller MTU: the datapath holds that path MTU from the
+    add on (too-big frames to it answered), not only from the next poll of the routes."""
+    with Lab(3) as lab:
+        lab.build(1500)
+        lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--mtu", "1500")
+        ip3 = lab.underlay_ip(3)
+        sh("ip", "-n", lab.host(1), "route", "add", f"{ip3}/32", "dev", "ul0", "src", lab.underlay_ip(1), "mtu", "1400")
+        res = sh("ip", "netns", "exec", lab.host(1), sys.executable, "-m", "control.cli", "remote", "add", ip3)
+        assert "warning: the path MTU towards" in res.stdout, res.stdout
+        assert {r["remote"]: r["path_mtu"] for r in remote_rows(lab, 1)} == {lab.underlay_ip(2): 1500, ip3: 1400}
