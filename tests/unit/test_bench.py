@@ -205,7 +205,13 @@ def test_datapaths_and_command_line() -> None:
     assert {REFERENCE, "ovl-dp-vxlan", "ovl-dp-gre", "ovs-vxlan", "ovs-gre", "tinc-switch"} <= set(DATAPATHS)
     assert {"ovl-dp-vxlan-ovs", "ovl-dp-gre-ovs", "ovl-dp-vxlan-ovs-tso", "ovl-dp-gre-ovs-tso"} <= set(DATAPATHS)
     assert DATAPATHS["ovl-dp-vxlan-udp-gso"].default and not DATAPATHS["ovl-dp-vxlan-python"].default
-    assert all(d.mtu == 1450 for d in DATAPATHS.values())
+    # the kernel VXLAN's MTU on a 1500-byte underlay: 1450 over IPv4, 1430 over IPv6 (issue 11)
+    assert all(d.mtu == (1430 if d.underlay == "ipv6" else 1450) for d in DATAPATHS.values())
+    assert {d.name for d in DATAPATHS.values() if d.underlay == "ipv6"} == {
+        "kernel-vxlan6",
+        "ovl-dp-vxlan6",
+        "ovl-dp-gre6",
+    }
     assert main(["--list"]) == 0
 
 
@@ -263,8 +269,9 @@ class FakeLab:
 
     closed = 0
 
-    def __init__(self, hosts: int = 2) -> None:
+    def __init__(self, hosts: int = 2, underlay: str = "ipv4") -> None:
         self.daemons: dict[int, Any] = {}
+        self.underlay = underlay
 
     def __enter__(self) -> FakeLab:
         return self
