@@ -541,6 +541,14 @@ class FastForwarder:
             raise ValueError("the injection TAP needs VXLAN and a bridge TAP with a virtio header")
         self._inject = True
 
+    def set_inject6(self, on: bool) -> None:
+        """Issue 11: super-frames to IPv6 remotes through the injection TAP too (the host forwards IPv6
+        from it); off again after every set_inject. ValueError before set_inject."""
+        with self.paused():
+            failed = lib.ovl_dp_set_inject6(self._dp, bool(on)) < 0
+        if failed:
+            raise ValueError("set_inject6 before set_inject")
+
     def injecting(self) -> bool:
         """True while super-frames go through the injection TAP (set, and not refused by the kernel)."""
         with self.paused():
