@@ -167,7 +167,7 @@ def _set_up_inject(engine: Engine) -> inject.HostSetup | None:
     tap = engine.inject_tap
     if tap is not None:
         try:
-            host = inject.configure(tap.name, engine.cfg.encap.port)
+            host = inject.configure(tap.name, engine.cfg.encap.port, engine.families)
         except SetupError as exc:
             engine.drop_inject(f"not used: {exc}")
             log.warning("injection TAP %s: %s; TCP super-frames are segmented in C", tap.name, exc)
@@ -175,6 +175,11 @@ def _set_up_inject(engine: Engine) -> inject.HostSetup | None:
             try:  # the caller's cleanup knows the setup only once it is returned
                 log.info("host changes: %s", "; ".join(host.changes), extra={"event": "host_changes"})
                 engine.enable_inject()
+                if 6 in engine.families:  # issue 11, inject6
+                    engine.enable_inject6(host.ipv6_note if not host.ipv6 else "")
+                    if not host.ipv6:
+                        log.warning("injection TAP %s: %s: super-frames to IPv6 remotes are segmented in C",
+                                    tap.name, host.ipv6_note)  # fmt: skip
                 log.info("TX of TCP super-frames: %s", engine.describe_tx())
             except BaseException:
                 host.undo()

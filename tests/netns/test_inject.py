@@ -428,3 +428,68 @@ def test_a_failure_after_the_host_setup_undoes_it() -> None:
             tap.close()
 
     run_isolated(body)
+
+
+# ---- issue 11, inject6: IPv6 remotes ------------------------------------------------------------------
+
+
+def check_wire6(frames: list[bytes], zero_csum: bool = False) -> int:
+    """Every VXLAN-over-IPv6 packet of frames is valid: hop limit 64, outer UDP checksum (RFC 8200 8.1; 0 only
+    with --udp6-zero-csum-tx), inner TCP checksum. Returns how many carried inner TCP."""
+    from scapy.layers.inet6 import IPv6
+
+    tcp_seen = 0
+    for raw in frames:
+        pkt = Ether(raw)
+        ip6, udp = pkt[IPv6], pkt[UDP]
+        assert ip6.hlim == 64, ip6.hlim  # written one higher: forwarding took one
+        if zero_csum:
+            assert udp.chksum == 0
+        else:
+            assert udp.chksum != 0
+            seg = bytes(udp)[: udp.len]
+            pseudo = bytes(ip6)[8:40] + struct.pack("!IxxxB", udp.len, 17)
+            assert sum16(pseudo + seg) == 0xFFFF, "outer UDP checksum"
+        inner = pkt[VXLAN].payload
+        if IP in inner and TCP in inner:
+            iip = inner[IP]
+            l4 = bytes(iip)[iip.ihl * 4 : iip.len]
+            pseudo = bytes(iip)[12:20] + struct.pack("!HH", 6, len(l4))
+            assert sum16(pseudo + l4) == 0xFFFF, "inner TCP checksum"
+            tcp_seen += 1
+    return tcp_seen
+
+
+@needs_module
+def test_ipv6_remotes_with_the_kernels_vxlan_device() -> None:
+    """Issue 11: over an IPv6 underlay the super-frames go through the injection TAP as outer IPv6 (IPv6 on the
+    TAP, force_forwarding there only, never all.forwarding); on a NIC-like wire every segment is valid."""
+    with Lab(2, underlay="ipv6") as lab:
+        lab.build(container_mtu("vxlan", family=6))
+        d = lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), "--port", str(PORT))
+        kernel_vxlan(lab, 2, 1, VNI, PORT)
+        nsexec(lab.host(2), "ethtool", "-K", "ul0", "tx", "off")
+        out = d.output()
+        assert f"net.ipv6.conf.{INJ}.force_forwarding=1" in out and f"no IPv6 on {INJ}" not in out, out
+        assert "net.ipv4.conf" not in out.split("host changes:")[1].splitlines()[0]  # no IPv4 remote: none of it
+        h1 = lab.host(1)
+        assert sh("ip", "netns", "exec", h1, "sysctl", "-n", "net.ipv6.conf.all.forwarding").stdout.strip() == "0"
+        assert "inet6" not in sh("ip", "-n", h1, "addr", "show", "dev", INJ).stdout  # no address, no link-local
+        assert lab.ping(1, 2, count=3)["loss"] == 0
+        assert iperf_bytes(lab, 1, 2) > MIN_TRANSFER  # the veth carries the super-packets whole
+        nsexec(h1, "ethtool", "-K", "ul0", *NIC_LIKE)
+        cap = RawCapture(lab, lab.host(2), "ul0", f"udp dst port {PORT} and src host {lab.underlay_ip(1)}", "wire6")
+        assert iperf_bytes(lab, 1, 2) > MIN_TRANSFER
+        assert iperf_bytes(lab, 2, 1) > MIN_TRANSFER
+        frames = cap.stop()
+        sample = frames[:: max(1, len(frames) // SAMPLE)]
+        assert check_wire6(sample) > len(sample) // 3, len(frames)
+        snap = lab.ovl(1, "show")
+        inj = snap["inject"]
+        print("wire:", len(frames), "packets; inject:", inj, "tx_path:", snap["tx_path"])
+        assert inj["writes"] > 0 and inj["segments"] > inj["writes"] and inj["errors"] == 0, inj
+        assert "kernel segmentation" in snap["tx_path"] and "IPv6 remotes too" in snap["tx_path"], snap["tx_path"]
+        assert not {k: v for k, v in snap["drops"].items() if v}, snap["drops"]
+        assert lab.stop(d) == 0
+        assert not link_exists(lab, 1, INJ)
+        assert "Traceback" not in d.output()
