@@ -416,7 +416,10 @@ def test_a_failure_after_the_host_setup_undoes_it() -> None:
 
         engine = types.SimpleNamespace(
             inject_tap=tap,
-            cfg=types.SimpleNamespace(encap=types.SimpleNamespace(port=PORT)),
+            cfg=types.SimpleNamespace(
+                encap=types.SimpleNamespace(port=PORT), offload=types.SimpleNamespace(inject6="auto")
+            ),
+            families=frozenset({4}),
             enable_inject=enable_inject,
             fast=True,
         )
@@ -493,3 +496,101 @@ def test_ipv6_remotes_with_the_kernels_vxlan_device() -> None:
         assert lab.stop(d) == 0
         assert not link_exists(lab, 1, INJ)
         assert "Traceback" not in d.output()
+
+
+@needs_module
+def test_ipv6_remotes_fall_back_cleanly_without_the_injection() -> None:
+    """A host that does not forward IPv6 from the injection TAP (simulated with --inject6 off: this kernel has
+    force_forwarding; test_a_kernel_without_force_forwarding covers its absence): the IPv6 remote's super-frames
+    are segmented in C (fallback_other), the IPv4 remote's still injected, traffic flows both ways."""
+    with Lab(3, underlay="dual") as lab:
+        lab.build(container_mtu("vxlan", family=6))
+        d = lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2, 6), "--remote", lab.underlay_ip(3, 4),
+                      "--local", lab.underlay_ip(1, 6), "--local", lab.underlay_ip(1, 4), "--vni", str(VNI),
+                      "--port", str(PORT), "--inject6", "off")  # fmt: skip
+        kernel_vxlan(lab, 2, 1, VNI, PORT, family=6)
+        kernel_vxlan(lab, 3, 1, VNI, PORT, family=4)
+        for i in (2, 3):
+            nsexec(lab.host(i), "ethtool", "-K", "ul0", "tx", "off")
+        out = d.output()
+        assert f"no IPv6 on {INJ}" in out and "force_forwarding" not in out, out
+        assert iperf_bytes(lab, 1, 2) > MIN_TRANSFER  # IPv6 remote: segmented in C
+        inj = lab.ovl(1, "show")["inject"]
+        assert inj["fallback_other"] > 0 and inj["writes"] == 0, inj
+        assert iperf_bytes(lab, 1, 3) > MIN_TRANSFER  # IPv4 remote: injected
+        snap = lab.ovl(1, "show")
+        assert snap["inject"]["writes"] > 0 and snap["inject"]["errors"] == 0, snap["inject"]
+        assert "IPv6 remotes segmented in C: off (--inject6 off)" in snap["tx_path"], snap["tx_path"]
+        assert not {k: v for k, v in snap["drops"].items() if v}, snap["drops"]
+        assert lab.stop(d) == 0
+        assert "Traceback" not in d.output()
+
+
+def test_a_kernel_without_force_forwarding() -> None:
+    """No net.ipv6.conf.<inj>.force_forwarding (kernels before 6.17; here its name made one the kernel does not
+    have): IPv6 stays off on the TAP, setup.ipv6 False with the reason; with IPv6 remotes only nothing could use
+    the TAP: SetupError, nothing left behind. Never the global all.forwarding."""
+
+    def body() -> None:
+        from control import inject as host_inject
+        from datapath.errors import SetupError
+        from datapath.io.inject import open_inject_tap
+
+        def conf(tap: str, name: str) -> str:
+            with open(f"/proc/sys/net/ipv6/conf/{tap}/{name}") as f:
+                return f.read().strip()
+
+        tap = open_inject_tap("t-ff", True)
+        try:
+            host = host_inject.configure(tap.name, PORT, frozenset({4, 6}))
+            assert host.ipv6 and f"net.ipv6.conf.{tap.name}.force_forwarding=1" in host.changes, host.changes
+            names = ("force_forwarding", "accept_dad", "accept_ra", "autoconf", "disable_ipv6")
+            assert [conf(tap.name, n) for n in names] == ["1", "0", "0", "0", "0"]
+            assert conf("all", "forwarding") == "0"
+            host.undo()
+        finally:
+            tap.close()
+        host_inject.FORCE_FORWARDING = "force_forwarding_not_in_this_kernel"
+        tap = open_inject_tap("t-ff", True)
+        try:
+            host = host_inject.configure(tap.name, PORT, frozenset({4, 6}))
+            assert not host.ipv6 and "force_forwarding_not_in_this_kernel" in host.ipv6_note, host.ipv6_note
+            assert f"no IPv6 on {tap.name}" in host.changes and conf(tap.name, "disable_ipv6") == "1", host.changes
+            host.undo()
+        finally:
+            tap.close()
+        tap = open_inject_tap("t-ff", True)
+        try:
+            with pytest.raises(SetupError, match="IPv6 remotes only"):
+                host_inject.configure(tap.name, PORT, frozenset({6}))
+            assert "state DOWN" in sh("ip", "link", "show", tap.name).stdout
+        finally:
+            tap.close()
+        assert conf("all", "forwarding") == "0"
+
+    run_isolated(body)
+
+
+@needs_module
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/nft"), reason="nftables not installed")
+def test_an_ip6_forward_chain_that_drops_by_default() -> None:
+    """IPv6 remotes: an ip6 (and an inet) forward chain with policy drop get the accept rule; gone on exit."""
+    with Lab(2, underlay="ipv6") as lab:
+        lab.build(container_mtu("vxlan", family=6))
+        for fam in ("ip6", "inet"):
+            nft(lab, "add", "table", fam, "hostfw")
+            nft(lab, "add", "chain", fam, "hostfw", "forward", "{ type filter hook forward priority 0; policy drop; }")
+            nft(lab, "add", "rule", fam, "hostfw", "forward", "iifname", "br-int", "oifname", "br-int", "accept")
+        d = lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), "--port", str(PORT))
+        kernel_vxlan(lab, 2, 1, VNI, PORT)
+        nsexec(lab.host(2), "ethtool", "-K", "ul0", "tx", "off")
+        for fam in ("ip6", "inet"):
+            rules = nft(lab, "-a", "list", "chain", fam, "hostfw", "forward")
+            assert f'iifname "{INJ}" udp dport {PORT} accept' in rules, rules
+        assert iperf_bytes(lab, 1, 2) > MIN_TRANSFER
+        snap = lab.ovl(1, "show")
+        assert snap["inject"]["writes"] > 0 and "IPv6 remotes too" in snap["tx_path"], snap
+        assert lab.stop(d) == 0
+        for fam in ("ip6", "inet"):
+            rules = nft(lab, "-a", "list", "chain", fam, "hostfw", "forward")
+            assert INJ not in rules and "policy drop" in rules, rules
