@@ -282,7 +282,7 @@ def test_nftables_in_use_without_nft_refuses_the_injection(monkeypatch: pytest.M
 
     monkeypatch.setattr(host_inject.shutil, "which", lambda name: None)
     in_use = [True]
-    monkeypatch.setattr(host_inject, "nftables_in_use", lambda: in_use[0])
+    monkeypatch.setattr(host_inject, "nftables_in_use", lambda families=frozenset({4}): in_use[0])
     touched: list[str] = []
     monkeypatch.setattr(host_inject, "_write_sysctl", lambda path, value: touched.append(path))
     with pytest.raises(SetupError, match="nft"):
