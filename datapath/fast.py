@@ -572,7 +572,7 @@ class FastForwarder:
 
     def inject_header(self, remote: int, vnet: bytes, frame: bytes) -> bytes:
         """What the injection writes for super-frame (its virtio header vnet, 10 bytes) to remote slot remote:
-        24-byte virtio header + outer Ethernet + IPv4/UDP/VXLAN + the inner frame. ValueError with the
+        24-byte virtio header + outer Ethernet + IPv4 or IPv6/UDP/VXLAN + the inner frame. ValueError with the
         fallback reason (an INJECT_FIELDS name) when the frame would be segmented by us instead."""
         if len(vnet) != VNET_HDR_LEN:
             raise ValueError(f"a virtio_net_hdr is {VNET_HDR_LEN} bytes")
