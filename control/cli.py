@@ -329,6 +329,14 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         "default; all undone on exit); off: segment them in C",
     )
     run.add_argument(
+        "--inject6",
+        dest="offload.inject6",
+        choices=INJECT_POLICIES,
+        help="with --inject auto and IPv6 remotes: auto (default) sends their TCP super-frames through the "
+        "injection TAP too (IPv6 on that device without an address, net.ipv6.conf.<inj>.force_forwarding=1, "
+        "Linux 6.17+); off: segment those in C and keep IPv6 off on the injection TAP",
+    )
+    run.add_argument(
         "--no-rx-super",
         dest="offload.rx_super",
         action="store_false",

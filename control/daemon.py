@@ -167,7 +167,10 @@ def _set_up_inject(engine: Engine) -> inject.HostSetup | None:
     tap = engine.inject_tap
     if tap is not None:
         try:
-            host = inject.configure(tap.name, engine.cfg.encap.port)
+            fams = engine.families if engine.cfg.offload.inject6 == "auto" else engine.families - {6}
+            if not fams:  # IPv6 remotes only, and --inject6 off
+                raise SetupError("IPv6 remotes only, and --inject6 off")
+            host = inject.configure(tap.name, engine.cfg.encap.port, fams)
         except SetupError as exc:
             engine.drop_inject(f"not used: {exc}")
             log.warning("injection TAP %s: %s; TCP super-frames are segmented in C", tap.name, exc)
@@ -175,6 +178,13 @@ def _set_up_inject(engine: Engine) -> inject.HostSetup | None:
             try:  # the caller's cleanup knows the setup only once it is returned
                 log.info("host changes: %s", "; ".join(host.changes), extra={"event": "host_changes"})
                 engine.enable_inject()
+                if 6 in engine.families:  # issue 11, inject6
+                    if engine.cfg.offload.inject6 == "off":
+                        host.ipv6_note = "off (--inject6 off)"
+                    engine.enable_inject6(host.ipv6_note if not host.ipv6 else "")
+                    if not host.ipv6 and engine.cfg.offload.inject6 != "off":
+                        log.warning("injection TAP %s: %s: super-frames to IPv6 remotes are segmented in C",
+                                    tap.name, host.ipv6_note)  # fmt: skip
                 log.info("TX of TCP super-frames: %s", engine.describe_tx())
             except BaseException:
                 host.undo()

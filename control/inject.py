@@ -5,7 +5,12 @@ they came in from a wire; the kernel must route them out of the underlay. On the
 device only (no global setting), checked one by one on Linux 6.18 (notes/issue10-research.md):
 
 - no IPv6 on it (``disable_ipv6``, ``addr_gen_mode`` none: no link-local address, no
-  router solicitations), set before the link goes up;
+  router solicitations), set before the link goes up; with IPv6 remotes (issue 11) instead IPv6
+  on, without an address (``addr_gen_mode`` none), DAD, autoconfiguration, RAs or router
+  solicitations, and ``net.ipv6.conf.<inj>.force_forwarding=1`` (Linux 6.17+: forwarding from
+  that device only; the global ``all.forwarding`` is never touched). A kernel without it keeps
+  IPv6 off there: the IPv6 remotes' super-frames are segmented in C (logged). IPv6 has no
+  accept_local or rp_filter: a packet from one of our own addresses is forwarded as it is;
 - ``net.ipv4.conf.<inj>.accept_local=1`` (the outer source is one of our own addresses),
   ``forwarding=1``, ``rp_filter=2`` plus a /32 address (strict or no-address reverse-path
   filtering drops the frames), the address from 169.254.255.0/24 (RFC 3927 keeps that /24
@@ -13,8 +18,8 @@ device only (no global setting), checked one by one on Linux 6.18 (notes/issue10
 - the link up;
 - and only where the host's firewall drops forwarded packets by default (an nftables
   ``forward`` hook chain with policy drop, as Docker makes; iptables-legacy's FORWARD with
-  policy DROP, asked only where /proc/net/ip_tables_names lists the filter table), an
-  accept rule ``iifname <inj> udp dport <port>`` inserted at the top of
+  policy DROP, asked only where /proc/net/ip_tables_names lists the filter table; with IPv6 remotes
+  also ip6 chains and ip6tables-legacy), an accept rule ``iifname <inj> udp dport <port>`` inserted at the top of
   that chain (nftables: with the comment ``ovl-dp <inj>``, by which it is found when nft does
   not echo its handle). Where nftables has ip/inet tables but the nft binary is missing (Docker
   through iptables-nft on a host without the nftables package), the chains cannot be read and
@@ -31,6 +36,7 @@ import functools
 import ipaddress
 import json
 import logging
+import os
 import shutil
 import subprocess
 import zlib
@@ -49,8 +55,14 @@ METADATA = ipaddress.IPv4Address("169.254.169.254")  # cloud metadata: never our
 SYSCTLS = (("accept_local", "1"), ("forwarding", "1"), ("rp_filter", "2"))
 PROC_SYS = "/proc/sys/net"
 NFT_TIMEOUT = 10.0
-NFPROTO_INET, NFPROTO_IPV4 = 1, 2  # nftables families whose forward chains see the injected frames
+NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6 = 1, 2, 10  # nftables families whose forward chains see the injected frames
 IPT_LEGACY_TABLES = "/proc/net/ip_tables_names"  # this namespace's legacy iptables tables (ip_tables loaded)
+IP6T_LEGACY_TABLES = "/proc/net/ip6_tables_names"  # the same for ip6tables (ip6_tables loaded)
+# Issue 11 (inject6): IPv6 on the injection TAP for IPv6 remotes, before the link goes up: no address
+# (addr_gen_mode 1: none), no DAD, no autoconfiguration, no RAs taken, no router solicitations sent.
+SYSCTLS6 = (("addr_gen_mode", "1"), ("accept_dad", "0"), ("autoconf", "0"), ("accept_ra", "0"),
+            ("router_solicitations", "0"), ("disable_ipv6", "0"))  # fmt: skip
+FORCE_FORWARDING = "force_forwarding"  # net.ipv6.conf.<dev>.force_forwarding, Linux 6.17+
 
 
 @dataclass
@@ -59,6 +71,8 @@ class HostSetup:
 
     device: str
     address: str = ""
+    ipv6: bool = False  # issue 11: IPv6 from the device is forwarded (force_forwarding)
+    ipv6_note: str = ""  # why not, when IPv6 remotes were asked for
     changes: list[str] = field(default_factory=list)
     _undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
 
@@ -101,31 +115,36 @@ def pick_address(device: str, taken: set[ipaddress.IPv4Address]) -> ipaddress.IP
     raise SetupError(f"no free address in {ADDR_NET} for the injection TAP {device}")
 
 
-def nftables_in_use() -> bool:
-    """An nftables table of family ip or inet exists in this namespace (asked over netlink: no nft needed;
-    iptables-nft, as Docker uses it on Ubuntu, makes them too)."""
+def nftables_in_use(families: frozenset[int] = frozenset({4})) -> bool:
+    """An nftables table of family ip or inet (ip6 too with 6 in families) exists in this namespace (asked
+    over netlink: no nft needed; iptables-nft, as Docker uses it on Ubuntu, makes them too)."""
+    wanted = {NFPROTO_INET} | {NFPROTO_IPV4 for f in families if f == 4} | {NFPROTO_IPV6 for f in families if f == 6}
     try:
         nft = NFTables(nfgen_family=0)  # NFPROTO_UNSPEC: every family
     except OSError:
         return False  # no nf_tables in this kernel
     try:
-        return any(t.get("nfgen_family") in (NFPROTO_INET, NFPROTO_IPV4) for t in nft.get_tables())
+        return any(t.get("nfgen_family") in wanted for t in nft.get_tables())
     except OSError:
         return False
     finally:
         nft.close()
 
 
-def forward_drop_chains(nft: str | None = None) -> list[tuple[str, str, str]]:
-    """(family, table, chain) of every nftables base chain on the forward hook with policy drop (ip, inet)."""
+def forward_drop_chains(
+    nft: str | None = None, families: frozenset[int] = frozenset({4})
+) -> list[tuple[str, str, str]]:
+    """(family, table, chain) of every nftables base chain on the forward hook with policy drop (inet; ip
+    with 4 in families, ip6 with 6)."""
     nft = nft or shutil.which("nft")
     if not nft:
         return []
+    wanted = {"inet"} | ({"ip"} if 4 in families else set()) | ({"ip6"} if 6 in families else set())
     out = _run([nft, "-j", "list", "chains"])
     chains = []
     for item in json.loads(out).get("nftables", []):
         c = item.get("chain")
-        if c and c.get("hook") == "forward" and c.get("policy") == "drop" and c.get("family") in ("ip", "inet"):
+        if c and c.get("hook") == "forward" and c.get("policy") == "drop" and c.get("family") in wanted:
             chains.append((c["family"], c["table"], c["name"]))
     return chains
 
@@ -190,15 +209,17 @@ def _nft_delete(nft: str, family: str, table: str, chain: str, handle: int) -> N
     _run([nft, "delete", "rule", family, table, chain, "handle", str(handle)])
 
 
-def _iptables_legacy(setup: HostSetup, port: int) -> None:
-    """iptables-legacy (not seen by nft): an accept rule if its FORWARD policy is DROP."""
-    ipt = shutil.which("iptables-legacy")
+def _iptables_legacy(setup: HostSetup, port: int, program: str = "iptables-legacy", tables: str = "") -> None:
+    """iptables-legacy (not seen by nft): an accept rule if its FORWARD policy is DROP. program
+    ip6tables-legacy (tables IP6T_LEGACY_TABLES) for IPv6 remotes."""
+    ipt = shutil.which(program)
     if not ipt:
         return
+    tables = tables or IPT_LEGACY_TABLES
     # Only where legacy iptables is in use: run where it is not, iptables-legacy would load ip_tables
     # and give this namespace a legacy filter table (a host change of its own, and not undone).
     try:
-        with open(IPT_LEGACY_TABLES) as f:
+        with open(tables) as f:
             if "filter" not in f.read().split():
                 return
     except OSError:
@@ -207,7 +228,7 @@ def _iptables_legacy(setup: HostSetup, port: int) -> None:
         return
     spec = ["FORWARD", "-i", setup.device, "-p", "udp", "--dport", str(port), "-j", "ACCEPT"]
     _run([ipt, "-w", "-I", *spec])
-    what = f'iptables-legacy rule "-I {" ".join(spec)}"'
+    what = f'{program} rule "-I {" ".join(spec)}"'
     setup.changes.append(what)
 
     def delete() -> None:
@@ -216,15 +237,37 @@ def _iptables_legacy(setup: HostSetup, port: int) -> None:
     setup._undo.append((what, delete))
 
 
-def configure(device: str, port: int) -> HostSetup:
-    """Set the host up for the injection TAP device (down, just created) carrying VXLAN to UDP port.
+def _ipv6_on(setup: HostSetup, conf: str) -> None:
+    """IPv6 on the device (no address, DAD, autoconfiguration, RAs) and forwarded from it, where the
+    kernel has per-device force_forwarding; otherwise setup.ipv6_note says why not and nothing is changed."""
+    device = setup.device
+    ff = f"{conf}/{FORCE_FORWARDING}"
+    if not os.path.exists(conf):
+        setup.ipv6_note = f"no IPv6 on {device} in this kernel or namespace"
+        return
+    if not os.path.exists(ff):
+        setup.ipv6_note = f"no net.ipv6.conf.{device}.{FORCE_FORWARDING} (Linux 6.17+)"
+        return
+    for name, value in SYSCTLS6:
+        _write_sysctl(f"{conf}/{name}", value)
+        setup.changes.append(f"net.ipv6.conf.{device}.{name}={value}")
+    _write_sysctl(ff, "1")
+    setup.changes.append(f"net.ipv6.conf.{device}.{FORCE_FORWARDING}=1")
+    setup.ipv6 = True
 
-    Returns what was changed (logged by the caller); SetupError (after undoing what it did) if a
-    step fails: the daemon then closes the TAP and keeps the old path.
+
+def configure(device: str, port: int, families: frozenset[int] = frozenset({4})) -> HostSetup:
+    """Set the host up for the injection TAP device (down, just created) carrying VXLAN to UDP port
+    towards remotes of the underlay families (4, 6).
+
+    Returns what was changed (logged by the caller; ``ipv6`` says whether IPv6 is forwarded from the
+    device, ``ipv6_note`` why not); SetupError (after undoing what it did) if a step fails, or if
+    nothing could use it (IPv6 remotes only, and no force_forwarding): the daemon then closes the TAP
+    and keeps the old path.
     """
     setup = HostSetup(device)
     nft = shutil.which("nft")
-    if not nft and nftables_in_use():
+    if not nft and nftables_in_use(families):
         # The forward chains cannot be read: one with policy drop (Docker's through iptables-nft)
         # would eat every injected super-frame unseen. Nothing is changed; C segmentation instead.
         raise SetupError(
@@ -233,29 +276,39 @@ def configure(device: str, port: int) -> HostSetup:
         )
     try:
         v6 = f"{PROC_SYS}/ipv6/conf/{device}"
-        try:
-            _write_sysctl(f"{v6}/addr_gen_mode", "1")
-            _write_sysctl(f"{v6}/disable_ipv6", "1")
-            setup.changes.append(f"no IPv6 on {device}")
-        except SetupError:
-            pass  # no IPv6 in this kernel or namespace: nothing to turn off
-        for name, value in SYSCTLS:
-            _write_sysctl(f"{PROC_SYS}/ipv4/conf/{device}/{name}", value)
-            setup.changes.append(f"net.ipv4.conf.{device}.{name}={value}")
-        addr = pick_address(device, host_addresses())
+        if 6 in families:
+            _ipv6_on(setup, v6)
+            if not setup.ipv6 and 4 not in families:
+                raise SetupError(f"IPv6 remotes only, and {setup.ipv6_note}")
+        if not setup.ipv6:
+            try:
+                _write_sysctl(f"{v6}/addr_gen_mode", "1")
+                _write_sysctl(f"{v6}/disable_ipv6", "1")
+                setup.changes.append(f"no IPv6 on {device}")
+            except SetupError:
+                pass  # no IPv6 in this kernel or namespace: nothing to turn off
         with IPRoute() as ipr:
             links = ipr.link_lookup(ifname=device)
             if not links:
                 raise SetupError(f"the injection TAP {device} is gone")
-            ipr.addr("add", index=links[0], address=str(addr), prefixlen=32)
-            setup.address = str(addr)
-            setup.changes.append(f"address {addr}/32 on {device}")
+            if 4 in families:
+                for name, value in SYSCTLS:
+                    _write_sysctl(f"{PROC_SYS}/ipv4/conf/{device}/{name}", value)
+                    setup.changes.append(f"net.ipv4.conf.{device}.{name}={value}")
+                addr = pick_address(device, host_addresses())
+                ipr.addr("add", index=links[0], address=str(addr), prefixlen=32)
+                setup.address = str(addr)
+                setup.changes.append(f"address {addr}/32 on {device}")
             ipr.link("set", index=links[0], state="up")
             setup.changes.append(f"{device} up")
+        fams = frozenset(f for f in families if f == 4 or setup.ipv6)
         if nft:
-            for family, table, chain in forward_drop_chains(nft):
+            for family, table, chain in forward_drop_chains(nft, fams):
                 _nft_accept(setup, nft, family, table, chain, port)
-        _iptables_legacy(setup, port)
+        if 4 in fams:
+            _iptables_legacy(setup, port)
+        if 6 in fams:
+            _iptables_legacy(setup, port, "ip6tables-legacy", IP6T_LEGACY_TABLES)
     except BaseException as exc:
         setup.undo()
         if isinstance(exc, SetupError):

@@ -12,9 +12,16 @@
  * out of the underlay and segments it there (virtio_net_hdr_tnl_to_skb, udp_tunnel GSO), on a
  * NIC with tunnel TSO in hardware.
  *
+ * Issue 11 (inject6): an IPv6 remote the same way, with gso_type UDP_TUNNEL_IPV6, outer
+ * Ethernet type 0x86DD and the remote's outer IPv6 header (hop limit + 1, traffic class as
+ * ecn_outer sets it, the UDP checksum seed over the IPv6 pseudo-header unless
+ * --udp6-zero-csum-tx), once the host forwards IPv6 from the TAP (ovl_dp_set_inject6).
+ *
  * What cannot go that way goes the old way and is counted: a frame whose outer IPv4 length
- * would pass 65,535, a gso_size that would not fit the underlay MTU once encapsulated, a frame
- * we cannot parse, a fragment, one segment only. A write the kernel refuses (EINVAL, EIO...)
+ * (IPv6 payload length) would pass 65,535, a gso_size that would not fit the remote's path MTU
+ * once encapsulated (per remote: pmtu.c, ipv6.c), a frame we cannot parse, a fragment, one
+ * segment only, an outer UDP checksum the TAP cannot have completed (no
+ * TUN_F_UDP_TUNNEL_GSO_CSUM), an IPv6 remote without ovl_dp_set_inject6. A write the kernel refuses (EINVAL, EIO...)
  * turns the path off for good (ovl_dp_inject_errno says why); that frame itself is dropped
  * (tx_error: it may have lost its VLAN tag already; TCP sends it again), the next ones go the
  * old way. Python opens the TAP and sets up the host (datapath/io/inject.py,
@@ -29,6 +36,7 @@
 #define INJ_OUTER_ETH 14 /* outer Ethernet in front of the outer IPv4 header */
 #define INJ_HDR (INJ_VNET_LEN + INJ_OUTER_ETH + OVL_MAX_OUTER)
 #define VNET_GSO_UDP_TUNNEL_IPV4 0x20 /* VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4 */
+#define VNET_GSO_UDP_TUNNEL_IPV6 0x40 /* VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV6 (issue 11, inject6) */
 #define VNET_F_UDP_TUNNEL_CSUM 0x08   /* VIRTIO_NET_HDR_F_UDP_TUNNEL_CSUM */
 #define INJ_DRAIN_BUF 65600
 
@@ -36,6 +44,7 @@ struct ovl_inject {
     int fd;            /* the injection TAP (-1: headers only, nothing written) */
     uint32_t udp_csum; /* the TAP has TUN_F_UDP_TUNNEL_GSO_CSUM: outer UDP checksums by the kernel */
     uint32_t off;      /* a write was refused: the old path from then on */
+    uint32_t v6;       /* issue 11, inject6: the host forwards IPv6 from the TAP (force_forwarding) */
     int err;           /* the errno of that refusal */
     uint8_t mac[ETH_ALEN];
     uint8_t src_mac[ETH_ALEN];
@@ -77,11 +86,19 @@ int ovl_dp_set_inject(struct ovl_dp *dp, int32_t fd, const uint8_t *mac, uint32_
     j->udp_csum = udp_tunnel_csum != 0;
     j->off = 0;
     j->err = 0;
+    j->v6 = 0; /* IPv6 remotes: ovl_dp_set_inject6, once the host forwards IPv6 from the TAP */
     memcpy(j->mac, mac, ETH_ALEN);
     /* Any unicast source but the TAP's own address (locally administered). */
     memcpy(j->src_mac, mac, ETH_ALEN);
     j->src_mac[0] = (uint8_t)((j->src_mac[0] | 0x02) & ~0x01);
     j->src_mac[5] ^= 0x01;
+    return 0;
+}
+
+int ovl_dp_set_inject6(struct ovl_dp *dp, uint32_t on) {
+    if (!dp->inj)
+        return -1;
+    dp->inj->v6 = on != 0;
     return 0;
 }
 
@@ -202,12 +219,26 @@ static int inj_check(const struct ovl_dp *dp, const uint8_t *vnet, const uint8_t
      * ones"), and nothing would complete an outer UDP checksum seed. The old path sends it. */
     if (x->nseg < 2)
         return -OVL_INJ_FALLBACK_OTHER;
-    uint32_t outer = c->ops->outer_len(x->t.keyed);
-    /* Each segment the kernel makes must fit the underlay (else: ICMP frag-needed to ourselves). */
-    if ((uint64_t)outer + x->hdrs + x->gso_size > pmtu_min_mtu(dp)) /* the tightest remote's path (pmtu.c) */
+    return 0;
+}
+
+/* Can super-frame x (flen bytes once a mapped VLAN's tag is stripped) go to remote r through the
+ * injection TAP: 0, or -reason (enum ovl_inject_stat). */
+static int inj_remote_ok(const struct ovl_dp *dp, const struct inj_frame *x, uint32_t r, uint32_t flen) {
+    const struct ovl_config *c = &dp->cfg;
+    const struct ovl_inject *j = dp->inj;
+    /* An outer UDP checksum that is due (--udp-csum over IPv4; over IPv6 always, unless
+     * --udp6-zero-csum-tx) is the kernel's to complete per segment: TUN_F_UDP_TUNNEL_GSO_CSUM. */
+    if (dp->outer[r].udp_csum && !j->udp_csum)
+        return -OVL_INJ_FALLBACK_OTHER;
+    if (c->remote_v6[r] && !j->v6) /* the host does not forward IPv6 from the TAP (control/inject.py) */
+        return -OVL_INJ_FALLBACK_OTHER;
+    uint32_t outer = remote_outer_len(dp, r, x->t.keyed); /* ipv6.c: 20 bytes more over IPv6 */
+    /* Each segment the kernel makes must fit the path (else: ICMP too big to ourselves; pmtu.c). */
+    if ((uint64_t)outer + x->hdrs + x->gso_size > ovl_dp_remote_mtu(dp, r))
         return -OVL_INJ_FALLBACK_MTU;
-    /* The outer IPv4 total length (and the UDP length) are 16 bits. */
-    if ((uint64_t)outer + flen - x->strip > 0xFFFF)
+    /* The outer IPv4 total length, the IPv6 payload length, the UDP length: 16 bits. */
+    if ((uint64_t)outer - (c->remote_v6[r] ? IPV6_HLEN : 0) + flen > 0xFFFF)
         return -OVL_INJ_FALLBACK_TOO_BIG;
     return 0;
 }
@@ -220,29 +251,37 @@ static uint32_t inj_build(const struct ovl_dp *dp, const struct ovl_inject *j, c
     struct tx_frame tf = {x->t, ovl_flow_hash(f, flen), 0};
     uint8_t *eth = h + INJ_VNET_LEN, *ip = eth + INJ_OUTER_ETH;
     uint32_t olen = outer_push(c, &dp->outer[r], &tf, flen, ip);
-    ecn_outer(c, ip, f, flen); /* ecn.c: DS field, TTL, DF */
-    uint32_t shift = INJ_OUTER_ETH + olen, udp_len = olen - IPV4_HLEN + flen;
+    ecn_outer(c, ip, f, flen); /* ecn.c: DS field, TTL, DF (IPv6: traffic class, hop limit) */
+    uint32_t v6 = c->remote_v6[r], ip_hlen = v6 ? IPV6_HLEN : IPV4_HLEN;
+    uint32_t shift = INJ_OUTER_ETH + olen, udp_len = olen - ip_hlen + flen, csum = dp->outer[r].udp_csum;
     memcpy(eth, j->mac, ETH_ALEN);
     memcpy(eth + ETH_ALEN, j->src_mac, ETH_ALEN);
-    put16(eth + 12, ETH_P_IP);
-    /* Forwarding takes one off the TTL: one more, and a full header checksum. */
-    if (ip[8] < 255)
-        ip[8]++;
-    put16(ip + 10, 0);
-    put16(ip + 10, fold(sum16(ip, IPV4_HLEN)));
-    /* Outer UDP checksum: 0, or (TUN_F_UDP_TUNNEL_GSO_CSUM) the pseudo-header seed, folded, not
-     * complemented, which the kernel completes per segment. */
-    uint8_t *udp = ip + IPV4_HLEN;
-    put16(udp + 6, j->udp_csum ? (uint16_t)~fold(sum16(ip + 12, 8) + IPPROTO_UDP + udp_len) : 0);
+    put16(eth + 12, v6 ? ETH_P_IPV6 : ETH_P_IP);
+    uint64_t pseudo;
+    if (v6) { /* forwarding takes one off the hop limit: one more (ipv6.c: no header checksum) */
+        if (ip[7] < 255)
+            ip[7]++;
+        pseudo = sum16(ip + 8, 2 * OVL_ADDR_LEN); /* RFC 8200 8.1: both addresses */
+    } else { /* the same for the TTL, and a full header checksum */
+        if (ip[8] < 255)
+            ip[8]++;
+        put16(ip + 10, 0);
+        put16(ip + 10, fold(sum16(ip, IPV4_HLEN)));
+        pseudo = sum16(ip + 12, 8);
+    }
+    /* Outer UDP checksum: 0 when none is due, else (TUN_F_UDP_TUNNEL_GSO_CSUM, inj_remote_ok) the
+     * pseudo-header seed, folded, not complemented, which the kernel completes per segment. */
+    uint8_t *udp = ip + ip_hlen;
+    put16(udp + 6, csum ? (uint16_t)~fold(pseudo + IPPROTO_UDP + udp_len) : 0);
     uint8_t *v = h;
     memset(v, 0, INJ_VNET_LEN);
-    v[0] = (uint8_t)(OVL_VNET_F_NEEDS_CSUM | (j->udp_csum ? VNET_F_UDP_TUNNEL_CSUM : 0));
-    v[1] = (uint8_t)(x->gso_type | VNET_GSO_UDP_TUNNEL_IPV4);
+    v[0] = (uint8_t)(OVL_VNET_F_NEEDS_CSUM | (csum ? VNET_F_UDP_TUNNEL_CSUM : 0));
+    v[1] = (uint8_t)(x->gso_type | (v6 ? VNET_GSO_UDP_TUNNEL_IPV6 : VNET_GSO_UDP_TUNNEL_IPV4));
     wr16(v + 2, (uint16_t)(x->hdrs + shift));                      /* hdr_len */
     wr16(v + 4, x->gso_size);                                      /* gso_size */
     wr16(v + 6, (uint16_t)(x->csum_start - x->strip + shift));     /* csum_start, from the outer Ethernet */
     wr16(v + 8, x->csum_offset);                                   /* csum_offset */
-    wr_le16(v + 20, INJ_OUTER_ETH + IPV4_HLEN);                    /* outer_th_offset: the outer UDP header */
+    wr_le16(v + 20, INJ_OUTER_ETH + ip_hlen);                      /* outer_th_offset: the outer UDP header */
     wr_le16(v + 22, shift + x->l3);                                /* inner_nh_offset: the inner IP header */
     return INJ_VNET_LEN + shift;
 }
@@ -251,12 +290,15 @@ int ovl_inject_header(struct ovl_dp *dp, uint32_t r, const uint8_t *vnet, const 
                       uint8_t *out, uint32_t cap) {
     struct ovl_inject *j = dp->inj;
     struct inj_frame x;
-    if (!j || r >= dp->cfg.n_remotes || !dp->cfg.remote_used[r] || dp->cfg.remote_v6[r])
-        return -OVL_INJ_FALLBACK_OTHER; /* (issue 11, v6: IPv4 only) */
+    if (!j || r >= dp->cfg.n_remotes || !dp->cfg.remote_used[r])
+        return -OVL_INJ_FALLBACK_OTHER;
     int res = inj_check(dp, vnet, frame, len, &x);
     if (res < 0)
         return res;
     uint32_t flen = len - x.strip;
+    res = inj_remote_ok(dp, &x, r, flen);
+    if (res < 0)
+        return res;
     if (cap < INJ_HDR + (size_t)flen)
         return -OVL_INJ_FALLBACK_TOO_BIG;
     uint8_t *f = out + INJ_HDR; /* the frame goes behind the room for any header: strip, then build */
@@ -322,11 +364,12 @@ int inject_take(struct ovl_dp *dp, uint32_t i, double now) {
     /* The remotes, as ovl_tx_process finds them (multicast is not looked up). */
     int32_t r = (f[0] & 1) ? -1 : ovl_fdb_lookup(dp->fdb, f, x.vlan, now);
     int unicast = r >= 0 && (uint32_t)r < c->n_remotes && c->remote_used[r];
-    /* issue 11, v6: the injection builds outer IPv4 only (an outer IPv6 packet would need global IPv6
-     * forwarding): a super-frame to an IPv6 remote goes the old way. */
-    if (unicast ? c->remote_v6[r] : c->n_v6 > 0) {
-        j->ctr[OVL_INJ_FALLBACK_OTHER]++;
-        return 0;
+    /* Every remote it goes to must take it (a flood: all of them), else it goes the old way. */
+    for (uint32_t k = unicast ? (uint32_t)r : 0; k < (unicast ? (uint32_t)r + 1 : c->n_remotes); k++) {
+        if (c->remote_used[k] && (res = inj_remote_ok(dp, &x, k, flen - x.strip)) < 0) {
+            j->ctr[-res]++;
+            return 0;
+        }
     }
     if (x.strip) { /* from here on the frame is changed: no way back to the old path */
         memmove(f + VLAN_HLEN, f, 2 * ETH_ALEN);

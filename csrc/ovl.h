@@ -348,7 +348,7 @@ uint32_t ovl_dp_inject_counters(const struct ovl_dp *dp, uint64_t *out, uint32_t
 int ovl_inject_drain(struct ovl_dp *dp);
 /* What the injection writes for the super-frame (vnet: the bridge TAP's OVL_VNET_HDR_LEN-byte virtio
  * header, native endian; frame: len bytes) to remote r: the 24-byte virtio header, outer Ethernet,
- * outer IPv4/UDP/VXLAN and the inner frame (a mapped VLAN's tag stripped), into out (cap bytes).
+ * outer IPv4 or IPv6/UDP/VXLAN and the inner frame (a mapped VLAN's tag stripped), into out (cap bytes).
  * Its length, or -reason (enum ovl_inject_stat: OVL_INJ_FALLBACK_*) when it would go the old way. */
 int ovl_inject_header(struct ovl_dp *dp, uint32_t r, const uint8_t *vnet, const uint8_t *frame, uint32_t len,
                       uint8_t *out, uint32_t cap);

@@ -105,6 +105,11 @@ int ovl_mss_clamp(uint8_t *frame, uint32_t len, uint32_t limit, uint32_t partial
  * path MTU (pmtu.c) minus its outer header (ipv6.c) (keyed: a GRE key field), the inner L2 header of l2_len bytes, the IP
  * header and 20 bytes of TCP header; never below 88 (TCP_MIN_MSS). 0 with the clamp off. */
 uint32_t ovl_dp_mss_limit(const struct ovl_dp *dp, int32_t r, uint32_t v6, uint32_t keyed, uint32_t l2_len);
+/* ---- the injection TAP for IPv6 remotes (issue 11, inject6 part: csrc/inject.c) ----
+ * on 1: the host forwards IPv6 arriving on the injection TAP (net.ipv6.conf.<inj>.force_forwarding),
+ * so super-frames to IPv6 remotes go through it too (gso_type UDP_TUNNEL_IPV6); 0 (the default, and
+ * after every ovl_dp_set_inject): they are segmented here. 0, or -1 before ovl_dp_set_inject. */
+int ovl_dp_set_inject6(struct ovl_dp *dp, uint32_t on);
 /* END CDEF */
 
 #endif

@@ -417,7 +417,9 @@ class OffloadConfig:
     and takes the source port from the pool). inject (``--inject``) auto: VXLAN TCP
     super-frames leave whole through an injection TAP and the kernel segments them
     (C path with TAP offloads, Linux 6.17+, not with udp_gso; falls back when refused);
-    off: they are segmented in C as before.
+    off: they are segmented in C as before. inject6 (``--inject6``, issue 11) auto: super-frames to
+    IPv6 remotes too (the host forwards IPv6 from the injection TAP: force_forwarding, Linux
+    6.17+); off: those are segmented in C and the TAP keeps IPv6 off.
     and takes the source port from the pool). dp_thread (C path): the data path runs in a
     thread of its own (csrc/loop.c), Python only for control; false: batches run from the
     asyncio loop. cpu: pin that thread to this CPU (default: not pinned).
@@ -432,6 +434,7 @@ class OffloadConfig:
     fast_path: bool = True
     rx_coalesce: bool | None = None  # None: as the policy says (auto: resolved from the bridge kind)
     inject: str = "auto"
+    inject6: str = "auto"  # issue 11: IPv6 remotes through the injection TAP too
     dp_thread: bool = True
     cpu: int | None = None
     rx_super: bool = True  # C path: receive tunnel super-packets (64 KiB datagrams) whole (csrc/rx_super.c)
@@ -440,6 +443,8 @@ class OffloadConfig:
     def __post_init__(self) -> None:
         if self.inject not in INJECT_POLICIES:
             raise ConfigError(f"{{offload.inject}} {_lit(self.inject)} is not one of {', '.join(INJECT_POLICIES)}")
+        if self.inject6 not in INJECT_POLICIES:
+            raise ConfigError(f"{{offload.inject6}} {_lit(self.inject6)} is not one of {', '.join(INJECT_POLICIES)}")
         if self.policy not in OFFLOAD_POLICIES:
             raise ConfigError(f"{{offload.policy}} {_lit(self.policy)} is not one of {', '.join(OFFLOAD_POLICIES)}")
         _check_type("offload.udp_gso", self.udp_gso, (bool,), "true or false")

@@ -138,6 +138,8 @@ class Engine:
         self.inject_note = ""
         self._injecting = False
         self._inject_set = False  # enable_inject was called: the fd is read (drained) while the engine runs
+        self.inject6_note = ""  # issue 11, inject6: why IPv6 remotes are not injected (empty: they are, or none)
+        self._inject6 = False
         self._open_inject()
         # AF_PACKET TX rings (C path, offload.tx_ring auto): filled by the control plane's next hops.
         fwd = self.forwarder
@@ -299,13 +301,21 @@ class Engine:
             self.inject_note = "not used (VXLAN with the C path and TAP offloads only)"
         elif self.gso_socks:
             self.inject_note = "not used with --udp-gso"
-        elif 4 not in cfg.families:  # issue 11, v6: it builds outer IPv4 only
-            self.inject_note = "not used (IPv6 remotes only: the injection carries outer IPv4)"
         else:
+            # Over IPv6 the outer UDP checksum is due (unless --udp6-zero-csum-tx): the kernel completes
+            # it per segment (TUN_F_UDP_TUNNEL_GSO_CSUM). Needed for IPv6 only, it is asked again without
+            # when refused: the IPv4 remotes are injected all the same, the IPv6 ones segmented here.
+            want6 = 6 in cfg.families and not cfg.encap.udp6_zero_csum_tx
             try:
-                self.inject_tap = open_inject_tap(self.tap.name, cfg.encap.udp_csum)
+                self.inject_tap = open_inject_tap(self.tap.name, cfg.encap.udp_csum or want6)
             except InjectRefused as exc:
                 self.inject_note = f"refused by the kernel: {exc}"
+                if want6 and not cfg.encap.udp_csum and 4 in cfg.families:
+                    try:
+                        self.inject_tap = open_inject_tap(self.tap.name, False)
+                        self.inject6_note = f"no outer UDP checksum offload ({exc})"
+                    except InjectRefused as again:
+                        self.inject_note = f"refused by the kernel: {again}"
 
     def enable_inject(self) -> None:
         """Send TCP super-frames through the injection TAP from now on (the host is set up for it)."""
@@ -317,6 +327,17 @@ class Engine:
         self._inject_set = True
         if self._loop is not None:
             self._loop.add_reader(tap.fileno(), self._on_inject)
+
+    def enable_inject6(self, why_not: str = "") -> None:
+        """Issue 11: super-frames to IPv6 remotes through the injection TAP too (after enable_inject; the
+        host forwards IPv6 from it); why_not: the host could not, and why (they stay segmented in C)."""
+        if self.inject_tap is None or 6 not in self.families:
+            return
+        if why_not or self.inject6_note:
+            self.inject6_note = self.inject6_note or why_not
+            return
+        self.forwarder.set_inject6(True)  # type: ignore[attr-defined]
+        self._inject6 = True
 
     def drop_inject(self, why: str) -> None:
         """Close the injection TAP (before enable_inject): the super-frames are segmented in C."""
@@ -334,7 +355,10 @@ class Engine:
         if self._inject_set and self.inject_tap is not None:
             if not self.forwarder.injecting():  # type: ignore[attr-defined]
                 return f"segmented in C (the injection TAP {self.inject_tap.name} refused a write: {self.inject_note})"
-            return f"kernel segmentation through {self.inject_tap.describe()}"
+            six = ""
+            if 6 in self.families:  # issue 11, inject6
+                six = "; IPv6 remotes too" if self._inject6 else f"; IPv6 remotes segmented in C: {self.inject6_note}"
+            return f"kernel segmentation through {self.inject_tap.describe()}{six}"
         if not self.fast or not self.tap.vnet_hdr_len:
             return "one frame at a time (no TAP offloads)"
         return f"segmented in C; injection TAP {self.inject_note or 'not set up'}"

@@ -541,6 +541,14 @@ class FastForwarder:
             raise ValueError("the injection TAP needs VXLAN and a bridge TAP with a virtio header")
         self._inject = True
 
+    def set_inject6(self, on: bool) -> None:
+        """Issue 11: super-frames to IPv6 remotes through the injection TAP too (the host forwards IPv6
+        from it); off again after every set_inject. ValueError before set_inject."""
+        with self.paused():
+            failed = lib.ovl_dp_set_inject6(self._dp, bool(on)) < 0
+        if failed:
+            raise ValueError("set_inject6 before set_inject")
+
     def injecting(self) -> bool:
         """True while super-frames go through the injection TAP (set, and not refused by the kernel)."""
         with self.paused():
@@ -564,7 +572,7 @@ class FastForwarder:
 
     def inject_header(self, remote: int, vnet: bytes, frame: bytes) -> bytes:
         """What the injection writes for super-frame (its virtio header vnet, 10 bytes) to remote slot remote:
-        24-byte virtio header + outer Ethernet + IPv4/UDP/VXLAN + the inner frame. ValueError with the
+        24-byte virtio header + outer Ethernet + IPv4 or IPv6/UDP/VXLAN + the inner frame. ValueError with the
         fallback reason (an INJECT_FIELDS name) when the frame would be segmented by us instead."""
         if len(vnet) != VNET_HDR_LEN:
             raise ValueError(f"a virtio_net_hdr is {VNET_HDR_LEN} bytes")

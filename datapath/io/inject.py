@@ -4,7 +4,7 @@ A second TAP next to the bridge TAP, opened with IFF_TAP | IFF_NO_PI | IFF_VNET_
 24-byte virtio header (TUNSETVNETHDRSZ: struct virtio_net_hdr_v1_hash_tunnel, which carries
 the tunnel offsets) and TUNSETOFFLOAD(CSUM | TSO4 | TSO6 | UDP_TUNNEL_GSO, plus
 UDP_TUNNEL_GSO_CSUM when outer UDP checksums are wanted). The C path (csrc/inject.c) writes
-each super-frame to it with outer Ethernet / IPv4 / UDP / VXLAN headers in front; the kernel
+each super-frame to it with outer Ethernet / IPv4 (or IPv6) / UDP / VXLAN headers in front; the kernel
 takes the frame in as if it came from a wire, forwards it to the underlay and segments it
 there. What the host needs for that (the link up, an address, three sysctls, maybe a
 firewall rule) is the control plane's (control/inject.py); this module only opens the device.

@@ -422,7 +422,10 @@ def test_a_failure_after_the_host_setup_undoes_it() -> None:
 
         engine = types.SimpleNamespace(
             inject_tap=tap,
-            cfg=types.SimpleNamespace(encap=types.SimpleNamespace(port=PORT)),
+            cfg=types.SimpleNamespace(
+                encap=types.SimpleNamespace(port=PORT), offload=types.SimpleNamespace(inject6="auto")
+            ),
+            families=frozenset({4}),
             enable_inject=enable_inject,
             fast=True,
         )
@@ -434,3 +437,166 @@ def test_a_failure_after_the_host_setup_undoes_it() -> None:
             tap.close()
 
     run_isolated(body)
+
+
+# ---- issue 11, inject6: IPv6 remotes ------------------------------------------------------------------
+
+
+def check_wire6(frames: list[bytes], zero_csum: bool = False) -> int:
+    """Every VXLAN-over-IPv6 packet of frames is valid: hop limit 64, outer UDP checksum (RFC 8200 8.1; 0 only
+    with --udp6-zero-csum-tx), inner TCP checksum. Returns how many carried inner TCP."""
+    from scapy.layers.inet6 import IPv6
+
+    tcp_seen = 0
+    for raw in frames:
+        pkt = Ether(raw)
+        ip6, udp = pkt[IPv6], pkt[UDP]
+        assert ip6.hlim == 64, ip6.hlim  # written one higher: forwarding took one
+        if zero_csum:
+            assert udp.chksum == 0
+        else:
+            assert udp.chksum != 0
+            seg = bytes(udp)[: udp.len]
+            pseudo = bytes(ip6)[8:40] + struct.pack("!IxxxB", udp.len, 17)
+            assert sum16(pseudo + seg) == 0xFFFF, "outer UDP checksum"
+        inner = pkt[VXLAN].payload
+        if IP in inner and TCP in inner:
+            iip = inner[IP]
+            l4 = bytes(iip)[iip.ihl * 4 : iip.len]
+            pseudo = bytes(iip)[12:20] + struct.pack("!HH", 6, len(l4))
+            assert sum16(pseudo + l4) == 0xFFFF, "inner TCP checksum"
+            tcp_seen += 1
+    return tcp_seen
+
+
+@needs_module
+def test_ipv6_remotes_with_the_kernels_vxlan_device() -> None:
+    """Issue 11: over an IPv6 underlay the super-frames go through the injection TAP as outer IPv6 (IPv6 on the
+    TAP, force_forwarding there only, never all.forwarding); on a NIC-like wire every segment is valid."""
+    with Lab(2, underlay="ipv6") as lab:
+        lab.build(container_mtu("vxlan", family=6))
+        d = lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), "--port", str(PORT))
+        kernel_vxlan(lab, 2, 1, VNI, PORT)
+        nsexec(lab.host(2), "ethtool", "-K", "ul0", "tx", "off")
+        out = d.output()
+        assert f"net.ipv6.conf.{INJ}.force_forwarding=1" in out and f"no IPv6 on {INJ}" not in out, out
+        assert "net.ipv4.conf" not in out.split("host changes:")[1].splitlines()[0]  # no IPv4 remote: none of it
+        h1 = lab.host(1)
+        assert sh("ip", "netns", "exec", h1, "sysctl", "-n", "net.ipv6.conf.all.forwarding").stdout.strip() == "0"
+        assert "inet6" not in sh("ip", "-n", h1, "addr", "show", "dev", INJ).stdout  # no address, no link-local
+        assert lab.ping(1, 2, count=3)["loss"] == 0
+        assert iperf_bytes(lab, 1, 2) > MIN_TRANSFER  # the veth carries the super-packets whole
+        nsexec(h1, "ethtool", "-K", "ul0", *NIC_LIKE)
+        cap = RawCapture(lab, lab.host(2), "ul0", f"udp dst port {PORT} and src host {lab.underlay_ip(1)}", "wire6")
+        assert iperf_bytes(lab, 1, 2) > MIN_TRANSFER
+        assert iperf_bytes(lab, 2, 1) > MIN_TRANSFER
+        frames = cap.stop()
+        sample = frames[:: max(1, len(frames) // SAMPLE)]
+        assert check_wire6(sample) > len(sample) // 3, len(frames)
+        snap = lab.ovl(1, "show")
+        inj = snap["inject"]
+        print("wire:", len(frames), "packets; inject:", inj, "tx_path:", snap["tx_path"])
+        assert inj["writes"] > 0 and inj["segments"] > inj["writes"] and inj["errors"] == 0, inj
+        assert "kernel segmentation" in snap["tx_path"] and "IPv6 remotes too" in snap["tx_path"], snap["tx_path"]
+        assert not {k: v for k, v in snap["drops"].items() if v}, snap["drops"]
+        assert lab.stop(d) == 0
+        assert not link_exists(lab, 1, INJ)
+        assert "Traceback" not in d.output()
+
+
+@needs_module
+def test_ipv6_remotes_fall_back_cleanly_without_the_injection() -> None:
+    """A host that does not forward IPv6 from the injection TAP (simulated with --inject6 off: this kernel has
+    force_forwarding; test_a_kernel_without_force_forwarding covers its absence): the IPv6 remote's super-frames
+    are segmented in C (fallback_other), the IPv4 remote's still injected, traffic flows both ways."""
+    with Lab(3, underlay="dual") as lab:
+        lab.build(container_mtu("vxlan", family=6))
+        d = lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2, 6), "--remote", lab.underlay_ip(3, 4),
+                      "--local", lab.underlay_ip(1, 6), "--local", lab.underlay_ip(1, 4), "--vni", str(VNI),
+                      "--port", str(PORT), "--inject6", "off")  # fmt: skip
+        kernel_vxlan(lab, 2, 1, VNI, PORT, family=6)
+        kernel_vxlan(lab, 3, 1, VNI, PORT, family=4)
+        for i in (2, 3):
+            nsexec(lab.host(i), "ethtool", "-K", "ul0", "tx", "off")
+        out = d.output()
+        assert f"no IPv6 on {INJ}" in out and "force_forwarding" not in out, out
+        assert iperf_bytes(lab, 1, 2) > MIN_TRANSFER  # IPv6 remote: segmented in C
+        inj = lab.ovl(1, "show")["inject"]
+        assert inj["fallback_other"] > 0 and inj["writes"] == 0, inj
+        assert iperf_bytes(lab, 1, 3) > MIN_TRANSFER  # IPv4 remote: injected
+        snap = lab.ovl(1, "show")
+        assert snap["inject"]["writes"] > 0 and snap["inject"]["errors"] == 0, snap["inject"]
+        assert "IPv6 remotes segmented in C: off (--inject6 off)" in snap["tx_path"], snap["tx_path"]
+        assert not {k: v for k, v in snap["drops"].items() if v}, snap["drops"]
+        assert lab.stop(d) == 0
+        assert "Traceback" not in d.output()
+
+
+def test_a_kernel_without_force_forwarding() -> None:
+    """No net.ipv6.conf.<inj>.force_forwarding (kernels before 6.17; here its name made one the kernel does not
+    have): IPv6 stays off on the TAP, setup.ipv6 False with the reason; with IPv6 remotes only nothing could use
+    the TAP: SetupError, nothing left behind. Never the global all.forwarding."""
+
+    def body() -> None:
+        from control import inject as host_inject
+        from datapath.errors import SetupError
+        from datapath.io.inject import open_inject_tap
+
+        def conf(tap: str, name: str) -> str:
+            with open(f"/proc/sys/net/ipv6/conf/{tap}/{name}") as f:
+                return f.read().strip()
+
+        tap = open_inject_tap("t-ff", True)
+        try:
+            host = host_inject.configure(tap.name, PORT, frozenset({4, 6}))
+            assert host.ipv6 and f"net.ipv6.conf.{tap.name}.force_forwarding=1" in host.changes, host.changes
+            names = ("force_forwarding", "accept_dad", "accept_ra", "autoconf", "disable_ipv6")
+            assert [conf(tap.name, n) for n in names] == ["1", "0", "0", "0", "0"]
+            assert conf("all", "forwarding") == "0"
+            host.undo()
+        finally:
+            tap.close()
+        host_inject.FORCE_FORWARDING = "force_forwarding_not_in_this_kernel"
+        tap = open_inject_tap("t-ff", True)
+        try:
+            host = host_inject.configure(tap.name, PORT, frozenset({4, 6}))
+            assert not host.ipv6 and "force_forwarding_not_in_this_kernel" in host.ipv6_note, host.ipv6_note
+            assert f"no IPv6 on {tap.name}" in host.changes and conf(tap.name, "disable_ipv6") == "1", host.changes
+            host.undo()
+        finally:
+            tap.close()
+        tap = open_inject_tap("t-ff", True)
+        try:
+            with pytest.raises(SetupError, match="IPv6 remotes only"):
+                host_inject.configure(tap.name, PORT, frozenset({6}))
+            assert "state DOWN" in sh("ip", "link", "show", tap.name).stdout
+        finally:
+            tap.close()
+        assert conf("all", "forwarding") == "0"
+
+    run_isolated(body)
+
+
+@needs_module
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/nft"), reason="nftables not installed")
+def test_an_ip6_forward_chain_that_drops_by_default() -> None:
+    """IPv6 remotes: an ip6 (and an inet) forward chain with policy drop get the accept rule; gone on exit."""
+    with Lab(2, underlay="ipv6") as lab:
+        lab.build(container_mtu("vxlan", family=6))
+        for fam in ("ip6", "inet"):
+            nft(lab, "add", "table", fam, "hostfw")
+            nft(lab, "add", "chain", fam, "hostfw", "forward", "{ type filter hook forward priority 0; policy drop; }")
+            nft(lab, "add", "rule", fam, "hostfw", "forward", "iifname", "br-int", "oifname", "br-int", "accept")
+        d = lab.start(1, "--mode", "vxlan", "--remote", lab.underlay_ip(2), "--vni", str(VNI), "--port", str(PORT))
+        kernel_vxlan(lab, 2, 1, VNI, PORT)
+        nsexec(lab.host(2), "ethtool", "-K", "ul0", "tx", "off")
+        for fam in ("ip6", "inet"):
+            rules = nft(lab, "-a", "list", "chain", fam, "hostfw", "forward")
+            assert f'iifname "{INJ}" udp dport {PORT} accept' in rules, rules
+        assert iperf_bytes(lab, 1, 2) > MIN_TRANSFER
+        snap = lab.ovl(1, "show")
+        assert snap["inject"]["writes"] > 0 and "IPv6 remotes too" in snap["tx_path"], snap
+        assert lab.stop(d) == 0
+        for fam in ("ip6", "inet"):
+            rules = nft(lab, "-a", "list", "chain", fam, "hostfw", "forward")
+            assert INJ not in rules and "policy drop" in rules, rules

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
 
@@ -281,7 +282,7 @@ def test_nftables_in_use_without_nft_refuses_the_injection(monkeypatch: pytest.M
 
     monkeypatch.setattr(host_inject.shutil, "which", lambda name: None)
     in_use = [True]
-    monkeypatch.setattr(host_inject, "nftables_in_use", lambda: in_use[0])
+    monkeypatch.setattr(host_inject, "nftables_in_use", lambda families=frozenset({4}): in_use[0])
     touched: list[str] = []
     monkeypatch.setattr(host_inject, "_write_sysctl", lambda path, value: touched.append(path))
     with pytest.raises(SetupError, match="nft"):
@@ -326,3 +327,116 @@ def test_held_to_the_tightest_remote_path() -> None:
     assert fwd.inject_header(0, tso(frame, l4, mss=1310), frame)  # 36 + 54 + 1310 = 1400
     fwd.set_remote_mtu(0, 0)
     assert fwd.inject_header(0, tso(frame, l4, mss=1410), frame)
+
+
+# ---- issue 11, inject6: IPv6 remotes -------------------------------------------------------------------
+
+LOCAL6, REMOTE6 = "2001:db8::1", "2001:db8::2"
+
+
+def forwarder6(udp_tunnel_csum: bool = True, inject6: bool = True, **kw: object) -> fast.FastForwarder:
+    """A forwarder with one IPv6 remote (slot 0) and one IPv4 remote (slot 1), headers only."""
+    fields: dict[str, object] = {"mode": "vxlan", "remotes": (Remote(REMOTE6, LOCAL6), Remote(REMOTE, LOCAL)),
+                                 "underlay_mtu": 1500, "tap_mtu": 1430, "vni": 42, **kw}  # fmt: skip
+    fwd = fast.FastForwarder(datapath_config(**fields), tap_vnet=10)  # type: ignore[arg-type]
+    fwd.set_inject(-1, INJ_MAC, udp_tunnel_csum)
+    if inject6:
+        fwd.set_inject6(True)
+    return fwd
+
+
+@needs_module
+@pytest.mark.parametrize("zero_csum", [False, True], ids=["csum", "udp6-zero-csum-tx"])
+def test_header_for_an_ipv6_remote(zero_csum: bool) -> None:
+    fwd = forwarder6(udp6_zero_csum_tx=zero_csum, tos="inherit")
+    frame, l4 = super_frame(bytes(range(256)) * 80)
+    out = fwd.inject_header(0, tso(frame, l4, mss=1378), frame)  # 56 + 14 + 20 + 20 + 1378 = 1488
+    v = tunnel_fields(out)
+    shift = 14 + 40 + 8 + 8
+    assert v == {"flags": NEEDS_CSUM | (0 if zero_csum else 8), "gso_type": GSO_TCPV4 | 0x40,
+                 "hdr_len": shift + l4 + 20, "gso_size": 1378, "csum_start": shift + l4, "csum_offset": 16,
+                 "num_buffers": 0, "outer_th": 14 + 40, "inner_nh": shift + 14, "hash": 0}  # fmt: skip
+    pkt = Ether(out[24:])
+    assert pkt.dst == INJ_MAC.hex(":") and pkt.src != pkt.dst and pkt.type == 0x86DD
+    ip6, udp = pkt[IPv6], pkt[UDP]
+    assert (ip6.src, ip6.dst, ip6.nh, ip6.hlim, ip6.fl) == (LOCAL6, REMOTE6, 17, 65, 0)  # hop limit 64 + 1
+    assert ip6.plen == len(out) - 24 - 14 - 40 == udp.len
+    inner_tos = IP(frame[14:]).tos
+    assert ip6.tc == inner_tos  # --tos inherit: the inner DS field (ecn_outer)
+    plain = IPv6(fast.encap(fwd.cfg, 0, frame))
+    assert udp.sport == plain[UDP].sport and udp.dport == 4789
+    if zero_csum:
+        assert udp.chksum == 0
+    else:  # the IPv6 pseudo-header seed (RFC 8200 8.1), which the kernel completes per segment
+        seed = _sum16(ipaddress.ip_address(LOCAL6).packed + ipaddress.ip_address(REMOTE6).packed
+                      + struct.pack("!IxxxB", udp.len, 17))  # fmt: skip
+        assert udp.chksum == seed
+    assert pkt[VXLAN].vni == 42 and pkt[VXLAN].flags == 0x08
+    assert out[24 + shift :] == frame
+    # The IPv4 remote next to it keeps its own header: no UDP checksum without --udp-csum, although
+    # the TAP can have them completed.
+    v4 = fwd.inject_header(1, tso(frame, l4), frame)
+    assert tunnel_fields(v4)["gso_type"] == GSO_TCPV4 | 0x20 and tunnel_fields(v4)["flags"] == NEEDS_CSUM
+    assert Ether(v4[24:])[UDP].chksum == 0
+
+
+@needs_module
+def test_an_ipv6_remote_without_the_host_or_the_checksum_offload_goes_the_old_way() -> None:
+    frame, l4 = super_frame(b"c" * 9000)
+    off = forwarder6(inject6=False)  # no force_forwarding on the host: not set
+    frame, l4 = super_frame(b"c" * 9000)
+    with pytest.raises(ValueError, match="fallback_other"):
+        off.inject_header(0, tso(frame, l4, mss=1378), frame)
+    assert off.inject_header(1, tso(frame, l4, mss=1378), frame)  # the IPv4 remote is not held back
+    no_csum = forwarder6(udp_tunnel_csum=False)  # the TAP has no TUN_F_UDP_TUNNEL_GSO_CSUM
+    with pytest.raises(ValueError, match="fallback_other"):
+        no_csum.inject_header(0, tso(frame, l4, mss=1378), frame)
+    zero = forwarder6(udp_tunnel_csum=False, udp6_zero_csum_tx=True)  # no checksum due: fine
+    assert tunnel_fields(zero.inject_header(0, tso(frame, l4, mss=1378), frame))["gso_type"] == GSO_TCPV4 | 0x40
+    again = forwarder6()
+    again.set_inject(-1, INJ_MAC, True)  # every set_inject turns IPv6 off again
+    with pytest.raises(ValueError, match="fallback_other"):
+        again.inject_header(0, tso(frame, l4, mss=1378), frame)
+    plain = fast.FastForwarder(
+        datapath_config(mode="vxlan", remotes=(Remote(REMOTE6, LOCAL6),), underlay_mtu=1500, tap_mtu=1430),
+        tap_vnet=10,
+    )
+    with pytest.raises(ValueError, match="before set_inject"):
+        plain.set_inject6(True)
+
+
+@needs_module
+def test_ipv6_limits_follow_the_remotes_outer_length() -> None:
+    """gso_size against the remote's path MTU with the 56-byte outer IPv6 header; the IPv6 payload length."""
+    fwd = forwarder6()
+    frame, l4 = super_frame(b"m" * 9000)
+    # 56 outer + 14 + 20 + 20 + 1391 = 1501 > 1500; 1390 fits. The IPv4 remote takes 1410.
+    with pytest.raises(ValueError, match="fallback_mtu"):
+        fwd.inject_header(0, tso(frame, l4, mss=1391), frame)
+    assert fwd.inject_header(0, tso(frame, l4, mss=1390), frame)
+    assert fwd.inject_header(1, tso(frame, l4, mss=1410), frame)
+    fwd.set_remote_mtu(0, 1400)  # a lowered path MTU towards the IPv6 remote (pmtu.c)
+    with pytest.raises(ValueError, match="fallback_mtu"):
+        fwd.inject_header(0, tso(frame, l4, mss=1390), frame)
+    assert fwd.inject_header(0, tso(frame, l4, mss=1290), frame)
+    assert fwd.inject_header(1, tso(frame, l4, mss=1410), frame)  # the other remote's path is its own
+    # IPv6 payload length: UDP + VXLAN + frame at most 65,535 (20 bytes more than over IPv4).
+    big, l4 = super_frame(b"b" * (65535 - 16 - 54))
+    out = fwd.inject_header(0, tso(big, l4, mss=1290), big)
+    assert len(out) == 24 + 14 + 40 + 65535 and Ether(out[24:])[IPv6].plen == 65535
+    with pytest.raises(ValueError, match="fallback_too_big"):
+        fwd.inject_header(1, tso(big, l4, mss=1290), big)  # over IPv4: too big
+    bigger, l4 = super_frame(b"b" * (65535 - 16 - 54 + 1))
+    with pytest.raises(ValueError, match="fallback_too_big"):
+        fwd.inject_header(0, tso(bigger, l4, mss=1290), bigger)
+
+
+@needs_module
+def test_tcpv6_inner_over_an_ipv6_remote() -> None:
+    fwd = forwarder6()
+    frame6, l4 = super_frame(b"y" * 9000, v6=True)
+    out = fwd.inject_header(0, tso(frame6, l4, mss=1358, gso=GSO_TCPV6 | GSO_ECN), frame6)
+    v = tunnel_fields(out)
+    assert (v["gso_type"], v["inner_nh"], v["csum_start"], v["outer_th"]) == (GSO_ECN | GSO_TCPV6 | 0x40, 70 + 14,
+                                                                               70 + 14 + 40, 54)  # fmt: skip
+    assert out[24 + 70 :] == frame6
