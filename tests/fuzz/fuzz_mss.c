@@ -120,7 +120,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
             p += IPV4_HLEN + UDP_HLEN;
             l -= IPV4_HLEN + UDP_HLEN;
         }
-        uint8_t *pkt = dup_exact(p, l), src[4];
+        uint8_t *pkt = dup_exact(p, l), src[OVL_ADDR_LEN];
         fuzz_remote_addr(remote, src);
         CHECK(ovl_rx_load(b, 0, pkt, l, src, 0) == 0);
         uint64_t before = b->stats[OVL_STAT_MSS_CLAMPED];
