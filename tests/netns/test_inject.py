@@ -161,10 +161,12 @@ def test_with_the_kernels_vxlan_device(udp_csum: bool) -> None:
             assert flows[key] == {expected_sport(*key)}, (key, flows[key])
         # Without DF (VXLAN's default --df unset) a packet may be fragmented on its way: each needs an IP id of its
         # own (RFC 6864 4.1). The kernel numbers an injected super-packet's segments from its id on; an id 0 in
-        # every super-packet would repeat 0, 1, 2, ... (at most one 0 per 65,536 packets here).
+        # every super-packet would repeat 0, 1, 2, ... Three sources number these packets, each passing 0 once per
+        # 65,536 (the injection's range, the TX ring's counter, the kernel's ip_select_ident for the raw socket):
+        # at most three 0s per 65,536 packets (the bug gave 3,074 in 106,569).
         ids = [struct.unpack_from("!H", f, 18)[0] for f in frames if not struct.unpack_from("!H", f, 20)[0] & 0x4000]
         assert len(ids) == len(frames)
-        assert ids.count(0) <= len(frames) // 65536 + 1, (ids.count(0), len(frames))
+        assert ids.count(0) <= 3 * (len(frames) // 65536 + 1), (ids.count(0), len(frames))
         snap = lab.ovl(1, "show")
         print("wire:", len(frames), "packets;", "inject:", snap["inject"], "nstat:",
               {k: v for k, v in host_nstat(lab, 1).items() if k in ("IpForwDatagrams", "IpInAddrErrors",
