@@ -448,8 +448,6 @@ int tx_copy(struct ovl_dp *dp, uint32_t i, uint32_t r, const struct tx_frame *tf
 /* TX ring entry i did not fit (room: the largest inner frame that would have): counted as tx_too_big, and
  * answered (rate-limited) when the kernel would; tci >= 0: the 802.1Q tag it came with and lost. */
 void pmtu_too_big(struct ovl_dp *dp, uint32_t i, int32_t tci, uint32_t room, double now);
-/* The smallest path MTU of the remotes in use (the underlay MTU without any). */
-uint32_t pmtu_min_mtu(const struct ovl_dp *dp);
 /* TX ring entries [m, m + k) were cut from TAP read frame (one reply per super-frame). */
 void pmtu_origin(struct ovl_dp *dp, uint32_t m, uint32_t k, uint32_t frame);
 /* ovl_tx_process starts: the fragment queue is empty. */

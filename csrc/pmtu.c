@@ -269,14 +269,6 @@ static uint32_t path_mtu(const struct ovl_dp *dp, int32_t r) {
     return r >= 0 && dp->pm->mtu[r] ? dp->pm->mtu[r] : dp->cfg.underlay_mtu;
 }
 
-uint32_t pmtu_min_mtu(const struct ovl_dp *dp) {
-    uint32_t m = dp->cfg.underlay_mtu;
-    for (uint32_t r = 0; r < dp->cfg.n_remotes; r++)
-        if (dp->cfg.remote_used[r] && dp->pm->mtu[r] && dp->pm->mtu[r] < m)
-            m = dp->pm->mtu[r];
-    return m;
-}
-
 int tx_fits(const struct ovl_dp *dp, int32_t r, uint32_t keyed, uint32_t len) {
     uint32_t outer = r >= 0 ? remote_outer_len(dp, (uint32_t)r, keyed) : dp->cfg.ops->outer_len(keyed);
     return outer + (uint64_t)len <= path_mtu(dp, r);
