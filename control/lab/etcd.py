@@ -129,7 +129,7 @@ class EtcdServer:
     @property
     def pid(self) -> int | None:
         """etcd's PID while it runs."""
-        return self.proc.pid if self.running else None
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
     @property
     def running(self) -> bool:
