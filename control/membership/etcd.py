@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
+
+# Before gRPC is imported: no fork handlers. Our children (ip, ovs-vsctl, a takeover's daemon) exec at
+# once; gRPC's handlers only print "Other threads are currently calling into gRPC, skipping fork()
+# handlers" on stderr when a fork meets a call in flight.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import aetcd
 

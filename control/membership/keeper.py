@@ -364,7 +364,21 @@ class Membership:
     # -- the session -----------------------------------------------------------------------------
 
     async def _run(self, established: bool) -> None:
-        """The supervised loop: follow a session until it fails, set up the next one; never dies."""
+        """The keeper's task: _sessions, started again should it ever end by an error (one log line)."""
+        while not self._stopping:
+            try:
+                await self._sessions(established)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("net %s: membership: the session loop failed (%s: %s); starting it again", self.net,
+                          type(exc).__name__, exc, extra={"event": "membership_error", "net": self.net})  # fmt: skip
+                established = False
+                await asyncio.sleep(BACKOFF_MAX)
+
+    async def _sessions(self, established: bool) -> None:
+        """Follow a session until it fails, set up the next one; returns only when stopped or fatal."""
         backoff = Backoff()
         while not self._stopping:
             delay = 0.0

@@ -49,7 +49,8 @@ class Settings:
 class Rec:
     """A recording MemberSink; family: refuse members of the other address family (as the service does)."""
 
-    def __init__(self, family_: int | None = None) -> None:
+    def __init__(self, family_: int | None = None, boom: str = "") -> None:
+        self.boom = boom  # member_added(boom) raises RuntimeError: a bug in the sink
         self.calls: list[tuple[Any, ...]] = []
         self.members: set[str] = set()
         self.static: dict[tuple[int, bytes], str] = {}
@@ -58,6 +59,8 @@ class Rec:
     def member_added(self, addr: str) -> None:
         if self.family is not None and family(addr) != self.family:
             raise ValueError(f"an IPv{family(addr)} member, our underlay is IPv{self.family}")
+        if addr == self.boom:
+            raise RuntimeError("the sink's bug")
         assert addr not in self.members, f"{addr} added twice"
         self.calls.append(("added", addr))
         self.members.add(addr)
@@ -222,7 +225,7 @@ def test_refused_values(server: lab.EtcdServer, caplog: pytest.LogCaptureFixture
 
     async def main() -> None:
         url = server.url
-        sink = Rec(family_=4)
+        sink = Rec(family_=4, boom="10.0.0.13")
         a = await joined(url, "10.0.0.1", 1, sink)
         try:
             await ctl(url, "put", KEYS.member("10.0.0.5"), "{not json")
@@ -230,6 +233,7 @@ def test_refused_values(server: lab.EtcdServer, caplog: pytest.LogCaptureFixture
             await put_member(url, "10.0.0.6", addr="10.0.0.66")  # key and value disagree
             await ctl(url, "put", KEYS.members + "2001:DB8::7", "{}")  # not the canonical form
             await ctl(url, "put", KEYS.statics + "1/02:00:00:00:00:01", '{"remote": "nope"}')
+            await put_member(url, "10.0.0.13")  # the sink fails: refused, the keeper goes on
             await put_member(url, "10.0.0.8")  # a good one after them: all were applied
             await until("the good one", lambda: "10.0.0.8" in sink.members)
             rep = {m["addr"]: m for m in a.report()["members"]}
@@ -238,14 +242,15 @@ def test_refused_values(server: lab.EtcdServer, caplog: pytest.LogCaptureFixture
             assert "its value says addr 10.0.0.66" in rep["10.0.0.6"]["refused"]
             assert "must be written 2001:db8::7" in rep["2001:DB8::7"]["refused"]
             assert not any(rep[k]["remote"] for k in ("10.0.0.5", "2001:db8::5", "10.0.0.6", "2001:DB8::7"))
+            assert rep["10.0.0.13"]["refused"] == "RuntimeError: the sink's bug"
             assert sink.members == {"10.0.0.8"} and not sink.static
-            assert a.counters()["refused"] == 5
+            assert a.counters()["refused"] == 6
 
             await ctl(url, "del", KEYS.member("10.0.0.1"))  # our key deleted: claimed and listed again
             await until("listed again", lambda: a.counters()["relists"] == 1)
-            assert a.counters()["refused"] == 5, "refused once per key and reason, not per listing"
+            assert a.counters()["refused"] == 6, "refused once per key and reason, not per listing"
             lines = [r for r in caplog.records if getattr(r, "event", "") == "member_refused"]
-            assert len(lines) == 5, [r.getMessage() for r in lines]
+            assert len(lines) == 6, [r.getMessage() for r in lines]
 
             await put_member(url, "10.0.0.5")  # fixed: accepted
             await until("the fixed one", lambda: "10.0.0.5" in sink.members)
@@ -422,7 +427,7 @@ def test_leave_with_etcd_down_is_bounded(server: lab.EtcdServer, caplog: pytest.
 
 def test_cluster_failover_and_diff_on_reconnect() -> None:
     async def main(cluster: lab.EtcdCluster) -> None:
-        e0, e1, e2 = cluster.members
+        e0, _e1, e2 = cluster.members
         a_sink, b_sink = Rec(), Rec()
         a = await joined(cluster.urls, "10.0.0.1", 1, a_sink)  # all three endpoints
         b = await joined(e2.url, "10.0.0.2", 2, b_sink, lease_ttl=20.0)  # e2 only: down for B while the cluster lives
