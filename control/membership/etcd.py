@@ -76,7 +76,7 @@ def _lease_not_found(exc: Exception) -> bool:
 
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError | aetcd.WatchTimeoutError):
         return "timed out"
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]

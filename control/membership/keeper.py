@@ -396,15 +396,15 @@ class Membership:
                 log.warning("net %s: our lease is gone (%s): granting a new one and registering again",
                             self.net, _why(exc), extra={"event": "membership_lease_lost", "net": self.net})  # fmt: skip
                 self._lease = None
-                delay = backoff.next() if backoff.failures else 0.0
+                delay = self._again(backoff)
             except Compacted as exc:
                 log.info("net %s: watch compacted (%s): listing again", self.net, _why(exc),
                          extra={"event": "membership_compacted", "net": self.net})  # fmt: skip
-                delay = backoff.next() if backoff.failures else 0.0
+                delay = self._again(backoff)
             except _Reclaim:
                 log.warning("net %s: our member key was deleted: registering again", self.net,
                             extra={"event": "membership_key_lost", "net": self.net})  # fmt: skip
-                delay = backoff.next() if backoff.failures else 0.0
+                delay = self._again(backoff)
             except _Conflict as exc:
                 self._fatal(str(exc))
                 return
@@ -418,6 +418,14 @@ class Membership:
             if self._stopping:
                 return
             await asyncio.sleep(delay)
+
+    @staticmethod
+    def _again(backoff: Backoff) -> float:
+        """The delay after a lease lost, a compaction or our key deleted: none the first time after a
+        session that was set up, the backoff if it happens again before the next one is."""
+        quick = backoff.failures == 0
+        delay = backoff.next()
+        return 0.0 if quick else delay
 
     async def _establish(self, first: bool) -> None:
         """Config check, lease, claim, list + diff. SetupError (first) / _Conflict; StoreError."""

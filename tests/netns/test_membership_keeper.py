@@ -11,6 +11,8 @@ import asyncio
 import base64
 import json
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -386,6 +388,34 @@ def test_etcd_killed_and_restarted(server: lab.EtcdServer) -> None:
             await until("B too", lambda: b_sink.members == {"10.0.0.1", "10.0.0.7"})
         finally:
             await closing(a, b)
+
+    run(main())
+
+
+def test_etcd_frozen_every_call_bounded(server: lab.EtcdServer) -> None:
+    """etcd stopped (SIGSTOP): connections stay open, nothing answers; the keeper must not hang."""
+
+    async def main() -> None:
+        url = server.url
+        await put_member(url, "10.0.0.9")
+        sink = Rec()
+        a = await joined(url, "10.0.0.1", 1, sink, lease_ttl=30.0, keepalive=1.0)
+        pid = server.pid
+        assert pid is not None
+        try:
+            lease = a.report()["lease"]["id"]
+            os.kill(pid, signal.SIGSTOP)
+            await until("A degraded", lambda: a.state == "degraded")
+            assert "timed out" in a.problem() or "deadline" in a.problem().lower(), a.problem()
+            assert sink.members == {"10.0.0.9"} and sink.removed() == []
+            os.kill(pid, signal.SIGCONT)
+            await until("A connected again", lambda: a.state == "connected")
+            assert a.report()["lease"]["id"] == lease and sink.removed() == []
+            await put_member(url, "10.0.0.8")
+            await until("A follows", lambda: "10.0.0.8" in sink.members)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            await closing(a)
 
     run(main())
 
