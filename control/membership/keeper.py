@@ -238,6 +238,9 @@ class Membership:
             raise SetupError(str(exc)) from None
         except (StoreError, TimeoutError) as exc:
             self._degraded(exc)
+        except Exception as exc:  # a bug must not end the daemon's start: one line, and the keeper tries again
+            log.error("net %s: membership: joining failed (%s: %s); trying again", self.net, type(exc).__name__,
+                      exc, extra={"event": "membership_error", "net": self.net})  # fmt: skip
         self._task = asyncio.get_running_loop().create_task(self._run(established), name="membership")
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
