@@ -503,6 +503,34 @@ def test_cluster_failover_and_diff_on_reconnect() -> None:
         run(main(cluster))
 
 
+def test_lease_expired_while_away_is_granted_again() -> None:
+    """B cut off (its only endpoint killed) for longer than its TTL: the cluster expires B's key, A drops
+    B; B, back, finds its lease gone, grants a new one, claims its key again; A has B again."""
+
+    async def main(cluster: lab.EtcdCluster) -> None:
+        e0, _e1, e2 = cluster.members
+        a_sink, b_sink = Rec(), Rec()
+        a = await joined(e0.url, "10.0.0.1", 1, a_sink)
+        b = await joined(e2.url, "10.0.0.2", 2, b_sink, lease_ttl=3.0, keepalive=1.0)
+        try:
+            await until("A sees B", lambda: a_sink.members == {"10.0.0.2"})
+            old = b.report()["lease"]["id"]
+            await asyncio.to_thread(e2.kill)
+            await until("B degraded", lambda: b.state == "degraded")
+            await until("A drops B (its lease ran out)", lambda: a_sink.members == set())
+            assert b_sink.members == {"10.0.0.1"}, "B keeps A meanwhile"
+            await asyncio.to_thread(e2.start)
+            await until("B back", lambda: b.state == "connected" and b.report()["lease"]["id"] not in (None, old))
+            assert b.counters()["lease_regrants"] == 1 and b.counters()["reconnects"] == 1
+            await until("A has B again", lambda: a_sink.members == {"10.0.0.2"})
+            assert b_sink.removed() == [] and b_sink.members == {"10.0.0.1"}
+        finally:
+            await closing(a, b)
+
+    with lab.EtcdCluster(3) as cluster:
+        run(main(cluster))
+
+
 # -- refusals at join ----------------------------------------------------------------------------
 
 
