@@ -616,14 +616,13 @@ class Membership:
             if keys.static(vlan, mac) not in present:
                 self._static_set(vlan, mac, None)
         for kv in kvs:
-            self._put(keys, kv, listing=True)
+            self._put(keys, kv)
         self._revision = revision
 
-    def _put(self, keys: NetKeys, kv: Kv, listing: bool = False) -> None:
+    def _put(self, keys: NetKeys, kv: Kv) -> None:
         key = kv.key
-        if key == keys.config:
-            if not listing:  # (at a listing, _check_config has just compared it)
-                self._config_value(kv.value, first=False)
+        if key == keys.config:  # (changed since _check_config compared it: a problem, not a refusal)
+            self._config_value(kv.value, first=False)
             return
         if key.startswith(keys.members):
             self._member_put(keys, key[len(keys.members) :], kv)
