@@ -27,7 +27,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import aetcd
 
-from control.membership.store import Compacted, Event, Kv, LeaseGone, StoreError, Unavailable
+from control.membership.store import Compacted, Event, Kv, LeaseGone, StoreError, Unavailable, cancel_requested
 
 T = TypeVar("T")
 
@@ -137,6 +137,12 @@ class EtcdStore:
                 raise StoreError(f"{url}: {_why(exc)}") from None
             except (OSError, RuntimeError) as exc:  # gRPC channel trouble below aetcd's error mapping
                 failures.append(f"{url}: {type(exc).__name__}: {_why(exc)}")
+                await self._drop(client)
+                continue
+            except asyncio.CancelledError:
+                if cancel_requested():
+                    raise
+                failures.append(f"{url}: the call was cancelled under us (its channel closed)")
                 await self._drop(client)
                 continue
             self._used = url
@@ -268,6 +274,11 @@ class EtcdStore:
             raise Unavailable(f"{url}: watch: {_why(exc)}") from None
         except aetcd.ClientError as exc:
             raise StoreError(f"{url}: watch: {_why(exc)}") from None
+        except asyncio.CancelledError:
+            if cancel_requested():
+                raise
+            await self._drop(client)
+            raise Unavailable(f"{url}: watch: cancelled under us (its channel closed)") from None
         self._used = url
         try:
             try:
@@ -285,6 +296,11 @@ class EtcdStore:
             except aetcd.ClientError as exc:
                 await self._drop(client)
                 raise Unavailable(f"{url}: watch: {_why(exc)}") from None
+            except asyncio.CancelledError:
+                if cancel_requested():
+                    raise
+                await self._drop(client)
+                raise Unavailable(f"{url}: watch: cancelled under us (its channel closed)") from None
             await self._drop(client)  # the stream ended without an error: the client shut down
             raise Unavailable(f"{url}: watch: the stream ended")
         finally:

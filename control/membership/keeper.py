@@ -52,7 +52,7 @@ from typing import Any, Protocol
 
 from control.membership import etcd
 from control.membership.model import Member, ModelError, NetConfig, NetKeys, check_net, parse_static
-from control.membership.store import Compacted, Kv, LeaseGone, Store, StoreError, Unavailable
+from control.membership.store import Compacted, Kv, LeaseGone, Store, StoreError, Unavailable, cancel_requested
 from datapath.errors import SetupError
 from datapath.ether import format_mac
 
@@ -373,12 +373,15 @@ class Membership:
                 await self._sessions(established)
                 return
             except asyncio.CancelledError:
-                raise
+                if cancel_requested() or self._stopping:
+                    raise
+                why = "CancelledError: a cancellation not meant for the keeper"
             except Exception as exc:
-                log.error("net %s: membership: the session loop failed (%s: %s); starting it again", self.net,
-                          type(exc).__name__, exc, extra={"event": "membership_error", "net": self.net})  # fmt: skip
-                established = False
-                await asyncio.sleep(BACKOFF_MAX)
+                why = f"{type(exc).__name__}: {exc}"
+            log.error("net %s: membership: the session loop failed (%s); starting it again", self.net, why,
+                      extra={"event": "membership_error", "net": self.net})  # fmt: skip
+            established = False
+            await asyncio.sleep(BACKOFF_MAX)
 
     async def _sessions(self, established: bool) -> None:
         """Follow a session until it fails, set up the next one; returns only when stopped or fatal."""
@@ -394,7 +397,10 @@ class Membership:
                 await self._follow()
                 raise Unavailable("the session ended")  # (_follow only returns by raising)
             except asyncio.CancelledError:
-                raise
+                if cancel_requested() or self._stopping:
+                    raise
+                self._degraded(Unavailable("a call was cancelled under us (its channel closed)"))
+                delay = backoff.next()
             except LeaseGone as exc:
                 log.warning("net %s: our lease is gone (%s): granting a new one and registering again",
                             self.net, _why(exc), extra={"event": "membership_lease_lost", "net": self.net})  # fmt: skip
@@ -559,11 +565,11 @@ class Membership:
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                exc = t.exception()
+            for t in done:  # (a subtask cancelled from below, by gRPC, is an Unavailable like the others)
+                exc = None if t.cancelled() else t.exception()
                 if exc is not None:
                     raise exc
-            raise Unavailable("the session ended")
+            raise Unavailable("the session ended (a call was cancelled under us)")
         finally:
             for t in tasks:
                 t.cancel()

@@ -25,7 +25,7 @@ from control.lab import etcd as lab
 from control.membership import etcd
 from control.membership.keeper import Membership
 from control.membership.model import Member, NetConfig, NetKeys, family, static_json
-from control.membership.store import Event
+from control.membership.store import Event, Unavailable
 from datapath.errors import SetupError
 
 pytestmark = [
@@ -416,6 +416,31 @@ def test_etcd_frozen_every_call_bounded(server: lab.EtcdServer) -> None:
         finally:
             os.kill(pid, signal.SIGCONT)
             await closing(a)
+
+    run(main())
+
+
+def test_store_call_whose_channel_is_closed_under_it(server: lab.EtcdServer) -> None:
+    """gRPC raises CancelledError in a call whose channel another task closes: the store turns it into
+    Unavailable, so that the caller's task is not ended by a cancellation nobody asked for."""
+
+    async def main() -> None:
+        store = etcd.connect(server.url, 5.0)
+        await store.put("/ovl-dp/x", b"1")
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # the call stays in flight
+        try:
+            call = asyncio.create_task(store.get("/ovl-dp/x"))
+            await asyncio.sleep(0.5)
+            await store.close()
+            with pytest.raises(Unavailable, match="cancelled under us"):
+                await call
+            assert not call.cancelled()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await store.get("/ovl-dp/x") is not None, "and the next call gets a new channel"
+        await store.close()
 
     run(main())
 
