@@ -608,6 +608,32 @@ def test_address_taken_while_running_is_fatal(server: lab.EtcdServer) -> None:
     run(main())
 
 
+def test_address_taken_while_away_is_fatal_on_reconnect() -> None:
+    async def main(cluster: lab.EtcdCluster) -> None:
+        e0, _e1, e2 = cluster.members
+        fatal: list[str] = []
+        a = Membership(Settings((e2.url,)), me("10.0.0.1", 1), VXLAN42, Rec(), on_fatal=fatal.append)
+        await a.join(10)
+        try:
+            lease = a.report()["lease"]["id"]
+            await asyncio.to_thread(e2.kill)
+            await until("A degraded", lambda: a.state == "degraded")
+            await asyncio.to_thread(e0.wait_healthy)
+            await ctl(e0.url, "lease", "revoke", f"{lease:x}")  # A's key gone, and another host takes the address
+            await put_member(e0.url, "10.0.0.1", netns=7, hostname="usurper")
+            await asyncio.to_thread(e2.start)
+            await until("on_fatal", lambda: fatal)
+            assert "address 10.0.0.1 is held by another host usurper (machine id m-other, netns 7" in fatal[0]
+            assert a.counters()["lease_regrants"] == 1
+        finally:
+            await closing(a)
+        info = await key_info(e0.url, KEYS.member("10.0.0.1"))
+        assert info is not None and Member.parse(info[0]).hostname == "usurper", "the holder keeps its key"
+
+    with lab.EtcdCluster(3) as cluster:
+        run(main(cluster))
+
+
 def test_net_config_mismatch(server: lab.EtcdServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="ovl-dp")
 
