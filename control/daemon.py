@@ -401,8 +401,8 @@ def _membership(engine: Engine, service: Service, die: Callable[[str], None]) ->
     from control import joining
     from control.membership.keeper import Membership
 
-    keeper = Membership(cfg.membership, joining.member_value(cfg, engine.tap.mac), joining.net_config(cfg), service)
-    keeper.on_fatal = die
+    me = joining.member_value(cfg, engine.tap.mac)
+    keeper = Membership(cfg.membership, me, joining.net_config(cfg), service, on_fatal=die)
     service.membership = keeper
     log.info("membership: %s", joining.describe(cfg), extra={"event": "membership", "net": cfg.membership.net})
     return keeper
@@ -559,7 +559,8 @@ class MetricsAdapter:
     def degraded(self) -> str:
         """What works only in part while the daemon forwards ("" = nothing): etcd trouble."""
         keeper = self.membership_keeper
-        return str(keeper.problem()) if keeper is not None else ""
+        problem = str(keeper.problem()) if keeper is not None else ""
+        return problem.removeprefix("degraded: ")  # (/healthz says "degraded: " itself)
 
     def ovs_report(self, problem: str) -> None:
         """The OVS port watcher's latest finding ("" = the port is there and usable)."""
