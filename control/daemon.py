@@ -349,6 +349,8 @@ async def _serve(
         if membership is not None:  # joined before "ready": a refusal (net config, our address taken) ends here
             await membership.join(_join_timeout())
             membership.start(loop)
+            if membership.state == "connected":  # listed: remotes a takeover handed over are sorted out
+                service.settle_inherited()
         log.info("ready", extra={"event": "ready"})
         if offer is None:
             notify.ready(

@@ -234,11 +234,12 @@ def test_two_hosts_claiming_one_address() -> None:
         join(lab, 1, servers)
         join(lab, 2, servers)
         wait_mesh(lab, [1, 2])
-        # Host 3 gets host 1's address on a dummy device (answering no ARP for it on the underlay) and
-        # claims it: refused at join, one line naming the holder, exit code 2; host 1 keeps its key.
+        # Host 3 gets host 1's address on a device of its own (a veth pair inside it: answering no ARP for
+        # it on the underlay) and claims it: refused at join, one line naming the holder, exit code 2;
+        # host 1 keeps its key.
         h3 = lab.host(3)
         sh("ip", "netns", "exec", h3, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1")
-        sh("ip", "-n", h3, "link", "add", "dup0", "type", "dummy")
+        sh("ip", "-n", h3, "link", "add", "dup0", "type", "veth", "peer", "name", "dup1")
         sh("ip", "-n", h3, "addr", "add", f"{lab.underlay_ip(1)}/32", "dev", "dup0")
         sh("ip", "-n", h3, "link", "set", "dup0", "up")
         before = get_json(servers, key(lab, 1))
@@ -465,3 +466,37 @@ def test_members_json_and_metrics_scraped() -> None:
             assert metric(text, name) >= 0  # fmt: skip
         assert metric(text, "ovl_dp_etcd_last_keepalive_timestamp_seconds") > 0
         assert healthz(lab, 1) == (200, "ok")
+
+
+def test_a_takeover_keeps_the_member_key_and_its_peers() -> None:
+    with mesh_lab(3) as (lab, servers):
+        for i in (1, 2, 3):
+            join(lab, i, servers)
+        wait_mesh(lab, [1, 2, 3])
+        old = lab.daemons[1]
+        before = get_json(servers, key(lab, 1))
+        assert before is not None
+        leaves = {i: counters(lab, i)["leaves"] for i in (2, 3)}
+        ping = Pinger(lab, 2, 1, count=200)
+        new = join(lab, 1, servers, "--takeover")  # the same options: the old daemon hands over, no revoke
+        assert old.proc.wait(WAIT) == 0, old.output()
+        assert "lease revoked" not in old.output(), old.output()
+        after = get_json(servers, key(lab, 1))
+        assert after is not None and after["lease"] != before["lease"], (before, after)  # ours, re-claimed
+        value = json.loads(base64.b64decode(after["value"]))
+        assert value["pid"] == new.proc.pid
+        assert ping.loss() == 0, ping.result
+        # The old lease runs out after its TTL: the key is on the new one, so nobody drops host 1.
+        old_lease = format(int(before["lease"]), "x")
+        wait_until(
+            "the old lease to expire",
+            lambda: "expired" in ctl(servers, "lease", "timetolive", old_lease) or "not found" in ctl(
+                servers, "lease", "timetolive", old_lease),
+            TTL + WAIT,
+            0.5,
+        )  # fmt: skip
+        assert get_json(servers, key(lab, 1)) is not None
+        wait_mesh(lab, [1, 2, 3], "after the takeover")
+        assert {i: counters(lab, i)["leaves"] for i in (2, 3)} == leaves
+        rows = remotes(lab, 1)  # the handed-over remotes are members again, not static
+        assert all(r["origin"] == ["etcd"] for r in rows.values()), rows
