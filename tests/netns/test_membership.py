@@ -270,11 +270,13 @@ def test_etcd_restarted_and_away_under_a_running_mesh() -> None:
         for i in (1, 2, 3):
             join(lab, i, servers, "--metrics", "9100")
         wait_mesh(lab, [1, 2, 3])
+        leaves = {i: counters(lab, i)["leaves"] for i in (1, 2, 3)}
         ping = Pinger(lab, 1, 2, count=300)
         ping3 = Pinger(lab, 1, 3, count=300)
         server.restart(down=1.0)
         assert ping.loss() == 0 and ping3.loss() == 0, (ping.result, ping3.result)
         wait_mesh(lab, [1, 2, 3], "after etcd restarted")
+        assert {i: counters(lab, i)["leaves"] for i in (1, 2, 3)} == leaves  # no member lost, not even briefly
         wait_until("host 1 to be connected again", lambda: members(lab, 1)["state"] == "connected", WAIT, 0.2)
         assert counters(lab, 1)["reconnects"] >= 1
 
@@ -292,6 +294,7 @@ def test_etcd_restarted_and_away_under_a_running_mesh() -> None:
         server.start()
         wait_until("host 1's /healthz to be ok again", lambda: healthz(lab, 1) == (200, "ok"), WAIT, 0.2)
         wait_mesh(lab, [1, 2, 3], "after etcd came back")
+        assert {i: counters(lab, i)["leaves"] for i in (1, 2, 3)} == leaves
         metrics = scrape(lab, 1)
         assert metric(metrics, "ovl_dp_etcd_connected") == 1
         assert metric(metrics, "ovl_dp_etcd_reconnects_total") >= 2
@@ -305,6 +308,7 @@ def test_three_member_etcd_cluster_with_one_killed() -> None:
         wait_mesh(lab, [1, 2])
         used = members(lab, 1)["endpoint"]
         victim = next(s for s in servers if s.url == used)
+        leaves = {i: counters(lab, i)["leaves"] for i in (1, 2)}
         ping = Pinger(lab, 1, 2, count=200)
         victim.kill()
         # Host 3 joins through the two left (its list names all three; the dead one is skipped).
@@ -314,6 +318,7 @@ def test_three_member_etcd_cluster_with_one_killed() -> None:
         wait_until("host 1 on another endpoint", lambda: members(lab, 1)["endpoint"] not in (None, used), WAIT, 0.2)
         assert members(lab, 1)["state"] == "connected"
         assert lab.ping(3, 1, count=3)["loss"] == 0
+        assert {i: counters(lab, i)["leaves"] for i in (1, 2)} == leaves
 
 
 def test_compaction_and_a_lease_revoked_from_outside() -> None:
