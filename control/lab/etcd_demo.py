@@ -165,7 +165,8 @@ def _time_removal(lab: Lab, r: EtcdLabResult, victim: int, rest: list[int]) -> N
     lab.daemons[victim].proc.wait()
     for i in rest:
         watchers[i].wait(REMOVAL_TIMEOUT + 30)
-        last = outs[i].read_text().split()
+        lines = outs[i].read_text().splitlines()
+        last = lines[-1].split() if lines else []
         gone = float(last[1]) if len(last) == 2 and last[0] == "gone" else None
         r.removed[r.hosts[i - 1]] = None if gone is None else gone - killed_at
 
