@@ -131,8 +131,12 @@ def _wait_joined(lab: Lab, r: EtcdLabResult, hosts: list[int], want: dict[int, l
                 seen[i] = others(lab.ovl(i, "members"))
         return all(seen[i] == want[i] for i in hosts)
 
+    def detail() -> str:
+        logs = (f"--- {lab.host(i)}'s daemon log (end) ---\n{lab.daemons[i].output()[-1500:]}" for i in hosts)
+        return "\n".join([f"listed: {seen!r}", *logs])
+
     try:
-        wait_until("every daemon to list the others", done, timeout, 0.1, detail=lambda: repr(seen))
+        wait_until("every daemon to list the others", done, timeout, 0.1, detail=detail)
     finally:
         for i, listed in seen.items():
             (r.joined if not r.killed else r.left_after_kill)[r.hosts[i - 1]] = listed
