@@ -24,9 +24,10 @@ from datapath.errors import SetupError
 from datapath.ether import format_mac, parse_mac
 
 EXIT_USAGE = 2
-CONTROL_COMMANDS = ("show", "fdb", "remote", "reload")
+CONTROL_COMMANDS = ("show", "fdb", "remote", "reload", "members")
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
+LAB_MAX_HOSTS = 16  # `ovl-dp lab --etcd --hosts N`: each host is two namespaces and a daemon
 
 
 class UsageError(Exception):
@@ -370,6 +371,44 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         metavar="N",
         help="pin the data-path thread to CPU N (default: not pinned)",
     )
+    # issue 12: membership on etcd (the group `membership` of the configuration file)
+    run.add_argument(
+        "--etcd",
+        dest="membership.etcd",
+        action="append",
+        metavar="URL[,URL...]",
+        help="join a net on etcd: http://HOST:PORT endpoints (tried in turn when one fails); the members of "
+        "--net become remotes and leave when their lease goes; static --remotes stay. Needs --net. For an etcd "
+        "that requires TLS see the README (etcd's grpc-proxy on 127.0.0.1)",
+    )
+    run.add_argument(
+        "--net",
+        dest="membership.net",
+        metavar="NAME",
+        help="the net to join on --etcd (a-z 0-9 . _ -, up to 63); its config key (mode, VNI/key, port) must agree "
+        "with ours, or is created from ours",
+    )
+    run.add_argument(
+        "--lease-ttl",
+        dest="membership.lease_ttl",
+        type=_seconds,
+        metavar="S",
+        help="seconds our member key outlives a crash of this daemon (default 15; 2..3600)",
+    )
+    run.add_argument(
+        "--keepalive",
+        dest="membership.keepalive",
+        type=_seconds,
+        metavar="S",
+        help="refresh our lease every S seconds (default 5; 0.5 up to half of --lease-ttl)",
+    )
+    run.add_argument(
+        "--advertise",
+        dest="membership.address",
+        metavar="IP",
+        help="the underlay address published as our member key (default: --local of the first endpoint's family, "
+        "else our source address on the route to the first --etcd endpoint)",
+    )
     run.add_argument(
         "--metrics",
         dest="metrics",
@@ -437,6 +476,14 @@ def _control_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
         cmd.add_argument("addr", metavar="IP", help="the remote host's underlay address")
     remote_sub.add_parser("list", parents=[daemon, listing], help="the remotes with their counters and liveness")
     sub.add_parser(
+        "members",
+        parents=[daemon, listing],
+        help="the members of the daemon's net on etcd",
+        description="Print the members of the etcd net" + where + ": address, host, since when this daemon "
+        "has it, lease or refusal, and the traffic seen from it (packets, last received); the header line says "
+        "which etcd endpoint is in use, the connection state and our lease.",
+    )
+    sub.add_parser(
         "reload",
         parents=[daemon],
         help="re-read the daemon's configuration file and apply the differences",
@@ -480,10 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser(
         "lab",
-        help="the two-host demo in network namespaces",
+        help="the two-host demo in network namespaces (--etcd: N hosts joining through etcd)",
         description="Build two hosts and two containers in network namespaces, each host with a bridge br-int "
         "(Open vSwitch, userspace datapath, containers on VLAN 20 — the seed scenario — or a Linux bridge), run "
-        "ovl-dp on each host, ping and iperf3 through the tunnel, print a report and tear everything down.",
+        "ovl-dp on each host, ping and iperf3 through the tunnel, print a report and tear everything down. "
+        "With --etcd: N hosts that join through a real etcd (no --remote), one killed and dropped by the others.",
     )
     lab.add_argument(
         "--mode", choices=(*MODES, "both"), default="both", help="which tunnel(s) to demonstrate (default both)"
@@ -495,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bridge on the lab hosts (default auto: ovs when Open vSwitch is installed, else linux)",
     )
     lab.add_argument(
-        "--seconds", type=_ranged("--seconds", 1, 60), default=3, help="iperf3 duration in seconds (default 3)"
+        "--seconds", type=_ranged("--seconds", 1, 60), help="iperf3 duration in seconds (default 3; not with --etcd)"
     )
     lab.add_argument("--no-fast-path", action="store_true", help="run the daemons with the pure-Python datapath")
     lab.add_argument(
@@ -504,7 +552,42 @@ def build_parser() -> argparse.ArgumentParser:
         default="ipv4",
         help="underlay address family between the hosts (default ipv4: 192.0.2.0/24; ipv6: fd00:192:2::/64)",
     )
+    lab.add_argument(
+        "--etcd",
+        action="store_true",
+        help="membership on etcd: a real etcd in its own namespace on the underlay, the hosts join by themselves "
+        "(no --remote), one host's daemon is killed and dropped by the others; ping only, no iperf3",
+    )
+    lab.add_argument(
+        "--hosts",
+        type=_ranged("--hosts", 2, LAB_MAX_HOSTS),
+        help="how many hosts (default 2; with --etcd 3, at least 3: one is killed, two must remain)",
+    )
     return p
+
+
+def check_lab_args(args: argparse.Namespace) -> None:
+    """`ovl-dp lab`: --hosts and --etcd agree (UsageError if not); fills in the default host count."""
+    if not args.etcd:
+        if args.hosts not in (None, 2):
+            raise UsageError(
+                f"--hosts {args.hosts} needs --etcd: the seed scenario has 2 hosts (see ovl-dp lab --help)"
+            )
+        args.hosts = 2
+        if args.seconds is None:
+            args.seconds = 3
+        return
+    if args.hosts is None:
+        args.hosts = 3
+    if args.hosts < 3:
+        raise UsageError(
+            f"--etcd needs --hosts 3 or more, not {args.hosts}: one host is killed and two must remain "
+            "(see ovl-dp lab --help)"
+        )
+    if args.seconds is not None:
+        raise UsageError(
+            "--seconds is the two-host demo's iperf3 time; the --etcd lab only pings (see ovl-dp lab --help)"
+        )
 
 
 def _privilege_problem() -> str | None:
@@ -565,7 +648,7 @@ def _control_request(args: argparse.Namespace) -> tuple[str, dict[str, object]]:
 
 def _query(args: argparse.Namespace) -> int:
     from control import ctl
-    from control.report import format_counters, format_fdb, format_remotes
+    from control.report import format_counters, format_fdb, format_members, format_remotes
 
     tap = getattr(args, "tap", None)
     if tap is None:
@@ -597,6 +680,9 @@ def _query(args: argparse.Namespace) -> int:
     elif cmd == "remote" and req["op"] == "list":
         assert isinstance(result, list)
         print(format_remotes(result))
+    elif cmd == "members":
+        assert isinstance(result, dict)
+        print(format_members(result))
     elif cmd == "reload":
         assert isinstance(result, dict)
         print(f"reloaded {result['file']}: {'; '.join(result['applied']) or 'nothing changed'}")
@@ -621,6 +707,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             source = run_source(args)
             cfg = source.load()
+        if args.command == "lab":
+            check_lab_args(args)
         problem = _privilege_problem()
         if problem:
             raise SetupError(problem)
