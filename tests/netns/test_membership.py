@@ -51,8 +51,13 @@ def _need_etcd() -> None:
 # -- the lab and its etcd --------------------------------------------------------------------------
 
 
+def etcd_host(lab: Lab, k: int = 0) -> str:
+    """The address of etcd server k on the lab's underlay: 192.0.2.200+k (fd00:192:2::200+k over IPv6)."""
+    return f"192.0.2.{200 + k}" if lab.families[0] == 4 else f"fd00:192:2::{200 + k}"
+
+
 def etcd_namespace(lab: Lab, addrs: int = 1) -> str:
-    """A namespace on the lab's switch for etcd, ul0 = 192.0.2.200 (.. 200+addrs-1); deleted by lab.close()."""
+    """A namespace on the lab's switch for etcd, ul0 = etcd_host(0..addrs-1); deleted by lab.close()."""
     ns = f"{lab.tag}-et"
     sh("ip", "netns", "add", ns)
     lab.namespaces.append(ns)
@@ -60,7 +65,10 @@ def etcd_namespace(lab: Lab, addrs: int = 1) -> str:
     sh("ip", "-n", ns, "link", "add", "ul0", "type", "veth", "peer", "name", "pet", "netns", lab.switch)
     sh("ip", "-n", lab.switch, "link", "set", "pet", "master", "br0", "up")
     for k in range(addrs):
-        sh("ip", "-n", ns, "addr", "add", f"192.0.2.{200 + k}/24", "dev", "ul0")
+        if lab.families[0] == 6:
+            sh("ip", "-n", ns, "addr", "add", f"{etcd_host(lab, k)}/64", "dev", "ul0", "nodad")
+        else:
+            sh("ip", "-n", ns, "addr", "add", f"{etcd_host(lab, k)}/24", "dev", "ul0")
     sh("ip", "-n", ns, "link", "set", "ul0", "up")
     return ns
 
@@ -74,22 +82,22 @@ def stop_daemons(lab: Lab) -> None:
 
 
 @contextlib.contextmanager
-def mesh_lab(hosts: int, cluster: int = 0) -> Iterator[tuple[Lab, list[EtcdServer]]]:
+def mesh_lab(hosts: int, cluster: int = 0, underlay: str = "ipv4") -> Iterator[tuple[Lab, list[EtcdServer]]]:
     """A built lab of hosts, with one etcd server (cluster=0) or a cluster of that many, all answering."""
     with contextlib.ExitStack() as stack:
-        lab = stack.enter_context(Lab(hosts))
-        lab.build(container_mtu("vxlan"))
+        lab = stack.enter_context(Lab(hosts, underlay=underlay))
+        lab.build(container_mtu("vxlan", family=lab.families[0]))
         n = max(1, cluster)
         ns = etcd_namespace(lab, n)
         if cluster:
-            hosts_ = [f"192.0.2.{200 + k}" for k in range(n)]
+            hosts_ = [etcd_host(lab, k) for k in range(n)]
             spec = ",".join(f"e{k}=http://{hosts_[k]}:{PEER_PORT}" for k in range(n))
             servers = [
                 EtcdServer(f"e{k}", hosts_[k], CLIENT_PORT, PEER_PORT, netns=ns, cluster=spec, token=f"{lab.tag}-c")
                 for k in range(n)
             ]
         else:
-            servers = [EtcdServer("e0", ETCD_IP, CLIENT_PORT, PEER_PORT, netns=ns)]
+            servers = [EtcdServer("e0", etcd_host(lab), CLIENT_PORT, PEER_PORT, netns=ns)]
         for s in servers:
             stack.callback(s.close)
         for s in servers:
@@ -505,3 +513,23 @@ def test_a_takeover_keeps_the_member_key_and_its_peers() -> None:
         assert {i: counters(lab, i)["leaves"] for i in (2, 3)} == leaves
         rows = remotes(lab, 1)  # the handed-over remotes are members again, not static
         assert all(r["origin"] == ["etcd"] for r in rows.values()), rows
+
+
+def test_an_ipv6_mesh_without_static_remotes() -> None:
+    """No --remote, etcd over IPv6: the address published (the route's source towards etcd) picks the family."""
+    with mesh_lab(3, underlay="ipv6") as (lab, servers):
+        assert servers[0].url == f"http://[{etcd_host(lab)}]:{CLIENT_PORT}"
+        # The lab's hosts have IPv6 off but on ul0: gRPC would never connect; a clear error instead.
+        d = join(lab, 1, servers, wait=False)
+        assert d.proc.wait(WAIT) == 2, d.output()
+        assert "net.ipv6.conf.lo.disable_ipv6=0" in d.output() and "Traceback" not in d.output(), d.output()
+        for i in (1, 2, 3):  # gRPC opens no IPv6 socket unless ::1 works (grpc_ipv6_loopback_available)
+            sh("ip", "netns", "exec", lab.host(i), "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0")
+        for i in (1, 2, 3):
+            join(lab, i, servers)
+        wait_mesh(lab, [1, 2, 3])
+        assert members(lab, 1)["self"] == lab.underlay_ip(1) == "fd00:192:2::1"
+        assert get_json(servers, key(lab, 2)) is not None  # /members/fd00:192:2::2: the canonical form
+        for a, b in ((1, 2), (2, 3), (3, 1)):
+            assert lab.ping(a, b, count=3)["loss"] == 0
+        assert "mtu 1430 (underlay 1500)" in lab.daemons[1].output()  # VXLAN over IPv6: 70 bytes
