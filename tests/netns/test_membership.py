@@ -73,6 +73,12 @@ def etcd_namespace(lab: Lab, addrs: int = 1) -> str:
     return ns
 
 
+def no_tracebacks(lab: Lab) -> None:
+    """Every daemon's log so far is free of tracebacks (one-line errors only)."""
+    for d in lab.daemons.values():
+        assert "Traceback" not in d.output(), d.output()
+
+
 def stop_daemons(lab: Lab) -> None:
     """SIGTERM every daemon still running (before etcd goes: their leave revokes on it)."""
     for d in list(lab.daemons.values()):
@@ -235,6 +241,7 @@ def test_join_leave_and_a_killed_member() -> None:
         assert {m["addr"] for m in rep["members"]} == {lab.underlay_ip(1), lab.underlay_ip(2)}
         peer = next(m for m in rep["members"] if m["addr"] == lab.underlay_ip(1))
         assert peer["remote"] and peer["rx_packets"] > 0 and peer["last_rx_age"] is not None, peer
+        no_tracebacks(lab)
 
 
 def test_two_hosts_claiming_one_address() -> None:
@@ -307,6 +314,7 @@ def test_etcd_restarted_and_away_under_a_running_mesh() -> None:
         assert metric(metrics, "ovl_dp_etcd_connected") == 1
         assert metric(metrics, "ovl_dp_etcd_reconnects_total") >= 2
         assert metric(metrics, "ovl_dp_etcd_last_keepalive_timestamp_seconds") > 0
+        no_tracebacks(lab)
 
 
 def test_three_member_etcd_cluster_with_one_killed() -> None:
@@ -327,6 +335,7 @@ def test_three_member_etcd_cluster_with_one_killed() -> None:
         assert members(lab, 1)["state"] == "connected"
         assert lab.ping(3, 1, count=3)["loss"] == 0
         assert {i: counters(lab, i)["leaves"] for i in (1, 2)} == leaves
+        no_tracebacks(lab)
 
 
 def test_compaction_and_a_lease_revoked_from_outside() -> None:
@@ -367,6 +376,7 @@ def test_compaction_and_a_lease_revoked_from_outside() -> None:
         wait_mesh(lab, [1, 2], "after the revoke")
         assert counters(lab, 2)["lease_regrants"] > regrants
         assert lab.ping(1, 2, count=3)["loss"] == 0
+        no_tracebacks(lab)
 
 
 def test_static_remotes_coexist_with_members() -> None:
@@ -390,6 +400,11 @@ def test_static_remotes_coexist_with_members() -> None:
         res = cli(lab, 1, "remote", "del", ip3, check=False)
         assert res.returncode == 2 and f"is an etcd member of net {NET}; it leaves when its key goes" in res.stderr
         assert ip3 in remotes(lab, 1)
+        # remote add of a member makes it static too; remote del then only takes that away.
+        assert "now also static" in cli(lab, 1, "remote", "add", ip3).stdout
+        assert remotes(lab, 1)[ip3]["origin"] == ["etcd", "static"]
+        assert "no longer static; it stays as an etcd member" in cli(lab, 1, "remote", "del", ip3).stdout
+        assert remotes(lab, 1)[ip3]["origin"] == ["etcd"]
         # A static entry on etcd behind host 3 applies; one behind a non-member stays pending.
         ctl(servers, "put", f"{PREFIX}/static/0/02:00:00:00:12:03", json.dumps({"remote": ip3}))
         ctl(servers, "put", f"{PREFIX}/static/0/02:00:00:00:12:09", json.dumps({"remote": "192.0.2.9"}))
@@ -407,6 +422,11 @@ def test_static_remotes_coexist_with_members() -> None:
         assert "removed" not in out, out
         assert set(remotes(lab, 1)) == {ip2, ip3} and remotes(lab, 1)[ip2]["origin"] == ["etcd"]
         assert fdb_static().get("02:00:00:00:12:03") == ip3
+        # membership.* needs a restart: a reload that changes it is refused, nothing changes.
+        conf.write_text(conf.read_text().replace(f"lease_ttl = {TTL}", "lease_ttl = 30"))
+        res = cli(lab, 1, "reload", check=False)
+        assert res.returncode == 2 and "membership.lease_ttl changed, which needs a restart" in res.stderr, res
+        conf.write_text(conf.read_text().replace("lease_ttl = 30", f"lease_ttl = {TTL}"))
         conf.write_text(conf.read_text().replace("remotes = []", f'remotes = ["{ip2}"]'))
         cli(lab, 1, "reload")
         assert remotes(lab, 1)[ip2]["origin"] == ["etcd", "static"]
@@ -420,6 +440,7 @@ def test_static_remotes_coexist_with_members() -> None:
         join(lab, 3, servers)
         wait_until("host 3's static entry again", lambda: fdb_static().get("02:00:00:00:12:03") == ip3, WAIT, 0.2)
         assert lab.ping(1, 3, count=3)["loss"] == 0
+        no_tracebacks(lab)
 
 
 # -- HTTP ------------------------------------------------------------------------------------------
@@ -513,6 +534,7 @@ def test_a_takeover_keeps_the_member_key_and_its_peers() -> None:
         assert {i: counters(lab, i)["leaves"] for i in (2, 3)} == leaves
         rows = remotes(lab, 1)  # the handed-over remotes are members again, not static
         assert all(r["origin"] == ["etcd"] for r in rows.values()), rows
+        no_tracebacks(lab)
 
 
 def test_an_ipv6_mesh_without_static_remotes() -> None:
