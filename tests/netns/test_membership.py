@@ -206,6 +206,7 @@ def test_join_leave_and_a_killed_member() -> None:
         for a, b in ((1, 2), (2, 3), (3, 1)):
             assert lab.ping(a, b, count=3)["loss"] == 0
         out = cli(lab, 1, "members").stdout
+        print(f"\n$ ovl-dp members (host 1)\n{out}")
         head = out.splitlines()[0]
         assert head.startswith(f"net {NET} on http://{ETCD_IP}:{CLIENT_PORT}") and "connected" in head, out
         assert f"our lease {TTL} s" in head, out
