@@ -267,6 +267,16 @@ def test_two_hosts_claiming_one_address() -> None:
         assert get_json(servers, key(lab, 1)) == before  # untouched: same lease, same revision
         wait_mesh(lab, [1, 2], "after the refused claim")
         assert lab.ping(1, 2, count=3)["loss"] == 0
+        # Later, under a running daemon: another host's value written over host 2's key. Two hosts must not
+        # share an address: host 2's daemon exits (non-zero, one line), as on any fatal problem.
+        intruder = {"addr": lab.underlay_ip(2), "mac": "02:00:00:00:66:66", "hostname": "intruder",
+                    "machine_id": "0" * 32, "netns": 1, "version": "x", "pid": 1, "joined": 0.0}  # fmt: skip
+        ctl(servers, "put", key(lab, 2), json.dumps(intruder))
+        d2 = lab.daemons[2]
+        assert d2.proc.wait(WAIT) == 2, d2.output()
+        fatal = [line for line in d2.output().splitlines() if "was taken by" in line]
+        assert fatal and "intruder" in fatal[0] and "0" * 32 in fatal[0], d2.output()
+        assert "Traceback" not in d2.output(), d2.output()
 
 
 def test_net_config_disagreeing_is_refused() -> None:
