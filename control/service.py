@@ -159,6 +159,7 @@ class Service:
                 return f"remote {addr} is an etcd member already; now also static (it stays when it leaves etcd)"
             note = self.add_remote(addr)
             self.origins[addr] = {STATIC}
+            self._apply_etcd_static(addr)  # etcd's static entries that waited for it
             return f"remote {addr} added{note}"
         if op == "del":
             addr = check_address("remotes", addr)
@@ -438,3 +439,5 @@ class Service:
             if live_static.get((mac, vlan)) != remote:
                 e.fdb_add(mac, remote, vlan=vlan)
                 done.append(f"static {format_mac(mac)}@{vlan} -> {remote} added")
+        for addr in plan:  # etcd's static entries that waited for a remote the file added
+            self._apply_etcd_static(addr)

@@ -426,6 +426,10 @@ def test_static_remotes_coexist_with_members() -> None:
 
         wait_until("the etcd static entry on host 1", lambda: fdb_static().get("02:00:00:00:12:03") == ip3, WAIT)
         assert "02:00:00:00:12:09" not in fdb_static()
+        cli(lab, 1, "remote", "add", "192.0.2.9")  # the pending entry's remote, static: now it applies
+        assert fdb_static().get("02:00:00:00:12:09") == "192.0.2.9"
+        assert "192.0.2.9 removed" in cli(lab, 1, "remote", "del", "192.0.2.9").stdout
+        assert "02:00:00:00:12:09" not in fdb_static()
         # A reload of the file (host 2 no longer in it, host 3 not) never removes a member's remote, and
         # leaves etcd's static entries alone.
         conf.write_text(conf.read_text().replace(f'remotes = ["{ip2}"]', "remotes = []"))
