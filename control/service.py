@@ -221,14 +221,11 @@ class Service:
             origins.add(ETCD)
         else:
             try:
-                note = self.add_remote(addr)
+                self.add_remote(addr)  # (logged there, with a warning about its path MTU if there is one)
             except SetupError as exc:
                 raise ValueError(str(exc)) from None
             self.origins[addr] = {ETCD}
-            if note:
-                log.info("member %s:%s", addr, note)
         self.member_since[addr] = time.time()
-        log.info("member %s joined: a remote now", addr, extra={"event": "member_added", "remote": addr})
         self._apply_etcd_static(addr)
 
     def member_removed(self, addr: str) -> None:
