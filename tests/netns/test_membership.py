@@ -14,11 +14,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,8 +53,13 @@ def _need_etcd() -> None:
 # -- the lab and its etcd --------------------------------------------------------------------------
 
 
+def etcd_host(lab: Lab, k: int = 0) -> str:
+    """The address of etcd server k on the lab's underlay: 192.0.2.200+k (fd00:192:2::200+k over IPv6)."""
+    return f"192.0.2.{200 + k}" if lab.families[0] == 4 else f"fd00:192:2::{200 + k}"
+
+
 def etcd_namespace(lab: Lab, addrs: int = 1) -> str:
-    """A namespace on the lab's switch for etcd, ul0 = 192.0.2.200 (.. 200+addrs-1); deleted by lab.close()."""
+    """A namespace on the lab's switch for etcd, ul0 = etcd_host(0..addrs-1); deleted by lab.close()."""
     ns = f"{lab.tag}-et"
     sh("ip", "netns", "add", ns)
     lab.namespaces.append(ns)
@@ -60,9 +67,18 @@ def etcd_namespace(lab: Lab, addrs: int = 1) -> str:
     sh("ip", "-n", ns, "link", "add", "ul0", "type", "veth", "peer", "name", "pet", "netns", lab.switch)
     sh("ip", "-n", lab.switch, "link", "set", "pet", "master", "br0", "up")
     for k in range(addrs):
-        sh("ip", "-n", ns, "addr", "add", f"192.0.2.{200 + k}/24", "dev", "ul0")
+        if lab.families[0] == 6:
+            sh("ip", "-n", ns, "addr", "add", f"{etcd_host(lab, k)}/64", "dev", "ul0", "nodad")
+        else:
+            sh("ip", "-n", ns, "addr", "add", f"{etcd_host(lab, k)}/24", "dev", "ul0")
     sh("ip", "-n", ns, "link", "set", "ul0", "up")
     return ns
+
+
+def no_tracebacks(lab: Lab) -> None:
+    """Every daemon's log so far is free of tracebacks (one-line errors only)."""
+    for d in lab.daemons.values():
+        assert "Traceback" not in d.output(), d.output()
 
 
 def stop_daemons(lab: Lab) -> None:
@@ -74,22 +90,22 @@ def stop_daemons(lab: Lab) -> None:
 
 
 @contextlib.contextmanager
-def mesh_lab(hosts: int, cluster: int = 0) -> Iterator[tuple[Lab, list[EtcdServer]]]:
+def mesh_lab(hosts: int, cluster: int = 0, underlay: str = "ipv4") -> Iterator[tuple[Lab, list[EtcdServer]]]:
     """A built lab of hosts, with one etcd server (cluster=0) or a cluster of that many, all answering."""
     with contextlib.ExitStack() as stack:
-        lab = stack.enter_context(Lab(hosts))
-        lab.build(container_mtu("vxlan"))
+        lab = stack.enter_context(Lab(hosts, underlay=underlay))
+        lab.build(container_mtu("vxlan", family=lab.families[0]))
         n = max(1, cluster)
         ns = etcd_namespace(lab, n)
         if cluster:
-            hosts_ = [f"192.0.2.{200 + k}" for k in range(n)]
+            hosts_ = [etcd_host(lab, k) for k in range(n)]
             spec = ",".join(f"e{k}=http://{hosts_[k]}:{PEER_PORT}" for k in range(n))
             servers = [
                 EtcdServer(f"e{k}", hosts_[k], CLIENT_PORT, PEER_PORT, netns=ns, cluster=spec, token=f"{lab.tag}-c")
                 for k in range(n)
             ]
         else:
-            servers = [EtcdServer("e0", ETCD_IP, CLIENT_PORT, PEER_PORT, netns=ns)]
+            servers = [EtcdServer("e0", etcd_host(lab), CLIENT_PORT, PEER_PORT, netns=ns)]
         for s in servers:
             stack.callback(s.close)
         for s in servers:
@@ -192,6 +208,7 @@ def test_join_leave_and_a_killed_member() -> None:
         for a, b in ((1, 2), (2, 3), (3, 1)):
             assert lab.ping(a, b, count=3)["loss"] == 0
         out = cli(lab, 1, "members").stdout
+        print(f"\n$ ovl-dp members (host 1)\n{out}")
         head = out.splitlines()[0]
         assert head.startswith(f"net {NET} on http://{ETCD_IP}:{CLIENT_PORT}") and "connected" in head, out
         assert f"our lease {TTL} s" in head, out
@@ -227,6 +244,7 @@ def test_join_leave_and_a_killed_member() -> None:
         assert {m["addr"] for m in rep["members"]} == {lab.underlay_ip(1), lab.underlay_ip(2)}
         peer = next(m for m in rep["members"] if m["addr"] == lab.underlay_ip(1))
         assert peer["remote"] and peer["rx_packets"] > 0 and peer["last_rx_age"] is not None, peer
+        no_tracebacks(lab)
 
 
 def test_two_hosts_claiming_one_address() -> None:
@@ -251,6 +269,16 @@ def test_two_hosts_claiming_one_address() -> None:
         assert get_json(servers, key(lab, 1)) == before  # untouched: same lease, same revision
         wait_mesh(lab, [1, 2], "after the refused claim")
         assert lab.ping(1, 2, count=3)["loss"] == 0
+        # Later, under a running daemon: another host's value written over host 2's key. Two hosts must not
+        # share an address: host 2's daemon exits (non-zero, one line), as on any fatal problem.
+        intruder = {"addr": lab.underlay_ip(2), "mac": "02:00:00:00:66:66", "hostname": "intruder",
+                    "machine_id": "0" * 32, "netns": 1, "version": "x", "pid": 1, "joined": 0.0}  # fmt: skip
+        ctl(servers, "put", key(lab, 2), json.dumps(intruder))
+        d2 = lab.daemons[2]
+        assert d2.proc.wait(WAIT) == 2, d2.output()
+        fatal = [line for line in d2.output().splitlines() if "was taken by" in line]
+        assert fatal and "intruder" in fatal[0] and "0" * 32 in fatal[0], d2.output()
+        assert "Traceback" not in d2.output(), d2.output()
 
 
 def test_net_config_disagreeing_is_refused() -> None:
@@ -299,6 +327,7 @@ def test_etcd_restarted_and_away_under_a_running_mesh() -> None:
         assert metric(metrics, "ovl_dp_etcd_connected") == 1
         assert metric(metrics, "ovl_dp_etcd_reconnects_total") >= 2
         assert metric(metrics, "ovl_dp_etcd_last_keepalive_timestamp_seconds") > 0
+        no_tracebacks(lab)
 
 
 def test_three_member_etcd_cluster_with_one_killed() -> None:
@@ -319,6 +348,7 @@ def test_three_member_etcd_cluster_with_one_killed() -> None:
         assert members(lab, 1)["state"] == "connected"
         assert lab.ping(3, 1, count=3)["loss"] == 0
         assert {i: counters(lab, i)["leaves"] for i in (1, 2)} == leaves
+        no_tracebacks(lab)
 
 
 def test_compaction_and_a_lease_revoked_from_outside() -> None:
@@ -359,6 +389,7 @@ def test_compaction_and_a_lease_revoked_from_outside() -> None:
         wait_mesh(lab, [1, 2], "after the revoke")
         assert counters(lab, 2)["lease_regrants"] > regrants
         assert lab.ping(1, 2, count=3)["loss"] == 0
+        no_tracebacks(lab)
 
 
 def test_static_remotes_coexist_with_members() -> None:
@@ -382,6 +413,11 @@ def test_static_remotes_coexist_with_members() -> None:
         res = cli(lab, 1, "remote", "del", ip3, check=False)
         assert res.returncode == 2 and f"is an etcd member of net {NET}; it leaves when its key goes" in res.stderr
         assert ip3 in remotes(lab, 1)
+        # remote add of a member makes it static too; remote del then only takes that away.
+        assert "now also static" in cli(lab, 1, "remote", "add", ip3).stdout
+        assert remotes(lab, 1)[ip3]["origin"] == ["etcd", "static"]
+        assert "no longer static; it stays as an etcd member" in cli(lab, 1, "remote", "del", ip3).stdout
+        assert remotes(lab, 1)[ip3]["origin"] == ["etcd"]
         # A static entry on etcd behind host 3 applies; one behind a non-member stays pending.
         ctl(servers, "put", f"{PREFIX}/static/0/02:00:00:00:12:03", json.dumps({"remote": ip3}))
         ctl(servers, "put", f"{PREFIX}/static/0/02:00:00:00:12:09", json.dumps({"remote": "192.0.2.9"}))
@@ -392,6 +428,10 @@ def test_static_remotes_coexist_with_members() -> None:
 
         wait_until("the etcd static entry on host 1", lambda: fdb_static().get("02:00:00:00:12:03") == ip3, WAIT)
         assert "02:00:00:00:12:09" not in fdb_static()
+        cli(lab, 1, "remote", "add", "192.0.2.9")  # the pending entry's remote, static: now it applies
+        assert fdb_static().get("02:00:00:00:12:09") == "192.0.2.9"
+        assert "192.0.2.9 removed" in cli(lab, 1, "remote", "del", "192.0.2.9").stdout
+        assert "02:00:00:00:12:09" not in fdb_static()
         # A reload of the file (host 2 no longer in it, host 3 not) never removes a member's remote, and
         # leaves etcd's static entries alone.
         conf.write_text(conf.read_text().replace(f'remotes = ["{ip2}"]', "remotes = []"))
@@ -399,6 +439,11 @@ def test_static_remotes_coexist_with_members() -> None:
         assert "removed" not in out, out
         assert set(remotes(lab, 1)) == {ip2, ip3} and remotes(lab, 1)[ip2]["origin"] == ["etcd"]
         assert fdb_static().get("02:00:00:00:12:03") == ip3
+        # membership.* needs a restart: a reload that changes it is refused, nothing changes.
+        conf.write_text(conf.read_text().replace(f"lease_ttl = {TTL}", "lease_ttl = 30"))
+        res = cli(lab, 1, "reload", check=False)
+        assert res.returncode == 2 and "membership.lease_ttl changed, which needs a restart" in res.stderr, res
+        conf.write_text(conf.read_text().replace("lease_ttl = 30", f"lease_ttl = {TTL}"))
         conf.write_text(conf.read_text().replace("remotes = []", f'remotes = ["{ip2}"]'))
         cli(lab, 1, "reload")
         assert remotes(lab, 1)[ip2]["origin"] == ["etcd", "static"]
@@ -412,6 +457,7 @@ def test_static_remotes_coexist_with_members() -> None:
         join(lab, 3, servers)
         wait_until("host 3's static entry again", lambda: fdb_static().get("02:00:00:00:12:03") == ip3, WAIT, 0.2)
         assert lab.ping(1, 3, count=3)["loss"] == 0
+        no_tracebacks(lab)
 
 
 # -- HTTP ------------------------------------------------------------------------------------------
@@ -505,3 +551,157 @@ def test_a_takeover_keeps_the_member_key_and_its_peers() -> None:
         assert {i: counters(lab, i)["leaves"] for i in (2, 3)} == leaves
         rows = remotes(lab, 1)  # the handed-over remotes are members again, not static
         assert all(r["origin"] == ["etcd"] for r in rows.values()), rows
+        no_tracebacks(lab)
+
+
+def test_an_ipv6_mesh_without_static_remotes() -> None:
+    """No --remote, etcd over IPv6: the address published (the route's source towards etcd) picks the family."""
+    with mesh_lab(3, underlay="ipv6") as (lab, servers):
+        assert servers[0].url == f"http://[{etcd_host(lab)}]:{CLIENT_PORT}"
+        # Without IPv6 on lo gRPC would never connect (grpc_ipv6_loopback_available): a clear error instead.
+        sh("ip", "netns", "exec", lab.host(1), "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=1")
+        d = join(lab, 1, servers, wait=False)
+        assert d.proc.wait(WAIT) == 2, d.output()
+        assert "net.ipv6.conf.lo.disable_ipv6=0" in d.output() and "Traceback" not in d.output(), d.output()
+        for i in (1, 2, 3):  # (the lab sets ::1 up in an IPv6 lab; host 1's was taken away above)
+            sh("ip", "netns", "exec", lab.host(i), "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0")
+        for i in (1, 2, 3):
+            join(lab, i, servers)
+        wait_mesh(lab, [1, 2, 3])
+        assert members(lab, 1)["self"] == lab.underlay_ip(1) == "fd00:192:2::1"
+        assert get_json(servers, key(lab, 2)) is not None  # /members/fd00:192:2::2: the canonical form
+        for a, b in ((1, 2), (2, 3), (3, 1)):
+            assert lab.ping(a, b, count=3)["loss"] == 0
+        assert "mtu 1430 (underlay 1500)" in lab.daemons[1].output()  # VXLAN over IPv6: 70 bytes
+
+
+def test_etcd_away_at_start_is_no_error() -> None:
+    """Daemons started while etcd is down: ready anyway (degraded, static remotes forward), the mesh forms
+    once etcd answers."""
+    with mesh_lab(3) as (lab, servers):
+        (server,) = servers
+        server.stop()
+        join(lab, 1, servers, "--metrics", "9100", "--remote", lab.underlay_ip(2))
+        join(lab, 2, servers, "--remote", lab.underlay_ip(1))
+        join(lab, 3, servers)
+        assert members(lab, 1)["state"] in ("connecting", "degraded")
+        wait_until("host 1's /healthz to say degraded", lambda: healthz(lab, 1)[1].startswith("degraded: "),
+                   WAIT, 0.2)  # fmt: skip
+        assert healthz(lab, 1)[0] == 200
+        assert lab.ping(1, 2, count=3)["loss"] == 0  # the static remotes forward meanwhile
+        server.start()
+        wait_mesh(lab, [1, 2, 3], "once etcd answers")
+        wait_until("host 1's /healthz to be ok", lambda: healthz(lab, 1) == (200, "ok"), WAIT, 0.2)
+        for a, b in ((1, 3), (3, 2)):
+            assert lab.ping(a, b, count=3)["loss"] == 0
+        assert remotes(lab, 1)[lab.underlay_ip(2)]["origin"] == ["etcd", "static"]
+        no_tracebacks(lab)
+
+
+# -- an etcd that requires TLS, through etcd's own grpc-proxy (the README's TLS note) -----------------
+
+PROXY_PORT = 23791
+
+
+def make_certs(d: Path) -> None:
+    """A CA, a server certificate for etcd_host (IPv4 lab) and a client certificate, by openssl."""
+
+    def ssl(*args: str) -> None:
+        sh("openssl", *args)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{d}/ca-key.pem", "-out", f"{d}/ca.pem",
+        "-days", "1", "-subj", "/CN=ovl-dp test CA")  # fmt: skip
+    for name, ext in (("server", f"subjectAltName=IP:{ETCD_IP}\nextendedKeyUsage=serverAuth\n"),
+                      ("client", "extendedKeyUsage=clientAuth\n")):  # fmt: skip
+        (d / f"{name}.cnf").write_text(ext)
+        ssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{d}/{name}-key.pem",
+            "-out",
+            f"{d}/{name}.csr",
+            "-subj",
+            "/CN=etcd" if name == "server" else "/O=ovl-dp",
+        )  # fmt: skip  (the proxy's: no CN)
+        ssl("x509", "-req", "-in", f"{d}/{name}.csr", "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca-key.pem",
+            "-CAcreateserial", "-out", f"{d}/{name}.pem", "-days", "1", "-extfile", f"{d}/{name}.cnf")  # fmt: skip
+
+
+class TlsEtcd(EtcdServer):
+    """An etcd that serves clients over TLS only and wants their certificates (--client-cert-auth)."""
+
+    def __init__(self, certs: Path, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.certs = certs
+        self.tls = [f"--cacert={certs}/ca.pem", f"--cert={certs}/client.pem", f"--key={certs}/client-key.pem"]
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.client_port}"
+
+    def _command(self) -> list[str]:
+        c = self.certs
+        return [*super()._command(), f"--cert-file={c}/server.pem", f"--key-file={c}/server-key.pem",
+                f"--trusted-ca-file={c}/ca.pem", "--client-cert-auth"]  # fmt: skip
+
+    def etcdctl(self, *args: str) -> str:
+        return etcdctl(self.url, *self.tls, *args, netns=self.netns)
+
+    def healthy(self) -> bool:
+        if not self.running:
+            return False
+        try:
+            self.etcdctl("endpoint", "health")
+        except (LabError, subprocess.TimeoutExpired):
+            return False
+        return True
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_an_etcd_that_requires_tls_through_grpc_proxy() -> None:
+    with contextlib.ExitStack() as stack:
+        lab = stack.enter_context(Lab(2))
+        lab.build(container_mtu("vxlan"))
+        certs = lab.workdir / "certs"
+        certs.mkdir()
+        make_certs(certs)
+        server = TlsEtcd(certs, "e0", ETCD_IP, CLIENT_PORT, PEER_PORT, netns=etcd_namespace(lab))
+        stack.callback(server.close)
+        server.start()
+        with pytest.raises(LabError):  # no client certificate: refused
+            etcdctl(server.url, f"--cacert={certs}/ca.pem", "endpoint", "health", netns=server.netns)
+        # Per host: etcd's grpc-proxy speaks TLS to etcd and plain gRPC on 127.0.0.1 of that host.
+        for i in (1, 2):
+            log = lab.workdir / f"proxy-h{i}.log"
+            with log.open("wb") as out:
+                proxy = subprocess.Popen(
+                    ["ip", "netns", "exec", lab.host(i), "etcd", "grpc-proxy", "start",
+                     f"--endpoints={server.url}", *server.tls, f"--listen-addr=127.0.0.1:{PROXY_PORT}"],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+            lab.procs.append(proxy)  # stopped by PID in lab.close()
+            wait_until(
+                f"the grpc-proxy on host {i}",
+                lambda i=i: subprocess.run(  # type: ignore[misc]
+                    ["ip", "netns", "exec", lab.host(i), "etcdctl", f"--endpoints=127.0.0.1:{PROXY_PORT}",
+                     "--dial-timeout=2s", "put", "/probe", "x"], capture_output=True, check=False,
+                ).returncode == 0,
+                WAIT,
+                0.2,
+                detail=lambda log=log: log.read_text(errors="replace")[-3000:],  # type: ignore[misc]
+            )  # fmt: skip
+        stack.callback(stop_daemons, lab)
+        for i in (1, 2):
+            lab.start(i, *MEMBER, "--etcd", f"http://127.0.0.1:{PROXY_PORT}", "--advertise", lab.underlay_ip(i))
+        wait_mesh(lab, [1, 2], "through the proxies")
+        assert lab.ping(1, 2, count=3)["loss"] == 0
+        assert json.loads(server.etcdctl("get", key(lab, 2), "--print-value-only"))["addr"] == lab.underlay_ip(2)
+        # Leave through the proxy revokes too: the key is gone once the daemon has exited.
+        assert lab.stop(lab.daemons[2]) == 0
+        assert server.etcdctl("get", key(lab, 2)).strip() == ""
+        wait_until("host 1 to drop host 2", lambda: not remotes(lab, 1), WAIT, 0.2,
+                   detail=lambda: json.dumps(members(lab, 1)) + "\n" + lab.daemons[1].output()[-3000:])  # fmt: skip
+        no_tracebacks(lab)
