@@ -386,6 +386,15 @@ def sink_tx(lab: Lab, i: int) -> tuple[int, int]:
     return int(out[0]), int(out[1])
 
 
+def counter_deltas(before: dict[str, Any], after: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, int]:
+    """The integer counters named with one of prefixes that changed from before to after, by how much."""
+    out = {}
+    for k, v in after.items():
+        if isinstance(v, int) and k.startswith(prefixes) and v != before.get(k, 0):
+            out[k] = v - int(before.get(k, 0))
+    return out
+
+
 def flood_paced(lab: Lab, frames: int, rate: float) -> dict[str, Any]:
     """Host 1's daemon CPU per broadcast frame from container 1 sent at rate frames/s, and where the copies went."""
     pid = lab.daemons[1].proc.pid
@@ -410,8 +419,7 @@ def flood_paced(lab: Lab, frames: int, rate: float) -> dict[str, Any]:
         "sink_packets": tx1[0] - tx0[0],
         "sink_dropped": tx1[1] - tx0[1],
         "outer_pps": round((tx1[0] - tx0[0]) / sent_s),
-        "stats": {k: v - before["stats"].get(k, 0) for k, v in after["stats"].items()
-                  if isinstance(v, int) and v - before["stats"].get(k, 0) and k.startswith(("ring", "tx"))},  # fmt: skip
+        "stats": counter_deltas(before["stats"], after["stats"], ("ring", "tx")),
         "us_per_frame": cpu / max(flooded, 1) / 1e3,
         "ns_per_copy": cpu / max(copies, 1),
         "drops": drops,
