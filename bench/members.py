@@ -10,9 +10,9 @@ static remote) and registers itself. The bench writes the other members itself, 
 hosts`` keys ``/ovl-dp/v1/nets/bench/members/<addr>`` with the contract's JSON value, each on a
 lease of its own (``--ttl``, kept alive every ttl/3 s as a daemon does), from a worker process in
 the switch's namespace (aetcd). Their addresses are in 198.18.0.0/15 (RFC 2544's benchmarking
-range), routed on every host to a veth whose peer holds no address (a static neighbour no one
-has): the daemons accept them as remotes, and flooded copies to them leave ovl-dp and the kernel's
-send path and are dropped at the far end of that veth.
+range), routed on every host to a veth whose peer is in the switch's namespace (it answers ARP,
+does not forward): the daemons accept them as remotes, and flooded copies to them leave ovl-dp and
+the kernel's send path and are dropped at the far end of that veth.
 
 When a daemon has a member as a remote is read from its log (``remote X added`` /
 ``remote X removed``, timestamps to the millisecond, one clock for all processes); the state is
@@ -24,8 +24,10 @@ bench's own etcd watch gives the time etcd published it, for reference. Phases, 
   join burst        ``--burst`` keys put at once (concurrent puts)
   fill              the remaining keys up to ``--members`` at once (their latency reported too)
   500 members       every daemon's RSS (VmRSS, VmHWM) and idle CPU; the flood cost on host 1:
-                    ``--floods`` broadcast frames from container 1 (bench.scale.flood_cost: daemon CPU
-                    per flooded frame and per copy sent, idle CPU subtracted, copies counted by ``show``)
+                    ``--floods`` broadcast frames from container 1 at ``--flood-rate`` frames/s, then
+                    as many at ``--flood-burst-rate``: daemon CPU (all threads, schedstat) per flooded
+                    frame and per copy, idle CPU subtracted; copies as ``show`` counts them and as they
+                    arrived at the far end of the sink veth (outer packets/s), drops
   leave one by one  ``--leaves`` leases revoked, each once the previous removal is everywhere
   leave burst       ``--leave-burst`` leases revoked at once
   crash             ``--crashes`` members whose leases are no longer kept alive: time from each one's
@@ -58,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.parse import percentile, proc_cpu_ticks
-from bench.scale import cpu_ns, flood_cost, sink_routes, status_kb
+from bench.scale import cpu_ns, status_kb
 from control.lab.hosts import Lab, container_mtu
 from control.lab.shell import LabError, nsexec, sh
 from control.procs import sigterm_raises_interrupt, stop_process
@@ -357,9 +359,18 @@ def progress(msg: str) -> None:
 
 
 def fake_routes(lab: Lab) -> None:
-    """198.18.0.0/15 out of a veth to a neighbour no one has, on every host."""
+    """198.18.0.0/15 on every host I via a veth "sink0" (10.254.I.1/30) whose peer "skI" is in the switch's
+    namespace (10.254.I.2/30): a real neighbour that answers ARP, where the copies to the bench's members arrive
+    and are dropped (not for it, no forwarding). Not a static neighbour entry: ovl-dp's next-hop keeper
+    replaces those (NTF_USE with NLM_F_REPLACE makes a PERMANENT entry an ordinary one, which then fails)."""
     for i in range(1, lab.n + 1):
-        sink_routes(lab, i, FAKE_NET)
+        h, peer = lab.host(i), f"sk{i}"
+        sh("ip", "-n", h, "link", "add", "sink0", "type", "veth", "peer", "name", peer, "netns", lab.switch)
+        sh("ip", "-n", h, "addr", "add", f"10.254.{i}.1/30", "dev", "sink0")
+        sh("ip", "-n", lab.switch, "addr", "add", f"10.254.{i}.2/30", "dev", peer)
+        sh("ip", "-n", h, "link", "set", "sink0", "up")
+        sh("ip", "-n", lab.switch, "link", "set", peer, "up")
+        sh("ip", "-n", h, "route", "add", FAKE_NET, "via", f"10.254.{i}.2")
 
 
 # F broadcast frames out of eth0 at R frames/s (paced by the clock, not by sleeps adding up).
@@ -379,11 +390,18 @@ with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
 
 
 def sink_tx(lab: Lab, i: int) -> tuple[int, int]:
-    """(sent, dropped) packets of host i's sink veth: the copies to the bench's members that left, and those the
-    kernel dropped on the way (the veth's peer backlog, netdev_max_backlog, full)."""
-    stats = "/sys/class/net/sink0/statistics/"
-    out = nsexec(lab.host(i), "cat", stats + "tx_packets", stats + "tx_dropped").stdout.split()
+    """(arrived, dropped) packets at the far end of host i's sink veth: the copies to the bench's members that
+    left host i, and those the kernel dropped on the way in (rx_dropped: its backlog full)."""
+    stats = f"/sys/class/net/sk{i}/statistics/"
+    out = nsexec(lab.switch, "cat", stats + "rx_packets", stats + "rx_dropped").stdout.split()
     return int(out[0]), int(out[1])
+
+
+def ip_counters(lab: Lab, i: int) -> dict[str, int]:
+    """The Ip: line of /proc/net/snmp in host i's namespace (OutRequests, OutDiscards, OutNoRoutes, ...)."""
+    lines = [ln.split() for ln in nsexec(lab.host(i), "cat", "/proc/net/snmp").stdout.splitlines()]
+    names, values = (ln[1:] for ln in lines if ln and ln[0] == "Ip:")
+    return dict(zip(names, map(int, values), strict=True))
 
 
 def counter_deltas(before: dict[str, Any], after: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, int]:
@@ -401,13 +419,13 @@ def flood_paced(lab: Lab, frames: int, rate: float) -> dict[str, Any]:
     t0, c0 = time.monotonic(), cpu_ns(pid)
     time.sleep(1.0)
     idle_per_s = (cpu_ns(pid) - c0) / (time.monotonic() - t0)
-    before, tx0 = lab.ovl(1, "show"), sink_tx(lab, 1)
+    before, tx0, ip0 = lab.ovl(1, "show"), sink_tx(lab, 1), ip_counters(lab, 1)
     t0, c0 = time.monotonic(), cpu_ns(pid)
     nsexec(lab.container(1), sys.executable, "-c", SEND_PACED, str(frames), str(rate), timeout=frames / rate + 60)
     sent_s = time.monotonic() - t0
     time.sleep(0.5)  # the last batches
     wall, used = time.monotonic() - t0, cpu_ns(pid) - c0
-    after, tx1 = lab.ovl(1, "show"), sink_tx(lab, 1)
+    after, tx1, ip1 = lab.ovl(1, "show"), sink_tx(lab, 1), ip_counters(lab, 1)
     flooded = after["stats"]["tx_flooded"] - before["stats"]["tx_flooded"]
     copies = sum(int(r["tx_flood"]) for r in after["remotes"]) - sum(int(r["tx_flood"]) for r in before["remotes"])
     drops = {k: v - before["drops"].get(k, 0) for k, v in after["drops"].items() if v - before["drops"].get(k, 0)}
@@ -419,7 +437,9 @@ def flood_paced(lab: Lab, frames: int, rate: float) -> dict[str, Any]:
         "sink_packets": tx1[0] - tx0[0],
         "sink_dropped": tx1[1] - tx0[1],
         "outer_pps": round((tx1[0] - tx0[0]) / sent_s),
-        "stats": counter_deltas(before["stats"], after["stats"], ("ring", "tx")),
+        "stats": counter_deltas(before["stats"], after["stats"], ("tx",)),
+        "watch": counter_deltas(before["watch"], after["watch"], ("ring", "nexthop")),
+        "ip": counter_deltas(ip0, ip1, ("Out",)),  # the raw socket's packets, as the kernel's IP layer counted them
         "us_per_frame": cpu / max(flooded, 1) / 1e3,
         "ns_per_copy": cpu / max(copies, 1),
         "drops": drops,
@@ -602,7 +622,7 @@ class Bench:
         wall = time.monotonic() - t0
         idle = [round((c1 - c) / wall * 1e3, 2) for c, c1 in zip(c0, self.cpu(), strict=True)]
         paced = flood_paced(lab, a.floods, a.flood_rate)
-        burst = flood_cost(lab, a.floods)
+        burst = flood_paced(lab, a.floods, a.flood_burst_rate)
         self.result["at_scale"] = {
             "remotes": n_remotes,
             "rss_mb": [round(status_kb(p, "VmRSS") / 1024, 1) for p in pids],
@@ -705,11 +725,11 @@ def table(result: dict[str, Any]) -> str:
             f"RSS target ≤ {TARGET_RSS_MB:.0f} MB with {max(s['remotes'])} remotes: {'yes' if rss_ok else 'no'} "
             f"(largest {max(s['rss_mb'])} MB).",
             "",
-            "| flood on h1 | frames | copies | copies out of the sink veth | outer packets/s | daemon CPU µs/frame "
-            "| ns/copy | drops (ovl-dp) | dropped by the kernel (veth) |",
+            "| flood on h1 | frames | copies | copies arrived at the sink | outer packets/s | daemon CPU µs/frame "
+            "| ns/copy | drops (ovl-dp) | dropped by the kernel (sink) |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for label, f in (("paced", s["flood_h1"]), ("burst (bench.scale's)", s["flood_burst_h1"])):
+        for label, f in (("paced", s["flood_h1"]), ("burst", s["flood_burst_h1"])):
             rate = f" at {f['rate']:g}/s" if "rate" in f else ""
             out.append(
                 f"| {label}{rate} | {f['flooded']} | {f['copies']} | {f.get('sink_packets', '-')} "
@@ -733,6 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ttl", type=int, default=15, help="lease TTL, s, of the bench's members and the daemons (15)")
     ap.add_argument("--floods", type=int, default=500, help="broadcast frames for the flood cost (500)")
     ap.add_argument("--flood-rate", type=float, default=100.0, help="paced flood: frames per second (100)")
+    ap.add_argument("--flood-burst-rate", type=float, default=10000.0, help="burst flood: frames per second (10000)")
     ap.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured at scale (5)")
     ap.add_argument("--timeout", type=float, default=30.0, help="longest wait for one propagation, s (30)")
     ap.add_argument("--via", choices=("etcd", "remote-add"), default="etcd",

@@ -169,15 +169,15 @@ def learn_macs(lab: Lab, n: int) -> tuple[float, list[int]]:
     return time.monotonic() - t0, passes
 
 
-def sink_routes(lab: Lab, i: int = 1, net: str = f"{SINK_NET}0.0/16") -> None:
-    """net (10.200.0.0/16) on host i goes out of a veth to a neighbour no one has."""
-    h = lab.host(i)
+def sink_routes(lab: Lab) -> None:
+    """10.200.0.0/16 on host 1 goes out of a veth to a neighbour no one has."""
+    h = lab.host(1)
     sh("ip", "-n", h, "link", "add", "sink0", "type", "veth", "peer", "name", "sink1")
     for dev in ("sink0", "sink1"):
         sh("ip", "-n", h, "link", "set", dev, "up")
     sh("ip", "-n", h, "addr", "add", "10.254.0.1/30", "dev", "sink0")
     sh("ip", "-n", h, "neigh", "add", "10.254.0.2", "lladdr", "02:00:00:00:00:fe", "dev", "sink0", "nud", "permanent")
-    sh("ip", "-n", h, "route", "add", net, "via", "10.254.0.2")
+    sh("ip", "-n", h, "route", "add", f"{SINK_NET}0.0/16", "via", "10.254.0.2")
 
 
 def run_round(seconds: int, macs: int, remotes: int, floods: int) -> list[dict[str, Any]]:
