@@ -482,8 +482,10 @@ class Bench:
             sh("ip", "-n", lab.switch, "addr", "add", f"{ETCD_ADDR}/24", "dev", "br0")
             self.etcd = EtcdServer(name="bench", host=ETCD_ADDR, netns=lab.switch)
             self.etcd.start()
+            self.result["etcd_pid"] = self.etcd.pid
             self.worker = Worker(lab.switch, self.etcd.url, NET, a.ttl)
-            opts = ("--etcd", self.etcd.url, "--net", NET, "--lease-ttl", str(a.ttl))
+            keepalive = f"{a.ttl / 3:g}"  # as the bench keeps its members' leases
+            opts = ("--etcd", self.etcd.url, "--net", NET, "--lease-ttl", str(a.ttl), "--keepalive", keepalive)
             for i in range(1, lab.n + 1):
                 lab.start(i, *common, *opts)
         else:
@@ -631,6 +633,7 @@ class Bench:
             "flood_h1": paced,
             "flood_burst_h1": burst,
             "etcd_rss_mb": round(status_kb(self.etcd.pid, "VmRSS") / 1024, 1) if self.etcd else None,
+            "etcd_cpu_s": round(cpu_s(self.etcd.pid), 2) if self.etcd else None,
         }
         rss = self.result["at_scale"]["rss_mb"]
         progress(f"at scale: remotes {n_remotes}, RSS {rss} MB, flood {paced['us_per_frame']:.0f} µs/frame at "
@@ -650,7 +653,7 @@ class Bench:
         fake = a.members - a.hosts
         self.setup()
         hosts = list(self.live)
-        start_cpu, t_start = self.cpu(), time.monotonic()
+        start_cpu, start_pids, t_start = self.cpu(), self.pids(), time.monotonic()
         if a.via == "remote-add":
             self.add_remotes(fake)
             self.check_state("remote add")
@@ -672,6 +675,7 @@ class Bench:
                 self.kill_daemon()
             self.check_state("crashes")
         end_cpu = dict(zip(self.live, self.cpu(), strict=True))
+        self.result["daemon_pids"] = dict(zip(map(str, hosts), start_pids, strict=True))
         self.result["daemon_cpu_s_total"] = [
             round(end_cpu[i] - c0, 2) if i in end_cpu else None for i, c0 in zip(hosts, start_cpu, strict=True)
         ]
