@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from control.lab import etcd
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() == 0 and shutil.which("ip"):
@@ -27,7 +29,9 @@ def lab_namespaces(pid: int) -> list[str]:
 
 @pytest.fixture
 def no_leftovers() -> Iterator[None]:
-    """Fails the test if a lab it built leaves a network namespace behind."""
+    """Fails the test if a lab it built leaves a network namespace or an etcd server behind."""
     yield
     leaked = lab_namespaces(os.getpid())
     assert not leaked, f"namespaces left behind: {leaked}"
+    servers = etcd.leftovers()
+    assert not servers, f"etcd servers left running: {servers}"
