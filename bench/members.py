@@ -686,7 +686,7 @@ class Bench:
         if self.worker is not None:
             self.worker.close()
         if self.etcd is not None:
-            self.etcd.stop()
+            self.etcd.close()
         self.lab.close()
 
 
