@@ -24,7 +24,7 @@ from datapath.errors import SetupError
 from datapath.ether import format_mac, parse_mac
 
 EXIT_USAGE = 2
-CONTROL_COMMANDS = ("show", "fdb", "remote", "reload")
+CONTROL_COMMANDS = ("show", "fdb", "remote", "reload", "members")
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
 
@@ -370,6 +370,44 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
         metavar="N",
         help="pin the data-path thread to CPU N (default: not pinned)",
     )
+    # issue 12: membership on etcd (the group `membership` of the configuration file)
+    run.add_argument(
+        "--etcd",
+        dest="membership.etcd",
+        action="append",
+        metavar="URL[,URL...]",
+        help="join a net on etcd: http://HOST:PORT endpoints (tried in turn when one fails); the members of "
+        "--net become remotes and leave when their lease goes; static --remotes stay. Needs --net. For an etcd "
+        "that requires TLS see the README (etcd's grpc-proxy on 127.0.0.1)",
+    )
+    run.add_argument(
+        "--net",
+        dest="membership.net",
+        metavar="NAME",
+        help="the net to join on --etcd (a-z 0-9 . _ -, up to 63); its config key (mode, VNI/key, port) must agree "
+        "with ours, or is created from ours",
+    )
+    run.add_argument(
+        "--lease-ttl",
+        dest="membership.lease_ttl",
+        type=_seconds,
+        metavar="S",
+        help="seconds our member key outlives a crash of this daemon (default 15; 2..3600)",
+    )
+    run.add_argument(
+        "--keepalive",
+        dest="membership.keepalive",
+        type=_seconds,
+        metavar="S",
+        help="refresh our lease every S seconds (default 5; 0.5 up to half of --lease-ttl)",
+    )
+    run.add_argument(
+        "--advertise",
+        dest="membership.address",
+        metavar="IP",
+        help="the underlay address published as our member key (default: --local of the first endpoint's family, "
+        "else our source address on the route to the first --etcd endpoint)",
+    )
     run.add_argument(
         "--metrics",
         dest="metrics",
@@ -436,6 +474,14 @@ def _control_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
         cmd = remote_sub.add_parser(op, parents=[daemon], help=what)
         cmd.add_argument("addr", metavar="IP", help="the remote host's underlay address")
     remote_sub.add_parser("list", parents=[daemon, listing], help="the remotes with their counters and liveness")
+    sub.add_parser(
+        "members",
+        parents=[daemon, listing],
+        help="the members of the daemon's net on etcd",
+        description="Print the members of the etcd net" + where + ": address, host, since when this daemon "
+        "has it, lease or refusal, and the traffic seen from it (packets, last received); the header line says "
+        "which etcd endpoint is in use, the connection state and our lease.",
+    )
     sub.add_parser(
         "reload",
         parents=[daemon],
@@ -565,7 +611,7 @@ def _control_request(args: argparse.Namespace) -> tuple[str, dict[str, object]]:
 
 def _query(args: argparse.Namespace) -> int:
     from control import ctl
-    from control.report import format_counters, format_fdb, format_remotes
+    from control.report import format_counters, format_fdb, format_members, format_remotes
 
     tap = getattr(args, "tap", None)
     if tap is None:
@@ -597,6 +643,9 @@ def _query(args: argparse.Namespace) -> int:
     elif cmd == "remote" and req["op"] == "list":
         assert isinstance(result, list)
         print(format_remotes(result))
+    elif cmd == "members":
+        assert isinstance(result, dict)
+        print(format_members(result))
     elif cmd == "reload":
         assert isinstance(result, dict)
         print(f"reloaded {result['file']}: {'; '.join(result['applied']) or 'nothing changed'}")

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datapath.config import GROUPS, MIN_MTU, Config, ConfigError, Remote, from_keys
+from datapath.config import GROUPS, MIN_MTU, Config, ConfigError, MembershipConfig, Remote, etcd_host_port, from_keys
 from datapath.errors import SetupError
 from datapath.io import underlay
 
@@ -136,12 +136,19 @@ def resolve(cfg: Config, bridge_kind: str = "none", ovs_tso: bool = False) -> Co
         src, mtu = underlay.route_to(r.addr)
         remotes.append(Remote(r.addr, cfg.tunnel.local_for(r.family) or src))
         path_mtus.append(mtu)
+    if cfg.membership.enabled:  # issue 12: the address we publish (it also picks the family of a daemon
+        # without static remotes), and with no remote yet, the underlay MTU of the link that carries it
+        cfg = dataclasses.replace(cfg, membership=resolve_membership(cfg, own))
+        if not path_mtus:
+            assert cfg.membership.address is not None
+            path_mtus.append(address_mtu(cfg.membership.address))
     underlay_mtu = cfg.tunnel.underlay_mtu or min(path_mtus)
     tap_mtu = cfg.tap.mtu if cfg.tap.mtu is not None else underlay_mtu - cfg.overhead
     if tap_mtu < MIN_MTU:
         raise ConfigError(f"{{tap.mtu}}: TAP MTU {tap_mtu} is below {MIN_MTU} (underlay MTU {underlay_mtu})")
     assert cfg.tap.name is not None  # Config names the TAP
-    mac = cfg.tap.mac or tap_mac(remotes[0].local or "", cfg.tunnel.mode, cfg.base_id, cfg.tap.name)
+    ours = remotes[0].local if remotes else cfg.membership.address
+    mac = cfg.tap.mac or tap_mac(ours or "", cfg.tunnel.mode, cfg.base_id, cfg.tap.name)
     _, coalesce = offload_flags(cfg.offload.policy, bridge_kind, ovs_tso)
     return dataclasses.replace(
         cfg,
@@ -152,6 +159,56 @@ def resolve(cfg: Config, bridge_kind: str = "none", ovs_tso: bool = False) -> Co
             cfg.offload, rx_coalesce=cfg.offload.rx_coalesce if cfg.offload.rx_coalesce is not None else coalesce
         ),
     )
+
+
+def resolve_membership(cfg: Config, own: set[str]) -> MembershipConfig:
+    """cfg.membership with the address we publish filled in: membership.address (which must be ours), else
+    tunnel.local of the first etcd endpoint's family, else the source address of the route to that endpoint.
+
+    ConfigError when the address is not this host's, or is a loopback one (etcd reached through a local
+    proxy: give --advertise).
+    """
+    m = cfg.membership
+    if m.address is not None:
+        if m.address not in own:
+            raise ConfigError(f"{{membership.address}} {m.address} is not an address of this host")
+        return m
+    host, port = etcd_host_port(m.etcd[0])
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(
+            f"{{membership.etcd}} {m.etcd[0]}: cannot resolve {host} ({exc}); give {{membership.address}}"
+        ) from None
+    target = str(infos[0][4][0])
+    fam = 6 if infos[0][0] == socket.AF_INET6 else 4
+    addr = cfg.tunnel.local_for(fam)
+    if addr is None:
+        try:
+            addr, _ = underlay.route_to(target)
+        except SetupError as exc:
+            raise ConfigError(f"{{membership.etcd}} {m.etcd[0]}: {exc}; give {{membership.address}}") from None
+        addr = str(ipaddress.ip_address(addr))
+    if ipaddress.ip_address(addr).is_loopback:
+        raise ConfigError(
+            f"{{membership.etcd}} {m.etcd[0]} is reached over loopback: give the underlay address to publish "
+            "({membership.address})"
+        )
+    return dataclasses.replace(m, address=addr)
+
+
+def address_mtu(addr: str) -> int:
+    """The MTU of the interface that holds addr (the underlay MTU of a daemon that has no remote yet)."""
+    from pyroute2 import IPRoute
+
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with IPRoute() as ipr:
+        for a in ipr.get_addr(family=fam):
+            value = a.get_attr("IFA_ADDRESS")
+            if value is not None and str(ipaddress.ip_address(value)) == addr:
+                (link,) = ipr.get_links(a["index"])
+                return int(link.get_attr("IFLA_MTU"))
+    raise SetupError(f"no interface holds {addr}")
 
 
 # -- where the configuration comes from ---------------------------------------------------------

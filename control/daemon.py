@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +98,7 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
             cfg.underlay_mtu,
             br.name if br.kind != "none" else "-",
             br.kind + (f" tag {br.tag}" if br.tag is not None else ""),
-            ", ".join(r.addr for r in cfg.remotes),
+            ", ".join(r.addr for r in cfg.remotes) or "none yet (etcd members join)",
             "C fast" if engine.fast else "pure-Python",
             extra={
                 "event": "start",
@@ -340,18 +340,28 @@ async def _serve(
     service.watch_report = source.watch_report
     source.heartbeat.start(loop)
     watch = asyncio.create_task(br.keep_attached(engine.tap.name, report=source.ovs_report))
+    membership = _membership(engine, service, die)  # issue 12: None without --etcd
+    source.membership_keeper = membership
     if http is not None:
         http.start(source)
-    log.info("ready", extra={"event": "ready"})
-    if offer is None:
-        notify.ready(
-            f"{engine.tap.name}: {engine.cfg.tunnel.mode} to {len(engine.remotes())} remote(s), bridge {br.kind}"
-        )
-    interval = notify.watchdog_interval()
-    pinger = asyncio.create_task(notify.keep_alive(interval)) if interval else None
+    pinger: asyncio.Task[None] | None = None
     try:
+        if membership is not None:  # joined before "ready": a refusal (net config, our address taken) ends here
+            await membership.join(_join_timeout())
+            membership.start(loop)
+        log.info("ready", extra={"event": "ready"})
+        if offer is None:
+            notify.ready(
+                f"{engine.tap.name}: {engine.cfg.tunnel.mode} to {len(engine.remotes())} remote(s), bridge {br.kind}"
+            )
+        interval = notify.watchdog_interval()
+        pinger = asyncio.create_task(notify.keep_alive(interval)) if interval else None
         await stop.wait()
     finally:
+        if membership is not None:
+            # Leaving revokes our lease: peers drop us at once, before the TAP leaves the bridge. Handing over
+            # (or stopping during a takeover) keeps our key: the new daemon replaces it with its own lease.
+            await _leave(membership, handover=out.handed_to is not None or giver.busy)
         if giver.busy and out.handed_to is None:
             # Stopped while a new daemon holds our fds: it may forward already, so the TAP stays on the
             # bridge (a stale OVS row, if it gives up too, is replaced at the next start).
@@ -381,6 +391,35 @@ async def _serve(
             loop.remove_signal_handler(sig)
     if fatal:
         raise SetupError(fatal[0])
+
+
+def _membership(engine: Engine, service: Service, die: Callable[[str], None]) -> Any:
+    """The membership keeper of a daemon with --etcd (control/membership/), its sink the service; None without."""
+    cfg = engine.cfg
+    if not cfg.membership.enabled:
+        return None
+    from control import joining
+    from control.membership.keeper import Membership
+
+    me = joining.member_value(cfg, engine.tap.mac)
+    keeper = Membership(cfg.membership, me, joining.net_config(cfg), service, on_fatal=die)
+    service.membership = keeper
+    log.info("membership: %s", joining.describe(cfg), extra={"event": "membership", "net": cfg.membership.net})
+    return keeper
+
+
+async def _leave(membership: Any, handover: bool) -> None:
+    """Leave the net (revoke), or on a handover only stop; never an exception out of the daemon's cleanup."""
+    try:
+        await (membership.stop() if handover else membership.leave())
+    except Exception as exc:
+        log.warning("membership: %s failed: %s: %s", "stop" if handover else "leave", type(exc).__name__, exc)
+
+
+def _join_timeout() -> float:
+    from control import joining
+
+    return joining.JOIN_TIMEOUT
 
 
 async def _confirm(
@@ -429,6 +468,7 @@ class MetricsAdapter:
         self.paths: PathKeeper | None = None
         self.watcher: Watcher | None = None
         self.nexthops: NextHopKeeper | None = None  # with TX rings
+        self.membership_keeper: Any = None  # issue 12: control.membership.keeper.Membership, with --etcd
         cfg = engine.cfg
         self._info = {
             "version": metrics.package_version(),
@@ -497,6 +537,30 @@ class MetricsAdapter:
         """watch_counters, and problem: what is wrong with the TAP, its bridge or the paths ("" = nothing)."""
         problems = [p.problem for p in (self.keeper, self.paths) if p is not None and p.problem]
         return {**self.watch_counters(), "problem": "; ".join(problems)}
+
+    def membership(self) -> Mapping[str, Any] | None:
+        """Membership on etcd for the metrics (read on the loop): members (others), connected, counters,
+        last_keepalive; None when the daemon does not use etcd."""
+        keeper = self.membership_keeper
+        if keeper is None:
+            return None
+
+        def read() -> dict[str, Any]:
+            rep = keeper.report()
+            return {
+                "members": sum(1 for m in rep.get("members", []) if not m.get("self")),
+                "connected": rep.get("state") == "connected",
+                "counters": dict(keeper.counters()),
+                "last_keepalive": (rep.get("lease") or {}).get("last_keepalive"),
+            }
+
+        return metrics.on_loop(self._loop, read)
+
+    def degraded(self) -> str:
+        """What works only in part while the daemon forwards ("" = nothing): etcd trouble."""
+        keeper = self.membership_keeper
+        problem = str(keeper.problem()) if keeper is not None else ""
+        return problem.removeprefix("degraded: ")  # (/healthz says "degraded: " itself)
 
     def ovs_report(self, problem: str) -> None:
         """The OVS port watcher's latest finding ("" = the port is there and usable)."""

@@ -9,7 +9,10 @@ are handed to the loop (:func:`on_loop`), so they never race a batch; a loop
 that does not answer makes /metrics answer 503.
 
 /healthz answers 200 while the loop's :class:`Heartbeat` is fresh and the TAP is
-attached to its bridge, 503 with the reason otherwise (:meth:`MetricsSource.health`).
+attached to its bridge, 503 with the reason otherwise (:meth:`MetricsSource.health`). A daemon
+that forwards but has trouble with something it only needs to change (etcd, issue 12) is "degraded":
+200 with the body ``degraded: <reason>`` (an optional ``degraded()`` of the source), so that a
+liveness probe does not restart it.
 """
 
 from __future__ import annotations
@@ -186,6 +189,18 @@ def package_version() -> str:
         return metadata.version("ovl-dp")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+# issue 12, membership on etcd (an optional membership() of the source; exported only when it is on):
+# keeper counter -> (metric name without _total, help).
+MEMBERSHIP_COUNTERS: dict[str, tuple[str, str]] = {
+    "joins": ("ovl_dp_membership_joins", "Members that joined the net (became known to this daemon)"),
+    "leaves": ("ovl_dp_membership_leaves", "Members whose key went (left, lease expired or revoked)"),
+    "refused": ("ovl_dp_membership_refused", "Members that could not become remotes (our address, no route, ...)"),
+    "reconnects": ("ovl_dp_etcd_reconnects", "Times the connection to etcd was made again after a failure"),
+    "lease_regrants": ("ovl_dp_etcd_lease_regrants", "Times our lease was gone and a new one granted"),
+    "relists": ("ovl_dp_etcd_relists", "Times the members were listed again (compaction, reconnect)"),
+}
 
 
 # -- the collector ---------------------------------------------------------------------------
@@ -371,6 +386,36 @@ class DatapathCollector:
                 if key in counts:
                     yield _counter(name, text, ["tap"], [([tap], counts[key])])
 
+        membership = getattr(src, "membership", None)  # optional (issue 12): None when etcd is not used
+        member_state = membership() if callable(membership) else None
+        if member_state is not None:
+            yield from _membership_metrics(tap, member_state)
+
+
+def _membership_metrics(tap: str, state: Mapping[str, Any]) -> Iterator[Metric]:
+    """The membership families from a source's membership(): members, connected, counters, last_keepalive."""
+    members = GaugeMetricFamily(
+        "ovl_dp_membership_members", "Other members of the net on etcd, as this daemon knows them", labels=["tap"]
+    )
+    members.add_metric([tap], int(state.get("members", 0)))
+    yield members
+    connected = GaugeMetricFamily(
+        "ovl_dp_etcd_connected", "1 while this daemon is connected to etcd (watching its net), else 0", labels=["tap"]
+    )
+    connected.add_metric([tap], int(bool(state.get("connected"))))
+    yield connected
+    counts = state.get("counters") or {}
+    for key, (name, text) in MEMBERSHIP_COUNTERS.items():
+        yield _counter(name, text, ["tap"], [([tap], counts.get(key, 0))])
+    last = GaugeMetricFamily(
+        "ovl_dp_etcd_last_keepalive_timestamp_seconds",
+        "Unix time of the last successful refresh of our lease (absent: none yet)",
+        labels=["tap"],
+    )
+    if isinstance(state.get("last_keepalive"), int | float):
+        last.add_metric([tap], float(state["last_keepalive"]))
+    yield last
+
 
 def _counter(name: str, text: str, labels: list[str], samples: list[tuple[list[str], Any]]) -> CounterMetricFamily:
     family = CounterMetricFamily(name, text, labels=labels)
@@ -521,6 +566,13 @@ class _Handler(BaseHTTPRequestHandler):
                 problem = f"health check failed: {exc}"
             if problem:
                 self._reply(503, f"{problem}\n".encode(), body=body)
+                return
+            try:
+                degraded = self.server.degraded()
+            except Exception as exc:
+                degraded = f"degraded check failed: {exc}"
+            if degraded:
+                self._reply(200, f"degraded: {degraded}\n".encode(), body=body)
             else:
                 self._reply(200, b"ok\n", body=body)
         else:
@@ -561,6 +613,7 @@ class _Server(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
         self.render: Callable[[], bytes] = lambda: b""
         self.health: Callable[[], str] = lambda: "starting"
+        self.degraded: Callable[[], str] = lambda: ""
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
         super().__init__((addr, port), _Handler, bind_and_activate=listening is None)
         if listening is not None:  # bound and listening already (a takeover handed it over)
@@ -632,6 +685,9 @@ class MetricsServer:
         """Serve source's metrics and health from a thread of its own."""
         self._server.render = lambda: render(source)
         self._server.health = source.health
+        degraded = getattr(source, "degraded", None)  # optional: "" or what works only in part (etcd)
+        if callable(degraded):
+            self._server.degraded = degraded
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="ovl-dp-metrics", daemon=True
         )

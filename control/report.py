@@ -24,6 +24,9 @@ def format_counters(snap: Mapping[str, Any]) -> str:
     for r in snap["remotes"]:
         fields = "  ".join(f"{k}={v}" for k, v in r.items() if k != "remote")
         lines.append(f"remote {r['remote']:<{w}} {fields}")
+    member = snap.get("membership")  # issue 12: a daemon on etcd
+    if member:
+        lines.append("members:  " + format_membership_line(member))
     watch = snap.get("watch")
     if watch:
         lines.append("watch:    " + "  ".join(f"{k}={v}" for k, v in watch.items() if k != "problem"))
@@ -61,6 +64,63 @@ def format_remotes(rows: Sequence[Mapping[str, Any]]) -> str:
             f"{r['rx_packets']:>9}  {r['rx_bytes']:>12}  {r.get('path_mtu') or '-':>5}  {last}"
         )
     return "\n".join(out)
+
+
+def format_membership_line(m: Mapping[str, Any]) -> str:
+    """`ovl-dp show`'s one line about membership on etcd: net, endpoint, state, members, problem."""
+    where = m.get("endpoint") or ",".join(m.get("endpoints") or []) or "-"
+    text = f"net {m.get('net')} on {where}: {m.get('state')}, {m.get('members', 0)} other member(s)"
+    if m.get("problem"):
+        text += f"; problem: {m['problem']}"
+    return text
+
+
+def _ago(stamp: object, now: float) -> str:
+    return "never" if not isinstance(stamp, int | float) else f"{max(0.0, now - stamp):.1f}s ago"
+
+
+def format_members(report: Mapping[str, Any], now: float | None = None) -> str:
+    """`ovl-dp members`: a header line (net, etcd endpoint, state, our lease, last keepalive), then per member
+    its address, host, since when this daemon has it, its state, and the traffic seen from it."""
+    import time
+
+    now = time.time() if now is None else now
+    lease = report.get("lease") or {}
+    ttl = lease.get("ttl")
+    head = (
+        f"net {report.get('net')} on {report.get('endpoint') or 'no endpoint'} "
+        f"({', '.join(report.get('endpoints') or [])}): {report.get('state')}; "
+        f"our lease {'-' if ttl is None else f'{ttl:g} s'}, last keepalive {_ago(lease.get('last_keepalive'), now)}"
+    )
+    lines = [head]
+    if report.get("problem"):
+        lines.append(f"problem: {report['problem']}")
+    rows = report.get("members") or []
+    if not rows:
+        lines.append("(no members)")
+        return "\n".join(lines)
+    w = _width(r["addr"] for r in rows)
+    hw = max([4, *(len(str(r.get("hostname") or "-")) for r in rows)])
+    lines.append(f"{'ADDR':<{w}}  {'HOST':<{hw}}  {'SINCE':>10}  {'STATE':<24}  {'RX PKTS':>9}  LAST RX")
+    for r in rows:
+        if r.get("self"):
+            state, since = "self", "-"
+        else:
+            since = _ago(r.get("since"), now) if r.get("since") else "-"
+            if r.get("refused"):
+                state = f"refused: {r['refused']}"
+            elif r.get("remote"):
+                state = "remote" + (" (also static)" if r.get("static") else "")
+            else:
+                state = "not a remote"
+        rx = r.get("rx_packets")
+        age = r.get("last_rx_age")
+        last = "-" if r.get("self") else ("never" if age is None else f"{age:.1f}s ago")
+        lines.append(
+            f"{r['addr']:<{w}}  {r.get('hostname') or '-':<{hw}}  {since:>10}  {state:<24}  "
+            f"{'-' if rx is None else rx:>9}  {last}"
+        )
+    return "\n".join(lines)
 
 
 def _width(addrs: Iterable[str]) -> int:

@@ -7,6 +7,11 @@ and applies only what changed, as ``wg syncconf`` does: remotes, static FDB
 entries, FDB ageing and size. A change that needs a restart (the tunnel's
 identity, the TAP, the bridge, the offloads) is refused with the keys named,
 and the daemon keeps its old settings.
+
+Issue 12: remotes have origins, "static" (the configuration, the command line, `remote add`) and
+"etcd" (a member of the daemon's net, control/membership/). Service is the membership's
+:class:`MemberSink`: a member becomes a remote as `remote add` would make it one, and goes when its
+key goes unless it is also static; reload and `remote del` never remove an etcd member's remote.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,6 +34,8 @@ from datapath.pmtu import MIN_MTU as MIN_PATH_MTU
 
 log = logging.getLogger("ovl-dp")
 
+STATIC, ETCD = "static", "etcd"  # a remote's origins (issue 12)
+
 # What reload may change on a running daemon; any other difference needs a restart.
 LIVE_KEYS = ("remotes", "fdb.static", "fdb.ageing", "fdb.max_entries")
 
@@ -35,7 +43,7 @@ LIVE_KEYS = ("remotes", "fdb.static", "fdb.ageing", "fdb.max_entries")
 def _changed(old: Config, new: Config) -> list[str]:
     """The configuration keys whose values differ between old and new (groups and top level)."""
     keys = []
-    for group in ("tunnel", "tap", "fdb", "offload", "bridge"):
+    for group in ("tunnel", "tap", "fdb", "offload", "bridge", "membership"):
         a, b = getattr(old, group), getattr(new, group)
         for f in dataclasses.fields(a):
             if getattr(a, f.name) != getattr(b, f.name):
@@ -62,11 +70,18 @@ class Service:
         self.takeover: dict[str, object] = {}  # set when this daemon took over from another (shown by show)
         # The link watcher's counters and current problem (shown by `ovl-dp show`), once the daemon runs it.
         self.watch_report: Callable[[], Mapping[str, object]] | None = None
+        # issue 12: each remote's origins ("static", "etcd"); the membership keeper once the daemon runs one
+        # (its report() and settings); etcd's static FDB entries, (MAC, VLAN) -> remote, applied or pending.
+        self.origins: dict[str, set[str]] = {r.addr: {STATIC} for r in user_cfg.remotes}
+        self.membership: Any = None
+        self.member_since: dict[str, float] = {}
+        self.etcd_static: dict[tuple[bytes, int], str] = {}
         self._handlers: dict[str, Callable[[Mapping[str, Any]], object]] = {
             "show": lambda a: self.show(),
             "fdb": self._fdb,
             "remote": self._remote,
             "reload": lambda a: self.reload(),
+            "members": lambda a: self.members(),
         }
 
     def handle(self, cmd: str, args: Mapping[str, Any]) -> object:
@@ -97,6 +112,16 @@ class Service:
             shown["watch"] = dict(self.watch_report())
         if self.takeover:
             shown["takeover"] = self.takeover
+        if self.membership is not None:
+            rep = self.membership.report()
+            shown["membership"] = {
+                "net": rep.get("net"),
+                "endpoint": rep.get("endpoint"),
+                "endpoints": rep.get("endpoints"),
+                "state": rep.get("state"),
+                "members": sum(1 for m in rep.get("members", []) if not m.get("self")),
+                "problem": rep.get("problem", ""),
+            }
         return shown
 
     def control(self) -> dict[str, Any]:
@@ -117,15 +142,29 @@ class Service:
     def _remote(self, args: Mapping[str, Any]) -> object:
         op = args.get("op")
         if op == "list":
-            return self.engine.remote_rows()
+            return [{**r, "origin": sorted(self.origins.get(str(r["remote"]), ()))} for r in self.engine.remote_rows()]
         addr = args.get("addr")
         if not isinstance(addr, str):
             raise ValueError("remote: an address is needed")
         if op == "add":
+            addr = check_address("remotes", addr)
+            if ETCD in self.origins.get(addr, set()) and STATIC not in self.origins[addr]:
+                self.origins[addr].add(STATIC)
+                return f"remote {addr} is an etcd member already; now also static (it stays when it leaves etcd)"
             note = self.add_remote(addr)
-            return f"remote {check_address('remotes', addr)} added{note}"
+            self.origins[addr] = {STATIC}
+            return f"remote {addr} added{note}"
         if op == "del":
-            purged = self.engine.remove_remote(check_address("remotes", addr))
+            addr = check_address("remotes", addr)
+            origins = self.origins.get(addr, set())
+            if ETCD in origins:
+                net = getattr(getattr(self.membership, "settings", None), "net", None) or "?"
+                if STATIC not in origins:
+                    raise ValueError(f"remote {addr} is an etcd member of net {net}; it leaves when its key goes")
+                origins.discard(STATIC)
+                return f"remote {addr} is no longer static; it stays as an etcd member of net {net}"
+            purged = self.engine.remove_remote(addr)
+            self.origins.pop(addr, None)
             log.info("remote %s removed", addr, extra={"event": "remote_removed", "remote": addr, "purged": purged})
             return f"remote {addr} removed ({purged} FDB entries behind it forgotten)"
         raise ValueError(f"remote: unknown operation {op!r} (add, del, list)")
@@ -162,6 +201,102 @@ class Service:
             )
         src, mtu = host.underlay.route_to(addr)
         return addr, tunnel.local_for(fam) or src, mtu
+
+    # -- membership on etcd (the keeper's MemberSink) ---------------------------------------------
+
+    def member_added(self, addr: str) -> None:
+        """A member of our net: a remote from now on (resolved as `remote add` does); ValueError(reason) if it
+        cannot be (our own address, no route, a family we have no sockets for, a full table)."""
+        addr = check_address("remotes", addr)
+        origins = self.origins.get(addr)
+        if origins is not None:  # a static remote already: it just gets the origin
+            origins.add(ETCD)
+        else:
+            try:
+                note = self.add_remote(addr)
+            except SetupError as exc:
+                raise ValueError(str(exc)) from None
+            self.origins[addr] = {ETCD}
+            if note:
+                log.info("member %s:%s", addr, note)
+        self.member_since[addr] = time.time()
+        log.info("member %s joined: a remote now", addr, extra={"event": "member_added", "remote": addr})
+        self._apply_etcd_static(addr)
+
+    def member_removed(self, addr: str) -> None:
+        """A member's key went (left, lease expired or revoked): its remote goes at once, unless it is static."""
+        addr = check_address("remotes", addr)
+        self.member_since.pop(addr, None)
+        origins = self.origins.get(addr)
+        if origins is None or ETCD not in origins:
+            return
+        origins.discard(ETCD)
+        if origins:
+            log.info("member %s left; it stays a (static) remote", addr, extra={"event": "member_removed"})
+            return
+        del self.origins[addr]
+        purged = self.engine.remove_remote(addr)
+        log.info("member %s left: remote removed (%d FDB entries behind it forgotten)", addr, purged,
+                 extra={"event": "member_removed", "remote": addr, "purged": purged})  # fmt: skip
+
+    def static_changed(self, mac: bytes, vlan: int, remote: str | None) -> None:
+        """An operator's static entry on etcd set (remote) or removed (None). Applied once its remote is a
+        remote, pending until then; re-applied when that remote comes back."""
+        key = (bytes(mac), vlan)
+        before = self.etcd_static.get(key)
+        if remote is None:
+            self.etcd_static.pop(key, None)
+            if before is not None and self._static_rows().get(key) == before:
+                self.engine.fdb_del(key[0], vlan=vlan)
+                log.info("etcd static entry %s@%d removed", format_mac(key[0]), vlan)
+            return
+        remote = check_address("fdb.static", remote)
+        self.etcd_static[key] = remote
+        if before is not None and before != remote and self._static_rows().get(key) == before:
+            self.engine.fdb_del(key[0], vlan=vlan)
+        if any(r.addr == remote for r in self.engine.remotes()):
+            self._add_etcd_static(key, remote)
+        else:
+            log.info("etcd static entry %s@%d -> %s pending: %s is not a remote (yet)", format_mac(key[0]), vlan,
+                     remote, remote)  # fmt: skip
+
+    def _add_etcd_static(self, key: tuple[bytes, int], remote: str) -> None:
+        try:
+            self.engine.fdb_add(key[0], remote, vlan=key[1])
+        except (FdbFull, ValueError, KeyError) as exc:
+            log.warning("etcd static entry %s@%d -> %s not applied: %s", format_mac(key[0]), key[1], remote, exc)
+        else:
+            log.info("etcd static entry %s@%d -> %s applied", format_mac(key[0]), key[1], remote)
+
+    def _apply_etcd_static(self, addr: str) -> None:
+        """The pending etcd static entries behind addr, now a remote."""
+        for key, remote in self.etcd_static.items():
+            if remote == addr:
+                self._add_etcd_static(key, remote)
+
+    def members(self) -> dict[str, Any]:
+        """The membership report (control/membership keeper) with what this daemon knows of each member:
+        whether it is a remote, its origins, the traffic seen from it."""
+        if self.membership is None:
+            raise ValueError("members: this daemon does not use etcd (ovl-dp run --etcd URL --net NAME)")
+        report = dict(self.membership.report())
+        rows = {str(r["remote"]): r for r in self.engine.remote_rows()}
+        members = []
+        for m in report.get("members", []):
+            m = dict(m)
+            addr = str(m.get("addr"))
+            row = rows.get(addr)
+            origins = self.origins.get(addr, set())
+            m["remote"] = row is not None
+            m["static"] = STATIC in origins
+            m["origins"] = sorted(origins)
+            if addr in self.member_since:
+                m["since"] = self.member_since[addr]
+            m["rx_packets"] = None if row is None else row.get("rx_packets")
+            m["last_rx_age"] = None if row is None else row.get("last_rx_age")
+            members.append(m)
+        report["members"] = members
+        return report
 
     # -- the FDB -------------------------------------------------------------------------------
 
@@ -243,7 +378,7 @@ class Service:
             raise ValueError(f"reload refused: {len(wanted)} remotes, at most {MAX_REMOTES}")
         plan = {}
         for addr in wanted:
-            if addr not in live:
+            if addr not in live:  # (a live etcd member named by the file only becomes static too)
                 try:
                     plan[addr] = self._resolve_new(addr)
                 except (ValueError, SetupError) as exc:
@@ -257,11 +392,24 @@ class Service:
         for addr, local, _mtu in plan.values():
             e.add_remote(Remote(addr, local))
             done.append(f"remote {addr} added")
+        for addr in plan:
+            self.origins[addr] = {STATIC}
         for r in e.remotes():
-            if r.addr not in wanted:
+            origins = self.origins.setdefault(r.addr, set())
+            if r.addr in wanted:
+                origins.add(STATIC)
+            elif ETCD in origins:  # never removed by a reload: it leaves when its key goes
+                if STATIC in origins:
+                    origins.discard(STATIC)
+                    done.append(f"remote {r.addr} no longer static (an etcd member)")
+            else:
                 purged = e.remove_remote(r.addr)
+                self.origins.pop(r.addr, None)
                 done.append(f"remote {r.addr} removed ({purged} FDB entries)")
         live_static = self._static_rows()
+        for key, remote in self.etcd_static.items():  # etcd's entries are etcd's, not the file's
+            if live_static.get(key) == remote:
+                del live_static[key]
         new_static = {(s.mac, s.vlan): s.remote for s in new.fdb.static}
         for (mac, vlan), remote in live_static.items():
             if new_static.get((mac, vlan)) != remote:

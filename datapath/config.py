@@ -9,6 +9,7 @@
       offload  OffloadConfig  C fast path, TAP offloads, UDP GSO
       bridge   BridgeConfig   where the control plane plugs the TAP in
       batch                   frames per batch
+      membership MembershipConfig  etcd endpoints, net, lease (issue 12; off by default)
 
 The command line builds it, and so will a configuration file; every check is
 made here, once, and a problem raises :class:`ConfigError` whose message names
@@ -501,6 +502,124 @@ class BridgeConfig:
                 raise ConfigError("{bridge.tag} is for Open vSwitch bridges ({bridge.type} ovs)")
 
 
+# issue 12, membership on etcd: net names as the data model allows them (a key path segment).
+NET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+DEFAULT_ETCD_PORT = 2379
+DEFAULT_LEASE_TTL = 15.0
+DEFAULT_KEEPALIVE = 5.0
+MIN_LEASE_TTL, MAX_LEASE_TTL = 2.0, 3600.0
+MIN_KEEPALIVE = 0.5
+TLS_NOTE = "see the README's section 'Membership on etcd', TLS: run etcd's grpc-proxy on 127.0.0.1"
+
+
+def check_etcd_url(key: str, text: object) -> str:
+    """An etcd endpoint as http://HOST:PORT (canonical: the port always written, an IPv6 host in brackets);
+    ConfigError naming key otherwise (https: our client speaks plain gRPC only)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{{{key}}} must be an etcd URL (http://HOST:PORT), not {_lit(text)}")
+    scheme, sep, rest = text.strip().partition("://")
+    if scheme.lower() == "https":
+        raise ConfigError(f"{{{key}}} {_lit(text)}: https is not supported by ovl-dp's etcd client ({TLS_NOTE})")
+    if not sep or scheme.lower() != "http":
+        raise ConfigError(f"{{{key}}} {_lit(text)}: expected http://HOST:PORT")
+    hostport = rest.rstrip("/")
+    if not hostport or "/" in hostport or "@" in hostport or "?" in hostport or "#" in hostport:
+        raise ConfigError(f"{{{key}}} {_lit(text)}: expected http://HOST:PORT (no user, path or query)")
+    if hostport.startswith("["):
+        inside, close, after = hostport[1:].partition("]")
+        if not close or (after and not after.startswith(":")):
+            raise ConfigError(f"{{{key}}} {_lit(text)}: expected http://[IPV6]:PORT")
+        host, port_text = inside, after[1:]
+        try:
+            host = str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise ConfigError(f"{{{key}}} {_lit(text)}: {_lit(inside)} is not an IPv6 address") from None
+        shown = f"[{host}]"
+    else:
+        if hostport.count(":") > 1:
+            raise ConfigError(f"{{{key}}} {_lit(text)}: write an IPv6 address in brackets, http://[ADDR]:PORT")
+        host, _, port_text = hostport.partition(":")
+        if ":" in hostport and not port_text:
+            raise ConfigError(f"{{{key}}} {_lit(text)}: the port is missing after ':'")
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", host):
+            raise ConfigError(f"{{{key}}} {_lit(text)}: {_lit(host)} is not a host name or address")
+        host = host.lower()
+        shown = host
+    if not port_text:
+        port = DEFAULT_ETCD_PORT
+    elif not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"{{{key}}} {_lit(text)}: port {_lit(port_text)} is not 1..65535")
+    else:
+        port = int(port_text)
+    return f"http://{shown}:{port}"
+
+
+def etcd_host_port(url: str) -> tuple[str, int]:
+    """(host, port) of a canonical etcd URL (check_etcd_url's form); an IPv6 host without brackets."""
+    hostport = url.partition("://")[2]
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class MembershipConfig:
+    """Membership on etcd (issue 12): which etcd, which net, our lease, the address we publish.
+
+    etcd: endpoint URLs (http://HOST:PORT; tried in turn when one fails); net: the net's name
+    (a key path segment, NET_NAME); lease_ttl: seconds our member key outlives us after a crash
+    (2..3600); keepalive: how often the lease is refreshed (0.5 .. lease_ttl / 2); address: the
+    underlay address we publish as our member key (None: tunnel.local of the first endpoint's family,
+    else the source address of the route to that endpoint; resolved by control.config). Off when
+    etcd is empty. Not live-reloadable.
+    """
+
+    etcd: tuple[str, ...] = ()
+    net: str | None = None
+    lease_ttl: float = DEFAULT_LEASE_TTL
+    keepalive: float = DEFAULT_KEEPALIVE
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [self.etcd] if isinstance(self.etcd, str) else self.etcd
+        if not isinstance(given, list | tuple) or not all(isinstance(u, str) for u in given):
+            raise ConfigError(f"{{membership.etcd}} must be a list of URLs or one 'URL,URL', not {_lit(self.etcd)}")
+        urls = [p.strip() for u in given for p in u.split(",")]  # "URL,URL" (a file, or --etcd given once)
+        canonical = tuple(check_etcd_url("membership.etcd", u) for u in urls if u or len(urls) == 1)
+        if len(set(canonical)) != len(canonical):
+            raise ConfigError("{membership.etcd}: an endpoint is given twice")
+        object.__setattr__(self, "etcd", canonical)
+        if self.net is not None and (not isinstance(self.net, str) or not NET_NAME.fullmatch(self.net)):
+            raise ConfigError(
+                f"{{membership.net}} {_lit(self.net)}: a net name is 1-63 characters of a-z 0-9 . _ -, "
+                "starting with a letter or digit"
+            )
+        if canonical and self.net is None:
+            raise ConfigError("{membership.etcd} needs {membership.net}: the net to join")
+        if self.net is not None and not canonical:
+            raise ConfigError("{membership.net} needs {membership.etcd}: the etcd to find the net in")
+        _check_type("membership.lease_ttl", self.lease_ttl, (int, float), "a number of seconds")
+        _check_type("membership.keepalive", self.keepalive, (int, float), "a number of seconds")
+        if not MIN_LEASE_TTL <= self.lease_ttl <= MAX_LEASE_TTL:
+            raise ConfigError(
+                f"{{membership.lease_ttl}} {self.lease_ttl:g} is out of range {MIN_LEASE_TTL:g}..{MAX_LEASE_TTL:g} s"
+            )
+        if not MIN_KEEPALIVE <= self.keepalive <= self.lease_ttl / 2:
+            raise ConfigError(
+                f"{{membership.keepalive}} {self.keepalive:g} is out of range "
+                f"{MIN_KEEPALIVE:g}..{self.lease_ttl / 2:g} s "
+                "(at most half of {membership.lease_ttl}, so that one lost keepalive does not cost the lease)"
+            )
+        object.__setattr__(self, "lease_ttl", float(self.lease_ttl))
+        object.__setattr__(self, "keepalive", float(self.keepalive))
+        if self.address is not None:
+            object.__setattr__(self, "address", check_address("membership.address", self.address))
+
+    @property
+    def enabled(self) -> bool:
+        """Membership on etcd is on (endpoints given)."""
+        return bool(self.etcd)
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything `ovl-dp run` needs; see the module docstring.
@@ -516,12 +635,13 @@ class Config:
     offload: OffloadConfig = field(default_factory=OffloadConfig)
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     batch: int = DEFAULT_BATCH
+    membership: MembershipConfig = field(default_factory=MembershipConfig)  # issue 12: off by default
 
     def __post_init__(self) -> None:
         if self.tap.name is None:
             object.__setattr__(self, "tap", dataclasses.replace(self.tap, name=f"ovl-{self.tunnel.mode}"))
-        if not self.remotes:
-            raise ConfigError("{remotes}: at least one remote is needed")
+        if not self.remotes and not self.membership.enabled:
+            raise ConfigError("{remotes}: at least one remote is needed (or {membership.etcd})")
         if len(self.remotes) > MAX_REMOTES:
             raise ConfigError(f"{{remotes}}: at most {MAX_REMOTES} remotes are supported")
         seen: set[str] = set()
@@ -580,8 +700,11 @@ class Config:
 
     @property
     def families(self) -> frozenset[int]:
-        """The underlay families in use: those of the remotes and of tunnel.local (4 when there is neither)."""
+        """The underlay families in use: those of the remotes, of tunnel.local and of the address membership
+        publishes (4 when there is none of them)."""
         fams = {r.family for r in self.remotes} | {address_family(a) for a in self.tunnel.locals}
+        if self.membership.address is not None:
+            fams.add(address_family(self.membership.address))
         return frozenset(fams or {4})
 
     @property
@@ -648,6 +771,7 @@ GROUPS: dict[str, type] = {
     "fdb": FdbConfig,
     "offload": OffloadConfig,
     "bridge": BridgeConfig,
+    "membership": MembershipConfig,
 }
 
 
@@ -712,4 +836,5 @@ def from_keys(values: Mapping[str, object]) -> Config:
         offload=OffloadConfig(**groups["offload"]),  # type: ignore[arg-type]
         bridge=BridgeConfig(**groups["bridge"]),  # type: ignore[arg-type]
         batch=batch,
+        membership=MembershipConfig(**groups["membership"]),  # type: ignore[arg-type]
     )

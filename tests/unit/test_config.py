@@ -434,7 +434,7 @@ def test_tap_name_defaults_to_the_mode() -> None:
 
 
 def test_remote_count() -> None:
-    assert str(error(cfg, remotes=())) == "remotes: at least one remote is needed"
+    assert str(error(cfg, remotes=())) == "remotes: at least one remote is needed (or membership.etcd)"
     many = tuple(f"10.0.{i // 250}.{i % 250 + 1}" for i in range(MAX_REMOTES + 1))
     assert len(cfg(remotes=many[:MAX_REMOTES]).remotes) == MAX_REMOTES
     assert str(error(cfg, remotes=many)) == f"remotes: at most {MAX_REMOTES} remotes are supported"
@@ -638,7 +638,7 @@ def test_from_keys_mode_is_required() -> None:
 
 
 def test_from_keys_without_remotes() -> None:
-    assert error(from_keys, {"tunnel.mode": "vxlan"}).keys == ["remotes"]
+    assert error(from_keys, {"tunnel.mode": "vxlan"}).keys == ["remotes", "membership.etcd"]
 
 
 @pytest.mark.parametrize(

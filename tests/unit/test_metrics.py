@@ -464,3 +464,72 @@ def test_injection_counters_and_state(on: bool) -> None:
     test_all_names_follow_the_conventions(InjectingSource(on))
     if shutil.which("promtool") is not None:
         test_promtool_check_metrics_is_clean(InjectingSource(on))
+
+
+class MemberSource(FakeSource):
+    """A source whose daemon is on etcd (issue 12): membership() and degraded()."""
+
+    def __init__(self, connected: bool, last_keepalive: float | None) -> None:
+        super().__init__()
+        self.state: dict[str, Any] = {
+            "members": 4,
+            "connected": connected,
+            "counters": {"joins": 6, "leaves": 2, "refused": 1, "reconnects": 3, "lease_regrants": 1, "relists": 5,
+                         "keepalives": 99, "watch_events": 12},
+            "last_keepalive": last_keepalive,
+        }  # fmt: skip
+        self.why = ""
+
+    def membership(self) -> Mapping[str, Any] | None:
+        return self.state
+
+    def degraded(self) -> str:
+        return self.why
+
+
+@pytest.mark.parametrize(("connected", "last"), [(True, 1764600000.5), (False, None)])
+def test_membership_metrics(connected: bool, last: float | None) -> None:
+    src = MemberSource(connected, last)
+    fams = families(src)
+    assert fams["ovl_dp_membership_members"][0] == "gauge"
+    assert value(fams["ovl_dp_membership_members"][1], tap=TAP) == 4
+    assert value(fams["ovl_dp_etcd_connected"][1], tap=TAP) == int(connected)
+    for name, want in (("ovl_dp_membership_joins", 6), ("ovl_dp_membership_leaves", 2),
+                       ("ovl_dp_membership_refused", 1), ("ovl_dp_etcd_reconnects", 3),
+                       ("ovl_dp_etcd_lease_regrants", 1), ("ovl_dp_etcd_relists", 5)):  # fmt: skip
+        assert fams[name][0] == "counter" and value(fams[name][1], tap=TAP) == want, name
+    stamp = fams["ovl_dp_etcd_last_keepalive_timestamp_seconds"][1]
+    assert (value(stamp, tap=TAP) == last) if last is not None else stamp == []
+    src.state["counters"] = {}  # a keeper that has counted nothing yet: every counter at 0
+    fams = families(src)
+    assert value(fams["ovl_dp_etcd_relists"][1], tap=TAP) == 0
+    test_all_names_follow_the_conventions(src)
+    if shutil.which("promtool") is not None:
+        test_promtool_check_metrics_is_clean(src)
+
+
+def test_no_membership_metrics_without_etcd() -> None:
+    plain = families(FakeSource())
+    assert not [n for n in plain if n.startswith(("ovl_dp_membership", "ovl_dp_etcd"))]
+
+    class Off(FakeSource):
+        def membership(self) -> Mapping[str, Any] | None:
+            return None
+
+    assert not [n for n in families(Off()) if n.startswith(("ovl_dp_membership", "ovl_dp_etcd"))]
+
+
+def test_healthz_degraded_is_200_and_503_wins() -> None:
+    src = MemberSource(False, None)
+    server = metrics.MetricsServer("127.0.0.1", 0)
+    server.start(src)
+    try:
+        assert get(server, "/healthz")[::2] == (200, b"ok\n")
+        src.why = "etcd http://192.0.2.250:2379 unreachable: connection refused"
+        assert get(server, "/healthz")[::2] == (
+            200, b"degraded: etcd http://192.0.2.250:2379 unreachable: connection refused\n"
+        )  # fmt: skip
+        src.problem = "TAP ovl-test is not attached to bridge br-int"
+        assert get(server, "/healthz")[::2] == (503, b"TAP ovl-test is not attached to bridge br-int\n")
+    finally:
+        server.close()
