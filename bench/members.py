@@ -15,7 +15,7 @@ does not forward): the daemons accept them as remotes, and flooded copies to the
 the kernel's send path and are dropped at the far end of that veth.
 
 When a daemon has a member as a remote is read from its log (``remote X added`` /
-``remote X removed``, timestamps to the millisecond, one clock for all processes); the state is
+``member X left: remote removed``, timestamps to the millisecond, one clock for all processes); the state is
 checked over the control socket (``show``) at the end of each phase. A key's latency is measured
 from the moment the bench sent its put (revoke) to the moment the *last* daemon logged it; the
 bench's own etcd watch gives the time etcd published it, for reference. Phases, in order:
@@ -75,8 +75,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_P99_S = 1.0
 TARGET_RSS_MB = 80.0
 CRASH_SLACK_S = 1.0
+# "remote X added (local L)" (a static or a member's remote), "remote X removed" (remote del),
+# "member X left: remote removed (...)" (a member's key went).
 _REMOTE_LINE = re.compile(
-    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ovl-dp\[\d+\] [A-Z]+ remote (\S+) (added|removed)\b"
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ovl-dp\[\d+\] [A-Z]+ "
+    r"(?:remote (\S+) (added|removed)\b|member (\S+) left: remote (removed)\b)"
 )
 
 # -- pure parts ----------------------------------------------------------------------------------
@@ -122,7 +125,7 @@ def log_events(lines: Iterable[str]) -> list[tuple[float, str, str]]:
         if m is None:
             continue
         when = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1e3
-        out.append((when, m.group(4), m.group(3)))
+        out.append((when, m.group(4) or m.group(6), m.group(3) or m.group(5)))
     return out
 
 

@@ -43,12 +43,19 @@ def test_log_events_reads_remote_changes_with_their_local_time() -> None:
         "2026-12-01 21:21:39,550 ovl-dp[10100] INFO remote 192.0.2.2: raw socket (neighbour being resolved)",
         "2026-12-01 21:21:40,007 ovl-dp[10100] INFO remote 198.18.0.1 added (local 192.0.2.1)",
         "2026-12-01 21:21:41,250 ovl-dp[10100] INFO remote 198.18.0.1 removed",
+        "2026-12-01 21:21:40,100 ovl-dp[10100] INFO member 198.18.0.1 joined: a remote now",
+        "2026-12-01 21:21:42,500 ovl-dp[10100] INFO member 198.18.0.2 left: remote removed (0 FDB entries ...)",
+        "2026-12-01 21:21:42,600 ovl-dp[10100] INFO member 198.18.0.3 left; it stays a (static) remote",
         "Traceback (most recent call last):",
         "2026-12-01 21:21:4",  # a partial line
     ]
     got = log_events(lines)
     base = time.mktime(time.strptime("2026-12-01 21:21:40", "%Y-%m-%d %H:%M:%S"))
-    assert [(k, a) for _, k, a in got] == [("added", "198.18.0.1"), ("removed", "198.18.0.1")]
+    assert [(k, a) for _, k, a in got] == [
+        ("added", "198.18.0.1"),
+        ("removed", "198.18.0.1"),
+        ("removed", "198.18.0.2"),
+    ]
     assert got[0][0] == pytest.approx(base + 0.007)
     assert got[1][0] == pytest.approx(base + 1.25)
 
