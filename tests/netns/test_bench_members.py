@@ -40,7 +40,7 @@ def check_at_scale(at: dict[str, Any], remotes: int, floods: int) -> None:
     for f in (at["flood_h1"], at["flood_burst_h1"]):
         assert f["flooded"] >= floods
         assert f["copies"] == f["flooded"] * remotes
-        assert f["us_per_frame"] > 0
+        assert f["us_per_frame"] > 0 and f["data_thread_cpu_s"] <= f["process_cpu_s"]
         # What arrived at the sink (the bench's members' copies) never exceeds what was sent to them.
         assert 0 <= f["sink_packets"] <= f["flooded"] * (remotes - 2)
 
