@@ -27,6 +27,7 @@ EXIT_USAGE = 2
 CONTROL_COMMANDS = ("show", "fdb", "remote", "reload", "members")
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
+LAB_MAX_HOSTS = 16  # `ovl-dp lab --etcd --hosts N`: each host is two namespaces and a daemon
 
 
 class UsageError(Exception):
@@ -541,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bridge on the lab hosts (default auto: ovs when Open vSwitch is installed, else linux)",
     )
     lab.add_argument(
-        "--seconds", type=_ranged("--seconds", 1, 60), default=3, help="iperf3 duration in seconds (default 3)"
+        "--seconds", type=_ranged("--seconds", 1, 60), help="iperf3 duration in seconds (default 3; not with --etcd)"
     )
     lab.add_argument("--no-fast-path", action="store_true", help="run the daemons with the pure-Python datapath")
     lab.add_argument(
@@ -550,7 +551,42 @@ def build_parser() -> argparse.ArgumentParser:
         default="ipv4",
         help="underlay address family between the hosts (default ipv4: 192.0.2.0/24; ipv6: fd00:192:2::/64)",
     )
+    lab.add_argument(
+        "--etcd",
+        action="store_true",
+        help="membership on etcd: a real etcd in its own namespace on the underlay, the hosts join by themselves "
+        "(no --remote), one host's daemon is killed and dropped by the others; ping only, no iperf3",
+    )
+    lab.add_argument(
+        "--hosts",
+        type=_ranged("--hosts", 2, LAB_MAX_HOSTS),
+        help="how many hosts (default 2; with --etcd 3, at least 3: one is killed, two must remain)",
+    )
     return p
+
+
+def check_lab_args(args: argparse.Namespace) -> None:
+    """`ovl-dp lab`: --hosts and --etcd agree (UsageError if not); fills in the default host count."""
+    if not args.etcd:
+        if args.hosts not in (None, 2):
+            raise UsageError(
+                f"--hosts {args.hosts} needs --etcd: the seed scenario has 2 hosts (see ovl-dp lab --help)"
+            )
+        args.hosts = 2
+        if args.seconds is None:
+            args.seconds = 3
+        return
+    if args.hosts is None:
+        args.hosts = 3
+    if args.hosts < 3:
+        raise UsageError(
+            f"--etcd needs --hosts 3 or more, not {args.hosts}: one host is killed and two must remain "
+            "(see ovl-dp lab --help)"
+        )
+    if args.seconds is not None:
+        raise UsageError(
+            "--seconds is the two-host demo's iperf3 time; the --etcd lab only pings (see ovl-dp lab --help)"
+        )
 
 
 def _privilege_problem() -> str | None:
@@ -670,6 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             source = run_source(args)
             cfg = source.load()
+        if args.command == "lab":
+            check_lab_args(args)
         problem = _privilege_problem()
         if problem:
             raise SetupError(problem)

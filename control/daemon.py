@@ -340,15 +340,17 @@ async def _serve(
     service.watch_report = source.watch_report
     source.heartbeat.start(loop)
     watch = asyncio.create_task(br.keep_attached(engine.tap.name, report=source.ovs_report))
-    membership = _membership(engine, service, die)  # issue 12: None without --etcd
-    source.membership_keeper = membership
+    membership: Any = None  # issue 12: control.membership.keeper.Membership with --etcd
     if http is not None:
         http.start(source)
     pinger: asyncio.Task[None] | None = None
     try:
+        membership = source.membership_keeper = _membership(engine, service, die)
         if membership is not None:  # joined before "ready": a refusal (net config, our address taken) ends here
             await membership.join(_join_timeout())
             membership.start(loop)
+            if membership.state == "connected":  # listed: remotes a takeover handed over are sorted out
+                service.settle_inherited()
         log.info("ready", extra={"event": "ready"})
         if offer is None:
             notify.ready(
@@ -401,6 +403,11 @@ def _membership(engine: Engine, service: Service, die: Callable[[str], None]) ->
     from control import joining
     from control.membership.keeper import Membership
 
+    problem, fatal = joining.endpoint_problem(cfg)
+    if fatal:
+        raise SetupError(problem)
+    if problem:
+        log.warning("%s; those endpoints will not answer", problem)
     me = joining.member_value(cfg, engine.tap.mac)
     keeper = Membership(cfg.membership, me, joining.net_config(cfg), service, on_fatal=die)
     service.membership = keeper

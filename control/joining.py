@@ -16,7 +16,7 @@ from typing import Any
 
 from control import metrics
 from control.membership.model import NetConfig
-from datapath.config import Config
+from datapath.config import Config, etcd_host_port
 from datapath.errors import SetupError
 from datapath.ether import format_mac
 
@@ -72,6 +72,30 @@ def net_config(cfg: Config) -> NetConfig:
     if cfg.encap.udp:
         return NetConfig(t.mode, vni=t.vni or 0, port=cfg.encap.port)
     return NetConfig(t.mode, key=t.key)
+
+
+def ipv6_loopback_works() -> bool:
+    """Whether ::1 can be bound here: gRPC opens no IPv6 socket at all without it
+    (grpc_ipv6_loopback_available), so an IPv6 etcd endpoint would never answer."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def endpoint_problem(cfg: Config, v6_loopback: bool | None = None) -> tuple[str, bool]:
+    """(message, fatal) about etcd endpoints our client cannot reach from this namespace ("" when none):
+    IPv6 endpoints without IPv6 on the loopback device; fatal when that is every endpoint."""
+    v6 = [u for u in cfg.membership.etcd if ":" in etcd_host_port(u)[0]]
+    if not v6 or (ipv6_loopback_works() if v6_loopback is None else v6_loopback):
+        return "", False
+    message = (
+        f"membership: etcd endpoint(s) {', '.join(v6)} are IPv6, but IPv6 is off on the loopback device here "
+        "and gRPC opens no IPv6 socket without ::1: enable it (sysctl net.ipv6.conf.lo.disable_ipv6=0)"
+    )
+    return message, len(v6) == len(cfg.membership.etcd)
 
 
 def describe(cfg: Config) -> str:

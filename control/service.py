@@ -35,6 +35,7 @@ from datapath.pmtu import MIN_MTU as MIN_PATH_MTU
 log = logging.getLogger("ovl-dp")
 
 STATIC, ETCD = "static", "etcd"  # a remote's origins (issue 12)
+INHERITED = "inherited"  # handed over by a takeover, origin not known yet (see Service.settle_inherited)
 
 # What reload may change on a running daemon; any other difference needs a restart.
 LIVE_KEYS = ("remotes", "fdb.static", "fdb.ageing", "fdb.max_entries")
@@ -72,7 +73,12 @@ class Service:
         self.watch_report: Callable[[], Mapping[str, object]] | None = None
         # issue 12: each remote's origins ("static", "etcd"); the membership keeper once the daemon runs one
         # (its report() and settings); etcd's static FDB entries, (MAC, VLAN) -> remote, applied or pending.
-        self.origins: dict[str, set[str]] = {r.addr: {STATIC} for r in user_cfg.remotes}
+        # A takeover hands over the running remotes without their origins: those not in the configuration
+        # are INHERITED until the first listing of the net says which are members (settle_inherited).
+        static = {r.addr for r in user_cfg.remotes}
+        self.origins: dict[str, set[str]] = {
+            r.addr: {STATIC if r.addr in static else INHERITED} for r in engine.remotes()
+        }
         self.membership: Any = None
         self.member_since: dict[str, float] = {}
         self.etcd_static: dict[tuple[bytes, int], str] = {}
@@ -210,6 +216,7 @@ class Service:
         addr = check_address("remotes", addr)
         origins = self.origins.get(addr)
         if origins is not None:  # a static remote already: it just gets the origin
+            origins.discard(INHERITED)  # (the old daemon's member: a member here too)
             origins.add(ETCD)
         else:
             try:
@@ -238,6 +245,15 @@ class Service:
         purged = self.engine.remove_remote(addr)
         log.info("member %s left: remote removed (%d FDB entries behind it forgotten)", addr, purged,
                  extra={"event": "member_removed", "remote": addr, "purged": purged})  # fmt: skip
+
+    def settle_inherited(self) -> None:
+        """After the first listing of the net (a takeover's join): remotes handed over that are not members
+        were the old daemon's `remote add`s: static from now on."""
+        for addr, origins in self.origins.items():
+            if origins == {INHERITED}:
+                origins.clear()
+                origins.add(STATIC)
+                log.info("remote %s (handed over, not a member of the net): static", addr)
 
     def static_changed(self, mac: bytes, vlan: int, remote: str | None) -> None:
         """An operator's static entry on etcd set (remote) or removed (None). Applied once its remote is a

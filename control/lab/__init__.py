@@ -5,6 +5,8 @@
     ovs.py     OvsInstance: a private ovsdb-server + ovs-vswitchd per host namespace
     shell.py   LabError, running a command (sh), running it in a namespace (nsexec), mac_of
     demo.py    the shipped `ovl-dp lab` command
+    etcd_demo.py  its --etcd variant: hosts joining through etcd, one killed and dropped
+    members.py a daemon's membership as the lab reads it; the removal watcher run in a host namespace
 
 The lab may use the control plane (control.ovs, control.procs) and the datapath;
 the daemon's modules (control.cli but for the `lab` command, config, daemon,

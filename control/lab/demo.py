@@ -4,7 +4,8 @@ Two hosts yy2/yy3 with containers vmX/vmY (control.lab.hosts.seed_lab), br-int
 an Open vSwitch bridge with vmX/vmY on VLAN 20 when OVS is installed, else a
 Linux bridge; the underlay between the hosts IPv4 or (--underlay ipv6) IPv6;
 ovl-dp on both hosts, then ping both ways, an iperf3 transfer,
-and each host's counters and FDB.
+and each host's counters and FDB. With --etcd: N hosts that find each other
+through a real etcd instead (control.lab.etcd_demo).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def main(args: argparse.Namespace) -> int:
 
     modes = {"both": ["gre", "vxlan"]}.get(args.mode, [args.mode])
     underlay = args.underlay
+    if getattr(args, "etcd", False):
+        return _etcd_main(args, modes, bridge)
     ok = True
     with sigterm_raises_interrupt():  # SIGTERM tears the lab down as Ctrl-C does
         for mode in modes:
@@ -92,4 +95,23 @@ def main(args: argparse.Namespace) -> int:
             except (LabError, ovs.OvsError, WaitTimeout) as exc:
                 print(f"lab failed in mode {mode}: {exc}", file=sys.stderr)
                 ok = False
+    return 0 if ok else 1
+
+
+def _etcd_main(args: argparse.Namespace, modes: list[str], bridge: str) -> int:
+    """`ovl-dp lab --etcd`: control.lab.etcd_demo in each mode in turn (--mode both: gre, then vxlan)."""
+    from control.lab import etcd, etcd_demo
+
+    if not etcd.available():
+        print("ovl-dp: error: the --etcd lab needs etcd (apt-get install etcd-server etcd-client)", file=sys.stderr)
+        return 2
+    what = "Open vSwitch br-int, containers on VLAN 20" if bridge == "ovs" else "Linux bridges"
+    if args.underlay == "ipv6":
+        what += ", IPv6 underlay fd00:192:2::/64"
+    ok = True
+    with sigterm_raises_interrupt():  # SIGTERM tears the lab down as Ctrl-C does
+        for mode in modes:
+            print(f"building the {args.hosts}-host lab with etcd ({what}) for {mode} ...", flush=True)
+            result = etcd_demo.etcd_demo(mode, args.hosts, not args.no_fast_path, bridge, args.underlay)
+            ok &= etcd_demo.print_report(result)
     return 0 if ok else 1

@@ -7,6 +7,8 @@ Layout for N hosts (all names carry a per-run tag, so runs never collide):
                fd00:192:2::I/64 instead, "dual" both), bridge br-int,
                veth vm0 on br-int; ovl-dp runs here
     <tag>-cI   container I: eth0 = 172.20.1.I/24, the other end of vm0
+    <tag>-etcd only after start_etcd(): ul0 = 192.0.2.250/24 (fd00:192:2::250/64)
+               on the switch, a real etcd listening there (control.lab.etcd)
 
 br-int is a Linux bridge, or with ``bridge="ovs"`` an Open vSwitch bridge
 (userspace datapath) of a private OVS instance per host
@@ -19,7 +21,7 @@ prefix (RFC 4193), and 172.20.1.0/24 the scenario's overlay;
 all exist only inside these namespaces. IPv6 is off in the hosts but on the
 underlay device of an IPv6 lab (ul0; OVS's br-phy when it takes the address
 over), whose addresses are added without DAD (usable at once). Everything the lab made
-(processes by PID, then namespaces) is removed by :meth:`Lab.close`, which
+(processes by PID: daemons, then etcd; then namespaces) is removed by :meth:`Lab.close`, which
 the context manager calls also on failure and on Ctrl-C.
 """
 
@@ -38,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from control.lab.etcd import EtcdServer
 from control.lab.ovs import OvsInstance
 from control.lab.shell import LabError, sh
 from control.procs import stop_process, wait_until
@@ -55,6 +58,7 @@ OVERLAY_PREFIX = "172.20.1."
 IPV6_HLEN = 40  # the fixed IPv6 header (RFC 8200)
 DAEMON_READY_TIMEOUT = 20.0
 IPERF_LISTEN_TIMEOUT = 10.0
+ETCD_HOST_ID = 250  # the etcd namespace's address on the underlay: 192.0.2.250, fd00:192:2::250
 
 
 @dataclass
@@ -96,6 +100,7 @@ class Lab:
         self.daemons: dict[int, Daemon] = {}
         self.ovs: dict[int, OvsInstance] = {}
         self._ovs_config: dict[str, str] = {}
+        self.etcd: EtcdServer | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="ovl-lab-"))
 
     # -- names and addresses -------------------------------------------------
@@ -130,9 +135,21 @@ class Lab:
         plen = {4: UNDERLAY_PLEN, 6: UNDERLAY6_PLEN}
         return [f"{self.underlay_ip(i, f)}/{plen[f]}" for f in self.families]
 
-    def add_underlay_addresses(self, i: int, dev: str) -> None:
-        """Put host i's underlay addresses on dev (ul0, or OVS's br-phy), IPv6 enabled there and without DAD."""
-        h = self.host(i)
+    @property
+    def etcd_ns(self) -> str:
+        """The namespace of the lab's etcd (see start_etcd)."""
+        return f"{self.tag}-etcd"
+
+    def etcd_ip(self, family: int | None = None) -> str:
+        """The etcd namespace's address on the underlay (of family 4 or 6, default the lab's)."""
+        return self.underlay_ip(ETCD_HOST_ID, family)
+
+    def add_underlay_addresses(self, i: int, dev: str, ns: str | None = None) -> None:
+        """Put host i's underlay addresses on dev (ul0, or OVS's br-phy), IPv6 enabled there and without DAD.
+
+        ns: the namespace of dev when it is not host i's (the etcd namespace, i = ETCD_HOST_ID).
+        """
+        h = ns or self.host(i)
         if 6 in self.families:
             sh("ip", "netns", "exec", h, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=0")
         for cidr in self.underlay_cidrs(i):
@@ -215,6 +232,25 @@ class Lab:
         ovs.start()
         ovs.vsctl("add-br", "br-int", "--", "set", "bridge", "br-int", "datapath_type=netdev", "fail-mode=standalone")
         ovs.vsctl("add-port", "br-int", "vm0", *([f"tag={tag}"] if tag is not None else []))
+
+    def start_etcd(self) -> EtcdServer:
+        """A real etcd in namespace etcd_ns on the underlay switch (the lab is built), started and answering.
+
+        It listens on etcd_ip() (port 2379 of that namespace of its own: its .url); close() stops it by
+        PID after the daemons, whose leave (a lease revoke) needs it.
+        """
+        if self.switch not in self.namespaces:
+            raise LabError("start_etcd: build the lab first (etcd joins its underlay switch)")
+        if self.etcd is not None:
+            raise LabError(f"the lab's etcd runs already ({self.etcd.url})")
+        ns = self.etcd_ns
+        self._netns(ns)
+        sh("ip", "-n", ns, "link", "add", "ul0", "type", "veth", "peer", "name", "pe", "netns", self.switch)
+        sh("ip", "-n", self.switch, "link", "set", "pe", "master", "br0", "up")
+        self.add_underlay_addresses(ETCD_HOST_ID, "ul0", ns)
+        sh("ip", "-n", ns, "link", "set", "ul0", "up")
+        self.etcd = EtcdServer(name=f"{self.tag}-etcd", host=self.etcd_ip(), netns=ns)
+        return self.etcd.start()  # a server that does not come up is killed by start itself
 
     # -- ovl-dp ------------------------------------------------------------------
 
@@ -330,6 +366,9 @@ class Lab:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self.etcd is not None:  # after the daemons: their leave revokes a lease on it
+            self.etcd.close()
+            self.etcd = None
         for instance in self.ovs.values():
             instance.stop()
         self.ovs.clear()

@@ -162,3 +162,50 @@ def test_tos_ttl_df_options(argv: list[str], want: tuple[object, object, str]) -
     args = cli.build_parser().parse_args(["run", "--mode", "vxlan", "--remote", "192.0.2.2", *argv])
     enc = cli.run_source(args).load().encap
     assert (enc.tos, enc.ttl, enc.df) == want
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["lab", "--etcd", "--hosts", "2"], "--etcd needs --hosts 3 or more, not 2: one host is killed"),
+        (["lab", "--hosts", "3"], "--hosts 3 needs --etcd: the seed scenario has 2 hosts"),
+        (["lab", "--hosts", "1"], "--hosts 1 is out of range 2..16"),
+        (["lab", "--etcd", "--hosts", "17"], "--hosts 17 is out of range 2..16"),
+        (["lab", "--etcd", "--hosts", "three"], "not a number"),
+        (["lab", "--etcd", "--seconds", "2"], "--seconds is the two-host demo's iperf3 time"),
+    ],
+)
+def test_lab_etcd_options(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
+    assert needle in error_of(capsys, *argv)
+
+
+def test_lab_etcd_defaults_and_modes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """--etcd alone: 3 hosts, gre then vxlan (--mode both runs each in turn); without it the seed demo, 2 hosts."""
+    from control.lab import demo, etcd, etcd_demo
+
+    monkeypatch.setattr(cli, "_privilege_problem", lambda: None)
+    monkeypatch.setattr(etcd, "available", lambda: True)
+    ran: list[tuple[object, ...]] = []
+
+    def fake_etcd_demo(mode: str, n: int, fast: bool, bridge: str, underlay: str) -> etcd_demo.EtcdLabResult:
+        ran.append((mode, n, fast, bridge, underlay))
+        return etcd_demo.EtcdLabResult(mode, bridge, underlay, [], [], error="not run in this test")
+
+    def fake_demo(mode: str, seconds: int, fast: bool, bridge: str, underlay: str) -> dict[str, object]:
+        ran.append((mode, seconds))
+        raise demo.LabError("not run in this test")
+
+    monkeypatch.setattr(etcd_demo, "etcd_demo", fake_etcd_demo)
+    monkeypatch.setattr(demo, "_demo", fake_demo)
+    assert cli.main(["lab", "--etcd", "--bridge-type", "linux"]) == 1  # the fake results "failed"
+    assert ran == [("gre", 3, True, "linux", "ipv4"), ("vxlan", 3, True, "linux", "ipv4")]
+    assert "FAILED" in capsys.readouterr().out
+    ran.clear()
+    assert cli.main(["lab", "--etcd", "--hosts", "5", "--mode", "vxlan", "--bridge-type", "linux"]) == 1
+    assert ran == [("vxlan", 5, True, "linux", "ipv4")]
+    ran.clear()
+    assert cli.main(["lab", "--mode", "gre", "--bridge-type", "linux"]) == 1
+    assert ran == [("gre", 3)]  # the seed demo, its default iperf3 time
+    monkeypatch.setattr(etcd, "available", lambda: False)
+    assert cli.main(["lab", "--etcd", "--bridge-type", "linux"]) == 2
+    assert "apt-get install etcd-server etcd-client" in capsys.readouterr().err

@@ -248,3 +248,39 @@ def test_show_line() -> None:
          "problem": "etcd http://a:1 unreachable"}
     )  # fmt: skip
     assert line == "net n1 on http://a:1: connecting, 0 other member(s); problem: etcd http://a:1 unreachable"
+
+
+def test_ipv6_endpoints_without_ipv6_loopback() -> None:
+    from control import joining
+
+    def cfg(*etcd: str) -> Config:
+        return Config(TunnelConfig("vxlan"), (), membership=MembershipConfig(etcd=etcd, net="n1"))
+
+    assert joining.endpoint_problem(cfg("http://[fd00::1]:2379"), v6_loopback=True) == ("", False)
+    assert joining.endpoint_problem(cfg("http://192.0.2.1:2379"), v6_loopback=False) == ("", False)
+    text, fatal = joining.endpoint_problem(cfg("http://[fd00::1]:2379"), v6_loopback=False)
+    assert fatal and "http://[fd00::1]:2379" in text and "net.ipv6.conf.lo.disable_ipv6=0" in text
+    text, fatal = joining.endpoint_problem(cfg("http://[fd00::1]:2379", "http://192.0.2.1:2379"), v6_loopback=False)
+    assert not fatal and "http://[fd00::1]:2379" in text and "192.0.2.1" not in text
+
+
+def test_member_value_and_net_config(tmp_path: Path) -> None:
+    from control import joining
+    from control.membership.model import Member, NetConfig
+
+    m = MembershipConfig(etcd=URL, net="n1", address="192.0.2.1")
+    cfg = Config(TunnelConfig("vxlan", vni=42), (), membership=m)
+    assert joining.net_config(cfg) == NetConfig("vxlan", vni=42, port=4789)
+    assert joining.net_config(Config(TunnelConfig("gre", key=7), (), membership=m)) == NetConfig("gre", key=7)
+    assert joining.net_config(Config(TunnelConfig("gre"), (), membership=m)) == NetConfig("gre", key=None)
+    value = joining.member_value(cfg, bytes.fromhex("0200000000aa"), version="1.2.3")
+    member = Member.from_dict(value)  # the keeper's parser takes it
+    assert (member.addr, member.mac, member.version) == ("192.0.2.1", "02:00:00:00:00:aa", "1.2.3")
+    assert value["netns"] == joining.netns_inode() > 0 and value["machine_id"]
+    assert joining.describe(cfg) == (
+        "net n1 on etcd http://192.0.2.10:23790, member 192.0.2.1, lease TTL 15 s keepalive 5 s"
+    )
+    (tmp_path / "dbus").write_text("abc123\n")
+    assert joining.machine_id((tmp_path / "none", tmp_path / "dbus")) == "abc123"
+    with pytest.raises(joining.SetupError, match=r"needs a machine id.*systemd-machine-id-setup"):
+        joining.machine_id((tmp_path / "none", tmp_path / "also-none"))
