@@ -15,7 +15,7 @@ does not forward): the daemons accept them as remotes, and flooded copies to the
 the kernel's send path and are dropped at the far end of that veth.
 
 When a daemon has a member as a remote is read from its log (``remote X added`` /
-``member X left: remote removed``, timestamps to the millisecond, one clock for all processes); the state is
+``member X left: remote removed``, timestamps to the millisecond, truncated; one clock for all processes); the state is
 checked over the control socket (``show``) at the end of each phase. A key's latency is measured
 from the moment the bench sent its put (revoke) to the moment the *last* daemon logged it; the
 bench's own etcd watch gives the time etcd published it, for reference. Phases, in order:
@@ -52,6 +52,7 @@ import importlib
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -262,7 +263,7 @@ async def _worker(url: str, net: str, ttl: int) -> None:
                 elif op == "crash":  # no more keepalives for these
                     result = {a: last_ka.pop(a) for a in req["addrs"] if leases.pop(a, None) is not None}
                 elif op == "seen":
-                    result = await wait_seen(req["kind"], req["addrs"], float(req["timeout"]))
+                    result = await wait_seen(req["kind"], req["addrs"], float(req["wait"]))
                 elif op == "remaining":
                     result = await remaining(req["addr"])
                 elif op == "count":
@@ -293,11 +294,14 @@ class Worker:
         cmd = ["ip", "netns", "exec", netns, sys.executable, "-m", "bench.members", "--worker", url, "--net", net]
         self.proc = subprocess.Popen([*cmd, "--ttl", str(ttl)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
 
-    def request(self, op: str, **args: Any) -> Any:
-        """Send {"op": op, **args}; the result, or LabError with the worker's error."""
+    def request(self, op: str, timeout: float = 120.0, **args: Any) -> Any:
+        """Send {"op": op, **args}; the result, or LabError with the worker's error or if it takes over timeout s."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps({"op": op, **args}).encode() + b"\n")
         self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)  # an answer is one line, written at once
+        if not ready:
+            raise LabError(f"bench etcd worker: no answer to {op} within {timeout:g} s")
         line = self.proc.stdout.readline()
         if not line:
             raise LabError(f"bench etcd worker exited ({self.proc.poll()}) during {op}")
@@ -310,7 +314,7 @@ class Worker:
         """Revoke what is left (bounded), then stop the process by its PID."""
         if self.proc.poll() is None:
             with contextlib.suppress(LabError, OSError, ValueError):
-                self.request("quit")
+                self.request("quit", timeout=30)
         stop_process(self.proc, 5)
 
 
@@ -574,7 +578,7 @@ class Bench:
             sent[put["addr"]] = put["sent"]
             self.joined.append(put["addr"])
             wait_all(self.watches, "added", [put["addr"]], self.args.timeout)
-        pub = self.worker.request("seen", kind="put", addrs=list(sent), timeout=5)
+        pub = self.worker.request("seen", kind="put", addrs=list(sent), wait=5)
         self.phase("join one by one", "added", sent, pub, cpu0, wall0)
 
     def join_burst(self, n: int, name: str) -> None:
@@ -584,7 +588,7 @@ class Bench:
         sent = {p["addr"]: p["sent"] for p in puts}
         self.joined += list(sent)
         wait_all(self.watches, "added", sent, self.args.timeout)
-        pub = self.worker.request("seen", kind="put", addrs=list(sent), timeout=5)
+        pub = self.worker.request("seen", kind="put", addrs=list(sent), wait=5)
         row = self.phase(name, "added", sent, pub, cpu0, wall0)
         row["put_s"] = round(max(p["acked"] for p in puts) - min(p["sent"] for p in puts), 3)
 
@@ -601,7 +605,7 @@ class Bench:
                 (r,) = self.worker.request("leave", addrs=[addr])
                 sent[addr] = r["sent"]
                 wait_all(self.watches, "removed", [addr], self.args.timeout)
-        pub = self.worker.request("seen", kind="delete", addrs=addrs, timeout=5)
+        pub = self.worker.request("seen", kind="delete", addrs=addrs, wait=5)
         self.phase("leave burst" if burst else "leave one by one", "removed", sent, pub, cpu0, wall0)
 
     def crash(self, n: int) -> None:
@@ -612,7 +616,7 @@ class Bench:
         last = self.worker.request("crash", addrs=addrs)
         progress(f"crash: {n} members stopped keeping their leases alive (ttl {self.args.ttl} s)")
         wait_all(self.watches, "removed", addrs, self.args.ttl + self.args.timeout)
-        pub = self.worker.request("seen", kind="delete", addrs=addrs, timeout=5)
+        pub = self.worker.request("seen", kind="delete", addrs=addrs, wait=5)
         row = self.phase("crash", "removed", last, pub, cpu0, wall0)
         row["ttl_s"] = self.args.ttl
         row["target_ms"] = (self.args.ttl + CRASH_SLACK_S) * 1e3
@@ -630,7 +634,7 @@ class Bench:
         lab.daemons[k].proc.wait(10)
         progress(f"daemon killed: host {k}'s daemon SIGKILLed (its lease had {left.get('ttl_left')} s left)")
         wait_all(self.watches, "removed", [addr], self.args.ttl + self.args.timeout)
-        pub = self.worker.request("seen", kind="delete", addrs=[addr], timeout=5)
+        pub = self.worker.request("seen", kind="delete", addrs=[addr], wait=5)
         row = self.phase("daemon killed", "removed", {addr: killed}, pub, cpu0, wall0)
         row["lease_ttl_left_at_kill_s"] = left.get("ttl_left")
         row["ttl_s"] = self.args.ttl

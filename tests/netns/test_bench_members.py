@@ -59,6 +59,7 @@ def test_bench_members_on_etcd(tmp_path: Path) -> None:
     for name, row in phases.items():
         st = row["all"]
         assert st["missing"] == 0, (name, row)
+        assert row["after_etcd"]["missing"] == 0, (name, row)  # the bench's own watch saw every event
         assert 0 <= st["p50_ms"] <= st["p99_ms"] <= st["max_ms"], (name, st)
         assert len(row["per_daemon"]) == (2 if name == "daemon killed" else 3)
         assert all(c >= 0 for c in row["daemon_cpu_s"])
