@@ -527,10 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser(
         "lab",
-        help="the two-host demo in network namespaces",
+        help="the two-host demo in network namespaces (--etcd: N hosts joining through etcd)",
         description="Build two hosts and two containers in network namespaces, each host with a bridge br-int "
         "(Open vSwitch, userspace datapath, containers on VLAN 20 — the seed scenario — or a Linux bridge), run "
-        "ovl-dp on each host, ping and iperf3 through the tunnel, print a report and tear everything down.",
+        "ovl-dp on each host, ping and iperf3 through the tunnel, print a report and tear everything down. "
+        "With --etcd: N hosts that join through a real etcd (no --remote), one killed and dropped by the others.",
     )
     lab.add_argument(
         "--mode", choices=(*MODES, "both"), default="both", help="which tunnel(s) to demonstrate (default both)"

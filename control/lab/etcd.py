@@ -31,6 +31,7 @@ from control.procs import WaitTimeout, stop_process, wait_until
 
 ETCD = "etcd"
 ETCDCTL = "etcdctl"
+SETPRIV = "setpriv"  # util-linux
 READY_TIMEOUT = 20.0  # a cluster elects a leader within a few election timeouts (1 s each by default)
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 NETNS_CLIENT_PORT = 2379  # inside a namespace of its own the IANA ports collide with nothing
@@ -151,6 +152,8 @@ class EtcdServer:
             "--logger=zap",
             "--log-level=warn",
         ]
+        if shutil.which(SETPRIV):  # PR_SET_PDEATHSIG without Python code between fork and exec (see launch)
+            cmd = [SETPRIV, "--pdeathsig", "KILL", *cmd]
         return ["ip", "netns", "exec", self.netns, *cmd] if self.netns is not None else cmd
 
     def launch(self) -> None:
@@ -166,7 +169,9 @@ class EtcdServer:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                # A preexec_fn runs Python in the child of a process that may have other threads (an
+                # in-process gRPC client's): a child of such a fork crashed (SIGSEGV) before its exec.
+                preexec_fn=None if shutil.which(SETPRIV) else _die_with_parent,
             )
         self.starts += 1
         if self not in _started:

@@ -131,8 +131,12 @@ def _wait_joined(lab: Lab, r: EtcdLabResult, hosts: list[int], want: dict[int, l
                 seen[i] = others(lab.ovl(i, "members"))
         return all(seen[i] == want[i] for i in hosts)
 
+    def detail() -> str:
+        logs = (f"--- {lab.host(i)}'s daemon log (end) ---\n{lab.daemons[i].output()[-1500:]}" for i in hosts)
+        return "\n".join([f"listed: {seen!r}", *logs])
+
     try:
-        wait_until("every daemon to list the others", done, timeout, 0.1, detail=lambda: repr(seen))
+        wait_until("every daemon to list the others", done, timeout, 0.1, detail=detail)
     finally:
         for i, listed in seen.items():
             (r.joined if not r.killed else r.left_after_kill)[r.hosts[i - 1]] = listed
@@ -165,7 +169,8 @@ def _time_removal(lab: Lab, r: EtcdLabResult, victim: int, rest: list[int]) -> N
     lab.daemons[victim].proc.wait()
     for i in rest:
         watchers[i].wait(REMOVAL_TIMEOUT + 30)
-        last = outs[i].read_text().split()
+        lines = outs[i].read_text().splitlines()
+        last = lines[-1].split() if lines else []
         gone = float(last[1]) if len(last) == 2 and last[0] == "gone" else None
         r.removed[r.hosts[i - 1]] = None if gone is None else gone - killed_at
 

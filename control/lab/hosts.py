@@ -20,7 +20,8 @@ and vmX/vmY); they still carry the tag.
 prefix (RFC 4193), and 172.20.1.0/24 the scenario's overlay;
 all exist only inside these namespaces. IPv6 is off in the hosts but on the
 underlay device of an IPv6 lab (ul0; OVS's br-phy when it takes the address
-over), whose addresses are added without DAD (usable at once). Everything the lab made
+over), whose addresses are added without DAD (usable at once), and on its
+loopback (::1, which gRPC, the etcd client's transport, needs to use IPv6 at all). Everything the lab made
 (processes by PID: daemons, then etcd; then namespaces) is removed by :meth:`Lab.close`, which
 the context manager calls also on failure and on Ctrl-C.
 """
@@ -198,6 +199,8 @@ class Lab:
             # Hosts carry only the underlay: no IPv6 chatter (RS, MLD) from their bridge and TAP.
             for key in ("all", "default"):
                 sh("ip", "netns", "exec", h, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+            if 6 in self.families:
+                self._loopback6(h)
             sh("ip", "-n", h, "link", "add", "ul0", "type", "veth", "peer", "name", f"p{i}", "netns", self.switch)
             sh("ip", "-n", self.switch, "link", "set", f"p{i}", "master", "br0", "up")
             self.add_underlay_addresses(i, "ul0")
@@ -223,8 +226,15 @@ class Lab:
             self.underlay = "dual"
         for i in hosts or range(1, self.n + 1):
             h = self.host(i)
+            self._loopback6(h)
             sh("ip", "netns", "exec", h, "sysctl", "-qw", "net.ipv6.conf.ul0.disable_ipv6=0")
             sh("ip", "-n", h, "-6", "addr", "add", f"{self.underlay_ip6(i)}/{UNDERLAY6_PLEN}", "dev", "ul0", "nodad")
+
+    @staticmethod
+    def _loopback6(ns: str) -> None:
+        """IPv6 on ns's lo (::1): gRPC, the etcd client's transport, takes IPv6 for unavailable without it
+        and then fails every IPv6 connection ("socket: Address family not supported by protocol")."""
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0")
 
     def _ovs_bridge(self, i: int, tag: int | None) -> None:
         ovs = OvsInstance(self.host(i), self.workdir / f"ovs-h{i}", self._ovs_config)

@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+# Before gRPC is imported: no fork handlers. Our children (ip, ovs-vsctl, a takeover's daemon) exec at
+# once; gRPC's handlers only print "Other threads are currently calling into gRPC, skipping fork()
+# handlers" on stderr when a fork meets a call in flight.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import aetcd
 
-from control.membership.store import Compacted, Event, Kv, LeaseGone, StoreError, Unavailable
+from control.membership.store import Compacted, Event, Kv, LeaseGone, StoreError, Unavailable, cancel_requested
 
 T = TypeVar("T")
 
@@ -70,7 +76,7 @@ def _lease_not_found(exc: Exception) -> bool:
 
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError | aetcd.WatchTimeoutError):
         return "timed out"
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
@@ -131,6 +137,12 @@ class EtcdStore:
                 raise StoreError(f"{url}: {_why(exc)}") from None
             except (OSError, RuntimeError) as exc:  # gRPC channel trouble below aetcd's error mapping
                 failures.append(f"{url}: {type(exc).__name__}: {_why(exc)}")
+                await self._drop(client)
+                continue
+            except asyncio.CancelledError:
+                if cancel_requested():
+                    raise
+                failures.append(f"{url}: the call was cancelled under us (its channel closed)")
                 await self._drop(client)
                 continue
             self._used = url
@@ -262,6 +274,11 @@ class EtcdStore:
             raise Unavailable(f"{url}: watch: {_why(exc)}") from None
         except aetcd.ClientError as exc:
             raise StoreError(f"{url}: watch: {_why(exc)}") from None
+        except asyncio.CancelledError:
+            if cancel_requested():
+                raise
+            await self._drop(client)
+            raise Unavailable(f"{url}: watch: cancelled under us (its channel closed)") from None
         self._used = url
         try:
             try:
@@ -279,6 +296,11 @@ class EtcdStore:
             except aetcd.ClientError as exc:
                 await self._drop(client)
                 raise Unavailable(f"{url}: watch: {_why(exc)}") from None
+            except asyncio.CancelledError:
+                if cancel_requested():
+                    raise
+                await self._drop(client)
+                raise Unavailable(f"{url}: watch: cancelled under us (its channel closed)") from None
             await self._drop(client)  # the stream ended without an error: the client shut down
             raise Unavailable(f"{url}: watch: the stream ended")
         finally:

@@ -52,7 +52,7 @@ from typing import Any, Protocol
 
 from control.membership import etcd
 from control.membership.model import Member, ModelError, NetConfig, NetKeys, check_net, parse_static
-from control.membership.store import Compacted, Kv, LeaseGone, Store, StoreError, Unavailable
+from control.membership.store import Compacted, Kv, LeaseGone, Store, StoreError, Unavailable, cancel_requested
 from datapath.errors import SetupError
 from datapath.ether import format_mac
 
@@ -238,6 +238,9 @@ class Membership:
             raise SetupError(str(exc)) from None
         except (StoreError, TimeoutError) as exc:
             self._degraded(exc)
+        except Exception as exc:  # a bug must not end the daemon's start: one line, and the keeper tries again
+            log.error("net %s: membership: joining failed (%s: %s); trying again", self.net, type(exc).__name__,
+                      exc, extra={"event": "membership_error", "net": self.net})  # fmt: skip
         self._task = asyncio.get_running_loop().create_task(self._run(established), name="membership")
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -364,7 +367,24 @@ class Membership:
     # -- the session -----------------------------------------------------------------------------
 
     async def _run(self, established: bool) -> None:
-        """The supervised loop: follow a session until it fails, set up the next one; never dies."""
+        """The keeper's task: _sessions, started again should it ever end by an error (one log line)."""
+        while not self._stopping:
+            try:
+                await self._sessions(established)
+                return
+            except asyncio.CancelledError:
+                if cancel_requested() or self._stopping:
+                    raise
+                why = "CancelledError: a cancellation not meant for the keeper"
+            except Exception as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            log.error("net %s: membership: the session loop failed (%s); starting it again", self.net, why,
+                      extra={"event": "membership_error", "net": self.net})  # fmt: skip
+            established = False
+            await asyncio.sleep(BACKOFF_MAX)
+
+    async def _sessions(self, established: bool) -> None:
+        """Follow a session until it fails, set up the next one; returns only when stopped or fatal."""
         backoff = Backoff()
         while not self._stopping:
             delay = 0.0
@@ -377,20 +397,23 @@ class Membership:
                 await self._follow()
                 raise Unavailable("the session ended")  # (_follow only returns by raising)
             except asyncio.CancelledError:
-                raise
+                if cancel_requested() or self._stopping:
+                    raise
+                self._degraded(Unavailable("a call was cancelled under us (its channel closed)"))
+                delay = backoff.next()
             except LeaseGone as exc:
                 log.warning("net %s: our lease is gone (%s): granting a new one and registering again",
                             self.net, _why(exc), extra={"event": "membership_lease_lost", "net": self.net})  # fmt: skip
                 self._lease = None
-                delay = backoff.next() if backoff.failures else 0.0
+                delay = self._again(backoff)
             except Compacted as exc:
                 log.info("net %s: watch compacted (%s): listing again", self.net, _why(exc),
                          extra={"event": "membership_compacted", "net": self.net})  # fmt: skip
-                delay = backoff.next() if backoff.failures else 0.0
+                delay = self._again(backoff)
             except _Reclaim:
                 log.warning("net %s: our member key was deleted: registering again", self.net,
                             extra={"event": "membership_key_lost", "net": self.net})  # fmt: skip
-                delay = backoff.next() if backoff.failures else 0.0
+                delay = self._again(backoff)
             except _Conflict as exc:
                 self._fatal(str(exc))
                 return
@@ -404,6 +427,14 @@ class Membership:
             if self._stopping:
                 return
             await asyncio.sleep(delay)
+
+    @staticmethod
+    def _again(backoff: Backoff) -> float:
+        """The delay after a lease lost, a compaction or our key deleted: none the first time after a
+        session that was set up, the backoff if it happens again before the next one is."""
+        quick = backoff.failures == 0
+        delay = backoff.next()
+        return 0.0 if quick else delay
 
     async def _establish(self, first: bool) -> None:
         """Config check, lease, claim, list + diff. SetupError (first) / _Conflict; StoreError."""
@@ -534,11 +565,11 @@ class Membership:
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                exc = t.exception()
+            for t in done:  # (a subtask cancelled from below, by gRPC, is an Unavailable like the others)
+                exc = None if t.cancelled() else t.exception()
                 if exc is not None:
                     raise exc
-            raise Unavailable("the session ended")
+            raise Unavailable("the session ended (a call was cancelled under us)")
         finally:
             for t in tasks:
                 t.cancel()
@@ -591,14 +622,13 @@ class Membership:
             if keys.static(vlan, mac) not in present:
                 self._static_set(vlan, mac, None)
         for kv in kvs:
-            self._put(keys, kv, listing=True)
+            self._put(keys, kv)
         self._revision = revision
 
-    def _put(self, keys: NetKeys, kv: Kv, listing: bool = False) -> None:
+    def _put(self, keys: NetKeys, kv: Kv) -> None:
         key = kv.key
-        if key == keys.config:
-            if not listing:  # (at a listing, _check_config has just compared it)
-                self._config_value(kv.value, first=False)
+        if key == keys.config:  # (changed since _check_config compared it: a problem, not a refusal)
+            self._config_value(kv.value, first=False)
             return
         if key.startswith(keys.members):
             self._member_put(keys, key[len(keys.members) :], kv)

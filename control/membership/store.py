@@ -12,9 +12,18 @@ bounded in time by the implementation and raises only :class:`StoreError` subcla
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Literal, Protocol
+
+
+def cancel_requested() -> bool:
+    """The current task was asked to stop (Task.cancel). False for a CancelledError that comes from
+    below: gRPC raises one in a call whose channel was closed under it (by another task), and that
+    must be an Unavailable, not the silent end of the caller's task."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 class StoreError(Exception):

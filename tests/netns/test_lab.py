@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -116,3 +117,40 @@ def test_lab_with_etcd(mode: str, bridge: str) -> None:
         assert f"ping (after the kill) c{src} -> c{dst}: loss 0%" in out, out
     assert "stopped the others with SIGTERM: exit codes 0, 0; member keys left in etcd: 0" in out, out
     assert f"torn down: namespaces deleted, etcd PID {started.group(1)} gone" in out, out
+
+
+def _etcd_pids(name: str) -> list[int]:
+    """PIDs of the etcd processes running with --name=name."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if args and args[0].endswith(b"etcd") and f"--name={name}".encode() in args:
+                pids.append(int(entry))
+    return pids
+
+
+def test_lab_with_etcd_interrupted_tears_down() -> None:
+    """Ctrl-C while the etcd lab's daemons run: namespaces gone, etcd gone."""
+    if not etcd.available():
+        pytest.skip("etcd is not installed (apt-get install etcd-server etcd-client)")
+    cmd = [sys.executable, "-m", "control.cli", "lab", "--etcd", "--mode", "vxlan", "--bridge-type", "linux"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    name = f"ovl{proc.pid % 100000}-etcd"
+    try:
+        pids = wait_until("the lab's etcd", lambda: _etcd_pids(name), 60)
+        wait_until("the lab's daemons", lambda: len(lab_namespaces(proc.pid)) >= 8, 60)  # sw, etcd, 3 x (h, c)
+        time.sleep(2)  # daemons starting, joining
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert lab_namespaces(proc.pid) == []
+    assert _etcd_pids(name) == [] and not any(etcd_runs(p) for p in pids)
+    assert proc.returncode == 130, proc.stdout.read() if proc.stdout else ""

@@ -566,3 +566,26 @@ def test_an_ipv6_mesh_without_static_remotes() -> None:
         for a, b in ((1, 2), (2, 3), (3, 1)):
             assert lab.ping(a, b, count=3)["loss"] == 0
         assert "mtu 1430 (underlay 1500)" in lab.daemons[1].output()  # VXLAN over IPv6: 70 bytes
+
+
+def test_etcd_away_at_start_is_no_error() -> None:
+    """Daemons started while etcd is down: ready anyway (degraded, static remotes forward), the mesh forms
+    once etcd answers."""
+    with mesh_lab(3) as (lab, servers):
+        (server,) = servers
+        server.stop()
+        join(lab, 1, servers, "--metrics", "9100", "--remote", lab.underlay_ip(2))
+        join(lab, 2, servers, "--remote", lab.underlay_ip(1))
+        join(lab, 3, servers)
+        assert members(lab, 1)["state"] in ("connecting", "degraded")
+        wait_until("host 1's /healthz to say degraded", lambda: healthz(lab, 1)[1].startswith("degraded: "),
+                   WAIT, 0.2)  # fmt: skip
+        assert healthz(lab, 1)[0] == 200
+        assert lab.ping(1, 2, count=3)["loss"] == 0  # the static remotes forward meanwhile
+        server.start()
+        wait_mesh(lab, [1, 2, 3], "once etcd answers")
+        wait_until("host 1's /healthz to be ok", lambda: healthz(lab, 1) == (200, "ok"), WAIT, 0.2)
+        for a, b in ((1, 3), (3, 2)):
+            assert lab.ping(a, b, count=3)["loss"] == 0
+        assert remotes(lab, 1)[lab.underlay_ip(2)]["origin"] == ["etcd", "static"]
+        no_tracebacks(lab)
