@@ -700,17 +700,21 @@ class Bench:
             self.check_state("remote add")
             self.at_scale()
         else:
-            self.join_one_by_one(min(a.one_by_one, fake))
-            self.join_burst(min(a.burst, fake - self.next_member), "join burst")
+            if a.one_by_one > 0:
+                self.join_one_by_one(min(a.one_by_one, fake))
+            if a.burst > 0 and fake > self.next_member:
+                self.join_burst(min(a.burst, fake - self.next_member), "join burst")
             if fake > self.next_member:
                 self.join_burst(fake - self.next_member, "fill")
             self.check_state("joins")
             self.result["members_in_etcd"] = self.worker.request("count") if self.worker else None
             self.at_scale()
-            self.leave(min(a.leaves, len(self.joined)), burst=False)
-            self.leave(min(a.leave_burst, len(self.joined)), burst=True)
+            if a.leaves > 0 and self.joined:
+                self.leave(min(a.leaves, len(self.joined)), burst=False)
+            if a.leave_burst > 0 and self.joined:
+                self.leave(min(a.leave_burst, len(self.joined)), burst=True)
             self.check_state("leaves")
-            if a.crashes:
+            if a.crashes > 0 and self.joined:
                 self.crash(min(a.crashes, len(self.joined)))
             if a.hosts > 2 and not a.no_kill:
                 self.kill_daemon()
