@@ -159,6 +159,7 @@ class Service:
                 return f"remote {addr} is an etcd member already; now also static (it stays when it leaves etcd)"
             note = self.add_remote(addr)
             self.origins[addr] = {STATIC}
+            self._apply_etcd_static(addr)  # etcd's static entries that waited for it
             return f"remote {addr} added{note}"
         if op == "del":
             addr = check_address("remotes", addr)
@@ -220,14 +221,11 @@ class Service:
             origins.add(ETCD)
         else:
             try:
-                note = self.add_remote(addr)
+                self.add_remote(addr)  # (logged there, with a warning about its path MTU if there is one)
             except SetupError as exc:
                 raise ValueError(str(exc)) from None
             self.origins[addr] = {ETCD}
-            if note:
-                log.info("member %s:%s", addr, note)
         self.member_since[addr] = time.time()
-        log.info("member %s joined: a remote now", addr, extra={"event": "member_added", "remote": addr})
         self._apply_etcd_static(addr)
 
     def member_removed(self, addr: str) -> None:
@@ -438,3 +436,5 @@ class Service:
             if live_static.get((mac, vlan)) != remote:
                 e.fdb_add(mac, remote, vlan=vlan)
                 done.append(f"static {format_mac(mac)}@{vlan} -> {remote} added")
+        for addr in plan:  # etcd's static entries that waited for a remote the file added
+            self._apply_etcd_static(addr)

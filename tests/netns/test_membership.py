@@ -426,6 +426,10 @@ def test_static_remotes_coexist_with_members() -> None:
 
         wait_until("the etcd static entry on host 1", lambda: fdb_static().get("02:00:00:00:12:03") == ip3, WAIT)
         assert "02:00:00:00:12:09" not in fdb_static()
+        cli(lab, 1, "remote", "add", "192.0.2.9")  # the pending entry's remote, static: now it applies
+        assert fdb_static().get("02:00:00:00:12:09") == "192.0.2.9"
+        assert "192.0.2.9 removed" in cli(lab, 1, "remote", "del", "192.0.2.9").stdout
+        assert "02:00:00:00:12:09" not in fdb_static()
         # A reload of the file (host 2 no longer in it, host 3 not) never removes a member's remote, and
         # leaves etcd's static entries alone.
         conf.write_text(conf.read_text().replace(f'remotes = ["{ip2}"]', "remotes = []"))
@@ -552,11 +556,12 @@ def test_an_ipv6_mesh_without_static_remotes() -> None:
     """No --remote, etcd over IPv6: the address published (the route's source towards etcd) picks the family."""
     with mesh_lab(3, underlay="ipv6") as (lab, servers):
         assert servers[0].url == f"http://[{etcd_host(lab)}]:{CLIENT_PORT}"
-        # The lab's hosts have IPv6 off but on ul0: gRPC would never connect; a clear error instead.
+        # Without IPv6 on lo gRPC would never connect (grpc_ipv6_loopback_available): a clear error instead.
+        sh("ip", "netns", "exec", lab.host(1), "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=1")
         d = join(lab, 1, servers, wait=False)
         assert d.proc.wait(WAIT) == 2, d.output()
         assert "net.ipv6.conf.lo.disable_ipv6=0" in d.output() and "Traceback" not in d.output(), d.output()
-        for i in (1, 2, 3):  # gRPC opens no IPv6 socket unless ::1 works (grpc_ipv6_loopback_available)
+        for i in (1, 2, 3):  # (the lab sets ::1 up in an IPv6 lab; host 1's was taken away above)
             sh("ip", "netns", "exec", lab.host(i), "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0")
         for i in (1, 2, 3):
             join(lab, i, servers)
