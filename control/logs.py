@@ -88,9 +88,33 @@ class _Handler(logging.StreamHandler):
         self._fixed = value
 
 
+class OneLineForeign(logging.Filter):
+    """Records of libraries that log through the root logger (gRPC's Cython layer, under the etcd client)
+    become one line: their traceback is cut to its exception's type and message, never printed whole."""
+
+    FOREIGN = ("grpc",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep the record; a foreign library's is made one line that formats (its traceback cut short)."""
+        if record.name.split(".", 1)[0] not in self.FOREIGN:
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # a library's own message may not even format (gRPC's raw address bytes)
+            text = f"{record.msg} {record.args!r}"
+        exc = record.exc_info[1] if record.exc_info else None
+        record.msg = f"{record.name}: {text}" + (f": {type(exc).__name__}: {exc}" if exc is not None else "")
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return True
+
+
 def setup(verbose: bool = False, fmt: str = "text", stream: TextIO | None = None) -> None:
     """Configure the root logger (again): level from -v, the text or JSON format, to stderr or stream."""
     handler = _Handler(stream)
+    handler.addFilter(OneLineForeign())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     handler.set_name(_HANDLER)
     root = logging.getLogger()

@@ -159,3 +159,25 @@ def test_loop_errors_are_one_line_each_then_counted(logger: tuple[logging.Logger
     assert "OSError: [Errno 24] Too many open files" in str(got[0]["message"])
     assert got[1]["message"] == "socket.accept() out of system resource"
     assert str(got[2]["message"]).endswith("(4 more like it not logged)"), got[2]
+
+
+def test_a_foreign_librarys_traceback_is_one_line() -> None:
+    """gRPC's Cython layer logs exceptions through the root logger; in the daemon's log they are one line."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    buf = io.StringIO()
+    try:
+        logs.setup(fmt="text", stream=buf)
+        try:
+            b"\xff".decode()
+        except UnicodeDecodeError:
+            logging.getLogger("grpc._cython.cygrpc").exception("Invalid encoding on %s", b"\xfe\x80")
+            logging.getLogger("ovl-dp").exception("ours keep theirs")
+        lines = buf.getvalue().splitlines()
+        assert "grpc._cython.cygrpc: Invalid encoding on b'\\xfe\\x80': UnicodeDecodeError:" in lines[0]
+        assert lines[1].endswith("ours keep theirs") and lines[2] == "Traceback (most recent call last):"
+    finally:
+        for h in [h for h in root.handlers if h not in before]:
+            root.removeHandler(h)
+    broken = logging.LogRecord("grpc.aio", logging.ERROR, __file__, 1, "broken %s %s", ("too few",), None)
+    assert logs.OneLineForeign().filter(broken) and broken.getMessage() == "grpc.aio: broken %s %s ('too few',)"
