@@ -35,6 +35,32 @@ _UNREACHABLE = (aetcd.ConnectionFailedError, aetcd.ConnectionTimeoutError, aetcd
 _CLOSE_TIMEOUT = 1.0
 
 
+async def _keepalive_once(c: aetcd.Client, lease: int) -> Any:
+    """One LeaseKeepAlive round trip, our side of the stream kept open until the answer is in.
+
+    (aetcd's refresh_lease sends its one request and half-closes the stream at once: etcd itself
+    answers anyway, but etcd's grpc-proxy -- the README's way to an etcd with TLS -- then cancels the
+    keepalive before it answers, "context canceled".) aetcd's errors as its own calls raise them.
+    """
+    await c.connect()
+    answered = asyncio.Event()
+
+    async def requests() -> AsyncGenerator[Any, None]:
+        yield aetcd.rpc.LeaseKeepAliveRequest(ID=lease)
+        await answered.wait()
+
+    call = c.leasestub.LeaseKeepAlive(requests(), timeout=c._timeout, metadata=c.metadata)
+    try:
+        async for reply in call:
+            return reply
+    except aetcd.rpc.AioRpcError as exc:
+        aetcd.exceptions._handle_exception(exc)
+    finally:
+        answered.set()
+        call.cancel()
+    return None
+
+
 def parse_url(url: str) -> tuple[str, int]:
     """'http://host:port' -> (host, port); ValueError with a clear message otherwise.
 
@@ -162,7 +188,7 @@ class EtcdStore:
         """Refresh the lease; its remaining TTL (LeaseGone when etcd answers TTL <= 0: it does not exist)."""
 
         async def op(c: aetcd.Client) -> Any:
-            return await c.refresh_lease(lease)
+            return await _keepalive_once(c, lease)
 
         reply = await self._call(op)
         if reply is None:

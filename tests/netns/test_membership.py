@@ -14,11 +14,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -593,4 +595,113 @@ def test_etcd_away_at_start_is_no_error() -> None:
         for a, b in ((1, 3), (3, 2)):
             assert lab.ping(a, b, count=3)["loss"] == 0
         assert remotes(lab, 1)[lab.underlay_ip(2)]["origin"] == ["etcd", "static"]
+        no_tracebacks(lab)
+
+
+# -- an etcd that requires TLS, through etcd's own grpc-proxy (the README's TLS note) -----------------
+
+PROXY_PORT = 23791
+
+
+def make_certs(d: Path) -> None:
+    """A CA, a server certificate for etcd_host (IPv4 lab) and a client certificate, by openssl."""
+
+    def ssl(*args: str) -> None:
+        sh("openssl", *args)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{d}/ca-key.pem", "-out", f"{d}/ca.pem",
+        "-days", "1", "-subj", "/CN=ovl-dp test CA")  # fmt: skip
+    for name, ext in (("server", f"subjectAltName=IP:{ETCD_IP}\nextendedKeyUsage=serverAuth\n"),
+                      ("client", "extendedKeyUsage=clientAuth\n")):  # fmt: skip
+        (d / f"{name}.cnf").write_text(ext)
+        ssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{d}/{name}-key.pem",
+            "-out",
+            f"{d}/{name}.csr",
+            "-subj",
+            "/CN=etcd" if name == "server" else "/O=ovl-dp",
+        )  # fmt: skip  (the proxy's: no CN)
+        ssl("x509", "-req", "-in", f"{d}/{name}.csr", "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca-key.pem",
+            "-CAcreateserial", "-out", f"{d}/{name}.pem", "-days", "1", "-extfile", f"{d}/{name}.cnf")  # fmt: skip
+
+
+class TlsEtcd(EtcdServer):
+    """An etcd that serves clients over TLS only and wants their certificates (--client-cert-auth)."""
+
+    def __init__(self, certs: Path, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.certs = certs
+        self.tls = [f"--cacert={certs}/ca.pem", f"--cert={certs}/client.pem", f"--key={certs}/client-key.pem"]
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.client_port}"
+
+    def _command(self) -> list[str]:
+        c = self.certs
+        return [*super()._command(), f"--cert-file={c}/server.pem", f"--key-file={c}/server-key.pem",
+                f"--trusted-ca-file={c}/ca.pem", "--client-cert-auth"]  # fmt: skip
+
+    def etcdctl(self, *args: str) -> str:
+        return etcdctl(self.url, *self.tls, *args, netns=self.netns)
+
+    def healthy(self) -> bool:
+        if not self.running:
+            return False
+        try:
+            self.etcdctl("endpoint", "health")
+        except (LabError, subprocess.TimeoutExpired):
+            return False
+        return True
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_an_etcd_that_requires_tls_through_grpc_proxy() -> None:
+    with contextlib.ExitStack() as stack:
+        lab = stack.enter_context(Lab(2))
+        lab.build(container_mtu("vxlan"))
+        certs = lab.workdir / "certs"
+        certs.mkdir()
+        make_certs(certs)
+        server = TlsEtcd(certs, "e0", ETCD_IP, CLIENT_PORT, PEER_PORT, netns=etcd_namespace(lab))
+        stack.callback(server.close)
+        server.start()
+        with pytest.raises(LabError):  # no client certificate: refused
+            etcdctl(server.url, f"--cacert={certs}/ca.pem", "endpoint", "health", netns=server.netns)
+        # Per host: etcd's grpc-proxy speaks TLS to etcd and plain gRPC on 127.0.0.1 of that host.
+        for i in (1, 2):
+            log = lab.workdir / f"proxy-h{i}.log"
+            with log.open("wb") as out:
+                proxy = subprocess.Popen(
+                    ["ip", "netns", "exec", lab.host(i), "etcd", "grpc-proxy", "start",
+                     f"--endpoints={server.url}", *server.tls, f"--listen-addr=127.0.0.1:{PROXY_PORT}"],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+            lab.procs.append(proxy)  # stopped by PID in lab.close()
+            wait_until(
+                f"the grpc-proxy on host {i}",
+                lambda i=i: subprocess.run(  # type: ignore[misc]
+                    ["ip", "netns", "exec", lab.host(i), "etcdctl", f"--endpoints=127.0.0.1:{PROXY_PORT}",
+                     "--dial-timeout=2s", "put", "/probe", "x"], capture_output=True, check=False,
+                ).returncode == 0,
+                WAIT,
+                0.2,
+                detail=lambda log=log: log.read_text(errors="replace")[-3000:],  # type: ignore[misc]
+            )  # fmt: skip
+        stack.callback(stop_daemons, lab)
+        for i in (1, 2):
+            lab.start(i, *MEMBER, "--etcd", f"http://127.0.0.1:{PROXY_PORT}", "--advertise", lab.underlay_ip(i))
+        wait_mesh(lab, [1, 2], "through the proxies")
+        assert lab.ping(1, 2, count=3)["loss"] == 0
+        assert json.loads(server.etcdctl("get", key(lab, 2), "--print-value-only"))["addr"] == lab.underlay_ip(2)
+        # Leave through the proxy revokes too: the key is gone once the daemon has exited.
+        assert lab.stop(lab.daemons[2]) == 0
+        assert server.etcdctl("get", key(lab, 2)).strip() == ""
+        wait_until("host 1 to drop host 2", lambda: not remotes(lab, 1), WAIT, 0.2,
+                   detail=lambda: json.dumps(members(lab, 1)) + "\n" + lab.daemons[1].output()[-3000:])  # fmt: skip
         no_tracebacks(lab)
