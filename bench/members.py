@@ -187,6 +187,7 @@ async def _worker(url: str, net: str, ttl: int) -> None:
     prefix = f"{KEY_PREFIX}{net}/members/".encode()
     leases: dict[str, int] = {}  # addr -> lease id, kept alive
     last_ka: dict[str, float] = {}  # addr -> when its last keepalive (or grant) was answered
+    refreshing: dict[str, int] = {}  # addr -> keepalives in flight
     seen: dict[str, dict[str, float]] = {"put": {}, "delete": {}}  # what our own watch saw, when
     limit = asyncio.Semaphore(64)
     watch = await client.watch_prefix(prefix)
@@ -201,13 +202,25 @@ async def _worker(url: str, net: str, ttl: int) -> None:
             return await asyncio.wait_for(coro, 10)
 
     async def refresh(addr: str, lease: int) -> None:
+        refreshing[addr] = refreshing.get(addr, 0) + 1
         try:
             reply = await bounded(client.refresh_lease(lease))
         except Exception as exc:  # one keepalive failing is reported, the next one retries
             print(f"bench worker: keepalive of {addr} failed: {exc}", file=sys.stderr)
             return
-        if addr in leases and reply is not None and reply.TTL > 0:
+        finally:
+            refreshing[addr] -= 1
+        if reply is not None and reply.TTL > 0:  # also for a member crashed meanwhile: etcd renewed it
             last_ka[addr] = time.time()
+
+    async def crash(addrs: list[str]) -> dict[str, float]:
+        """No more keepalives for addrs; when each one's last renewal was answered (after any in flight)."""
+        for a in addrs:
+            leases.pop(a, None)
+        deadline = time.monotonic() + 15
+        while any(refreshing.get(a, 0) for a in addrs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        return {a: last_ka.pop(a) for a in addrs if a in last_ka}
 
     async def keepalive() -> None:
         while True:
@@ -260,8 +273,8 @@ async def _worker(url: str, net: str, ttl: int) -> None:
                     result: Any = await join(req["members"])
                 elif op == "leave":
                     result = await leave(req["addrs"])
-                elif op == "crash":  # no more keepalives for these
-                    result = {a: last_ka.pop(a) for a in req["addrs"] if leases.pop(a, None) is not None}
+                elif op == "crash":
+                    result = await crash(req["addrs"])
                 elif op == "seen":
                     result = await wait_seen(req["kind"], req["addrs"], float(req["wait"]))
                 elif op == "remaining":
