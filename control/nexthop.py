@@ -278,10 +278,24 @@ class NextHopKeeper:
             for ifindex, addr in {(h.ifindex, h.addr) for h in self.hops.values()}:
                 self._use(ifindex, addr)
             self.schedule()
-        elif tuple(r.addr for r in self.engine.remotes()) != self._known or not set(self.hops) <= set(
-            self.engine.ring_remotes()
-        ):  # (a remote removed and added again between two ticks lost its next hop with its slot)
-            self.schedule()
+        else:
+            self._follow_remotes()
+
+    def _follow_remotes(self) -> None:
+        """Remotes added since the last look are resolved, removed ones forgotten: only those, so that
+        hundreds of etcd members joining at once do not re-resolve every remote each second."""
+        current = tuple(r.addr for r in self.engine.remotes())
+        lost = set(self.hops) - set(self.engine.ring_remotes())  # removed and added again: a new slot
+        if current != self._known:
+            known, now = set(self._known), set(current)
+            for gone in known - now:
+                self.hops.pop(gone, None)
+                self.why.pop(gone, None)
+            self.waiting = {key: behind & now for key, behind in self.waiting.items() if behind & now}
+            self._known = current
+            lost |= now - known
+        if lost:
+            self.schedule(lost & set(current))
 
     def _run(self) -> None:
         self._pending = None

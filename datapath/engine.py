@@ -116,6 +116,8 @@ class Engine:
         self.cfg = cfg
         self._clock = clock
         fast = cfg.offload.fast_path and fast_path_available()
+        self._remote_index: dict[str, tuple[int, Remote]] | None = None  # see _index
+        self._remote_order: tuple[Remote, ...] | None = None
         self.gso_socks: list[socket.socket] = []
         if inherited is not None:
             self._adopt_io(cfg, fast, inherited)
@@ -669,16 +671,28 @@ class Engine:
         socks = (self.recv_sock, self.recv_sock2)
         return frozenset(6 if s.family == socket.AF_INET6 else 4 for s in socks if s is not None)
 
+    def _index(self) -> dict[str, tuple[int, Remote]]:
+        """address -> (slot, remote): the forwarder's remotes, read once (that read parks the data-path
+        thread) and then kept by add_remote/remove_remote/set_remote_local, the only ways they change.
+        Hundreds of etcd members joining at once made every lookup cost a park of the thread."""
+        if self._remote_index is None:
+            self._remote_index = {r.addr: (slot, r) for slot, r, _ in self.forwarder.remotes()}
+            self._remote_order = None
+        return self._remote_index
+
     def remotes(self) -> tuple[Remote, ...]:
         """The current remotes, in slot order."""
-        return tuple(r for _, r, _ in self.forwarder.remotes())
+        if self._remote_order is None or self._remote_index is None:
+            index = self._index()
+            self._remote_order = tuple(r for _, r in sorted(index.values(), key=lambda sr: sr[0]))
+        return self._remote_order
 
     def _slot(self, addr: str) -> int:
         addr = check_address("remotes", addr)
-        for slot, r, _ in self.forwarder.remotes():
-            if r.addr == addr:
-                return slot
-        raise KeyError(f"{addr} is not a remote")
+        found = self._index().get(addr)
+        if found is None:
+            raise KeyError(f"{addr} is not a remote")
+        return found[0]
 
     def add_remote(self, remote: Remote) -> None:
         """Add a resolved remote (addr and local set): flooded to from the next batch on.
@@ -699,6 +713,8 @@ class Engine:
         if len(current) >= MAX_REMOTES:
             raise ConfigError(f"{{remotes}}: at most {MAX_REMOTES} remotes are supported")
         slot = self.forwarder.add_remote(remote)
+        self._index()[remote.addr] = (slot, remote)
+        self._remote_order = None
         log.info("remote %s added (from %s, slot %d)", remote.addr, remote.local, slot)
 
     def remove_remote(self, addr: str) -> int:
@@ -706,6 +722,8 @@ class Engine:
         static) purged; returns how many entries went. KeyError for an address that is not a remote."""
         slot = self._slot(addr)
         purged = self.forwarder.remove_remote(slot)
+        self._index().pop(check_address("remotes", addr), None)
+        self._remote_order = None
         if self.tx_rings is not None:  # C forgot its next hop with the slot; the ring bookkeeping follows
             self.tx_rings.clear(slot)
         log.info("remote %s removed (%d FDB entries purged)", addr, purged)
@@ -714,7 +732,9 @@ class Engine:
     def set_remote_local(self, addr: str, local: str) -> None:
         """Send to remote addr from local from now on (the underlay's address or route changed); its
         FDB entries, counters and last receive stay. KeyError for an address that is not a remote."""
-        self.forwarder.set_remote_local(self._slot(addr), check_address("tunnel.local", local))
+        slot = self._slot(addr)
+        self.forwarder.set_remote_local(slot, check_address("tunnel.local", local))
+        self._remote_index = None  # read again: the forwarder's Remote with its new local
 
     def set_remote_mtu(self, addr: str, mtu: int) -> int:
         """The path MTU towards remote addr (0: the underlay MTU again); returns the one it had.
@@ -750,7 +770,7 @@ class Engine:
         if self.tx_rings is None or not self.tx_rings.via:
             return frozenset()
         via = self.tx_rings.via
-        return frozenset(r.addr for slot, r, _ in self.forwarder.remotes() if slot in via)
+        return frozenset(addr for addr, (slot, _) in self._index().items() if slot in via)
 
     def ring_counters(self) -> dict[str, int]:
         """The TX ring counters (datapath.fast.RING_FIELDS); {} without rings."""

@@ -151,3 +151,29 @@ def test_a_neighbour_event_resolves_only_the_remotes_behind_that_neighbour() -> 
     k.on_event(nexthop.LinkEvent("new", 2, "eth0"))  # anything else: every remote
     loop.run()
     assert sorted(rtnl.routes) == sorted(addrs)
+
+
+def test_remotes_joining_and_leaving_resolve_only_those_remotes() -> None:
+    """Hundreds of etcd members joining at once: each tick re-resolved every remote (4.1 s of a daemon's
+    11.5 s CPU while 297 members joined); only the new ones are looked up, the gone ones forgotten."""
+    addrs = [f"10.0.0.{i}" for i in range(2, 12)]
+    e = FakeEngine(addrs)
+    rtnl = CountingRtnl()
+    k = nexthop.NextHopKeeper(e, rtnl=rtnl)  # type: ignore[arg-type]
+    loop = StepLoop()
+    k._loop = loop  # type: ignore[assignment]
+    k.schedule()
+    loop.run()
+    rtnl.routes.clear()
+    e.add("10.0.1.1")
+    e.add("10.0.1.2")
+    e.remove("10.0.0.3")
+    k._tick()  # the clock has not reached a refresh: only the difference
+    loop.run()
+    assert sorted(rtnl.routes) == ["10.0.1.1", "10.0.1.2"]
+    assert "10.0.0.3" not in k.hops and "10.0.0.3" not in set().union(*k.waiting.values())
+    assert e.ring_remotes() == (set(addrs) - {"10.0.0.3"}) | {"10.0.1.1", "10.0.1.2"}
+    rtnl.routes.clear()
+    k._tick()  # nothing changed: nothing looked up
+    loop.run()
+    assert rtnl.routes == []
