@@ -167,6 +167,7 @@ class NextHop:
     src: bytes
     addr: str
     mac: bytes
+    static: bool = False  # a PERMANENT or NOARP neighbour entry: never asked for with NTF_USE (see refresh)
 
 
 def resolve(rtnl: Rtnl, remote: Remote) -> tuple[NextHop | None, tuple[int, str] | None, str]:
@@ -188,7 +189,9 @@ def resolve(rtnl: Rtnl, remote: Remote) -> tuple[NextHop | None, tuple[int, str]
         if not mac or not state & NUD_USABLE:
             rtnl.use(ifindex, nh)
             return None, (ifindex, nh), f"neighbour {nh} on {device} is being resolved"
-        return NextHop(ifindex, device, mtu, src, nh, bytes.fromhex(mac.replace(":", ""))), (ifindex, nh), ""
+        static = bool(state & (NUD_PERMANENT | NUD_NOARP))
+        hop = NextHop(ifindex, device, mtu, src, nh, bytes.fromhex(mac.replace(":", "")), static)
+        return hop, (ifindex, nh), ""
     except (OSError, ValueError) as exc:
         return None, None, f"no next hop: {getattr(exc, 'strerror', None) or exc}"
 
@@ -275,7 +278,9 @@ class NextHopKeeper:
         now = self._clock()
         if now - self._last_refresh >= self.refresh:
             self._last_refresh = now
-            for ifindex, addr in {(h.ifindex, h.addr) for h in self.hops.values()}:
+            # Not a static entry: NTF_USE turns a PERMANENT entry into INCOMPLETE (then FAILED) on Linux
+            # 6.18 -- checked with `ip neigh replace ADDR dev DEV use` -- and the host's entries are not ours.
+            for ifindex, addr in {(h.ifindex, h.addr) for h in self.hops.values() if not h.static}:
                 self._use(ifindex, addr)
             self.schedule()
         else:

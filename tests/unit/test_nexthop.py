@@ -177,3 +177,33 @@ def test_remotes_joining_and_leaving_resolve_only_those_remotes() -> None:
     k._tick()  # nothing changed: nothing looked up
     loop.run()
     assert rtnl.routes == []
+
+
+class PermanentRtnl(CountingRtnl):
+    """10.0.0.2's neighbour is a PERMANENT entry the host's administrator made; counts NTF_USE requests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used: list[str] = []
+
+    def neighbour(self, ifindex: int, addr: str) -> tuple[str, int]:
+        return MAC, nexthop.NUD_PERMANENT if addr == "10.0.0.2" else nexthop.NUD_REACHABLE
+
+    def use(self, ifindex: int, addr: str) -> None:
+        self.used.append(addr)
+
+
+def test_a_permanent_neighbour_is_never_asked_for() -> None:
+    """NTF_USE on a PERMANENT entry makes it INCOMPLETE, then FAILED (Linux 6.18): the host's static
+    neighbours were clobbered at every refresh."""
+    e = FakeEngine(["10.0.0.2", "10.0.0.3"])
+    rtnl = PermanentRtnl()
+    now = [0.0]
+    k = nexthop.NextHopKeeper(e, rtnl=rtnl, clock=lambda: now[0])  # type: ignore[arg-type]
+    loop = StepLoop()
+    k._loop = loop  # type: ignore[assignment]
+    k.resolve()
+    assert e.ring_remotes() == {"10.0.0.2", "10.0.0.3"} and k.hops["10.0.0.2"].static
+    now[0] += nexthop.REFRESH
+    k._tick()
+    assert rtnl.used == ["10.0.0.3"]
