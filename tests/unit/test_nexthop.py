@@ -207,3 +207,38 @@ def test_a_permanent_neighbour_is_never_asked_for() -> None:
     now[0] += nexthop.REFRESH
     k._tick()
     assert rtnl.used == ["10.0.0.3"]
+
+
+class GatewayRtnl(FakeRtnl):
+    """Every remote behind gateway 10.0.0.1 on device 2; counts each kind of request."""
+
+    def __init__(self, neighbour_state: int) -> None:
+        self.asked: dict[str, int] = {"route": 0, "link": 0, "neighbour": 0, "use": 0}
+        self.state = neighbour_state
+
+    def route(self, dst: str, src: str | None) -> tuple[int, str]:
+        self.asked["route"] += 1
+        return 2, "10.0.0.1"
+
+    def link(self, ifindex: int) -> tuple[str, int, int, str]:
+        self.asked["link"] += 1
+        return super().link(ifindex)
+
+    def neighbour(self, ifindex: int, addr: str) -> tuple[str, int]:
+        self.asked["neighbour"] += 1
+        return (MAC if self.state & nexthop.NUD_USABLE else ""), self.state
+
+    def use(self, ifindex: int, addr: str) -> None:
+        self.asked["use"] += 1
+
+
+def test_remotes_behind_one_gateway_ask_for_its_link_and_neighbour_once() -> None:
+    addrs = [f"198.18.0.{i}" for i in range(1, 51)]
+    for state, used in ((nexthop.NUD_REACHABLE, 0), (nexthop.NUD_FAILED, 1)):
+        rtnl = GatewayRtnl(state)
+        e = FakeEngine(addrs)
+        k = nexthop.NextHopKeeper(e, rtnl=rtnl)  # type: ignore[arg-type]
+        k.resolve()
+        assert rtnl.asked == {"route": 50, "link": 1, "neighbour": 1, "use": used}
+        assert e.ring_remotes() == (set(addrs) if used == 0 else set())
+        assert used == 0 or k.waiting == {(2, "10.0.0.1"): set(addrs)}
