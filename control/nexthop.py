@@ -361,12 +361,22 @@ class NextHopKeeper:
             remotes = tuple(r for r in remotes if r.addr in only)
             waiting = {key: behind - only for key, behind in self.waiting.items() if behind - only}
         look = OneLook(self.rtnl)
+        found = []  # the lookups first, with the data path running; then the changes, with it parked once
         for r in remotes:
             hop, key, why = resolve(look, r)
             if key is not None:
                 waiting.setdefault(key, set()).add(r.addr)
             if hop is not None and hop == self.hops.get(r.addr) and r.addr in on_ring:
                 continue
+            found.append((r, hop, why))
+        self.waiting = waiting
+        if found:
+            with e.paused():
+                self._apply(found)
+
+    def _apply(self, found: list[tuple[Remote, NextHop | None, str]]) -> None:
+        e = self.engine
+        for r, hop, why in found:
             if hop is not None and e.set_nexthop(r.addr, hop.ifindex, hop.mtu, hop.mac, hop.src):
                 self.hops[r.addr] = hop
                 self.changes += 1
@@ -384,4 +394,3 @@ class NextHopKeeper:
                 self.hops.pop(r.addr, None)
                 log.info("remote %s: raw socket (%s)", r.addr, why, extra={"event": "nexthop_none", "remote": r.addr})
             self.why[r.addr] = why
-        self.waiting = waiting

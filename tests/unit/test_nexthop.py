@@ -6,6 +6,7 @@ again for a remote re-added with the same address, whose route and neighbour did
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from control import nexthop
@@ -40,6 +41,7 @@ class FakeEngine:
     def __init__(self, addrs: list[str]) -> None:
         self.slots: dict[int, Remote] = {}
         self.on_ring: set[int] = set()
+        self.pauses = 0
         for a in addrs:
             self.add(a)
 
@@ -67,6 +69,10 @@ class FakeEngine:
 
     def ring_remotes(self) -> frozenset[str]:
         return frozenset(self.slots[s].addr for s in self.on_ring)
+
+    def paused(self) -> contextlib.AbstractContextManager[None]:
+        self.pauses += 1
+        return contextlib.nullcontext()
 
 
 def keeper(engine: FakeEngine) -> nexthop.NextHopKeeper:
@@ -240,5 +246,6 @@ def test_remotes_behind_one_gateway_ask_for_its_link_and_neighbour_once() -> Non
         k = nexthop.NextHopKeeper(e, rtnl=rtnl)  # type: ignore[arg-type]
         k.resolve()
         assert rtnl.asked == {"route": 50, "link": 1, "neighbour": 1, "use": used}
+        assert e.pauses == 1  # the data path parked once for the 50 changes, after the lookups
         assert e.ring_remotes() == (set(addrs) if used == 0 else set())
         assert used == 0 or k.waiting == {(2, "10.0.0.1"): set(addrs)}
