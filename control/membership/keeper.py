@@ -33,8 +33,9 @@ The life of a :class:`Membership`:
   our key under its own lease, and the old lease expires alone.
 
 A member's key deleted (its lease expired or was revoked) removes it from the sink at once. A
-value that does not parse, or that the sink refuses (ValueError: e.g. the wrong address family),
-is refused: counted, logged once per key and reason, listed by report() with its reason.
+value that does not parse, or that the sink refuses (ValueError: e.g. the wrong address family, no route),
+is refused: counted, logged once per key and reason, listed by report() with its reason; what the sink
+refused is offered again at each keepalive (no route yet, a full table: reasons that pass).
 """
 
 from __future__ import annotations
@@ -578,7 +579,7 @@ class Membership:
                     await t
 
     async def _keepalive_loop(self) -> None:
-        store, _, _ = self._need()
+        store, keys, _ = self._need()
         while True:
             await asyncio.sleep(self.settings.keepalive)
             lease = self._lease
@@ -591,6 +592,7 @@ class Membership:
                 raise
             self._last_keepalive = time.time()
             self._counters["keepalives"] += 1
+            self._offer_refused(keys)
 
     async def _watch_loop(self) -> None:
         store, keys, _ = self._need()
@@ -690,20 +692,32 @@ class Membership:
         if entry.added:
             entry.refused = ""
             return
+        self._offer(entry, kv.key, member)
+
+    def _offer(self, entry: _Entry, key: str, member: Member) -> None:
+        """Hand a parsed member to the sink: added, or refused with the sink's reason."""
+        name = entry.name
         try:
             self.sink.member_added(name)
         except ValueError as exc:
-            self._refuse(entry, kv.key, str(exc))
+            self._refuse(entry, key, str(exc))
             return
         except Exception as exc:  # the sink's bug: refused with the reason, the keeper goes on
-            self._refuse(entry, kv.key, f"{type(exc).__name__}: {exc}")
+            self._refuse(entry, key, f"{type(exc).__name__}: {exc}")
             return
         entry.added, entry.refused, entry.since = True, "", time.time()
-        self._forget(kv.key)
+        self._forget(key)
         self._counters["joins"] += 1
         log.info("net %s: member %s joined (host %s, mac %s)", self.net, name, member.hostname, member.mac,
                  extra={"event": "member_joined", "net": self.net, "remote": name,
                         "hostname": member.hostname})  # fmt: skip
+
+    def _offer_refused(self, keys: NetKeys) -> None:
+        """Members the sink refused are offered again (its reasons can pass: no route yet, a full remote
+        table); a value that does not parse waits for its key to change. Logged again only for a new reason."""
+        for entry in list(self._members.values()):
+            if entry.refused and entry.member is not None and not entry.added and entry.name != self.addr:
+                self._offer(entry, keys.members + entry.name, entry.member)
 
     def _removed(self, entry: _Entry) -> None:
         entry.added = False

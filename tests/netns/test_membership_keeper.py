@@ -57,10 +57,13 @@ class Rec:
         self.members: set[str] = set()
         self.static: dict[tuple[int, bytes], str] = {}
         self.family = family_
+        self.no_route: set[str] = set()  # member_added refuses these (until the test takes them out)
 
     def member_added(self, addr: str) -> None:
         if self.family is not None and family(addr) != self.family:
             raise ValueError(f"an IPv{family(addr)} member, our underlay is IPv{self.family}")
+        if addr in self.no_route:
+            raise ValueError(f"no route to remote {addr}: Network is unreachable")
         if addr == self.boom:
             raise RuntimeError("the sink's bug")
         assert addr not in self.members, f"{addr} added twice"
@@ -260,6 +263,36 @@ def test_refused_values(server: lab.EtcdServer, caplog: pytest.LogCaptureFixture
         finally:
             await closing(a)
         assert not [r for r in caplog.records if r.exc_info], "no traceback in the log"
+
+    run(main())
+
+
+def test_member_refused_by_the_sink_is_offered_again(server: lab.EtcdServer) -> None:
+    """A refusal of the sink can be transient (no route to the member yet, a full remote table): the member
+    is offered again while its key stays, without waiting for the key to change; a malformed value is not."""
+
+    async def main() -> None:
+        url = server.url
+        sink = Rec()
+        sink.no_route.add("10.0.0.5")
+        a = await joined(url, "10.0.0.1", 1, sink)
+        try:
+            await put_member(url, "10.0.0.5")
+            await ctl(url, "put", KEYS.member("10.0.0.6"), "{not json")
+            await until("refused", lambda: "no route" in {m["addr"]: m for m in a.report()["members"]}
+                        .get("10.0.0.5", {}).get("refused", ""))  # fmt: skip
+            keepalives = a.counters()["keepalives"]
+            await until("a few keepalives", lambda: a.counters()["keepalives"] >= keepalives + 2)
+            assert sink.members == set() and a.counters()["refused"] == 2, "refused once, logged once"
+            sink.no_route.clear()  # the route is there now; the member's key has not changed
+            await until("accepted", lambda: sink.members == {"10.0.0.5"})
+            rep = {m["addr"]: m for m in a.report()["members"]}
+            assert rep["10.0.0.5"]["remote"] and rep["10.0.0.5"]["refused"] == ""
+            assert "not JSON" in rep["10.0.0.6"]["refused"] and a.counters()["joins"] == 1
+            await ctl(url, "del", KEYS.member("10.0.0.5"))
+            await until("removed", lambda: sink.members == set())
+        finally:
+            await closing(a)
 
     run(main())
 
