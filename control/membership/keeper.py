@@ -18,6 +18,7 @@ The life of a :class:`Membership`:
   lease gone (TTL <= 0,     grant a new lease at once, claim our key again, list, apply the
   "lease not found")        difference (members added and removed meanwhile), watch from R+1
   our key deleted           keep the lease if it still lives, claim again, list, diff, watch
+  the net's config deleted  create it again from ours (if we agreed with it), list, diff, watch
   watch compacted           list again, diff, watch from the new R+1 (lease and key kept)
   etcd unreachable          nothing is removed: the last membership keeps forwarding; problem()
                             says "degraded: ..."; retry with backoff 0.5 s doubling to 10 s
@@ -107,6 +108,10 @@ class _Conflict(Exception):
 
 class _Reclaim(Exception):
     """Our key was deleted under us: claim it again."""
+
+
+class _ConfigGone(Exception):
+    """The net's config key was deleted under us (we agreed with it): create it again from ours."""
 
 
 @dataclass
@@ -415,6 +420,10 @@ class Membership:
                 log.warning("net %s: our member key was deleted: registering again", self.net,
                             extra={"event": "membership_key_lost", "net": self.net})  # fmt: skip
                 delay = self._again(backoff)
+            except _ConfigGone:
+                log.warning("net %s: its config key was deleted: creating it again from ours", self.net,
+                            extra={"event": "net_config_deleted", "net": self.net})  # fmt: skip
+                delay = self._again(backoff)
             except _Conflict as exc:
                 self._fatal(str(exc))
                 return
@@ -645,6 +654,8 @@ class Membership:
 
     def _delete(self, keys: NetKeys, key: str) -> None:
         if key == keys.config:
+            if not self._config_problem:  # (absent, the next daemon would create the net with its own settings)
+                raise _ConfigGone()
             log.warning("net %s: its config key was deleted; forwarding on with ours", self.net,
                         extra={"event": "net_config_deleted", "net": self.net})  # fmt: skip
             return

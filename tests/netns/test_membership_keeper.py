@@ -711,6 +711,31 @@ def test_net_config_mismatch(server: lab.EtcdServer, caplog: pytest.LogCaptureFi
     run(main())
 
 
+def test_net_config_deleted_while_running_is_created_again(server: lab.EtcdServer) -> None:
+    """The operator deletes the net's config under running members: they put it back from theirs, so that
+    a daemon with other settings is refused at join instead of creating the net anew (a split mesh)."""
+
+    async def main() -> None:
+        url = server.url
+        sink = Rec()
+        a = await joined(url, "10.0.0.1", 1, sink)
+        try:
+            await put_member(url, "10.0.0.9")
+            await until("a member", lambda: sink.members == {"10.0.0.9"})
+            await ctl(url, "del", KEYS.config)
+            await until("the config back", lambda: a.counters()["relists"] >= 1)
+            config = await key_info(url, KEYS.config)
+            assert config is not None and NetConfig.parse(config[0]) == VXLAN42 and config[1] == 0, "no lease"
+            other = Membership(Settings((url,)), me("10.0.0.2", 2), NetConfig("vxlan", vni=99, port=4789), Rec())
+            with pytest.raises(SetupError, match="vni: etcd has 42, we have 99"):
+                await other.join(10)
+            assert a.state == "connected" and a.problem() == "" and sink.removed() == []
+        finally:
+            await closing(a)
+
+    run(main())
+
+
 def test_invalid_settings() -> None:
     async def main() -> None:
         cases: list[tuple[Settings, dict[str, Any], str]] = [
