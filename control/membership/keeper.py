@@ -22,7 +22,9 @@ The life of a :class:`Membership`:
   watch compacted           list again, diff, watch from the new R+1 (lease and key kept)
   etcd unreachable          nothing is removed: the last membership keeps forwarding; problem()
                             says "degraded: ..."; retry with backoff 0.5 s doubling to 10 s
-                            (jitter), each try on the next endpoint; on success keepalive the
+                            (jitter; at most the keepalive interval, so that our lease, which
+                            etcd back gives its full TTL again, is kept alive in time), each
+                            try on the next endpoint; on success keepalive the
                             old lease if it lives (else a new one), claim, list, diff, watch
   our address taken by      on_fatal(message): the daemon exits (two hosts must not share an
   another host              address)
@@ -391,7 +393,9 @@ class Membership:
 
     async def _sessions(self, established: bool) -> None:
         """Follow a session until it fails, set up the next one; returns only when stopped or fatal."""
-        backoff = Backoff()
+        # At most a keepalive between tries: etcd, back, gives every lease its full TTL again; a longer wait
+        # (the backoff's 10 s against a short TTL) lets our lease run out, and the peers drop us.
+        backoff = Backoff(hi=min(BACKOFF_MAX, self.settings.keepalive))
         while not self._stopping:
             delay = 0.0
             try:

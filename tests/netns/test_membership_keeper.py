@@ -425,6 +425,36 @@ def test_etcd_killed_and_restarted(server: lab.EtcdServer) -> None:
     run(main())
 
 
+def test_etcd_away_longer_than_a_short_ttl_keeps_the_leases(server: lab.EtcdServer) -> None:
+    """etcd gives every lease its full TTL again when it comes back; a keeper whose backoff grew past the TTL
+    (10 s against 8 s here) came back after the lease ran out: every member of the net was dropped and added
+    again everywhere after each etcd restart. The retries are at most a keepalive apart (jitter aside).
+
+    (Timing: after etcd is back, a try comes within 1.2 x keepalive = 2.4 s, plus a failed connection's
+    2 s; the TTL, 8 s, leaves a margin of 3.6 s.)"""
+
+    async def main() -> None:
+        url = server.url
+        a_sink, b_sink = Rec(), Rec()
+        a = await joined(url, "10.0.0.1", 1, a_sink, lease_ttl=8.0, keepalive=2.0)
+        b = await joined(url, "10.0.0.2", 2, b_sink, lease_ttl=8.0, keepalive=2.0)
+        try:
+            await until("both", lambda: a_sink.members == {"10.0.0.2"} and b_sink.members == {"10.0.0.1"})
+            leases = (a.report()["lease"]["id"], b.report()["lease"]["id"])
+            await asyncio.to_thread(server.kill)
+            await until("A degraded", lambda: a.state == "degraded")
+            await asyncio.sleep(20)  # long enough for a 0.5 s doubling backoff to pass 8 s
+            await asyncio.to_thread(server.start)
+            await until("both back", lambda: a.state == b.state == "connected")
+            assert (a.report()["lease"]["id"], b.report()["lease"]["id"]) == leases, "the leases lived on"
+            assert a.counters()["lease_regrants"] == b.counters()["lease_regrants"] == 0
+            assert a_sink.removed() == [] and b_sink.removed() == [], "no member dropped"
+        finally:
+            await closing(a, b)
+
+    run(main())
+
+
 def test_etcd_frozen_every_call_bounded(server: lab.EtcdServer) -> None:
     """etcd stopped (SIGSTOP): connections stay open, nothing answers; the keeper must not hang."""
 
