@@ -18,10 +18,13 @@ The life of a :class:`Membership`:
   lease gone (TTL <= 0,     grant a new lease at once, claim our key again, list, apply the
   "lease not found")        difference (members added and removed meanwhile), watch from R+1
   our key deleted           keep the lease if it still lives, claim again, list, diff, watch
+  the net's config deleted  create it again from ours (if we agreed with it), list, diff, watch
   watch compacted           list again, diff, watch from the new R+1 (lease and key kept)
   etcd unreachable          nothing is removed: the last membership keeps forwarding; problem()
                             says "degraded: ..."; retry with backoff 0.5 s doubling to 10 s
-                            (jitter), each try on the next endpoint; on success keepalive the
+                            (jitter; at most the keepalive interval, so that our lease, which
+                            etcd back gives its full TTL again, is kept alive in time), each
+                            try on the next endpoint; on success keepalive the
                             old lease if it lives (else a new one), claim, list, diff, watch
   our address taken by      on_fatal(message): the daemon exits (two hosts must not share an
   another host              address)
@@ -33,8 +36,9 @@ The life of a :class:`Membership`:
   our key under its own lease, and the old lease expires alone.
 
 A member's key deleted (its lease expired or was revoked) removes it from the sink at once. A
-value that does not parse, or that the sink refuses (ValueError: e.g. the wrong address family),
-is refused: counted, logged once per key and reason, listed by report() with its reason.
+value that does not parse, or that the sink refuses (ValueError: e.g. the wrong address family, no route),
+is refused: counted, logged once per key and reason, listed by report() with its reason; what the sink
+refused is offered again at each keepalive (no route yet, a full table: reasons that pass).
 """
 
 from __future__ import annotations
@@ -106,6 +110,10 @@ class _Conflict(Exception):
 
 class _Reclaim(Exception):
     """Our key was deleted under us: claim it again."""
+
+
+class _ConfigGone(Exception):
+    """The net's config key was deleted under us (we agreed with it): create it again from ours."""
 
 
 @dataclass
@@ -385,7 +393,9 @@ class Membership:
 
     async def _sessions(self, established: bool) -> None:
         """Follow a session until it fails, set up the next one; returns only when stopped or fatal."""
-        backoff = Backoff()
+        # At most a keepalive between tries: etcd, back, gives every lease its full TTL again; a longer wait
+        # (the backoff's 10 s against a short TTL) lets our lease run out, and the peers drop us.
+        backoff = Backoff(hi=min(BACKOFF_MAX, self.settings.keepalive))
         while not self._stopping:
             delay = 0.0
             try:
@@ -413,6 +423,10 @@ class Membership:
             except _Reclaim:
                 log.warning("net %s: our member key was deleted: registering again", self.net,
                             extra={"event": "membership_key_lost", "net": self.net})  # fmt: skip
+                delay = self._again(backoff)
+            except _ConfigGone:
+                log.warning("net %s: its config key was deleted: creating it again from ours", self.net,
+                            extra={"event": "net_config_deleted", "net": self.net})  # fmt: skip
                 delay = self._again(backoff)
             except _Conflict as exc:
                 self._fatal(str(exc))
@@ -578,7 +592,7 @@ class Membership:
                     await t
 
     async def _keepalive_loop(self) -> None:
-        store, _, _ = self._need()
+        store, keys, _ = self._need()
         while True:
             await asyncio.sleep(self.settings.keepalive)
             lease = self._lease
@@ -591,6 +605,7 @@ class Membership:
                 raise
             self._last_keepalive = time.time()
             self._counters["keepalives"] += 1
+            self._offer_refused(keys)
 
     async def _watch_loop(self) -> None:
         store, keys, _ = self._need()
@@ -643,6 +658,8 @@ class Membership:
 
     def _delete(self, keys: NetKeys, key: str) -> None:
         if key == keys.config:
+            if not self._config_problem:  # (absent, the next daemon would create the net with its own settings)
+                raise _ConfigGone()
             log.warning("net %s: its config key was deleted; forwarding on with ours", self.net,
                         extra={"event": "net_config_deleted", "net": self.net})  # fmt: skip
             return
@@ -690,20 +707,32 @@ class Membership:
         if entry.added:
             entry.refused = ""
             return
+        self._offer(entry, kv.key, member)
+
+    def _offer(self, entry: _Entry, key: str, member: Member) -> None:
+        """Hand a parsed member to the sink: added, or refused with the sink's reason."""
+        name = entry.name
         try:
             self.sink.member_added(name)
         except ValueError as exc:
-            self._refuse(entry, kv.key, str(exc))
+            self._refuse(entry, key, str(exc))
             return
         except Exception as exc:  # the sink's bug: refused with the reason, the keeper goes on
-            self._refuse(entry, kv.key, f"{type(exc).__name__}: {exc}")
+            self._refuse(entry, key, f"{type(exc).__name__}: {exc}")
             return
         entry.added, entry.refused, entry.since = True, "", time.time()
-        self._forget(kv.key)
+        self._forget(key)
         self._counters["joins"] += 1
         log.info("net %s: member %s joined (host %s, mac %s)", self.net, name, member.hostname, member.mac,
                  extra={"event": "member_joined", "net": self.net, "remote": name,
                         "hostname": member.hostname})  # fmt: skip
+
+    def _offer_refused(self, keys: NetKeys) -> None:
+        """Members the sink refused are offered again (its reasons can pass: no route yet, a full remote
+        table); a value that does not parse waits for its key to change. Logged again only for a new reason."""
+        for entry in list(self._members.values()):
+            if entry.refused and entry.member is not None and not entry.added and entry.name != self.addr:
+                self._offer(entry, keys.members + entry.name, entry.member)
 
     def _removed(self, entry: _Entry) -> None:
         entry.added = False

@@ -57,10 +57,13 @@ class Rec:
         self.members: set[str] = set()
         self.static: dict[tuple[int, bytes], str] = {}
         self.family = family_
+        self.no_route: set[str] = set()  # member_added refuses these (until the test takes them out)
 
     def member_added(self, addr: str) -> None:
         if self.family is not None and family(addr) != self.family:
             raise ValueError(f"an IPv{family(addr)} member, our underlay is IPv{self.family}")
+        if addr in self.no_route:
+            raise ValueError(f"no route to remote {addr}: Network is unreachable")
         if addr == self.boom:
             raise RuntimeError("the sink's bug")
         assert addr not in self.members, f"{addr} added twice"
@@ -264,6 +267,36 @@ def test_refused_values(server: lab.EtcdServer, caplog: pytest.LogCaptureFixture
     run(main())
 
 
+def test_member_refused_by_the_sink_is_offered_again(server: lab.EtcdServer) -> None:
+    """A refusal of the sink can be transient (no route to the member yet, a full remote table): the member
+    is offered again while its key stays, without waiting for the key to change; a malformed value is not."""
+
+    async def main() -> None:
+        url = server.url
+        sink = Rec()
+        sink.no_route.add("10.0.0.5")
+        a = await joined(url, "10.0.0.1", 1, sink)
+        try:
+            await put_member(url, "10.0.0.5")
+            await ctl(url, "put", KEYS.member("10.0.0.6"), "{not json")
+            await until("refused", lambda: "no route" in {m["addr"]: m for m in a.report()["members"]}
+                        .get("10.0.0.5", {}).get("refused", ""))  # fmt: skip
+            keepalives = a.counters()["keepalives"]
+            await until("a few keepalives", lambda: a.counters()["keepalives"] >= keepalives + 2)
+            assert sink.members == set() and a.counters()["refused"] == 2, "refused once, logged once"
+            sink.no_route.clear()  # the route is there now; the member's key has not changed
+            await until("accepted", lambda: sink.members == {"10.0.0.5"})
+            rep = {m["addr"]: m for m in a.report()["members"]}
+            assert rep["10.0.0.5"]["remote"] and rep["10.0.0.5"]["refused"] == ""
+            assert "not JSON" in rep["10.0.0.6"]["refused"] and a.counters()["joins"] == 1
+            await ctl(url, "del", KEYS.member("10.0.0.5"))
+            await until("removed", lambda: sink.members == set())
+        finally:
+            await closing(a)
+
+    run(main())
+
+
 # -- lease, key and watch trouble ----------------------------------------------------------------
 
 
@@ -386,6 +419,36 @@ def test_etcd_killed_and_restarted(server: lab.EtcdServer) -> None:
             assert a.report()["lease"]["id"] == lease, "the old lease lived through the restart: kept"
             assert a_sink.removed() == ["10.0.0.9"]
             await until("B too", lambda: b_sink.members == {"10.0.0.1", "10.0.0.7"})
+        finally:
+            await closing(a, b)
+
+    run(main())
+
+
+def test_etcd_away_longer_than_a_short_ttl_keeps_the_leases(server: lab.EtcdServer) -> None:
+    """etcd gives every lease its full TTL again when it comes back; a keeper whose backoff grew past the TTL
+    (10 s against 8 s here) came back after the lease ran out: every member of the net was dropped and added
+    again everywhere after each etcd restart. The retries are at most a keepalive apart (jitter aside).
+
+    (Timing: after etcd is back, a try comes within 1.2 x keepalive = 2.4 s, plus a failed connection's
+    2 s; the TTL, 8 s, leaves a margin of 3.6 s.)"""
+
+    async def main() -> None:
+        url = server.url
+        a_sink, b_sink = Rec(), Rec()
+        a = await joined(url, "10.0.0.1", 1, a_sink, lease_ttl=8.0, keepalive=2.0)
+        b = await joined(url, "10.0.0.2", 2, b_sink, lease_ttl=8.0, keepalive=2.0)
+        try:
+            await until("both", lambda: a_sink.members == {"10.0.0.2"} and b_sink.members == {"10.0.0.1"})
+            leases = (a.report()["lease"]["id"], b.report()["lease"]["id"])
+            await asyncio.to_thread(server.kill)
+            await until("A degraded", lambda: a.state == "degraded")
+            await asyncio.sleep(20)  # long enough for a 0.5 s doubling backoff to pass 8 s
+            await asyncio.to_thread(server.start)
+            await until("both back", lambda: a.state == b.state == "connected")
+            assert (a.report()["lease"]["id"], b.report()["lease"]["id"]) == leases, "the leases lived on"
+            assert a.counters()["lease_regrants"] == b.counters()["lease_regrants"] == 0
+            assert a_sink.removed() == [] and b_sink.removed() == [], "no member dropped"
         finally:
             await closing(a, b)
 
@@ -672,6 +735,31 @@ def test_net_config_mismatch(server: lab.EtcdServer, caplog: pytest.LogCaptureFi
             assert [r for r in caplog.records if getattr(r, "event", "") == "net_config_changed"]
             await ctl(url, "put", KEYS.config, VXLAN42.to_json().decode())
             await until("the problem gone", lambda: a.problem() == "")
+        finally:
+            await closing(a)
+
+    run(main())
+
+
+def test_net_config_deleted_while_running_is_created_again(server: lab.EtcdServer) -> None:
+    """The operator deletes the net's config under running members: they put it back from theirs, so that
+    a daemon with other settings is refused at join instead of creating the net anew (a split mesh)."""
+
+    async def main() -> None:
+        url = server.url
+        sink = Rec()
+        a = await joined(url, "10.0.0.1", 1, sink)
+        try:
+            await put_member(url, "10.0.0.9")
+            await until("a member", lambda: sink.members == {"10.0.0.9"})
+            await ctl(url, "del", KEYS.config)
+            await until("the config back", lambda: a.counters()["relists"] >= 1)
+            config = await key_info(url, KEYS.config)
+            assert config is not None and NetConfig.parse(config[0]) == VXLAN42 and config[1] == 0, "no lease"
+            other = Membership(Settings((url,)), me("10.0.0.2", 2), NetConfig("vxlan", vni=99, port=4789), Rec())
+            with pytest.raises(SetupError, match="vni: etcd has 42, we have 99"):
+                await other.join(10)
+            assert a.state == "connected" and a.problem() == "" and sink.removed() == []
         finally:
             await closing(a)
 
