@@ -129,6 +129,8 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
         loop.set_exception_handler(logs.LoopErrors(log))  # never a traceback from the loop in the log
         try:
             service = Service(engine, source, br.kind, user_cfg)
+            if offer is not None:
+                service.inherit_origins(offer.state.get("origins"))
             loop.run_until_complete(_serve(loop, engine, br, service, http, metrics_at, offer, listening, out))
         finally:
             loop.close()
@@ -272,7 +274,8 @@ async def _serve(
             fds["metrics"] = http.fileno()
         return fds
 
-    giver = takeover.Giver(engine, service.user_cfg, metrics_at, extra_fds, handed_over)
+    origins = lambda: service.origins  # noqa: E731  # (handed over with the remotes, issue 12)
+    giver = takeover.Giver(engine, service.user_cfg, metrics_at, extra_fds, handed_over, origins=origins)
     service.giver = giver
 
     def spawn() -> None:

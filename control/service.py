@@ -244,6 +244,18 @@ class Service:
         log.info("member %s left: remote removed (%d FDB entries behind it forgotten)", addr, purged,
                  extra={"event": "member_removed", "remote": addr, "purged": purged})  # fmt: skip
 
+    def inherit_origins(self, handed: object) -> None:
+        """The origins the old daemon of a takeover handed over (addr -> ["etcd", "static"]): a remote it
+        had as static (its configuration, or `remote add` of a member) stays static here; those it had as
+        members only are INHERITED until the first listing (settle_inherited)."""
+        if not isinstance(handed, dict):
+            return  # (an older daemon's state: no origins)
+        for addr, origins in self.origins.items():
+            theirs = handed.get(addr)
+            if isinstance(theirs, list) and STATIC in theirs:
+                origins.discard(INHERITED)
+                origins.add(STATIC)
+
     def settle_inherited(self) -> None:
         """After the first listing of the net (a takeover's join): remotes handed over that are not members
         were the old daemon's `remote add`s: static from now on."""

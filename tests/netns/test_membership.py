@@ -554,6 +554,27 @@ def test_a_takeover_keeps_the_member_key_and_its_peers() -> None:
         no_tracebacks(lab)
 
 
+def test_a_takeover_keeps_a_member_made_static_by_remote_add() -> None:
+    """The origins go with the remotes: a member also `remote add`ed stays static in the new daemon, so it
+    stays a remote when it leaves etcd (without them the new daemon knew it as a member only and dropped it)."""
+    with mesh_lab(3) as (lab, servers):
+        ip2, ip3 = lab.underlay_ip(2), lab.underlay_ip(3)
+        for i in (1, 2, 3):
+            join(lab, i, servers)
+        wait_mesh(lab, [1, 2, 3])
+        assert "now also static" in cli(lab, 1, "remote", "add", ip3).stdout
+        old = lab.daemons[1]
+        join(lab, 1, servers, "--takeover")
+        assert old.proc.wait(WAIT) == 0, old.output()
+        rows = remotes(lab, 1)
+        assert rows[ip3]["origin"] == ["etcd", "static"] and rows[ip2]["origin"] == ["etcd"], rows
+        assert lab.stop(lab.daemons[3]) == 0
+        wait_until("host 3 gone from host 1's members",
+                   lambda: ip3 not in {m["addr"] for m in members(lab, 1)["members"]}, WAIT, 0.2)  # fmt: skip
+        assert remotes(lab, 1)[ip3]["origin"] == ["static"]
+        no_tracebacks(lab)
+
+
 def test_an_ipv6_mesh_without_static_remotes() -> None:
     """No --remote, etcd over IPv6: the address published (the route's source towards etcd) picks the family."""
     with mesh_lab(3, underlay="ipv6") as (lab, servers):
