@@ -35,6 +35,7 @@ from datapath.ether import ETH_HLEN, format_mac
 from datapath.io.tap import offload_names
 
 log = logging.getLogger("ovl-dp")
+SETTLE_POLL = 0.2  # seconds between looks at a takeover's membership that joined while etcd was away
 
 
 def run(
@@ -347,6 +348,7 @@ async def _serve(
     if http is not None:
         http.start(source)
     pinger: asyncio.Task[None] | None = None
+    settling: asyncio.Task[None] | None = None
     try:
         membership = source.membership_keeper = _membership(engine, service, die)
         if membership is not None:  # joined before "ready": a refusal (net config, our address taken) ends here
@@ -354,6 +356,8 @@ async def _serve(
             membership.start(loop)
             if membership.state == "connected":  # listed: remotes a takeover handed over are sorted out
                 service.settle_inherited()
+            elif offer is not None:  # (etcd away: once it is listed)
+                settling = asyncio.create_task(_settle_when_listed(membership, service))
         log.info("ready", extra={"event": "ready"})
         if offer is None:
             notify.ready(
@@ -363,6 +367,8 @@ async def _serve(
         pinger = asyncio.create_task(notify.keep_alive(interval)) if interval else None
         await stop.wait()
     finally:
+        if settling is not None:
+            settling.cancel()
         if membership is not None:
             # Leaving revokes our lease: peers drop us at once, before the TAP leaves the bridge. Handing over
             # (or stopping during a takeover) keeps our key: the new daemon replaces it with its own lease.
@@ -416,6 +422,14 @@ def _membership(engine: Engine, service: Service, die: Callable[[str], None]) ->
     service.membership = keeper
     log.info("membership: %s", joining.describe(cfg), extra={"event": "membership", "net": cfg.membership.net})
     return keeper
+
+
+async def _settle_when_listed(membership: Any, service: Service) -> None:
+    """A takeover's join found etcd away: the handed-over remotes are sorted out once the net is listed
+    (state "connected" comes after the listing's difference is applied)."""
+    while membership.state != "connected":
+        await asyncio.sleep(SETTLE_POLL)
+    service.settle_inherited()
 
 
 async def _leave(membership: Any, handover: bool) -> None:

@@ -79,6 +79,7 @@ class Service:
         self.origins: dict[str, set[str]] = {
             r.addr: {STATIC if r.addr in static else INHERITED} for r in engine.remotes()
         }
+        self.handed_members: set[str] = set()  # INHERITED ones the old daemon had as members only
         self.membership: Any = None
         self.member_since: dict[str, float] = {}
         self.etcd_static: dict[tuple[bytes, int], str] = {}
@@ -255,15 +256,27 @@ class Service:
             if isinstance(theirs, list) and STATIC in theirs:
                 origins.discard(INHERITED)
                 origins.add(STATIC)
+            elif isinstance(theirs, list) and ETCD in theirs and INHERITED in origins:
+                self.handed_members.add(addr)
 
     def settle_inherited(self) -> None:
         """After the first listing of the net (a takeover's join): remotes handed over that are not members
-        were the old daemon's `remote add`s: static from now on."""
-        for addr, origins in self.origins.items():
-            if origins == {INHERITED}:
-                origins.clear()
-                origins.add(STATIC)
-                log.info("remote %s (handed over, not a member of the net): static", addr)
+        were the old daemon's `remote add`s: static from now on; those the old daemon had as members only
+        left the net meanwhile: removed, as their key's deletion would have removed them."""
+        for addr, origins in list(self.origins.items()):
+            if origins != {INHERITED}:
+                continue
+            if addr in self.handed_members:
+                del self.origins[addr]
+                purged = self.engine.remove_remote(addr)
+                log.info("member %s (handed over) is no longer in the net: remote removed (%d FDB entries behind "
+                         "it forgotten)", addr, purged, extra={"event": "member_removed", "remote": addr,
+                                                               "purged": purged})  # fmt: skip
+                continue
+            origins.clear()
+            origins.add(STATIC)
+            log.info("remote %s (handed over, not a member of the net): static", addr)
+        self.handed_members.clear()
 
     def static_changed(self, mac: bytes, vlan: int, remote: str | None) -> None:
         """An operator's static entry on etcd set (remote) or removed (None). Applied once its remote is a

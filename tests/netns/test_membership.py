@@ -575,6 +575,37 @@ def test_a_takeover_keeps_a_member_made_static_by_remote_add() -> None:
         no_tracebacks(lab)
 
 
+def test_a_takeover_while_etcd_is_away_drops_a_member_that_left_meanwhile() -> None:
+    """The new daemon joins while it cannot reach etcd (a blackhole route in its namespace) and inherits
+    host 3 as a remote; host 3 dies and its lease runs out. Once etcd is reachable and listed, host 1
+    drops it (the old daemon said it was a member only), as the old daemon would have, instead of keeping
+    it for ever (before: left as a remote of unknown origin that no key's deletion would remove)."""
+    with mesh_lab(3) as (lab, servers):
+        ip1, ip2, ip3 = (lab.underlay_ip(i) for i in (1, 2, 3))
+        for i in (1, 2, 3):
+            join(lab, i, servers)
+        wait_mesh(lab, [1, 2, 3])
+        blackhole = ("route", "blackhole", f"{etcd_host(lab)}/32")
+        sh("ip", "-n", lab.host(1), blackhole[0], "add", *blackhole[1:])
+        old = lab.daemons[1]
+        join(lab, 1, servers, "--takeover", "--advertise", ip1)  # (no route to etcd to find it by)
+        assert old.proc.wait(WAIT) == 0, old.output()
+        assert members(lab, 1)["state"] != "connected"
+        assert set(remotes(lab, 1)) == {ip2, ip3}
+        lab.daemons[3].proc.kill()
+        lab.daemons[3].proc.wait(WAIT)
+        # (host 2 drops host 1 too for a while: its key was on the old daemon's lease, which runs out)
+        wait_until("host 2 to drop host 3 (its lease ran out)", lambda: ip3 not in remotes(lab, 2), TTL + WAIT, 0.2)
+        sh("ip", "-n", lab.host(1), blackhole[0], "del", *blackhole[1:])
+        wait_until("host 1 to list the net", lambda: members(lab, 1)["state"] == "connected", WAIT, 0.2)
+        wait_until("host 1 to drop host 3", lambda: set(remotes(lab, 1)) == {ip2}, WAIT, 0.2,
+                   detail=lambda: lab.daemons[1].output()[-3000:])  # fmt: skip
+        assert remotes(lab, 1)[ip2]["origin"] == ["etcd"]
+        wait_mesh(lab, [1, 2], "host 1 back in the net")
+        assert lab.ping(1, 2, count=3)["loss"] == 0
+        no_tracebacks(lab)
+
+
 def test_an_ipv6_mesh_without_static_remotes() -> None:
     """No --remote, etcd over IPv6: the address published (the route's source towards etcd) picks the family."""
     with mesh_lab(3, underlay="ipv6") as (lab, servers):
