@@ -517,6 +517,12 @@ def test_members_json_and_metrics_scraped() -> None:
             assert metric(text, name) >= 0  # fmt: skip
         assert metric(text, "ovl_dp_etcd_last_keepalive_timestamp_seconds") > 0
         assert healthz(lab, 1) == (200, "ok")
+        # A key under members/ that is refused (no JSON) is counted as refused, not as a member.
+        ctl(servers, "put", f"{PREFIX}/members/198.51.100.8", "not json")
+        wait_until("the bad key refused", lambda: counters(lab, 1)["refused"] >= 1, WAIT, 0.2)
+        text = scrape(lab, 1)
+        assert metric(text, "ovl_dp_membership_members") == 1 and metric(text, "ovl_dp_membership_refused_total") >= 1
+        assert "connected, 1 other member(s)" in cli(lab, 1, "show").stdout
 
 
 def test_a_takeover_keeps_the_member_key_and_its_peers() -> None:
