@@ -35,6 +35,7 @@ from datapath.ether import ETH_HLEN, format_mac
 from datapath.io.tap import offload_names
 
 log = logging.getLogger("ovl-dp")
+SETTLE_POLL = 0.2  # seconds between looks at a takeover's membership that joined while etcd was away
 
 
 def run(
@@ -129,6 +130,8 @@ def _run(user_cfg: Config, source: ConfigSource | None, metrics_at: tuple[str, i
         loop.set_exception_handler(logs.LoopErrors(log))  # never a traceback from the loop in the log
         try:
             service = Service(engine, source, br.kind, user_cfg)
+            if offer is not None:
+                service.inherit_origins(offer.state.get("origins"))
             loop.run_until_complete(_serve(loop, engine, br, service, http, metrics_at, offer, listening, out))
         finally:
             loop.close()
@@ -272,7 +275,8 @@ async def _serve(
             fds["metrics"] = http.fileno()
         return fds
 
-    giver = takeover.Giver(engine, service.user_cfg, metrics_at, extra_fds, handed_over)
+    origins = lambda: service.origins  # noqa: E731  # (handed over with the remotes, issue 12)
+    giver = takeover.Giver(engine, service.user_cfg, metrics_at, extra_fds, handed_over, origins=origins)
     service.giver = giver
 
     def spawn() -> None:
@@ -344,6 +348,7 @@ async def _serve(
     if http is not None:
         http.start(source)
     pinger: asyncio.Task[None] | None = None
+    settling: asyncio.Task[None] | None = None
     try:
         membership = source.membership_keeper = _membership(engine, service, die)
         if membership is not None:  # joined before "ready": a refusal (net config, our address taken) ends here
@@ -351,6 +356,8 @@ async def _serve(
             membership.start(loop)
             if membership.state == "connected":  # listed: remotes a takeover handed over are sorted out
                 service.settle_inherited()
+            elif offer is not None:  # (etcd away: once it is listed)
+                settling = asyncio.create_task(_settle_when_listed(membership, service))
         log.info("ready", extra={"event": "ready"})
         if offer is None:
             notify.ready(
@@ -360,6 +367,8 @@ async def _serve(
         pinger = asyncio.create_task(notify.keep_alive(interval)) if interval else None
         await stop.wait()
     finally:
+        if settling is not None:
+            settling.cancel()
         if membership is not None:
             # Leaving revokes our lease: peers drop us at once, before the TAP leaves the bridge. Handing over
             # (or stopping during a takeover) keeps our key: the new daemon replaces it with its own lease.
@@ -413,6 +422,14 @@ def _membership(engine: Engine, service: Service, die: Callable[[str], None]) ->
     service.membership = keeper
     log.info("membership: %s", joining.describe(cfg), extra={"event": "membership", "net": cfg.membership.net})
     return keeper
+
+
+async def _settle_when_listed(membership: Any, service: Service) -> None:
+    """A takeover's join found etcd away: the handed-over remotes are sorted out once the net is listed
+    (state "connected" comes after the listing's difference is applied)."""
+    while membership.state != "connected":
+        await asyncio.sleep(SETTLE_POLL)
+    service.settle_inherited()
 
 
 async def _leave(membership: Any, handover: bool) -> None:
@@ -555,7 +572,7 @@ class MetricsAdapter:
         def read() -> dict[str, Any]:
             rep = keeper.report()
             return {
-                "members": sum(1 for m in rep.get("members", []) if not m.get("self")),
+                "members": sum(1 for m in rep.get("members", []) if m.get("remote") and not m.get("self")),
                 "connected": rep.get("state") == "connected",
                 "counters": dict(keeper.counters()),
                 "last_keepalive": (rep.get("lease") or {}).get("last_keepalive"),

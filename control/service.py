@@ -79,6 +79,7 @@ class Service:
         self.origins: dict[str, set[str]] = {
             r.addr: {STATIC if r.addr in static else INHERITED} for r in engine.remotes()
         }
+        self.handed_members: set[str] = set()  # INHERITED ones the old daemon had as members only
         self.membership: Any = None
         self.member_since: dict[str, float] = {}
         self.etcd_static: dict[tuple[bytes, int], str] = {}
@@ -125,7 +126,7 @@ class Service:
                 "endpoint": rep.get("endpoint"),
                 "endpoints": rep.get("endpoints"),
                 "state": rep.get("state"),
-                "members": sum(1 for m in rep.get("members", []) if not m.get("self")),
+                "members": sum(1 for m in rep.get("members", []) if m.get("remote") and not m.get("self")),
                 "problem": rep.get("problem", ""),
             }
         return shown
@@ -244,14 +245,38 @@ class Service:
         log.info("member %s left: remote removed (%d FDB entries behind it forgotten)", addr, purged,
                  extra={"event": "member_removed", "remote": addr, "purged": purged})  # fmt: skip
 
+    def inherit_origins(self, handed: object) -> None:
+        """The origins the old daemon of a takeover handed over (addr -> ["etcd", "static"]): a remote it
+        had as static (its configuration, or `remote add` of a member) stays static here; those it had as
+        members only are INHERITED until the first listing (settle_inherited)."""
+        if not isinstance(handed, dict):
+            return  # (an older daemon's state: no origins)
+        for addr, origins in self.origins.items():
+            theirs = handed.get(addr)
+            if isinstance(theirs, list) and STATIC in theirs:
+                origins.discard(INHERITED)
+                origins.add(STATIC)
+            elif isinstance(theirs, list) and ETCD in theirs and INHERITED in origins:
+                self.handed_members.add(addr)
+
     def settle_inherited(self) -> None:
         """After the first listing of the net (a takeover's join): remotes handed over that are not members
-        were the old daemon's `remote add`s: static from now on."""
-        for addr, origins in self.origins.items():
-            if origins == {INHERITED}:
-                origins.clear()
-                origins.add(STATIC)
-                log.info("remote %s (handed over, not a member of the net): static", addr)
+        were the old daemon's `remote add`s: static from now on; those the old daemon had as members only
+        left the net meanwhile: removed, as their key's deletion would have removed them."""
+        for addr, origins in list(self.origins.items()):
+            if origins != {INHERITED}:
+                continue
+            if addr in self.handed_members:
+                del self.origins[addr]
+                purged = self.engine.remove_remote(addr)
+                log.info("member %s (handed over) is no longer in the net: remote removed (%d FDB entries behind "
+                         "it forgotten)", addr, purged, extra={"event": "member_removed", "remote": addr,
+                                                               "purged": purged})  # fmt: skip
+                continue
+            origins.clear()
+            origins.add(STATIC)
+            log.info("remote %s (handed over, not a member of the net): static", addr)
+        self.handed_members.clear()
 
     def static_changed(self, mac: bytes, vlan: int, remote: str | None) -> None:
         """An operator's static entry on etcd set (remote) or removed (None). Applied once its remote is a

@@ -42,7 +42,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,8 +115,11 @@ def _read_line(sock: socket.socket, buf: bytearray, what: str) -> dict[str, Any]
 # -- the running daemon's side ------------------------------------------------------------------
 
 
-def export_state(engine: Engine, metrics_at: tuple[str, int] | None) -> dict[str, Any]:
-    """What the new daemon needs besides the fds (JSON-able)."""
+def export_state(
+    engine: Engine, metrics_at: tuple[str, int] | None, origins: Mapping[str, Collection[str]] | None = None
+) -> dict[str, Any]:
+    """What the new daemon needs besides the fds (JSON-able); origins: each remote's origins (issue 12:
+    "static", "etcd"), so that a member the operator also made static with `remote add` stays static."""
     tap = engine.tap
     return {
         "protocol": PROTOCOL,
@@ -134,6 +137,7 @@ def export_state(engine: Engine, metrics_at: tuple[str, int] | None) -> dict[str
         "remotes": [[r.addr, r.local] for r in engine.remotes()],
         "fdb": fdb_rows(engine),
         "metrics": list(metrics_at) if metrics_at else None,
+        "origins": {addr: sorted(o) for addr, o in (origins or {}).items()},
     }
 
 
@@ -165,8 +169,10 @@ class Giver:
         extra_fds: Callable[[], dict[str, int]],
         handed_over: Callable[[int], None],
         handover_timeout: float = HANDOVER_TIMEOUT,
+        origins: Callable[[], Mapping[str, Collection[str]]] | None = None,
     ) -> None:
         self.engine = engine
+        self.origins = origins  # each remote's origins (control/service.py), handed over with the remotes
         self.user_cfg = user_cfg
         self.metrics_at = metrics_at
         self.extra_fds = extra_fds
@@ -209,7 +215,7 @@ class Giver:
             pause: Callable[[], None] = getattr(writer.transport, "pause_reading")  # noqa: B009
             pause()
             conn.setblocking(True)
-            state = export_state(self.engine, self.metrics_at)
+            state = export_state(self.engine, self.metrics_at, self.origins() if self.origins else None)
             fds = self._fds()
             log.info("takeover: handing the TAP, %d fds and %d FDB entries to PID %d", len(fds), len(state["fdb"]), pid,
                      extra={"event": "takeover_offer", "peer_pid": pid})  # fmt: skip

@@ -517,6 +517,12 @@ def test_members_json_and_metrics_scraped() -> None:
             assert metric(text, name) >= 0  # fmt: skip
         assert metric(text, "ovl_dp_etcd_last_keepalive_timestamp_seconds") > 0
         assert healthz(lab, 1) == (200, "ok")
+        # A key under members/ that is refused (no JSON) is counted as refused, not as a member.
+        ctl(servers, "put", f"{PREFIX}/members/198.51.100.8", "not json")
+        wait_until("the bad key refused", lambda: counters(lab, 1)["refused"] >= 1, WAIT, 0.2)
+        text = scrape(lab, 1)
+        assert metric(text, "ovl_dp_membership_members") == 1 and metric(text, "ovl_dp_membership_refused_total") >= 1
+        assert "connected, 1 other member(s)" in cli(lab, 1, "show").stdout
 
 
 def test_a_takeover_keeps_the_member_key_and_its_peers() -> None:
@@ -551,6 +557,58 @@ def test_a_takeover_keeps_the_member_key_and_its_peers() -> None:
         assert {i: counters(lab, i)["leaves"] for i in (2, 3)} == leaves
         rows = remotes(lab, 1)  # the handed-over remotes are members again, not static
         assert all(r["origin"] == ["etcd"] for r in rows.values()), rows
+        no_tracebacks(lab)
+
+
+def test_a_takeover_keeps_a_member_made_static_by_remote_add() -> None:
+    """The origins go with the remotes: a member also `remote add`ed stays static in the new daemon, so it
+    stays a remote when it leaves etcd (without them the new daemon knew it as a member only and dropped it)."""
+    with mesh_lab(3) as (lab, servers):
+        ip2, ip3 = lab.underlay_ip(2), lab.underlay_ip(3)
+        for i in (1, 2, 3):
+            join(lab, i, servers)
+        wait_mesh(lab, [1, 2, 3])
+        assert "now also static" in cli(lab, 1, "remote", "add", ip3).stdout
+        old = lab.daemons[1]
+        join(lab, 1, servers, "--takeover")
+        assert old.proc.wait(WAIT) == 0, old.output()
+        rows = remotes(lab, 1)
+        assert rows[ip3]["origin"] == ["etcd", "static"] and rows[ip2]["origin"] == ["etcd"], rows
+        assert lab.stop(lab.daemons[3]) == 0
+        wait_until("host 3 gone from host 1's members",
+                   lambda: ip3 not in {m["addr"] for m in members(lab, 1)["members"]}, WAIT, 0.2)  # fmt: skip
+        assert remotes(lab, 1)[ip3]["origin"] == ["static"]
+        no_tracebacks(lab)
+
+
+def test_a_takeover_while_etcd_is_away_drops_a_member_that_left_meanwhile() -> None:
+    """The new daemon joins while it cannot reach etcd (a blackhole route in its namespace) and inherits
+    host 3 as a remote; host 3 dies and its lease runs out. Once etcd is reachable and listed, host 1
+    drops it (the old daemon said it was a member only), as the old daemon would have, instead of keeping
+    it for ever (before: left as a remote of unknown origin that no key's deletion would remove)."""
+    with mesh_lab(3) as (lab, servers):
+        ip1, ip2, ip3 = (lab.underlay_ip(i) for i in (1, 2, 3))
+        for i in (1, 2, 3):
+            join(lab, i, servers)
+        wait_mesh(lab, [1, 2, 3])
+        blackhole = ("route", "blackhole", f"{etcd_host(lab)}/32")
+        sh("ip", "-n", lab.host(1), blackhole[0], "add", *blackhole[1:])
+        old = lab.daemons[1]
+        join(lab, 1, servers, "--takeover", "--advertise", ip1)  # (no route to etcd to find it by)
+        assert old.proc.wait(WAIT) == 0, old.output()
+        assert members(lab, 1)["state"] != "connected"
+        assert set(remotes(lab, 1)) == {ip2, ip3}
+        lab.daemons[3].proc.kill()
+        lab.daemons[3].proc.wait(WAIT)
+        # (host 2 drops host 1 too for a while: its key was on the old daemon's lease, which runs out)
+        wait_until("host 2 to drop host 3 (its lease ran out)", lambda: ip3 not in remotes(lab, 2), TTL + WAIT, 0.2)
+        sh("ip", "-n", lab.host(1), blackhole[0], "del", *blackhole[1:])
+        wait_until("host 1 to list the net", lambda: members(lab, 1)["state"] == "connected", WAIT, 0.2)
+        wait_until("host 1 to drop host 3", lambda: set(remotes(lab, 1)) == {ip2}, WAIT, 0.2,
+                   detail=lambda: lab.daemons[1].output()[-3000:])  # fmt: skip
+        assert remotes(lab, 1)[ip2]["origin"] == ["etcd"]
+        wait_mesh(lab, [1, 2], "host 1 back in the net")
+        assert lab.ping(1, 2, count=3)["loss"] == 0
         no_tracebacks(lab)
 
 
