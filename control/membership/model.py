@@ -17,13 +17,13 @@ Every parser raises :class:`ModelError` (a ValueError) whose message says what i
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from datapath.config import ConfigError, check_address
 from datapath.ether import format_mac, is_multicast, parse_mac
 
 PREFIX = "/ovl-dp/v1/"
@@ -52,17 +52,9 @@ def canonical_addr(text: object) -> str:
     if not isinstance(text, str) or "%" in text:
         raise ModelError(f"{text!r} is not an IP address")
     try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        raise ModelError(f"{text!r} is not an IP address") from None
-    if addr.is_multicast or addr.is_unspecified or addr == ipaddress.IPv4Address("255.255.255.255"):
-        raise ModelError(f"{text} is not a unicast address")
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            raise ModelError(f"{text} is an IPv4-mapped address (write {addr.ipv4_mapped})")
-        if addr.is_link_local:
-            raise ModelError(f"{text} is an IPv6 link-local address")
-    return str(addr)
+        return check_address("address", text)  # the datapath's own rule for a remote, one place
+    except ConfigError as exc:
+        raise ModelError(exc.render({"address": ""}).strip()) from None
 
 
 def family(addr: str) -> int:
