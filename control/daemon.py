@@ -572,7 +572,7 @@ class MetricsAdapter:
         def read() -> dict[str, Any]:
             rep = keeper.report()
             return {
-                "members": sum(1 for m in rep.get("members", []) if m.get("remote") and not m.get("self")),
+                "members": keeper.member_count(),
                 "connected": rep.get("state") == "connected",
                 "counters": dict(keeper.counters()),
                 "last_keepalive": (rep.get("lease") or {}).get("last_keepalive"),

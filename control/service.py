@@ -126,7 +126,7 @@ class Service:
                 "endpoint": rep.get("endpoint"),
                 "endpoints": rep.get("endpoints"),
                 "state": rep.get("state"),
-                "members": sum(1 for m in rep.get("members", []) if m.get("remote") and not m.get("self")),
+                "members": self.membership.member_count(),  # (the others it has as remotes)
                 "problem": rep.get("problem", ""),
             }
         return shown
