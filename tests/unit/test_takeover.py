@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from control import takeover
+from control.procs import fork_child
 from datapath.config import Config, FdbConfig, Remote, StaticEntry, TapConfig, TunnelConfig
 from datapath.errors import SetupError
 
@@ -228,7 +229,7 @@ def _listen_elsewhere(tap: str, uid: int | None = None) -> tuple[int, socket.soc
     what a daemon that took over serves on. uid: the user that process became first. (its PID, socket)"""
     a, b = socket.socketpair()
     with a, b:
-        pid = os.fork()
+        pid = fork_child()
         if pid == 0:  # pragma: no cover (the child)
             try:
                 if uid is not None:
