@@ -185,7 +185,7 @@ def resolve_membership(cfg: Config, own: set[str]) -> MembershipConfig:
     addr = cfg.tunnel.local_for(fam)
     if addr is None:
         try:
-            addr, _ = underlay.route_to(target)
+            addr, _ = underlay.route_to(target, what="etcd endpoint")
         except SetupError as exc:
             raise ConfigError(f"{{membership.etcd}} {m.etcd[0]}: {exc}; give {{membership.address}}") from None
         addr = str(ipaddress.ip_address(addr))

@@ -45,14 +45,15 @@ def any_address(fam: socket.AddressFamily) -> str:
     return "::" if fam == socket.AF_INET6 else "0.0.0.0"
 
 
-def route_to(remote: str) -> tuple[str, int]:
-    """(local source address, path MTU) the kernel would use towards remote (IPv4 or IPv6)."""
+def route_to(remote: str, what: str = "remote") -> tuple[str, int]:
+    """(local source address, path MTU) the kernel would use towards remote (IPv4 or IPv6); what names it in
+    the SetupError when there is no route ("remote", "etcd endpoint")."""
     fam = family(remote)
     with socket.socket(fam, socket.SOCK_DGRAM) as probe:
         try:
             probe.connect((remote, 9))  # discard port; nothing is sent
         except OSError as exc:
-            raise SetupError(f"no route to remote {remote}: {exc.strerror}") from None
+            raise SetupError(f"no route to {what} {remote}: {exc.strerror}") from None
         local = probe.getsockname()[0]
         if fam == socket.AF_INET6:
             mtu = probe.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)

@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from control.config import is_local_address, local_addresses, local_table_addresses, resolve, tap_mac
-from datapath.config import Config, ConfigError, OffloadConfig, Remote, TapConfig, TunnelConfig
+from control.config import (
+    is_local_address,
+    local_addresses,
+    local_table_addresses,
+    resolve,
+    resolve_membership,
+    tap_mac,
+)
+from datapath.config import Config, ConfigError, MembershipConfig, OffloadConfig, Remote, TapConfig, TunnelConfig
 from datapath.errors import SetupError
 from tests.isolated import run_isolated
 from tests.netns.netutil import ip, veth
@@ -126,6 +133,42 @@ def test_resolve_refuses(cfg: Config, message: str) -> None:
         with pytest.raises((SetupError, ConfigError)) as info:  # the host's problem, or the configuration's
             resolve(cfg)
         assert str(info.value).startswith(message), str(info.value)
+
+    run_isolated(body)
+
+
+def _members_cfg(etcd: str, address: str | None = None, local: str | None = None) -> Config:
+    return dataclasses.replace(
+        user_cfg(local=local), membership=MembershipConfig(etcd=(etcd,), net="n1", address=address)
+    )
+
+
+def test_resolve_membership_publishes_the_source_address_towards_etcd() -> None:
+    """No membership.address: the source of the route to the first endpoint, or tunnel.local of its family;
+    a given one must be ours; no route, or etcd on loopback, is an error that says what to give."""
+
+    def body() -> None:
+        host()
+        own = local_addresses()
+        assert resolve_membership(_members_cfg("http://10.2.0.7:2379"), own).address == "10.1.0.1"
+        ip("addr", "add", "10.1.0.5/24", "dev", "u0")
+        got = resolve_membership(_members_cfg("http://10.2.0.7:2379", local="10.1.0.5"), local_addresses())
+        assert got.address == "10.1.0.5"
+        assert resolve_membership(_members_cfg("http://10.2.0.7:2379", address="10.1.0.5"), own | {"10.1.0.5"})
+        refusals = [
+            (_members_cfg("http://10.9.0.7:2379"),
+             "membership.etcd http://10.9.0.7:2379: no route to etcd endpoint 10.9.0.7: Network is unreachable; "
+             "give membership.address"),
+            (_members_cfg("http://127.0.0.1:2379"),
+             "membership.etcd http://127.0.0.1:2379 is reached over loopback: give the underlay address to "
+             "publish (membership.address)"),
+            (_members_cfg("http://10.2.0.7:2379", address="10.1.0.9"),
+             "membership.address 10.1.0.9 is not an address of this host"),
+        ]  # fmt: skip
+        for cfg, message in refusals:
+            with pytest.raises(ConfigError) as info:
+                resolve_membership(cfg, own)
+            assert str(info.value) == message  # (str() names a key as the file does)
 
     run_isolated(body)
 
