@@ -81,7 +81,8 @@ def _ago(stamp: object, now: float) -> str:
 
 def format_members(report: Mapping[str, Any], now: float | None = None) -> str:
     """`ovl-dp members`: a header line (net, etcd endpoint, state, our lease, last keepalive), then per member
-    its address, host, since when this daemon has it, its state, and the traffic seen from it."""
+    its address, host, since when this daemon has it, the traffic seen from it, and its state (last: a
+    refusal's reason is as long as it is)."""
     import time
 
     now = time.time() if now is None else now
@@ -101,7 +102,7 @@ def format_members(report: Mapping[str, Any], now: float | None = None) -> str:
         return "\n".join(lines)
     w = _width(r["addr"] for r in rows)
     hw = max([4, *(len(str(r.get("hostname") or "-")) for r in rows)])
-    lines.append(f"{'ADDR':<{w}}  {'HOST':<{hw}}  {'SINCE':>10}  {'STATE':<24}  {'RX PKTS':>9}  LAST RX")
+    lines.append(f"{'ADDR':<{w}}  {'HOST':<{hw}}  {'SINCE':>10}  {'RX PKTS':>9}  {'LAST RX':<10}  STATE")
     for r in rows:
         if r.get("self"):
             state, since = "self", "-"
@@ -117,8 +118,8 @@ def format_members(report: Mapping[str, Any], now: float | None = None) -> str:
         age = r.get("last_rx_age")
         last = "-" if r.get("self") else ("never" if age is None else f"{age:.1f}s ago")
         lines.append(
-            f"{r['addr']:<{w}}  {r.get('hostname') or '-':<{hw}}  {since:>10}  {state:<24}  "
-            f"{'-' if rx is None else rx:>9}  {last}"
+            f"{r['addr']:<{w}}  {r.get('hostname') or '-':<{hw}}  {since:>10}  {'-' if rx is None else rx:>9}  "
+            f"{last:<10}  {state}"
         )
     return "\n".join(lines)
 

@@ -233,10 +233,12 @@ def test_members_table() -> None:
         "net n1 on http://192.0.2.10:2379 (http://192.0.2.10:2379, http://192.0.2.11:2379): connected; "
         "our lease 15 s, last keepalive 2.0s ago"
     )
-    assert lines[1].split() == ["ADDR", "HOST", "SINCE", "STATE", "RX", "PKTS", "LAST", "RX"]
-    assert lines[2].split() == ["192.0.2.1", "h1", "-", "self", "-", "-"]
-    assert lines[3].split() == ["192.0.2.2", "h2", "10.0s", "ago", "remote", "(also", "static)", "12", "0.5s", "ago"]
-    assert lines[4].split() == ["192.0.2.3", "h3", "5.0s", "ago", "refused:", "no", "route", "-", "never"]
+    assert lines[1].split() == ["ADDR", "HOST", "SINCE", "RX", "PKTS", "LAST", "RX", "STATE"]
+    assert lines[2].split() == ["192.0.2.1", "h1", "-", "-", "-", "self"]
+    assert lines[3].split() == ["192.0.2.2", "h2", "10.0s", "ago", "12", "0.5s", "ago", "remote", "(also", "static)"]
+    assert lines[4].split() == ["192.0.2.3", "h3", "5.0s", "ago", "-", "never", "refused:", "no", "route"]
+    # The state comes last: a long refusal reason does not push the other columns out of line.
+    assert lines[4].index("refused:") == lines[1].index("STATE") == lines[2].index("self")
     degraded = {**REPORT, "state": "degraded", "problem": "etcd unreachable", "members": []}
     text = format_members(degraded, now=1000.0)
     assert "degraded" in text and "problem: etcd unreachable" in text and "(no members)" in text
