@@ -352,7 +352,8 @@ async def _serve(
     try:
         membership = source.membership_keeper = _membership(engine, service, die)
         if membership is not None:  # joined before "ready": a refusal (net config, our address taken) ends here
-            await membership.join(_join_timeout())
+            if not await _join_unless_stopped(membership, stop):
+                return  # (SIGTERM while etcd had not answered yet: leave at once, in the finally below)
             membership.start(loop)
             if membership.state == "connected":  # listed: remotes a takeover handed over are sorted out
                 service.settle_inherited()
@@ -438,6 +439,28 @@ async def _leave(membership: Any, handover: bool) -> None:
         await (membership.stop() if handover else membership.leave())
     except Exception as exc:
         log.warning("membership: %s failed: %s: %s", "stop" if handover else "leave", type(exc).__name__, exc)
+
+
+async def _join_unless_stopped(membership: Any, stop: asyncio.Event) -> bool:
+    """membership.join(), given up when stop is set first (SIGTERM while etcd does not answer must not wait for
+    the join timeout); True once joined (or running degraded), False if stopped. A refusal raises SetupError."""
+    joining = asyncio.ensure_future(membership.join(_join_timeout()))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({joining, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # (the daemon's task cancelled: the join goes with it)
+        joining.cancel()
+        raise
+    finally:
+        stopped.cancel()
+    if joining.done():
+        joining.result()  # (SetupError: the net's config disagrees, our address is held by another host)
+        return True
+    joining.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await joining
+    log.info("membership: stopped before etcd answered the join", extra={"event": "membership_join_stopped"})
+    return False
 
 
 def _join_timeout() -> float:

@@ -656,6 +656,37 @@ def test_etcd_away_at_start_is_no_error() -> None:
         no_tracebacks(lab)
 
 
+def test_sigterm_while_the_join_waits_for_an_etcd_that_does_not_answer() -> None:
+    """etcd frozen (SIGSTOP: connections open, no answers) at start: SIGTERM ends the daemon at once, not
+    after the join timeout (the join is given up; nothing to revoke)."""
+    import os
+    import time
+
+    from control import joining
+
+    with mesh_lab(3) as (lab, servers):
+        (server,) = servers
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            d = join(lab, 1, servers, wait=False)
+            wait_until("the daemon to start joining", lambda: "membership: net " in d.output(), WAIT, 0.1)
+            time.sleep(0.5)  # (its first requests in flight)
+            t = time.monotonic()
+            d.proc.send_signal(signal.SIGTERM)
+            code = d.proc.wait(WAIT)
+            took = time.monotonic() - t
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        out = d.output()
+        assert code == 0, out
+        assert "stopped before etcd answered the join" in out, out
+        assert not any(line.endswith(" INFO ready") for line in out.splitlines()), out  # it never was ready
+        assert took < joining.JOIN_TIMEOUT, f"{took:.1f} s to stop"  # (a bound far above the ~0.1 s it takes)
+        no_tracebacks(lab)
+
+
 # -- an etcd that requires TLS, through etcd's own grpc-proxy (the README's TLS note) -----------------
 
 PROXY_PORT = 23791
