@@ -351,21 +351,24 @@ async def _serve(
     settling: asyncio.Task[None] | None = None
     try:
         membership = source.membership_keeper = _membership(engine, service, die)
-        if membership is not None:  # joined before "ready": a refusal (net config, our address taken) ends here
-            if not await _join_unless_stopped(membership, stop):
-                return  # (SIGTERM while etcd had not answered yet: leave at once, in the finally below)
+        # Joined before "ready": a refusal (net config, our address taken) ends here; False: SIGTERM came while
+        # etcd had not answered yet (never ready; we leave in the finally below).
+        joined = membership is None or await _join_unless_stopped(membership, stop)
+        if joined and membership is not None:
             membership.start(loop)
             if membership.state == "connected":  # listed: remotes a takeover handed over are sorted out
                 service.settle_inherited()
             elif offer is not None:  # (etcd away: once it is listed)
                 settling = asyncio.create_task(_settle_when_listed(membership, service))
-        log.info("ready", extra={"event": "ready"})
-        if offer is None:
-            notify.ready(
-                f"{engine.tap.name}: {engine.cfg.tunnel.mode} to {len(engine.remotes())} remote(s), bridge {br.kind}"
-            )
-        interval = notify.watchdog_interval()
-        pinger = asyncio.create_task(notify.keep_alive(interval)) if interval else None
+        if joined:
+            log.info("ready", extra={"event": "ready"})
+            if offer is None:
+                notify.ready(
+                    f"{engine.tap.name}: {engine.cfg.tunnel.mode} to {len(engine.remotes())} remote(s), "
+                    f"bridge {br.kind}"
+                )
+            interval = notify.watchdog_interval()
+            pinger = asyncio.create_task(notify.keep_alive(interval)) if interval else None
         await stop.wait()
     finally:
         if settling is not None:
