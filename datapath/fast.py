@@ -474,8 +474,13 @@ class FastForwarder:
         self._remote_memo: dict[bytes, Remote] = {}  # remotes(): address + local bytes -> Remote
         for mac, remote, vlan in cfg.static_entries:
             self.fdb.add_static(mac, remote, vlan=vlan)
+        # What snapshot() and rx() need of the remotes, kept by add/remove (one change costs O(1): hundreds of
+        # etcd members join at once): slot -> address, address -> its 16 bytes, the slots in order (lazily).
         self._slot_addr = {slot: r.addr for slot, r, _ in self.remotes()}
-        self._remotes_changed()
+        self._src = {a: to16(a) for a in self._slot_addr.values()}
+        self._slot_addrs: list[tuple[int, str]] | None = None
+        # What rx() passes for a source that is not a remote: "::", which no remote can be.
+        self._not_remote = bytes(lib.OVL_ADDR_LEN)
         # Room for any packet or frame the rings hold (IPv4 total length, a super-frame).
         self._out = _raw_alloc("uint8_t[]", 1 << 17)
         self._vnet = ffi.new("uint8_t[]", 16)
@@ -621,7 +626,8 @@ class FastForwarder:
         if slot < 0:
             raise MemoryError(f"cannot grow the TX rings for remote {remote.addr}")
         self._slot_addr[slot] = remote.addr
-        self._remotes_changed()
+        self._src[remote.addr] = to16(remote.addr)
+        self._slot_addrs = None
         return slot
 
     def remove_remote(self, slot: int) -> int:
@@ -633,8 +639,8 @@ class FastForwarder:
             n = int(lib.ovl_dp_remove_remote(self._dp, slot)) if 0 <= slot < lib.OVL_MAX_REMOTES else -1
         if n < 0:
             raise KeyError(f"no remote in slot {slot}")
-        del self._slot_addr[slot]
-        self._remotes_changed()
+        self._src.pop(self._slot_addr.pop(slot), None)
+        self._slot_addrs = None
         return n
 
     def set_send6(self, sock: socket.socket | None) -> None:
@@ -682,12 +688,11 @@ class FastForwarder:
             out.append((int(slots[i]), r, float(last[i]) if seen[i] else None))
         return out
 
-    def _remotes_changed(self) -> None:
-        """After a change: what snapshot() and rx() need of the remotes (_slot_addr: slot -> address)."""
-        self._slot_addrs = sorted(self._slot_addr.items())
-        self._src = {a: to16(a) for a in self._slot_addr.values()}
-        # What rx() passes for a source that is not a remote: "::", which no remote can be.
-        self._not_remote = bytes(lib.OVL_ADDR_LEN)
+    def _slots_in_order(self) -> list[tuple[int, str]]:
+        """(slot, address) of the remotes in slot order, sorted once per change of them."""
+        if self._slot_addrs is None:
+            self._slot_addrs = sorted(self._slot_addr.items())
+        return self._slot_addrs
 
     def _chunks(self, items: Iterable[Any]) -> Iterable[Sequence[Any]]:
         items = list(items)
@@ -918,7 +923,7 @@ class FastForwarder:
             drops={drop_name(d): drops[d] for d in Drop},
             remotes=[
                 {"remote": addr, **dict(zip(REMOTE_FIELDS, per_remote[i * width : (i + 1) * width], strict=True))}
-                for i, addr in self._slot_addrs
+                for i, addr in self._slots_in_order()
             ],
             fdb=fdb,
             inject=dict(zip(INJECT_FIELDS, self._counters_inject(), strict=True)) if self._inject else None,
