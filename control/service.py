@@ -16,6 +16,7 @@ key goes unless it is also static; reload and `remote del` never remove an etcd 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -228,6 +229,10 @@ class Service:
             self.origins[addr] = {ETCD}
         self.member_since[addr] = time.time()
         self._apply_etcd_static(addr)
+
+    def changes(self) -> contextlib.AbstractContextManager[None]:
+        """The keeper's calls inside apply as one change: the data-path thread parked once for a burst."""
+        return self.engine.paused()
 
     def member_removed(self, addr: str) -> None:
         """A member's key went (left, lease expired or revoked): its remote goes at once, unless it is static."""

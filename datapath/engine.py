@@ -715,7 +715,7 @@ class Engine:
         slot = self.forwarder.add_remote(remote)
         self._index()[remote.addr] = (slot, remote)
         self._remote_order = None
-        log.info("remote %s added (from %s, slot %d)", remote.addr, remote.local, slot)
+        log.debug("remote %s added (from %s, slot %d)", remote.addr, remote.local, slot)  # (the caller says it)
 
     def remove_remote(self, addr: str) -> int:
         """Remove a remote: no longer flooded to, its packets dropped, its FDB entries (learned and
@@ -726,7 +726,7 @@ class Engine:
         self._remote_order = None
         if self.tx_rings is not None:  # C forgot its next hop with the slot; the ring bookkeeping follows
             self.tx_rings.clear(slot)
-        log.info("remote %s removed (%d FDB entries purged)", addr, purged)
+        log.debug("remote %s removed (%d FDB entries purged)", addr, purged)
         return purged
 
     def set_remote_local(self, addr: str, local: str) -> None:

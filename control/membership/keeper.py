@@ -66,6 +66,7 @@ BACKOFF_MIN = 0.5
 BACKOFF_MAX = 10.0
 LEAVE_TIMEOUT = 2.0
 REQUEST_TIMEOUT = 2.0  # seconds per etcd request and endpoint
+BURST_HOLD = 0.005  # seconds one sink.changes() may span a burst of events (the data path waits meanwhile)
 STILL_DOWN_EVERY = 60.0  # seconds between "still unreachable" log lines
 
 
@@ -82,6 +83,10 @@ class MemberSink(Protocol):
 
     def static_changed(self, mac: bytes, vlan: int, remote: str | None) -> None:
         """A static FDB entry set (remote) or removed (None). ValueError(reason): refused."""
+        ...
+
+    def changes(self) -> contextlib.AbstractContextManager[None]:
+        """The calls made inside apply as one change (the service: the data-path thread parked once)."""
         ...
 
 
@@ -127,6 +132,35 @@ class _Entry:
     since: float | None = None  # when the sink took it
     added: bool = False  # the sink took it
     refused: str = ""
+
+
+class _Burst:
+    """Sink calls that come together go inside one sink.changes(): the events a watch response brought,
+    or a listing, reach the keeper without the event loop turning in between, and 500 members joining
+    at once must not park the data path 500 times. Opened by the first call; closed when the loop
+    turns (call_soon), or by a call BURST_HOLD after it opened (which opens the next): the data path is
+    never held longer than that plus one call."""
+
+    def __init__(self, sink: MemberSink, clock: Callable[[], float] = time.monotonic) -> None:
+        self._sink, self._clock = sink, clock
+        self._open: contextlib.AbstractContextManager[None] | None = None
+        self._since = 0.0
+
+    def enter(self) -> None:
+        """Before a sink call: make sure a change is open (and not older than BURST_HOLD)."""
+        if self._open is not None and self._clock() - self._since > BURST_HOLD:
+            self.close()
+        if self._open is None:
+            cm = self._sink.changes()
+            cm.__enter__()
+            self._open, self._since = cm, self._clock()
+            asyncio.get_running_loop().call_soon(self.close)
+
+    def close(self) -> None:
+        """End the open change, if one is (idempotent: the call_soon of a change closed early finds none)."""
+        cm, self._open = self._open, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
 
 
 class Backoff:
@@ -178,6 +212,7 @@ class Membership:
         self._keys: NetKeys | None = None
         self._store: Store | None = None
         self._task: asyncio.Task[None] | None = None
+        self._burst = _Burst(sink)
         self._stopping = False
         self._lease: int | None = None
         self._lease_ttl: int | None = None
@@ -712,6 +747,7 @@ class Membership:
     def _offer(self, entry: _Entry, key: str, member: Member) -> None:
         """Hand a parsed member to the sink: added, or refused with the sink's reason."""
         name = entry.name
+        self._burst.enter()
         try:
             self.sink.member_added(name)
         except ValueError as exc:
@@ -737,6 +773,7 @@ class Membership:
     def _removed(self, entry: _Entry) -> None:
         entry.added = False
         self._counters["leaves"] += 1
+        self._burst.enter()
         try:
             self.sink.member_removed(entry.name)
         except Exception as exc:
@@ -776,6 +813,7 @@ class Membership:
         have = self._static.get((vlan, mac))
         if have == remote:
             return
+        self._burst.enter()
         try:
             self.sink.static_changed(mac, vlan, remote)
         except ValueError as exc:
@@ -842,6 +880,7 @@ class Membership:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+        self._burst.close()
 
     async def _close_store(self) -> None:
         store, self._store = self._store, None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -58,8 +59,25 @@ class Rec:
         self.static: dict[tuple[int, bytes], str] = {}
         self.family = family_
         self.no_route: set[str] = set()  # member_added refuses these (until the test takes them out)
+        self.depth = 0  # changes() open now
+        self.opened = 0  # changes() opened so far
+        self.outside = 0  # sink calls made outside any changes()
+
+    @contextlib.contextmanager
+    def changes(self) -> Iterator[None]:
+        self.depth += 1
+        self.opened += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    def _call(self) -> None:
+        if not self.depth:
+            self.outside += 1
 
     def member_added(self, addr: str) -> None:
+        self._call()
         if self.family is not None and family(addr) != self.family:
             raise ValueError(f"an IPv{family(addr)} member, our underlay is IPv{self.family}")
         if addr in self.no_route:
@@ -71,11 +89,13 @@ class Rec:
         self.members.add(addr)
 
     def member_removed(self, addr: str) -> None:
+        self._call()
         assert addr in self.members, f"{addr} removed but never added"
         self.calls.append(("removed", addr))
         self.members.discard(addr)
 
     def static_changed(self, mac: bytes, vlan: int, remote: str | None) -> None:
+        self._call()
         self.calls.append(("static", mac, vlan, remote))
         if remote is None:
             self.static.pop((vlan, mac), None)
@@ -221,6 +241,48 @@ def test_join_list_watch_leave(server: lab.EtcdServer) -> None:
         finally:
             await closing(a, *([b] if b else []))
         assert await key_info(url, KEYS.member("10.0.0.1")) is not None, "stop() does not revoke (handover)"
+
+    run(main())
+
+
+async def txn(url: str, ops: list[str]) -> None:
+    """One etcd transaction of ops ("put KEY VALUE", "del KEY"): one revision, so one watch response."""
+    import subprocess
+
+    def run_txn() -> None:
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        lines = "\n".join(ops)
+        res = subprocess.run([lab.ETCDCTL, f"--endpoints={url}", "txn"], input=f"\n{lines}\n\n\n",
+                             capture_output=True, text=True, timeout=15, env=env, check=False)  # fmt: skip
+        assert res.returncode == 0 and res.stdout.startswith("SUCCESS"), res.stdout + res.stderr
+
+    await asyncio.to_thread(run_txn)
+
+
+def test_a_burst_of_members_is_applied_in_few_changes(server: lab.EtcdServer) -> None:
+    """120 members put (and then deleted) in one transaction: every sink call inside a sink.changes(), and
+    far fewer changes than calls (the service parks the data path once per change, not once per member)."""
+    n = 120  # (etcd's default --max-txn-ops is 128)
+
+    async def main() -> None:
+        url = server.url
+        sink = Rec()
+        a = await joined(url, "10.0.0.1", 1, sink)
+        try:
+            addrs = [f"10.1.{i // 200}.{i % 200 + 1}" for i in range(n)]
+            values = {x: json.dumps(me(x, 99, machine_id="m-other")) for x in addrs}
+            quoted = {x: '"' + v.replace('"', '\\"') + '"' for x, v in values.items()}  # (etcdctl txn's quoting)
+            await txn(url, [f"put {KEYS.member(x)} {quoted[x]}" for x in addrs])
+            await until("the burst joined", lambda: len(sink.members) == n)
+            assert sink.outside == 0 and sink.depth == 0
+            joins = sink.opened
+            assert 1 <= joins < n / 2, f"{joins} changes for {n} members"
+            await txn(url, [f"del {KEYS.member(x)}" for x in addrs])
+            await until("the burst left", lambda: not sink.members)
+            assert sink.outside == 0 and sink.depth == 0
+            assert 1 <= sink.opened - joins < n / 2, f"{sink.opened - joins} changes for {n} leaves"
+        finally:
+            await closing(a)
 
     run(main())
 
