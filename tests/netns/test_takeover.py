@@ -147,6 +147,18 @@ def handover_in_log(text: str) -> float:
     return (stamps["forwards now"] - stamps["takeover: handing the TAP"]).total_seconds() * 1000
 
 
+def counted_drops(lab: Lab, bridge: str) -> dict[str, Any]:
+    """Every drop counter that is not zero: each host's ovl-dp (the new daemon on host 1), and OVS's ports."""
+    out: dict[str, Any] = {}
+    for i in (1, 2):
+        drops = show(lab, i).get("drops") or {}
+        out[f"ovl-dp {i}"] = {k: v for k, v in drops.items() if v}
+        if bridge == "ovs":
+            stats = lab.ovs[i].appctl("dpctl/show", "-s").splitlines()
+            out[f"ovs {i}"] = [line.strip() for line in stats if "dropped:" in line and "dropped:0 " not in line]
+    return out
+
+
 def tap_drops(lab: Lab, tap: str) -> tuple[int, int]:
     """(tx, rx) frames the kernel dropped at host 1's TAP: tx are frames the bridge sent that no reader took."""
     stats = json.loads(sh("ip", "-n", lab.host(1), "-j", "-s", "link", "show", "dev", tap).stdout)[0]["stats64"]
@@ -255,7 +267,9 @@ def test_takeover_under_iperf3_loses_no_frame(mode: str, bridge: str, how: str) 
                   f"{base['ping']['loss']}% without, {results['ping']['loss']}% with it (max RTT "
                   f"{base['ping'].get('max')} / {results['ping'].get('max')} ms)")  # fmt: skip
             assert results["iperf"].get("end", {}).get("sum_received", {}).get("bytes", 0) > 0, results["iperf"]
-            assert 0 <= retrans[1] <= max(100, 5 * retrans[0]), retrans
+            # (Seen once in CI, OVS case: 233 retransmits and one ping lost with no gap and no TAP drop; the
+            # message says whose drop counters moved, to tell ovl-dp's losses from OVS userspace's own.)
+            assert 0 <= retrans[1] <= max(100, 5 * retrans[0]), (retrans, counted_drops(lab, bridge))
             if base["ping"]["loss"] == 0:  # (an OVS userspace bridge under load drops by itself: compared only then)
                 assert results["ping"]["loss"] == 0, results["ping"]
             # The FDB survived: the MACs known before are there, none had to be learned anew.
