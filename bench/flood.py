@@ -24,7 +24,6 @@ import subprocess
 import time
 from typing import Any
 
-from control.procs import fork_child
 from datapath import fast
 from datapath.config import Config, Remote, TapConfig, TunnelConfig
 
@@ -98,7 +97,7 @@ def in_namespace(fn: Any) -> Any:
     """Run fn() after unshare(CLONE_NEWNET) in a forked child, 10.0.0.0/9 routed out of a veth to a MAC no one has
     (the peer drops the frames as meant for another host: no ARP, no forwarding)."""
     r, w = os.pipe()
-    pid = fork_child()
+    pid = os.fork()
     if pid == 0:
         try:
             if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) != 0:

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from control.procs import collect_child, fork_child
+from control.procs import collect_child
 from datapath.io import tap as taplib
 from datapath.io import underlay
 
@@ -382,7 +382,7 @@ def namespace_rows(caps: int | None) -> list[Row]:
     if caps is not None and not caps >> CAP_SYS_ADMIN & 1:
         return [Row("netns.private", NO, NEEDS_ROOT)] + [Row(c, UNKNOWN, NEEDS_ROOT) for c in NAMESPACE_CHECKS]
     r, w = os.pipe()
-    pid = fork_child()
+    pid = os.fork()
     if pid == 0:
         os.close(r)
         _child(w)

@@ -5,14 +5,12 @@ Shared by the daemon's control plane, the lab (control.lab), the benchmark and t
 - :func:`stop_process`: SIGTERM, a grace period, then SIGKILL, for one child by its PID;
 - :func:`sigterm_raises_interrupt`: while it is active, SIGTERM unwinds like Ctrl-C
   (KeyboardInterrupt), so that ``finally`` blocks and context managers clean up;
-- :func:`wait_until`: the one poll-until loop, with an error that says what it waited for;
-- :func:`fork_child`: os.fork() for a child that runs Python (tests, probes), safe after gRPC ran here.
+- :func:`wait_until`: the one poll-until loop, with an error that says what it waited for.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import select
 import signal
@@ -82,21 +80,6 @@ def sigterm_raises_interrupt() -> Iterator[None]:
     finally:
         # None: the previous handler was not installed from Python; the default is the nearest we can restore.
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-def fork_child() -> int:
-    """os.fork(); in the child, first gc.freeze(), so the child never finalizes an object it inherited.
-
-    For a child that goes on running Python (then ends with os._exit). Garbage the parent left for the cycle
-    collector may belong to a library whose threads do not exist in a forked child: after an etcd client
-    (gRPC) ran in this process, a collection in the child runs gRPC's finalizers, which spin for ever waiting
-    for those threads. Frozen, the inherited objects are never collected in the child (the use gc.freeze is
-    documented for); what the child allocates itself is collected as usual.
-    """
-    pid = os.fork()
-    if pid == 0:
-        gc.freeze()
-    return pid
 
 
 def collect_child(pid: int, fd: int, timeout: float) -> tuple[bytes, bool, int]:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
-from control.procs import collect_child, fork_child
+from control.procs import collect_child
 
 CLONE_NEWNET = 0x40000000
 
@@ -75,7 +75,7 @@ def run_isolated(body: Callable[[], None], timeout: float = 60.0, netns: str | N
     """Run body() in a child in a new network namespace (or in the existing one named netns, e.g. a lab
     host's); fail the calling test with the child's traceback."""
     r, w = os.pipe()
-    pid = fork_child()
+    pid = os.fork()
     if pid == 0:
         os.close(r)
         _child(body, w, netns)

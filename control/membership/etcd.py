@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -28,6 +29,12 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import aetcd
 
 from control.membership.store import Compacted, Event, Kv, LeaseGone, StoreError, Unavailable, cancel_requested
+
+# A child forked after gRPC ran in this process (a test's isolated child) must never finalize the
+# gRPC objects it inherited as garbage: their finalizers wait for gRPC's threads, which a forked child does
+# not have, and spin for ever (10 CI tests hung so). Frozen, what the child inherited is never collected
+# there (the use gc.freeze is documented for); what the child allocates itself is collected as usual.
+os.register_at_fork(after_in_child=gc.freeze)
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ import pytest
 
 from control.lab import etcd
 from control.lab.shell import LabError, sh
-from control.procs import fork_child, wait_until
+from control.procs import wait_until
 
 pytestmark = [
     pytest.mark.netns,
@@ -69,7 +69,7 @@ def test_server_in_a_namespace() -> None:
 def test_a_crashed_owner_takes_its_etcd_along(tmp_path: Path) -> None:
     """PR_SET_PDEATHSIG: an etcd whose owner dies without cleanup is killed by the kernel."""
     r, w = os.pipe()
-    child = fork_child()
+    child = os.fork()
     if child == 0:  # the owner: start etcd, report its PID, die without any cleanup
         os.close(r)
         try:

@@ -6,7 +6,6 @@ import pytest
 
 from control import cli
 from control.config import offload_flags, tap_mac
-from control.procs import fork_child
 
 
 def error_of(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -129,7 +128,7 @@ def test_a_real_unprivileged_user_gets_the_one_line_error() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to become uid 65534")
     r, w = os.pipe()
-    pid = fork_child()
+    pid = os.fork()
     if pid == 0:
         code = 99
         try:

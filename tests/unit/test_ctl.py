@@ -22,7 +22,6 @@ from typing import TypeVar
 import pytest
 
 from control import ctl
-from control.procs import fork_child
 
 T = TypeVar("T")
 _names = itertools.count()
@@ -177,7 +176,7 @@ def test_running_parses_proc_net_unix(monkeypatch: pytest.MonkeyPatch, tmp_path:
 def _as_nobody(tap: str, data: bytes) -> bytes:
     """raw_exchange from a forked child that runs as uid/gid 65534 (no capabilities); the answer it got."""
     r, w = os.pipe()
-    pid = fork_child()
+    pid = os.fork()
     if pid == 0:  # the child: drop to nobody, ask, write the answer to the pipe (no file is read after fork)
         code = 0
         try:

@@ -1,5 +1,4 @@
-"""control.procs: stopping a real child by PID, the poll-until helper, SIGTERM as KeyboardInterrupt, forking a
-child that runs Python after gRPC ran in the parent."""
+"""control.procs: stopping a real child by PID, the poll-until helper, SIGTERM as KeyboardInterrupt."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -115,45 +113,3 @@ def test_sigterm_helper_restores_the_handler_after_an_exception(sigterm_recorder
     with pytest.raises(ValueError), sigterm_raises_interrupt():
         raise ValueError("unrelated failure")
     assert signal.getsignal(signal.SIGTERM) is before
-
-
-# A parent that ran an etcd client (gRPC) and left its objects to the cycle collector (collection off, as
-# when they sit in an old generation), then forks a child that collects: gRPC's finalizers spin in the
-# child for ever (its threads do not exist there) unless fork_child froze what the child inherited.
-# In its own interpreter: the test must not change this process's collector.
-GRPC_GARBAGE_THEN_FORK = """
-import asyncio, gc, os, sys
-from control.membership.etcd import EtcdStore
-from control.membership.store import Unavailable
-from control.procs import collect_child, fork_child
-
-async def use_and_close() -> None:
-    store = EtcdStore(["http://127.0.0.1:1"], timeout=0.5)  # nothing listens on port 1
-    try:
-        await store.get("/k")
-    except Unavailable:
-        pass
-    await store.close()
-
-gc.disable()
-asyncio.run(use_and_close())
-r, w = os.pipe()
-pid = fork_child()
-if pid == 0:
-    gc.collect()
-    os.write(w, b"collected")
-    os._exit(0)
-os.close(w)
-out, timed_out, status = collect_child(pid, r, 15)
-print("hung" if timed_out else out.decode(), os.waitstatus_to_exitcode(status))
-"""
-
-
-def test_a_forked_child_does_not_finalize_the_grpc_objects_it_inherited() -> None:
-    """fork_child: the child's collection leaves inherited gRPC garbage alone and returns (with os.fork it spins)."""
-    root = Path(__file__).resolve().parents[2]
-    got = subprocess.run(
-        [sys.executable, "-c", GRPC_GARBAGE_THEN_FORK], capture_output=True, text=True, timeout=60, cwd=root
-    )
-    assert got.returncode == 0, got.stderr
-    assert got.stdout.split() == ["collected", "0"], got.stdout + got.stderr

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from control import takeover
-from control.procs import fork_child
 from datapath.config import Config, FdbConfig, Remote, StaticEntry, TapConfig, TunnelConfig
 from datapath.errors import SetupError
 
@@ -229,7 +228,7 @@ def _listen_elsewhere(tap: str, uid: int | None = None) -> tuple[int, socket.soc
     what a daemon that took over serves on. uid: the user that process became first. (its PID, socket)"""
     a, b = socket.socketpair()
     with a, b:
-        pid = fork_child()
+        pid = os.fork()
         if pid == 0:  # pragma: no cover (the child)
             try:
                 if uid is not None:
