@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from control.membership.keeper import Membership
 from control.membership.model import Member, NetConfig, NetKeys, family, static_json
 from control.membership.store import Event, Unavailable
 from datapath.errors import SetupError
+from tests.sinks import ChangeRecorder
 
 pytestmark = [
     pytest.mark.netns,
@@ -49,28 +49,18 @@ class Settings:
     keepalive: float = 1.0
 
 
-class Rec:
+class Rec(ChangeRecorder):
     """A recording MemberSink; family: refuse members of the other address family (as the service does)."""
 
     def __init__(self, family_: int | None = None, boom: str = "") -> None:
+        super().__init__()
         self.boom = boom  # member_added(boom) raises RuntimeError: a bug in the sink
         self.calls: list[tuple[Any, ...]] = []
         self.members: set[str] = set()
         self.static: dict[tuple[int, bytes], str] = {}
         self.family = family_
         self.no_route: set[str] = set()  # member_added refuses these (until the test takes them out)
-        self.depth = 0  # changes() open now
-        self.opened = 0  # changes() opened so far
         self.outside = 0  # sink calls made outside any changes()
-
-    @contextlib.contextmanager
-    def changes(self) -> Iterator[None]:
-        self.depth += 1
-        self.opened += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
 
     def _call(self) -> None:
         if not self.depth:

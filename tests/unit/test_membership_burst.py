@@ -3,30 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
 
 from control.membership.keeper import BURST_HOLD, _Burst
-
-
-class Sink:
-    """Only what _Burst uses of a MemberSink: changes(), recorded."""
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.opened = 0
-        self.closed = 0
-
-    @contextlib.contextmanager
-    def changes(self) -> Iterator[None]:
-        assert self.depth == 0, "a change opened inside another"
-        self.depth += 1
-        self.opened += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
-            self.closed += 1
+from tests.sinks import ChangeRecorder as Sink
 
 
 def test_calls_in_one_turn_of_the_loop_share_one_change() -> None:
@@ -44,6 +23,7 @@ def test_calls_in_one_turn_of_the_loop_share_one_change() -> None:
         burst.close()  # idempotent, and the pending call_soon finds nothing to close
         await asyncio.sleep(0)
         assert (sink.opened, sink.closed, sink.depth) == (2, 2, 0)
+        assert sink.max_depth == 1, "a change opened inside another"
 
     asyncio.run(main())
 
@@ -65,5 +45,6 @@ def test_a_long_burst_is_cut_every_burst_hold() -> None:
         assert (sink.opened, sink.closed, sink.depth) == (2, 1, 1)
         await asyncio.sleep(0)
         assert (sink.opened, sink.closed, sink.depth) == (2, 2, 0)
+        assert sink.max_depth == 1, "a change opened inside another"
 
     asyncio.run(main())
